@@ -1,0 +1,175 @@
+use std::io::Write;
+
+use super::*;
+
+fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    let env = env.iter().map(|(name, value)| (name.to_string(), value.to_string()));
+    load(Some(file.path()), env)
+}
+
+fn keys(error: &ConfigError) -> Vec<&str> {
+    error.problems.iter().map(|problem| problem.key.as_str()).collect()
+}
+
+#[test]
+fn zero_configuration_uses_embedded_defaults() {
+    let config = load(None, Vec::new()).unwrap();
+
+    assert_eq!(config.data_dir, PathBuf::from("data"));
+    assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(config.server.tls, TlsMode::PlainLoopback);
+    assert!(matches!(config.database.target, DatabaseTarget::Sqlite { ref path } if path == Path::new("data/strongroom.db")));
+}
+
+#[test]
+fn every_problem_is_reported_in_one_run() {
+    let text = r#"
+        data_dir = 5
+        colour = "blue"
+
+        [server]
+        listen = "not an address"
+        lisen = "typo"
+        trusted_proxies = ["10.0.0.0/8", "nonsense"]
+
+        [database]
+        max_connections = "many"
+
+        [log]
+        format = "xml"
+
+        [shutdown]
+        grace_seconds = 0
+    "#;
+    let error = load_text(text, &[]).unwrap_err();
+    let keys = keys(&error);
+
+    for expected in [
+        "data_dir",
+        "colour",
+        "server.listen",
+        "server.lisen",
+        "server.trusted_proxies",
+        "database.max_connections",
+        "log.format",
+        "shutdown.grace_seconds",
+    ] {
+        assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+    }
+}
+
+#[test]
+fn unknown_nested_key_is_named_with_full_path() {
+    let error = load_text("[database]\npool = 3\n", &[]).unwrap_err();
+
+    assert_eq!(keys(&error), vec!["database.pool"]);
+    assert!(error.problems[0].message.contains("unknown key"));
+}
+
+#[test]
+fn wrong_type_names_found_value() {
+    let error = load_text("[shutdown]\ngrace_seconds = \"ten\"\n", &[]).unwrap_err();
+
+    assert_eq!(keys(&error), vec!["shutdown.grace_seconds"]);
+    assert!(error.problems[0].message.contains("the string \"ten\""), "{}", error.problems[0].message);
+}
+
+#[test]
+fn malformed_file_reports_line() {
+    let error = load_text("[server\nlisten = 1\n", &[]).unwrap_err();
+
+    assert_eq!(keys(&error), vec!["(file)"]);
+    assert!(error.problems[0].message.contains("line 1"), "{}", error.problems[0].message);
+}
+
+#[test]
+fn missing_file_is_reported() {
+    let error = load(Some(Path::new("/nonexistent/strongroom.toml")), Vec::new()).unwrap_err();
+
+    assert!(error.problems[0].message.contains("cannot read"));
+}
+
+#[test]
+fn env_override_sets_nested_key() {
+    let config = load_text("", &[("STRONGROOM_SERVER__LISTEN", "127.0.0.2:9000"), ("STRONGROOM_SHUTDOWN__GRACE_SECONDS", "3")]).unwrap();
+
+    assert_eq!(config.server.listen, "127.0.0.2:9000".parse().unwrap());
+    assert_eq!(config.shutdown.grace, Duration::from_secs(3));
+}
+
+#[test]
+fn env_override_wins_over_file() {
+    let config = load_text("[server]\nlisten = \"127.0.0.1:1000\"\n", &[("STRONGROOM_SERVER__LISTEN", "127.0.0.1:2000")]).unwrap();
+
+    assert_eq!(config.server.listen.port(), 2000);
+}
+
+#[test]
+fn unknown_env_override_is_reported() {
+    let error = load_text("", &[("STRONGROOM_SERVER__LISTN", "x")]).unwrap_err();
+
+    assert_eq!(keys(&error), vec!["server.listn"]);
+}
+
+#[test]
+fn config_env_variable_is_not_a_key() {
+    let config = load_text("", &[("STRONGROOM_CONFIG", "/somewhere"), ("STRONGROOM_LOG", "debug")]);
+
+    assert!(config.is_ok());
+}
+
+#[test]
+fn inline_database_password_is_rejected_without_echo() {
+    let error = load_text("[database]\nurl = \"postgres://app:hunter2@db/strongroom\"\n", &[]).unwrap_err();
+
+    assert_eq!(keys(&error), vec!["database.url"]);
+    assert!(!error.to_string().contains("hunter2"));
+}
+
+#[test]
+fn inline_secret_value_is_rejected_without_echo() {
+    let error = load_text("[database]\nurl = \"postgres://app@db/strongroom\"\npassword = \"hunter2\"\n", &[]).unwrap_err();
+
+    assert_eq!(keys(&error), vec!["database.password"]);
+    assert!(!error.to_string().contains("hunter2"));
+}
+
+#[test]
+fn secret_reference_is_accepted() {
+    let config = load_text("[database]\nurl = \"postgres://app@db/strongroom\"\npassword = \"env:PGPASSWORD\"\n", &[]).unwrap();
+
+    match config.database.target {
+        DatabaseTarget::Postgres { password, .. } => assert_eq!(password, Some(SecretRef::Env("PGPASSWORD".into()))),
+        other => panic!("unexpected target {other:?}"),
+    }
+}
+
+#[test]
+fn non_loopback_listener_without_certificates_generates_tls() {
+    let config = load_text("[server]\nlisten = \"0.0.0.0:8443\"\n", &[]).unwrap();
+
+    assert_eq!(config.server.tls, TlsMode::Generated);
+}
+
+#[test]
+fn half_tls_configuration_is_rejected() {
+    let error = load_text("[server]\ntls_cert = \"/etc/cert.pem\"\n", &[]).unwrap_err();
+
+    assert_eq!(keys(&error), vec!["server.tls_key"]);
+}
+
+#[test]
+fn unsupported_database_scheme_is_rejected() {
+    let error = load_text("[database]\nurl = \"mysql://db/x\"\n", &[]).unwrap_err();
+
+    assert!(error.problems[0].message.contains("\"mysql\""));
+}
+
+#[test]
+fn section_of_wrong_kind_is_reported() {
+    let error = load_text("server = 5\n", &[]).unwrap_err();
+
+    assert!(!error.problems.is_empty());
+}

@@ -1,0 +1,19 @@
+//! Strongroom's broker: the web-facing service.
+//!
+//! The broker signs people in, starts and ends banking sessions through the launcher,
+//! relays the live view, feeds the recorder and writes the audit trail. It never
+//! holds the Docker socket; the launcher does.
+
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod instance;
+pub mod server;
+pub mod tasks;
+pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -1,0 +1,215 @@
+//! Start-up and shutdown of `strongroom serve`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use uuid::Uuid;
+
+use crate::audit::{Action, Actor, AuditLog, EventBuilder};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, TlsMode};
+use crate::db::Database;
+use crate::http::health::DatabaseCheck;
+use crate::http::{self, AppState, ReadinessCheck, TrustedProxies};
+use crate::instance;
+use crate::tasks::TaskRegistry;
+
+/// A start-up failure, with the exit code the command returns.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The configuration or the environment it names is unusable (exit code 2).
+    #[error("{0:#}")]
+    Config(anyhow::Error),
+    /// Anything else (exit code 1).
+    #[error("{0:#}")]
+    Other(anyhow::Error),
+}
+
+impl StartupError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartupError::Config(_) => 2,
+            StartupError::Other(_) => 1,
+        }
+    }
+}
+
+/// A broker that is accepting connections.
+pub struct RunningBroker {
+    pub local_addr: SocketAddr,
+    pub instance_id: Uuid,
+    pub scheme: &'static str,
+    pub state: AppState,
+    tasks: TaskRegistry,
+    handle: Handle,
+    config: Arc<Config>,
+}
+
+/// Opens everything the broker needs, in an order that leaves nothing half-made when
+/// a step fails: the data directory and the listening socket come first, then the
+/// database and its migrations, then the instance id and TLS material.
+pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
+    let config = Arc::new(config);
+
+    instance::prepare_data_dir(&config.data_dir).map_err(StartupError::Config)?;
+
+    let listener = bind(config.server.listen).map_err(StartupError::Config)?;
+    let local_addr = listener.local_addr().map_err(|error| StartupError::Other(error.into()))?;
+
+    let db = Database::connect(&config.database)
+        .await
+        .map_err(|error| StartupError::Config(error.into()))?;
+    db.migrate().await.map_err(StartupError::Other)?;
+
+    let instance_id = instance::load_or_create(&config.data_dir).map_err(StartupError::Other)?;
+    let tls = tls_config(&config, local_addr).await.map_err(StartupError::Config)?;
+
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let audit = AuditLog::new(db.clone(), clock);
+    let readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(DatabaseCheck(db.clone()))];
+    let state = AppState {
+        db: db.clone(),
+        audit: audit.clone(),
+        trusted_proxies: TrustedProxies(Arc::new(config.server.trusted_proxies.clone())),
+        readiness: Arc::new(readiness),
+        metrics: http::metrics_handle(),
+    };
+
+    audit
+        .append(
+            EventBuilder::new(Actor::System("broker"), Action::BrokerStarted)
+                .detail("instance_id", instance_id.to_string())
+                .detail("version", env!("CARGO_PKG_VERSION"))
+                .build(),
+        )
+        .await
+        .map_err(StartupError::Other)?;
+
+    let tasks = TaskRegistry::new();
+    let handle = Handle::new();
+    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+
+    let server_handle = handle.clone();
+    match tls {
+        Some(tls) => tasks.spawn("http", async move {
+            let server = axum_server::from_tcp_rustls(listener, tls).handle(server_handle);
+            if let Err(error) = server.serve(app).await {
+                tracing::error!(error = %error, "HTTPS server failed");
+            }
+        }),
+        None => tasks.spawn("http", async move {
+            let server = axum_server::from_tcp(listener).handle(server_handle);
+            if let Err(error) = server.serve(app).await {
+                tracing::error!(error = %error, "HTTP server failed");
+            }
+        }),
+    }
+
+    tracing::info!(listen = %local_addr, scheme, instance.id = %instance_id, database = db.backend_name(), "Broker started");
+    Ok(RunningBroker { local_addr, instance_id, scheme, state, tasks, handle, config })
+}
+
+fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).map_err(|error| match error.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "server.listen: address {addr} is already in use; stop the other program or choose another port"
+        ),
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "server.listen: no permission to listen on {addr}; use a port above 1023 or grant CAP_NET_BIND_SERVICE"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!(
+            "server.listen: address {addr} does not belong to this machine; use one of its addresses"
+        ),
+        _ => anyhow::anyhow!("server.listen: cannot listen on {addr}: {error}"),
+    })?;
+    listener.set_nonblocking(true).context("cannot make the listener non-blocking")?;
+    Ok(listener)
+}
+
+async fn tls_config(config: &Config, local_addr: SocketAddr) -> anyhow::Result<Option<RustlsConfig>> {
+    // Only one provider is compiled in; installing it twice is harmless.
+    drop(rustls::crypto::ring::default_provider().install_default());
+
+    match &config.server.tls {
+        TlsMode::PlainLoopback => {
+            tracing::warn!(listen = %local_addr, "Serving plain HTTP because the listener is on loopback only");
+            Ok(None)
+        }
+        TlsMode::Files { cert, key } => {
+            let tls = RustlsConfig::from_pem_file(cert, key).await.with_context(|| {
+                format!("server.tls_cert/server.tls_key: cannot load {} and {}; check that both are PEM files readable by the broker", cert.display(), key.display())
+            })?;
+            tracing::info!(cert = %cert.display(), "Serving HTTPS with the configured certificate");
+            Ok(Some(tls))
+        }
+        TlsMode::Generated => {
+            let mut names = vec!["localhost".to_owned()];
+            if let Some(host) = config.server.public_url.as_deref().and_then(url_host) {
+                names.push(host);
+            }
+            let addresses: Vec<_> = [local_addr.ip()].into_iter().filter(|ip| !ip.is_unspecified()).collect();
+            let generated = http::tls::ensure_generated(&config.data_dir, &names, &addresses)?;
+            tracing::warn!(
+                ca = %generated.ca_cert.display(),
+                created = generated.created,
+                "Serving HTTPS with a generated local certificate because none is configured; import the CA into browsers or set server.tls_cert and server.tls_key"
+            );
+            let tls = RustlsConfig::from_pem_file(&generated.cert, &generated.key)
+                .await
+                .context("cannot load the generated certificate")?;
+            Ok(Some(tls))
+        }
+    }
+}
+
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map(|(_, host)| host).unwrap_or(authority);
+    let host = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next()?,
+        None => host.split(':').next()?,
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+impl RunningBroker {
+    pub fn base_url(&self) -> String {
+        format!("{}://{}", self.scheme, self.local_addr)
+    }
+
+    /// Stops accepting connections, stops every background task within the grace
+    /// period and closes the database.
+    pub async fn shutdown(self) {
+        tracing::info!("Broker stopping");
+        self.handle.graceful_shutdown(Some(self.config.shutdown.grace));
+        let event = EventBuilder::new(Actor::System("broker"), Action::BrokerStopped)
+            .detail("instance_id", self.instance_id.to_string())
+            .build();
+        if let Err(error) = self.state.audit.append(event).await {
+            tracing::error!(error = format!("{error:#}"), "Cannot record the broker stop in the audit trail");
+        }
+        let stuck = self.tasks.shutdown(self.config.shutdown.grace).await;
+        if !stuck.is_empty() {
+            tracing::warn!(tasks = ?stuck, "Background tasks still running at the end of the grace period");
+        }
+        self.state.db.close().await;
+        tracing::info!("Broker stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_host;
+
+    #[test]
+    fn url_host_handles_ports_and_brackets() {
+        assert_eq!(url_host("https://portal.bank.example:8443/x").as_deref(), Some("portal.bank.example"));
+        assert_eq!(url_host("https://[2001:db8::1]:8443").as_deref(), Some("2001:db8::1"));
+        assert_eq!(url_host("https://"), None);
+    }
+}

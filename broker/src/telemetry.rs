@@ -1,0 +1,32 @@
+//! Logging setup: human-readable output on a terminal, JSON lines otherwise.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt;
+use tracing_subscriber::prelude::*;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `STRONGROOM_LOG` overrides the configured level.
+pub fn init(level: &str, format: LogFormat) {
+    let filter = std::env::var("STRONGROOM_LOG")
+        .ok()
+        .and_then(|directive| EnvFilter::try_new(directive).ok())
+        .unwrap_or_else(|| EnvFilter::new(level));
+
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if json {
+        registry.with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr)).try_init()
+    } else {
+        registry.with(fmt::layer().with_writer(std::io::stderr)).try_init()
+    };
+    // A second initialisation (tests, embedded use) keeps the first subscriber.
+    drop(result);
+}

@@ -1,0 +1,192 @@
+//! Structured allow, deny and close events for the broker's audit trail.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::address::AddressClass;
+
+/// One decision or tunnel end. Contains no request body, path, header value or
+/// credential: only the CONNECT target and the addresses involved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EgressEvent {
+    /// The session that owns the client address; `None` when no session does.
+    pub session_id: Option<Uuid>,
+    /// The workspace's address and port.
+    pub client: SocketAddr,
+    /// The requested host (name or IP literal), when the request named one.
+    pub host: Option<String>,
+    /// The requested port, when the request named one.
+    pub port: Option<u16>,
+    /// The address the proxy resolved and checked (and connected to, when allowed).
+    pub resolved_ip: Option<IpAddr>,
+    pub outcome: Outcome,
+}
+
+/// Decision of the proxy, or the end of a tunnel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The tunnel to `resolved_ip` is open.
+    Allowed,
+    /// The request was rejected.
+    Denied { reason: DenyReason },
+    /// An allowed tunnel ended.
+    Closed {
+        /// Bytes copied from the workspace to the upstream server.
+        bytes_sent: u64,
+        /// Bytes copied from the upstream server to the workspace.
+        bytes_received: u64,
+        #[serde(rename = "duration_ms", serialize_with = "serialize_millis")]
+        duration: Duration,
+        cause: CloseCause,
+    },
+}
+
+fn serialize_millis<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Reason a request was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DenyReason {
+    /// The client address is in no registered session subnet.
+    UnknownSource,
+    /// The session already has the maximum number of open connections.
+    SessionConnectionLimit { limit: usize },
+    /// The proxy already has the maximum number of open connections.
+    ProxyConnectionLimit { limit: usize },
+    /// The request head exceeded the size limit.
+    RequestHeadTooLarge,
+    /// The request head did not arrive within its timeout.
+    RequestHeadTimedOut,
+    /// A method other than CONNECT, such as plain HTTP forwarding.
+    MethodNotAllowed,
+    /// The CONNECT target is not `host:port`, or the host is not a valid name.
+    MalformedTarget,
+    /// The site does not allow the host.
+    HostNotAllowed,
+    /// The site does not allow the port.
+    PortNotAllowed,
+    /// The target is an IP literal that the site does not list.
+    IpLiteralNotAllowed,
+    /// DNS resolution failed or returned no address.
+    ResolutionFailed,
+    /// Every resolved address is non-public and outside the site's allowed private
+    /// ranges. The event's `resolved_ip` is the first of them.
+    AddressNotAllowed { class: AddressClass },
+    /// The resolved address is inside a registered session's subnet.
+    AddressInSessionNetwork,
+    /// Connecting to every allowed address failed.
+    ConnectFailed,
+    /// Resolving and connecting did not finish within the connect timeout.
+    ConnectTimedOut,
+    /// The TLS ClientHello named no server or another server than the CONNECT host.
+    SniMismatch,
+    /// The first bytes in the tunnel were not a TLS ClientHello.
+    NotTls,
+    /// The ClientHello did not arrive within its timeout.
+    ClientHelloTimedOut,
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownSource => formatter.write_str("client address belongs to no session"),
+            Self::SessionConnectionLimit { limit } => write!(
+                formatter,
+                "session has {limit} open connections, the maximum"
+            ),
+            Self::ProxyConnectionLimit { limit } => {
+                write!(formatter, "proxy has {limit} open connections, the maximum")
+            }
+            Self::RequestHeadTooLarge => {
+                formatter.write_str("request head is larger than the limit")
+            }
+            Self::RequestHeadTimedOut => formatter.write_str("request head did not arrive in time"),
+            Self::MethodNotAllowed => formatter.write_str("method is not CONNECT"),
+            Self::MalformedTarget => formatter.write_str("CONNECT target is not a valid host:port"),
+            Self::HostNotAllowed => formatter.write_str("host is not allowed for this site"),
+            Self::PortNotAllowed => formatter.write_str("port is not allowed for this site"),
+            Self::IpLiteralNotAllowed => {
+                formatter.write_str("IP-literal target is not allowed for this site")
+            }
+            Self::ResolutionFailed => formatter.write_str("DNS resolution failed"),
+            Self::AddressNotAllowed { class } => write!(
+                formatter,
+                "resolved address is {class:?} and not allowed for this site"
+            ),
+            Self::AddressInSessionNetwork => {
+                formatter.write_str("resolved address belongs to a session network")
+            }
+            Self::ConnectFailed => formatter.write_str("connecting to the upstream server failed"),
+            Self::ConnectTimedOut => {
+                formatter.write_str("connecting to the upstream server timed out")
+            }
+            Self::SniMismatch => {
+                formatter.write_str("TLS server name differs from the CONNECT host")
+            }
+            Self::NotTls => formatter.write_str("tunnel did not start with a TLS ClientHello"),
+            Self::ClientHelloTimedOut => {
+                formatter.write_str("TLS ClientHello did not arrive in time")
+            }
+        }
+    }
+}
+
+/// Reason an allowed tunnel ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseCause {
+    /// Both sides closed their connection.
+    Finished,
+    /// Neither side sent a byte within the idle timeout.
+    IdleTimeout,
+    /// Reading or writing failed on one side.
+    Error,
+    /// The session was unregistered while the tunnel was open.
+    SessionEnded,
+    /// The proxy shut down.
+    Shutdown,
+}
+
+/// Receives every egress event. The broker implements this to append audit events. The
+/// proxy calls it on its own tasks, so it must not block: hand the event to a channel.
+pub trait EventSink: Send + Sync + 'static {
+    fn record(&self, event: EgressEvent);
+}
+
+/// Logs the event as one tracing line, then hands it to the sink.
+pub(crate) fn emit(sink: &dyn EventSink, event: EgressEvent) {
+    let session_id = event.session_id.map(|id| id.to_string());
+    let host = event.host.as_deref().unwrap_or("");
+    let resolved_ip = event.resolved_ip.map(|ip| ip.to_string());
+    match &event.outcome {
+        Outcome::Allowed => tracing::info!(
+            session.id = session_id, client = %event.client, host, port = event.port, resolved_ip,
+            "Egress allowed"
+        ),
+        Outcome::Denied { reason } => tracing::warn!(
+            session.id = session_id, client = %event.client, host, port = event.port, resolved_ip,
+            reason = %reason, "Egress denied"
+        ),
+        Outcome::Closed {
+            bytes_sent,
+            bytes_received,
+            duration,
+            cause,
+        } => tracing::info!(
+            session.id = session_id, client = %event.client, host, port = event.port, resolved_ip,
+            bytes_sent, bytes_received, duration_ms = duration.as_millis() as u64, cause = ?cause,
+            "Egress tunnel closed"
+        ),
+    }
+    sink.record(event);
+}

@@ -1,0 +1,117 @@
+//! Encrypt-and-write throughput of the recorder against a plain write of the same bytes
+//! in the same run. Both store 4 MiB segments with temp file, fsync, rename and directory
+//! fsync, so the ratio shows what framing, AES-256-GCM and hashing add.
+//!
+//! Run with `cargo bench -p recorder --bench write_throughput`.
+
+use std::fs;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{TimeZone, Utc};
+use recorder::{
+    LocalDirStorage, LocalKeyStore, NewRecording, Packet, RecorderConfig, RecordingWriter,
+};
+use uuid::Uuid;
+
+const TOTAL_BYTES: usize = 256 << 20;
+const PACKET_BYTES: usize = 64 << 10;
+const SEGMENT_BYTES: usize = 4 << 20;
+const PACKETS_PER_KEYFRAME: usize = 16;
+
+fn packets() -> Vec<Packet> {
+    let payload: Vec<u8> = (0..PACKET_BYTES).map(|i| (i * 7) as u8).collect();
+    let payload = Bytes::from(payload);
+    (0..TOTAL_BYTES / PACKET_BYTES)
+        .map(|i| Packet {
+            pts_us: i as u64 * 33_333,
+            keyframe: i % PACKETS_PER_KEYFRAME == 0,
+            data: payload.clone(),
+        })
+        .collect()
+}
+
+fn recorder_run(root: &std::path::Path, packets: &[Packet]) -> Duration {
+    let storage = Arc::new(LocalDirStorage::open(root.join("recordings")).unwrap());
+    let keys = LocalKeyStore::open(root.join("keys")).unwrap();
+    let config = RecorderConfig {
+        target_segment_duration: Duration::from_secs(3600),
+        target_segment_bytes: SEGMENT_BYTES,
+        max_segment_bytes: SEGMENT_BYTES * 4,
+        max_packet_bytes: PACKET_BYTES * 2,
+        recording_byte_budget: (TOTAL_BYTES * 2) as u64,
+        ..RecorderConfig::default()
+    };
+    let created_at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let new = NewRecording {
+        id: Uuid::new_v4(),
+        created_at,
+        expires_at: created_at + chrono::Duration::days(30),
+        stream: None,
+    };
+    let mut writer = RecordingWriter::create(storage, &keys, config, new).unwrap();
+    let start = Instant::now();
+    for packet in packets {
+        writer.push_packet(packet.clone()).unwrap();
+    }
+    writer.seal().unwrap();
+    start.elapsed()
+}
+
+fn plain_run(root: &std::path::Path, packets: &[Packet]) -> Duration {
+    let dir = root.join("plain");
+    fs::create_dir_all(&dir).unwrap();
+    let start = Instant::now();
+    let mut segment = Vec::with_capacity(SEGMENT_BYTES + PACKET_BYTES);
+    let mut index = 0;
+    let flush = |segment: &mut Vec<u8>, index: &mut usize| {
+        let tmp = dir.join(format!(".tmp-{index}"));
+        let mut file = fs::File::create(&tmp).unwrap();
+        file.write_all(segment).unwrap();
+        file.sync_all().unwrap();
+        fs::rename(&tmp, dir.join(format!("seg-{index}"))).unwrap();
+        fs::File::open(&dir).unwrap().sync_all().unwrap();
+        segment.clear();
+        *index += 1;
+    };
+    for packet in packets {
+        if packet.keyframe && segment.len() >= SEGMENT_BYTES {
+            flush(&mut segment, &mut index);
+        }
+        segment.extend_from_slice(&packet.data);
+    }
+    flush(&mut segment, &mut index);
+    start.elapsed()
+}
+
+fn main() {
+    let packets = packets();
+    let dir = tempfile::tempdir().unwrap();
+    let mib = TOTAL_BYTES as f64 / f64::from(1 << 20);
+
+    // One warm-up pair, then the measured pair.
+    plain_run(&dir.path().join("warm"), &packets);
+    recorder_run(&dir.path().join("warm"), &packets);
+    let plain = plain_run(dir.path(), &packets);
+    let recorded = recorder_run(dir.path(), &packets);
+
+    println!(
+        "data written:        {mib:.0} MiB in {PACKET_BYTES}-byte packets, {SEGMENT_BYTES}-byte segments"
+    );
+    println!(
+        "plain write:         {:.1} MiB/s ({:?})",
+        mib / plain.as_secs_f64(),
+        plain
+    );
+    println!(
+        "encrypt and write:   {:.1} MiB/s ({:?})",
+        mib / recorded.as_secs_f64(),
+        recorded
+    );
+    println!(
+        "time ratio (recorder / plain): {:.2}",
+        recorded.as_secs_f64() / plain.as_secs_f64()
+    );
+}

@@ -1,0 +1,242 @@
+//! Starting Xvfb and Chromium.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+/// Time Xvfb has to report its display number.
+const XVFB_START_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating a pipe");
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Makes `targets[i].0` available as fd `targets[i].1` in the child and asks the kernel
+/// to kill the child when the agent dies. Runs between fork and exec.
+fn child_setup(targets: &[(RawFd, RawFd)]) -> std::io::Result<()> {
+    // SAFETY: only async-signal-safe calls (prctl, fcntl, dup2, close) follow.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Move every source above the targets first, so no dup2 overwrites a source.
+        let mut moved = Vec::with_capacity(targets.len());
+        for &(source, _) in targets {
+            let high = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, 100);
+            if high < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            moved.push(high);
+        }
+        for (&high, &(_, target)) in moved.iter().zip(targets) {
+            // dup2 clears FD_CLOEXEC on the target, so it survives exec.
+            if libc::dup2(high, target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(high);
+        }
+    }
+    Ok(())
+}
+
+pub struct Xvfb {
+    pub child: Child,
+    pub display: String,
+}
+
+/// Starts Xvfb on a free display (`-displayfd`) with a `width`x`height`x24 screen.
+pub async fn start_xvfb(binary: &Path, width: u32, height: u32) -> anyhow::Result<Xvfb> {
+    let (read_end, write_end) = pipe()?;
+    let write_raw = write_end.as_raw_fd();
+    let mut command = Command::new(binary);
+    command
+        .args(["-displayfd", "3", "-screen", "0"])
+        .arg(format!("{width}x{height}x24"))
+        .args([
+            "-nolisten",
+            "tcp",
+            "+extension",
+            "MIT-SHM",
+            "+extension",
+            "XTEST",
+            "-noreset",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    // SAFETY: child_setup only makes async-signal-safe calls.
+    unsafe { command.pre_exec(move || child_setup(&[(write_raw, 3)])) };
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    drop(write_end);
+
+    let display = tokio::time::timeout(
+        XVFB_START_TIMEOUT,
+        tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            let mut text = String::new();
+            std::fs::File::from(read_end)
+                .take(32)
+                .read_to_string(&mut text)?;
+            let number: u32 = text
+                .trim()
+                .parse()
+                .with_context(|| format!("Xvfb reported display {text:?}"))?;
+            Ok(format!(":{number}"))
+        }),
+    )
+    .await
+    .context("timed out waiting for Xvfb to start")???;
+    Ok(Xvfb { child, display })
+}
+
+/// Chromium launch settings.
+pub struct ChromiumOptions<'a> {
+    pub binary: &'a Path,
+    pub display: &'a str,
+    pub start_url: &'a str,
+    pub profile_dir: &'a Path,
+    pub width: u32,
+    pub height: u32,
+    pub device_scale_factor: f32,
+    pub proxy_server: Option<&'a str>,
+    pub no_sandbox: bool,
+    pub lang: Option<&'a str>,
+}
+
+pub struct Chromium {
+    pub child: Child,
+    pub to_browser: tokio::net::unix::pipe::Sender,
+    pub from_browser: tokio::net::unix::pipe::Receiver,
+}
+
+/// Writes profile preferences that turn off the password manager and autofill, in
+/// addition to the image's managed policies.
+fn write_preferences(profile_dir: &Path) -> anyhow::Result<PathBuf> {
+    let default_dir = profile_dir.join("Default");
+    std::fs::create_dir_all(&default_dir)
+        .with_context(|| format!("creating {}", default_dir.display()))?;
+    let preferences = serde_json::json!({
+        "credentials_enable_service": false,
+        "credentials_enable_autosignin": false,
+        "profile": { "password_manager_enabled": false },
+        "autofill": { "profile_enabled": false, "credit_card_enabled": false },
+        "translate": { "enabled": false },
+    });
+    let path = default_dir.join("Preferences");
+    std::fs::write(&path, preferences.to_string())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+pub fn chromium_args(options: &ChromiumOptions<'_>) -> Vec<String> {
+    let mut args = vec![
+        "--kiosk".to_owned(),
+        "--no-first-run".to_owned(),
+        "--no-default-browser-check".to_owned(),
+        "--remote-debugging-pipe".to_owned(),
+        format!("--user-data-dir={}", options.profile_dir.display()),
+        format!("--window-size={},{}", options.width, options.height),
+        "--window-position=0,0".to_owned(),
+        format!("--force-device-scale-factor={}", options.device_scale_factor),
+        "--password-store=basic".to_owned(),
+        "--disable-breakpad".to_owned(),
+        "--disable-crash-reporter".to_owned(),
+        "--disable-sync".to_owned(),
+        "--disable-background-networking".to_owned(),
+        "--disable-component-update".to_owned(),
+        "--disable-default-apps".to_owned(),
+        "--disable-extensions".to_owned(),
+        "--disable-features=Translate,PasswordManagerOnboarding,AutofillServerCommunication,MediaRouter,OptimizationHints".to_owned(),
+        "--no-pings".to_owned(),
+        "--noerrdialogs".to_owned(),
+        "--deny-permission-prompts".to_owned(),
+        "--ozone-platform=x11".to_owned(),
+    ];
+    if let Some(proxy) = options.proxy_server {
+        args.push(format!("--proxy-server={proxy}"));
+        // Loopback goes through the proxy too: nothing in the container serves pages.
+        args.push("--proxy-bypass-list=<-loopback>".to_owned());
+    }
+    if let Some(lang) = options.lang {
+        args.push(format!("--lang={lang}"));
+    }
+    if options.no_sandbox {
+        args.push("--no-sandbox".to_owned());
+    }
+    args.push(options.start_url.to_owned());
+    args
+}
+
+/// Starts Chromium with the CDP pipe on its fds 3 (commands) and 4 (responses).
+pub fn start_chromium(options: &ChromiumOptions<'_>) -> anyhow::Result<Chromium> {
+    write_preferences(options.profile_dir)?;
+    let (commands_read, commands_write) = pipe()?;
+    let (responses_read, responses_write) = pipe()?;
+    let (commands_raw, responses_raw) = (commands_read.as_raw_fd(), responses_write.as_raw_fd());
+
+    let mut command = Command::new(options.binary);
+    command
+        .args(chromium_args(options))
+        .env_clear()
+        .env("DISPLAY", options.display)
+        .env(
+            "HOME",
+            std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()),
+        )
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(lang) = options.lang {
+        command.env("LANG", lang);
+    }
+    // SAFETY: child_setup only makes async-signal-safe calls.
+    unsafe { command.pre_exec(move || child_setup(&[(commands_raw, 3), (responses_raw, 4)])) };
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {}", options.binary.display()))?;
+    drop((commands_read, responses_write));
+
+    let to_browser = tokio::net::unix::pipe::Sender::from_owned_fd(commands_write)
+        .context("opening the CDP command pipe")?;
+    let from_browser = tokio::net::unix::pipe::Receiver::from_owned_fd(responses_read)
+        .context("opening the CDP response pipe")?;
+    Ok(Chromium {
+        child,
+        to_browser,
+        from_browser,
+    })
+}
+
+/// Stops a child: SIGTERM, then SIGKILL after `grace`.
+pub async fn stop_child(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+pub fn check_binary(path: &Path) -> anyhow::Result<()> {
+    if !path.exists() {
+        bail!("{} not found; install it or pass its path", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! Command-line arguments and the agent's lifecycle.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use protocol::AgentControl;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::browser::Page;
+use crate::cdp::Cdp;
+use crate::hub::Hub;
+use crate::input::InputCommand;
+use crate::processes::{self, ChromiumOptions};
+use crate::server::{self, Handlers};
+use crate::stream::{self, StreamConfig};
+
+/// Time children get to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Time the last messages get to reach the broker before exit.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Exit status when Chromium exited on its own.
+pub const EXIT_BROWSER_EXITED: u8 = 1;
+
+/// Strongroom workspace agent. No argument carries a secret: the session secret is given
+/// only as its SHA-256.
+#[derive(Debug, clap::Parser)]
+#[command(name = "strongroom-agent", version)]
+pub struct Args {
+    /// Address the broker connects to (WebSocket over TCP). Port 0 picks a free port.
+    #[arg(long, default_value = "0.0.0.0:7000")]
+    pub listen: SocketAddr,
+    /// Lower-case hex SHA-256 of the per-session secret the broker authenticates with.
+    #[arg(long, env = "STRONGROOM_AGENT_SECRET_SHA256")]
+    pub secret_sha256: String,
+    /// URL Chromium opens at start.
+    #[arg(long)]
+    pub start_url: String,
+    /// Screen width in pixels (even, 64 to 4096).
+    #[arg(long, default_value_t = 1280)]
+    pub width: u32,
+    /// Screen height in pixels (even, 64 to 4096).
+    #[arg(long, default_value_t = 720)]
+    pub height: u32,
+    /// Chromium's device scale factor.
+    #[arg(long, default_value_t = 1.0)]
+    pub device_scale_factor: f32,
+    /// Capture rate in frames per second (1 to 60).
+    #[arg(long, default_value_t = 15)]
+    pub fps: u32,
+    /// Target video bitrate in bits per second.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub bitrate: usize,
+    /// Keyframe interval in seconds; an unchanged screen is re-sent this often.
+    #[arg(long, default_value_t = 3)]
+    pub keyframe_interval_secs: u64,
+    /// Chromium's proxy (the session's egress proxy), for example `http://10.64.0.1:3128`.
+    #[arg(long)]
+    pub proxy_server: Option<String>,
+    /// Chromium's UI language and `LANG`, for example `de-DE`.
+    #[arg(long)]
+    pub lang: Option<String>,
+    /// Chromium binary.
+    #[arg(long, default_value = "/usr/bin/chromium")]
+    pub chromium: PathBuf,
+    /// Xvfb binary.
+    #[arg(long, default_value = "/usr/bin/Xvfb")]
+    pub xvfb: PathBuf,
+    /// Directory under which the throwaway Chromium profile is created (a tmpfs).
+    #[arg(long, default_value = "/tmp")]
+    pub profile_root: PathBuf,
+    /// Runs Chromium with `--no-sandbox`. Only for local tests as root outside a
+    /// container; the workspace container never sets it.
+    #[arg(long)]
+    pub no_sandbox: bool,
+}
+
+impl Args {
+    fn validate(&self) -> anyhow::Result<[u8; 32]> {
+        let hash =
+            protocol::parse_sha256_hex(&self.secret_sha256).context("invalid --secret-sha256")?;
+        for (name, value) in [("--width", self.width), ("--height", self.height)] {
+            if !(protocol::limits::MIN_DIMENSION..=protocol::limits::MAX_DIMENSION).contains(&value)
+                || value % 2 != 0
+            {
+                bail!("{name} {value} must be even and between 64 and 4096");
+            }
+        }
+        if !(1..=60).contains(&self.fps) {
+            bail!("--fps {} must be between 1 and 60", self.fps);
+        }
+        if !(0.5..=4.0).contains(&self.device_scale_factor) {
+            bail!(
+                "--device-scale-factor {} must be between 0.5 and 4",
+                self.device_scale_factor
+            );
+        }
+        if self.keyframe_interval_secs == 0 {
+            bail!("--keyframe-interval-secs must be at least 1");
+        }
+        processes::check_binary(&self.chromium)?;
+        processes::check_binary(&self.xvfb)?;
+        Ok(hash)
+    }
+}
+
+/// Turns off core dumps and ptrace access by other processes of the same user, so the
+/// credentials in memory cannot be read from a dump.
+fn harden_process() -> anyhow::Result<()> {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid arguments.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
+            return Err(std::io::Error::last_os_error()).context("setting RLIMIT_CORE to 0");
+        }
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error()).context("clearing PR_SET_DUMPABLE");
+        }
+    }
+    Ok(())
+}
+
+fn create_profile_dir(root: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut random = [0u8; 8];
+    // SAFETY: getrandom writes at most `random.len()` bytes into the buffer.
+    let read = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    if read != random.len() as isize {
+        bail!("getrandom failed: {}", std::io::Error::last_os_error());
+    }
+    let dir = root.join(format!("strongroom-profile-{}", hex::encode(random)));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Runs the agent until the broker ends the session, Chromium exits or a signal arrives,
+/// and returns the exit status.
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    let secret_sha256 = args.validate()?;
+    harden_process()?;
+
+    let mut xvfb = processes::start_xvfb(&args.xvfb, args.width, args.height).await?;
+    tracing::info!(display = %xvfb.display, "Xvfb started");
+    let profile_dir = create_profile_dir(&args.profile_root)?;
+
+    let outcome = run_session(&args, secret_sha256, &xvfb.display, &profile_dir).await;
+
+    processes::stop_child(&mut xvfb.child, STOP_GRACE).await;
+    if let Err(error) = std::fs::remove_dir_all(&profile_dir) {
+        tracing::warn!(error = %error, path = %profile_dir.display(), "Removing the Chromium profile failed");
+    }
+    outcome
+}
+
+async fn run_session(
+    args: &Args,
+    secret_sha256: [u8; 32],
+    display: &str,
+    profile_dir: &std::path::Path,
+) -> anyhow::Result<u8> {
+    let hub = Arc::new(Hub::default());
+
+    let (input_sender, input_receiver) = std::sync::mpsc::channel::<InputCommand>();
+    let input_display = display.to_owned();
+    let input_thread = std::thread::Builder::new()
+        .name("input".into())
+        .spawn(move || crate::input::run(&input_display, input_receiver))?;
+
+    let stop_stream = Arc::new(AtomicBool::new(false));
+    let (stream_failed_sender, mut stream_failed) =
+        tokio::sync::oneshot::channel::<anyhow::Error>();
+    let stream_thread = {
+        let (hub, stop, display) = (hub.clone(), stop_stream.clone(), display.to_owned());
+        let config = StreamConfig {
+            fps: args.fps,
+            bitrate: args.bitrate,
+            keyframe_interval: Duration::from_secs(args.keyframe_interval_secs),
+        };
+        std::thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || {
+                if let Err(error) = stream::run(&display, config, hub, stop) {
+                    let _ = stream_failed_sender.send(error);
+                }
+            })?
+    };
+
+    let mut chromium = processes::start_chromium(&ChromiumOptions {
+        binary: &args.chromium,
+        display,
+        start_url: &args.start_url,
+        profile_dir,
+        width: args.width,
+        height: args.height,
+        device_scale_factor: args.device_scale_factor,
+        proxy_server: args.proxy_server.as_deref(),
+        no_sandbox: args.no_sandbox,
+        lang: args.lang.as_deref(),
+    })?;
+    tracing::info!(
+        pid = chromium.child.id(),
+        no_sandbox = args.no_sandbox,
+        "Chromium started"
+    );
+
+    let (cdp, cdp_reader) = Cdp::start(chromium.to_browser, chromium.from_browser);
+    let page = tokio::select! {
+        page = Page::attach(cdp.clone()) => page?,
+        status = chromium.child.wait() => bail!("Chromium exited during start: {status:?}"),
+    };
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stop_tasks = CancellationToken::new();
+    tasks.spawn(
+        page.clone()
+            .follow_navigations(hub.clone(), stop_tasks.clone()),
+    );
+    let (login_sender, mut login_receiver) = mpsc::channel::<protocol::AutoLogin>(1);
+    {
+        let (page, hub, input, stop) = (
+            page.clone(),
+            hub.clone(),
+            input_sender.clone(),
+            stop_tasks.clone(),
+        );
+        tasks.spawn(async move {
+            loop {
+                let login = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    login = login_receiver.recv() => match login {
+                        Some(login) => login,
+                        None => break,
+                    },
+                };
+                let input = input.clone();
+                crate::login::run(page.clone(), hub.clone(), login, move || {
+                    let _ = input.send(InputCommand::ReleaseAll);
+                })
+                .await;
+            }
+        });
+    }
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let end = CancellationToken::new();
+    let stop_accepting = CancellationToken::new();
+    let handlers = Arc::new(Handlers {
+        hub: hub.clone(),
+        secret_sha256,
+        input: input_sender,
+        login: login_sender,
+        end: end.clone(),
+    });
+    tasks.spawn(server::serve(listener, handlers, stop_accepting.clone()));
+    tracing::info!(%address, "Agent ready");
+    // The readiness line on stdout: launchers and tests read the bound address from it.
+    println!("LISTENING {address}");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let code = tokio::select! {
+        status = chromium.child.wait() => {
+            let status = status.context("waiting for Chromium")?;
+            use std::os::unix::process::ExitStatusExt;
+            tracing::error!(code = status.code(), signal = status.signal(), "Chromium exited");
+            hub.send_control(&AgentControl::BrowserExited { code: status.code(), signal: status.signal() });
+            EXIT_BROWSER_EXITED
+        }
+        _ = end.cancelled() => 0,
+        _ = sigterm.recv() => {
+            tracing::info!("SIGTERM received");
+            0
+        }
+        _ = tokio::signal::ctrl_c() => 0,
+        Ok(error) = &mut stream_failed => {
+            tracing::error!(error = %format!("{error:#}"), "Screen capture failed");
+            hub.send_control(&AgentControl::Error { message: "screen capture failed".into() });
+            2
+        }
+    };
+
+    // Shut down: stop accepting, let the broker connection send what is queued, stop
+    // the threads and Chromium.
+    stop_accepting.cancel();
+    stop_tasks.cancel();
+    hub.close();
+    tasks.close();
+    processes::stop_child(&mut chromium.child, STOP_GRACE).await;
+    cdp_reader.abort();
+    if tokio::time::timeout(FLUSH_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Tasks did not finish before exit");
+    }
+    stop_stream.store(true, Ordering::SeqCst);
+    drop(page);
+    drop(cdp);
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = stream_thread.join();
+        let _ = input_thread.join();
+    })
+    .await;
+    Ok(code)
+}
