@@ -1,1 +1,4 @@
-//! Cross-crate integration and end-to-end tests.
+//! Support for Strongroom's cross-crate integration and end-to-end tests.
+
+pub mod agent;
+pub mod pages;

@@ -7,6 +7,7 @@ use tokio::net::UnixStream;
 use uuid::Uuid;
 
 use crate::protocol::{
+    HealthReport,
     EndedSession, ErrorKind, FrameError, LaunchSession, LaunchedSession, ReconcileReport, Request,
     Response, SessionInfo, read_frame, write_frame,
 };
@@ -124,6 +125,13 @@ impl LauncherClient {
         }
     }
 
+    pub async fn health(&self) -> Result<HealthReport, ClientError> {
+        match self.request(&Request::Health).await? {
+            Response::Health(report) => Ok(report),
+            other => Err(unexpected("health", other)),
+        }
+    }
+
     pub async fn list_sessions(&self) -> Result<Vec<SessionInfo>, ClientError> {
         match self.request(&Request::ListSessions).await? {
             Response::Sessions { sessions } => Ok(sessions),
@@ -157,6 +165,7 @@ fn unexpected(request: &'static str, response: Response) -> ClientError {
         Response::Ended(_) => "ended",
         Response::Sessions { .. } => "sessions",
         Response::Reconciled(_) => "reconciled",
+        Response::Health(_) => "health",
     };
     ClientError::Unexpected { request, got }
 }

@@ -491,6 +491,15 @@ impl Runtime for DockerRuntime {
             .boxed()
     }
 
+    async fn engine_version(&self) -> Result<String, RuntimeError> {
+        let version = self.docker.version().await.map_err(failed("read engine version"))?;
+        Ok(format!(
+            "{} (API {})",
+            version.version.unwrap_or_default(),
+            version.api_version.unwrap_or_default()
+        ))
+    }
+
     async fn image_present(&self, tag: &str) -> Result<bool, RuntimeError> {
         match self.docker.inspect_image(tag).await {
             Ok(_) => Ok(true),

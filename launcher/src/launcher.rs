@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::config::LauncherConfig;
 use crate::labels;
 use crate::protocol::{
+    HealthReport,
     DeadSession, EndedSession, ErrorKind, LaunchSession, LaunchedSession, ReconcileReport,
     SessionInfo, WorkloadState,
 };
@@ -186,6 +187,27 @@ impl Launcher {
     }
 
     /// Number of sessions launched or being launched, as counted against `max_sessions`.
+    /// Checks the engine and the workspace image.
+    pub async fn health(&self) -> HealthReport {
+        let image = self.inner.config.image.clone();
+        let sessions = self.session_count();
+        let max_sessions = self.inner.config.max_sessions;
+        match self.inner.runtime.engine_version().await {
+            Ok(version) => {
+                let image_present = self.inner.runtime.image_present(&image).await.ok();
+                HealthReport { engine_version: Some(version), engine_error: None, image, image_present, sessions, max_sessions }
+            }
+            Err(error) => HealthReport {
+                engine_version: None,
+                engine_error: Some(error.to_string()),
+                image,
+                image_present: None,
+                sessions,
+                max_sessions,
+            },
+        }
+    }
+
     pub fn session_count(&self) -> usize {
         let state = self.state();
         state.sessions.len() + state.in_flight.len()

@@ -22,6 +22,8 @@ pub enum Request {
         reason: String,
     },
     ListSessions,
+    /// Reports whether the engine answers and the workspace image is present.
+    Health,
     /// Removes this instance's objects whose session is neither in `live_sessions` nor
     /// being launched, and reports live sessions whose workspace is dead.
     Reconcile {
@@ -132,7 +134,23 @@ pub enum Response {
     Ended(EndedSession),
     Sessions { sessions: Vec<SessionInfo> },
     Reconciled(ReconcileReport),
+    Health(HealthReport),
     Error(ErrorBody),
+}
+
+/// The launcher's view of its dependencies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// Engine version when the engine answered.
+    pub engine_version: Option<String>,
+    /// Why the engine did not answer.
+    pub engine_error: Option<String>,
+    /// The configured workspace image tag.
+    pub image: String,
+    /// Whether that image is present; `None` when the engine did not answer.
+    pub image_present: Option<bool>,
+    pub sessions: usize,
+    pub max_sessions: usize,
 }
 
 /// Addresses and names of a launched workspace.

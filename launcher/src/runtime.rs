@@ -148,4 +148,7 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Returns whether an image with that tag is present (never pulls).
     async fn image_present(&self, tag: &str) -> Result<bool, RuntimeError>;
+
+    /// Returns the engine's version, proving that the engine answers.
+    async fn engine_version(&self) -> Result<String, RuntimeError>;
 }

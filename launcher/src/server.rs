@@ -147,6 +147,7 @@ impl Launcher {
                 Ok(ended) => Response::Ended(ended),
                 Err(error) => error_response(error.kind(), error.to_string()),
             },
+            Request::Health => Response::Health(self.health().await),
             Request::ListSessions => match self.list().await {
                 Ok(sessions) => Response::Sessions { sessions },
                 Err(error) => error_response(ErrorKind::Runtime, error.to_string()),

@@ -371,6 +371,9 @@ impl Runtime for Misreporting {
         }
         self.docker.image_present(tag).await
     }
+    async fn engine_version(&self) -> Result<String, RuntimeError> {
+        self.docker.engine_version().await
+    }
 }
 
 #[tokio::test]
@@ -1010,5 +1013,22 @@ async fn subnet_taken_concurrently_is_skipped() {
         .end(request.session_id, "test finished")
         .await
         .unwrap();
+    instance.finish().await;
+}
+
+#[tokio::test]
+async fn health_reports_engine_and_image() {
+    let mut instance = TestInstance::new().await;
+    let present = instance.launcher().health().await;
+    let tag = format!("strongroom-launcher-test/absent:{}", Uuid::new_v4().simple());
+    instance.config.image = tag.clone();
+    let absent = instance.launcher().health().await;
+
+    assert!(present.engine_version.as_deref().unwrap_or_default().contains("API"), "{present:?}");
+    assert_eq!(present.engine_error, None);
+    assert_eq!(present.image_present, Some(true));
+    assert_eq!(absent.image, tag);
+    assert_eq!(absent.image_present, Some(false));
+
     instance.finish().await;
 }

@@ -1,0 +1,250 @@
+//! Stream hub: the broker's link to each workspace agent, fanned out to the recorder
+//! and to viewers.
+//!
+//! The broker dials the agent. Every video packet goes to the recorder first and is
+//! broadcast to viewers only once the recorder accepted it, so nobody sees a frame
+//! that is not being recorded. When the recorder fails, the stream freezes at once,
+//! viewers are told why, and the session is ended.
+//!
+//! Everything the agent sends is untrusted: frames are size-bounded and decoded by
+//! the `protocol` crate, which rejects anything it does not expect.
+
+mod link;
+pub mod recording;
+pub mod viewer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use protocol::{BrokerMessage, SessionSecret};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::audit::AuditLog;
+use crate::tasks::TaskRegistry;
+pub use recording::RecordingSettings;
+
+/// Events a viewer receives, in order.
+#[derive(Debug, Clone)]
+pub enum ViewerEvent {
+    Config { codec: String, width: u32, height: u32 },
+    Video { keyframe: bool, pts_us: u64, data: Bytes },
+    /// Credentials are being typed; the screen is hidden until `active` is false.
+    Placeholder { active: bool },
+    /// The recording stopped; the stream is frozen and the session is ending.
+    RecordingFailed { reason: String },
+    Ended { reason: String },
+}
+
+/// Callbacks into the session lifecycle.
+pub trait SessionHooks: Send + Sync + 'static {
+    /// The stream cannot go on; end the session with this reason.
+    fn end_session(&self, session_id: Uuid, reason: String);
+    /// A person's real keyboard, mouse or wheel input arrived.
+    fn person_input(&self, session_id: Uuid);
+}
+
+/// Timing and sizes of the hub.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Port the agent listens on inside the workspace.
+    pub agent_port: u16,
+    /// How long the broker keeps trying to reach a starting agent.
+    pub agent_connect_timeout: Duration,
+    /// Events buffered per viewer before it skips to the next keyframe.
+    pub viewer_buffer: usize,
+    /// Interval of WebSocket pings to viewers.
+    pub viewer_ping_interval: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> StreamSettings {
+        StreamSettings {
+            agent_port: 7000,
+            agent_connect_timeout: Duration::from_secs(45),
+            viewer_buffer: 64,
+            viewer_ping_interval: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What the stream of one session needs to start.
+pub struct StreamStart {
+    pub session_id: Uuid,
+    pub owner: String,
+    pub agent_addr: SocketAddr,
+    pub secret: SessionSecret,
+    pub recording_id: Uuid,
+    pub recording_expires_at: DateTime<Utc>,
+}
+
+/// The latest state a joining viewer needs.
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    config: Option<(String, u32, u32)>,
+    placeholder: bool,
+    ended: Option<String>,
+}
+
+/// One session's live stream.
+pub struct LiveStream {
+    pub session_id: Uuid,
+    pub owner: String,
+    pub recording_id: Uuid,
+    to_agent: mpsc::Sender<BrokerMessage>,
+    events: broadcast::Sender<ViewerEvent>,
+    snapshot: Mutex<Snapshot>,
+    frozen: AtomicBool,
+    stop: CancellationToken,
+}
+
+impl LiveStream {
+    /// Subscribes a viewer: the current state first, then every later event.
+    pub fn subscribe(&self) -> (Vec<ViewerEvent>, broadcast::Receiver<ViewerEvent>) {
+        let snapshot = self.snapshot.lock().expect("snapshot lock");
+        let receiver = self.events.subscribe();
+        let mut initial = Vec::new();
+        if let Some((codec, width, height)) = snapshot.config.clone() {
+            initial.push(ViewerEvent::Config { codec, width, height });
+        }
+        if snapshot.placeholder {
+            initial.push(ViewerEvent::Placeholder { active: true });
+        }
+        if let Some(reason) = snapshot.ended.clone() {
+            initial.push(ViewerEvent::Ended { reason });
+        }
+        (initial, receiver)
+    }
+
+    /// Sends a message to the agent. Returns false when the link is gone or its queue
+    /// is full; input is then dropped rather than queued without bound.
+    pub fn send_to_agent(&self, message: BrokerMessage) -> bool {
+        self.to_agent.try_send(message).is_ok()
+    }
+
+    pub fn placeholder_active(&self) -> bool {
+        self.snapshot.lock().expect("snapshot lock").placeholder
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+        change(&mut self.snapshot.lock().expect("snapshot lock"));
+    }
+
+    fn publish(&self, event: ViewerEvent) {
+        // No subscriber is fine: the recorder has the packet either way.
+        let _ = self.events.send(event);
+    }
+}
+
+/// All live streams of this broker.
+#[derive(Clone)]
+pub struct StreamHub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    streams: Mutex<HashMap<Uuid, Arc<LiveStream>>>,
+    settings: StreamSettings,
+    recording: RecordingSettings,
+    audit: AuditLog,
+    hooks: Mutex<Option<Arc<dyn SessionHooks>>>,
+    tasks: TaskRegistry,
+}
+
+impl StreamHub {
+    pub fn new(settings: StreamSettings, recording: RecordingSettings, audit: AuditLog, tasks: TaskRegistry) -> StreamHub {
+        StreamHub {
+            inner: Arc::new(HubInner {
+                streams: Mutex::new(HashMap::new()),
+                settings,
+                recording,
+                audit,
+                hooks: Mutex::new(None),
+                tasks,
+            }),
+        }
+    }
+
+    /// Connects the hub to the session lifecycle. Set once at start-up.
+    pub fn set_hooks(&self, hooks: Arc<dyn SessionHooks>) {
+        *self.inner.hooks.lock().expect("hooks lock") = Some(hooks);
+    }
+
+    pub fn settings(&self) -> &StreamSettings {
+        &self.inner.settings
+    }
+
+    /// Starts the recording and the agent link of a session. The recording is created
+    /// before anything connects, so a failing store refuses the stream at once.
+    pub fn start(&self, start: StreamStart) -> anyhow::Result<Arc<LiveStream>> {
+        let recording = recording::RecordingHandle::start(
+            &self.inner.recording,
+            start.recording_id,
+            Utc::now(),
+            start.recording_expires_at,
+        )?;
+
+        let (to_agent, from_broker) = mpsc::channel(256);
+        let (events, _) = broadcast::channel(self.inner.settings.viewer_buffer.max(2));
+        let stream = Arc::new(LiveStream {
+            session_id: start.session_id,
+            owner: start.owner.clone(),
+            recording_id: start.recording_id,
+            to_agent,
+            events,
+            snapshot: Mutex::new(Snapshot::default()),
+            frozen: AtomicBool::new(false),
+            stop: self.inner.tasks.token().child_token(),
+        });
+        self.inner.streams.lock().expect("streams lock").insert(start.session_id, stream.clone());
+
+        let link = link::Link {
+            hub: self.clone(),
+            stream: stream.clone(),
+            recording,
+            from_broker,
+            agent_addr: start.agent_addr,
+            secret: start.secret,
+            last_pts_us: 0,
+        };
+        self.inner.tasks.spawn("stream", link.run());
+        Ok(stream)
+    }
+
+    pub fn get(&self, session_id: Uuid) -> Option<Arc<LiveStream>> {
+        self.inner.streams.lock().expect("streams lock").get(&session_id).cloned()
+    }
+
+    /// Ends a session's stream: the agent is told to end, the recording is sealed and
+    /// viewers get the reason. Does nothing for an unknown session.
+    pub fn stop(&self, session_id: Uuid, reason: &str) {
+        if let Some(stream) = self.get(session_id) {
+            stream.update(|snapshot| {
+                snapshot.ended.get_or_insert_with(|| reason.to_owned());
+            });
+            stream.stop.cancel();
+        }
+    }
+
+    fn remove(&self, session_id: Uuid) {
+        self.inner.streams.lock().expect("streams lock").remove(&session_id);
+    }
+
+    fn hooks(&self) -> Option<Arc<dyn SessionHooks>> {
+        self.inner.hooks.lock().expect("hooks lock").clone()
+    }
+
+    fn audit(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+}

@@ -1,0 +1,141 @@
+//! The recorder of one live session, on its own thread.
+//!
+//! Recorder calls block on file I/O (a segment is fsynced when it is cut), so each
+//! recording gets a dedicated thread that owns the [`RecordingWriter`]. The stream task
+//! sends every record and waits for the answer before it shows the packet to anyone:
+//! a packet the recorder did not accept is never shown.
+
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use recorder::{
+    KeyStore, Marker, NewRecording, Packet, RecorderConfig, RecorderError, RecordingWriter,
+    SegmentStored, Storage, StreamConfig,
+};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// What the recorder thread is asked to do.
+enum Command {
+    Config(StreamConfig, oneshot::Sender<Result<(), RecorderError>>),
+    Packet(Packet, oneshot::Sender<Result<Option<SegmentStored>, RecorderError>>),
+    Marker(Marker, oneshot::Sender<Result<(), RecorderError>>),
+    Seal(oneshot::Sender<Result<SealSummary, RecorderError>>),
+}
+
+/// Result of sealing a recording.
+#[derive(Debug, Clone)]
+pub struct SealSummary {
+    pub segment_count: u64,
+    pub final_segment: Option<SegmentStored>,
+    pub seal_sha256: [u8; 32],
+}
+
+/// Where recordings go and how they are cut.
+#[derive(Clone)]
+pub struct RecordingSettings {
+    pub storage: Arc<dyn Storage>,
+    pub keys: Arc<dyn KeyStore>,
+    pub config: RecorderConfig,
+}
+
+/// Handle to a recording thread. Dropping it without sealing lets the thread exit and
+/// leaves the recording for crash recovery.
+pub struct RecordingHandle {
+    id: Uuid,
+    commands: std_mpsc::SyncSender<Command>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingFailure {
+    #[error("recorder rejected the write: {0}")]
+    Recorder(#[from] RecorderError),
+    #[error("recorder thread is gone")]
+    ThreadGone,
+}
+
+impl RecordingHandle {
+    /// Creates the recording and starts its thread.
+    pub fn start(
+        settings: &RecordingSettings,
+        id: Uuid,
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> anyhow::Result<RecordingHandle> {
+        let new = NewRecording { id, created_at, expires_at, stream: None };
+        let writer = RecordingWriter::create(settings.storage.clone(), settings.keys.as_ref(), settings.config.clone(), new)
+            .context("cannot create the recording")?;
+
+        // A small queue: the stream task waits for each answer anyway.
+        let (commands, receiver) = std_mpsc::sync_channel(4);
+        std::thread::Builder::new()
+            .name(format!("recorder-{}", &id.simple().to_string()[..8]))
+            .spawn(move || run(writer, receiver))
+            .context("cannot start the recorder thread")?;
+        Ok(RecordingHandle { id, commands })
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    pub async fn push_config(&self, config: StreamConfig) -> Result<(), RecordingFailure> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Config(config, reply))?;
+        Ok(answer.await.map_err(|_| RecordingFailure::ThreadGone)??)
+    }
+
+    pub async fn push_packet(&self, packet: Packet) -> Result<Option<SegmentStored>, RecordingFailure> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Packet(packet, reply))?;
+        Ok(answer.await.map_err(|_| RecordingFailure::ThreadGone)??)
+    }
+
+    pub async fn push_marker(&self, marker: Marker) -> Result<(), RecordingFailure> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Marker(marker, reply))?;
+        Ok(answer.await.map_err(|_| RecordingFailure::ThreadGone)??)
+    }
+
+    /// Stores the open segment and the seal. The thread exits afterwards, and later
+    /// calls fail with [`RecordingFailure::ThreadGone`].
+    pub async fn seal(&self) -> Result<SealSummary, RecordingFailure> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Seal(reply))?;
+        Ok(answer.await.map_err(|_| RecordingFailure::ThreadGone)??)
+    }
+
+    fn send(&self, command: Command) -> Result<(), RecordingFailure> {
+        self.commands.send(command).map_err(|_| RecordingFailure::ThreadGone)
+    }
+}
+
+fn run(mut writer: RecordingWriter, commands: std_mpsc::Receiver<Command>) {
+    // A dropped reply channel only means the stream task went away; the loop goes on
+    // until the handle is dropped or the recording is sealed.
+    while let Ok(command) = commands.recv() {
+        match command {
+            Command::Config(config, reply) => {
+                let _ = reply.send(writer.push_config(config));
+            }
+            Command::Packet(packet, reply) => {
+                let _ = reply.send(writer.push_packet(packet));
+            }
+            Command::Marker(marker, reply) => {
+                let _ = reply.send(writer.push_marker(marker));
+            }
+            Command::Seal(reply) => {
+                let result = writer.seal().map(|sealed| SealSummary {
+                    segment_count: sealed.manifest.segment_count,
+                    final_segment: sealed.final_segment,
+                    seal_sha256: sealed.seal_sha256,
+                });
+                let _ = reply.send(result);
+                return;
+            }
+        }
+    }
+    tracing::warn!(recording.id = %writer.id(), "Recorder handle dropped without sealing; the recording is left for crash recovery");
+}

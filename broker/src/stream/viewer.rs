@@ -1,0 +1,310 @@
+//! The viewer side of the live view: one WebSocket per watching browser.
+//!
+//! Broker to browser: binary messages are video packets (`0x01`, flags with bit 0 for
+//! a keyframe, the presentation time in microseconds as a little-endian u64, then the
+//! VP8 frame); text messages are JSON status objects with a `type` of `config`,
+//! `placeholder`, `recording_failed`, `ended` or `watched`.
+//!
+//! Browser to broker: text messages, each one JSON input event ([`ViewerInput`]).
+//! Input is forwarded only from the session's owner, never while the auto-login
+//! placeholder is up, and each accepted event counts as person activity for the idle
+//! timer. Pings, pongs and reconnects do not.
+//!
+//! A viewer that falls behind loses buffered events, skips to the next keyframe and
+//! asks the agent for one, so memory per viewer stays bounded by the broadcast buffer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket};
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use protocol::{BrokerMessage, KeyEvent, MouseButton};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::{LiveStream, SessionHooks, ViewerEvent};
+
+/// Largest input message accepted from a viewer, in bytes.
+pub const MAX_VIEWER_MESSAGE: usize = 4096;
+
+/// How long a viewer ticket stays valid.
+pub const TICKET_LIFETIME: Duration = Duration::from_secs(30);
+
+/// How often an open viewer re-checks that its portal session is still valid.
+const AUTHORISATION_RECHECK: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewerMode {
+    /// The owner: sees the screen and controls it.
+    Control,
+    /// An admin watching: sees the screen, sends nothing.
+    Watch,
+}
+
+/// What a ticket grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketGrant {
+    pub session_id: Uuid,
+    pub user_id: String,
+    /// Hash of the portal session that asked for the ticket; the viewer closes when
+    /// that portal session ends.
+    pub portal_session: String,
+    pub mode: ViewerMode,
+}
+
+/// One-time tickets for the viewer WebSocket, issued to a signed-in portal session.
+#[derive(Clone, Default)]
+pub struct Tickets {
+    issued: Arc<Mutex<HashMap<String, (TicketGrant, Instant)>>>,
+}
+
+impl Tickets {
+    pub fn issue(&self, grant: TicketGrant) -> String {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let ticket = hex::encode(bytes);
+        let mut issued = self.issued.lock().expect("tickets lock");
+        let now = Instant::now();
+        issued.retain(|_, (_, at)| now.duration_since(*at) < TICKET_LIFETIME);
+        issued.insert(ticket.clone(), (grant, now));
+        ticket
+    }
+
+    /// Takes a ticket: valid once, within its lifetime.
+    pub fn redeem(&self, ticket: &str) -> Option<TicketGrant> {
+        let (grant, at) = self.issued.lock().expect("tickets lock").remove(ticket)?;
+        (at.elapsed() < TICKET_LIFETIME).then_some(grant)
+    }
+}
+
+/// Input events a viewer may send.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ViewerInput {
+    Key { code: String, key: String, pressed: bool },
+    MouseMove { x: u32, y: u32 },
+    MouseButton { button: MouseButton, pressed: bool, x: u32, y: u32 },
+    Wheel { x: u32, y: u32, delta_x: f32, delta_y: f32 },
+    Resize { width: u32, height: u32, device_pixel_ratio: f32 },
+}
+
+impl ViewerInput {
+    /// Parses and bounds one message; `None` for anything else.
+    pub fn parse(text: &str) -> Option<ViewerInput> {
+        if text.len() > MAX_VIEWER_MESSAGE {
+            return None;
+        }
+        let input: ViewerInput = serde_json::from_str(text).ok()?;
+        let valid = match &input {
+            ViewerInput::Key { code, key, .. } => code.len() <= 64 && key.chars().count() <= 32,
+            ViewerInput::MouseMove { x, y } | ViewerInput::MouseButton { x, y, .. } => *x <= 16384 && *y <= 16384,
+            ViewerInput::Wheel { delta_x, delta_y, .. } => delta_x.is_finite() && delta_y.is_finite(),
+            ViewerInput::Resize { width, height, device_pixel_ratio } => {
+                *width <= 16384 && *height <= 16384 && device_pixel_ratio.is_finite()
+            }
+        };
+        valid.then_some(input)
+    }
+
+    /// Whether this input is a person acting (resizing a window is not).
+    pub fn is_person_activity(&self) -> bool {
+        !matches!(self, ViewerInput::Resize { .. })
+    }
+
+    fn into_broker_message(self) -> BrokerMessage {
+        match self {
+            ViewerInput::Key { code, key, pressed } => BrokerMessage::Key(KeyEvent { code, key, pressed }),
+            ViewerInput::MouseMove { x, y } => BrokerMessage::MouseMove { x, y },
+            ViewerInput::MouseButton { button, pressed, x, y } => BrokerMessage::MouseButton { button, pressed, x, y },
+            ViewerInput::Wheel { x, y, delta_x, delta_y } => BrokerMessage::Wheel { x, y, delta_x, delta_y },
+            ViewerInput::Resize { width, height, device_pixel_ratio } => {
+                BrokerMessage::Resize { width, height, device_pixel_ratio }
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StatusMessage<'a> {
+    Config { codec: &'a str, width: u32, height: u32 },
+    Placeholder { active: bool },
+    RecordingFailed { reason: &'a str },
+    Ended { reason: &'a str },
+}
+
+/// Returns whether the viewer's portal session still allows viewing.
+pub type Authorisation = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// Serves one viewer until the session ends, the socket closes or the portal session
+/// loses its right to view.
+pub async fn serve(
+    socket: WebSocket,
+    stream: Arc<LiveStream>,
+    mode: ViewerMode,
+    hooks: Option<Arc<dyn SessionHooks>>,
+    authorised: Authorisation,
+    ping_interval: Duration,
+) {
+    let (mut sender, mut receiver) = socket.split();
+    let (initial, mut events) = stream.subscribe();
+    let mut waiting_for_keyframe = true;
+    stream.send_to_agent(BrokerMessage::RequestKeyframe);
+
+    for event in initial {
+        if send_event(&mut sender, &event, &mut waiting_for_keyframe).await.is_err() {
+            return;
+        }
+    }
+
+    let mut ping = tokio::time::interval(ping_interval);
+    let mut recheck = tokio::time::interval(AUTHORISATION_RECHECK);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => {
+                    let ended = matches!(event, ViewerEvent::Ended { .. });
+                    if send_event(&mut sender, &event, &mut waiting_for_keyframe).await.is_err() || ended {
+                        break;
+                    }
+                }
+                Err(RecvError::Lagged(skipped)) => {
+                    tracing::debug!(session.id = %stream.session_id, skipped, "Viewer fell behind; skipping to the next keyframe");
+                    waiting_for_keyframe = true;
+                    stream.send_to_agent(BrokerMessage::RequestKeyframe);
+                }
+                Err(RecvError::Closed) => break,
+            },
+            incoming = receiver.next() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    if mode == ViewerMode::Control {
+                        forward_input(&stream, hooks.as_deref(), text.as_str());
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                // Pongs and binary messages carry nothing; pongs do not count as activity.
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if sender.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break;
+                }
+            }
+            _ = recheck.tick() => {
+                if !authorised().await {
+                    let ended = ViewerEvent::Ended { reason: "your portal session ended".to_owned() };
+                    let _ = send_event(&mut sender, &ended, &mut waiting_for_keyframe).await;
+                    break;
+                }
+            }
+        }
+    }
+    let _ = sender.close().await;
+}
+
+fn forward_input(stream: &LiveStream, hooks: Option<&dyn SessionHooks>, text: &str) {
+    let Some(input) = ViewerInput::parse(text) else {
+        tracing::debug!(session.id = %stream.session_id, "Ignored an invalid viewer message");
+        return;
+    };
+    // INVARIANT: while credentials are typed, person input could disturb the fill or
+    // reveal the field, so it is dropped here and again in the agent.
+    if stream.placeholder_active() {
+        return;
+    }
+    let activity = input.is_person_activity();
+    if stream.send_to_agent(input.into_broker_message()) && activity {
+        if let Some(hooks) = hooks {
+            hooks.person_input(stream.session_id);
+        }
+    }
+}
+
+async fn send_event<S>(sender: &mut S, event: &ViewerEvent, waiting_for_keyframe: &mut bool) -> Result<(), axum::Error>
+where
+    S: futures::Sink<Message, Error = axum::Error> + Unpin,
+{
+    let message = match event {
+        ViewerEvent::Video { keyframe, pts_us, data } => {
+            if *waiting_for_keyframe && !keyframe {
+                return Ok(());
+            }
+            *waiting_for_keyframe = false;
+            let mut frame = Vec::with_capacity(10 + data.len());
+            frame.push(0x01);
+            frame.push(u8::from(*keyframe));
+            frame.extend_from_slice(&pts_us.to_le_bytes());
+            frame.extend_from_slice(data);
+            Message::Binary(frame.into())
+        }
+        ViewerEvent::Config { codec, width, height } => {
+            *waiting_for_keyframe = true;
+            status(&StatusMessage::Config { codec, width: *width, height: *height })
+        }
+        ViewerEvent::Placeholder { active } => status(&StatusMessage::Placeholder { active: *active }),
+        ViewerEvent::RecordingFailed { reason } => status(&StatusMessage::RecordingFailed { reason }),
+        ViewerEvent::Ended { reason } => status(&StatusMessage::Ended { reason }),
+    };
+    sender.send(message).await
+}
+
+fn status(message: &StatusMessage<'_>) -> Message {
+    Message::Text(serde_json::to_string(message).expect("status serialises").into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_input_is_parsed() {
+        let input = ViewerInput::parse(r#"{"type":"key","code":"KeyQ","key":"é","pressed":true}"#);
+
+        assert_eq!(input, Some(ViewerInput::Key { code: "KeyQ".into(), key: "é".into(), pressed: true }));
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_rejected() {
+        assert_eq!(ViewerInput::parse(r#"{"type":"key","code":"KeyQ","key":"q","pressed":true,"x":1}"#), None);
+        assert_eq!(ViewerInput::parse(r#"{"type":"auth","secret":"x"}"#), None);
+        assert_eq!(ViewerInput::parse("not json"), None);
+    }
+
+    #[test]
+    fn oversize_message_is_rejected() {
+        let key = "a".repeat(MAX_VIEWER_MESSAGE);
+        let text = format!(r#"{{"type":"key","code":"KeyA","key":"{key}","pressed":true}}"#);
+
+        assert_eq!(ViewerInput::parse(&text), None);
+    }
+
+    #[test]
+    fn non_finite_wheel_is_rejected() {
+        assert_eq!(ViewerInput::parse(r#"{"type":"wheel","x":1,"y":1,"delta_x":1e999,"delta_y":0}"#), None);
+    }
+
+    #[test]
+    fn resize_is_not_person_activity() {
+        let resize = ViewerInput::parse(r#"{"type":"resize","width":800,"height":600,"device_pixel_ratio":2}"#).unwrap();
+        let click = ViewerInput::parse(r#"{"type":"mouse_button","button":"left","pressed":true,"x":3,"y":4}"#).unwrap();
+
+        assert!(!resize.is_person_activity());
+        assert!(click.is_person_activity());
+    }
+
+    #[test]
+    fn ticket_is_valid_once() {
+        let tickets = Tickets::default();
+        let grant = TicketGrant { session_id: Uuid::new_v4(), user_id: "u".into(), portal_session: "p".into(), mode: ViewerMode::Control };
+        let ticket = tickets.issue(grant.clone());
+
+        assert_eq!(tickets.redeem(&ticket), Some(grant));
+        assert_eq!(tickets.redeem(&ticket), None);
+        assert_eq!(tickets.redeem("unknown"), None);
+    }
+}

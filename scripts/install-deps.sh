@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Strongroom needs to build, run and test on Debian 12.
+# As root it installs what is missing; otherwise it names what is missing and exits 2.
+#
+#   build:   pkg-config libclang-dev libavdevice-dev (FFmpeg headers for ffmpeg-next)
+#   images:  mmdebstrap (workspace and bank images from Debian packages, no registry)
+#   run:     docker.io (the engine), iptables iproute2 (host firewall, test namespaces)
+#   tests:   postgresql, chromium chromium-driver xvfb xauth (agent and portal tests),
+#            ffmpeg (ffprobe checks exports), dpkg-dev (launcher tests unpack busybox-static)
+set -euo pipefail
+
+packages=(
+    pkg-config libclang-dev libavdevice-dev
+    mmdebstrap
+    iptables iproute2
+    postgresql
+    chromium chromium-driver xvfb xauth fonts-dejavu-core
+    ffmpeg dpkg-dev ca-certificates
+)
+
+missing=()
+for package in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$package")
+    fi
+done
+if ! command -v docker >/dev/null 2>&1; then
+    missing+=(docker.io)
+fi
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "error: missing Debian packages: ${missing[*]}" >&2
+    echo "install them with: sudo apt-get install -y ${missing[*]}" >&2
+    exit 2
+fi
+
+echo "Installing Debian packages: ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs missing packages (as root), starts PostgreSQL on
+# loopback, and runs every test of every crate against the real Docker engine,
+# PostgreSQL, SQLite, Chromium and Xvfb.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "error: the test suite needs root: it talks to the Docker engine, mounts small tmpfs" >&2
+    echo "file systems and creates network namespaces; run it as root on a test machine" >&2
+    exit 2
+fi
+
+scripts/install-deps.sh
+# The launcher tests fetch busybox-static with `apt-get download`, which needs package lists.
+[ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update -qq
+
+eval "$(scripts/start-postgres.sh)"
+export STRONGROOM_TEST_POSTGRES_URL
+
+if ! command -v oidc-provider-mock >/dev/null 2>&1; then
+    python3 -m pip install --quiet oidc-provider-mock
+fi
+
+cargo nextest run --workspace --all-features --no-fail-fast "$@"

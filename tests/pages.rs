@@ -1,0 +1,54 @@
+//! A tiny HTTP server on loopback that serves fixed pages to the browser under test.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub struct PageServer {
+    pub address: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl PageServer {
+    /// Serves `pages` (path to HTML) on 127.0.0.1 with a port the system picks.
+    pub async fn start(pages: HashMap<&'static str, String>) -> PageServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind page server");
+        let address = listener.local_addr().expect("page server address");
+        let pages = Arc::new(pages);
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let pages = pages.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 8192];
+                    let Ok(read) = socket.read(&mut buffer).await else { return };
+                    let request = String::from_utf8_lossy(&buffer[..read]);
+                    let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let (status, body) = match pages.get(path.as_str()) {
+                        Some(body) => ("200 OK", body.clone()),
+                        None => ("404 Not Found", "not found".to_owned()),
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        PageServer { address, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
