@@ -61,7 +61,6 @@ impl Link {
         self.stream.update(|snapshot| {
             snapshot.ended.get_or_insert_with(|| reason.clone());
         });
-        self.stream.publish(ViewerEvent::Ended { reason: reason.clone() });
         self.hub.remove(self.stream.session_id);
 
         if let LinkEnd::Failed(reason) = end {
@@ -70,6 +69,7 @@ impl Link {
                 hooks.end_session(self.stream.session_id, reason);
             }
         }
+        self.stream.publish(ViewerEvent::Ended { reason });
     }
 
     /// Dials the agent until it answers or the connect timeout passes, then

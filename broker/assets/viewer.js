@@ -1,0 +1,179 @@
+// Strongroom live view: decodes the workspace's VP8 stream with WebCodecs onto a
+// canvas and sends the person's keyboard, mouse, wheel and resize events back.
+// Frames: binary 0x01, flags (bit 0 keyframe), pts (u64 little-endian, microseconds),
+// VP8 data. Status: JSON text with a `type`.
+"use strict";
+
+(function () {
+  const root = document.getElementById("viewer");
+  const canvas = document.getElementById("screen");
+  const status = document.getElementById("status");
+  const placeholder = document.getElementById("placeholder");
+  const endScreen = document.getElementById("ended");
+  const mode = root.dataset.mode;
+  const context = canvas.getContext("2d", { desynchronized: true });
+
+  function show(element, text) {
+    element.textContent = text;
+    element.hidden = false;
+  }
+
+  if (!window.isSecureContext || typeof VideoDecoder === "undefined") {
+    show(status, "This browser cannot show the live view: it needs WebCodecs, which browsers offer only over HTTPS or on localhost. Open the portal over HTTPS in a current Chrome, Edge, Firefox or Safari.");
+    return;
+  }
+
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(scheme + "//" + location.host + root.dataset.socket);
+  socket.binaryType = "arraybuffer";
+
+  let decoder = null;
+  let waitingForKeyframe = true;
+  let ended = false;
+
+  function closeDecoder() {
+    if (decoder && decoder.state !== "closed") {
+      decoder.close();
+    }
+    decoder = null;
+  }
+
+  async function configure(message) {
+    const config = { codec: message.codec, codedWidth: message.width, codedHeight: message.height, optimizeForLatency: true };
+    const support = await VideoDecoder.isConfigSupported(config);
+    if (!support.supported) {
+      show(status, "This browser cannot decode the " + message.codec + " stream. Use a current Chrome, Edge, Firefox or Safari.");
+      return;
+    }
+    closeDecoder();
+    canvas.width = message.width;
+    canvas.height = message.height;
+    decoder = new VideoDecoder({
+      output: (frame) => {
+        context.drawImage(frame, 0, 0, canvas.width, canvas.height);
+        frame.close();
+      },
+      error: () => {
+        // Chrome reclaims idle decoders; the next keyframe starts a new one.
+        waitingForKeyframe = true;
+        configure(message);
+      },
+    });
+    decoder.configure(config);
+    waitingForKeyframe = true;
+  }
+
+  function onVideo(buffer) {
+    const bytes = new DataView(buffer);
+    if (bytes.byteLength < 10 || bytes.getUint8(0) !== 0x01 || !decoder || decoder.state !== "configured") {
+      return;
+    }
+    const keyframe = (bytes.getUint8(1) & 1) === 1;
+    if (waitingForKeyframe && !keyframe) {
+      return;
+    }
+    if (!keyframe && decoder.decodeQueueSize > 8) {
+      // The decoder fell behind: skip to the next keyframe rather than lag.
+      waitingForKeyframe = true;
+      return;
+    }
+    waitingForKeyframe = false;
+    const timestamp = Number(bytes.getBigUint64(2, true));
+    decoder.decode(new EncodedVideoChunk({ type: keyframe ? "key" : "delta", timestamp, data: new Uint8Array(buffer, 10) }));
+  }
+
+  function onStatus(message) {
+    switch (message.type) {
+      case "config":
+        configure(message);
+        break;
+      case "placeholder":
+        placeholder.hidden = !message.active;
+        canvas.style.visibility = message.active ? "hidden" : "visible";
+        break;
+      case "idle_warning":
+        show(status, "This session ends in " + message.seconds + " seconds without input.");
+        break;
+      case "recording_failed":
+        show(status, "The recording stopped, so the session is frozen and ending: " + message.reason);
+        break;
+      case "ended":
+        ended = true;
+        closeDecoder();
+        show(endScreen, "Session ended: " + message.reason);
+        canvas.style.visibility = "hidden";
+        break;
+    }
+  }
+
+  socket.addEventListener("message", (event) => {
+    if (typeof event.data === "string") {
+      onStatus(JSON.parse(event.data));
+    } else {
+      onVideo(event.data);
+    }
+  });
+  socket.addEventListener("close", () => {
+    if (!ended) {
+      show(endScreen, "The connection to the session closed. Reload the page to reconnect.");
+    }
+  });
+
+  if (mode !== "control") {
+    return;
+  }
+
+  function send(message) {
+    if (socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify(message));
+    }
+  }
+
+  function position(event) {
+    const box = canvas.getBoundingClientRect();
+    const x = Math.round(((event.clientX - box.left) / box.width) * canvas.width);
+    const y = Math.round(((event.clientY - box.top) / box.height) * canvas.height);
+    return { x: Math.max(0, Math.min(canvas.width - 1, x)), y: Math.max(0, Math.min(canvas.height - 1, y)) };
+  }
+
+  const buttons = ["left", "middle", "right"];
+  canvas.tabIndex = 0;
+  canvas.addEventListener("contextmenu", (event) => event.preventDefault());
+  canvas.addEventListener("keydown", (event) => {
+    event.preventDefault();
+    send({ type: "key", code: event.code, key: event.key, pressed: true });
+  });
+  canvas.addEventListener("keyup", (event) => {
+    event.preventDefault();
+    send({ type: "key", code: event.code, key: event.key, pressed: false });
+  });
+  let pendingMove = null;
+  canvas.addEventListener("mousemove", (event) => {
+    if (pendingMove === null) {
+      requestAnimationFrame(() => {
+        send(Object.assign({ type: "mouse_move" }, pendingMove));
+        pendingMove = null;
+      });
+    }
+    pendingMove = position(event);
+  });
+  for (const [name, pressed] of [["mousedown", true], ["mouseup", false]]) {
+    canvas.addEventListener(name, (event) => {
+      if (event.button > 2) {
+        return;
+      }
+      canvas.focus();
+      send(Object.assign({ type: "mouse_button", button: buttons[event.button], pressed }, position(event)));
+    });
+  }
+  canvas.addEventListener("wheel", (event) => {
+    event.preventDefault();
+    send(Object.assign({ type: "wheel", delta_x: event.deltaX, delta_y: event.deltaY }, position(event)));
+  }, { passive: false });
+
+  function sendSize() {
+    send({ type: "resize", width: Math.round(canvas.clientWidth), height: Math.round(canvas.clientHeight), device_pixel_ratio: window.devicePixelRatio || 1 });
+  }
+  socket.addEventListener("open", sendSize);
+  window.addEventListener("resize", sendSize);
+})();

@@ -1,0 +1,164 @@
+//! Running the launcher: `strongroom launcher` itself, and the embedded mode in which
+//! `strongroom serve` keeps one as a child process.
+//!
+//! Even embedded, the launcher is a separate process: the broker process never opens
+//! the Docker socket, so a compromised portal still has to get through the launcher's
+//! typed requests to start anything.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use launcher::{LauncherClient, LauncherConfig};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::config::launcher::BUILTIN_SECCOMP_PROFILE;
+use crate::http::ReadinessCheck;
+
+/// Time the launcher child gets to stop after SIGTERM.
+const CHILD_STOP_GRACE: Duration = Duration::from_secs(15);
+/// Shortest and longest wait before a crashed launcher child is started again.
+const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+
+/// The launcher's configuration with the broker's instance id filled in, and the
+/// built-in seccomp profile written out when none is configured.
+pub fn resolved_config(config: &Config, instance_id: uuid::Uuid) -> anyhow::Result<LauncherConfig> {
+    let mut launcher = config.launcher.config.clone();
+    launcher.instance_id = instance_id.to_string();
+    if config.launcher.builtin_seccomp {
+        write_if_changed(&launcher.seccomp_profile, BUILTIN_SECCOMP_PROFILE.as_bytes())?;
+    }
+    launcher.validate().map_err(|errors| {
+        let problems: Vec<String> = errors.iter().map(|error| format!("launcher.{}: {}", error.key, error.problem)).collect();
+        anyhow::anyhow!("invalid launcher configuration: {}", problems.join("; "))
+    })?;
+    Ok(launcher)
+}
+
+fn write_if_changed(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    if std::fs::read(path).ok().as_deref() == Some(content) {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let temporary = PathBuf::from(format!("{}.tmp", path.display()));
+    std::fs::write(&temporary, content).with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("cannot rename {} into place", temporary.display()))
+}
+
+/// Runs `strongroom launcher` until SIGTERM or SIGINT.
+pub async fn run_standalone(config: LauncherConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    launcher::serve(config, shutdown).await
+}
+
+/// Keeps a `strongroom launcher` child running until `shutdown`, restarting it with
+/// backoff when it exits on its own.
+pub async fn supervise_child(config_path: Option<PathBuf>, shutdown: CancellationToken) {
+    let mut backoff = RESTART_BACKOFF.0;
+    loop {
+        let mut command = match std::env::current_exe() {
+            Ok(exe) => Command::new(exe),
+            Err(error) => {
+                tracing::error!(error = %error, "Cannot find the strongroom binary to start the launcher");
+                return;
+            }
+        };
+        if let Some(path) = &config_path {
+            command.arg("--config").arg(path);
+        }
+        command.arg("launcher").stdin(Stdio::null()).kill_on_drop(true);
+
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                tracing::error!(error = %error, "Cannot start the launcher process");
+                return;
+            }
+        };
+        tracing::info!(pid = child.id(), "Launcher process started");
+        let started = tokio::time::Instant::now();
+
+        tokio::select! {
+            status = child.wait() => {
+                tracing::error!(status = ?status, "Launcher process exited; starting it again");
+                if started.elapsed() > RESTART_BACKOFF.1 {
+                    backoff = RESTART_BACKOFF.0;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(RESTART_BACKOFF.1);
+            }
+            _ = shutdown.cancelled() => {
+                stop_child(&mut child).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn stop_child(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        if let Err(error) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+            tracing::warn!(error = %error, "Cannot signal the launcher process");
+        }
+    }
+    match tokio::time::timeout(CHILD_STOP_GRACE, child.wait()).await {
+        Ok(status) => tracing::info!(status = ?status, "Launcher process stopped"),
+        Err(_) => {
+            tracing::warn!("Launcher process did not stop in time; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// `/readyz` checks answered by the launcher: the Docker engine and the workspace image.
+pub fn readiness_checks(client: LauncherClient) -> Vec<Arc<dyn ReadinessCheck>> {
+    let client = Arc::new(client.with_timeout(Duration::from_secs(3)));
+    vec![Arc::new(EngineCheck(client.clone())), Arc::new(ImageCheck(client))]
+}
+
+struct EngineCheck(Arc<LauncherClient>);
+
+impl ReadinessCheck for EngineCheck {
+    fn name(&self) -> &'static str {
+        "docker_engine"
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let report = self.0.health().await.map_err(|error| format!("launcher unreachable: {error}"))?;
+            match report.engine_error {
+                None => Ok(()),
+                Some(error) => Err(error),
+            }
+        })
+    }
+}
+
+struct ImageCheck(Arc<LauncherClient>);
+
+impl ReadinessCheck for ImageCheck {
+    fn name(&self) -> &'static str {
+        "workspace_image"
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let report = self.0.health().await.map_err(|error| format!("launcher unreachable: {error}"))?;
+            match report.image_present {
+                Some(true) => Ok(()),
+                Some(false) => Err(format!("workspace image {} is missing; build it with `strongroom image build`", report.image)),
+                None => Err("the Docker engine does not answer".to_owned()),
+            }
+        })
+    }
+}
