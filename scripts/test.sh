@@ -18,7 +18,8 @@ scripts/install-deps.sh
 eval "$(scripts/start-postgres.sh)"
 export STRONGROOM_TEST_POSTGRES_URL
 
-if ! command -v oidc-provider-mock >/dev/null 2>&1; then
+# The OIDC tests run a real third-party OpenID provider from PyPI.
+if ! python3 -c "import oidc_provider_mock" >/dev/null 2>&1; then
     python3 -m pip install --quiet oidc-provider-mock
 fi
 

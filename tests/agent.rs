@@ -64,7 +64,19 @@ impl HostAgent {
 }
 
 impl Drop for HostAgent {
+    /// Stops the agent with SIGTERM so that it removes its Chromium profile, and
+    /// kills it only if it is still running after a few seconds.
     fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..50 {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let _ = self.child.start_kill();
         let _ = std::fs::remove_file(&self.log_path);
     }

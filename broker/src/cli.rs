@@ -33,6 +33,38 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Run the launcher: the only process that talks to the Docker engine.
+    Launcher,
+    /// Workspace image tools.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Local accounts: add, set roles, reset TOTP, list.
+    User {
+        #[command(subcommand)]
+        command: crate::auth::cli::UserCommand,
+    },
+    /// Bank credentials for auto-login in the local encrypted store: set, delete, list.
+    Credential {
+        #[command(subcommand)]
+        command: crate::secrets::cli::CredentialCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the workspace image from Debian packages and import it into the engine.
+    /// An image of the same recipe, agent and package versions is not built again.
+    Build {
+        /// Re-resolve package versions, so that Debian updates produce a new image.
+        #[arg(long)]
+        refresh: bool,
+        /// The agent binary to put in the image. Default: `strongroom-agent` beside
+        /// this binary.
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,9 +102,19 @@ pub fn main() -> i32 {
 
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve => serve(config).await,
+            Command::Serve => serve(config, cli.config.clone()).await,
+            Command::Launcher => launcher(config).await,
+            Command::Image { command: ImageCommand::Build { refresh, agent } } => image_build(refresh, agent).await,
             Command::Migrate => migrate(config).await,
             Command::Audit { command: AuditCommand::Verify } => audit_verify(config).await,
+            Command::User { command } => match open(&config).await {
+                Ok(db) => crate::auth::cli::run(&config, &db, command).await,
+                Err(code) => code,
+            },
+            Command::Credential { command } => match open(&config).await {
+                Ok(db) => crate::secrets::cli::run(&config, &db, command).await,
+                Err(code) => code,
+            },
             Command::CheckConfig => unreachable!("handled before the runtime starts"),
         }
     })
@@ -87,10 +129,28 @@ fn describe(config: &Config) -> String {
     )
 }
 
-async fn serve(config: Config) -> i32 {
+async fn serve(config: Config, config_path: Option<PathBuf>) -> i32 {
+    // The instance id exists before the launcher child starts, so that both processes
+    // read the same one.
+    let prepared = crate::instance::prepare_data_dir(&config.data_dir)
+        .and_then(|()| crate::instance::load_or_create(&config.data_dir));
+    if let Err(error) = prepared {
+        return report_startup(StartupError::Config(error));
+    }
+
+    let embedded = config.launcher.mode == crate::config::launcher::LauncherMode::Embedded;
+    let supervisor_stop = tokio_util::sync::CancellationToken::new();
+    let supervisor = embedded.then(|| tokio::spawn(crate::launcher_process::supervise_child(config_path, supervisor_stop.clone())));
+
     let broker = match server::start(config).await {
         Ok(broker) => broker,
-        Err(error) => return report_startup(error),
+        Err(error) => {
+            supervisor_stop.cancel();
+            if let Some(supervisor) = supervisor {
+                let _ = supervisor.await;
+            }
+            return report_startup(error);
+        }
     };
 
     println!("Strongroom is listening on {}", broker.base_url());
@@ -101,7 +161,60 @@ async fn serve(config: Config) -> i32 {
         std::process::exit(130);
     });
     broker.shutdown().await;
+    supervisor_stop.cancel();
+    if let Some(supervisor) = supervisor {
+        let _ = supervisor.await;
+    }
     0
+}
+
+async fn image_build(refresh: bool, agent: Option<PathBuf>) -> i32 {
+    let agent = agent.or_else(|| {
+        std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("strongroom-agent")))
+    });
+    let Some(agent) = agent else {
+        eprintln!("error: cannot locate strongroom-agent; pass --agent PATH");
+        return 2;
+    };
+    match crate::launcher_process::build_workspace_image(agent, refresh).await {
+        Ok(reference) => {
+            println!("workspace image ready: {reference}");
+            0
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            1
+        }
+    }
+}
+
+async fn launcher(config: Config) -> i32 {
+    let resolved = crate::instance::prepare_data_dir(&config.data_dir)
+        .and_then(|()| crate::instance::load_or_create(&config.data_dir))
+        .and_then(|instance_id| crate::launcher_process::resolved_config(&config, instance_id));
+    let launcher_config = match resolved {
+        Ok(launcher_config) => launcher_config,
+        Err(error) => return report_startup(StartupError::Config(error)),
+    };
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+        wait_for_signal().await;
+        eprintln!("second signal received; exiting without waiting for requests in progress");
+        std::process::exit(130);
+    });
+    let image_from_build = config.launcher.image_from_build;
+    match crate::launcher_process::run_standalone(launcher_config, image_from_build, shutdown).await {
+        Ok(()) => 0,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "Launcher failed");
+            eprintln!("error: {error:#}");
+            1
+        }
+    }
 }
 
 fn report_startup(error: StartupError) -> i32 {

@@ -52,9 +52,48 @@ fn write_if_changed(path: &Path, content: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&temporary, path).with_context(|| format!("cannot rename {} into place", temporary.display()))
 }
 
+/// Tag used when no workspace image has been built: launches then fail with a message
+/// that names `strongroom image build`.
+const UNBUILT_IMAGE: &str = "strongroom/workspace:not-built";
+
 /// Runs `strongroom launcher` until SIGTERM or SIGINT.
-pub async fn run_standalone(config: LauncherConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_standalone(mut config: LauncherConfig, image_from_build: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if image_from_build {
+        config.image = newest_built_image().await?;
+    }
+    tracing::info!(image = config.image.as_str(), "Launcher uses this workspace image");
     launcher::serve(config, shutdown).await
+}
+
+/// The newest workspace image made by `strongroom image build`, found by its labels.
+async fn newest_built_image() -> anyhow::Result<String> {
+    let docker = imagebuild::connect_docker().context("cannot connect to the Docker engine")?;
+    let found = imagebuild::find_image(&docker, &imagebuild::Recipe::workspace())
+        .await
+        .context("cannot list workspace images")?;
+    Ok(match found {
+        Some(image) => image.reference,
+        None => {
+            tracing::warn!("No workspace image is built yet; run `strongroom image build`");
+            UNBUILT_IMAGE.to_owned()
+        }
+    })
+}
+
+/// Builds the workspace image from Debian packages and imports it; prints progress.
+pub async fn build_workspace_image(agent: PathBuf, refresh: bool) -> anyhow::Result<String> {
+    if !agent.is_file() {
+        anyhow::bail!(
+            "agent binary {} not found; build it with `cargo build --release -p strongroom-agent` or pass --agent PATH",
+            agent.display()
+        );
+    }
+    let docker = imagebuild::connect_docker().context("cannot connect to the Docker engine")?;
+    let mut options = imagebuild::BuildOptions::new(imagebuild::Recipe::workspace(), Some(agent));
+    options.refresh = refresh;
+    let progress = |line: &str| println!("{line}");
+    let built = imagebuild::build(&docker, &options, &progress).await?;
+    Ok(built.image.reference)
 }
 
 /// Keeps a `strongroom launcher` child running until `shutdown`, restarting it with

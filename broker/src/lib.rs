@@ -5,6 +5,7 @@
 //! holds the Docker socket; the launcher does.
 
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -12,7 +13,14 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod instance;
+pub mod launcher_process;
+pub mod lifecycle;
+pub mod portal;
+pub mod secrets;
 pub mod server;
+pub mod sessions;
+pub mod sites;
+pub mod stream;
 pub mod tasks;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]

@@ -68,14 +68,23 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
     let tls = tls_config(&config, local_addr).await.map_err(StartupError::Config)?;
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let audit = AuditLog::new(db.clone(), clock);
-    let readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(DatabaseCheck(db.clone()))];
+    let audit = AuditLog::new(db.clone(), clock.clone());
+    let auth = crate::auth::AuthService::new(&config, db.clone(), audit.clone(), clock.clone(), tls.is_some(), local_addr)
+        .map_err(StartupError::Config)?;
+    let mut readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(DatabaseCheck(db.clone()))];
+    readiness.extend(crate::launcher_process::readiness_checks(launcher::LauncherClient::new(
+        config.sessions.launcher_socket.clone(),
+    )));
+    let tasks = TaskRegistry::new();
+    let portal = start_sessions(&config, &db, &audit, &clock, &auth, instance_id, &tasks).map_err(StartupError::Other)?;
     let state = AppState {
         db: db.clone(),
         audit: audit.clone(),
         trusted_proxies: TrustedProxies(Arc::new(config.server.trusted_proxies.clone())),
         readiness: Arc::new(readiness),
         metrics: http::metrics_handle(),
+        auth: auth.clone(),
+        portal,
     };
 
     audit
@@ -88,7 +97,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
         .await
         .map_err(StartupError::Other)?;
 
-    let tasks = TaskRegistry::new();
+    tasks.spawn("portal-session-reaper", auth.clone().run_reaper(tasks.token()));
     let handle = Handle::new();
     let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -111,6 +120,55 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
 
     tracing::info!(listen = %local_addr, scheme, instance.id = %instance_id, database = db.backend_name(), "Broker started");
     Ok(RunningBroker { local_addr, instance_id, scheme, state, tasks, handle, config })
+}
+
+/// Builds the session service, the stream hub and the egress proxy, and connects them.
+fn start_sessions(
+    config: &Config,
+    db: &Database,
+    audit: &AuditLog,
+    clock: &Arc<dyn Clock>,
+    auth: &crate::auth::AuthService,
+    instance_id: Uuid,
+    tasks: &TaskRegistry,
+) -> anyhow::Result<crate::portal::Portal> {
+    use crate::sessions::{RecorderPreflight, SessionDeps, SessionService};
+
+    let registry = Arc::new(egress::Registry::new());
+    let proxy = crate::lifecycle::egress_proxy(registry.clone(), audit.clone(), tasks)?;
+    let listeners = crate::lifecycle::EgressListeners::new(proxy, tasks.clone());
+
+    let sessions = SessionService::new(SessionDeps {
+        db: db.clone(),
+        audit: audit.clone(),
+        clock: clock.clone(),
+        launcher: launcher::LauncherClient::new(config.sessions.launcher_socket.clone()),
+        egress: registry,
+        recorder: RecorderPreflight::from_config(&config.sessions),
+        config: config.sessions.clone(),
+        instance_id: instance_id.to_string(),
+    });
+
+    let storage = recorder::LocalDirStorage::open(&config.sessions.recordings_dir)
+        .with_context(|| format!("cannot open the recordings directory {}", config.sessions.recordings_dir.display()))?;
+    let keys = recorder::LocalKeyStore::open(&config.sessions.recording_keys_dir)
+        .with_context(|| format!("cannot open the recording key directory {}", config.sessions.recording_keys_dir.display()))?;
+    let recording = crate::stream::RecordingSettings {
+        storage: Arc::new(storage),
+        keys: Arc::new(keys),
+        config: recorder::RecorderConfig::default(),
+    };
+    let hub = crate::stream::StreamHub::new(crate::stream::StreamSettings::default(), recording, audit.clone(), tasks.clone());
+
+    crate::lifecycle::connect(&sessions, &hub, &listeners, auth, tasks);
+    sessions.spawn_tasks(tasks);
+    Ok(crate::portal::Portal {
+        sessions,
+        hub,
+        tickets: Default::default(),
+        egress: listeners,
+        default_retention_days: 90,
+    })
 }
 
 fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {

@@ -35,6 +35,18 @@ use crate::runtime::{
 /// Docker's bridge driver option that blocks traffic between containers on a network.
 const ENABLE_ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
 
+/// Docker's bridge driver option that names the host interface.
+const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+
+/// Host interface name of a session network: `srs-` and the last 11 letters and digits
+/// of the network name (15 characters, Linux's limit). The host firewall matches
+/// session bridges by the `srs-` prefix.
+pub fn bridge_name(network_name: &str) -> String {
+    let alphanumeric: Vec<char> = network_name.chars().filter(char::is_ascii_alphanumeric).collect();
+    let tail: String = alphanumeric[alphanumeric.len().saturating_sub(11)..].iter().collect();
+    format!("srs-{tail}")
+}
+
 /// The Docker engine, reached over its Unix socket.
 #[derive(Clone)]
 pub struct DockerRuntime {
@@ -162,7 +174,12 @@ pub fn container_body(spec: &WorkspaceSpec) -> ContainerCreateBody {
     let tmpfs = spec
         .tmpfs
         .iter()
-        .map(|(path, size)| (path.clone(), format!("rw,nosuid,nodev,size={size}")))
+        .map(|(path, size)| {
+            // The home directory must belong to the workspace user, or Chromium
+            // cannot create its cache there.
+            let owner = if path == crate::spec::WORKSPACE_HOME { ",uid=1000,gid=1000,mode=0700" } else { "" };
+            (path.clone(), format!("rw,nosuid,nodev,noexec,size={size}{owner}"))
+        })
         .collect();
 
     let host_config = HostConfig {
@@ -262,10 +279,10 @@ impl Runtime for DockerRuntime {
                 }]),
                 options: None,
             }),
-            options: Some(HashMap::from([(
-                ENABLE_ICC_OPTION.to_owned(),
-                "false".to_owned(),
-            )])),
+            options: Some(HashMap::from([
+                (ENABLE_ICC_OPTION.to_owned(), "false".to_owned()),
+                (BRIDGE_NAME_OPTION.to_owned(), bridge_name(&spec.name)),
+            ])),
             labels: Some(to_hash_map(&spec.labels)),
             ..Default::default()
         };
@@ -565,5 +582,18 @@ mod tests {
             gateway_of("172.21.0.16/28".parse().unwrap()),
             Ipv4Addr::new(172, 21, 0, 17)
         );
+    }
+}
+
+#[cfg(test)]
+mod bridge_name_tests {
+    use super::bridge_name;
+
+    #[test]
+    fn bridge_name_fits_interface_limit() {
+        let name = bridge_name("strongroom-s-0f8fad5b-d9cb-469f-a165-70867728950e");
+
+        assert_eq!(name, "srs-0867728950e");
+        assert!(name.len() <= 15);
     }
 }

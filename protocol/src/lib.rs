@@ -723,10 +723,11 @@ fn validate_auto_login(login: &AutoLogin) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// Reason a credential value cannot be typed, checked by the agent before any typing.
+/// Checks that a credential value can be typed and returns the reason when it cannot.
+/// The agent runs this check before typing anything.
 ///
-/// A line break would submit a form early or split the value across fields; other
-/// control characters are never part of a real password and would be typed as keys.
+/// A line break would submit a form early or split the value across fields. Other
+/// control characters cannot be typed as text.
 pub fn check_credential_typeable(value: &SecretString) -> Result<(), &'static str> {
     if value.expose().chars().any(|c| c == '\n' || c == '\r') {
         return Err("contains a line break");

@@ -27,6 +27,9 @@ pub struct LauncherSettings {
     /// Whether `seccomp_profile` was left at its default, in which case the profile
     /// shipped inside the binary is written to the data directory and used.
     pub builtin_seccomp: bool,
+    /// Whether `image` was left at its default, in which case the launcher uses the
+    /// newest image that `strongroom image build` made.
+    pub image_from_build: bool,
 }
 
 /// The seccomp profile shipped with the workspace image recipe.
@@ -64,6 +67,7 @@ pub fn validate_launcher(
 
     let socket_set = table.contains_key("socket_path");
     let seccomp_set = table.contains_key("seccomp_profile");
+    let image_set = table.contains_key("image");
     let mut config = match LauncherConfig::deserialize(toml::Value::Table(table)) {
         Ok(config) => config,
         Err(error) => {
@@ -100,5 +104,5 @@ pub fn validate_launcher(
         }
     }
 
-    Some(LauncherSettings { mode, config, builtin_seccomp: !seccomp_set })
+    Some(LauncherSettings { mode, config, builtin_seccomp: !seccomp_set, image_from_build: !image_set })
 }

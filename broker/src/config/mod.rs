@@ -11,8 +11,12 @@
 //! as a TOML value (a number, a boolean, a quoted string, an array) is taken as such;
 //! anything else is taken as a plain string.
 
+pub mod auth;
+pub mod launcher;
 pub mod raw;
 mod secret;
+pub mod secrets;
+pub mod sessions;
 mod validate;
 
 use std::fmt;
@@ -23,6 +27,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use secret::{SecretRef, SecretRefError};
+pub use sessions::SessionsConfig;
 pub use validate::validate;
 
 /// Environment variable that names the configuration file when `--config` is absent.
@@ -44,6 +49,10 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub auth: auth::AuthConfig,
+    pub sessions: SessionsConfig,
+    pub launcher: launcher::LauncherSettings,
+    pub secrets: secrets::SecretsConfig,
 }
 
 #[derive(Debug, Clone)]

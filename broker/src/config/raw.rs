@@ -71,6 +71,12 @@ pub struct RawConfig {
     pub database: RawDatabase,
     pub log: RawLog,
     pub shutdown: RawShutdown,
+    pub sessions: super::sessions::RawSessions,
+    pub auth: super::auth::RawAuth,
+    /// `[launcher]`: read by `config::launcher`, which names its keys.
+    pub launcher: Option<toml::Value>,
+    /// `[secrets]`: where auto-login credentials come from; keys in `config::secrets`.
+    pub secrets: super::secrets::RawSecrets,
 }
 
 #[derive(Debug, Default, Deserialize)]

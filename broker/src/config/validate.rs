@@ -28,8 +28,13 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Con
     let database = validate_database(&raw, &data_dir, problems);
     let log = validate_log(&raw, problems);
     let shutdown = validate_shutdown(&raw, problems);
+    let auth = super::auth::validate_auth(&raw.auth, problems);
+    let sessions = super::sessions::validate_sessions(&raw.sessions, &data_dir, problems);
+    let sessions_socket = sessions.as_ref().map(|sessions| sessions.launcher_socket.as_path());
+    let launcher = super::launcher::validate_launcher(raw.launcher.as_ref(), &data_dir, sessions_socket, problems);
+    let secrets = super::secrets::validate_secrets(&raw.secrets, problems);
 
-    Some(Config { data_dir, server: server?, database: database?, log: log?, shutdown: shutdown? })
+    Some(Config { data_dir, server: server?, database: database?, log: log?, shutdown: shutdown?, auth: auth?, sessions: sessions?, launcher: launcher?, secrets: secrets? })
 }
 
 fn problem(problems: &mut Vec<ConfigProblem>, key: &str, message: impl Into<String>) {

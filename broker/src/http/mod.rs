@@ -27,6 +27,8 @@ pub struct AppState {
     pub trusted_proxies: TrustedProxies,
     pub readiness: Arc<Vec<Arc<dyn ReadinessCheck>>>,
     pub metrics: PrometheusHandle,
+    pub auth: crate::auth::AuthService,
+    pub portal: crate::portal::Portal,
 }
 
 impl FromRef<AppState> for TrustedProxies {
@@ -55,6 +57,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::auth::routes())
+        .merge(crate::portal::routes())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

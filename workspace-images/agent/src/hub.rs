@@ -164,7 +164,7 @@ impl Hub {
         );
     }
 
-    /// Ends the placeholder and asks the capture thread for a keyframe.
+    /// Ends the placeholder and requests a keyframe from the capture thread.
     pub fn end_placeholder(&self, login_id: u64) {
         let mut state = self.lock();
         state.placeholder = None;

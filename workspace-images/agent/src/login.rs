@@ -19,7 +19,7 @@ use crate::hub::Hub;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Why a login stopped.
+/// Reason a login step failed.
 enum StepError {
     TimedOut,
     OriginRejected(String),
@@ -283,6 +283,15 @@ async fn fill(
     )
     .await
     .context("typing into the field")?;
+
+    // Compare lengths only, so the value does not travel back.
+    let expected = value.expose().encode_utf16().count();
+    let length = call_on(page, object_id, "function() { return this.value.length; }").await?;
+    if length.as_u64() != Some(expected as u64) {
+        return Err(StepError::Failed(format!(
+            "the field contains {length} characters after typing, expected {expected}; the page may limit or filter the input"
+        )));
+    }
     Ok(())
 }
 
@@ -295,8 +304,12 @@ async fn click(page: &Page, object_id: &str) -> anyhow::Result<()> {
     )
     .await?;
     let (x, y) = (
-        center[0].as_f64().context("no x")?,
-        center[1].as_f64().context("no y")?,
+        center[0]
+            .as_f64()
+            .context("the click target returned no x coordinate")?,
+        center[1]
+            .as_f64()
+            .context("the click target returned no y coordinate")?,
     );
     for kind in ["mousePressed", "mouseReleased"] {
         page.call(

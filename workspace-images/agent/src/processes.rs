@@ -22,8 +22,11 @@ fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Makes `targets[i].0` available as fd `targets[i].1` in the child and asks the kernel
-/// to kill the child when the agent dies. Runs between fork and exec.
+/// Makes `targets[i].0` available as fd `targets[i].1` in the child and sets the child
+/// to be killed when the agent dies. Runs between fork and exec.
+///
+/// NOTE: the kernel sends the death signal when the thread that forked exits, not the
+/// process. The agent spawns its children from the main thread, which lives until exit.
 fn child_setup(targets: &[(RawFd, RawFd)]) -> std::io::Result<()> {
     // SAFETY: only async-signal-safe calls (prctl, fcntl, dup2, close) follow.
     unsafe {

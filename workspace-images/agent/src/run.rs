@@ -34,13 +34,13 @@ pub const EXIT_BROWSER_EXITED: u8 = 1;
 #[command(name = "strongroom-agent", version)]
 pub struct Args {
     /// Address the broker connects to (WebSocket over TCP). Port 0 picks a free port.
-    #[arg(long, default_value = "0.0.0.0:7000")]
+    #[arg(long, env = "STRONGROOM_AGENT_LISTEN", default_value = "0.0.0.0:7000")]
     pub listen: SocketAddr,
     /// Lower-case hex SHA-256 of the per-session secret the broker authenticates with.
     #[arg(long, env = "STRONGROOM_AGENT_SECRET_SHA256")]
     pub secret_sha256: String,
     /// URL Chromium opens at start.
-    #[arg(long)]
+    #[arg(long, env = "STRONGROOM_START_URL")]
     pub start_url: String,
     /// Screen width in pixels (even, 64 to 4096).
     #[arg(long, default_value_t = 1280)]
@@ -61,7 +61,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     pub keyframe_interval_secs: u64,
     /// Chromium's proxy (the session's egress proxy), for example `http://10.64.0.1:3128`.
-    #[arg(long)]
+    #[arg(long, env = "STRONGROOM_PROXY")]
     pub proxy_server: Option<String>,
     /// Chromium's UI language and `LANG`, for example `de-DE`.
     #[arg(long)]
@@ -75,6 +75,16 @@ pub struct Args {
     /// Directory under which the throwaway Chromium profile is created (a tmpfs).
     #[arg(long, default_value = "/tmp")]
     pub profile_root: PathBuf,
+    /// Host names the session's site allows (`bank.example`, `*.bank.example`),
+    /// comma-separated. When given, the agent writes them as Chromium's `URLAllowlist`
+    /// to `--session-policy` before starting Chromium; the image's managed policy
+    /// blocks every other URL.
+    #[arg(long, env = "STRONGROOM_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Where the per-session Chromium policy is written; the workspace image links its
+    /// managed policy directory to this path.
+    #[arg(long, default_value = "/tmp/strongroom-policy/session.json")]
+    pub session_policy: PathBuf,
     /// Runs Chromium with `--no-sandbox`. Only for local tests as root outside a
     /// container; the workspace container never sets it.
     #[arg(long)]
@@ -145,12 +155,40 @@ fn create_profile_dir(root: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Converts allowed host names to Chromium URL filter patterns: a bare name matches
+/// only that host (a leading dot), `*.name` matches the name's subdomains.
+pub fn url_allowlist(hosts: &[String]) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|host| host.trim().to_ascii_lowercase())
+        .filter(|host| !host.is_empty())
+        .map(|host| match host.strip_prefix("*.") {
+            Some(domain) => domain.to_owned(),
+            None => format!(".{host}"),
+        })
+        .collect()
+}
+
+/// Writes `{"URLAllowlist": [...]}` where the image's managed policy link points.
+fn write_session_policy(path: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
+    let policy = serde_json::json!({ "URLAllowlist": url_allowlist(hosts) });
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&policy)?).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), hosts = hosts.len(), "Session policy written");
+    Ok(())
+}
+
 /// Runs the agent until the broker ends the session, Chromium exits or a signal arrives,
 /// and returns the exit status.
 pub async fn run(args: Args) -> anyhow::Result<u8> {
     let secret_sha256 = args.validate()?;
     harden_process()?;
 
+    if !args.allowed_hosts.is_empty() {
+        write_session_policy(&args.session_policy, &args.allowed_hosts)?;
+    }
     let mut xvfb = processes::start_xvfb(&args.xvfb, args.width, args.height).await?;
     tracing::info!(display = %xvfb.display, "Xvfb started");
     let profile_dir = create_profile_dir(&args.profile_root)?;
@@ -316,4 +354,16 @@ async fn run_session(
     })
     .await;
     Ok(code)
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::url_allowlist;
+
+    #[test]
+    fn allowlist_patterns_match_chromium_filter_format() {
+        let hosts = vec!["Bank.Example".to_owned(), "*.cdn.bank.example".to_owned(), " ".to_owned()];
+
+        assert_eq!(url_allowlist(&hosts), vec![".bank.example".to_owned(), "cdn.bank.example".to_owned()]);
+    }
 }

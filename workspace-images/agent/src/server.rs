@@ -203,8 +203,10 @@ fn dispatch(handlers: &Handlers, message: BrokerMessage) {
             height,
             device_pixel_ratio,
         } => {
-            // TODO: resizing needs a RandR mode change in Xvfb and a new encoder; the
-            // screen keeps the size given at launch until then.
+            // TODO: Xvfb's RandR maximum is the size given at start (xorg-server 21.1.7),
+            // so resizing needs Xvfb started at the largest size, a RandR mode change, a
+            // new capture segment and encoder, and a Chromium window resize. Until then
+            // the screen keeps the size given at launch.
             tracing::info!(
                 width,
                 height,
@@ -223,7 +225,7 @@ fn dispatch(handlers: &Handlers, message: BrokerMessage) {
                 handlers.hub.send_control(&AgentControl::LoginFinished {
                     login_id,
                     success: false,
-                    reason: Some("another auto-login is running".into()),
+                    reason: Some("another auto-login is running and one is queued; retry when a login_finished arrives".into()),
                 });
             }
             return;

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use ffmpeg_next as ffmpeg;
 use protocol::{
     AgentControl, AgentMessage, AllowedOrigins, AutoLogin, BrokerMessage, CredentialField,
     Credentials, LoginStep, SessionSecret, StepOutcome,
@@ -18,56 +17,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn solid_page(colour: &str) -> String {
     format!("<!doctype html><html><body style=\"margin:0;background:{colour}\"></body></html>")
-}
-
-/// Decodes VP8 packets and returns the RGB24 pixel at (x, y) of every decoded frame.
-struct Decoder {
-    decoder: ffmpeg::decoder::Video,
-}
-
-impl Decoder {
-    fn new() -> Self {
-        ffmpeg::init().unwrap();
-        let codec = ffmpeg::decoder::find(ffmpeg::codec::Id::VP8).expect("VP8 decoder");
-        let decoder = ffmpeg::codec::context::Context::new_with_codec(codec)
-            .decoder()
-            .video()
-            .unwrap();
-        Self { decoder }
-    }
-
-    /// Decodes one packet and returns (width, height, rgb24 rows) of the frame it produced.
-    fn decode(&mut self, data: &[u8]) -> Option<(u32, u32, Vec<u8>)> {
-        self.decoder
-            .send_packet(&ffmpeg::Packet::copy(data))
-            .unwrap();
-        let mut frame = ffmpeg::frame::Video::empty();
-        self.decoder.receive_frame(&mut frame).ok()?;
-        let (width, height) = (frame.width(), frame.height());
-        let mut scaler = ffmpeg::software::scaling::Context::get(
-            frame.format(),
-            width,
-            height,
-            ffmpeg::format::Pixel::RGB24,
-            width,
-            height,
-            ffmpeg::software::scaling::Flags::POINT,
-        )
-        .unwrap();
-        let mut rgb = ffmpeg::frame::Video::empty();
-        scaler.run(&frame, &mut rgb).unwrap();
-        let stride = rgb.stride(0);
-        let mut pixels = Vec::with_capacity((width * height * 3) as usize);
-        for y in 0..height as usize {
-            pixels.extend_from_slice(&rgb.data(0)[y * stride..y * stride + width as usize * 3]);
-        }
-        Some((width, height, pixels))
-    }
-}
-
-fn pixel(frame: &(u32, u32, Vec<u8>), x: u32, y: u32) -> [u8; 3] {
-    let offset = ((y * frame.0 + x) * 3) as usize;
-    [frame.2[offset], frame.2[offset + 1], frame.2[offset + 2]]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,6 +98,79 @@ async fn wrong_secret_rejected() {
         right.next(WAIT).await,
         Some(AgentMessage::Control(AgentControl::StreamConfig { .. }))
     ));
+
+    // A newer authenticated connection replaces the older one.
+    let mut newer = BrokerClient::connect_authenticated(agent.address).await;
+    assert!(matches!(
+        newer.next(WAIT).await,
+        Some(AgentMessage::Control(AgentControl::StreamConfig { .. }))
+    ));
+    while right.next(WAIT).await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_screen_sends_only_keyframes() {
+    let server = HttpServer::start(HashMap::from([("/", solid_page("rgb(90, 90, 200)"))])).await;
+    let agent = Agent::start_with_args(
+        &["--keyframe-interval-secs", "1"],
+        &server.url("/"),
+        320,
+        240,
+    )
+    .await;
+    server.wait_for(WAIT, |r| r.path == "/").await;
+    let mut broker = BrokerClient::connect_authenticated(agent.address).await;
+
+    // Wait for the page colour, so the screen no longer changes.
+    let mut decoder = Decoder::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page never appeared"
+        );
+        if let Some(AgentMessage::Video(packet)) = broker.next(WAIT).await
+            && let Some(frame) = decoder.decode(&packet.data)
+            && pixel(&frame, 160, 120)[2] > 150
+        {
+            break;
+        }
+    }
+
+    // At 10 frames per second for 3.5 s, an unchanged screen yields only the periodic
+    // keyframes (one per second).
+    let window = Duration::from_millis(3500);
+    let started = tokio::time::Instant::now();
+    let (mut keyframes, mut deltas) = (0, 0);
+    while let Ok(message) =
+        tokio::time::timeout(window.saturating_sub(started.elapsed()), broker.next(WAIT)).await
+    {
+        match message {
+            Some(AgentMessage::Video(packet)) if packet.keyframe => keyframes += 1,
+            Some(AgentMessage::Video(_)) => deltas += 1,
+            Some(_) => {}
+            None => panic!("connection closed"),
+        }
+    }
+    assert!(
+        (2..=5).contains(&keyframes),
+        "periodic keyframes: {keyframes}"
+    );
+    assert!(deltas <= 2, "an idle screen produced {deltas} delta frames");
+
+    // A keyframe request produces a keyframe before the timer's next one.
+    broker.send(&BrokerMessage::RequestKeyframe).await;
+    let requested_at = tokio::time::Instant::now();
+    let packet = loop {
+        if let Some(AgentMessage::Video(packet)) = broker.next(WAIT).await {
+            break packet;
+        }
+    };
+    assert!(packet.keyframe);
+    assert!(
+        requested_at.elapsed() < Duration::from_millis(900),
+        "the keyframe came from the timer"
+    );
 }
 
 const INPUT_PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8"></head><body style="margin:0">
@@ -233,6 +255,7 @@ const LOGIN_PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8"></h
 <form method="post" action="/login" accept-charset="utf-8">
 <input id="user" name="user" autocomplete="off">
 <input id="pass" name="pass" type="password" autocomplete="off">
+<input id="otp" name="otp" inputmode="numeric" autocomplete="off">
 <button id="go" type="submit">Sign in</button>
 </form>
 <script>
@@ -265,6 +288,11 @@ fn login(id: u64, origin: &str, password: &str, from_home: bool) -> AutoLogin {
             field: CredentialField::Password,
             timeout_ms: 5_000,
         },
+        LoginStep::Fill {
+            selector: "#otp".into(),
+            field: CredentialField::Totp,
+            timeout_ms: 5_000,
+        },
         LoginStep::Click {
             selector: "#go".into(),
             timeout_ms: 5_000,
@@ -281,12 +309,12 @@ fn login(id: u64, origin: &str, password: &str, from_home: bool) -> AutoLogin {
         credentials: Credentials {
             username: "alice@example".into(),
             password: password.into(),
-            totp: None,
+            totp: Some("042917".into()),
         },
         allowed_origins: AllowedOrigins {
             username: vec![origin.into()],
             password: vec![origin.into()],
-            totp: vec![],
+            totp: vec![origin.into()],
         },
     }
 }
@@ -347,7 +375,8 @@ async fn auto_login_types_exact_bytes() {
         assert_eq!(
             finished(&messages),
             (true, None),
-            "login {login_id} failed: {messages:?}"
+            "login {login_id} failed: {messages:?}; requests: {:?}",
+            server.requests()
         );
 
         let posts: Vec<_> = server
@@ -366,6 +395,15 @@ async fn auto_login_types_exact_bytes() {
             form["pass"],
             password.as_bytes().to_vec(),
             "password bytes for login {login_id}"
+        );
+        assert_eq!(form["otp"], b"042917".to_vec());
+
+        assert!(
+            messages.iter().any(|m| matches!(
+                m,
+                AgentMessage::Control(AgentControl::UrlChanged { url }) if url == &server.url("/home")
+            )),
+            "the navigation to /home was reported"
         );
 
         // The placeholder brackets the fill: it starts before the first step result, no
@@ -395,6 +433,19 @@ async fn auto_login_types_exact_bytes() {
                 .iter()
                 .any(|m| matches!(m, AgentMessage::Video(_))),
             "no video while the placeholder is active"
+        );
+    }
+
+    // Neither the agent nor Chromium logged a credential.
+    let log = agent.log();
+    assert!(
+        log.contains("Auto-login step finished"),
+        "the log is captured"
+    );
+    for secret in passwords.iter().chain(&["alice@example"]) {
+        assert!(
+            !log.contains(secret),
+            "the log contains the credential {secret:?}"
         );
     }
 
@@ -531,6 +582,23 @@ async fn end_message_stops_everything() {
         children.iter().any(|pid| process_name(*pid) == "Xvfb"),
         "Xvfb child"
     );
+
+    // Core dumps are off for the agent and every child.
+    for pid in std::iter::once(agent.pid()).chain(children.iter().copied()) {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let core = limits
+            .lines()
+            .find(|line| line.starts_with("Max core file size"))
+            .unwrap();
+        assert!(
+            core.split_whitespace()
+                .skip(4)
+                .take(2)
+                .all(|value| value == "0"),
+            "{} has {core}",
+            process_name(pid)
+        );
+    }
 
     let mut broker = BrokerClient::connect_authenticated(agent.address).await;
     broker.send(&BrokerMessage::End).await;

@@ -32,8 +32,8 @@ async fn devtools_policy_keeps_cdp_pipe_working() {
     ]))
     .await;
 
-    let root = std::env::temp_dir().join(format!("strongroom-policy-test-{}", std::process::id()));
-    let etc = root.join("etc-chromium");
+    let root = TempDir::new("policy-test");
+    let etc = root.0.join("etc-chromium");
     std::fs::create_dir_all(etc.join("policies/managed")).unwrap();
     for entry in std::fs::read_dir("/etc/chromium").unwrap().flatten() {
         if entry.file_type().unwrap().is_file() {
@@ -112,7 +112,6 @@ async fn devtools_policy_keeps_cdp_pipe_working() {
             _ => continue,
         }
     };
-    std::fs::remove_dir_all(&root).unwrap();
 
     assert_eq!(
         result,

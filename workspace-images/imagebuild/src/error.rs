@@ -12,15 +12,22 @@ pub enum BuildError {
         source: std::io::Error,
     },
 
-    #[error("agent binary {path} is missing or unreadable ({source}); build strongroom-agent first or pass its path")]
+    #[error(
+        "agent binary {path} is missing or unreadable ({source}); build strongroom-agent first or pass its path"
+    )]
     AgentBinary {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("no enabled Debian apt source for suites {suites:?} in {searched}; add them to /etc/apt/sources.list.d/ or pass an apt sources file")]
-    NoAptSources { suites: Vec<String>, searched: String },
+    #[error(
+        "no enabled Debian apt source for suites {suites:?} in {searched}; add them to /etc/apt/sources.list.d/ or pass an apt sources file"
+    )]
+    NoAptSources {
+        suites: Vec<String>,
+        searched: String,
+    },
 
     #[error("invalid recipe {recipe}: {reason}")]
     InvalidRecipe { recipe: String, reason: String },
@@ -40,7 +47,9 @@ pub enum BuildError {
         tail: String,
     },
 
-    #[error("package resolution for recipe {recipe} listed no packages; check the apt sources and the suite name")]
+    #[error(
+        "package resolution for recipe {recipe} listed no packages; check the apt sources and the suite name"
+    )]
     EmptyResolution { recipe: String },
 
     #[error("Docker API request failed while {action}: {source}")]

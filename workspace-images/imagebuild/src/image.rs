@@ -63,7 +63,10 @@ pub(crate) async fn find_matching(
     let filters = vec![
         format!("{LABEL_RECIPE}={}", recipe.name),
         format!("{LABEL_RECIPE_SHA256}={recipe_sha256}"),
-        format!("{LABEL_HOST_BINARY_SHA256}={}", host_binary_sha256.unwrap_or("none")),
+        format!(
+            "{LABEL_HOST_BINARY_SHA256}={}",
+            host_binary_sha256.unwrap_or("none")
+        ),
     ];
     let mut images = list(docker, recipe, filters).await?;
     images.sort_by_key(|image| std::cmp::Reverse(image.created));
@@ -76,16 +79,27 @@ pub(crate) async fn find_tagged(
     recipe: &Recipe,
     tag: &str,
 ) -> Result<Option<ImageInfo>, BuildError> {
-    let images = list(docker, recipe, vec![format!("{LABEL_RECIPE}={}", recipe.name)]).await?;
+    let images = list(
+        docker,
+        recipe,
+        vec![format!("{LABEL_RECIPE}={}", recipe.name)],
+    )
+    .await?;
     Ok(images.into_iter().find(|image| image.tag == tag))
 }
 
-async fn list(docker: &Docker, recipe: &Recipe, labels: Vec<String>) -> Result<Vec<ImageInfo>, BuildError> {
+async fn list(
+    docker: &Docker,
+    recipe: &Recipe,
+    labels: Vec<String>,
+) -> Result<Vec<ImageInfo>, BuildError> {
     let filters = HashMap::from([
         ("label".to_string(), labels),
         ("reference".to_string(), vec![recipe.repository.clone()]),
     ]);
-    let options = ListImagesOptionsBuilder::default().filters(&filters).build();
+    let options = ListImagesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
     let summaries = docker
         .list_images(Some(options))
         .await
@@ -110,7 +124,9 @@ async fn list(docker: &Docker, recipe: &Recipe, labels: Vec<String>) -> Result<V
                     .get(LABEL_HOST_BINARY_SHA256)
                     .filter(|value| value.as_str() != "none")
                     .cloned(),
-                packages: parse_canonical_packages(labels.get(LABEL_PACKAGES).map_or("", String::as_str)),
+                packages: parse_canonical_packages(
+                    labels.get(LABEL_PACKAGES).map_or("", String::as_str),
+                ),
             });
         }
     }
@@ -127,7 +143,9 @@ pub(crate) async fn import(
     packages: &PackageVersions,
     progress: Progress<'_>,
 ) -> Result<ImageInfo, BuildError> {
-    let file = tokio::fs::File::open(tar).await.map_err(BuildError::io(tar))?;
+    let file = tokio::fs::File::open(tar)
+        .await
+        .map_err(BuildError::io(tar))?;
     let body = bollard::body_try_stream(ReaderStream::with_capacity(file, 1 << 20));
 
     let options = CreateImageOptionsBuilder::default()
@@ -138,7 +156,11 @@ pub(crate) async fn import(
         .changes(dockerfile_changes(recipe, tag, packages))
         .build();
     let mut stream = docker.create_image(Some(options), Some(body), None);
-    while let Some(info) = stream.try_next().await.map_err(BuildError::docker("importing the image"))? {
+    while let Some(info) = stream
+        .try_next()
+        .await
+        .map_err(BuildError::docker("importing the image"))?
+    {
         if let Some(detail) = info.error_detail {
             return Err(BuildError::ImportRejected {
                 message: detail.message.unwrap_or_default(),
@@ -194,7 +216,9 @@ fn dockerfile_changes(recipe: &Recipe, tag: &ImageTag, packages: &PackageVersion
         (LABEL_RECIPE_SHA256, tag.recipe_sha256.clone()),
         (
             LABEL_HOST_BINARY_SHA256,
-            tag.host_binary_sha256.clone().unwrap_or_else(|| "none".into()),
+            tag.host_binary_sha256
+                .clone()
+                .unwrap_or_else(|| "none".into()),
         ),
         (LABEL_RESOLUTION_SHA256, tag.packages_sha256.clone()),
         (LABEL_PACKAGES, canonical_packages(packages)),
@@ -215,9 +239,17 @@ fn parse_rfc3339_seconds(text: &str) -> Option<i64> {
     let date = text.get(..10)?;
     let time = text.get(11..19)?;
     let mut date_parts = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (date_parts.next()??, date_parts.next()??, date_parts.next()??);
+    let (year, month, day) = (
+        date_parts.next()??,
+        date_parts.next()??,
+        date_parts.next()??,
+    );
     let mut time_parts = time.split(':').map(|p| p.parse::<i64>().ok());
-    let (hour, minute, second) = (time_parts.next()??, time_parts.next()??, time_parts.next()??);
+    let (hour, minute, second) = (
+        time_parts.next()??,
+        time_parts.next()??,
+        time_parts.next()??,
+    );
 
     // Days from civil date (Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
@@ -237,7 +269,10 @@ mod tests {
     #[test]
     fn rfc3339_seconds() {
         assert_eq!(parse_rfc3339_seconds("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_seconds("2026-12-04T20:21:43.5Z"), Some(1_796_415_703));
+        assert_eq!(
+            parse_rfc3339_seconds("2026-12-04T20:21:43.5Z"),
+            Some(1_796_415_703)
+        );
     }
 
     #[test]
@@ -247,7 +282,15 @@ mod tests {
         let tag = ImageTag::compute(&recipe, None, &packages);
         let changes = dockerfile_changes(&recipe, &tag, &packages);
         assert!(changes.contains(&"USER 1000:1000".to_string()));
-        assert!(changes.contains(&"ENTRYPOINT [\"/usr/bin/tini\",\"--\",\"/usr/local/bin/strongroom-agent\"]".to_string()));
-        assert!(changes.contains(&"LABEL \"org.strongroom.packages\"=\"bash=5.2.15-2+b13\"".to_string()));
+        assert!(
+            changes.contains(
+                &"ENTRYPOINT [\"/usr/bin/tini\",\"--\",\"/usr/local/bin/strongroom-agent\"]"
+                    .to_string()
+            )
+        );
+        assert!(
+            changes
+                .contains(&"LABEL \"org.strongroom.packages\"=\"bash=5.2.15-2+b13\"".to_string())
+        );
     }
 }

@@ -20,7 +20,7 @@ const PROGRAM: &str = "mmdebstrap";
 const TAIL_LINES: usize = 30;
 /// File the customize hook writes the installed package list into, in the work directory.
 const INSTALLED_LIST: &str = "installed-packages.tsv";
-/// Where the setup script sits inside the root file system while it runs.
+/// Path of the setup script inside the root file system while it runs.
 const SETUP_IN_IMAGE: &str = "/tmp/strongroom-setup.sh";
 
 /// Inputs of one mmdebstrap run, staged in `work_dir`.
@@ -73,11 +73,8 @@ pub(crate) async fn build_rootfs(
         .map_err(BuildError::io(&files_dir))?;
 
     let mut command = base_command(recipe);
-    for pattern in &recipe.dpkg_path_excludes {
-        command.arg(format!("--dpkgopt=path-exclude={pattern}"));
-    }
-    for pattern in &recipe.dpkg_path_includes {
-        command.arg(format!("--dpkgopt=path-include={pattern}"));
+    for filter in &recipe.dpkg_path_filters {
+        command.arg(format!("--dpkgopt={filter}"));
     }
 
     // Hooks run on the host with the root file system as "$1" and the work directory
@@ -87,7 +84,11 @@ pub(crate) async fn build_rootfs(
         tokio::fs::write(&staged, &file.contents)
             .await
             .map_err(BuildError::io(&staged))?;
-        command.arg(install_hook(&format!("files/{index}"), file.mode, &file.path));
+        command.arg(install_hook(
+            &format!("files/{index}"),
+            file.mode,
+            &file.path,
+        ));
     }
     if let (Some(binary), Some(path)) = (staging.host_binary, &recipe.host_binary_path) {
         let relative = binary.strip_prefix(staging.work_dir).unwrap_or(binary);
@@ -99,7 +100,9 @@ pub(crate) async fn build_rootfs(
             .await
             .map_err(BuildError::io(&staged))?;
         command.arg(install_hook("files/setup.sh", 0o700, SETUP_IN_IMAGE));
-        command.arg(format!("--customize-hook=chroot \"$1\" /bin/sh {SETUP_IN_IMAGE}"));
+        command.arg(format!(
+            "--customize-hook=chroot \"$1\" /bin/sh {SETUP_IN_IMAGE}"
+        ));
         command.arg(format!("--customize-hook=rm -f \"$1{SETUP_IN_IMAGE}\""));
     }
     command.arg(format!(
@@ -144,7 +147,10 @@ async fn run(
     progress: Progress<'_>,
     forward: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, BuildError> {
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = command.spawn().map_err(|source| BuildError::ToolMissing {
         program: PROGRAM,
         package: PROGRAM,
@@ -194,7 +200,9 @@ async fn read_lines(
 }
 
 fn is_apt_action(line: &str) -> bool {
-    ["Inst ", "Conf ", "Remv "].iter().any(|p| line.starts_with(p))
+    ["Inst ", "Conf ", "Remv "]
+        .iter()
+        .any(|p| line.starts_with(p))
 }
 
 /// Parses apt's simulation lines such as

@@ -10,11 +10,18 @@ use crate::error::BuildError;
 const WORKSPACE_PACKAGES: &str = include_str!("../../workspace/packages.txt");
 /// Finishing script of the workspace image, shared with its Dockerfile.
 const WORKSPACE_SETUP: &str = include_str!("../../workspace/setup.sh");
+/// dpkg `path-exclude` and `path-include` lines of the workspace image.
+const WORKSPACE_DPKG_EXCLUDES: &str = include_str!("../../workspace/dpkg-excludes.cfg");
 /// Chromium managed policy of the workspace image.
 const WORKSPACE_POLICY: &str = include_str!("../../policies/strongroom.json");
 
 /// Path of the agent binary inside the workspace image.
 pub const AGENT_IMAGE_PATH: &str = "/usr/local/bin/strongroom-agent";
+/// File the agent writes at start with the session's Chromium policy, for example
+/// `{"URLAllowlist": ["bank.example"]}`. The image links
+/// `/etc/chromium/policies/managed/session.json` to it; while it is missing, the
+/// managed `URLBlocklist` of `*` blocks every page.
+pub const SESSION_POLICY_PATH: &str = "/tmp/strongroom-policy/session.json";
 /// User that runs the workspace container's processes.
 pub const WORKSPACE_UID: u32 = 1000;
 
@@ -34,10 +41,9 @@ pub struct Recipe {
     pub files: Vec<RecipeFile>,
     /// Shell script run as root inside the root file system after the files are copied.
     pub setup_script: Option<String>,
-    /// dpkg `path-exclude` patterns, e.g. documentation and locales.
-    pub dpkg_path_excludes: Vec<String>,
-    /// dpkg `path-include` patterns that re-include paths the excludes removed.
-    pub dpkg_path_includes: Vec<String>,
+    /// dpkg filter options in order, each `path-exclude=PATTERN` or `path-include=PATTERN`.
+    /// dpkg applies the last matching one, so an include after an exclude re-includes.
+    pub dpkg_path_filters: Vec<String>,
     /// Path in the image where the host binary given to the build goes, if the recipe
     /// takes one (the workspace image takes the agent).
     pub host_binary_path: Option<String>,
@@ -84,17 +90,7 @@ impl Recipe {
                 contents: WORKSPACE_POLICY.as_bytes().to_vec(),
             }],
             setup_script: Some(WORKSPACE_SETUP.into()),
-            dpkg_path_excludes: [
-                "/usr/share/doc/*",
-                "/usr/share/man/*",
-                "/usr/share/info/*",
-                "/usr/share/locale/*",
-                "/usr/share/lintian/*",
-            ]
-            .map(String::from)
-            .to_vec(),
-            // Licence texts stay: the image is redistributed.
-            dpkg_path_includes: vec!["/usr/share/doc/*/copyright".into()],
+            dpkg_path_filters: parse_package_list(WORKSPACE_DPKG_EXCLUDES),
             host_binary_path: Some(AGENT_IMAGE_PATH.into()),
             config: ImageConfig {
                 user: format!("{WORKSPACE_UID}:{WORKSPACE_UID}"),
@@ -122,16 +118,29 @@ impl Recipe {
             reason,
         };
 
-        if !is_name(&self.name, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-            return Err(invalid(format!("name {:?} must be lowercase letters, digits and '-'", self.name)));
+        if !is_name(&self.name, |c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+        }) {
+            return Err(invalid(format!(
+                "name {:?} must be lowercase letters, digits and '-'",
+                self.name
+            )));
         }
         if !is_name(&self.repository, |c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || "-_./".contains(c)
         }) {
-            return Err(invalid(format!("repository {:?} is not a valid Docker repository name", self.repository)));
+            return Err(invalid(format!(
+                "repository {:?} is not a valid Docker repository name",
+                self.repository
+            )));
         }
-        if !is_name(&self.suite, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-            return Err(invalid(format!("suite {:?} is not a Debian suite name", self.suite)));
+        if !is_name(&self.suite, |c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+        }) {
+            return Err(invalid(format!(
+                "suite {:?} is not a Debian suite name",
+                self.suite
+            )));
         }
         if self.packages.is_empty() {
             return Err(invalid("the package list is empty".into()));
@@ -145,7 +154,11 @@ impl Recipe {
             }
         }
 
-        let image_paths = self.files.iter().map(|f| &f.path).chain(&self.host_binary_path);
+        let image_paths = self
+            .files
+            .iter()
+            .map(|f| &f.path)
+            .chain(&self.host_binary_path);
         for path in image_paths {
             if !is_image_path(path) {
                 return Err(invalid(format!(
@@ -153,22 +166,31 @@ impl Recipe {
                 )));
             }
         }
-        for pattern in self.dpkg_path_excludes.iter().chain(&self.dpkg_path_includes) {
-            if !pattern.starts_with('/') || pattern.contains(char::is_whitespace) {
-                return Err(invalid(format!("dpkg path pattern {pattern:?} must be absolute, without spaces")));
+        for filter in &self.dpkg_path_filters {
+            let pattern = filter
+                .strip_prefix("path-exclude=")
+                .or_else(|| filter.strip_prefix("path-include="));
+            let valid =
+                pattern.is_some_and(|p| p.starts_with('/') && !p.contains(char::is_whitespace));
+            if !valid {
+                return Err(invalid(format!(
+                    "dpkg filter {filter:?} must be path-exclude=/PATTERN or path-include=/PATTERN, without spaces"
+                )));
             }
         }
         let config_values = self.config.entrypoint.iter().chain(&self.config.cmd);
         for value in config_values.chain(self.config.env.iter().flat_map(|(k, v)| [k, v])) {
             if value.contains(['"', '\\', '\n']) {
-                return Err(invalid(format!("image config value {value:?} contains a quote, backslash or newline")));
+                return Err(invalid(format!(
+                    "image config value {value:?} contains a quote, backslash or newline"
+                )));
             }
         }
         Ok(())
     }
 }
 
-/// Parses a package list file: one package per line, `#` starts a comment.
+/// Parses a list file such as the package list: one entry per line, `#` starts a comment.
 pub fn parse_package_list(text: &str) -> Vec<String> {
     text.lines()
         .map(|line| line.split('#').next().unwrap_or("").trim())
@@ -198,6 +220,21 @@ mod tests {
         recipe.validate().unwrap();
         assert!(recipe.packages.contains(&"chromium".to_string()));
         assert!(recipe.packages.contains(&"libavcodec59".to_string()));
+        assert_eq!(recipe.dpkg_path_filters[0], "path-exclude=/usr/share/doc/*");
+        assert_eq!(
+            recipe.dpkg_path_filters[1],
+            "path-include=/usr/share/doc/*/copyright"
+        );
+    }
+
+    #[test]
+    fn setup_links_session_policy() {
+        let link =
+            format!("ln -sf {SESSION_POLICY_PATH} /etc/chromium/policies/managed/session.json");
+        assert!(
+            WORKSPACE_SETUP.contains(&link),
+            "setup.sh must create: {link}"
+        );
     }
 
     #[test]

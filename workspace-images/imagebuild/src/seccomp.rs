@@ -1,9 +1,9 @@
 //! The seccomp profile of the workspace container.
 //!
 //! It is Docker's default profile from docker.io 20.10.24 (Debian bookworm) with four
-//! rules added so that Chromium's namespace sandbox works without `CAP_SYS_ADMIN`:
-//! `clone` and `unshare` may create user, PID and network namespaces (mount, UTS, IPC
-//! and cgroup namespaces stay denied), and `chroot` is allowed because the sandbox
+//! rules added so that Chromium's namespace sandbox works without `CAP_SYS_ADMIN`.
+//! `clone` and `unshare` may create user, PID and network namespaces, while mount, UTS,
+//! IPC and cgroup namespaces stay denied. `chroot` is allowed because the sandbox
 //! chroots into an empty directory inside its new user namespace. The kernel still
 //! checks capabilities inside that namespace, so the container gains none.
 
@@ -25,6 +25,7 @@ pub fn workspace_security_opts() -> Vec<String> {
 }
 
 fn compact(profile: &str) -> String {
-    let value: serde_json::Value = serde_json::from_str(profile).expect("the shipped seccomp profile is valid JSON");
+    let value: serde_json::Value =
+        serde_json::from_str(profile).expect("the shipped seccomp profile is valid JSON");
     value.to_string()
 }

@@ -13,7 +13,7 @@ pub struct AptSource {
     pub signed_by: Option<String>,
 }
 
-/// Where the apt sources of a build come from.
+/// Origin of a build's apt sources.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum AptSourcesSpec {
     /// `/etc/apt/sources.list` and `/etc/apt/sources.list.d/*.{list,sources}` of this host.
@@ -33,7 +33,11 @@ pub fn load(spec: &AptSourcesSpec, suite: &str) -> Result<Vec<AptSource>, BuildE
         AptSourcesSpec::File(path) => vec![path.clone()],
     };
 
-    let wanted = [suite.to_string(), format!("{suite}-updates"), format!("{suite}-security")];
+    let wanted = [
+        suite.to_string(),
+        format!("{suite}-updates"),
+        format!("{suite}-security"),
+    ];
     let mut sources = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).map_err(BuildError::io(file))?;
@@ -51,7 +55,11 @@ pub fn load(spec: &AptSourcesSpec, suite: &str) -> Result<Vec<AptSource>, BuildE
     }
 
     if sources.is_empty() {
-        let searched = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
+        let searched = files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         return Err(BuildError::NoAptSources {
             suites: wanted.to_vec(),
             searched,
@@ -90,7 +98,10 @@ fn host_source_files(apt_dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
         for entry in entries {
             let path = entry.map_err(BuildError::io(&dir))?.path();
             // apt itself reads only these two extensions; `.disabled` and backups are ignored.
-            if path.extension().is_some_and(|e| e == "list" || e == "sources") {
+            if path
+                .extension()
+                .is_some_and(|e| e == "list" || e == "sources")
+            {
                 parts.push(path);
             }
         }
@@ -122,9 +133,18 @@ fn parse_deb822(text: &str) -> Vec<AptSource> {
             }
         }
 
-        let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
         let words = |name: &str| -> Vec<String> {
-            field(name).unwrap_or("").split_whitespace().map(String::from).collect()
+            field(name)
+                .unwrap_or("")
+                .split_whitespace()
+                .map(String::from)
+                .collect()
         };
         let enabled = field("enabled").is_none_or(|v| !v.eq_ignore_ascii_case("no"));
         if !enabled || !words("types").iter().any(|t| t == "deb") {
@@ -211,13 +231,19 @@ mod tests {
     fn load_filters_other_suites() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mixed.list");
-        std::fs::write(&path, "deb http://a/ bookworm main\ndeb http://b/ nodistro main\n").unwrap();
+        std::fs::write(
+            &path,
+            "deb http://a/ bookworm main\ndeb http://b/ nodistro main\n",
+        )
+        .unwrap();
 
         let sources = load(&AptSourcesSpec::File(path.clone()), "bookworm").unwrap();
         assert_eq!(sources.len(), 1);
         assert_eq!(sources[0].uris, vec!["http://a/"]);
 
-        let error = load(&AptSourcesSpec::File(path), "trixie").unwrap_err().to_string();
+        let error = load(&AptSourcesSpec::File(path), "trixie")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("trixie-security"), "{error}");
     }
 }

@@ -27,14 +27,21 @@ pub struct ImageTag {
 impl ImageTag {
     /// Derives the tag from the recipe, the host binary's hash and the package versions.
     /// Any change in one of them gives a different tag; the same inputs give the same tag.
-    pub fn compute(recipe: &Recipe, host_binary_sha256: Option<&str>, packages: &PackageVersions) -> Self {
+    pub fn compute(
+        recipe: &Recipe,
+        host_binary_sha256: Option<&str>,
+        packages: &PackageVersions,
+    ) -> Self {
         let recipe_sha256 = recipe.hash();
         let packages_sha256 = hex::encode(Sha256::digest(canonical_packages(packages)));
 
         let mut combined = Sha256::new();
         combined.update(b"strongroom-imagebuild tag v1\n");
         combined.update(format!("recipe {recipe_sha256}\n"));
-        combined.update(format!("host-binary {}\n", host_binary_sha256.unwrap_or("none")));
+        combined.update(format!(
+            "host-binary {}\n",
+            host_binary_sha256.unwrap_or("none")
+        ));
         combined.update(format!("packages {packages_sha256}\n"));
         let tag = hex::encode(combined.finalize())[..TAG_HEX_LEN].to_string();
 

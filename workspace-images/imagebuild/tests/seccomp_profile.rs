@@ -19,7 +19,11 @@ fn syscalls(profile: &str) -> Vec<Value> {
 fn added_rules() -> Vec<Value> {
     let default = syscalls(DOCKER_DEFAULT_PROFILE);
     let workspace = syscalls(WORKSPACE_PROFILE);
-    assert_eq!(&workspace[..default.len()], &default[..], "Docker's rules are kept unchanged and first");
+    assert_eq!(
+        &workspace[..default.len()],
+        &default[..],
+        "Docker's rules are kept unchanged and first"
+    );
     workspace[default.len()..].to_vec()
 }
 
@@ -56,7 +60,10 @@ fn added_namespace_rules_mask() {
 
         // The flags Chromium's sandbox uses pass the mask, the others do not.
         let allowed = |flags: u64| flags & mask == expected;
-        assert!(allowed(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET), "{name}");
+        assert!(
+            allowed(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET),
+            "{name}"
+        );
         for denied in [CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC] {
             assert!(!allowed(CLONE_NEWUSER | denied), "{name} with {denied:#x}");
         }

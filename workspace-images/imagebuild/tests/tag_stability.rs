@@ -3,7 +3,10 @@
 use imagebuild::{ImageTag, PackageVersions, Recipe, file_sha256};
 
 fn packages(pairs: &[(&str, &str)]) -> PackageVersions {
-    pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
 }
 
 fn bookworm_packages() -> PackageVersions {
@@ -27,7 +30,11 @@ async fn same_inputs_same_tag() {
     let first = ImageTag::compute(&Recipe::workspace(), Some(&agent), &bookworm_packages());
 
     let agent_again = agent_hash(b"agent build 1").await;
-    let second = ImageTag::compute(&Recipe::workspace(), Some(&agent_again), &bookworm_packages());
+    let second = ImageTag::compute(
+        &Recipe::workspace(),
+        Some(&agent_again),
+        &bookworm_packages(),
+    );
 
     assert_eq!(first, second);
     assert_eq!(first.tag.len(), 20);
@@ -63,8 +70,16 @@ async fn changed_recipe_new_tag() {
 #[tokio::test]
 async fn changed_agent_new_tag() {
     let recipe = Recipe::workspace();
-    let first = ImageTag::compute(&recipe, Some(&agent_hash(b"agent build 1").await), &bookworm_packages());
-    let second = ImageTag::compute(&recipe, Some(&agent_hash(b"agent build 2").await), &bookworm_packages());
+    let first = ImageTag::compute(
+        &recipe,
+        Some(&agent_hash(b"agent build 1").await),
+        &bookworm_packages(),
+    );
+    let second = ImageTag::compute(
+        &recipe,
+        Some(&agent_hash(b"agent build 2").await),
+        &bookworm_packages(),
+    );
     assert_ne!(first.tag, second.tag);
     assert_eq!(first.packages_sha256, second.packages_sha256);
 }

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ffmpeg_next as ffmpeg;
 use futures::{SinkExt, StreamExt};
 use protocol::{AgentMessage, BrokerMessage, SessionSecret};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -42,7 +43,7 @@ impl Drop for HttpServer {
 }
 
 impl HttpServer {
-    /// Serves `pages` (path → HTML). `POST /login` answers with a redirect to `/home`.
+    /// Serves `pages` (path → HTML). `POST /login` returns a redirect to `/home`.
     pub async fn start(pages: HashMap<&'static str, String>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -205,6 +206,46 @@ pub fn query_param(path: &str, name: &str) -> Option<String> {
 pub struct Agent {
     pub child: Child,
     pub address: SocketAddr,
+    /// File with the agent's and Chromium's stderr.
+    pub log_path: std::path::PathBuf,
+}
+
+impl Drop for Agent {
+    /// Stops the agent with SIGTERM so it removes its Chromium profile, and kills it if
+    /// it has not exited within 10 s.
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: signalling a process this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// A directory removed on drop, even when the test fails.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("strongroom-agent-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Agent {
@@ -212,8 +253,23 @@ impl Agent {
         Self::start_wrapped(&[], start_url, width, height).await
     }
 
+    /// Starts the agent with extra arguments.
+    pub async fn start_with_args(extra: &[&str], start_url: &str, width: u32, height: u32) -> Self {
+        Self::start_full(&[], extra, start_url, width, height).await
+    }
+
     /// Starts the agent as the last argument of `wrapper` (a command and its arguments).
     pub async fn start_wrapped(wrapper: &[&str], start_url: &str, width: u32, height: u32) -> Self {
+        Self::start_full(wrapper, &[], start_url, width, height).await
+    }
+
+    async fn start_full(
+        wrapper: &[&str],
+        extra: &[&str],
+        start_url: &str,
+        width: u32,
+        height: u32,
+    ) -> Self {
         let secret = SessionSecret::new(SECRET.to_owned());
         let binary = env!("CARGO_BIN_EXE_strongroom-agent");
         let mut command = match wrapper.split_first() {
@@ -224,10 +280,18 @@ impl Agent {
             }
             None => Command::new(binary),
         };
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let log_path = std::env::temp_dir().join(format!(
+            "strongroom-agent-test-{}-{}.log",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut child = command
             .args(["--listen", "127.0.0.1:0", "--no-sandbox", "--fps", "10"])
             .args(["--secret-sha256", &secret.sha256_hex()])
             .args(["--start-url", start_url])
+            .args(extra)
             .args([
                 "--width",
                 &width.to_string(),
@@ -236,7 +300,7 @@ impl Agent {
             ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .expect("starting strongroom-agent");
@@ -244,15 +308,24 @@ impl Agent {
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
             .await
-            .expect("agent did not become ready within 60 s")
-            .unwrap()
-            .expect("agent exited before becoming ready");
+            .ok()
+            .and_then(|line| line.ok().flatten());
+        let Some(line) = line else {
+            panic!(
+                "agent did not become ready; log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        };
         let address = line
             .strip_prefix("LISTENING ")
             .expect("readiness line")
             .parse()
             .unwrap();
-        Self { child, address }
+        Self {
+            child,
+            address,
+            log_path,
+        }
     }
 
     /// Waits for the agent to exit and returns its status code.
@@ -262,6 +335,10 @@ impl Agent {
             .expect("agent did not exit in time")
             .unwrap()
             .code()
+    }
+
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log_path).unwrap_or_default()).into_owned()
     }
 
     pub fn pid(&self) -> u32 {
@@ -306,8 +383,7 @@ pub fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         let state = stat
             .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().chars().next())
-            .flatten();
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
         state != Some('Z')
     })
 }
@@ -401,4 +477,54 @@ pub fn key(code: &str, key: &str, pressed: bool) -> BrokerMessage {
         key: key.into(),
         pressed,
     })
+}
+
+/// Decodes VP8 packets and returns the RGB24 pixel at (x, y) of every decoded frame.
+pub struct Decoder {
+    decoder: ffmpeg::decoder::Video,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        ffmpeg::init().unwrap();
+        let codec = ffmpeg::decoder::find(ffmpeg::codec::Id::VP8).expect("VP8 decoder");
+        let decoder = ffmpeg::codec::context::Context::new_with_codec(codec)
+            .decoder()
+            .video()
+            .unwrap();
+        Self { decoder }
+    }
+
+    /// Decodes one packet and returns (width, height, rgb24 rows) of the frame it produced.
+    pub fn decode(&mut self, data: &[u8]) -> Option<(u32, u32, Vec<u8>)> {
+        self.decoder
+            .send_packet(&ffmpeg::Packet::copy(data))
+            .unwrap();
+        let mut frame = ffmpeg::frame::Video::empty();
+        self.decoder.receive_frame(&mut frame).ok()?;
+        let (width, height) = (frame.width(), frame.height());
+        let mut scaler = ffmpeg::software::scaling::Context::get(
+            frame.format(),
+            width,
+            height,
+            ffmpeg::format::Pixel::RGB24,
+            width,
+            height,
+            ffmpeg::software::scaling::Flags::POINT,
+        )
+        .unwrap();
+        let mut rgb = ffmpeg::frame::Video::empty();
+        scaler.run(&frame, &mut rgb).unwrap();
+        let stride = rgb.stride(0);
+        let mut pixels = Vec::with_capacity((width * height * 3) as usize);
+        for y in 0..height as usize {
+            pixels.extend_from_slice(&rgb.data(0)[y * stride..y * stride + width as usize * 3]);
+        }
+        Some((width, height, pixels))
+    }
+}
+
+pub fn pixel(frame: &(u32, u32, Vec<u8>), x: u32, y: u32) -> [u8; 3] {
+    let offset = ((y * frame.0 + x) * 3) as usize;
+    [frame.2[offset], frame.2[offset + 1], frame.2[offset + 2]]
 }

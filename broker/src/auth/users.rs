@@ -1,0 +1,340 @@
+//! The `users` table: local accounts and people known through OIDC.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+use super::{Principal, Role};
+use crate::db::Database;
+
+/// How a person signs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserSource {
+    Local,
+    Oidc,
+}
+
+impl UserSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserSource::Local => "local",
+            UserSource::Oidc => "oidc",
+        }
+    }
+}
+
+/// One row of `users`, without the TOTP secret's plaintext.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: String,
+    pub username: Option<String>,
+    pub display_name: String,
+    pub source: String,
+    pub oidc_issuer: Option<String>,
+    pub oidc_subject: Option<String>,
+    pub password_hash: Option<String>,
+    pub totp_secret: Option<Vec<u8>>,
+    pub totp_last_step: Option<i64>,
+    pub roles: BTreeSet<Role>,
+    pub created_at_ms: i64,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("display_name", &self.display_name)
+            .field("source", &self.source)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserRecord {
+    pub fn principal(&self) -> Principal {
+        Principal {
+            user_id: self.id.clone(),
+            display_name: self.display_name.clone(),
+            roles: self.roles.clone(),
+        }
+    }
+}
+
+/// Failure to create a local account.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateUserError {
+    #[error("the username {0:?} is already taken")]
+    UsernameTaken(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Encodes roles as stored: sorted names joined by commas.
+pub fn encode_roles(roles: &BTreeSet<Role>) -> String {
+    roles
+        .iter()
+        .map(|role| role.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Decodes stored roles. An unknown name is skipped and logged, so a row written by a
+/// newer broker grants no more than this one understands.
+pub fn decode_roles(text: &str) -> BTreeSet<Role> {
+    text.split(',')
+        .filter(|name| !name.is_empty())
+        .filter_map(|name| {
+            let role = Role::parse(name);
+            if role.is_none() {
+                tracing::warn!(role = name, "Unknown role name in the database ignored");
+            }
+            role
+        })
+        .collect()
+}
+
+const COLUMNS: &str = "id, username, display_name, source, oidc_issuer, oidc_subject, password_hash, totp_secret, totp_last_step, roles, created_at_ms";
+
+fn from_row(row: &AnyRow) -> Result<UserRecord, sqlx::Error> {
+    Ok(UserRecord {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        display_name: row.try_get("display_name")?,
+        source: row.try_get("source")?,
+        oidc_issuer: row.try_get("oidc_issuer")?,
+        oidc_subject: row.try_get("oidc_subject")?,
+        password_hash: row.try_get("password_hash")?,
+        totp_secret: row.try_get("totp_secret")?,
+        totp_last_step: row.try_get("totp_last_step")?,
+        roles: decode_roles(&row.try_get::<String, _>("roles")?),
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+/// Normalises a username for storage and lookup: trimmed and lowercased.
+pub fn normalize_username(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
+/// Checks a username for `user add`: 1 to 64 characters from `a-z 0-9 . _ @ -`.
+pub fn validate_username(name: &str) -> Result<(), String> {
+    let valid_chars = name.chars().all(|c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '@')
+    });
+    if name.is_empty() || name.len() > 64 || !valid_chars {
+        return Err(format!(
+            "invalid username {name:?}; use 1 to 64 characters from a-z, 0-9, '.', '_', '-' and '@'"
+        ));
+    }
+    Ok(())
+}
+
+/// New local account, with its secrets already hashed and sealed.
+pub struct NewLocalUser<'a> {
+    pub id: &'a str,
+    pub username: &'a str,
+    pub display_name: &'a str,
+    pub password_hash: &'a str,
+    pub sealed_totp: &'a [u8],
+    pub roles: &'a BTreeSet<Role>,
+}
+
+pub async fn create_local(
+    db: &Database,
+    user: NewLocalUser<'_>,
+    now_ms: i64,
+) -> Result<(), CreateUserError> {
+    let result = sqlx::query(
+        "INSERT INTO users (id, username, display_name, source, password_hash, totp_secret, roles, created_at_ms, updated_at_ms) \
+         VALUES ($1, $2, $3, 'local', $4, $5, $6, $7, $7)",
+    )
+    .bind(user.id)
+    .bind(user.username)
+    .bind(user.display_name)
+    .bind(user.password_hash)
+    .bind(user.sealed_totp.to_vec())
+    .bind(encode_roles(user.roles))
+    .bind(now_ms)
+    .execute(db.pool())
+    .await;
+
+    match result {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            Err(CreateUserError::UsernameTaken(user.username.to_owned()))
+        }
+        Err(error) => Err(anyhow::Error::new(error)
+            .context("cannot insert the user")
+            .into()),
+    }
+}
+
+pub async fn find_by_username(db: &Database, username: &str) -> anyhow::Result<Option<UserRecord>> {
+    let query = format!("SELECT {COLUMNS} FROM users WHERE username = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(query))
+        .bind(normalize_username(username))
+        .fetch_optional(db.pool())
+        .await
+        .context("cannot read the user")?;
+    row.as_ref()
+        .map(from_row)
+        .transpose()
+        .context("cannot decode the user")
+}
+
+pub async fn find_by_id(db: &Database, id: &str) -> anyhow::Result<Option<UserRecord>> {
+    let query = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(query))
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await
+        .context("cannot read the user")?;
+    row.as_ref()
+        .map(from_row)
+        .transpose()
+        .context("cannot decode the user")
+}
+
+/// Finds a person by username or, failing that, by id.
+pub async fn find(db: &Database, name_or_id: &str) -> anyhow::Result<Option<UserRecord>> {
+    match find_by_username(db, name_or_id).await? {
+        Some(user) => Ok(Some(user)),
+        None => find_by_id(db, name_or_id).await,
+    }
+}
+
+pub async fn list(db: &Database) -> anyhow::Result<Vec<UserRecord>> {
+    let query = format!("SELECT {COLUMNS} FROM users ORDER BY created_at_ms, id");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(query))
+        .fetch_all(db.pool())
+        .await
+        .context("cannot list users")?;
+    rows.iter()
+        .map(from_row)
+        .collect::<Result<_, _>>()
+        .context("cannot decode a user")
+}
+
+/// Replaces a person's roles. Returns false when no such person exists.
+pub async fn set_roles(
+    db: &Database,
+    id: &str,
+    roles: &BTreeSet<Role>,
+    now_ms: i64,
+) -> anyhow::Result<bool> {
+    let result = sqlx::query("UPDATE users SET roles = $1, updated_at_ms = $2 WHERE id = $3")
+        .bind(encode_roles(roles))
+        .bind(now_ms)
+        .bind(id)
+        .execute(db.pool())
+        .await
+        .context("cannot update roles")?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Replaces a local account's sealed TOTP secret and forgets its last used step.
+pub async fn set_totp(db: &Database, id: &str, sealed: &[u8], now_ms: i64) -> anyhow::Result<bool> {
+    let result = sqlx::query("UPDATE users SET totp_secret = $1, totp_last_step = NULL, updated_at_ms = $2 WHERE id = $3 AND source = 'local'")
+        .bind(sealed.to_vec())
+        .bind(now_ms)
+        .bind(id)
+        .execute(db.pool())
+        .await
+        .context("cannot update the TOTP secret")?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Records `step` as the last used TOTP step, only if it is after the stored one.
+/// Returns false when the step (or a later one) was already used: a replay. The check
+/// and the write are one statement, so two brokers cannot both accept one code.
+pub async fn consume_totp_step(db: &Database, id: &str, step: i64) -> anyhow::Result<bool> {
+    let result = sqlx::query("UPDATE users SET totp_last_step = $1 WHERE id = $2 AND (totp_last_step IS NULL OR totp_last_step < $1)")
+        .bind(step)
+        .bind(id)
+        .execute(db.pool())
+        .await
+        .context("cannot record the TOTP step")?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Creates or updates the person behind an OIDC identity and returns their record.
+/// The roles come from the provider's groups at every sign-in.
+pub async fn upsert_oidc(
+    db: &Database,
+    issuer: &str,
+    subject: &str,
+    display_name: &str,
+    roles: &BTreeSet<Role>,
+    now_ms: i64,
+) -> anyhow::Result<UserRecord> {
+    let new_id = Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO users (id, display_name, source, oidc_issuer, oidc_subject, roles, created_at_ms, updated_at_ms) \
+         VALUES ($1, $2, 'oidc', $3, $4, $5, $6, $6) \
+         ON CONFLICT (oidc_issuer, oidc_subject) DO UPDATE SET display_name = excluded.display_name, roles = excluded.roles, updated_at_ms = excluded.updated_at_ms",
+    )
+    .bind(&new_id)
+    .bind(display_name)
+    .bind(issuer)
+    .bind(subject)
+    .bind(encode_roles(roles))
+    .bind(now_ms)
+    .execute(db.pool())
+    .await
+    .context("cannot store the OIDC user")?;
+
+    let query = format!("SELECT {COLUMNS} FROM users WHERE oidc_issuer = $1 AND oidc_subject = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(query))
+        .bind(issuer)
+        .bind(subject)
+        .fetch_one(db.pool())
+        .await
+        .context("cannot read back the OIDC user")?;
+    from_row(&row).context("cannot decode the OIDC user")
+}
+
+/// Finds the person behind an OIDC identity.
+pub async fn find_oidc(
+    db: &Database,
+    issuer: &str,
+    subject: &str,
+) -> anyhow::Result<Option<UserRecord>> {
+    let query = format!("SELECT {COLUMNS} FROM users WHERE oidc_issuer = $1 AND oidc_subject = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(query))
+        .bind(issuer)
+        .bind(subject)
+        .fetch_optional(db.pool())
+        .await
+        .context("cannot read the OIDC user")?;
+    row.as_ref()
+        .map(from_row)
+        .transpose()
+        .context("cannot decode the OIDC user")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_round_trip_and_skip_unknown_names() {
+        let roles: BTreeSet<Role> = [Role::Admin, Role::User].into();
+
+        assert_eq!(encode_roles(&roles), "user,admin");
+        assert_eq!(decode_roles("user,admin"), roles);
+        assert_eq!(decode_roles("user,superuser"), [Role::User].into());
+        assert!(decode_roles("").is_empty());
+    }
+
+    #[test]
+    fn usernames_are_checked() {
+        assert!(validate_username("alice.smith@bank").is_ok());
+        assert!(validate_username("Alice").is_err());
+        assert!(validate_username("").is_err());
+        assert!(validate_username("a b").is_err());
+    }
+}

@@ -1,0 +1,373 @@
+//! The `[sessions]` section: quotas, host capacity, idle and lifetime limits, the
+//! launcher socket, the egress proxy port and the recording directories checked
+//! before each launch.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::ConfigProblem;
+use super::raw::{Lenient, take};
+
+const DEFAULT_QUOTA: u32 = 1;
+const DEFAULT_HOST_MAX_SESSIONS: u32 = 8;
+const DEFAULT_IDLE_TIMEOUT_MINUTES: u64 = 15;
+const DEFAULT_IDLE_WARNING_MINUTES: u64 = 2;
+const DEFAULT_MAX_LIFETIME_MINUTES: u64 = 240;
+const DEFAULT_REAPER_INTERVAL_SECONDS: u64 = 5;
+const DEFAULT_RECONCILE_INTERVAL_SECONDS: u64 = 30;
+const DEFAULT_LAUNCHER_SOCKET: &str = "/run/strongroom/launcher.sock";
+const DEFAULT_EGRESS_PROXY_PORT: u16 = 3128;
+
+/// Raw mirror of `[sessions]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawSessions {
+    /// `sessions.default_quota`: live sessions a person may hold when no per-person
+    /// quota is set. Default 1.
+    pub default_quota: Option<Lenient<u32>>,
+    /// `sessions.host_max_sessions`: live sessions this broker runs at once on its
+    /// Docker host, all people and sites together. Default 8. Keep it at or below the
+    /// launcher's `max_sessions`.
+    pub host_max_sessions: Option<Lenient<u32>>,
+    /// `sessions.idle_timeout_minutes`: a session with no keyboard, mouse or wheel
+    /// input from a viewer for this long is ended. Default 15.
+    pub idle_timeout_minutes: Option<Lenient<u64>>,
+    /// `sessions.idle_warning_minutes`: how long before the idle timeout the person is
+    /// warned. Default 2; 0 turns the warning off.
+    pub idle_warning_minutes: Option<Lenient<u64>>,
+    /// `sessions.max_lifetime_minutes`: a session is ended this long after it started,
+    /// input or not. Default 240.
+    pub max_lifetime_minutes: Option<Lenient<u64>>,
+    /// `sessions.reaper_interval_seconds`: how often idle and lifetime limits are
+    /// checked. Default 5.
+    pub reaper_interval_seconds: Option<Lenient<u64>>,
+    /// `sessions.reconcile_interval_seconds`: how often the launcher is asked which
+    /// workspaces died and which objects are orphans. Default 30.
+    pub reconcile_interval_seconds: Option<Lenient<u64>>,
+    /// `sessions.launcher_socket`: Unix socket of `strongroom launcher`. Default
+    /// `/run/strongroom/launcher.sock`; `launcher.socket_path` follows it when unset.
+    pub launcher_socket: Option<Lenient<PathBuf>>,
+    /// `sessions.egress_proxy_port`: port of the egress proxy on each session network's
+    /// gateway address. Default 3128.
+    pub egress_proxy_port: Option<Lenient<u16>>,
+    /// `sessions.recordings_dir`: directory of local recordings, checked before every
+    /// launch. Default `DATA_DIR/recordings`.
+    pub recordings_dir: Option<Lenient<PathBuf>>,
+    /// `sessions.recording_keys_dir`: directory of the local recording key store.
+    /// Default `DATA_DIR/recording-keys`.
+    pub recording_keys_dir: Option<Lenient<PathBuf>>,
+}
+
+/// Validated `[sessions]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionsConfig {
+    pub default_quota: u32,
+    pub host_max_sessions: u32,
+    pub idle_timeout: Duration,
+    /// Zero when no warning is sent.
+    pub idle_warning: Duration,
+    pub max_lifetime: Duration,
+    pub reaper_interval: Duration,
+    pub reconcile_interval: Duration,
+    pub launcher_socket: PathBuf,
+    pub egress_proxy_port: u16,
+    pub recordings_dir: PathBuf,
+    pub recording_keys_dir: PathBuf,
+}
+
+impl SessionsConfig {
+    /// The defaults, with the recording directories under `data_dir`.
+    pub fn defaults(data_dir: &Path) -> SessionsConfig {
+        SessionsConfig {
+            default_quota: DEFAULT_QUOTA,
+            host_max_sessions: DEFAULT_HOST_MAX_SESSIONS,
+            idle_timeout: minutes(DEFAULT_IDLE_TIMEOUT_MINUTES),
+            idle_warning: minutes(DEFAULT_IDLE_WARNING_MINUTES),
+            max_lifetime: minutes(DEFAULT_MAX_LIFETIME_MINUTES),
+            reaper_interval: Duration::from_secs(DEFAULT_REAPER_INTERVAL_SECONDS),
+            reconcile_interval: Duration::from_secs(DEFAULT_RECONCILE_INTERVAL_SECONDS),
+            launcher_socket: PathBuf::from(DEFAULT_LAUNCHER_SOCKET),
+            egress_proxy_port: DEFAULT_EGRESS_PROXY_PORT,
+            recordings_dir: data_dir.join("recordings"),
+            recording_keys_dir: data_dir.join("recording-keys"),
+        }
+    }
+}
+
+fn minutes(count: u64) -> Duration {
+    Duration::from_secs(count * 60)
+}
+
+fn problem(problems: &mut Vec<ConfigProblem>, key: &str, message: String) {
+    problems.push(ConfigProblem {
+        key: key.to_owned(),
+        message,
+    });
+}
+
+/// Checks that `value` lies in `min..=max`, recording a problem naming `key` if not.
+fn in_range(
+    value: u64,
+    min: u64,
+    max: u64,
+    key: &str,
+    unit: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> bool {
+    if (min..=max).contains(&value) {
+        return true;
+    }
+    problem(
+        problems,
+        key,
+        format!("{value} is out of range; use {min} to {max} {unit}"),
+    );
+    false
+}
+
+/// Validates `[sessions]`, appending every problem found.
+pub fn validate_sessions(
+    raw: &RawSessions,
+    data_dir: &Path,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<SessionsConfig> {
+    let defaults = SessionsConfig::defaults(data_dir);
+    let before = problems.len();
+
+    let default_quota = take(
+        &raw.default_quota,
+        "sessions.default_quota",
+        "a whole number",
+        problems,
+    )
+    .unwrap_or(DEFAULT_QUOTA);
+    in_range(
+        default_quota.into(),
+        0,
+        100,
+        "sessions.default_quota",
+        "sessions",
+        problems,
+    );
+
+    let host_max_sessions = take(
+        &raw.host_max_sessions,
+        "sessions.host_max_sessions",
+        "a whole number",
+        problems,
+    )
+    .unwrap_or(DEFAULT_HOST_MAX_SESSIONS);
+    in_range(
+        host_max_sessions.into(),
+        1,
+        1000,
+        "sessions.host_max_sessions",
+        "sessions",
+        problems,
+    );
+
+    let idle = take(
+        &raw.idle_timeout_minutes,
+        "sessions.idle_timeout_minutes",
+        "a whole number of minutes",
+        problems,
+    )
+    .unwrap_or(DEFAULT_IDLE_TIMEOUT_MINUTES);
+    let idle_ok = in_range(
+        idle,
+        1,
+        24 * 60,
+        "sessions.idle_timeout_minutes",
+        "minutes",
+        problems,
+    );
+
+    let warning = take(
+        &raw.idle_warning_minutes,
+        "sessions.idle_warning_minutes",
+        "a whole number of minutes",
+        problems,
+    )
+    .unwrap_or(DEFAULT_IDLE_WARNING_MINUTES.min(idle.saturating_sub(1)));
+    if idle_ok && warning >= idle {
+        problem(
+            problems,
+            "sessions.idle_warning_minutes",
+            format!(
+                "{warning} must be less than sessions.idle_timeout_minutes ({idle}); lower it or set 0 to turn the warning off"
+            ),
+        );
+    }
+
+    let lifetime = take(
+        &raw.max_lifetime_minutes,
+        "sessions.max_lifetime_minutes",
+        "a whole number of minutes",
+        problems,
+    )
+    .unwrap_or(DEFAULT_MAX_LIFETIME_MINUTES);
+    in_range(
+        lifetime,
+        1,
+        7 * 24 * 60,
+        "sessions.max_lifetime_minutes",
+        "minutes",
+        problems,
+    );
+
+    let reaper = take(
+        &raw.reaper_interval_seconds,
+        "sessions.reaper_interval_seconds",
+        "a whole number of seconds",
+        problems,
+    )
+    .unwrap_or(DEFAULT_REAPER_INTERVAL_SECONDS);
+    in_range(
+        reaper,
+        1,
+        300,
+        "sessions.reaper_interval_seconds",
+        "seconds",
+        problems,
+    );
+
+    let reconcile = take(
+        &raw.reconcile_interval_seconds,
+        "sessions.reconcile_interval_seconds",
+        "a whole number of seconds",
+        problems,
+    )
+    .unwrap_or(DEFAULT_RECONCILE_INTERVAL_SECONDS);
+    in_range(
+        reconcile,
+        1,
+        3600,
+        "sessions.reconcile_interval_seconds",
+        "seconds",
+        problems,
+    );
+
+    let launcher_socket = take(
+        &raw.launcher_socket,
+        "sessions.launcher_socket",
+        "a file path",
+        problems,
+    )
+    .unwrap_or(defaults.launcher_socket);
+    if launcher_socket.is_relative() {
+        problem(
+            problems,
+            "sessions.launcher_socket",
+            format!(
+                "{} is relative; write the absolute path of the launcher socket",
+                launcher_socket.display()
+            ),
+        );
+    }
+
+    let egress_proxy_port = take(
+        &raw.egress_proxy_port,
+        "sessions.egress_proxy_port",
+        "a port number",
+        problems,
+    )
+    .unwrap_or(DEFAULT_EGRESS_PROXY_PORT);
+    if egress_proxy_port == 0 {
+        problem(
+            problems,
+            "sessions.egress_proxy_port",
+            "0 is not a usable port; use the port the egress proxy listens on, such as 3128"
+                .to_owned(),
+        );
+    }
+
+    let recordings_dir = take(
+        &raw.recordings_dir,
+        "sessions.recordings_dir",
+        "a directory path",
+        problems,
+    )
+    .unwrap_or(defaults.recordings_dir);
+    let recording_keys_dir = take(
+        &raw.recording_keys_dir,
+        "sessions.recording_keys_dir",
+        "a directory path",
+        problems,
+    )
+    .unwrap_or(defaults.recording_keys_dir);
+
+    if problems.len() > before {
+        return None;
+    }
+    Some(SessionsConfig {
+        default_quota,
+        host_max_sessions,
+        idle_timeout: minutes(idle),
+        idle_warning: minutes(warning),
+        max_lifetime: minutes(lifetime),
+        reaper_interval: Duration::from_secs(reaper),
+        reconcile_interval: Duration::from_secs(reconcile),
+        launcher_socket,
+        egress_proxy_port,
+        recordings_dir,
+        recording_keys_dir,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate_toml(text: &str) -> (Option<SessionsConfig>, Vec<ConfigProblem>) {
+        let raw: RawSessions = toml::from_str(text).expect("valid TOML");
+        let mut problems = Vec::new();
+        let config = validate_sessions(&raw, Path::new("/var/lib/strongroom"), &mut problems);
+        (config, problems)
+    }
+
+    #[test]
+    fn empty_section_gives_defaults() {
+        let (config, problems) = validate_toml("");
+
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            config,
+            Some(SessionsConfig::defaults(Path::new("/var/lib/strongroom")))
+        );
+    }
+
+    #[test]
+    fn warning_must_come_before_timeout() {
+        let (config, problems) =
+            validate_toml("idle_timeout_minutes = 5\nidle_warning_minutes = 5");
+
+        assert!(config.is_none());
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "sessions.idle_warning_minutes");
+    }
+
+    #[test]
+    fn every_bad_key_is_named() {
+        let (config, problems) = validate_toml(
+            "host_max_sessions = 0\nmax_lifetime_minutes = 0\nlauncher_socket = \"launcher.sock\"\negress_proxy_port = 0\ndefault_quota = \"two\"",
+        );
+
+        assert!(config.is_none());
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|problem| problem.key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "sessions.default_quota",
+                "sessions.host_max_sessions",
+                "sessions.max_lifetime_minutes",
+                "sessions.launcher_socket",
+                "sessions.egress_proxy_port",
+            ]
+        );
+    }
+}

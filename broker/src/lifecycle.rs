@@ -1,0 +1,175 @@
+//! Connects the parts of a banking session at start-up: the session service, the
+//! stream hub, the egress proxy and the portal sessions.
+//!
+//! - A launched session gets an egress proxy listener on its bridge's gateway address,
+//!   which is where its Chromium is told to connect.
+//! - A session that ends, on any path, stops its stream (sealing the recording) and
+//!   its proxy listener.
+//! - A person who logs out, is logged out by the provider, is revoked or loses every
+//!   role loses their banking sessions too.
+//! - Every egress decision is written to the audit trail.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::audit::{Action, Actor, AuditLog, EventBuilder, Outcome};
+use crate::auth::AuthService;
+use crate::sessions::{EndReason, SessionNotice, SessionService};
+use crate::stream::StreamHub;
+use crate::tasks::TaskRegistry;
+
+/// Egress decisions waiting for the audit writer; beyond this they are counted and
+/// dropped rather than held without bound.
+const EGRESS_EVENT_QUEUE: usize = 4096;
+
+/// One proxy listener per live session, on that session's gateway address.
+#[derive(Clone)]
+pub struct EgressListeners {
+    proxy: egress::Proxy,
+    tasks: TaskRegistry,
+    listeners: Arc<Mutex<HashMap<Uuid, CancellationToken>>>,
+}
+
+impl EgressListeners {
+    pub fn new(proxy: egress::Proxy, tasks: TaskRegistry) -> EgressListeners {
+        EgressListeners { proxy, tasks, listeners: Arc::default() }
+    }
+
+    /// Listens on `address` for `session_id` until [`EgressListeners::close`].
+    pub fn open(&self, session_id: Uuid, address: SocketAddr) -> anyhow::Result<()> {
+        let listener = std::net::TcpListener::bind(address)
+            .with_context(|| format!("cannot listen for the egress proxy on {address}"))?;
+        listener.set_nonblocking(true).context("cannot make the proxy listener non-blocking")?;
+        let listener = tokio::net::TcpListener::from_std(listener).context("cannot register the proxy listener")?;
+
+        let stop = self.tasks.token().child_token();
+        self.listeners.lock().expect("listeners lock").insert(session_id, stop.clone());
+        let proxy = self.proxy.clone();
+        self.tasks.spawn("egress-proxy", async move { proxy.serve(vec![listener], stop).await });
+        tracing::info!(session.id = %session_id, proxy = %address, "Egress proxy listening for the session");
+        Ok(())
+    }
+
+    pub fn close(&self, session_id: Uuid) {
+        if let Some(stop) = self.listeners.lock().expect("listeners lock").remove(&session_id) {
+            stop.cancel();
+        }
+    }
+}
+
+/// Hands egress decisions to the audit writer without blocking the proxy.
+struct EgressAudit {
+    events: mpsc::Sender<egress::EgressEvent>,
+}
+
+impl egress::EventSink for EgressAudit {
+    fn record(&self, event: egress::EgressEvent) {
+        if self.events.try_send(event).is_err() {
+            metrics::counter!("strongroom_egress_audit_dropped_total").increment(1);
+        }
+    }
+}
+
+/// Builds the egress proxy whose decisions go to the audit trail.
+pub fn egress_proxy(registry: Arc<egress::Registry>, audit: AuditLog, tasks: &TaskRegistry) -> anyhow::Result<egress::Proxy> {
+    let (sender, mut receiver) = mpsc::channel::<egress::EgressEvent>(EGRESS_EVENT_QUEUE);
+    let proxy = egress::Proxy::new(registry, Arc::new(EgressAudit { events: sender }), egress::ProxyConfig::default())
+        .context("invalid egress proxy configuration")?;
+
+    let token = tasks.token();
+    tasks.spawn("egress-audit", async move {
+        loop {
+            let event = tokio::select! {
+                event = receiver.recv() => match event { Some(event) => event, None => return },
+                _ = token.cancelled() => return,
+            };
+            if let Some(audit_event) = egress_audit_event(&event) {
+                if let Err(error) = audit.append(audit_event).await {
+                    tracing::error!(error = format!("{error:#}"), "Cannot record an egress decision in the audit trail");
+                }
+            }
+        }
+    });
+    Ok(proxy)
+}
+
+fn egress_audit_event(event: &egress::EgressEvent) -> Option<crate::audit::NewEvent> {
+    let (outcome, reason) = match &event.outcome {
+        egress::Outcome::Allowed => (Outcome::Success, None),
+        egress::Outcome::Denied { reason } => (Outcome::Denied, Some(reason.to_string())),
+        // The opening was audited; the close is only logged.
+        egress::Outcome::Closed { .. } => return None,
+    };
+    let target = format!("{}:{}", event.host.as_deref().unwrap_or("-"), event.port.unwrap_or(0));
+    let mut builder = EventBuilder::new(Actor::System("egress"), Action::SiteAccessed).target(target).outcome(outcome);
+    if let Some(session_id) = event.session_id {
+        builder = builder.session(session_id);
+    }
+    if let Some(ip) = event.resolved_ip {
+        builder = builder.detail("resolved_ip", ip.to_string());
+    }
+    if let Some(reason) = reason {
+        builder = builder.detail("reason", reason);
+    }
+    Some(builder.client(Some(event.client.ip())).build())
+}
+
+/// Starts the tasks that tie session endings to streams, proxy listeners and portal
+/// sign-outs.
+pub fn connect(sessions: &SessionService, hub: &StreamHub, listeners: &EgressListeners, auth: &AuthService, tasks: &TaskRegistry) {
+    hub.set_hooks(sessions.stream_hooks());
+
+    let mut notices = sessions.subscribe();
+    let (hub, stopping, token) = (hub.clone(), listeners.clone(), tasks.token());
+    tasks.spawn("session-endings", async move {
+        loop {
+            let notice = tokio::select! {
+                notice = notices.recv() => notice,
+                _ = token.cancelled() => return,
+            };
+            match notice {
+                Ok(SessionNotice::Ended { session_id, message, .. }) => {
+                    hub.stop(session_id, &message);
+                    stopping.close(session_id);
+                }
+                Ok(SessionNotice::IdleWarning { .. }) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    // The reconciler and the link's own end still stop what this missed.
+                    tracing::error!(missed, "Session end notices were missed");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+
+    let mut portal_endings = auth.subscribe();
+    let (sessions, token) = (sessions.clone(), tasks.token());
+    tasks.spawn("portal-sign-outs", async move {
+        loop {
+            let ended = tokio::select! {
+                ended = portal_endings.recv() => ended,
+                _ = token.cancelled() => return,
+            };
+            let ended = match ended {
+                Ok(ended) => ended,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::error!(missed, "Portal sign-out notices were missed");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            use crate::auth::EndReason as PortalEnd;
+            if matches!(ended.reason, PortalEnd::Logout | PortalEnd::BackChannelLogout | PortalEnd::Revoked | PortalEnd::NoRole) {
+                if let Err(error) = sessions.end_all_for(&ended.user_id, EndReason::Logout).await {
+                    tracing::error!(user.id = ended.user_id.as_str(), error = %error, "Cannot end the banking sessions of a signed-out person");
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,89 @@
+//! Portal pages.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+
+use crate::auth::Principal;
+use crate::auth::pages::{escape, page};
+use crate::sessions::SessionRecord;
+use crate::sites::Site;
+use crate::stream::viewer::ViewerMode;
+
+/// The viewer page runs one script from the portal and opens one WebSocket to it.
+const VIEWER_CSP: &str =
+    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+pub fn home(principal: &Principal, sites: &[Site], sessions: &[SessionRecord], error: Option<&str>) -> Response {
+    let mut body = format!("<p>Signed in as {}.</p>\n", escape(&principal.display_name));
+    if let Some(error) = error {
+        body.push_str(&format!("<p id=\"error\" role=\"alert\">{}</p>\n", escape(error)));
+    }
+
+    body.push_str("<h2>Banks</h2>\n");
+    if sites.is_empty() {
+        body.push_str("<p>No bank is granted to you yet. Ask an administrator for access.</p>\n");
+    }
+    for site in sites {
+        body.push_str(&format!(
+            "<form method=\"post\" action=\"/sessions\"><input type=\"hidden\" name=\"site\" value=\"{name}\"><button type=\"submit\" id=\"launch-{name}\">Open {display}</button></form>\n",
+            name = escape(&site.name),
+            display = escape(&site.display_name),
+        ));
+    }
+
+    body.push_str("<h2>Your sessions</h2>\n<table><tr><th>Bank</th><th>State</th><th></th></tr>\n");
+    for session in sessions {
+        let action = if session.state.is_live() {
+            format!(
+                "<a href=\"/sessions/{id}\">View</a> <form method=\"post\" action=\"/sessions/{id}/end\"><button type=\"submit\">End</button></form>",
+                id = session.id
+            )
+        } else {
+            escape(session.end_detail.as_deref().or(session.end_reason.as_deref()).unwrap_or(""))
+        };
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{action}</td></tr>\n",
+            escape(&session.site),
+            session.state.as_str()
+        ));
+    }
+    body.push_str("</table>\n<form method=\"post\" action=\"/auth/logout\"><button type=\"submit\">Sign out</button></form>\n");
+    page(StatusCode::OK, "Strongroom", &body, "")
+}
+
+pub fn viewer(record: &SessionRecord, ticket: &str, mode: ViewerMode) -> Response {
+    let mode_name = match mode {
+        ViewerMode::Control => "control",
+        ViewerMode::Watch => "watch",
+    };
+    let notice = match mode {
+        ViewerMode::Control => "",
+        ViewerMode::Watch => "<p>You are watching read-only; the person is told.</p>",
+    };
+    let body = format!(
+        "<div id=\"viewer\" data-socket=\"/sessions/{id}/live?ticket={ticket}\" data-mode=\"{mode_name}\">\n\
+         <p><span id=\"recorded\" style=\"color:#b00\">&#9679; Recorded</span> {site}</p>{notice}\n\
+         <p id=\"status\" role=\"status\" hidden></p>\n\
+         <p id=\"placeholder\" hidden>Signing you in to the bank. The screen is hidden while credentials are typed.</p>\n\
+         <p id=\"ended\" role=\"alert\" hidden></p>\n\
+         <canvas id=\"screen\" width=\"1280\" height=\"720\" style=\"width:100%;max-width:1280px;border:1px solid #888\"></canvas>\n\
+         <form method=\"post\" action=\"/sessions/{id}/end\"><button type=\"submit\">End session</button></form>\n\
+         <p><a href=\"/\">Back to the portal</a></p>\n</div>\n\
+         <script src=\"/assets/viewer.js\"></script>",
+        id = record.id,
+        ticket = escape(ticket),
+        site = escape(&record.site),
+    );
+    let mut response = page(StatusCode::OK, "Live session", &body, "");
+    response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(VIEWER_CSP));
+    response
+}
+
+pub fn ended(record: &SessionRecord) -> Response {
+    let reason = record.end_detail.as_deref().or(record.end_reason.as_deref()).unwrap_or("the session is not running");
+    let body = format!(
+        "<p id=\"ended\">This session ended: {}.</p><p><a href=\"/\">Back to the portal</a></p>",
+        escape(reason)
+    );
+    page(StatusCode::OK, "Session ended", &body, "")
+}

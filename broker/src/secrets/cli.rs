@@ -1,0 +1,281 @@
+//! `strongroom credential ...`: bank credentials in the local encrypted store.
+//!
+//! Values come from files or standard input, never from the command line, where other
+//! users could read them in the process list.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use protocol::SecretString;
+use zeroize::Zeroizing;
+
+use super::{BankCredentials, CredentialKey, CredentialRef, LocalStore};
+use crate::audit::{Action, Actor, AuditLog, EventBuilder};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::config::secrets::SecretsConfig;
+use crate::db::Database;
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Store or replace a site's credential. Values not given as files are read from
+    /// standard input, one per line: username, password, then the TOTP seed (optional).
+    Set {
+        /// Site name from the site catalogue.
+        site: String,
+        /// User id of the person the credential belongs to. Without it, the credential
+        /// is the site's shared one.
+        #[arg(long)]
+        user: Option<String>,
+        /// File whose content (one trailing newline removed) is the username.
+        #[arg(long, value_name = "PATH")]
+        username_file: Option<PathBuf>,
+        /// File whose content (one trailing newline removed) is the password.
+        #[arg(long, value_name = "PATH")]
+        password_file: Option<PathBuf>,
+        /// File holding the TOTP seed, in base32 or as an otpauth:// URI.
+        #[arg(long, value_name = "PATH")]
+        totp_seed_file: Option<PathBuf>,
+        /// Store no TOTP seed and read none from standard input.
+        #[arg(long, conflicts_with = "totp_seed_file")]
+        no_totp: bool,
+    },
+    /// Remove a site's credential.
+    Delete {
+        site: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// List stored credentials by site and user, without values.
+    List,
+}
+
+/// Runs a credential command and returns the process exit code.
+pub async fn run(config: &Config, db: &Database, command: CredentialCommand) -> i32 {
+    let result = match db.migrate().await {
+        Ok(()) => execute(config, db, command).await,
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            1
+        }
+    }
+}
+
+async fn execute(config: &Config, db: &Database, command: CredentialCommand) -> anyhow::Result<()> {
+    if let SecretsConfig::Infisical(_) = config.secrets {
+        bail!(
+            "secrets.source is \"infisical\": manage credentials in Infisical, not with `strongroom credential`"
+        );
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let key = CredentialKey::load_or_create(&config.data_dir)?;
+    let store = LocalStore::new(db.clone(), Arc::new(key), clock.clone());
+    let audit = AuditLog::new(db.clone(), clock);
+    let actor = Actor::System("cli");
+
+    match command {
+        CredentialCommand::Set {
+            site,
+            user,
+            username_file,
+            password_file,
+            totp_seed_file,
+            no_totp,
+        } => {
+            let reference = reference(&site, user.as_deref())?;
+            let mut stdin = std::io::stdin().lock();
+            let prompting = std::io::stdin().is_terminal();
+            let username = value(username_file.as_deref(), "Username", prompting, &mut stdin)?;
+            let password = value(password_file.as_deref(), "Password", prompting, &mut stdin)?;
+            let totp_seed = match (totp_seed_file, no_totp) {
+                (Some(path), _) => Some(value(Some(&path), "TOTP seed", prompting, &mut stdin)?),
+                (None, true) => None,
+                (None, false) => optional_line(&mut stdin, prompting)?,
+            };
+            let credentials = BankCredentials::new(&reference, username, password, totp_seed)?;
+            set(&store, &audit, actor, &reference, &credentials).await?;
+            println!("stored {reference}");
+            Ok(())
+        }
+        CredentialCommand::Delete { site, user } => {
+            let reference = reference(&site, user.as_deref())?;
+            if !store.delete(&reference).await? {
+                bail!(
+                    "nothing is stored for {reference}; `strongroom credential list` shows what is"
+                );
+            }
+            let event = EventBuilder::new(actor, Action::SecretAccessed)
+                .target(reference.audit_target())
+                .detail("operation", "delete");
+            audit.append(event.build()).await?;
+            println!("deleted {reference}");
+            Ok(())
+        }
+        CredentialCommand::List => {
+            for entry in store.list().await? {
+                let user = entry.reference.user_id().unwrap_or("(shared)");
+                let updated = chrono::DateTime::from_timestamp_millis(entry.updated_at_ms)
+                    .map(|time| time.to_rfc3339())
+                    .unwrap_or_default();
+                let second_factor = if entry.has_totp_seed { "totp" } else { "-" };
+                println!(
+                    "{}\t{user}\t{second_factor}\t{updated}\t{}",
+                    entry.reference.site(),
+                    entry.updated_by
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Stores a credential and records `admin.secret.accessed` with the operation.
+pub async fn set(
+    store: &LocalStore,
+    audit: &AuditLog,
+    actor: Actor,
+    reference: &CredentialRef,
+    credentials: &BankCredentials,
+) -> anyhow::Result<()> {
+    let updated_by = match &actor {
+        Actor::Person(id) => format!("user:{id}"),
+        Actor::System(component) => format!("system:{component}"),
+        Actor::Anonymous => "anonymous".to_owned(),
+    };
+    store.save(reference, credentials, &updated_by).await?;
+    let event = EventBuilder::new(actor, Action::SecretAccessed)
+        .target(reference.audit_target())
+        .detail("operation", "set")
+        .detail("one_time_code", credentials.totp_seed.is_some());
+    audit
+        .append(event.build())
+        .await
+        .context("the credential was stored but its audit event was not")?;
+    Ok(())
+}
+
+fn reference(site: &str, user: Option<&str>) -> anyhow::Result<CredentialRef> {
+    Ok(match user {
+        Some(user) => CredentialRef::personal(site, user)?,
+        None => CredentialRef::shared(site)?,
+    })
+}
+
+/// Reads a value from a file, or else one line of standard input.
+fn value(
+    file: Option<&Path>,
+    label: &str,
+    prompting: bool,
+    stdin: &mut impl BufRead,
+) -> anyhow::Result<SecretString> {
+    let mut text = Zeroizing::new(String::new());
+    match file {
+        Some(path) => {
+            *text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the {label} file {}", path.display()))?;
+            strip_one_newline(&mut text);
+        }
+        None => {
+            if prompting {
+                // NOTE: the terminal echoes what is typed; pipe the values in or use
+                // the --*-file options to keep them off the screen.
+                eprintln!("{label} (one line; the terminal shows what you type):");
+            }
+            let read = stdin
+                .read_line(&mut text)
+                .with_context(|| format!("cannot read the {label} from standard input"))?;
+            if read == 0 {
+                bail!(
+                    "standard input ended before the {label}; give it on its own line or with a file option"
+                );
+            }
+            strip_one_newline(&mut text);
+        }
+    }
+    Ok(SecretString::new(text.to_string()))
+}
+
+/// Reads the optional TOTP seed line; end of input or an empty line means none.
+fn optional_line(
+    stdin: &mut impl BufRead,
+    prompting: bool,
+) -> anyhow::Result<Option<SecretString>> {
+    if prompting {
+        eprintln!("TOTP seed (base32 or otpauth:// URI; empty line for none):");
+    }
+    let mut text = Zeroizing::new(String::new());
+    stdin
+        .read_line(&mut text)
+        .context("cannot read the TOTP seed from standard input")?;
+    strip_one_newline(&mut text);
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let mut rest = Zeroizing::new(String::new());
+    if stdin
+        .read_line(&mut rest)
+        .context("cannot read standard input")?
+        > 0
+    {
+        bail!(
+            "standard input has more than three lines; give username, password and TOTP seed one per line"
+        );
+    }
+    Ok(Some(SecretString::new(text.to_string())))
+}
+
+/// Removes one trailing `\n` or `\r\n`, keeping any other whitespace.
+fn strip_one_newline(text: &mut String) {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_newline_is_stripped() {
+        let mut text = "pass \n".to_owned();
+        strip_one_newline(&mut text);
+        assert_eq!(text, "pass ");
+
+        let mut text = "first\nsecond\n".to_owned();
+        strip_one_newline(&mut text);
+        assert_eq!(text, "first\nsecond");
+    }
+
+    #[test]
+    fn stdin_values_are_read_line_by_line() {
+        let mut input = std::io::Cursor::new("alice\np ss \nJBSWY3DPEHPK3PXP\n");
+
+        let username = value(None, "Username", false, &mut input).unwrap();
+        let password = value(None, "Password", false, &mut input).unwrap();
+        let seed = optional_line(&mut input, false).unwrap();
+
+        assert_eq!(username.expose(), "alice");
+        assert_eq!(password.expose(), "p ss ");
+        assert_eq!(seed.unwrap().expose(), "JBSWY3DPEHPK3PXP");
+    }
+
+    #[test]
+    fn missing_stdin_value_is_an_error() {
+        let mut input = std::io::Cursor::new("alice\n");
+
+        value(None, "Username", false, &mut input).unwrap();
+        let error = value(None, "Password", false, &mut input).unwrap_err();
+
+        assert!(error.to_string().contains("before the Password"), "{error}");
+    }
+}

@@ -1,0 +1,277 @@
+//! The reaper (idle and lifetime limits), the reconciler (dead workspaces, orphans)
+//! and recovery after a broker restart.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::end::EndMode;
+use super::store::{self, SessionState};
+use super::{EndReason, SessionNotice, SessionService};
+use crate::audit::Actor;
+use crate::sites;
+use crate::tasks::TaskRegistry;
+
+/// What one reaper pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    pub idle_warned: Vec<Uuid>,
+    /// Sessions ended, with their reason code.
+    pub ended: Vec<(Uuid, &'static str)>,
+}
+
+/// What recovery after a restart did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Running sessions whose workspace the launcher still runs; they go on.
+    pub resumed: Vec<Uuid>,
+    /// Sessions ended, with their reason code.
+    pub ended: Vec<(Uuid, &'static str)>,
+}
+
+impl SessionService {
+    /// Spawns the reaper and the reconciler. The reconciler first recovers the
+    /// sessions a previous run of this broker left behind. Shutdown (the registry's
+    /// token) also waits for launches in progress.
+    pub fn spawn_tasks(&self, tasks: &TaskRegistry) {
+        let token = tasks.token();
+        let service = self.clone();
+        tasks.spawn("sessions-reaper", async move {
+            let mut ticks = tokio::time::interval(service.config().reaper_interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = ticks.tick() => {}
+                }
+                if let Err(error) = service.reap_once().await {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "Session reaper pass failed; retrying at the next tick"
+                    );
+                }
+            }
+        });
+
+        let token = tasks.token();
+        let service = self.clone();
+        tasks.spawn("sessions-reconciler", async move {
+            let mut recovered = false;
+            let mut ticks = tokio::time::interval(service.config().reconcile_interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = ticks.tick() => {}
+                }
+                if !recovered {
+                    match service.recover().await {
+                        Ok(report) => {
+                            // Recovery ends with a reconciliation, so this tick is done.
+                            recovered = true;
+                            tracing::info!(
+                                resumed = report.resumed.len(),
+                                ended = report.ended.len(),
+                                "Session recovery finished"
+                            );
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::error!(
+                                error = format!("{error:#}"),
+                                "Session recovery failed; retrying at the next tick"
+                            );
+                            continue;
+                        }
+                    }
+                }
+                if let Err(error) = service.reconcile_once().await {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "Reconciliation with the launcher failed; retrying at the next tick"
+                    );
+                }
+            }
+        });
+
+        let token = tasks.token();
+        let launches = self.inner.launches.clone();
+        tasks.spawn("sessions-launch-drain", async move {
+            token.cancelled().await;
+            launches.close();
+            launches.wait().await;
+        });
+    }
+
+    /// Ends sessions past their maximum lifetime or idle timeout, and warns those
+    /// close to the idle timeout. Times come from the service's clock.
+    pub async fn reap_once(&self) -> anyhow::Result<ReapReport> {
+        let config = self.config();
+        let now = self.now_ms();
+        let idle_ms = millis(config.idle_timeout);
+        let warning_ms = millis(config.idle_warning);
+        let lifetime_ms = millis(config.max_lifetime);
+
+        let mut report = ReapReport::default();
+        for record in store::list_running(&self.deps().db, &self.deps().instance_id).await? {
+            let started = record.started_at_ms.unwrap_or(record.created_at_ms);
+            let idle_for = now - record.last_input_at_ms;
+            let reason = if now - started >= lifetime_ms {
+                Some(EndReason::MaxLifetime)
+            } else if idle_for >= idle_ms {
+                Some(EndReason::IdleTimeout)
+            } else {
+                None
+            };
+
+            if let Some(reason) = reason {
+                let code = reason.code();
+                match self.end(record.id, reason, Actor::System("reaper")).await {
+                    Ok(_) => report.ended.push((record.id, code)),
+                    Err(error) => {
+                        tracing::error!(session.id = %record.id, error = %error, "Cannot end a session past its limit")
+                    }
+                }
+                continue;
+            }
+
+            if warning_ms > 0
+                && idle_for >= idle_ms - warning_ms
+                && record.idle_warned_at_ms.is_none()
+                && store::mark_idle_warned(&self.deps().db, record.id, now).await?
+            {
+                let ends_at_ms = record.last_input_at_ms + idle_ms;
+                tracing::info!(session.id = %record.id, ends_at_ms, "Session idle; warning sent");
+                self.notify(SessionNotice::IdleWarning {
+                    session_id: record.id,
+                    ends_at_ms,
+                });
+                report.idle_warned.push(record.id);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Asks the launcher to remove this instance's orphans and ends every running
+    /// session whose workspace it reports dead. Returns the sessions ended.
+    pub async fn reconcile_once(&self) -> anyhow::Result<Vec<Uuid>> {
+        let report = {
+            // Exclusive: no launch is between its launcher call and `running`.
+            let _gate = self.inner.launch_gate.write().await;
+            let running = store::list_running(&self.deps().db, &self.deps().instance_id).await?;
+            let live: Vec<Uuid> = running.iter().map(|record| record.id).collect();
+            self.deps().launcher.reconcile(live).await?
+        };
+
+        let mut ended = Vec::new();
+        for dead in report.dead_sessions {
+            tracing::warn!(session.id = %dead.session_id, reason = %dead.reason, "Workspace died; ending its session");
+            let reason = EndReason::WorkspaceExited {
+                detail: dead.reason,
+            };
+            match self
+                .end(dead.session_id, reason, Actor::System("reconciler"))
+                .await
+            {
+                Ok(_) => ended.push(dead.session_id),
+                Err(error) => {
+                    tracing::error!(session.id = %dead.session_id, error = %error, "Cannot end a session whose workspace died")
+                }
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Settles the live sessions a previous run of this broker left in the database:
+    /// unfinished launches and ends are ended, running sessions the launcher no longer
+    /// has are ended, and the others get their egress registration back. Then
+    /// reconciles once.
+    pub async fn recover(&self) -> anyhow::Result<RecoveryReport> {
+        let workspaces: HashMap<Uuid, launcher::WorkloadState> = self
+            .deps()
+            .launcher
+            .list_sessions()
+            .await?
+            .into_iter()
+            .map(|info| (info.session_id, info.state))
+            .collect();
+
+        let mut report = RecoveryReport::default();
+        for record in store::list_live(&self.deps().db, &self.deps().instance_id).await? {
+            if self
+                .inner
+                .launching
+                .lock()
+                .expect("launching set lock")
+                .contains(&record.id)
+            {
+                continue;
+            }
+            let reason = match (record.state, workspaces.get(&record.id)) {
+                (SessionState::Running, Some(state)) if state.is_dead() => {
+                    Some(EndReason::WorkspaceExited {
+                        detail: launcher::reconcile::dead_reason(state),
+                    })
+                }
+                (SessionState::Running, Some(_)) => match self.restore_egress(&record).await {
+                    Ok(()) => {
+                        report.resumed.push(record.id);
+                        None
+                    }
+                    Err(error) => Some(EndReason::LaunchFailed {
+                        detail: format!("egress registration after restart failed: {error:#}"),
+                    }),
+                },
+                (SessionState::Running, None) => Some(EndReason::LostAfterRestart),
+                (SessionState::Ending, _) => {
+                    self.complete_end(record.id, true).await?;
+                    report.ended.push((record.id, "resumed_end"));
+                    None
+                }
+                _ => Some(EndReason::InterruptedByRestart),
+            };
+            if let Some(reason) = reason {
+                let code = reason.code();
+                tracing::warn!(session.id = %record.id, reason = code, "Ending a session left by the previous broker run");
+                self.end_internal(
+                    record.id,
+                    reason,
+                    Actor::System("recovery"),
+                    EndMode::Owner {
+                        contact_launcher: true,
+                    },
+                )
+                .await?;
+                report.ended.push((record.id, code));
+            }
+        }
+
+        self.reconcile_once().await?;
+        Ok(report)
+    }
+
+    async fn restore_egress(&self, record: &store::SessionRecord) -> anyhow::Result<()> {
+        use anyhow::Context;
+
+        if self.deps().egress.get(record.id).is_some() {
+            return Ok(());
+        }
+        let site = sites::get(&self.deps().db, &record.site)
+            .await?
+            .with_context(|| format!("site {} no longer exists", record.site))?;
+        let subnet: ipnet::IpNet = record
+            .subnet
+            .as_deref()
+            .context("the session has no stored subnet")?
+            .parse()
+            .context("the stored subnet is invalid")?;
+        self.deps()
+            .egress
+            .register(record.id, subnet, site.egress_policy()?)?;
+        Ok(())
+    }
+}
+
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

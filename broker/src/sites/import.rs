@@ -1,0 +1,275 @@
+//! Import of sites from a TOML file.
+//!
+//! ```toml
+//! [[site]]
+//! name = "demo-bank"
+//! display_name = "Demo Bank"
+//! start_url = "https://www.demo-bank.example/login"
+//! allowed_hosts = ["www.demo-bank.example", "*.static.demo-bank.example"]
+//! allowed_ports = [443]                 # default [443]
+//! allowed_private_ranges = []           # default none; each entry is audited
+//! recording_retention_days = 365        # required
+//! max_sessions = 4                      # optional site limit
+//! enabled = true                        # default true
+//! [site.limits]                         # each key optional
+//! memory_mib = 2048
+//! cpus = 1.0
+//! pids = 512
+//! shm_mib = 1024
+//! ```
+//!
+//! The whole file is validated before anything is written, and every site is written
+//! in one transaction: an import either applies completely or not at all.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{SiteDefinition, SiteProblem};
+use crate::db::Database;
+
+const DEFAULT_MEMORY_MIB: u64 = 2048;
+const DEFAULT_CPUS: f64 = 1.0;
+const DEFAULT_PIDS: u32 = 512;
+const DEFAULT_SHM_MIB: u64 = 1024;
+
+/// The file: an array of `[[site]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSiteFile {
+    #[serde(default)]
+    pub site: Vec<RawSite>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    pub name: String,
+    pub display_name: String,
+    pub start_url: String,
+    pub allowed_hosts: Vec<String>,
+    #[serde(default)]
+    pub allowed_private_ranges: Vec<String>,
+    #[serde(default = "default_ports")]
+    pub allowed_ports: Vec<u16>,
+    pub recording_retention_days: u32,
+    pub max_sessions: Option<u32>,
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub limits: RawSiteLimits,
+}
+
+/// `[site.limits]`: resource limits of each workspace container.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSiteLimits {
+    /// Memory in MiB, swap excluded. Default 2048.
+    pub memory_mib: Option<u64>,
+    /// CPUs, fractions allowed. Default 1.0.
+    pub cpus: Option<f64>,
+    /// Processes and threads. Default 512.
+    pub pids: Option<u32>,
+    /// `/dev/shm` in MiB; Chromium tabs crash with 64. Default 1024.
+    pub shm_mib: Option<u64>,
+}
+
+fn default_ports() -> Vec<u16> {
+    vec![443]
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+/// What an import changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    /// Sites that list allowed private ranges; the caller audits each approval.
+    pub with_private_ranges: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read the site file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the site file {path} is not valid TOML for sites: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("the site file {path} has {} invalid field(s):\n  - {}", problems.len(), problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<SiteProblem>,
+    },
+    #[error("cannot store the imported sites")]
+    Storage(#[source] anyhow::Error),
+}
+
+/// Parses and validates a site file's text. Problems name the field, as in
+/// `site[1].start_url`.
+pub fn parse_sites(text: &str) -> Result<Vec<SiteDefinition>, Result<Vec<SiteProblem>, String>> {
+    let file: RawSiteFile = toml::from_str(text).map_err(|error| Err(error.to_string()))?;
+
+    let mut problems = Vec::new();
+    let mut sites = Vec::new();
+    let mut names = BTreeSet::new();
+    for (index, raw) in file.site.into_iter().enumerate() {
+        let path = format!("site[{index}]");
+        if !names.insert(raw.name.clone()) {
+            problems.push(SiteProblem {
+                field: format!("{path}.name"),
+                message: format!("{:?} appears more than once in the file", raw.name),
+            });
+        }
+        match convert(raw, &path) {
+            Ok(definition) => match definition.validate(&path) {
+                Ok(()) => sites.push(definition),
+                Err(mut found) => problems.append(&mut found),
+            },
+            Err(mut found) => problems.append(&mut found),
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(sites)
+    } else {
+        Err(Ok(problems))
+    }
+}
+
+fn convert(raw: RawSite, path: &str) -> Result<SiteDefinition, Vec<SiteProblem>> {
+    let mut problems = Vec::new();
+
+    let mut ranges = Vec::new();
+    for (index, text) in raw.allowed_private_ranges.iter().enumerate() {
+        match text.parse::<ipnet::IpNet>() {
+            Ok(range) => ranges.push(range.trunc()),
+            Err(_) => problems.push(SiteProblem {
+                field: format!("{path}.allowed_private_ranges[{index}]"),
+                message: format!("{text:?} is not a CIDR range such as \"10.20.0.0/16\""),
+            }),
+        }
+    }
+
+    let limits = &raw.limits;
+    let cpus = limits.cpus.unwrap_or(DEFAULT_CPUS);
+    if !(cpus.is_finite() && cpus > 0.0 && cpus <= 256.0) {
+        problems.push(SiteProblem {
+            field: format!("{path}.limits.cpus"),
+            message: format!("{cpus} is out of range; use a number of CPUs such as 0.5 or 2"),
+        });
+    }
+    let memory_mib = limits.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+    let shm_mib = limits.shm_mib.unwrap_or(DEFAULT_SHM_MIB);
+    for (field, value) in [("memory_mib", memory_mib), ("shm_mib", shm_mib)] {
+        if value > 1 << 20 {
+            problems.push(SiteProblem {
+                field: format!("{path}.limits.{field}"),
+                message: format!("{value} MiB is out of range; use at most 1048576"),
+            });
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(SiteDefinition {
+        name: raw.name,
+        display_name: raw.display_name,
+        start_url: raw.start_url,
+        allowed_hosts: raw.allowed_hosts,
+        allowed_private_ranges: ranges,
+        allowed_ports: raw.allowed_ports,
+        limits: launcher::SiteLimits {
+            memory_bytes: memory_mib << 20,
+            nano_cpus: (cpus * 1e9).round() as u64,
+            pids: limits.pids.unwrap_or(DEFAULT_PIDS),
+            shm_bytes: shm_mib << 20,
+        },
+        max_sessions: raw.max_sessions,
+        recording_retention_days: raw.recording_retention_days,
+        enabled: raw.enabled,
+    })
+}
+
+/// Imports a site file like [`import_file`] and appends one `admin.site.changed`
+/// event per site, naming the allowed private ranges each admin approval adds.
+pub async fn import_file_audited(
+    db: &Database,
+    audit: &crate::audit::AuditLog,
+    actor: crate::audit::Actor,
+    path: &Path,
+) -> Result<ImportReport, ImportError> {
+    use crate::audit::{Action, EventBuilder};
+
+    let report = import_file(db, path).await?;
+    for (name, change) in report
+        .created
+        .iter()
+        .map(|name| (name, "created"))
+        .chain(report.updated.iter().map(|name| (name, "updated")))
+    {
+        let site = super::get(db, name).await.map_err(ImportError::Storage)?;
+        let ranges: Vec<String> = site
+            .map(|site| {
+                site.allowed_private_ranges
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let event = EventBuilder::new(actor.clone(), Action::SiteChanged)
+            .target(name.clone())
+            .detail("change", change)
+            .detail("source", path.display().to_string())
+            .detail("allowed_private_ranges", ranges)
+            .build();
+        audit.append(event).await.map_err(ImportError::Storage)?;
+    }
+    Ok(report)
+}
+
+/// Reads, validates and stores every site in `path`, creating new sites and replacing
+/// existing ones with the same name. Nothing is stored when any site is invalid.
+pub async fn import_file(db: &Database, path: &Path) -> Result<ImportReport, ImportError> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|source| ImportError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    let sites = parse_sites(&text).map_err(|error| match error {
+        Ok(problems) => ImportError::Invalid {
+            path: path.to_owned(),
+            problems,
+        },
+        Err(message) => ImportError::Parse {
+            path: path.to_owned(),
+            message,
+        },
+    })?;
+
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let created = super::store::upsert_all(db, &sites, now_ms)
+        .await
+        .map_err(ImportError::Storage)?;
+
+    let mut report = ImportReport::default();
+    for (site, was_created) in sites.iter().zip(created) {
+        if was_created {
+            report.created.push(site.name.clone());
+        } else {
+            report.updated.push(site.name.clone());
+        }
+        if !site.allowed_private_ranges.is_empty() {
+            report.with_private_ranges.push(site.name.clone());
+        }
+    }
+    tracing::info!(created = report.created.len(), updated = report.updated.len(), file = %path.display(), "Imported sites");
+    Ok(report)
+}
