@@ -21,14 +21,14 @@ fi
 conf="/etc/postgresql/$version/main/postgresql.conf"
 grep -q "^listen_addresses = 'localhost'" "$conf" || echo "listen_addresses = 'localhost'" >> "$conf"
 
-pg_ctlcluster "$version" main start 2>/dev/null || true
+pg_ctlcluster "$version" main start >/dev/null 2>&1 || true
 for _ in $(seq 1 50); do
     pg_isready -q -h 127.0.0.1 -p 5432 && break
     sleep 0.2
 done
 pg_isready -q -h 127.0.0.1 -p 5432 || { echo "error: PostgreSQL did not start; see /var/log/postgresql/" >&2; exit 1; }
 
-su postgres -c "psql -q -v ON_ERROR_STOP=1" <<'SQL'
+su postgres -c "psql -q -v ON_ERROR_STOP=1" >/dev/null <<'SQL'
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'strongroom_test') THEN

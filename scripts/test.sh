@@ -23,4 +23,9 @@ if ! python3 -c "import oidc_provider_mock" >/dev/null 2>&1; then
     python3 -m pip install --quiet oidc-provider-mock
 fi
 
+# The portal tests run real sessions in the workspace image; build it (from Debian
+# packages, skipped when unchanged) with the agent under test.
+cargo build --quiet -p broker -p strongroom-agent
+target/debug/strongroom image build
+
 cargo nextest run --workspace --all-features --no-fail-fast "$@"

@@ -35,6 +35,11 @@ pub enum Command {
     },
     /// Run the launcher: the only process that talks to the Docker engine.
     Launcher,
+    /// Site catalogue: import definitions, grant sites to people.
+    Site {
+        #[command(subcommand)]
+        command: SiteCommand,
+    },
     /// Workspace image tools.
     Image {
         #[command(subcommand)]
@@ -50,6 +55,15 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::secrets::cli::CredentialCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Create or update the sites defined in a TOML file; nothing is stored when any
+    /// site is invalid.
+    Import { file: PathBuf },
+    /// Allow a person (username or id) to open a site.
+    Grant { user: String, site: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +118,10 @@ pub fn main() -> i32 {
         match cli.command {
             Command::Serve => serve(config, cli.config.clone()).await,
             Command::Launcher => launcher(config).await,
+            Command::Site { command } => match open(&config).await {
+                Ok(db) => site(&db, command).await,
+                Err(code) => code,
+            },
             Command::Image { command: ImageCommand::Build { refresh, agent } } => image_build(refresh, agent).await,
             Command::Migrate => migrate(config).await,
             Command::Audit { command: AuditCommand::Verify } => audit_verify(config).await,
@@ -166,6 +184,73 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> i32 {
         let _ = supervisor.await;
     }
     0
+}
+
+async fn site(db: &Database, command: SiteCommand) -> i32 {
+    if let Err(error) = db.migrate().await {
+        eprintln!("error: {error:#}");
+        return 1;
+    }
+    let audit = crate::audit::AuditLog::new(db.clone(), std::sync::Arc::new(crate::clock::SystemClock));
+    let actor = crate::audit::Actor::System("cli");
+    match command {
+        SiteCommand::Import { file } => match crate::sites::import_file_audited(db, &audit, actor, &file).await {
+            Ok(report) => {
+                println!("sites created: {:?}; updated: {:?}", report.created, report.updated);
+                0
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                2
+            }
+        },
+        SiteCommand::Grant { user, site } => {
+            let person = match crate::auth::users::find(db, &user).await {
+                Ok(Some(person)) => person,
+                Ok(None) => {
+                    eprintln!("error: no person named {user:?}; list them with `strongroom user list`");
+                    return 2;
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    return 1;
+                }
+            };
+            match crate::sites::get(db, &site).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    eprintln!("error: no site named {site:?}; import it with `strongroom site import FILE`");
+                    return 2;
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    return 1;
+                }
+            }
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let granted = crate::sites::grant(db, &person.id, &site, "system:cli", now_ms).await;
+            let event = crate::audit::EventBuilder::new(actor, crate::audit::Action::SiteChanged)
+                .target(format!("site:{site}"))
+                .detail("granted_to", person.id.clone())
+                .build();
+            match granted {
+                Ok(()) => match audit.append(event).await {
+                    Ok(_) => {
+                        println!("{user} may now open {site}");
+                        0
+                    }
+                    Err(error) => {
+                        eprintln!("error: {error:#}");
+                        1
+                    }
+                },
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    1
+                }
+            }
+        }
+    }
 }
 
 async fn image_build(refresh: bool, agent: Option<PathBuf>) -> i32 {

@@ -11,11 +11,15 @@ use broker::db::Database;
 use broker::secrets::{CredentialKey, CredentialRef, CredentialSource, LocalStore};
 
 fn strongroom(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strongroom"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    // Variables such as STRONGROOM_TEST_POSTGRES_URL would read as configuration keys.
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
+        command.env_remove(name);
+    }
+    let mut child = command
         .arg("--config")
         .arg(config)
         .args(args)
-        .env_remove("STRONGROOM_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

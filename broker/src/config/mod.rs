@@ -39,6 +39,9 @@ pub const ENV_PREFIX: &str = "STRONGROOM_";
 /// Environment variables with the prefix that are not key overrides.
 const NON_KEY_ENV: &[&str] = &[CONFIG_ENV, "STRONGROOM_LOG"];
 
+/// Prefix of variables that configure the test suite, not the broker.
+const TEST_ENV_PREFIX: &str = "STRONGROOM_TEST_";
+
 /// Validated configuration, built once at start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -225,7 +228,9 @@ fn apply_env_overrides(
 ) {
     let mut overrides: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && !NON_KEY_ENV.contains(&name.as_str()))
+        .filter(|(name, _)| {
+            name.starts_with(ENV_PREFIX) && !name.starts_with(TEST_ENV_PREFIX) && !NON_KEY_ENV.contains(&name.as_str())
+        })
         .collect();
     overrides.sort();
 

@@ -17,7 +17,6 @@ const DEFAULT_IDLE_WARNING_MINUTES: u64 = 2;
 const DEFAULT_MAX_LIFETIME_MINUTES: u64 = 240;
 const DEFAULT_REAPER_INTERVAL_SECONDS: u64 = 5;
 const DEFAULT_RECONCILE_INTERVAL_SECONDS: u64 = 30;
-const DEFAULT_LAUNCHER_SOCKET: &str = "/run/strongroom/launcher.sock";
 const DEFAULT_EGRESS_PROXY_PORT: u16 = 3128;
 
 /// Raw mirror of `[sessions]`.
@@ -46,8 +45,9 @@ pub struct RawSessions {
     /// `sessions.reconcile_interval_seconds`: how often the launcher is asked which
     /// workspaces died and which objects are orphans. Default 30.
     pub reconcile_interval_seconds: Option<Lenient<u64>>,
-    /// `sessions.launcher_socket`: Unix socket of `strongroom launcher`. Default
-    /// `/run/strongroom/launcher.sock`; `launcher.socket_path` follows it when unset.
+    /// `sessions.launcher_socket`: Unix socket of `strongroom launcher`, an absolute
+    /// path. Default `DATA_DIR/launcher.sock`; `launcher.socket_path` follows it when
+    /// unset.
     pub launcher_socket: Option<Lenient<PathBuf>>,
     /// `sessions.egress_proxy_port`: port of the egress proxy on each session network's
     /// gateway address. Default 3128.
@@ -88,7 +88,9 @@ impl SessionsConfig {
             max_lifetime: minutes(DEFAULT_MAX_LIFETIME_MINUTES),
             reaper_interval: Duration::from_secs(DEFAULT_REAPER_INTERVAL_SECONDS),
             reconcile_interval: Duration::from_secs(DEFAULT_RECONCILE_INTERVAL_SECONDS),
-            launcher_socket: PathBuf::from(DEFAULT_LAUNCHER_SOCKET),
+            // The socket path is resolved against the working directory now, so that the
+            // broker and its launcher agree on it whatever directory each one runs in.
+            launcher_socket: std::path::absolute(data_dir.join("launcher.sock")).unwrap_or_else(|_| data_dir.join("launcher.sock")),
             egress_proxy_port: DEFAULT_EGRESS_PROXY_PORT,
             recordings_dir: data_dir.join("recordings"),
             recording_keys_dir: data_dir.join("recording-keys"),

@@ -115,7 +115,10 @@ fn unknown_env_override_is_reported() {
 
 #[test]
 fn config_env_variable_is_not_a_key() {
-    let config = load_text("", &[("STRONGROOM_CONFIG", "/somewhere"), ("STRONGROOM_LOG", "debug")]);
+    let config = load_text(
+        "",
+        &[("STRONGROOM_CONFIG", "/somewhere"), ("STRONGROOM_LOG", "debug"), ("STRONGROOM_TEST_POSTGRES_URL", "postgres://x")],
+    );
 
     assert!(config.is_ok());
 }

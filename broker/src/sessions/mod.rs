@@ -248,10 +248,8 @@ struct Inner {
     launches: TaskTracker,
     /// Sessions this process is launching, which recovery must leave alone.
     launching: Mutex<HashSet<Uuid>>,
-    /// Serialises recorder pre-flight checks.
-    ///
-    /// NOTE: `LocalDirStorage::check_writable` writes and removes one fixed probe file
-    /// (`.write-probe`), so two concurrent checks on one directory fail each other.
+    /// Serialises recorder pre-flight checks, which write a probe and read the free
+    /// space of the same directory.
     preflight_lock: Arc<Mutex<()>>,
 }
 

@@ -1,0 +1,270 @@
+//! A banking session through the real portal, launcher, Docker engine and workspace
+//! image: sign in, launch, watch the live view over the viewer WebSocket, end it, and
+//! find the recording sealed with its segment hashes in an intact audit chain.
+//!
+//! Needs the workspace image (`strongroom image build`), which `scripts/test.sh` builds
+//! before the tests run.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::audit;
+use broker::auth::Role;
+use broker::auth::secret_key::TotpKey;
+use broker::auth::totp::TotpSecret;
+use broker::auth::users;
+use broker::server::{self, RunningBroker};
+use futures::{SinkExt, StreamExt};
+use reqwest::cookie::CookieStore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const PASSWORD: &str = "a long test passphrase";
+
+/// Session subnets of this test, apart from the launcher's and the session tests'.
+const SUBNET_RANGE: &str = "172.30.0.0/16";
+
+struct Stack {
+    broker: Option<RunningBroker>,
+    launcher_stop: CancellationToken,
+    launcher: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    instance_id: Uuid,
+    dir: tempfile::TempDir,
+    base: String,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let instance_id = broker::instance::load_or_create(dir.path()).unwrap();
+        let env = [
+            ("STRONGROOM_DATA_DIR", dir.path().display().to_string()),
+            ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+            ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
+            ("STRONGROOM_LAUNCHER__SUBNET_RANGE", format!("\"{SUBNET_RANGE}\"")),
+        ]
+        .map(|(name, value)| (name.to_owned(), value));
+        let config = broker::config::load(None, env).expect("test configuration is valid");
+
+        // The launcher runs in this process here; `strongroom serve` runs it as a child.
+        let launcher_config = broker::launcher_process::resolved_config(&config, instance_id).unwrap();
+        let launcher_stop = CancellationToken::new();
+        let launcher = tokio::spawn(broker::launcher_process::run_standalone(launcher_config, true, launcher_stop.clone()));
+        let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone());
+        let health = wait_for(Duration::from_secs(30), || async { client.health().await.ok() }).await;
+        assert_eq!(health.image_present, Some(true), "workspace image missing: run `strongroom image build` ({health:?})");
+
+        let broker = server::start(config).await.expect("broker starts");
+        let base = broker.base_url();
+        Stack { broker: Some(broker), launcher_stop, launcher: Some(launcher), instance_id, dir, base }
+    }
+
+    fn broker(&self) -> &RunningBroker {
+        self.broker.as_ref().unwrap()
+    }
+
+    async fn add_user(&self, username: &str) -> (String, TotpSecret) {
+        let key = TotpKey::load_or_create(self.dir.path()).unwrap();
+        let id = Uuid::new_v4().to_string();
+        let secret = TotpSecret::generate();
+        let sealed = key.seal(&id, secret.as_bytes()).unwrap();
+        let hash = broker::auth::password::hash(PASSWORD).unwrap();
+        let roles = BTreeSet::from([Role::User]);
+        let user = users::NewLocalUser { id: &id, username, display_name: username, password_hash: &hash, sealed_totp: &sealed, roles: &roles };
+        users::create_local(&self.broker().state.db, user, chrono::Utc::now().timestamp_millis()).await.unwrap();
+        (id, secret)
+    }
+
+    async fn stop(mut self) {
+        self.broker.take().unwrap().shutdown().await;
+        self.launcher_stop.cancel();
+        let launcher = self.launcher.take().unwrap();
+        launcher.await.unwrap().unwrap();
+        assert_eq!(count_instance_objects(&self.instance_id.to_string()).await, (0, 0), "containers or networks left behind");
+    }
+}
+
+async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Counts the containers and networks labelled with this broker instance.
+async fn count_instance_objects(instance_id: &str) -> (usize, usize) {
+    let label = format!("label=io.strongroom.instance={instance_id}");
+    let count = |kind: &'static str| {
+        let label = label.clone();
+        async move {
+            let output = tokio::process::Command::new("docker")
+                .args([kind, "ls", "-aq", "--filter", &label])
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&output.stdout).lines().count()
+        }
+    };
+    // `docker network ls` has no -a; list networks separately.
+    let containers = count("container").await;
+    let output = tokio::process::Command::new("docker").args(["network", "ls", "-q", "--filter", &label]).output().await.unwrap();
+    (containers, String::from_utf8_lossy(&output.stdout).lines().count())
+}
+
+fn site_file(dir: &std::path::Path) -> std::path::PathBuf {
+    // No bank listens: the workspace's page load goes through the egress proxy, which
+    // refuses or fails it, and the browser shows its error page. The stream is what
+    // this test is about.
+    let path = dir.join("sites.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[site]]
+name = "demo"
+display_name = "Demo Bank"
+start_url = "https://bank.invalid/login"
+allowed_hosts = ["bank.invalid"]
+recording_retention_days = 30
+"#,
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_streams_from_container_to_viewer_and_recording() {
+    let stack = Stack::start().await;
+    let db = stack.broker().state.db.clone();
+    let (alice, totp) = stack.add_user("alice").await;
+    broker::sites::import_file(&db, &site_file(stack.dir.path())).await.unwrap();
+    broker::sites::grant(&db, &alice, "demo", "system:test", chrono::Utc::now().timestamp_millis()).await.unwrap();
+
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
+    let signed_in = client
+        .post(format!("{}/auth/login", stack.base))
+        .header("origin", &stack.base)
+        .form(&[("username", "alice"), ("password", PASSWORD), ("code", code.as_str()), ("next", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert!(signed_in.status().is_redirection(), "sign-in failed: {}", signed_in.status());
+
+    // Launch from the portal form.
+    let launched = client
+        .post(format!("{}/sessions", stack.base))
+        .header("origin", &stack.base)
+        .form(&[("site", "demo")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(launched.status(), reqwest::StatusCode::SEE_OTHER, "{}", launched.text().await.unwrap());
+    let location = launched.headers()["location"].to_str().unwrap().to_owned();
+    let session_id: Uuid = location.trim_start_matches("/sessions/").parse().unwrap();
+
+    // The viewer page carries a one-time ticket for the WebSocket.
+    let page = client.get(format!("{}{location}", stack.base)).send().await.unwrap().text().await.unwrap();
+    let socket_path = page.split("data-socket=\"").nth(1).and_then(|rest| rest.split('"').next()).expect("viewer page has a socket path");
+    let socket_url = format!("{}{}", stack.base.replacen("http", "ws", 1), socket_path.replace("&amp;", "&"));
+    let cookies = jar.cookies(&stack.base.parse().unwrap()).unwrap();
+
+    // A foreign Origin is refused before the ticket is used.
+    let mut foreign = socket_url.as_str().into_client_request().unwrap();
+    foreign.headers_mut().insert("origin", "http://evil.example".parse().unwrap());
+    foreign.headers_mut().insert("cookie", cookies.clone());
+    assert!(tokio_tungstenite::connect_async(foreign).await.is_err());
+
+    let mut request = socket_url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert("origin", stack.base.parse().unwrap());
+    request.headers_mut().insert("cookie", cookies.clone());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("viewer socket opens");
+
+    // The stream configuration, then a VP8 keyframe from the container's agent.
+    let mut config = None;
+    let mut keyframe = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !keyframe {
+        let message = tokio::time::timeout_at(deadline, socket.next()).await.expect("no keyframe from the workspace").unwrap().unwrap();
+        match message {
+            Message::Text(text) => {
+                let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_ne!(status["type"], "ended", "session ended early: {status}");
+                if status["type"] == "config" {
+                    config = Some(status);
+                }
+            }
+            Message::Binary(frame) => keyframe = frame.len() > 10 && frame[0] == 0x01 && frame[1] & 1 == 1,
+            _ => {}
+        }
+    }
+    let config = config.expect("stream configuration came first");
+    assert_eq!(config["codec"], "vp8");
+
+    // Person input reaches the agent and counts as activity.
+    socket.send(Message::text(r#"{"type":"mouse_move","x":10,"y":10}"#)).await.unwrap();
+
+    // The same ticket does not open a second viewer.
+    let mut reused = socket_url.as_str().into_client_request().unwrap();
+    reused.headers_mut().insert("origin", stack.base.parse().unwrap());
+    reused.headers_mut().insert("cookie", cookies);
+    assert!(tokio_tungstenite::connect_async(reused).await.is_err());
+
+    // Ending the session closes the viewer with the reason and seals the recording.
+    let ended = client
+        .post(format!("{}/sessions/{session_id}/end", stack.base))
+        .header("origin", &stack.base)
+        .send()
+        .await
+        .unwrap();
+    assert!(ended.status().is_redirection());
+    let reason = loop {
+        let message = tokio::time::timeout_at(tokio::time::Instant::now() + Duration::from_secs(30), socket.next())
+            .await
+            .expect("viewer was not told the session ended");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if status["type"] == "ended" {
+                    break status["reason"].as_str().unwrap_or_default().to_owned();
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("viewer socket closed without an end message: {other:?}"),
+        }
+    };
+    assert!(!reason.is_empty());
+
+    let audit_log = &stack.broker().state.audit;
+    let sealed = wait_for(Duration::from_secs(30), || async {
+        let events = audit_log.list(0, 100_000).await.unwrap();
+        let sealed: Vec<_> = events.into_iter().filter(|event| event.action == "recording.sealed" && event.session_id.as_deref() == Some(&session_id.to_string())).collect();
+        (!sealed.is_empty()).then_some(sealed)
+    })
+    .await;
+    assert_eq!(sealed.len(), 1);
+    let events = audit_log.list(0, 100_000).await.unwrap();
+    let stored = events.iter().filter(|event| event.action == "recording.segment.stored").count();
+    assert!(stored >= 1, "no segment hash in the audit trail");
+    for action in ["session.launch.succeeded", "session.ended", "recording.started"] {
+        assert!(events.iter().any(|event| event.action == action), "{action} missing from the audit trail");
+    }
+    assert!(audit::verify(&db).await.unwrap().is_intact());
+
+    stack.stop().await;
+}
