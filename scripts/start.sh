@@ -21,6 +21,9 @@ bin=target/release/strongroom
 echo "Building the workspace image from Debian packages (skipped when unchanged)..."
 "$bin" image build
 
+echo "Installing the host firewall rules for workspace networks..."
+"$bin" host-setup
+
 if ! "$bin" user list 2>/dev/null | grep -q .; then
     password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
     echo

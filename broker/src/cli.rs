@@ -40,6 +40,16 @@ pub enum Command {
         #[command(subcommand)]
         command: SiteCommand,
     },
+    /// Install the host firewall rules that keep workspaces away from the host and
+    /// from each other (root; running it again changes nothing).
+    HostSetup {
+        /// Only report missing or unexpected rules; exit 1 when there are any.
+        #[arg(long, conflicts_with = "remove")]
+        check: bool,
+        /// Remove the rules this command installed.
+        #[arg(long)]
+        remove: bool,
+    },
     /// Workspace image tools.
     Image {
         #[command(subcommand)]
@@ -118,6 +128,7 @@ pub fn main() -> i32 {
         match cli.command {
             Command::Serve => serve(config, cli.config.clone()).await,
             Command::Launcher => launcher(config).await,
+            Command::HostSetup { check, remove } => host_setup(&config, check, remove).await,
             Command::Site { command } => match open(&config).await {
                 Ok(db) => site(&db, command).await,
                 Err(code) => code,
@@ -249,6 +260,45 @@ async fn site(db: &Database, command: SiteCommand) -> i32 {
                     1
                 }
             }
+        }
+    }
+}
+
+async fn host_setup(config: &Config, check: bool, remove: bool) -> i32 {
+    use egress::host_setup;
+
+    let firewall = crate::launcher_process::firewall_config(config);
+    let runner = host_setup::Runner::host();
+    let result = if remove {
+        host_setup::remove(&firewall, &runner).await.map(|()| "host firewall rules removed".to_owned())
+    } else if check {
+        match host_setup::check(&firewall, &runner).await {
+            Ok(problems) if problems.is_empty() => Ok("host firewall rules complete".to_owned()),
+            Ok(problems) => {
+                for problem in &problems {
+                    println!("missing or unexpected: {problem}");
+                }
+                eprintln!("error: {} host firewall problem(s); run `strongroom host-setup` as root", problems.len());
+                return 1;
+            }
+            Err(error) => Err(error),
+        }
+    } else {
+        host_setup::apply(&firewall, &runner).await.map(|()| {
+            format!(
+                "host firewall rules installed for sessions in {} (proxy port {})",
+                firewall.session_range, firewall.proxy_port
+            )
+        })
+    };
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            0
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            1
         }
     }
 }

@@ -201,3 +201,37 @@ impl ReadinessCheck for ImageCheck {
         })
     }
 }
+
+/// The host firewall that `strongroom host-setup` installs for this configuration.
+pub fn firewall_config(config: &Config) -> egress::host_setup::FirewallConfig {
+    egress::host_setup::FirewallConfig {
+        session_range: config.launcher.config.subnet_range,
+        proxy_port: config.sessions.egress_proxy_port,
+        ..egress::host_setup::FirewallConfig::default()
+    }
+}
+
+/// `/readyz` check that the host firewall rules are installed. Reading them needs
+/// CAP_NET_ADMIN; without it the check fails and says so.
+pub struct FirewallCheck(pub egress::host_setup::FirewallConfig);
+
+impl ReadinessCheck for FirewallCheck {
+    fn name(&self) -> &'static str {
+        "host_firewall"
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let problems = egress::host_setup::check(&self.0, &egress::host_setup::Runner::host())
+                .await
+                .map_err(|error| format!("cannot read the firewall rules ({error}); the check needs CAP_NET_ADMIN"))?;
+            match problems.first() {
+                None => Ok(()),
+                Some(first) => Err(format!(
+                    "{} rule problem(s), first: {first}; run `strongroom host-setup` as root",
+                    problems.len()
+                )),
+            }
+        })
+    }
+}

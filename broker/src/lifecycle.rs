@@ -138,7 +138,10 @@ pub fn connect(sessions: &SessionService, hub: &StreamHub, listeners: &EgressLis
                     hub.stop(session_id, &message);
                     stopping.close(session_id);
                 }
-                Ok(SessionNotice::IdleWarning { .. }) => {}
+                Ok(SessionNotice::IdleWarning { session_id, ends_at_ms }) => {
+                    let left_ms = ends_at_ms - chrono::Utc::now().timestamp_millis();
+                    hub.warn_idle(session_id, u64::try_from(left_ms / 1000).unwrap_or(0));
+                }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     // The reconciler and the link's own end still stop what this missed.
                     tracing::error!(missed, "Session end notices were missed");

@@ -75,6 +75,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
     readiness.extend(crate::launcher_process::readiness_checks(launcher::LauncherClient::new(
         config.sessions.launcher_socket.clone(),
     )));
+    readiness.push(Arc::new(crate::launcher_process::FirewallCheck(crate::launcher_process::firewall_config(&config))));
     let tasks = TaskRegistry::new();
     let portal = start_sessions(&config, &db, &audit, &clock, &auth, instance_id, &tasks).map_err(StartupError::Other)?;
     let state = AppState {

@@ -39,6 +39,8 @@ pub enum ViewerEvent {
     Placeholder { active: bool },
     /// The recording stopped; the stream is frozen and the session is ending.
     RecordingFailed { reason: String },
+    /// No person input for a while: the session ends in `seconds` unless the person acts.
+    IdleWarning { seconds: u64 },
     Ended { reason: String },
 }
 
@@ -233,6 +235,13 @@ impl StreamHub {
                 snapshot.ended.get_or_insert_with(|| reason.to_owned());
             });
             stream.stop.cancel();
+        }
+    }
+
+    /// Tells a session's viewers that it ends in `seconds` without input.
+    pub fn warn_idle(&self, session_id: Uuid, seconds: u64) {
+        if let Some(stream) = self.get(session_id) {
+            stream.publish(ViewerEvent::IdleWarning { seconds });
         }
     }
 

@@ -3,7 +3,7 @@
 //! Broker to browser: binary messages are video packets (`0x01`, flags with bit 0 for
 //! a keyframe, the presentation time in microseconds as a little-endian u64, then the
 //! VP8 frame); text messages are JSON status objects with a `type` of `config`,
-//! `placeholder`, `recording_failed`, `ended` or `watched`.
+//! `placeholder`, `recording_failed`, `idle_warning` or `ended`.
 //!
 //! Browser to broker: text messages, each one JSON input event ([`ViewerInput`]).
 //! Input is forwarded only from the session's owner, never while the auto-login
@@ -135,6 +135,7 @@ enum StatusMessage<'a> {
     Config { codec: &'a str, width: u32, height: u32 },
     Placeholder { active: bool },
     RecordingFailed { reason: &'a str },
+    IdleWarning { seconds: u64 },
     Ended { reason: &'a str },
 }
 
@@ -248,6 +249,7 @@ where
         }
         ViewerEvent::Placeholder { active } => status(&StatusMessage::Placeholder { active: *active }),
         ViewerEvent::RecordingFailed { reason } => status(&StatusMessage::RecordingFailed { reason }),
+        ViewerEvent::IdleWarning { seconds } => status(&StatusMessage::IdleWarning { seconds: *seconds }),
         ViewerEvent::Ended { reason } => status(&StatusMessage::Ended { reason }),
     };
     sender.send(message).await
@@ -306,5 +308,19 @@ mod tests {
         assert_eq!(tickets.redeem(&ticket), Some(grant));
         assert_eq!(tickets.redeem(&ticket), None);
         assert_eq!(tickets.redeem("unknown"), None);
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn idle_warning_status_names_seconds_left() {
+        let Message::Text(text) = status(&StatusMessage::IdleWarning { seconds: 90 }) else {
+            panic!("status messages are text");
+        };
+
+        assert_eq!(text.as_str(), r#"{"type":"idle_warning","seconds":90}"#);
     }
 }
