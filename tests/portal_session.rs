@@ -266,5 +266,22 @@ async fn session_streams_from_container_to_viewer_and_recording() {
     }
     assert!(audit::verify(&db).await.unwrap().is_intact());
 
+    // The recording verifies against the chain and exports to a WebM file with a
+    // duration, as `strongroom recording verify|export` do.
+    let recording: Uuid = sealed[0].target.as_deref().unwrap().trim_start_matches("recording:").parse().unwrap();
+    let config = broker::config::load(None, [("STRONGROOM_DATA_DIR".to_owned(), stack.dir.path().display().to_string())]).unwrap();
+    let report = broker::recordings::verify(&config, audit_log, recording).await.unwrap();
+    assert!(report.is_intact(), "{:?}", report.problems);
+    let output = stack.dir.path().join("evidence.webm");
+    let summary = broker::recordings::export(&config, audit_log, recording, &output).await.unwrap();
+    assert!(summary.packets >= 1);
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "default=noprint_wrappers=1:nokey=1"])
+        .arg(&output)
+        .output()
+        .expect("ffprobe runs");
+    let duration: f64 = String::from_utf8_lossy(&probe.stdout).trim().parse().expect("ffprobe prints a duration");
+    assert!(duration > 0.0, "exported file has no duration");
+
     stack.stop().await;
 }

@@ -50,6 +50,11 @@ pub enum Command {
         #[arg(long)]
         remove: bool,
     },
+    /// Recordings: verify against the audit chain, export as WebM.
+    Recording {
+        #[command(subcommand)]
+        command: RecordingCommand,
+    },
     /// Workspace image tools.
     Image {
         #[command(subcommand)]
@@ -74,6 +79,15 @@ pub enum SiteCommand {
     Import { file: PathBuf },
     /// Allow a person (username or id) to open a site.
     Grant { user: String, site: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecordingCommand {
+    /// Check every segment file against its hash in the audit chain and report each
+    /// flipped, reordered, swapped, truncated or missing segment by index.
+    Verify { id: uuid::Uuid },
+    /// Write a WebM file of a recording whose segments all match the audit chain.
+    Export { id: uuid::Uuid, output: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +142,10 @@ pub fn main() -> i32 {
         match cli.command {
             Command::Serve => serve(config, cli.config.clone()).await,
             Command::Launcher => launcher(config).await,
+            Command::Recording { command } => match open(&config).await {
+                Ok(db) => recording(&config, &db, command).await,
+                Err(code) => code,
+            },
             Command::HostSetup { check, remove } => host_setup(&config, check, remove).await,
             Command::Site { command } => match open(&config).await {
                 Ok(db) => site(&db, command).await,
@@ -300,6 +318,39 @@ async fn host_setup(config: &Config, check: bool, remove: bool) -> i32 {
             eprintln!("error: {error}");
             1
         }
+    }
+}
+
+async fn recording(config: &Config, db: &Database, command: RecordingCommand) -> i32 {
+    let audit = crate::audit::AuditLog::new(db.clone(), std::sync::Arc::new(crate::clock::SystemClock));
+    match command {
+        RecordingCommand::Verify { id } => match crate::recordings::verify(config, &audit, id).await {
+            Ok(report) if report.is_intact() => {
+                println!("recording {id} intact: {} segments, sealed: {}", report.found_segments, report.sealed);
+                0
+            }
+            Ok(report) => {
+                println!("recording {id} DAMAGED:");
+                for problem in &report.problems {
+                    println!("  segment {}: {:?}", problem.index, problem.kind);
+                }
+                1
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                1
+            }
+        },
+        RecordingCommand::Export { id, output } => match crate::recordings::export(config, &audit, id, &output).await {
+            Ok(summary) => {
+                println!("exported {} packets, {:.1} s, to {}", summary.packets, summary.duration.as_secs_f64(), output.display());
+                0
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                1
+            }
+        },
     }
 }
 

@@ -16,6 +16,7 @@ pub mod instance;
 pub mod launcher_process;
 pub mod lifecycle;
 pub mod portal;
+pub mod recordings;
 pub mod secrets;
 pub mod server;
 pub mod sessions;

@@ -2,7 +2,7 @@
 //! stream hub, the egress proxy and the portal sessions.
 //!
 //! - A launched session gets an egress proxy listener on its bridge's gateway address,
-//!   which is where its Chromium is told to connect.
+//!   which is the proxy address its Chromium is configured with.
 //! - A session that ends, on any path, stops its stream (sealing the recording) and
 //!   its proxy listener.
 //! - A person who logs out, is logged out by the provider, is revoked or loses every

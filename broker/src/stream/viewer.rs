@@ -1,9 +1,9 @@
 //! The viewer side of the live view: one WebSocket per watching browser.
 //!
-//! Broker to browser: binary messages are video packets (`0x01`, flags with bit 0 for
-//! a keyframe, the presentation time in microseconds as a little-endian u64, then the
-//! VP8 frame); text messages are JSON status objects with a `type` of `config`,
-//! `placeholder`, `recording_failed`, `idle_warning` or `ended`.
+//! Broker to browser: binary messages are video packets. Each is `0x01`, a flags byte
+//! with bit 0 set for a keyframe, the presentation time in microseconds as a
+//! little-endian u64, then the VP8 frame. Text messages are JSON status objects with
+//! a `type` of `config`, `placeholder`, `recording_failed`, `idle_warning` or `ended`.
 //!
 //! Browser to broker: text messages, each one JSON input event ([`ViewerInput`]).
 //! Input is forwarded only from the session's owner, never while the auto-login
@@ -40,13 +40,13 @@ const AUTHORISATION_RECHECK: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ViewerMode {
-    /// The owner: sees the screen and controls it.
+    /// The owner, who views the screen and controls it.
     Control,
-    /// An admin watching: sees the screen, sends nothing.
+    /// An admin who views the screen and sends no input.
     Watch,
 }
 
-/// What a ticket grants.
+/// Rights granted by one ticket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketGrant {
     pub session_id: Uuid,
@@ -111,7 +111,7 @@ impl ViewerInput {
         valid.then_some(input)
     }
 
-    /// Whether this input is a person acting (resizing a window is not).
+    /// Returns whether this input is a person acting; resizing a window is not.
     pub fn is_person_activity(&self) -> bool {
         !matches!(self, ViewerInput::Resize { .. })
     }
