@@ -184,6 +184,12 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> i32 {
     if let Err(error) = prepared {
         return report_startup(StartupError::Config(error));
     }
+    // One broker per data directory: a second one would take over the launcher socket
+    // and the instance's containers. The lock lives as long as this function.
+    let _data_dir_lock = match crate::instance::lock_data_dir(&config.data_dir) {
+        Ok(lock) => lock,
+        Err(error) => return report_startup(StartupError::Config(error)),
+    };
 
     let embedded = config.launcher.mode == crate::config::launcher::LauncherMode::Embedded;
     let supervisor_stop = tokio_util::sync::CancellationToken::new();

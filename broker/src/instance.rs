@@ -35,6 +35,26 @@ fn create(path: &Path) -> anyhow::Result<Uuid> {
     Ok(id)
 }
 
+/// Takes the data directory's exclusive lock, held until the returned file is dropped.
+/// Fails at once when another broker holds it.
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("broker.lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "the data directory {} is in use by another running broker; stop it, or give this one its own data_dir",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => Err(error).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
 /// Creates the data directory if needed and proves it is writable.
 pub fn prepare_data_dir(data_dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| {
@@ -70,5 +90,17 @@ mod tests {
         let error = load_or_create(dir.path()).unwrap_err();
 
         assert!(error.to_string().contains("does not contain a UUID"));
+    }
+
+    #[test]
+    fn second_data_dir_lock_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+
+        let first = lock_data_dir(dir.path()).unwrap();
+        let second = lock_data_dir(dir.path());
+
+        assert!(second.unwrap_err().to_string().contains("in use by another running broker"));
+        drop(first);
+        assert!(lock_data_dir(dir.path()).is_ok());
     }
 }

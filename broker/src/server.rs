@@ -246,6 +246,14 @@ impl RunningBroker {
     pub async fn shutdown(self) {
         tracing::info!("Broker stopping");
         self.handle.graceful_shutdown(Some(self.config.shutdown.grace));
+        // Sessions end before the background tasks stop, while the launcher still
+        // answers, so that their containers and networks are removed now.
+        match tokio::time::timeout(self.config.shutdown.grace, self.state.portal.sessions.end_all_on_shutdown()).await {
+            Ok(Ok(ended)) if !ended.is_empty() => tracing::info!(sessions = ended.len(), "Live sessions ended for shutdown"),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(error = %error, "Cannot end every live session at shutdown; the next start reconciles them"),
+            Err(_) => tracing::error!("Ending live sessions at shutdown timed out; the next start reconciles them"),
+        }
         let event = EventBuilder::new(Actor::System("broker"), Action::BrokerStopped)
             .detail("instance_id", self.instance_id.to_string())
             .build();

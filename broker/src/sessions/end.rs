@@ -115,6 +115,20 @@ impl SessionService {
         Ok(ended)
     }
 
+    /// Ends every live session of this broker instance, as the broker stops, so that no
+    /// container, network or quota slot outlives it. Returns the sessions ended.
+    pub async fn end_all_on_shutdown(&self) -> Result<Vec<Uuid>, EndError> {
+        let live = store::list_live(&self.deps().db, &self.deps().instance_id)
+            .await
+            .map_err(EndError::Storage)?;
+        let mut ended = Vec::with_capacity(live.len());
+        for record in live {
+            self.end(record.id, EndReason::BrokerStopped, Actor::System("broker")).await?;
+            ended.push(record.id);
+        }
+        Ok(ended)
+    }
+
     /// Ends a session because its recording failed. The failure is audited first.
     pub async fn end_for_recorder_failure(
         &self,

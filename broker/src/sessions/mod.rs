@@ -111,6 +111,8 @@ pub enum EndReason {
     /// After a broker restart the launcher no longer knew the workspace.
     LostAfterRestart,
     /// The broker stopped while the session was being launched or ended.
+    /// The broker was stopped (SIGTERM or SIGINT) while the session was live.
+    BrokerStopped,
     InterruptedByRestart,
 }
 
@@ -129,6 +131,7 @@ impl EndReason {
             EndReason::StreamFailed { .. } => "stream_failed",
             EndReason::LostAfterRestart => "lost_after_restart",
             EndReason::InterruptedByRestart => "interrupted_by_restart",
+            EndReason::BrokerStopped => "broker_stopped",
         }
     }
 
@@ -166,6 +169,7 @@ impl EndReason {
             EndReason::LostAfterRestart | EndReason::InterruptedByRestart => {
                 "The session was lost when the service restarted.".to_owned()
             }
+            EndReason::BrokerStopped => "The service was stopped, which ended the session.".to_owned(),
         }
     }
 }
