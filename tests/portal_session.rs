@@ -78,12 +78,15 @@ impl Stack {
         (id, secret)
     }
 
-    async fn stop(mut self) {
+    /// Stops the broker and the launcher, checks that nothing of the instance is left,
+    /// and returns the data directory for inspection.
+    async fn stop(mut self) -> tempfile::TempDir {
         self.broker.take().unwrap().shutdown().await;
         self.launcher_stop.cancel();
         let launcher = self.launcher.take().unwrap();
         launcher.await.unwrap().unwrap();
         assert_eq!(count_instance_objects(&self.instance_id.to_string()).await, (0, 0), "containers or networks left behind");
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 }
 
@@ -142,9 +145,13 @@ recording_retention_days = 30
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_streams_from_container_to_viewer_and_recording() {
-    let stack = Stack::start().await;
+/// A signed-in portal client of a person granted the demo site.
+struct Person {
+    client: reqwest::Client,
+    jar: Arc<reqwest::cookie::Jar>,
+}
+
+async fn sign_in(stack: &Stack) -> Person {
     let db = stack.broker().state.db.clone();
     let (alice, totp) = stack.add_user("alice").await;
     broker::sites::import_file(&db, &site_file(stack.dir.path())).await.unwrap();
@@ -165,9 +172,13 @@ async fn session_streams_from_container_to_viewer_and_recording() {
         .await
         .unwrap();
     assert!(signed_in.status().is_redirection(), "sign-in failed: {}", signed_in.status());
+    Person { client, jar }
+}
 
-    // Launch from the portal form.
-    let launched = client
+/// Launches the demo site from the portal form and returns the viewer page's path.
+async fn launch(stack: &Stack, person: &Person) -> (Uuid, String) {
+    let launched = person
+        .client
         .post(format!("{}/sessions", stack.base))
         .header("origin", &stack.base)
         .form(&[("site", "demo")])
@@ -176,7 +187,35 @@ async fn session_streams_from_container_to_viewer_and_recording() {
         .unwrap();
     assert_eq!(launched.status(), reqwest::StatusCode::SEE_OTHER, "{}", launched.text().await.unwrap());
     let location = launched.headers()["location"].to_str().unwrap().to_owned();
-    let session_id: Uuid = location.trim_start_matches("/sessions/").parse().unwrap();
+    (location.trim_start_matches("/sessions/").parse().unwrap(), location)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stop_ends_live_sessions() {
+    let stack = Stack::start().await;
+    let person = sign_in(&stack).await;
+    let (session_id, _) = launch(&stack, &person).await;
+
+    // `stop` asserts that no container or network of the instance is left.
+    let dir = stack.stop().await;
+    let database = broker::config::DatabaseConfig {
+        target: broker::config::DatabaseTarget::Sqlite { path: dir.path().join("strongroom.db") },
+        max_connections: 1,
+        connect_timeout: Duration::from_secs(10),
+    };
+    let db = broker::db::Database::connect(&database).await.unwrap();
+    let record = broker::sessions::store::get(&db, session_id).await.unwrap().expect("session row");
+    assert!(!record.state.is_live());
+    assert_eq!(record.end_reason.as_deref(), Some("broker_stopped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_streams_from_container_to_viewer_and_recording() {
+    let stack = Stack::start().await;
+    let db = stack.broker().state.db.clone();
+    let person = sign_in(&stack).await;
+    let (client, jar) = (&person.client, &person.jar);
+    let (session_id, location) = launch(&stack, &person).await;
 
     // The viewer page carries a one-time ticket for the WebSocket.
     let page = client.get(format!("{}{location}", stack.base)).send().await.unwrap().text().await.unwrap();
