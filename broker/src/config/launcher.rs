@@ -68,11 +68,18 @@ pub fn validate_launcher(
     let socket_set = table.contains_key("socket_path");
     let seccomp_set = table.contains_key("seccomp_profile");
     let image_set = table.contains_key("image");
-    let mut config = match LauncherConfig::deserialize(toml::Value::Table(table)) {
+    let mut config = match LauncherConfig::deserialize(toml::Value::Table(table.clone())) {
         Ok(config) => config,
-        Err(error) => {
-            let message = error.to_string().lines().next().unwrap_or_default().to_owned();
-            problems.push(ConfigProblem { key: "launcher".into(), message });
+        Err(_) => {
+            // Serde stops at the first bad key; reading each key on its own names
+            // every one of them.
+            for (key, value) in table {
+                let single = toml::Table::from_iter([(key.clone(), value)]);
+                if let Err(error) = LauncherConfig::deserialize(toml::Value::Table(single)) {
+                    let message = error.to_string().lines().next().unwrap_or_default().to_owned();
+                    problems.push(ConfigProblem { key: format!("launcher.{key}"), message });
+                }
+            }
             return None;
         }
     };

@@ -176,3 +176,14 @@ fn section_of_wrong_kind_is_reported() {
 
     assert!(!error.problems.is_empty());
 }
+
+#[test]
+fn every_bad_launcher_key_is_named() {
+    let text = "[launcher]\nmax_sessions = \"many\"\ndocker_timeout_secs = \"x\"\nbogus = 1\n";
+    let error = load_text(text, &[]).unwrap_err();
+    let keys = keys(&error);
+
+    for expected in ["launcher.max_sessions", "launcher.docker_timeout_secs", "launcher.bogus"] {
+        assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+    }
+}
