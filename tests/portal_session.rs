@@ -38,6 +38,12 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Stack {
+        Stack::start_with(&[]).await
+    }
+
+    /// Starts with extra configuration overrides; the workspace image check applies only
+    /// when `launcher.image` is not overridden.
+    async fn start_with(overrides: &[(&str, &str)]) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let instance_id = broker::instance::load_or_create(dir.path()).unwrap();
         let env = [
@@ -47,15 +53,19 @@ impl Stack {
             ("STRONGROOM_LAUNCHER__SUBNET_RANGE", format!("\"{SUBNET_RANGE}\"")),
         ]
         .map(|(name, value)| (name.to_owned(), value));
-        let config = broker::config::load(None, env).expect("test configuration is valid");
+        let extra = overrides.iter().map(|(name, value)| (name.to_string(), value.to_string()));
+        let config = broker::config::load(None, env.into_iter().chain(extra)).expect("test configuration is valid");
+        let image_from_build = config.launcher.image_from_build;
 
         // The launcher runs in this process here; `strongroom serve` runs it as a child.
         let launcher_config = broker::launcher_process::resolved_config(&config, instance_id).unwrap();
         let launcher_stop = CancellationToken::new();
-        let launcher = tokio::spawn(broker::launcher_process::run_standalone(launcher_config, true, launcher_stop.clone()));
+        let launcher = tokio::spawn(broker::launcher_process::run_standalone(launcher_config, image_from_build, launcher_stop.clone()));
         let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone());
         let health = wait_for(Duration::from_secs(30), || async { client.health().await.ok() }).await;
-        assert_eq!(health.image_present, Some(true), "workspace image missing: run `strongroom image build` ({health:?})");
+        if image_from_build {
+            assert_eq!(health.image_present, Some(true), "workspace image missing: run `strongroom image build` ({health:?})");
+        }
 
         let broker = server::start(config).await.expect("broker starts");
         let base = broker.base_url();
@@ -321,6 +331,39 @@ async fn session_streams_from_container_to_viewer_and_recording() {
         .expect("ffprobe runs");
     let duration: f64 = String::from_utf8_lossy(&probe.stdout).trim().parse().expect("ffprobe prints a duration");
     assert!(duration > 0.0, "exported file has no duration");
+
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_image_is_reported_and_refused() {
+    let tag = format!("strongroom/workspace:missing-{}", Uuid::new_v4().simple());
+    let quoted = format!("\"{tag}\"");
+    let stack = Stack::start_with(&[("STRONGROOM_LAUNCHER__IMAGE", quoted.as_str())]).await;
+    let person = sign_in(&stack).await;
+
+    // `/readyz` names the missing image and the command that builds it.
+    let ready = reqwest::get(format!("{}/readyz", stack.base)).await.unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    let image_check = body["checks"].as_array().unwrap().iter().find(|check| check["name"] == "workspace_image").unwrap().clone();
+    assert_eq!(image_check["ok"], false);
+    let error = image_check["error"].as_str().unwrap();
+    assert!(error.contains(&tag), "{error}");
+    assert!(error.contains("strongroom image build"), "{error}");
+
+    // A launch is refused with a message for the person, and nothing is pulled or left.
+    let refused = person
+        .client
+        .post(format!("{}/sessions", stack.base))
+        .header("origin", &stack.base)
+        .form(&[("site", "demo")])
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.status().is_server_error(), "{}", refused.status());
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("could not be started"), "{page}");
 
     stack.stop().await;
 }
