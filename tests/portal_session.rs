@@ -367,3 +367,130 @@ async fn missing_image_is_reported_and_refused() {
 
     stack.stop().await;
 }
+
+/// A headless Chromium driven through chromedriver's WebDriver API.
+struct Browser {
+    driver: tokio::process::Child,
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let mut driver = tokio::process::Command::new("chromedriver")
+            .arg("--port=0")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver starts (Debian package chromium-driver)");
+        let stdout = driver.stdout.take().unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let port = loop {
+            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().expect("chromedriver output");
+            if let Some(rest) = line.strip_prefix("ChromeDriver was started successfully on port ") {
+                break rest.trim_end_matches('.').to_owned();
+            }
+        };
+        let http = reqwest::Client::new();
+        let capabilities = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"]
+        }}}});
+        let created: serde_json::Value = http
+            .post(format!("http://127.0.0.1:{port}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = created["value"]["sessionId"].as_str().expect("WebDriver session").to_owned();
+        Browser { driver, http, base: format!("http://127.0.0.1:{port}/session/{session}") }
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let response: serde_json::Value =
+            self.http.request(method, format!("{}{path}", self.base)).json(&body).send().await.unwrap().json().await.unwrap();
+        assert!(response["value"].get("error").is_none(), "WebDriver {path}: {response}");
+        response["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.command(reqwest::Method::POST, "/url", serde_json::json!({ "url": url })).await;
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let found = self.command(reqwest::Method::POST, "/element", serde_json::json!({"using": "css selector", "value": css})).await;
+        found.as_object().and_then(|object| object.values().next()).and_then(|id| id.as_str()).expect("element id").to_owned()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.element(css).await;
+        self.command(reqwest::Method::POST, &format!("/element/{element}/value"), serde_json::json!({ "text": text })).await;
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.element(css).await;
+        self.command(reqwest::Method::POST, &format!("/element/{element}/click"), serde_json::json!({})).await;
+    }
+
+    async fn script(&self, source: &str) -> serde_json::Value {
+        self.command(reqwest::Method::POST, "/execute/sync", serde_json::json!({"script": source, "args": []})).await
+    }
+
+    async fn quit(mut self) {
+        self.command(reqwest::Method::DELETE, "", serde_json::json!({})).await;
+        let _ = self.driver.kill().await;
+    }
+}
+
+/// Reads the viewer canvas: its size, how many sampled pixels are not black, and the
+/// status lines the viewer script shows.
+const CANVAS_PROBE: &str = "const c = document.getElementById('screen');
+const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let lit = 0;
+for (let i = 0; i < data.length; i += 4 * 101) { if (data[i] || data[i + 1] || data[i + 2]) lit++; }
+const status = document.getElementById('status');
+const ended = document.getElementById('ended');
+return { width: c.width, height: c.height, lit, status: status.hidden ? '' : status.textContent, ended: ended.hidden ? '' : ended.textContent };";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_signs_in_launches_and_sees_the_workspace() {
+    let stack = Stack::start().await;
+    let db = stack.broker().state.db.clone();
+    let (alice, totp) = stack.add_user("alice").await;
+    broker::sites::import_file(&db, &site_file(stack.dir.path())).await.unwrap();
+    broker::sites::grant(&db, &alice, "demo", "system:test", chrono::Utc::now().timestamp_millis()).await.unwrap();
+    let browser = Browser::start().await;
+
+    browser.open(&format!("{}/", stack.base)).await;
+    browser.type_into("input[name=username]", "alice").await;
+    browser.type_into("input[name=password]", PASSWORD).await;
+    browser.type_into("input[name=code]", &totp.code_at(chrono::Utc::now().timestamp() as u64)).await;
+    browser.click("button[type=submit]").await;
+    browser.click("#launch-demo").await;
+
+    // The viewer script decodes the workspace's VP8 stream onto the canvas.
+    let probe = wait_for(Duration::from_secs(120), || async {
+        let probe = browser.script(CANVAS_PROBE).await;
+        assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
+        assert_eq!(probe["ended"], "", "session ended early: {probe}");
+        (probe["lit"].as_u64().unwrap_or(0) > 0).then_some(probe)
+    })
+    .await;
+    assert_eq!(probe["width"], 1280);
+    assert_eq!(probe["height"], 720);
+
+    browser.click("form[action$='/end'] button").await;
+    let sessions = broker::sessions::store::list_for_user(&db, &alice, 10).await.unwrap();
+    assert_eq!(sessions.len(), 1);
+    wait_for(Duration::from_secs(30), || async {
+        let record = broker::sessions::store::get(&db, sessions[0].id).await.unwrap().unwrap();
+        (!record.state.is_live()).then_some(())
+    })
+    .await;
+
+    browser.quit().await;
+    stack.stop().await;
+}
