@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod instance;
+pub mod keyfile;
 pub mod launcher_process;
 pub mod lifecycle;
 pub mod portal;

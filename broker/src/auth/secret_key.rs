@@ -5,19 +5,17 @@
 //! user id as associated data, so a secret copied to another user's row fails to open.
 
 use std::fmt;
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use anyhow::{Context, bail};
-use zeroize::{Zeroize, Zeroizing};
+use anyhow::bail;
+use zeroize::Zeroizing;
 
 /// File name of the key under the data directory.
 pub const KEY_FILE_NAME: &str = "auth-totp.key";
 
-const KEY_LEN: usize = 32;
+use crate::keyfile::KEY_LEN;
 const NONCE_LEN: usize = 12;
 /// Version byte in front of every sealed secret.
 const FORMAT_VERSION: u8 = 1;
@@ -44,17 +42,7 @@ impl TotpKey {
     /// A key file that other users can read is rejected rather than used.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<TotpKey> {
         let path = data_dir.join(KEY_FILE_NAME);
-        match create(&path) {
-            Ok(key) => {
-                tracing::info!(path = %path.display(), "Created the TOTP encryption key");
-                return Ok(TotpKey { key, path });
-            }
-            Err(error) if error.kind() == ErrorKind::AlreadyExists => {}
-            Err(error) => {
-                return Err(error).with_context(|| format!("cannot create the TOTP key file {}; check that the data directory is writable", path.display()));
-            }
-        }
-        let key = read(&path)?;
+        let key = crate::keyfile::load_or_create(&path, "TOTP")?;
         Ok(TotpKey { key, path })
     }
 
@@ -105,53 +93,10 @@ fn associated_data(user_id: &str) -> Vec<u8> {
     [AAD_PREFIX, user_id.as_bytes()].concat()
 }
 
-fn create(path: &Path) -> std::io::Result<Zeroizing<[u8; KEY_LEN]>> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    let key = Zeroizing::new(rand::random::<[u8; KEY_LEN]>());
-    file.write_all(key.as_slice())?;
-    file.sync_all()?;
-    Ok(key)
-}
-
-fn read(path: &Path) -> anyhow::Result<Zeroizing<[u8; KEY_LEN]>> {
-    let mut file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open the TOTP key file {}", path.display()))?;
-    let mode = file
-        .metadata()
-        .with_context(|| format!("cannot inspect {}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "the TOTP key file {} is readable by other users (mode {:o}); run `chmod 600` on it",
-            path.display(),
-            mode & 0o777
-        );
-    }
-
-    let mut bytes = Zeroizing::new(Vec::with_capacity(KEY_LEN + 1));
-    file.read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.len() != KEY_LEN {
-        bail!(
-            "the TOTP key file {} holds {} bytes instead of {KEY_LEN}; restore it from backup",
-            path.display(),
-            bytes.len()
-        );
-    }
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    key.copy_from_slice(&bytes);
-    bytes.zeroize();
-    Ok(key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn sealed_secret_opens_only_for_its_user() {

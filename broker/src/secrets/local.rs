@@ -7,14 +7,11 @@
 //! instead of being typed into the wrong bank.
 
 use std::fmt;
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use anyhow::{Context, bail};
 use futures::future::BoxFuture;
 use protocol::SecretString;
 use sqlx::Row;
@@ -27,7 +24,7 @@ use crate::db::Database;
 /// File name of the key under the data directory.
 pub const KEY_FILE_NAME: &str = "credentials.key";
 
-const KEY_LEN: usize = 32;
+use crate::keyfile::KEY_LEN;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Version byte in front of every sealed value.
@@ -54,19 +51,7 @@ impl CredentialKey {
     /// file that other users can read, or of the wrong size, is rejected.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<CredentialKey> {
         let path = data_dir.join(KEY_FILE_NAME);
-        match create_key_file(&path) {
-            Ok(key) => {
-                tracing::info!(path = %path.display(), "Created the credential encryption key");
-                return Ok(CredentialKey { key, path });
-            }
-            Err(error) if error.kind() == ErrorKind::AlreadyExists => {}
-            Err(error) => {
-                return Err(error).with_context(|| {
-                    format!("cannot create the credential key file {}; check that the data directory exists and is writable", path.display())
-                });
-            }
-        }
-        let key = read_key_file(&path)?;
+        let key = crate::keyfile::load_or_create(&path, "credential")?;
         Ok(CredentialKey { key, path })
     }
 
@@ -154,49 +139,6 @@ fn associated_data(reference: &CredentialRef, field: CredentialField) -> Vec<u8>
         field.as_str().as_bytes(),
     ]
     .concat()
-}
-
-fn create_key_file(path: &Path) -> std::io::Result<Zeroizing<[u8; KEY_LEN]>> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    let key = Zeroizing::new(rand::random::<[u8; KEY_LEN]>());
-    file.write_all(key.as_slice())?;
-    file.sync_all()?;
-    Ok(key)
-}
-
-fn read_key_file(path: &Path) -> anyhow::Result<Zeroizing<[u8; KEY_LEN]>> {
-    let mut file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open the credential key file {}", path.display()))?;
-    let mode = file
-        .metadata()
-        .with_context(|| format!("cannot inspect {}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "the credential key file {} is readable by other users (mode {:o}); run `chmod 600` on it",
-            path.display(),
-            mode & 0o777
-        );
-    }
-
-    let mut bytes = Zeroizing::new(Vec::with_capacity(KEY_LEN + 1));
-    file.read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.len() != KEY_LEN {
-        bail!(
-            "the credential key file {} contains {} bytes instead of {KEY_LEN}; restore it from backup",
-            path.display(),
-            bytes.len()
-        );
-    }
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    key.copy_from_slice(&bytes);
-    Ok(key)
 }
 
 /// Entry of `credential list`: names and dates, never a value.
@@ -376,6 +318,7 @@ impl CredentialSource for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn sealed_value_opens_only_for_its_row_and_field() {
