@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use broker::audit::{self, AuditLog, StoredEvent};
 use broker::clock::SystemClock;
-use broker::stream::{RecordingSettings, SessionHooks, StreamHub, StreamSettings, StreamStart, ViewerEvent};
+use broker::stream::{
+    RecordingSettings, SessionHooks, StreamHub, StreamSettings, StreamStart, ViewerEvent,
+};
 use broker::tasks::TaskRegistry;
 use broker::testing::{TestBackend, TestDatabase};
 use chrono::Utc;
 use protocol::SessionSecret;
-use recorder::{KeyStore, LocalDirStorage, LocalKeyStore, Record, RecorderConfig, RecordingReader, Storage};
+use recorder::{
+    KeyStore, LocalDirStorage, LocalKeyStore, Record, RecorderConfig, RecordingReader, Storage,
+};
 use strongroom_tests::agent::HostAgent;
 use strongroom_tests::pages::PageServer;
 use tokio::sync::broadcast::error::RecvError;
@@ -48,8 +52,10 @@ struct Fixture {
 async fn fixture(config: RecorderConfig) -> Fixture {
     let database = TestDatabase::new(TestBackend::Sqlite).await;
     let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
-    let storage: Arc<dyn Storage> = Arc::new(LocalDirStorage::open(database.dir.path().join("recordings")).unwrap());
-    let keys: Arc<dyn KeyStore> = Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap());
+    let storage: Arc<dyn Storage> =
+        Arc::new(LocalDirStorage::open(database.dir.path().join("recordings")).unwrap());
+    let keys: Arc<dyn KeyStore> =
+        Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap());
 
     let page = "<html><body style='margin:0;background:#1e90ff'><h1 style='color:white'>Statement</h1></body></html>";
     let pages = PageServer::start(HashMap::from([("/", page.to_owned())])).await;
@@ -57,17 +63,42 @@ async fn fixture(config: RecorderConfig) -> Fixture {
     let agent = HostAgent::start(&secret.sha256_hex(), &pages.url("/")).await;
 
     let tasks = TaskRegistry::new();
-    let recording = RecordingSettings { storage: storage.clone(), keys: keys.clone(), config };
-    let hub = StreamHub::new(StreamSettings::default(), recording, audit.clone(), tasks.clone());
+    let recording = RecordingSettings {
+        storage: storage.clone(),
+        keys: keys.clone(),
+        config,
+    };
+    let hub = StreamHub::new(
+        StreamSettings::default(),
+        recording,
+        audit.clone(),
+        tasks.clone(),
+    );
     let hooks = Arc::new(RecordedHooks::default());
     hub.set_hooks(hooks.clone());
 
-    Fixture { database, audit, storage, keys, hub, hooks, tasks, _pages: pages, agent, secret }
+    Fixture {
+        database,
+        audit,
+        storage,
+        keys,
+        hub,
+        hooks,
+        tasks,
+        _pages: pages,
+        agent,
+        secret,
+    }
 }
 
 fn rand_bytes() -> [u8; 32] {
     let mut bytes = [0u8; 32];
-    for (index, byte) in Uuid::new_v4().as_bytes().iter().chain(Uuid::new_v4().as_bytes()).enumerate() {
+    for (index, byte) in Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .chain(Uuid::new_v4().as_bytes())
+        .enumerate()
+    {
         bytes[index] = *byte;
     }
     bytes
@@ -91,7 +122,13 @@ fn start(fixture: &Fixture) -> (Uuid, Uuid, Arc<broker::stream::LiveStream>) {
 }
 
 async fn events_of(audit: &AuditLog, action: &str) -> Vec<StoredEvent> {
-    audit.list(0, 100_000).await.unwrap().into_iter().filter(|event| event.action == action).collect()
+    audit
+        .list(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.action == action)
+        .collect()
 }
 
 /// Waits until an audit event with this action exists.
@@ -111,7 +148,10 @@ fn segment_hashes(events: &[StoredEvent]) -> Vec<[u8; 32]> {
         .iter()
         .map(|event| {
             let details: serde_json::Value = serde_json::from_str(&event.details).unwrap();
-            let hash: [u8; 32] = hex::decode(details["sha256"].as_str().unwrap()).unwrap().try_into().unwrap();
+            let hash: [u8; 32] = hex::decode(details["sha256"].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap();
             (details["index"].as_u64().unwrap(), hash)
         })
         .collect();
@@ -121,7 +161,10 @@ fn segment_hashes(events: &[StoredEvent]) -> Vec<[u8; 32]> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_stream_reaches_viewer_and_recording() {
-    let config = RecorderConfig { target_segment_duration: Duration::from_secs(1), ..RecorderConfig::default() };
+    let config = RecorderConfig {
+        target_segment_duration: Duration::from_secs(1),
+        ..RecorderConfig::default()
+    };
     let fixture = fixture(config).await;
     let (session_id, recording_id, stream) = start(&fixture);
     let (_, mut viewer) = stream.subscribe();
@@ -133,11 +176,20 @@ async fn agent_stream_reaches_viewer_and_recording() {
     while keyframes < 2 {
         let event = tokio::time::timeout_at(deadline, viewer.recv()).await;
         match event {
-            Ok(Ok(ViewerEvent::Config { codec, width, height })) => config_seen = Some((codec, width, height)),
+            Ok(Ok(ViewerEvent::Config {
+                codec,
+                width,
+                height,
+            })) => config_seen = Some((codec, width, height)),
             Ok(Ok(ViewerEvent::Video { keyframe: true, .. })) => keyframes += 1,
-            Ok(Ok(ViewerEvent::Ended { reason })) => panic!("stream ended: {reason}; agent log:\n{}", fixture.agent.log()),
+            Ok(Ok(ViewerEvent::Ended { reason })) => panic!(
+                "stream ended: {reason}; agent log:\n{}",
+                fixture.agent.log()
+            ),
             Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
-            Ok(Err(RecvError::Closed)) | Err(_) => panic!("no keyframes; agent log:\n{}", fixture.agent.log()),
+            Ok(Err(RecvError::Closed)) | Err(_) => {
+                panic!("no keyframes; agent log:\n{}", fixture.agent.log())
+            }
         }
     }
     assert_eq!(config_seen, Some(("vp8".to_owned(), 640, 360)));
@@ -152,9 +204,14 @@ async fn agent_stream_reaches_viewer_and_recording() {
     assert!(!segments.is_empty());
     let hashes = segment_hashes(&segments);
     let sealed_details: serde_json::Value = serde_json::from_str(&sealed[0].details).unwrap();
-    assert_eq!(sealed_details["segment_count"].as_u64(), Some(hashes.len() as u64));
+    assert_eq!(
+        sealed_details["segment_count"].as_u64(),
+        Some(hashes.len() as u64)
+    );
 
-    let mut reader = RecordingReader::open(fixture.storage.clone(), fixture.keys.as_ref(), recording_id).unwrap();
+    let mut reader =
+        RecordingReader::open(fixture.storage.clone(), fixture.keys.as_ref(), recording_id)
+            .unwrap();
     reader.require_hashes(hashes.clone()).unwrap();
     let mut packets = 0;
     for record in reader.records() {
@@ -163,12 +220,27 @@ async fn agent_stream_reaches_viewer_and_recording() {
         }
     }
     assert!(packets >= 2, "only {packets} packets recorded");
-    let report = recorder::verify_recording(fixture.storage.as_ref(), recording_id, &hashes).unwrap();
+    let report =
+        recorder::verify_recording(fixture.storage.as_ref(), recording_id, &hashes).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    assert!(audit::verify(&fixture.database.db).await.unwrap().is_intact());
-    assert!(fixture.hooks.ended.lock().unwrap().is_empty(), "a stopped stream does not end the session again");
+    assert!(
+        audit::verify(&fixture.database.db)
+            .await
+            .unwrap()
+            .is_intact()
+    );
+    assert!(
+        fixture.hooks.ended.lock().unwrap().is_empty(),
+        "a stopped stream does not end the session again"
+    );
 
-    assert!(fixture.tasks.shutdown(Duration::from_secs(10)).await.is_empty());
+    assert!(
+        fixture
+            .tasks
+            .shutdown(Duration::from_secs(10))
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,10 +262,16 @@ async fn recorder_failure_freezes_stream_and_ends_session() {
     while !ended {
         match tokio::time::timeout_at(deadline, viewer.recv()).await {
             Ok(Ok(ViewerEvent::RecordingFailed { reason })) => failure = Some(reason),
-            Ok(Ok(ViewerEvent::Video { .. })) => assert!(failure.is_none(), "a frame was shown after the recording failed"),
+            Ok(Ok(ViewerEvent::Video { .. })) => assert!(
+                failure.is_none(),
+                "a frame was shown after the recording failed"
+            ),
             Ok(Ok(ViewerEvent::Ended { .. })) | Ok(Err(RecvError::Closed)) => ended = true,
             Ok(_) => {}
-            Err(_) => panic!("the stream did not end; agent log:\n{}", fixture.agent.log()),
+            Err(_) => panic!(
+                "the stream did not end; agent log:\n{}",
+                fixture.agent.log()
+            ),
         }
     }
 
@@ -203,15 +281,34 @@ async fn recorder_failure_freezes_stream_and_ends_session() {
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].0, session_id);
     assert!(ended[0].1.contains("recording failed"));
-    let actions: Vec<String> = fixture.audit.list(0, 100_000).await.unwrap().into_iter().map(|event| event.action).collect();
-    assert_eq!(events_of(&fixture.audit, "recording.failed").await.len(), 1, "{actions:?}");
+    let actions: Vec<String> = fixture
+        .audit
+        .list(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| event.action)
+        .collect();
+    assert_eq!(
+        events_of(&fixture.audit, "recording.failed").await.len(),
+        1,
+        "{actions:?}"
+    );
 
     // What was recorded before the failure stays playable.
     wait_for_event(&fixture.audit, "recording.sealed", Duration::from_secs(10)).await;
     let hashes = segment_hashes(&events_of(&fixture.audit, "recording.segment.stored").await);
-    let mut reader = RecordingReader::open(fixture.storage.clone(), fixture.keys.as_ref(), recording_id).unwrap();
+    let mut reader =
+        RecordingReader::open(fixture.storage.clone(), fixture.keys.as_ref(), recording_id)
+            .unwrap();
     reader.require_hashes(hashes).unwrap();
     assert!(reader.records().all(|record| record.is_ok()));
 
-    assert!(fixture.tasks.shutdown(Duration::from_secs(10)).await.is_empty());
+    assert!(
+        fixture
+            .tasks
+            .shutdown(Duration::from_secs(10))
+            .await
+            .is_empty()
+    );
 }

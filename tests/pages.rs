@@ -16,7 +16,9 @@ pub struct PageServer {
 impl PageServer {
     /// Serves `pages` (path to HTML) on 127.0.0.1 with a port the system picks.
     pub async fn start(pages: HashMap<&'static str, String>) -> PageServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind page server");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind page server");
         let address = listener.local_addr().expect("page server address");
         let pages = Arc::new(pages);
         let task = tokio::spawn(async move {
@@ -24,7 +26,9 @@ impl PageServer {
                 let pages = pages.clone();
                 tokio::spawn(async move {
                     let mut buffer = vec![0u8; 8192];
-                    let Ok(read) = socket.read(&mut buffer).await else { return };
+                    let Ok(read) = socket.read(&mut buffer).await else {
+                        return;
+                    };
                     let request = String::from_utf8_lossy(&buffer[..read]);
                     let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
                     let (status, body) = match pages.get(path.as_str()) {

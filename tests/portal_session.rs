@@ -50,26 +50,51 @@ impl Stack {
             ("STRONGROOM_DATA_DIR", dir.path().display().to_string()),
             ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
             ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
-            ("STRONGROOM_LAUNCHER__SUBNET_RANGE", format!("\"{SUBNET_RANGE}\"")),
+            (
+                "STRONGROOM_LAUNCHER__SUBNET_RANGE",
+                format!("\"{SUBNET_RANGE}\""),
+            ),
         ]
         .map(|(name, value)| (name.to_owned(), value));
-        let extra = overrides.iter().map(|(name, value)| (name.to_string(), value.to_string()));
-        let config = broker::config::load(None, env.into_iter().chain(extra)).expect("test configuration is valid");
+        let extra = overrides
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()));
+        let config = broker::config::load(None, env.into_iter().chain(extra))
+            .expect("test configuration is valid");
         let image_from_build = config.launcher.image_from_build;
 
         // The launcher runs in this process here; `strongroom serve` runs it as a child.
-        let launcher_config = broker::launcher_process::resolved_config(&config, instance_id).unwrap();
+        let launcher_config =
+            broker::launcher_process::resolved_config(&config, instance_id).unwrap();
         let launcher_stop = CancellationToken::new();
-        let launcher = tokio::spawn(broker::launcher_process::run_standalone(launcher_config, image_from_build, launcher_stop.clone()));
+        let launcher = tokio::spawn(broker::launcher_process::run_standalone(
+            launcher_config,
+            image_from_build,
+            launcher_stop.clone(),
+        ));
         let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone());
-        let health = wait_for(Duration::from_secs(30), || async { client.health().await.ok() }).await;
+        let health = wait_for(Duration::from_secs(30), || async {
+            client.health().await.ok()
+        })
+        .await;
         if image_from_build {
-            assert_eq!(health.image_present, Some(true), "workspace image missing: run `strongroom image build` ({health:?})");
+            assert_eq!(
+                health.image_present,
+                Some(true),
+                "workspace image missing: run `strongroom image build` ({health:?})"
+            );
         }
 
         let broker = server::start(config).await.expect("broker starts");
         let base = broker.base_url();
-        Stack { broker: Some(broker), launcher_stop, launcher: Some(launcher), instance_id, dir, base }
+        Stack {
+            broker: Some(broker),
+            launcher_stop,
+            launcher: Some(launcher),
+            instance_id,
+            dir,
+            base,
+        }
     }
 
     fn broker(&self) -> &RunningBroker {
@@ -83,8 +108,21 @@ impl Stack {
         let sealed = key.seal(&id, secret.as_bytes()).unwrap();
         let hash = broker::auth::password::hash(PASSWORD).unwrap();
         let roles = BTreeSet::from([Role::User]);
-        let user = users::NewLocalUser { id: &id, username, display_name: username, password_hash: &hash, sealed_totp: &sealed, roles: &roles };
-        users::create_local(&self.broker().state.db, user, chrono::Utc::now().timestamp_millis()).await.unwrap();
+        let user = users::NewLocalUser {
+            id: &id,
+            username,
+            display_name: username,
+            password_hash: &hash,
+            sealed_totp: &sealed,
+            roles: &roles,
+        };
+        users::create_local(
+            &self.broker().state.db,
+            user,
+            chrono::Utc::now().timestamp_millis(),
+        )
+        .await
+        .unwrap();
         (id, secret)
     }
 
@@ -95,7 +133,11 @@ impl Stack {
         self.launcher_stop.cancel();
         let launcher = self.launcher.take().unwrap();
         launcher.await.unwrap().unwrap();
-        assert_eq!(count_instance_objects(&self.instance_id.to_string()).await, (0, 0), "containers or networks left behind");
+        assert_eq!(
+            count_instance_objects(&self.instance_id.to_string()).await,
+            (0, 0),
+            "containers or networks left behind"
+        );
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 }
@@ -110,7 +152,10 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -131,8 +176,15 @@ async fn count_instance_objects(instance_id: &str) -> (usize, usize) {
     };
     // `docker network ls` has no -a; list networks separately.
     let containers = count("container").await;
-    let output = tokio::process::Command::new("docker").args(["network", "ls", "-q", "--filter", &label]).output().await.unwrap();
-    (containers, String::from_utf8_lossy(&output.stdout).lines().count())
+    let output = tokio::process::Command::new("docker")
+        .args(["network", "ls", "-q", "--filter", &label])
+        .output()
+        .await
+        .unwrap();
+    (
+        containers,
+        String::from_utf8_lossy(&output.stdout).lines().count(),
+    )
 }
 
 fn site_file(dir: &std::path::Path) -> std::path::PathBuf {
@@ -164,8 +216,18 @@ struct Person {
 async fn sign_in(stack: &Stack) -> Person {
     let db = stack.broker().state.db.clone();
     let (alice, totp) = stack.add_user("alice").await;
-    broker::sites::import_file(&db, &site_file(stack.dir.path())).await.unwrap();
-    broker::sites::grant(&db, &alice, "demo", "system:test", chrono::Utc::now().timestamp_millis()).await.unwrap();
+    broker::sites::import_file(&db, &site_file(stack.dir.path()))
+        .await
+        .unwrap();
+    broker::sites::grant(
+        &db,
+        &alice,
+        "demo",
+        "system:test",
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await
+    .unwrap();
 
     let jar = Arc::new(reqwest::cookie::Jar::default());
     let client = reqwest::Client::builder()
@@ -177,11 +239,20 @@ async fn sign_in(stack: &Stack) -> Person {
     let signed_in = client
         .post(format!("{}/auth/login", stack.base))
         .header("origin", &stack.base)
-        .form(&[("username", "alice"), ("password", PASSWORD), ("code", code.as_str()), ("next", "/")])
+        .form(&[
+            ("username", "alice"),
+            ("password", PASSWORD),
+            ("code", code.as_str()),
+            ("next", "/"),
+        ])
         .send()
         .await
         .unwrap();
-    assert!(signed_in.status().is_redirection(), "sign-in failed: {}", signed_in.status());
+    assert!(
+        signed_in.status().is_redirection(),
+        "sign-in failed: {}",
+        signed_in.status()
+    );
     Person { client, jar }
 }
 
@@ -195,9 +266,17 @@ async fn launch(stack: &Stack, person: &Person) -> (Uuid, String) {
         .send()
         .await
         .unwrap();
-    assert_eq!(launched.status(), reqwest::StatusCode::SEE_OTHER, "{}", launched.text().await.unwrap());
+    assert_eq!(
+        launched.status(),
+        reqwest::StatusCode::SEE_OTHER,
+        "{}",
+        launched.text().await.unwrap()
+    );
     let location = launched.headers()["location"].to_str().unwrap().to_owned();
-    (location.trim_start_matches("/sessions/").parse().unwrap(), location)
+    (
+        location.trim_start_matches("/sessions/").parse().unwrap(),
+        location,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,12 +288,17 @@ async fn broker_stop_ends_live_sessions() {
     // `stop` asserts that no container or network of the instance is left.
     let dir = stack.stop().await;
     let database = broker::config::DatabaseConfig {
-        target: broker::config::DatabaseTarget::Sqlite { path: dir.path().join("strongroom.db") },
+        target: broker::config::DatabaseTarget::Sqlite {
+            path: dir.path().join("strongroom.db"),
+        },
         max_connections: 1,
         connect_timeout: Duration::from_secs(10),
     };
     let db = broker::db::Database::connect(&database).await.unwrap();
-    let record = broker::sessions::store::get(&db, session_id).await.unwrap().expect("session row");
+    let record = broker::sessions::store::get(&db, session_id)
+        .await
+        .unwrap()
+        .expect("session row");
     assert!(!record.state.is_live());
     assert_eq!(record.end_reason.as_deref(), Some("broker_stopped"));
 }
@@ -228,28 +312,53 @@ async fn session_streams_from_container_to_viewer_and_recording() {
     let (session_id, location) = launch(&stack, &person).await;
 
     // The viewer page carries a one-time ticket for the WebSocket.
-    let page = client.get(format!("{}{location}", stack.base)).send().await.unwrap().text().await.unwrap();
-    let socket_path = page.split("data-socket=\"").nth(1).and_then(|rest| rest.split('"').next()).expect("viewer page has a socket path");
-    let socket_url = format!("{}{}", stack.base.replacen("http", "ws", 1), socket_path.replace("&amp;", "&"));
+    let page = client
+        .get(format!("{}{location}", stack.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let socket_path = page
+        .split("data-socket=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("viewer page has a socket path");
+    let socket_url = format!(
+        "{}{}",
+        stack.base.replacen("http", "ws", 1),
+        socket_path.replace("&amp;", "&")
+    );
     let cookies = jar.cookies(&stack.base.parse().unwrap()).unwrap();
 
     // A foreign Origin is refused before the ticket is used.
     let mut foreign = socket_url.as_str().into_client_request().unwrap();
-    foreign.headers_mut().insert("origin", "http://evil.example".parse().unwrap());
+    foreign
+        .headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
     foreign.headers_mut().insert("cookie", cookies.clone());
     assert!(tokio_tungstenite::connect_async(foreign).await.is_err());
 
     let mut request = socket_url.as_str().into_client_request().unwrap();
-    request.headers_mut().insert("origin", stack.base.parse().unwrap());
+    request
+        .headers_mut()
+        .insert("origin", stack.base.parse().unwrap());
     request.headers_mut().insert("cookie", cookies.clone());
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("viewer socket opens");
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("viewer socket opens");
 
     // The stream configuration, then a VP8 keyframe from the container's agent.
     let mut config = None;
     let mut keyframe = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !keyframe {
-        let message = tokio::time::timeout_at(deadline, socket.next()).await.expect("no keyframe from the workspace").unwrap().unwrap();
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .expect("no keyframe from the workspace")
+            .unwrap()
+            .unwrap();
         match message {
             Message::Text(text) => {
                 let status: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -258,7 +367,9 @@ async fn session_streams_from_container_to_viewer_and_recording() {
                     config = Some(status);
                 }
             }
-            Message::Binary(frame) => keyframe = frame.len() > 10 && frame[0] == 0x01 && frame[1] & 1 == 1,
+            Message::Binary(frame) => {
+                keyframe = frame.len() > 10 && frame[0] == 0x01 && frame[1] & 1 == 1
+            }
             _ => {}
         }
     }
@@ -266,11 +377,16 @@ async fn session_streams_from_container_to_viewer_and_recording() {
     assert_eq!(config["codec"], "vp8");
 
     // Person input reaches the agent and counts as activity.
-    socket.send(Message::text(r#"{"type":"mouse_move","x":10,"y":10}"#)).await.unwrap();
+    socket
+        .send(Message::text(r#"{"type":"mouse_move","x":10,"y":10}"#))
+        .await
+        .unwrap();
 
     // The same ticket does not open a second viewer.
     let mut reused = socket_url.as_str().into_client_request().unwrap();
-    reused.headers_mut().insert("origin", stack.base.parse().unwrap());
+    reused
+        .headers_mut()
+        .insert("origin", stack.base.parse().unwrap());
     reused.headers_mut().insert("cookie", cookies);
     assert!(tokio_tungstenite::connect_async(reused).await.is_err());
 
@@ -283,9 +399,12 @@ async fn session_streams_from_container_to_viewer_and_recording() {
         .unwrap();
     assert!(ended.status().is_redirection());
     let reason = loop {
-        let message = tokio::time::timeout_at(tokio::time::Instant::now() + Duration::from_secs(30), socket.next())
-            .await
-            .expect("viewer was not told the session ended");
+        let message = tokio::time::timeout_at(
+            tokio::time::Instant::now() + Duration::from_secs(30),
+            socket.next(),
+        )
+        .await
+        .expect("viewer was not told the session ended");
         match message {
             Some(Ok(Message::Text(text))) => {
                 let status: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -302,34 +421,77 @@ async fn session_streams_from_container_to_viewer_and_recording() {
     let audit_log = &stack.broker().state.audit;
     let sealed = wait_for(Duration::from_secs(30), || async {
         let events = audit_log.list(0, 100_000).await.unwrap();
-        let sealed: Vec<_> = events.into_iter().filter(|event| event.action == "recording.sealed" && event.session_id.as_deref() == Some(&session_id.to_string())).collect();
+        let sealed: Vec<_> = events
+            .into_iter()
+            .filter(|event| {
+                event.action == "recording.sealed"
+                    && event.session_id.as_deref() == Some(&session_id.to_string())
+            })
+            .collect();
         (!sealed.is_empty()).then_some(sealed)
     })
     .await;
     assert_eq!(sealed.len(), 1);
     let events = audit_log.list(0, 100_000).await.unwrap();
-    let stored = events.iter().filter(|event| event.action == "recording.segment.stored").count();
+    let stored = events
+        .iter()
+        .filter(|event| event.action == "recording.segment.stored")
+        .count();
     assert!(stored >= 1, "no segment hash in the audit trail");
-    for action in ["session.launch.succeeded", "session.ended", "recording.started"] {
-        assert!(events.iter().any(|event| event.action == action), "{action} missing from the audit trail");
+    for action in [
+        "session.launch.succeeded",
+        "session.ended",
+        "recording.started",
+    ] {
+        assert!(
+            events.iter().any(|event| event.action == action),
+            "{action} missing from the audit trail"
+        );
     }
     assert!(audit::verify(&db).await.unwrap().is_intact());
 
     // The recording verifies against the chain and exports to a WebM file with a
     // duration, as `strongroom recording verify|export` do.
-    let recording: Uuid = sealed[0].target.as_deref().unwrap().trim_start_matches("recording:").parse().unwrap();
-    let config = broker::config::load(None, [("STRONGROOM_DATA_DIR".to_owned(), stack.dir.path().display().to_string())]).unwrap();
-    let report = broker::recordings::verify(&config, audit_log, recording).await.unwrap();
+    let recording: Uuid = sealed[0]
+        .target
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("recording:")
+        .parse()
+        .unwrap();
+    let config = broker::config::load(
+        None,
+        [(
+            "STRONGROOM_DATA_DIR".to_owned(),
+            stack.dir.path().display().to_string(),
+        )],
+    )
+    .unwrap();
+    let report = broker::recordings::verify(&config, audit_log, recording)
+        .await
+        .unwrap();
     assert!(report.is_intact(), "{:?}", report.problems);
     let output = stack.dir.path().join("evidence.webm");
-    let summary = broker::recordings::export(&config, audit_log, recording, &output).await.unwrap();
+    let summary = broker::recordings::export(&config, audit_log, recording, &output)
+        .await
+        .unwrap();
     assert!(summary.packets >= 1);
     let probe = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration", "-of", "default=noprint_wrappers=1:nokey=1"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "default=noprint_wrappers=1:nokey=1",
+        ])
         .arg(&output)
         .output()
         .expect("ffprobe runs");
-    let duration: f64 = String::from_utf8_lossy(&probe.stdout).trim().parse().expect("ffprobe prints a duration");
+    let duration: f64 = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .expect("ffprobe prints a duration");
     assert!(duration > 0.0, "exported file has no duration");
 
     stack.stop().await;
@@ -343,10 +505,18 @@ async fn missing_image_is_reported_and_refused() {
     let person = sign_in(&stack).await;
 
     // `/readyz` names the missing image and the command that builds it.
-    let ready = reqwest::get(format!("{}/readyz", stack.base)).await.unwrap();
+    let ready = reqwest::get(format!("{}/readyz", stack.base))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = ready.json().await.unwrap();
-    let image_check = body["checks"].as_array().unwrap().iter().find(|check| check["name"] == "workspace_image").unwrap().clone();
+    let image_check = body["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|check| check["name"] == "workspace_image")
+        .unwrap()
+        .clone();
     assert_eq!(image_check["ok"], false);
     let error = image_check["error"].as_str().unwrap();
     assert!(error.contains(&tag), "{error}");
@@ -386,8 +556,13 @@ impl Browser {
         let stdout = driver.stdout.take().unwrap();
         let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
         let port = loop {
-            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().expect("chromedriver output");
-            if let Some(rest) = line.strip_prefix("ChromeDriver was started successfully on port ") {
+            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("chromedriver output");
+            if let Some(rest) = line.strip_prefix("ChromeDriver was started successfully on port ")
+            {
                 break rest.trim_end_matches('.').to_owned();
             }
         };
@@ -405,42 +580,97 @@ impl Browser {
             .json()
             .await
             .unwrap();
-        let session = created["value"]["sessionId"].as_str().expect("WebDriver session").to_owned();
-        Browser { driver, http, base: format!("http://127.0.0.1:{port}/session/{session}") }
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .expect("WebDriver session")
+            .to_owned();
+        Browser {
+            driver,
+            http,
+            base: format!("http://127.0.0.1:{port}/session/{session}"),
+        }
     }
 
-    async fn command(&self, method: reqwest::Method, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let response: serde_json::Value =
-            self.http.request(method, format!("{}{path}", self.base)).json(&body).send().await.unwrap().json().await.unwrap();
-        assert!(response["value"].get("error").is_none(), "WebDriver {path}: {response}");
+    async fn command(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let response: serde_json::Value = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            response["value"].get("error").is_none(),
+            "WebDriver {path}: {response}"
+        );
         response["value"].clone()
     }
 
     async fn open(&self, url: &str) {
-        self.command(reqwest::Method::POST, "/url", serde_json::json!({ "url": url })).await;
+        self.command(
+            reqwest::Method::POST,
+            "/url",
+            serde_json::json!({ "url": url }),
+        )
+        .await;
     }
 
     async fn element(&self, css: &str) -> String {
-        let found = self.command(reqwest::Method::POST, "/element", serde_json::json!({"using": "css selector", "value": css})).await;
-        found.as_object().and_then(|object| object.values().next()).and_then(|id| id.as_str()).expect("element id").to_owned()
+        let found = self
+            .command(
+                reqwest::Method::POST,
+                "/element",
+                serde_json::json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        found
+            .as_object()
+            .and_then(|object| object.values().next())
+            .and_then(|id| id.as_str())
+            .expect("element id")
+            .to_owned()
     }
 
     async fn type_into(&self, css: &str, text: &str) {
         let element = self.element(css).await;
-        self.command(reqwest::Method::POST, &format!("/element/{element}/value"), serde_json::json!({ "text": text })).await;
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            serde_json::json!({ "text": text }),
+        )
+        .await;
     }
 
     async fn click(&self, css: &str) {
         let element = self.element(css).await;
-        self.command(reqwest::Method::POST, &format!("/element/{element}/click"), serde_json::json!({})).await;
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            serde_json::json!({}),
+        )
+        .await;
     }
 
     async fn script(&self, source: &str) -> serde_json::Value {
-        self.command(reqwest::Method::POST, "/execute/sync", serde_json::json!({"script": source, "args": []})).await
+        self.command(
+            reqwest::Method::POST,
+            "/execute/sync",
+            serde_json::json!({"script": source, "args": []}),
+        )
+        .await
     }
 
     async fn quit(mut self) {
-        self.command(reqwest::Method::DELETE, "", serde_json::json!({})).await;
+        self.command(reqwest::Method::DELETE, "", serde_json::json!({}))
+            .await;
         let _ = self.driver.kill().await;
     }
 }
@@ -460,14 +690,29 @@ async fn browser_signs_in_launches_and_sees_the_workspace() {
     let stack = Stack::start().await;
     let db = stack.broker().state.db.clone();
     let (alice, totp) = stack.add_user("alice").await;
-    broker::sites::import_file(&db, &site_file(stack.dir.path())).await.unwrap();
-    broker::sites::grant(&db, &alice, "demo", "system:test", chrono::Utc::now().timestamp_millis()).await.unwrap();
+    broker::sites::import_file(&db, &site_file(stack.dir.path()))
+        .await
+        .unwrap();
+    broker::sites::grant(
+        &db,
+        &alice,
+        "demo",
+        "system:test",
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await
+    .unwrap();
     let browser = Browser::start().await;
 
     browser.open(&format!("{}/", stack.base)).await;
     browser.type_into("input[name=username]", "alice").await;
     browser.type_into("input[name=password]", PASSWORD).await;
-    browser.type_into("input[name=code]", &totp.code_at(chrono::Utc::now().timestamp() as u64)).await;
+    browser
+        .type_into(
+            "input[name=code]",
+            &totp.code_at(chrono::Utc::now().timestamp() as u64),
+        )
+        .await;
     browser.click("button[type=submit]").await;
     browser.click("#launch-demo").await;
 
@@ -483,10 +728,15 @@ async fn browser_signs_in_launches_and_sees_the_workspace() {
     assert_eq!(probe["height"], 720);
 
     browser.click("form[action$='/end'] button").await;
-    let sessions = broker::sessions::store::list_for_user(&db, &alice, 10).await.unwrap();
+    let sessions = broker::sessions::store::list_for_user(&db, &alice, 10)
+        .await
+        .unwrap();
     assert_eq!(sessions.len(), 1);
     wait_for(Duration::from_secs(30), || async {
-        let record = broker::sessions::store::get(&db, sessions[0].id).await.unwrap().unwrap();
+        let record = broker::sessions::store::get(&db, sessions[0].id)
+            .await
+            .unwrap()
+            .unwrap();
         (!record.state.is_live()).then_some(())
     })
     .await;

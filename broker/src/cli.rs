@@ -10,7 +10,11 @@ use crate::server::{self, StartupError};
 use crate::{audit, telemetry};
 
 #[derive(Debug, Parser)]
-#[command(name = "strongroom", version, about = "Isolated banking session broker with recording")]
+#[command(
+    name = "strongroom",
+    version,
+    about = "Isolated banking session broker with recording"
+)]
 pub struct Cli {
     /// Configuration file (TOML). Without it, embedded defaults apply.
     #[arg(long, global = true, env = CONFIG_ENV, value_name = "PATH")]
@@ -151,9 +155,13 @@ pub fn main() -> i32 {
                 Ok(db) => site(&db, command).await,
                 Err(code) => code,
             },
-            Command::Image { command: ImageCommand::Build { refresh, agent } } => image_build(refresh, agent).await,
+            Command::Image {
+                command: ImageCommand::Build { refresh, agent },
+            } => image_build(refresh, agent).await,
             Command::Migrate => migrate(config).await,
-            Command::Audit { command: AuditCommand::Verify } => audit_verify(config).await,
+            Command::Audit {
+                command: AuditCommand::Verify,
+            } => audit_verify(config).await,
             Command::User { command } => match open(&config).await {
                 Ok(db) => crate::auth::cli::run(&config, &db, command).await,
                 Err(code) => code,
@@ -193,7 +201,12 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> i32 {
 
     let embedded = config.launcher.mode == crate::config::launcher::LauncherMode::Embedded;
     let supervisor_stop = tokio_util::sync::CancellationToken::new();
-    let supervisor = embedded.then(|| tokio::spawn(crate::launcher_process::supervise_child(config_path, supervisor_stop.clone())));
+    let supervisor = embedded.then(|| {
+        tokio::spawn(crate::launcher_process::supervise_child(
+            config_path,
+            supervisor_stop.clone(),
+        ))
+    });
 
     let broker = match server::start(config).await {
         Ok(broker) => broker,
@@ -226,24 +239,32 @@ async fn site(db: &Database, command: SiteCommand) -> i32 {
         eprintln!("error: {error:#}");
         return 1;
     }
-    let audit = crate::audit::AuditLog::new(db.clone(), std::sync::Arc::new(crate::clock::SystemClock));
+    let audit =
+        crate::audit::AuditLog::new(db.clone(), std::sync::Arc::new(crate::clock::SystemClock));
     let actor = crate::audit::Actor::System("cli");
     match command {
-        SiteCommand::Import { file } => match crate::sites::import_file_audited(db, &audit, actor, &file).await {
-            Ok(report) => {
-                println!("sites created: {:?}; updated: {:?}", report.created, report.updated);
-                0
+        SiteCommand::Import { file } => {
+            match crate::sites::import_file_audited(db, &audit, actor, &file).await {
+                Ok(report) => {
+                    println!(
+                        "sites created: {:?}; updated: {:?}",
+                        report.created, report.updated
+                    );
+                    0
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    2
+                }
             }
-            Err(error) => {
-                eprintln!("error: {error}");
-                2
-            }
-        },
+        }
         SiteCommand::Grant { user, site } => {
             let person = match crate::auth::users::find(db, &user).await {
                 Ok(Some(person)) => person,
                 Ok(None) => {
-                    eprintln!("error: no person named {user:?}; list them with `strongroom user list`");
+                    eprintln!(
+                        "error: no person named {user:?}; list them with `strongroom user list`"
+                    );
                     return 2;
                 }
                 Err(error) => {
@@ -254,7 +275,9 @@ async fn site(db: &Database, command: SiteCommand) -> i32 {
             match crate::sites::get(db, &site).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    eprintln!("error: no site named {site:?}; import it with `strongroom site import FILE`");
+                    eprintln!(
+                        "error: no site named {site:?}; import it with `strongroom site import FILE`"
+                    );
                     return 2;
                 }
                 Err(error) => {
@@ -294,7 +317,9 @@ async fn host_setup(config: &Config, check: bool, remove: bool) -> i32 {
     let firewall = crate::launcher_process::firewall_config(config);
     let runner = host_setup::Runner::host();
     let result = if remove {
-        host_setup::remove(&firewall, &runner).await.map(|()| "host firewall rules removed".to_owned())
+        host_setup::remove(&firewall, &runner)
+            .await
+            .map(|()| "host firewall rules removed".to_owned())
     } else if check {
         match host_setup::check(&firewall, &runner).await {
             Ok(problems) if problems.is_empty() => Ok("host firewall rules complete".to_owned()),
@@ -302,7 +327,10 @@ async fn host_setup(config: &Config, check: bool, remove: bool) -> i32 {
                 for problem in &problems {
                     println!("missing or unexpected: {problem}");
                 }
-                eprintln!("error: {} host firewall problem(s); run `strongroom host-setup` as root", problems.len());
+                eprintln!(
+                    "error: {} host firewall problem(s); run `strongroom host-setup` as root",
+                    problems.len()
+                );
                 return 1;
             }
             Err(error) => Err(error),
@@ -328,41 +356,56 @@ async fn host_setup(config: &Config, check: bool, remove: bool) -> i32 {
 }
 
 async fn recording(config: &Config, db: &Database, command: RecordingCommand) -> i32 {
-    let audit = crate::audit::AuditLog::new(db.clone(), std::sync::Arc::new(crate::clock::SystemClock));
+    let audit =
+        crate::audit::AuditLog::new(db.clone(), std::sync::Arc::new(crate::clock::SystemClock));
     match command {
-        RecordingCommand::Verify { id } => match crate::recordings::verify(config, &audit, id).await {
-            Ok(report) if report.is_intact() => {
-                println!("recording {id} intact: {} segments, sealed: {}", report.found_segments, report.sealed);
-                0
-            }
-            Ok(report) => {
-                println!("recording {id} DAMAGED:");
-                for problem in &report.problems {
-                    println!("  segment {}: {:?}", problem.index, problem.kind);
+        RecordingCommand::Verify { id } => {
+            match crate::recordings::verify(config, &audit, id).await {
+                Ok(report) if report.is_intact() => {
+                    println!(
+                        "recording {id} intact: {} segments, sealed: {}",
+                        report.found_segments, report.sealed
+                    );
+                    0
                 }
-                1
+                Ok(report) => {
+                    println!("recording {id} DAMAGED:");
+                    for problem in &report.problems {
+                        println!("  segment {}: {:?}", problem.index, problem.kind);
+                    }
+                    1
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    1
+                }
             }
-            Err(error) => {
-                eprintln!("error: {error:#}");
-                1
+        }
+        RecordingCommand::Export { id, output } => {
+            match crate::recordings::export(config, &audit, id, &output).await {
+                Ok(summary) => {
+                    println!(
+                        "exported {} packets, {:.1} s, to {}",
+                        summary.packets,
+                        summary.duration.as_secs_f64(),
+                        output.display()
+                    );
+                    0
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    1
+                }
             }
-        },
-        RecordingCommand::Export { id, output } => match crate::recordings::export(config, &audit, id, &output).await {
-            Ok(summary) => {
-                println!("exported {} packets, {:.1} s, to {}", summary.packets, summary.duration.as_secs_f64(), output.display());
-                0
-            }
-            Err(error) => {
-                eprintln!("error: {error:#}");
-                1
-            }
-        },
+        }
     }
 }
 
 async fn image_build(refresh: bool, agent: Option<PathBuf>) -> i32 {
     let agent = agent.or_else(|| {
-        std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("strongroom-agent")))
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("strongroom-agent")))
     });
     let Some(agent) = agent else {
         eprintln!("error: cannot locate strongroom-agent; pass --agent PATH");
@@ -399,7 +442,8 @@ async fn launcher(config: Config) -> i32 {
         std::process::exit(130);
     });
     let image_from_build = config.launcher.image_from_build;
-    match crate::launcher_process::run_standalone(launcher_config, image_from_build, shutdown).await {
+    match crate::launcher_process::run_standalone(launcher_config, image_from_build, shutdown).await
+    {
         Ok(()) => 0,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "Launcher failed");
@@ -439,11 +483,17 @@ async fn audit_verify(config: Config) -> i32 {
     };
     match audit::verify(&db).await {
         Ok(report) if report.is_intact() => {
-            println!("audit chain intact: {} events, head {} {}", report.events_checked, report.head_seq, report.head_hash);
+            println!(
+                "audit chain intact: {} events, head {} {}",
+                report.events_checked, report.head_seq, report.head_hash
+            );
             0
         }
         Ok(report) => {
-            println!("audit chain BROKEN: {} events checked", report.events_checked);
+            println!(
+                "audit chain BROKEN: {} events checked",
+                report.events_checked
+            );
             for problem in &report.problems {
                 println!("  event {}: {:?}", problem.seq, problem.kind);
             }

@@ -36,7 +36,9 @@ pub struct Database {
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database").field("backend", &self.backend).finish_non_exhaustive()
+        f.debug_struct("Database")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,10 +47,21 @@ impl std::fmt::Debug for Database {
 pub enum OpenError {
     #[error("cannot read the database password from {reference}: {error}")]
     Password { reference: String, error: String },
-    #[error("cannot create the SQLite directory {path}: {error}; check that the data directory is writable")]
-    SqliteDirectory { path: PathBuf, error: std::io::Error },
-    #[error("cannot connect to the {backend} database at {target}: {error}; check that the server is running and database.url is right")]
-    Connect { backend: &'static str, target: String, error: sqlx::Error },
+    #[error(
+        "cannot create the SQLite directory {path}: {error}; check that the data directory is writable"
+    )]
+    SqliteDirectory {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "cannot connect to the {backend} database at {target}: {error}; check that the server is running and database.url is right"
+    )]
+    Connect {
+        backend: &'static str,
+        target: String,
+        error: sqlx::Error,
+    },
 }
 
 impl Database {
@@ -58,12 +71,24 @@ impl Database {
 
         let (url, backend, sqlite_path, shown) = match &config.target {
             DatabaseTarget::Sqlite { path } => {
-                if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|error| OpenError::SqliteDirectory { path: parent.to_owned(), error })?;
+                if let Some(parent) = path
+                    .parent()
+                    .filter(|parent| !parent.as_os_str().is_empty())
+                {
+                    std::fs::create_dir_all(parent).map_err(|error| {
+                        OpenError::SqliteDirectory {
+                            path: parent.to_owned(),
+                            error,
+                        }
+                    })?;
                 }
                 let url = format!("sqlite://{}?mode=rwc", path.display());
-                (url, Backend::Sqlite, Some(path.clone()), path.display().to_string())
+                (
+                    url,
+                    Backend::Sqlite,
+                    Some(path.clone()),
+                    path.display().to_string(),
+                )
             }
             DatabaseTarget::Postgres { url, password } => {
                 let full = match password {
@@ -97,7 +122,11 @@ impl Database {
             .await
             .map_err(|error| OpenError::Connect { backend: config.target.backend_name(), target: shown, error })?;
 
-        Ok(Database { pool, backend, sqlite_path })
+        Ok(Database {
+            pool,
+            backend,
+            sqlite_path,
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -125,7 +154,10 @@ impl Database {
                 .await
                 .context("failed to apply PostgreSQL migrations"),
             Backend::Sqlite => {
-                let path = self.sqlite_path.as_deref().expect("SQLite database has a path");
+                let path = self
+                    .sqlite_path
+                    .as_deref()
+                    .expect("SQLite database has a path");
                 let lock = lock_file(path).await?;
                 let result = SQLITE_MIGRATIONS
                     .run(&self.pool)
@@ -139,7 +171,10 @@ impl Database {
 
     /// Runs a trivial query; used by `/readyz`.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     pub async fn close(&self) {
@@ -173,7 +208,9 @@ fn with_password(url: &str, password: &str) -> String {
     let encoded: String = password
         .bytes()
         .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (byte as char).to_string()
+            }
             other => format!("%{other:02X}"),
         })
         .collect();
@@ -195,13 +232,22 @@ mod tests {
 
     #[test]
     fn password_is_inserted_and_encoded() {
-        let url = with_password("postgres://app@db:5432/strongroom?sslmode=require", "p@ss/w:rd");
+        let url = with_password(
+            "postgres://app@db:5432/strongroom?sslmode=require",
+            "p@ss/w:rd",
+        );
 
-        assert_eq!(url, "postgres://app:p%40ss%2Fw%3Ard@db:5432/strongroom?sslmode=require");
+        assert_eq!(
+            url,
+            "postgres://app:p%40ss%2Fw%3Ard@db:5432/strongroom?sslmode=require"
+        );
     }
 
     #[test]
     fn url_without_user_is_unchanged() {
-        assert_eq!(with_password("postgres://db/strongroom", "x"), "postgres://db/strongroom");
+        assert_eq!(
+            with_password("postgres://db/strongroom", "x"),
+            "postgres://db/strongroom"
+        );
     }
 }

@@ -25,12 +25,20 @@ struct ErrorBody {
 impl ApiError {
     /// An expected refusal whose message is safe to show.
     pub fn new(status: StatusCode, public: &'static str) -> ApiError {
-        ApiError { status, public, internal: None }
+        ApiError {
+            status,
+            public,
+            internal: None,
+        }
     }
 
     /// An unexpected failure: logged in full, shown as a generic message.
     pub fn internal(error: anyhow::Error) -> ApiError {
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, public: "internal error; the details are in the broker's log", internal: Some(error) }
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            public: "internal error; the details are in the broker's log",
+            internal: Some(error),
+        }
     }
 }
 
@@ -43,7 +51,11 @@ impl From<anyhow::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Some(error) = &self.internal {
-            tracing::error!(error = format!("{error:#}"), status = self.status.as_u16(), "Request failed");
+            tracing::error!(
+                error = format!("{error:#}"),
+                status = self.status.as_u16(),
+                "Request failed"
+            );
         }
         (self.status, Json(ErrorBody { error: self.public })).into_response()
     }

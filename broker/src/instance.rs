@@ -29,9 +29,11 @@ fn create(path: &Path) -> anyhow::Result<Uuid> {
     let temporary = PathBuf::from(format!("{}.tmp", path.display()));
     let mut file = std::fs::File::create(&temporary)
         .with_context(|| format!("cannot create {}", temporary.display()))?;
-    writeln!(file, "{id}").and_then(|()| file.sync_all())
+    writeln!(file, "{id}")
+        .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("cannot rename {} into place", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("cannot rename {} into place", temporary.display()))?;
     Ok(id)
 }
 
@@ -51,14 +53,19 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
             "the data directory {} is in use by another running broker; stop it, or give this one its own data_dir",
             data_dir.display()
         ),
-        Err(std::fs::TryLockError::Error(error)) => Err(error).with_context(|| format!("cannot lock {}", path.display())),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock {}", path.display()))
+        }
     }
 }
 
 /// Creates the data directory if needed and proves it is writable.
 pub fn prepare_data_dir(data_dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| {
-        format!("cannot create the data directory {}; create it or set data_dir to a writable path", data_dir.display())
+        format!(
+            "cannot create the data directory {}; create it or set data_dir to a writable path",
+            data_dir.display()
+        )
     })?;
     let probe = data_dir.join(".write-probe");
     std::fs::write(&probe, b"probe")
@@ -99,7 +106,12 @@ mod tests {
         let first = lock_data_dir(dir.path()).unwrap();
         let second = lock_data_dir(dir.path());
 
-        assert!(second.unwrap_err().to_string().contains("in use by another running broker"));
+        assert!(
+            second
+                .unwrap_err()
+                .to_string()
+                .contains("in use by another running broker")
+        );
         drop(first);
         assert!(lock_data_dir(dir.path()).is_ok());
     }

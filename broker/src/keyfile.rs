@@ -30,7 +30,11 @@ pub fn load_or_create(path: &Path, purpose: &str) -> anyhow::Result<Zeroizing<[u
 }
 
 fn create(path: &Path) -> std::io::Result<Zeroizing<[u8; KEY_LEN]>> {
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     let key = Zeroizing::new(rand::random::<[u8; KEY_LEN]>());
     file.write_all(key.as_slice())?;
     file.sync_all()?;
@@ -38,8 +42,13 @@ fn create(path: &Path) -> std::io::Result<Zeroizing<[u8; KEY_LEN]>> {
 }
 
 fn read(path: &Path, purpose: &str) -> anyhow::Result<Zeroizing<[u8; KEY_LEN]>> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open the {purpose} key file {}", path.display()))?;
-    let mode = file.metadata().with_context(|| format!("cannot inspect {}", path.display()))?.permissions().mode();
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open the {purpose} key file {}", path.display()))?;
+    let mode = file
+        .metadata()
+        .with_context(|| format!("cannot inspect {}", path.display()))?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
         bail!(
             "the {purpose} key file {} is readable by other users (mode {:o}); run `chmod 600` on it",
@@ -49,7 +58,8 @@ fn read(path: &Path, purpose: &str) -> anyhow::Result<Zeroizing<[u8; KEY_LEN]>> 
     }
 
     let mut bytes = Zeroizing::new(Vec::with_capacity(KEY_LEN + 1));
-    file.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    file.read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     if bytes.len() != KEY_LEN {
         bail!(
             "the {purpose} key file {} contains {} bytes instead of {KEY_LEN}; restore it from backup",

@@ -31,10 +31,16 @@ pub fn resolved_config(config: &Config, instance_id: uuid::Uuid) -> anyhow::Resu
     let mut launcher = config.launcher.config.clone();
     launcher.instance_id = instance_id.to_string();
     if config.launcher.builtin_seccomp {
-        write_if_changed(&launcher.seccomp_profile, BUILTIN_SECCOMP_PROFILE.as_bytes())?;
+        write_if_changed(
+            &launcher.seccomp_profile,
+            BUILTIN_SECCOMP_PROFILE.as_bytes(),
+        )?;
     }
     launcher.validate().map_err(|errors| {
-        let problems: Vec<String> = errors.iter().map(|error| format!("launcher.{}: {}", error.key, error.problem)).collect();
+        let problems: Vec<String> = errors
+            .iter()
+            .map(|error| format!("launcher.{}: {}", error.key, error.problem))
+            .collect();
         anyhow::anyhow!("invalid launcher configuration: {}", problems.join("; "))
     })?;
     Ok(launcher)
@@ -45,11 +51,14 @@ fn write_if_changed(path: &Path, content: &[u8]) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let temporary = PathBuf::from(format!("{}.tmp", path.display()));
-    std::fs::write(&temporary, content).with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("cannot rename {} into place", temporary.display()))
+    std::fs::write(&temporary, content)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("cannot rename {} into place", temporary.display()))
 }
 
 /// Tag used when no workspace image has been built: launches then fail with a message
@@ -57,11 +66,18 @@ fn write_if_changed(path: &Path, content: &[u8]) -> anyhow::Result<()> {
 const UNBUILT_IMAGE: &str = "strongroom/workspace:not-built";
 
 /// Runs `strongroom launcher` until SIGTERM or SIGINT.
-pub async fn run_standalone(mut config: LauncherConfig, image_from_build: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_standalone(
+    mut config: LauncherConfig,
+    image_from_build: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     if image_from_build {
         config.image = newest_built_image().await?;
     }
-    tracing::info!(image = config.image.as_str(), "Launcher uses this workspace image");
+    tracing::info!(
+        image = config.image.as_str(),
+        "Launcher uses this workspace image"
+    );
     launcher::serve(config, shutdown).await
 }
 
@@ -111,7 +127,10 @@ pub async fn supervise_child(config_path: Option<PathBuf>, shutdown: Cancellatio
         if let Some(path) = &config_path {
             command.arg("--config").arg(path);
         }
-        command.arg("launcher").stdin(Stdio::null()).kill_on_drop(true);
+        command
+            .arg("launcher")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
 
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -162,7 +181,10 @@ async fn stop_child(child: &mut tokio::process::Child) {
 /// `/readyz` checks answered by the launcher: the Docker engine and the workspace image.
 pub fn readiness_checks(client: LauncherClient) -> Vec<Arc<dyn ReadinessCheck>> {
     let client = Arc::new(client.with_timeout(Duration::from_secs(3)));
-    vec![Arc::new(EngineCheck(client.clone())), Arc::new(ImageCheck(client))]
+    vec![
+        Arc::new(EngineCheck(client.clone())),
+        Arc::new(ImageCheck(client)),
+    ]
 }
 
 struct EngineCheck(Arc<LauncherClient>);
@@ -174,7 +196,11 @@ impl ReadinessCheck for EngineCheck {
 
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let report = self.0.health().await.map_err(|error| format!("launcher unreachable: {error}"))?;
+            let report = self
+                .0
+                .health()
+                .await
+                .map_err(|error| format!("launcher unreachable: {error}"))?;
             match report.engine_error {
                 None => Ok(()),
                 Some(error) => Err(error),
@@ -192,10 +218,17 @@ impl ReadinessCheck for ImageCheck {
 
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let report = self.0.health().await.map_err(|error| format!("launcher unreachable: {error}"))?;
+            let report = self
+                .0
+                .health()
+                .await
+                .map_err(|error| format!("launcher unreachable: {error}"))?;
             match report.image_present {
                 Some(true) => Ok(()),
-                Some(false) => Err(format!("workspace image {} is missing; build it with `strongroom image build`", report.image)),
+                Some(false) => Err(format!(
+                    "workspace image {} is missing; build it with `strongroom image build`",
+                    report.image
+                )),
                 None => Err("the Docker engine does not answer".to_owned()),
             }
         })
@@ -224,7 +257,11 @@ impl ReadinessCheck for FirewallCheck {
         Box::pin(async move {
             let problems = egress::host_setup::check(&self.0, &egress::host_setup::Runner::host())
                 .await
-                .map_err(|error| format!("cannot read the firewall rules ({error}); the check needs CAP_NET_ADMIN"))?;
+                .map_err(|error| {
+                    format!(
+                        "cannot read the firewall rules ({error}); the check needs CAP_NET_ADMIN"
+                    )
+                })?;
             match problems.first() {
                 None => Ok(()),
                 Some(first) => Err(format!(

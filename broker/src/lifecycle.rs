@@ -38,26 +38,43 @@ pub struct EgressListeners {
 
 impl EgressListeners {
     pub fn new(proxy: egress::Proxy, tasks: TaskRegistry) -> EgressListeners {
-        EgressListeners { proxy, tasks, listeners: Arc::default() }
+        EgressListeners {
+            proxy,
+            tasks,
+            listeners: Arc::default(),
+        }
     }
 
     /// Listens on `address` for `session_id` until [`EgressListeners::close`].
     pub fn open(&self, session_id: Uuid, address: SocketAddr) -> anyhow::Result<()> {
         let listener = std::net::TcpListener::bind(address)
             .with_context(|| format!("cannot listen for the egress proxy on {address}"))?;
-        listener.set_nonblocking(true).context("cannot make the proxy listener non-blocking")?;
-        let listener = tokio::net::TcpListener::from_std(listener).context("cannot register the proxy listener")?;
+        listener
+            .set_nonblocking(true)
+            .context("cannot make the proxy listener non-blocking")?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .context("cannot register the proxy listener")?;
 
         let stop = self.tasks.token().child_token();
-        self.listeners.lock().expect("listeners lock").insert(session_id, stop.clone());
+        self.listeners
+            .lock()
+            .expect("listeners lock")
+            .insert(session_id, stop.clone());
         let proxy = self.proxy.clone();
-        self.tasks.spawn("egress-proxy", async move { proxy.serve(vec![listener], stop).await });
+        self.tasks.spawn("egress-proxy", async move {
+            proxy.serve(vec![listener], stop).await
+        });
         tracing::info!(session.id = %session_id, proxy = %address, "Egress proxy listening for the session");
         Ok(())
     }
 
     pub fn close(&self, session_id: Uuid) {
-        if let Some(stop) = self.listeners.lock().expect("listeners lock").remove(&session_id) {
+        if let Some(stop) = self
+            .listeners
+            .lock()
+            .expect("listeners lock")
+            .remove(&session_id)
+        {
             stop.cancel();
         }
     }
@@ -77,10 +94,18 @@ impl egress::EventSink for EgressAudit {
 }
 
 /// Builds the egress proxy whose decisions go to the audit trail.
-pub fn egress_proxy(registry: Arc<egress::Registry>, audit: AuditLog, tasks: &TaskRegistry) -> anyhow::Result<egress::Proxy> {
+pub fn egress_proxy(
+    registry: Arc<egress::Registry>,
+    audit: AuditLog,
+    tasks: &TaskRegistry,
+) -> anyhow::Result<egress::Proxy> {
     let (sender, mut receiver) = mpsc::channel::<egress::EgressEvent>(EGRESS_EVENT_QUEUE);
-    let proxy = egress::Proxy::new(registry, Arc::new(EgressAudit { events: sender }), egress::ProxyConfig::default())
-        .context("invalid egress proxy configuration")?;
+    let proxy = egress::Proxy::new(
+        registry,
+        Arc::new(EgressAudit { events: sender }),
+        egress::ProxyConfig::default(),
+    )
+    .context("invalid egress proxy configuration")?;
 
     let token = tasks.token();
     tasks.spawn("egress-audit", async move {
@@ -91,7 +116,10 @@ pub fn egress_proxy(registry: Arc<egress::Registry>, audit: AuditLog, tasks: &Ta
             };
             if let Some(audit_event) = egress_audit_event(&event) {
                 if let Err(error) = audit.append(audit_event).await {
-                    tracing::error!(error = format!("{error:#}"), "Cannot record an egress decision in the audit trail");
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "Cannot record an egress decision in the audit trail"
+                    );
                 }
             }
         }
@@ -106,8 +134,14 @@ fn egress_audit_event(event: &egress::EgressEvent) -> Option<crate::audit::NewEv
         // The opening was audited; the close is only logged.
         egress::Outcome::Closed { .. } => return None,
     };
-    let target = format!("{}:{}", event.host.as_deref().unwrap_or("-"), event.port.unwrap_or(0));
-    let mut builder = EventBuilder::new(Actor::System("egress"), Action::SiteAccessed).target(target).outcome(outcome);
+    let target = format!(
+        "{}:{}",
+        event.host.as_deref().unwrap_or("-"),
+        event.port.unwrap_or(0)
+    );
+    let mut builder = EventBuilder::new(Actor::System("egress"), Action::SiteAccessed)
+        .target(target)
+        .outcome(outcome);
     if let Some(session_id) = event.session_id {
         builder = builder.session(session_id);
     }
@@ -122,7 +156,13 @@ fn egress_audit_event(event: &egress::EgressEvent) -> Option<crate::audit::NewEv
 
 /// Starts the tasks that tie session endings to streams, proxy listeners and portal
 /// sign-outs.
-pub fn connect(sessions: &SessionService, hub: &StreamHub, listeners: &EgressListeners, auth: &AuthService, tasks: &TaskRegistry) {
+pub fn connect(
+    sessions: &SessionService,
+    hub: &StreamHub,
+    listeners: &EgressListeners,
+    auth: &AuthService,
+    tasks: &TaskRegistry,
+) {
     hub.set_hooks(sessions.stream_hooks());
 
     let mut notices = sessions.subscribe();
@@ -134,11 +174,18 @@ pub fn connect(sessions: &SessionService, hub: &StreamHub, listeners: &EgressLis
                 _ = token.cancelled() => return,
             };
             match notice {
-                Ok(SessionNotice::Ended { session_id, message, .. }) => {
+                Ok(SessionNotice::Ended {
+                    session_id,
+                    message,
+                    ..
+                }) => {
                     hub.stop(session_id, &message);
                     stopping.close(session_id);
                 }
-                Ok(SessionNotice::IdleWarning { session_id, ends_at_ms }) => {
+                Ok(SessionNotice::IdleWarning {
+                    session_id,
+                    ends_at_ms,
+                }) => {
                     let left_ms = ends_at_ms - chrono::Utc::now().timestamp_millis();
                     hub.warn_idle(session_id, u64::try_from(left_ms / 1000).unwrap_or(0));
                 }

@@ -23,47 +23,83 @@ pub async fn segment_hashes(audit: &AuditLog, recording: Uuid) -> anyhow::Result
         let events = audit.list(after, PAGE).await?;
         let Some(last) = events.last() else { break };
         after = last.seq;
-        for event in events.iter().filter(|event| event.action == "recording.segment.stored" && event.target.as_deref() == Some(&target)) {
-            let details: serde_json::Value = serde_json::from_str(&event.details).context("invalid segment event details")?;
-            let index = details["index"].as_u64().context("segment event without an index")?;
-            let hash = details["sha256"].as_str().context("segment event without a hash")?;
+        for event in events.iter().filter(|event| {
+            event.action == "recording.segment.stored" && event.target.as_deref() == Some(&target)
+        }) {
+            let details: serde_json::Value =
+                serde_json::from_str(&event.details).context("invalid segment event details")?;
+            let index = details["index"]
+                .as_u64()
+                .context("segment event without an index")?;
+            let hash = details["sha256"]
+                .as_str()
+                .context("segment event without a hash")?;
             let hash: [u8; 32] = hex::decode(hash)
                 .ok()
                 .and_then(|bytes| bytes.try_into().ok())
-                .with_context(|| format!("segment {index} has an invalid hash in event {}", event.seq))?;
+                .with_context(|| {
+                    format!("segment {index} has an invalid hash in event {}", event.seq)
+                })?;
             indexed.push((index, hash));
         }
     }
     indexed.sort_by_key(|(index, _)| *index);
     for (position, (index, _)) in indexed.iter().enumerate() {
-        anyhow::ensure!(*index == position as u64, "the audit trail has no hash for segment {position} of recording {recording}");
+        anyhow::ensure!(
+            *index == position as u64,
+            "the audit trail has no hash for segment {position} of recording {recording}"
+        );
     }
     Ok(indexed.into_iter().map(|(_, hash)| hash).collect())
 }
 
 /// Opens the configured recording store and key store.
-pub fn stores(config: &Config) -> anyhow::Result<(Arc<dyn recorder::Storage>, Arc<dyn recorder::KeyStore>)> {
-    let storage = recorder::LocalDirStorage::open(&config.sessions.recordings_dir)
-        .with_context(|| format!("cannot open the recordings directory {}", config.sessions.recordings_dir.display()))?;
-    let keys = recorder::LocalKeyStore::open(&config.sessions.recording_keys_dir)
-        .with_context(|| format!("cannot open the recording key directory {}", config.sessions.recording_keys_dir.display()))?;
+pub fn stores(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn recorder::Storage>, Arc<dyn recorder::KeyStore>)> {
+    let storage =
+        recorder::LocalDirStorage::open(&config.sessions.recordings_dir).with_context(|| {
+            format!(
+                "cannot open the recordings directory {}",
+                config.sessions.recordings_dir.display()
+            )
+        })?;
+    let keys =
+        recorder::LocalKeyStore::open(&config.sessions.recording_keys_dir).with_context(|| {
+            format!(
+                "cannot open the recording key directory {}",
+                config.sessions.recording_keys_dir.display()
+            )
+        })?;
     Ok((Arc::new(storage), Arc::new(keys)))
 }
 
 /// Checks every segment file of a recording against the hashes in the audit chain.
-pub async fn verify(config: &Config, audit: &AuditLog, recording: Uuid) -> anyhow::Result<recorder::VerifyReport> {
+pub async fn verify(
+    config: &Config,
+    audit: &AuditLog,
+    recording: Uuid,
+) -> anyhow::Result<recorder::VerifyReport> {
     let hashes = segment_hashes(audit, recording).await?;
     let (storage, _) = stores(config)?;
-    recorder::verify_recording(storage.as_ref(), recording, &hashes).context("cannot verify the recording")
+    recorder::verify_recording(storage.as_ref(), recording, &hashes)
+        .context("cannot verify the recording")
 }
 
 /// Writes a WebM file of a recording whose segments all match the audit chain.
-pub async fn export(config: &Config, audit: &AuditLog, recording: Uuid, output: &Path) -> anyhow::Result<recorder::ExportSummary> {
+pub async fn export(
+    config: &Config,
+    audit: &AuditLog,
+    recording: Uuid,
+    output: &Path,
+) -> anyhow::Result<recorder::ExportSummary> {
     let hashes = segment_hashes(audit, recording).await?;
     let (storage, keys) = stores(config)?;
     let output = output.to_owned();
-    tokio::task::spawn_blocking(move || recorder::export_webm(storage, keys.as_ref(), recording, Some(hashes), &output))
-        .await
-        .context("export task failed")?
-        .context("cannot export the recording")
+    tokio::task::spawn_blocking(move || {
+        recorder::export_webm(storage, keys.as_ref(), recording, Some(hashes), &output)
+    })
+    .await
+    .context("export task failed")?
+    .context("cannot export the recording")
 }

@@ -57,7 +57,9 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
     instance::prepare_data_dir(&config.data_dir).map_err(StartupError::Config)?;
 
     let listener = bind(config.server.listen).map_err(StartupError::Config)?;
-    let local_addr = listener.local_addr().map_err(|error| StartupError::Other(error.into()))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|error| StartupError::Other(error.into()))?;
 
     let db = Database::connect(&config.database)
         .await
@@ -65,19 +67,31 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
     db.migrate().await.map_err(StartupError::Other)?;
 
     let instance_id = instance::load_or_create(&config.data_dir).map_err(StartupError::Other)?;
-    let tls = tls_config(&config, local_addr).await.map_err(StartupError::Config)?;
+    let tls = tls_config(&config, local_addr)
+        .await
+        .map_err(StartupError::Config)?;
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let audit = AuditLog::new(db.clone(), clock.clone());
-    let auth = crate::auth::AuthService::new(&config, db.clone(), audit.clone(), clock.clone(), tls.is_some(), local_addr)
-        .map_err(StartupError::Config)?;
+    let auth = crate::auth::AuthService::new(
+        &config,
+        db.clone(),
+        audit.clone(),
+        clock.clone(),
+        tls.is_some(),
+        local_addr,
+    )
+    .map_err(StartupError::Config)?;
     let mut readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(DatabaseCheck(db.clone()))];
-    readiness.extend(crate::launcher_process::readiness_checks(launcher::LauncherClient::new(
-        config.sessions.launcher_socket.clone(),
+    readiness.extend(crate::launcher_process::readiness_checks(
+        launcher::LauncherClient::new(config.sessions.launcher_socket.clone()),
+    ));
+    readiness.push(Arc::new(crate::launcher_process::FirewallCheck(
+        crate::launcher_process::firewall_config(&config),
     )));
-    readiness.push(Arc::new(crate::launcher_process::FirewallCheck(crate::launcher_process::firewall_config(&config))));
     let tasks = TaskRegistry::new();
-    let portal = start_sessions(&config, &db, &audit, &clock, &auth, instance_id, &tasks).map_err(StartupError::Other)?;
+    let portal = start_sessions(&config, &db, &audit, &clock, &auth, instance_id, &tasks)
+        .map_err(StartupError::Other)?;
     let state = AppState {
         db: db.clone(),
         audit: audit.clone(),
@@ -98,7 +112,10 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
         .await
         .map_err(StartupError::Other)?;
 
-    tasks.spawn("portal-session-reaper", auth.clone().run_reaper(tasks.token()));
+    tasks.spawn(
+        "portal-session-reaper",
+        auth.clone().run_reaper(tasks.token()),
+    );
     let handle = Handle::new();
     let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -120,7 +137,15 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
     }
 
     tracing::info!(listen = %local_addr, scheme, instance.id = %instance_id, database = db.backend_name(), "Broker started");
-    Ok(RunningBroker { local_addr, instance_id, scheme, state, tasks, handle, config })
+    Ok(RunningBroker {
+        local_addr,
+        instance_id,
+        scheme,
+        state,
+        tasks,
+        handle,
+        config,
+    })
 }
 
 /// Builds the session service, the stream hub and the egress proxy, and connects them.
@@ -150,16 +175,31 @@ fn start_sessions(
         instance_id: instance_id.to_string(),
     });
 
-    let storage = recorder::LocalDirStorage::open(&config.sessions.recordings_dir)
-        .with_context(|| format!("cannot open the recordings directory {}", config.sessions.recordings_dir.display()))?;
-    let keys = recorder::LocalKeyStore::open(&config.sessions.recording_keys_dir)
-        .with_context(|| format!("cannot open the recording key directory {}", config.sessions.recording_keys_dir.display()))?;
+    let storage =
+        recorder::LocalDirStorage::open(&config.sessions.recordings_dir).with_context(|| {
+            format!(
+                "cannot open the recordings directory {}",
+                config.sessions.recordings_dir.display()
+            )
+        })?;
+    let keys =
+        recorder::LocalKeyStore::open(&config.sessions.recording_keys_dir).with_context(|| {
+            format!(
+                "cannot open the recording key directory {}",
+                config.sessions.recording_keys_dir.display()
+            )
+        })?;
     let recording = crate::stream::RecordingSettings {
         storage: Arc::new(storage),
         keys: Arc::new(keys),
         config: recorder::RecorderConfig::default(),
     };
-    let hub = crate::stream::StreamHub::new(crate::stream::StreamSettings::default(), recording, audit.clone(), tasks.clone());
+    let hub = crate::stream::StreamHub::new(
+        crate::stream::StreamSettings::default(),
+        recording,
+        audit.clone(),
+        tasks.clone(),
+    );
 
     crate::lifecycle::connect(&sessions, &hub, &listeners, auth, tasks);
     sessions.spawn_tasks(tasks);
@@ -185,11 +225,16 @@ fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         ),
         _ => anyhow::anyhow!("server.listen: cannot listen on {addr}: {error}"),
     })?;
-    listener.set_nonblocking(true).context("cannot make the listener non-blocking")?;
+    listener
+        .set_nonblocking(true)
+        .context("cannot make the listener non-blocking")?;
     Ok(listener)
 }
 
-async fn tls_config(config: &Config, local_addr: SocketAddr) -> anyhow::Result<Option<RustlsConfig>> {
+async fn tls_config(
+    config: &Config,
+    local_addr: SocketAddr,
+) -> anyhow::Result<Option<RustlsConfig>> {
     // Only one provider is compiled in; installing it twice is harmless.
     drop(rustls::crypto::ring::default_provider().install_default());
 
@@ -210,7 +255,10 @@ async fn tls_config(config: &Config, local_addr: SocketAddr) -> anyhow::Result<O
             if let Some(host) = config.server.public_url.as_deref().and_then(url_host) {
                 names.push(host);
             }
-            let addresses: Vec<_> = [local_addr.ip()].into_iter().filter(|ip| !ip.is_unspecified()).collect();
+            let addresses: Vec<_> = [local_addr.ip()]
+                .into_iter()
+                .filter(|ip| !ip.is_unspecified())
+                .collect();
             let generated = http::tls::ensure_generated(&config.data_dir, &names, &addresses)?;
             tracing::warn!(
                 ca = %generated.ca_cert.display(),
@@ -228,7 +276,10 @@ async fn tls_config(config: &Config, local_addr: SocketAddr) -> anyhow::Result<O
 fn url_host(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority.rsplit_once('@').map(|(_, host)| host).unwrap_or(authority);
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, host)| host)
+        .unwrap_or(authority);
     let host = match host.strip_prefix('[') {
         Some(bracketed) => bracketed.split(']').next()?,
         None => host.split(':').next()?,
@@ -245,20 +296,35 @@ impl RunningBroker {
     /// period and closes the database.
     pub async fn shutdown(self) {
         tracing::info!("Broker stopping");
-        self.handle.graceful_shutdown(Some(self.config.shutdown.grace));
+        self.handle
+            .graceful_shutdown(Some(self.config.shutdown.grace));
         // Sessions end before the background tasks stop, while the launcher still
         // answers, so that their containers and networks are removed now.
-        match tokio::time::timeout(self.config.shutdown.grace, self.state.portal.sessions.end_all_on_shutdown()).await {
-            Ok(Ok(ended)) if !ended.is_empty() => tracing::info!(sessions = ended.len(), "Live sessions ended for shutdown"),
+        match tokio::time::timeout(
+            self.config.shutdown.grace,
+            self.state.portal.sessions.end_all_on_shutdown(),
+        )
+        .await
+        {
+            Ok(Ok(ended)) if !ended.is_empty() => {
+                tracing::info!(sessions = ended.len(), "Live sessions ended for shutdown")
+            }
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::error!(error = %error, "Cannot end every live session at shutdown; the next start reconciles them"),
-            Err(_) => tracing::error!("Ending live sessions at shutdown timed out; the next start reconciles them"),
+            Ok(Err(error)) => {
+                tracing::error!(error = %error, "Cannot end every live session at shutdown; the next start reconciles them")
+            }
+            Err(_) => tracing::error!(
+                "Ending live sessions at shutdown timed out; the next start reconciles them"
+            ),
         }
         let event = EventBuilder::new(Actor::System("broker"), Action::BrokerStopped)
             .detail("instance_id", self.instance_id.to_string())
             .build();
         if let Err(error) = self.state.audit.append(event).await {
-            tracing::error!(error = format!("{error:#}"), "Cannot record the broker stop in the audit trail");
+            tracing::error!(
+                error = format!("{error:#}"),
+                "Cannot record the broker stop in the audit trail"
+            );
         }
         let stuck = self.tasks.shutdown(self.config.shutdown.grace).await;
         if !stuck.is_empty() {
@@ -275,8 +341,14 @@ mod tests {
 
     #[test]
     fn url_host_handles_ports_and_brackets() {
-        assert_eq!(url_host("https://portal.bank.example:8443/x").as_deref(), Some("portal.bank.example"));
-        assert_eq!(url_host("https://[2001:db8::1]:8443").as_deref(), Some("2001:db8::1"));
+        assert_eq!(
+            url_host("https://portal.bank.example:8443/x").as_deref(),
+            Some("portal.bank.example")
+        );
+        assert_eq!(
+            url_host("https://[2001:db8::1]:8443").as_deref(),
+            Some("2001:db8::1")
+        );
         assert_eq!(url_host("https://"), None);
     }
 }

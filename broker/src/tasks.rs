@@ -35,8 +35,13 @@ impl TaskRegistry {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.running.lock().expect("task registry lock").insert(id, name);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.running
+            .lock()
+            .expect("task registry lock")
+            .insert(id, name);
         let running = self.running.clone();
         self.tracker.spawn(async move {
             task.await;
@@ -47,7 +52,12 @@ impl TaskRegistry {
 
     /// Names of the tasks still running.
     pub fn running(&self) -> Vec<&'static str> {
-        self.running.lock().expect("task registry lock").values().copied().collect()
+        self.running
+            .lock()
+            .expect("task registry lock")
+            .values()
+            .copied()
+            .collect()
     }
 
     /// Cancels every task and waits up to `grace`. Returns the names of the tasks that

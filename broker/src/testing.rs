@@ -44,7 +44,10 @@ pub fn with_database(url: &str, name: &str) -> String {
         None => (url, String::new()),
     };
     let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
     format!("{}/{name}{query}", &base[..path_start])
 }
 
@@ -53,34 +56,63 @@ impl TestDatabase {
     pub async fn new(backend: TestBackend) -> TestDatabase {
         let dir = tempfile::tempdir().expect("temporary directory");
         let (target, postgres) = match backend {
-            TestBackend::Sqlite => (DatabaseTarget::Sqlite { path: dir.path().join("test.db") }, None),
+            TestBackend::Sqlite => (
+                DatabaseTarget::Sqlite {
+                    path: dir.path().join("test.db"),
+                },
+                None,
+            ),
             TestBackend::Postgres => {
                 let admin = postgres_admin_url();
                 let name = format!("strongroom_test_{}", Uuid::new_v4().simple());
-                let mut connection = sqlx::PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL server");
+                let mut connection = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to the test PostgreSQL server");
                 sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .execute(&mut connection)
                     .await
                     .expect("create the test database");
                 connection.close().await.ok();
                 let url = with_database(&admin, &name);
-                (DatabaseTarget::Postgres { url, password: None }, Some((admin, name)))
+                (
+                    DatabaseTarget::Postgres {
+                        url,
+                        password: None,
+                    },
+                    Some((admin, name)),
+                )
             }
         };
-        let config = DatabaseConfig { target, max_connections: 8, connect_timeout: Duration::from_secs(10) };
-        let db = Database::connect(&config).await.expect("connect to the test database");
+        let config = DatabaseConfig {
+            target,
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(10),
+        };
+        let db = Database::connect(&config)
+            .await
+            .expect("connect to the test database");
         db.migrate().await.expect("migrate the test database");
-        TestDatabase { db, config, backend, dir, postgres }
+        TestDatabase {
+            db,
+            config,
+            backend,
+            dir,
+            postgres,
+        }
     }
 
     /// Opens a second, independent pool on the same database, as a second broker would.
     pub async fn second_pool(&self) -> Database {
-        Database::connect(&self.config).await.expect("connect a second pool")
+        Database::connect(&self.config)
+            .await
+            .expect("connect a second pool")
     }
 
     /// The PostgreSQL URL of this database, if it is one.
     pub fn postgres_url(&self) -> Option<String> {
-        self.postgres.as_ref().map(|(admin, name)| with_database(admin, name))
+        self.postgres
+            .as_ref()
+            .map(|(admin, name)| with_database(admin, name))
     }
 }
 
@@ -93,13 +125,19 @@ impl Drop for TestDatabase {
         // thread and runtime, and it does not wait for the pool: `WITH (FORCE)` ends the
         // pool's connections instead.
         let result = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async move {
-                let mut connection = sqlx::PgConnection::connect(&admin).await.map_err(std::io::Error::other)?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                    .execute(&mut connection)
+                let mut connection = sqlx::PgConnection::connect(&admin)
                     .await
                     .map_err(std::io::Error::other)?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut connection)
+                .await
+                .map_err(std::io::Error::other)?;
                 Ok::<(), std::io::Error>(())
             })
         })
@@ -120,13 +158,16 @@ macro_rules! both_backends {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let database = $crate::testing::TestDatabase::new($crate::testing::TestBackend::Sqlite).await;
+                let database =
+                    $crate::testing::TestDatabase::new($crate::testing::TestBackend::Sqlite).await;
                 ($body)(database).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                let database = $crate::testing::TestDatabase::new($crate::testing::TestBackend::Postgres).await;
+                let database =
+                    $crate::testing::TestDatabase::new($crate::testing::TestBackend::Postgres)
+                        .await;
                 ($body)(database).await;
             }
         }

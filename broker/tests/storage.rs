@@ -15,12 +15,15 @@ fn audit_log(db: &Database) -> AuditLog {
 
 async fn append_events(log: &AuditLog, count: usize) {
     for index in 0..count {
-        let event = EventBuilder::new(Actor::Person(format!("user-{index}")), Action::SignInSucceeded)
-            .target("portal")
-            .client(Some("192.0.2.7".parse().unwrap()))
-            .session(Uuid::new_v4())
-            .detail("method", "local")
-            .build();
+        let event = EventBuilder::new(
+            Actor::Person(format!("user-{index}")),
+            Action::SignInSucceeded,
+        )
+        .target("portal")
+        .client(Some("192.0.2.7".parse().unwrap()))
+        .session(Uuid::new_v4())
+        .detail("method", "local")
+        .build();
         log.append(event).await.expect("append audit event");
     }
 }
@@ -31,25 +34,43 @@ async fn tamper(database: &TestDatabase, statement: &str) {
     let pool = database.db.pool();
     match database.backend {
         TestBackend::Sqlite => {
-            sqlx::query("DROP TRIGGER IF EXISTS audit_events_no_update").execute(pool).await.unwrap();
-            sqlx::query("DROP TRIGGER IF EXISTS audit_events_no_delete").execute(pool).await.unwrap();
+            sqlx::query("DROP TRIGGER IF EXISTS audit_events_no_update")
+                .execute(pool)
+                .await
+                .unwrap();
+            sqlx::query("DROP TRIGGER IF EXISTS audit_events_no_delete")
+                .execute(pool)
+                .await
+                .unwrap();
         }
         TestBackend::Postgres => {
-            sqlx::query("ALTER TABLE audit_events DISABLE TRIGGER USER").execute(pool).await.unwrap();
+            sqlx::query("ALTER TABLE audit_events DISABLE TRIGGER USER")
+                .execute(pool)
+                .await
+                .unwrap();
         }
     }
-    sqlx::query(sqlx::AssertSqlSafe(statement.to_owned())).execute(pool).await.expect("tamper statement");
+    sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(pool)
+        .await
+        .expect("tamper statement");
 }
 
 both_backends!(migrations_are_idempotent, migrations_are_idempotent_body);
 async fn migrations_are_idempotent_body(database: TestDatabase) {
     database.db.migrate().await.expect("second migration run");
 
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events").fetch_one(database.db.pool()).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+        .fetch_one(database.db.pool())
+        .await
+        .unwrap();
     assert_eq!(count, 0);
 }
 
-both_backends!(concurrent_migrations_do_not_conflict, concurrent_migrations_body);
+both_backends!(
+    concurrent_migrations_do_not_conflict,
+    concurrent_migrations_body
+);
 async fn concurrent_migrations_body(database: TestDatabase) {
     // A fresh database on the same server or file, migrated by four brokers at once.
     let fresh = match database.backend {
@@ -62,10 +83,16 @@ async fn concurrent_migrations_body(database: TestDatabase) {
         }
         TestBackend::Postgres => {
             let name = format!("strongroom_test_{}", Uuid::new_v4().simple());
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(database.db.pool()).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(database.db.pool())
+                .await
+                .unwrap();
             let url = broker::testing::with_database(&database.postgres_url().unwrap(), &name);
             broker::config::DatabaseConfig {
-                target: broker::config::DatabaseTarget::Postgres { url, password: None },
+                target: broker::config::DatabaseTarget::Postgres {
+                    url,
+                    password: None,
+                },
                 ..database.config.clone()
             }
         }
@@ -79,15 +106,28 @@ async fn concurrent_migrations_body(database: TestDatabase) {
     for result in &results {
         assert!(result.is_ok(), "migration failed: {result:?}");
     }
-    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations").fetch_one(brokers[0].pool()).await.unwrap();
-    assert_eq!(applied as usize, std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite")).unwrap().count());
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(brokers[0].pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        applied as usize,
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite"))
+            .unwrap()
+            .count()
+    );
 
     for db in brokers {
         db.close().await;
     }
     if let broker::config::DatabaseTarget::Postgres { url, .. } = &fresh.target {
         let name = url.rsplit('/').next().unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))).execute(database.db.pool()).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(database.db.pool())
+        .await
+        .unwrap();
     }
 }
 
@@ -131,7 +171,11 @@ both_backends!(edited_audit_event_is_found, edited_body);
 async fn edited_body(database: TestDatabase) {
     append_events(&audit_log(&database.db), 4).await;
 
-    tamper(&database, "UPDATE audit_events SET outcome = 'denied' WHERE seq = 2").await;
+    tamper(
+        &database,
+        "UPDATE audit_events SET outcome = 'denied' WHERE seq = 2",
+    )
+    .await;
     let report = audit::verify(&database.db).await.unwrap();
 
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
@@ -146,9 +190,19 @@ async fn deleted_body(database: TestDatabase) {
     tamper(&database, "DELETE FROM audit_events WHERE seq = 3").await;
     let report = audit::verify(&database.db).await.unwrap();
 
-    let kinds: Vec<_> = report.problems.iter().map(|problem| (problem.seq, problem.kind)).collect();
-    assert!(kinds.contains(&(4, ChainProblemKind::SequenceGap)), "{kinds:?}");
-    assert!(kinds.contains(&(4, ChainProblemKind::BrokenLink)), "{kinds:?}");
+    let kinds: Vec<_> = report
+        .problems
+        .iter()
+        .map(|problem| (problem.seq, problem.kind))
+        .collect();
+    assert!(
+        kinds.contains(&(4, ChainProblemKind::SequenceGap)),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&(4, ChainProblemKind::BrokenLink)),
+        "{kinds:?}"
+    );
 }
 
 both_backends!(reordered_audit_events_are_found, reordered_body);
@@ -162,7 +216,12 @@ async fn reordered_body(database: TestDatabase) {
     let report = audit::verify(&database.db).await.unwrap();
 
     assert!(!report.is_intact());
-    assert!(report.problems.iter().any(|problem| problem.seq == 2 && problem.kind == ChainProblemKind::BrokenLink));
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|problem| problem.seq == 2 && problem.kind == ChainProblemKind::BrokenLink)
+    );
 }
 
 both_backends!(audit_events_reject_update_and_delete, append_only_body);
@@ -170,8 +229,12 @@ async fn append_only_body(database: TestDatabase) {
     append_events(&audit_log(&database.db), 2).await;
     let pool = database.db.pool();
 
-    let update = sqlx::query("UPDATE audit_events SET outcome = 'denied' WHERE seq = 1").execute(pool).await;
-    let delete = sqlx::query("DELETE FROM audit_events WHERE seq = 2").execute(pool).await;
+    let update = sqlx::query("UPDATE audit_events SET outcome = 'denied' WHERE seq = 1")
+        .execute(pool)
+        .await;
+    let delete = sqlx::query("DELETE FROM audit_events WHERE seq = 2")
+        .execute(pool)
+        .await;
 
     assert!(update.unwrap_err().to_string().contains("append-only"));
     assert!(delete.unwrap_err().to_string().contains("append-only"));
@@ -182,7 +245,10 @@ async fn append_only_body(database: TestDatabase) {
     assert!(audit::verify(&database.db).await.unwrap().is_intact());
 }
 
-both_backends!(concurrent_appends_from_two_brokers_keep_chain, concurrent_appends_body);
+both_backends!(
+    concurrent_appends_from_two_brokers_keep_chain,
+    concurrent_appends_body
+);
 async fn concurrent_appends_body(database: TestDatabase) {
     let first = audit_log(&database.db);
     let second = audit_log(&database.second_pool().await);
@@ -208,21 +274,63 @@ async fn postgres_application_role_cannot_change_events() {
     append_events(&audit_log(&database.db), 1).await;
     let role = format!("strongroom_app_{}", Uuid::new_v4().simple());
     let pool = database.db.pool();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE ROLE {role} LOGIN PASSWORD 'app'"))).execute(pool).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("GRANT SELECT, INSERT ON audit_events TO {role}"))).execute(pool).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'app'"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "GRANT SELECT, INSERT ON audit_events TO {role}"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
 
-    let url = database.postgres_url().unwrap().replacen("strongroom_test:strongroom_test", &format!("{role}:app"), 1);
+    let url = database.postgres_url().unwrap().replacen(
+        "strongroom_test:strongroom_test",
+        &format!("{role}:app"),
+        1,
+    );
     let app = sqlx::PgPool::connect(&url).await.unwrap();
-    let update = sqlx::query("UPDATE audit_events SET outcome = 'denied'").execute(&app).await;
+    let update = sqlx::query("UPDATE audit_events SET outcome = 'denied'")
+        .execute(&app)
+        .await;
     let delete = sqlx::query("DELETE FROM audit_events").execute(&app).await;
     let truncate = sqlx::query("TRUNCATE audit_events").execute(&app).await;
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events").fetch_one(&app).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+        .fetch_one(&app)
+        .await
+        .unwrap();
     app.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("REVOKE ALL ON audit_events FROM {role}"))).execute(pool).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}"))).execute(pool).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "REVOKE ALL ON audit_events FROM {role}"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
+        .execute(pool)
+        .await
+        .unwrap();
 
-    assert!(update.unwrap_err().to_string().contains("permission denied"));
-    assert!(delete.unwrap_err().to_string().contains("permission denied"));
-    assert!(truncate.unwrap_err().to_string().contains("permission denied"));
+    assert!(
+        update
+            .unwrap_err()
+            .to_string()
+            .contains("permission denied")
+    );
+    assert!(
+        delete
+            .unwrap_err()
+            .to_string()
+            .contains("permission denied")
+    );
+    assert!(
+        truncate
+            .unwrap_err()
+            .to_string()
+            .contains("permission denied")
+    );
     assert_eq!(count, 1);
 }

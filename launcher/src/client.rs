@@ -7,9 +7,8 @@ use tokio::net::UnixStream;
 use uuid::Uuid;
 
 use crate::protocol::{
-    HealthReport,
-    EndedSession, ErrorKind, FrameError, LaunchSession, LaunchedSession, ReconcileReport, Request,
-    Response, SessionInfo, read_frame, write_frame,
+    EndedSession, ErrorKind, FrameError, HealthReport, LaunchSession, LaunchedSession,
+    ReconcileReport, Request, Response, SessionInfo, read_frame, write_frame,
 };
 
 /// Maximum size of a response frame the client accepts, in bytes.

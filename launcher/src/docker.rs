@@ -42,8 +42,13 @@ const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 /// of the network name (15 characters, Linux's limit). The host firewall matches
 /// session bridges by the `srs-` prefix.
 pub fn bridge_name(network_name: &str) -> String {
-    let alphanumeric: Vec<char> = network_name.chars().filter(char::is_ascii_alphanumeric).collect();
-    let tail: String = alphanumeric[alphanumeric.len().saturating_sub(11)..].iter().collect();
+    let alphanumeric: Vec<char> = network_name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let tail: String = alphanumeric[alphanumeric.len().saturating_sub(11)..]
+        .iter()
+        .collect();
     format!("srs-{tail}")
 }
 
@@ -177,8 +182,15 @@ pub fn container_body(spec: &WorkspaceSpec) -> ContainerCreateBody {
         .map(|(path, size)| {
             // The home directory must belong to the workspace user, or Chromium
             // cannot create its cache there.
-            let owner = if path == crate::spec::WORKSPACE_HOME { ",uid=1000,gid=1000,mode=0700" } else { "" };
-            (path.clone(), format!("rw,nosuid,nodev,noexec,size={size}{owner}"))
+            let owner = if path == crate::spec::WORKSPACE_HOME {
+                ",uid=1000,gid=1000,mode=0700"
+            } else {
+                ""
+            };
+            (
+                path.clone(),
+                format!("rw,nosuid,nodev,noexec,size={size}{owner}"),
+            )
         })
         .collect();
 
@@ -509,7 +521,11 @@ impl Runtime for DockerRuntime {
     }
 
     async fn engine_version(&self) -> Result<String, RuntimeError> {
-        let version = self.docker.version().await.map_err(failed("read engine version"))?;
+        let version = self
+            .docker
+            .version()
+            .await
+            .map_err(failed("read engine version"))?;
         Ok(format!(
             "{} (API {})",
             version.version.unwrap_or_default(),

@@ -14,9 +14,8 @@ use uuid::Uuid;
 use crate::config::LauncherConfig;
 use crate::labels;
 use crate::protocol::{
-    HealthReport,
-    DeadSession, EndedSession, ErrorKind, LaunchSession, LaunchedSession, ReconcileReport,
-    SessionInfo, WorkloadState,
+    DeadSession, EndedSession, ErrorKind, HealthReport, LaunchSession, LaunchedSession,
+    ReconcileReport, SessionInfo, WorkloadState,
 };
 use crate::reconcile::{self, Action};
 use crate::runtime::{OwnedObjects, Runtime, RuntimeError};
@@ -195,7 +194,14 @@ impl Launcher {
         match self.inner.runtime.engine_version().await {
             Ok(version) => {
                 let image_present = self.inner.runtime.image_present(&image).await.ok();
-                HealthReport { engine_version: Some(version), engine_error: None, image, image_present, sessions, max_sessions }
+                HealthReport {
+                    engine_version: Some(version),
+                    engine_error: None,
+                    image,
+                    image_present,
+                    sessions,
+                    max_sessions,
+                }
             }
             Err(error) => HealthReport {
                 engine_version: None,

@@ -1020,11 +1020,21 @@ async fn subnet_taken_concurrently_is_skipped() {
 async fn health_reports_engine_and_image() {
     let mut instance = TestInstance::new().await;
     let present = instance.launcher().health().await;
-    let tag = format!("strongroom-launcher-test/absent:{}", Uuid::new_v4().simple());
+    let tag = format!(
+        "strongroom-launcher-test/absent:{}",
+        Uuid::new_v4().simple()
+    );
     instance.config.image = tag.clone();
     let absent = instance.launcher().health().await;
 
-    assert!(present.engine_version.as_deref().unwrap_or_default().contains("API"), "{present:?}");
+    assert!(
+        present
+            .engine_version
+            .as_deref()
+            .unwrap_or_default()
+            .contains("API"),
+        "{present:?}"
+    );
     assert_eq!(present.engine_error, None);
     assert_eq!(present.image_present, Some(true));
     assert_eq!(absent.image, tag);

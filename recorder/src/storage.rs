@@ -291,7 +291,9 @@ impl Storage for LocalDirStorage {
 
     fn check_writable(&self, min_free_bytes: u64) -> Result<(), StorageError> {
         // A name per check, so that concurrent checks do not remove each other's probe.
-        let probe = self.root.join(format!("{PROBE_NAME}-{}", Uuid::new_v4().simple()));
+        let probe = self
+            .root
+            .join(format!("{PROBE_NAME}-{}", Uuid::new_v4().simple()));
         write_durably(&self.root, &probe, b"strongroom write probe\n")?;
         fs::remove_file(&probe).map_err(|source| io_error("remove", &probe, source))?;
 

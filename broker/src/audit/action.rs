@@ -77,7 +77,11 @@ mod tests {
     fn names_are_unique_and_round_trip() {
         let mut seen = std::collections::HashSet::new();
         for action in Action::ALL {
-            assert!(seen.insert(action.as_str()), "duplicate name {}", action.as_str());
+            assert!(
+                seen.insert(action.as_str()),
+                "duplicate name {}",
+                action.as_str()
+            );
             assert_eq!(Action::from_name(action.as_str()), Some(*action));
         }
     }

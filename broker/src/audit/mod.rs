@@ -42,7 +42,14 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 const POSTGRES_APPEND_LOCK: i64 = 0x5352_4155_4449_5431;
 
 /// Substrings of detail keys that are refused because they name a secret.
-const SECRET_KEY_WORDS: &[&str] = &["password", "secret", "token", "totp", "credential_value", "private_key"];
+const SECRET_KEY_WORDS: &[&str] = &[
+    "password",
+    "secret",
+    "token",
+    "totp",
+    "credential_value",
+    "private_key",
+];
 
 /// Who caused an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +142,10 @@ impl EventBuilder {
     pub fn detail(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
         let lower = key.to_ascii_lowercase();
         if SECRET_KEY_WORDS.iter().any(|word| lower.contains(word)) {
-            tracing::error!(audit.detail_key = key, "Audit detail refused because its key names a secret");
+            tracing::error!(
+                audit.detail_key = key,
+                "Audit detail refused because its key names a secret"
+            );
             debug_assert!(false, "audit detail key {key} names a secret");
             return self;
         }
@@ -244,22 +254,37 @@ impl AuditLog {
     /// Appends one event and returns it as stored.
     #[tracing::instrument(skip_all, fields(audit.action = event.action.as_str()))]
     pub async fn append(&self, event: NewEvent) -> anyhow::Result<StoredEvent> {
-        let mut connection = self.db.pool().acquire().await.context("cannot get a database connection for the audit trail")?;
+        let mut connection = self
+            .db
+            .pool()
+            .acquire()
+            .await
+            .context("cannot get a database connection for the audit trail")?;
 
         let begin = match self.db.backend() {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
-        sqlx::query(begin).execute(&mut *connection).await.context("cannot start the audit transaction")?;
+        sqlx::query(begin)
+            .execute(&mut *connection)
+            .await
+            .context("cannot start the audit transaction")?;
 
         match self.append_locked(&mut connection, &event).await {
             Ok(stored) => {
-                sqlx::query("COMMIT").execute(&mut *connection).await.context("cannot commit the audit event")?;
+                sqlx::query("COMMIT")
+                    .execute(&mut *connection)
+                    .await
+                    .context("cannot commit the audit event")?;
                 metrics::counter!("strongroom_audit_events_total", "action" => event.action.as_str()).increment(1);
                 Ok(stored)
             }
             Err(error) => {
-                if sqlx::query("ROLLBACK").execute(&mut *connection).await.is_err() {
+                if sqlx::query("ROLLBACK")
+                    .execute(&mut *connection)
+                    .await
+                    .is_err()
+                {
                     // A connection in an unknown transaction state must not go back to the pool.
                     connection.close_on_drop();
                 }
@@ -268,7 +293,11 @@ impl AuditLog {
         }
     }
 
-    async fn append_locked(&self, connection: &mut PoolConnection<sqlx::Any>, event: &NewEvent) -> anyhow::Result<StoredEvent> {
+    async fn append_locked(
+        &self,
+        connection: &mut PoolConnection<sqlx::Any>,
+        event: &NewEvent,
+    ) -> anyhow::Result<StoredEvent> {
         if self.db.backend() == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(POSTGRES_APPEND_LOCK)
@@ -282,7 +311,10 @@ impl AuditLog {
             .await
             .context("cannot read the audit chain head")?;
         let (prev_seq, prev_hash) = match head {
-            Some(row) => (row.try_get::<i64, _>("seq")?, row.try_get::<String, _>("hash")?),
+            Some(row) => (
+                row.try_get::<i64, _>("seq")?,
+                row.try_get::<String, _>("hash")?,
+            ),
             None => (0, GENESIS_HASH.to_owned()),
         };
 
@@ -297,7 +329,8 @@ impl AuditLog {
             outcome: event.outcome.as_str().to_owned(),
             client_addr: event.client_addr.map(|addr| addr.to_string()),
             session_id: event.session_id.map(|id| id.to_string()),
-            details: serde_json::to_string(&event.details).context("cannot serialise audit details")?,
+            details: serde_json::to_string(&event.details)
+                .context("cannot serialise audit details")?,
             prev_hash,
             hash: String::new(),
         };
@@ -329,14 +362,19 @@ impl AuditLog {
 
     /// Reads events in chain order, `limit` at a time from `after_seq`.
     pub async fn list(&self, after_seq: i64, limit: i64) -> anyhow::Result<Vec<StoredEvent>> {
-        let query = format!("SELECT {SELECT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2");
+        let query = format!(
+            "SELECT {SELECT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        );
         let rows = sqlx::query(sqlx::AssertSqlSafe(query))
             .bind(after_seq)
             .bind(limit)
             .fetch_all(self.db.pool())
             .await
             .context("cannot read audit events")?;
-        rows.iter().map(StoredEvent::from_row).collect::<Result<_, _>>().context("cannot decode an audit event")
+        rows.iter()
+            .map(StoredEvent::from_row)
+            .collect::<Result<_, _>>()
+            .context("cannot decode an audit event")
     }
 }
 

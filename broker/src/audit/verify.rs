@@ -44,20 +44,32 @@ pub async fn verify(db: &Database) -> anyhow::Result<VerifyReport> {
     let query = format!("SELECT {SELECT_COLUMNS} FROM audit_events ORDER BY seq");
     let mut rows = sqlx::query(sqlx::AssertSqlSafe(query)).fetch(db.pool());
 
-    let mut report = VerifyReport { head_hash: GENESIS_HASH.to_owned(), ..VerifyReport::default() };
+    let mut report = VerifyReport {
+        head_hash: GENESIS_HASH.to_owned(),
+        ..VerifyReport::default()
+    };
     let mut expected_seq = 1;
 
     while let Some(row) = rows.try_next().await.context("cannot read audit events")? {
         let event = StoredEvent::from_row(&row).context("cannot decode an audit event")?;
 
         if event.seq != expected_seq {
-            report.problems.push(ChainProblem { seq: event.seq, kind: ChainProblemKind::SequenceGap });
+            report.problems.push(ChainProblem {
+                seq: event.seq,
+                kind: ChainProblemKind::SequenceGap,
+            });
         }
         if event.prev_hash != report.head_hash {
-            report.problems.push(ChainProblem { seq: event.seq, kind: ChainProblemKind::BrokenLink });
+            report.problems.push(ChainProblem {
+                seq: event.seq,
+                kind: ChainProblemKind::BrokenLink,
+            });
         }
         if event.compute_hash() != event.hash {
-            report.problems.push(ChainProblem { seq: event.seq, kind: ChainProblemKind::HashMismatch });
+            report.problems.push(ChainProblem {
+                seq: event.seq,
+                kind: ChainProblemKind::HashMismatch,
+            });
         }
 
         expected_seq = event.seq + 1;

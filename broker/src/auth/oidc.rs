@@ -231,7 +231,11 @@ impl OidcProvider {
 }
 
 fn sso_unavailable() -> Response {
-    pages::message(StatusCode::NOT_FOUND, "Single sign-on unavailable", "Single sign-on is not configured on this portal.")
+    pages::message(
+        StatusCode::NOT_FOUND,
+        "Single sign-on unavailable",
+        "Single sign-on is not configured on this portal.",
+    )
 }
 
 fn sha256_hex(text: &str) -> String {

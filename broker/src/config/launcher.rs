@@ -33,7 +33,8 @@ pub struct LauncherSettings {
 }
 
 /// The seccomp profile shipped with the workspace image recipe.
-pub const BUILTIN_SECCOMP_PROFILE: &str = include_str!("../../../workspace-images/seccomp/workspace.json");
+pub const BUILTIN_SECCOMP_PROFILE: &str =
+    include_str!("../../../workspace-images/seccomp/workspace.json");
 
 /// Validates `[launcher]`. `sessions_socket` is the socket the broker connects to,
 /// which the launcher must listen on.
@@ -47,7 +48,10 @@ pub fn validate_launcher(
         None => toml::Table::new(),
         Some(toml::Value::Table(table)) => table.clone(),
         Some(_) => {
-            problems.push(ConfigProblem { key: "launcher".into(), message: "must be a table, written [launcher]".into() });
+            problems.push(ConfigProblem {
+                key: "launcher".into(),
+                message: "must be a table, written [launcher]".into(),
+            });
             return None;
         }
     };
@@ -76,8 +80,16 @@ pub fn validate_launcher(
             for (key, value) in table {
                 let single = toml::Table::from_iter([(key.clone(), value)]);
                 if let Err(error) = LauncherConfig::deserialize(toml::Value::Table(single)) {
-                    let message = error.to_string().lines().next().unwrap_or_default().to_owned();
-                    problems.push(ConfigProblem { key: format!("launcher.{key}"), message });
+                    let message = error
+                        .to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    problems.push(ConfigProblem {
+                        key: format!("launcher.{key}"),
+                        message,
+                    });
                 }
             }
             return None;
@@ -107,9 +119,17 @@ pub fn validate_launcher(
     probe.instance_id = "validation".into();
     if let Err(errors) = probe.validate() {
         for error in errors {
-            problems.push(ConfigProblem { key: format!("launcher.{}", error.key), message: error.problem });
+            problems.push(ConfigProblem {
+                key: format!("launcher.{}", error.key),
+                message: error.problem,
+            });
         }
     }
 
-    Some(LauncherSettings { mode, config, builtin_seccomp: !seccomp_set, image_from_build: !image_set })
+    Some(LauncherSettings {
+        mode,
+        config,
+        builtin_seccomp: !seccomp_set,
+        image_from_build: !image_set,
+    })
 }

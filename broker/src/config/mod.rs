@@ -89,8 +89,13 @@ pub struct DatabaseConfig {
 
 #[derive(Debug, Clone)]
 pub enum DatabaseTarget {
-    Sqlite { path: PathBuf },
-    Postgres { url: String, password: Option<SecretRef> },
+    Sqlite {
+        path: PathBuf,
+    },
+    Postgres {
+        url: String,
+        password: Option<SecretRef>,
+    },
 }
 
 impl DatabaseTarget {
@@ -149,7 +154,11 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.problems.len();
         let noun = if count == 1 { "problem" } else { "problems" };
-        write!(f, "invalid configuration ({}): {count} {noun}", self.source_name)?;
+        write!(
+            f,
+            "invalid configuration ({}): {count} {noun}",
+            self.source_name
+        )?;
         for problem in &self.problems {
             write!(f, "\n  - {problem}")?;
         }
@@ -161,7 +170,10 @@ impl ConfigError {
     fn single(source_name: &str, key: &str, message: String) -> Self {
         ConfigError {
             source_name: source_name.to_owned(),
-            problems: vec![ConfigProblem { key: key.to_owned(), message }],
+            problems: vec![ConfigProblem {
+                key: key.to_owned(),
+                message,
+            }],
         }
     }
 }
@@ -189,7 +201,10 @@ pub fn load(
     let raw = raw::RawConfig::from_table(tree, &mut problems);
     match validate(raw, &mut problems) {
         Some(config) if problems.is_empty() => Ok(config),
-        _ => Err(ConfigError { source_name, problems }),
+        _ => Err(ConfigError {
+            source_name,
+            problems,
+        }),
     }
 }
 
@@ -209,7 +224,11 @@ fn read_file(path: &Path, source_name: &str) -> Result<toml::Table, ConfigError>
             .map(|span| line_column(&text, span.start))
             .map(|(line, column)| format!(" at line {line}, column {column}"))
             .unwrap_or_default();
-        ConfigError::single(source_name, "(file)", format!("malformed TOML{position}: {message}"))
+        ConfigError::single(
+            source_name,
+            "(file)",
+            format!("malformed TOML{position}: {message}"),
+        )
     })
 }
 
@@ -229,7 +248,9 @@ fn apply_env_overrides(
     let mut overrides: Vec<(String, String)> = env
         .into_iter()
         .filter(|(name, _)| {
-            name.starts_with(ENV_PREFIX) && !name.starts_with(TEST_ENV_PREFIX) && !NON_KEY_ENV.contains(&name.as_str())
+            name.starts_with(ENV_PREFIX)
+                && !name.starts_with(TEST_ENV_PREFIX)
+                && !NON_KEY_ENV.contains(&name.as_str())
         })
         .collect();
     overrides.sort();
@@ -248,7 +269,10 @@ fn apply_env_overrides(
         }
         let value = parse_env_value(&value);
         if let Err(message) = insert_path(tree, &path, value) {
-            problems.push(ConfigProblem { key: format!("{} (from {name})", path.join(".")), message });
+            problems.push(ConfigProblem {
+                key: format!("{} (from {name})", path.join(".")),
+                message,
+            });
         }
     }
 }
@@ -256,7 +280,9 @@ fn apply_env_overrides(
 fn parse_env_value(text: &str) -> toml::Value {
     let document = format!("v = {text}");
     match document.parse::<toml::Table>() {
-        Ok(mut table) => table.remove("v").unwrap_or_else(|| toml::Value::String(text.to_owned())),
+        Ok(mut table) => table
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(text.to_owned())),
         Err(_) => toml::Value::String(text.to_owned()),
     }
 }
@@ -270,7 +296,11 @@ fn insert_path(tree: &mut toml::Table, path: &[String], value: toml::Value) -> R
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         table = match entry {
             toml::Value::Table(inner) => inner,
-            _ => return Err(format!("`{segment}` is not a table in the file, so it cannot hold a nested key")),
+            _ => {
+                return Err(format!(
+                    "`{segment}` is not a table in the file, so it cannot hold a nested key"
+                ));
+            }
         };
     }
     table.insert(last.clone(), value);

@@ -23,7 +23,10 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
         let value = toml::Value::deserialize(deserializer)?;
         match T::deserialize(value.clone()) {
             Ok(valid) => Ok(Lenient::Valid(valid)),
-            Err(error) => Ok(Lenient::Invalid { found: describe(&value), error: error.to_string() }),
+            Err(error) => Ok(Lenient::Invalid {
+                found: describe(&value),
+                error: error.to_string(),
+            }),
         }
     }
 }
@@ -132,7 +135,9 @@ impl RawConfig {
     pub fn from_table(tree: toml::Table, problems: &mut Vec<ConfigProblem>) -> RawConfig {
         let mut unknown = Vec::new();
         let result: Result<RawConfig, _> =
-            serde_ignored::deserialize(toml::Value::Table(tree), |path| unknown.push(path.to_string()));
+            serde_ignored::deserialize(toml::Value::Table(tree), |path| {
+                unknown.push(path.to_string())
+            });
 
         for key in unknown {
             problems.push(ConfigProblem {

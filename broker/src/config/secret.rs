@@ -67,8 +67,11 @@ impl SecretRef {
                 .map(SecretString::from)
                 .map_err(|_| SecretRefError::EnvMissing(name.clone())),
             SecretRef::File(path) => {
-                let mut text = std::fs::read_to_string(path)
-                    .map_err(|error| SecretRefError::File { path: path.clone(), error: error.to_string() })?;
+                let mut text =
+                    std::fs::read_to_string(path).map_err(|error| SecretRefError::File {
+                        path: path.clone(),
+                        error: error.to_string(),
+                    })?;
                 if text.ends_with('\n') {
                     text.pop();
                 }

@@ -90,7 +90,8 @@ impl SessionsConfig {
             reconcile_interval: Duration::from_secs(DEFAULT_RECONCILE_INTERVAL_SECONDS),
             // The socket path is resolved against the working directory now, so that the
             // broker and its launcher agree on it whatever directory each one runs in.
-            launcher_socket: std::path::absolute(data_dir.join("launcher.sock")).unwrap_or_else(|_| data_dir.join("launcher.sock")),
+            launcher_socket: std::path::absolute(data_dir.join("launcher.sock"))
+                .unwrap_or_else(|_| data_dir.join("launcher.sock")),
             egress_proxy_port: DEFAULT_EGRESS_PROXY_PORT,
             recordings_dir: data_dir.join("recordings"),
             recording_keys_dir: data_dir.join("recording-keys"),

@@ -5,12 +5,18 @@ use super::*;
 fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(text.as_bytes()).unwrap();
-    let env = env.iter().map(|(name, value)| (name.to_string(), value.to_string()));
+    let env = env
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()));
     load(Some(file.path()), env)
 }
 
 fn keys(error: &ConfigError) -> Vec<&str> {
-    error.problems.iter().map(|problem| problem.key.as_str()).collect()
+    error
+        .problems
+        .iter()
+        .map(|problem| problem.key.as_str())
+        .collect()
 }
 
 #[test]
@@ -20,7 +26,9 @@ fn zero_configuration_uses_embedded_defaults() {
     assert_eq!(config.data_dir, PathBuf::from("data"));
     assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(config.server.tls, TlsMode::PlainLoopback);
-    assert!(matches!(config.database.target, DatabaseTarget::Sqlite { ref path } if path == Path::new("data/strongroom.db")));
+    assert!(
+        matches!(config.database.target, DatabaseTarget::Sqlite { ref path } if path == Path::new("data/strongroom.db"))
+    );
 }
 
 #[test]
@@ -73,7 +81,11 @@ fn wrong_type_names_found_value() {
     let error = load_text("[shutdown]\ngrace_seconds = \"ten\"\n", &[]).unwrap_err();
 
     assert_eq!(keys(&error), vec!["shutdown.grace_seconds"]);
-    assert!(error.problems[0].message.contains("the string \"ten\""), "{}", error.problems[0].message);
+    assert!(
+        error.problems[0].message.contains("the string \"ten\""),
+        "{}",
+        error.problems[0].message
+    );
 }
 
 #[test]
@@ -81,7 +93,11 @@ fn malformed_file_reports_line() {
     let error = load_text("[server\nlisten = 1\n", &[]).unwrap_err();
 
     assert_eq!(keys(&error), vec!["(file)"]);
-    assert!(error.problems[0].message.contains("line 1"), "{}", error.problems[0].message);
+    assert!(
+        error.problems[0].message.contains("line 1"),
+        "{}",
+        error.problems[0].message
+    );
 }
 
 #[test]
@@ -93,7 +109,14 @@ fn missing_file_is_reported() {
 
 #[test]
 fn env_override_sets_nested_key() {
-    let config = load_text("", &[("STRONGROOM_SERVER__LISTEN", "127.0.0.2:9000"), ("STRONGROOM_SHUTDOWN__GRACE_SECONDS", "3")]).unwrap();
+    let config = load_text(
+        "",
+        &[
+            ("STRONGROOM_SERVER__LISTEN", "127.0.0.2:9000"),
+            ("STRONGROOM_SHUTDOWN__GRACE_SECONDS", "3"),
+        ],
+    )
+    .unwrap();
 
     assert_eq!(config.server.listen, "127.0.0.2:9000".parse().unwrap());
     assert_eq!(config.shutdown.grace, Duration::from_secs(3));
@@ -101,7 +124,11 @@ fn env_override_sets_nested_key() {
 
 #[test]
 fn env_override_wins_over_file() {
-    let config = load_text("[server]\nlisten = \"127.0.0.1:1000\"\n", &[("STRONGROOM_SERVER__LISTEN", "127.0.0.1:2000")]).unwrap();
+    let config = load_text(
+        "[server]\nlisten = \"127.0.0.1:1000\"\n",
+        &[("STRONGROOM_SERVER__LISTEN", "127.0.0.1:2000")],
+    )
+    .unwrap();
 
     assert_eq!(config.server.listen.port(), 2000);
 }
@@ -117,7 +144,11 @@ fn unknown_env_override_is_reported() {
 fn config_env_variable_is_not_a_key() {
     let config = load_text(
         "",
-        &[("STRONGROOM_CONFIG", "/somewhere"), ("STRONGROOM_LOG", "debug"), ("STRONGROOM_TEST_POSTGRES_URL", "postgres://x")],
+        &[
+            ("STRONGROOM_CONFIG", "/somewhere"),
+            ("STRONGROOM_LOG", "debug"),
+            ("STRONGROOM_TEST_POSTGRES_URL", "postgres://x"),
+        ],
     );
 
     assert!(config.is_ok());
@@ -125,7 +156,11 @@ fn config_env_variable_is_not_a_key() {
 
 #[test]
 fn inline_database_password_is_rejected_without_echo() {
-    let error = load_text("[database]\nurl = \"postgres://app:hunter2@db/strongroom\"\n", &[]).unwrap_err();
+    let error = load_text(
+        "[database]\nurl = \"postgres://app:hunter2@db/strongroom\"\n",
+        &[],
+    )
+    .unwrap_err();
 
     assert_eq!(keys(&error), vec!["database.url"]);
     assert!(!error.to_string().contains("hunter2"));
@@ -133,7 +168,11 @@ fn inline_database_password_is_rejected_without_echo() {
 
 #[test]
 fn inline_secret_value_is_rejected_without_echo() {
-    let error = load_text("[database]\nurl = \"postgres://app@db/strongroom\"\npassword = \"hunter2\"\n", &[]).unwrap_err();
+    let error = load_text(
+        "[database]\nurl = \"postgres://app@db/strongroom\"\npassword = \"hunter2\"\n",
+        &[],
+    )
+    .unwrap_err();
 
     assert_eq!(keys(&error), vec!["database.password"]);
     assert!(!error.to_string().contains("hunter2"));
@@ -141,10 +180,16 @@ fn inline_secret_value_is_rejected_without_echo() {
 
 #[test]
 fn secret_reference_is_accepted() {
-    let config = load_text("[database]\nurl = \"postgres://app@db/strongroom\"\npassword = \"env:PGPASSWORD\"\n", &[]).unwrap();
+    let config = load_text(
+        "[database]\nurl = \"postgres://app@db/strongroom\"\npassword = \"env:PGPASSWORD\"\n",
+        &[],
+    )
+    .unwrap();
 
     match config.database.target {
-        DatabaseTarget::Postgres { password, .. } => assert_eq!(password, Some(SecretRef::Env("PGPASSWORD".into()))),
+        DatabaseTarget::Postgres { password, .. } => {
+            assert_eq!(password, Some(SecretRef::Env("PGPASSWORD".into())))
+        }
         other => panic!("unexpected target {other:?}"),
     }
 }
@@ -183,7 +228,11 @@ fn every_bad_launcher_key_is_named() {
     let error = load_text(text, &[]).unwrap_err();
     let keys = keys(&error);
 
-    for expected in ["launcher.max_sessions", "launcher.docker_timeout_secs", "launcher.bogus"] {
+    for expected in [
+        "launcher.max_sessions",
+        "launcher.docker_timeout_secs",
+        "launcher.bogus",
+    ] {
         assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
     }
 }

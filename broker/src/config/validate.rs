@@ -30,51 +30,96 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Con
     let shutdown = validate_shutdown(&raw, problems);
     let auth = super::auth::validate_auth(&raw.auth, problems);
     let sessions = super::sessions::validate_sessions(&raw.sessions, &data_dir, problems);
-    let sessions_socket = sessions.as_ref().map(|sessions| sessions.launcher_socket.as_path());
-    let launcher = super::launcher::validate_launcher(raw.launcher.as_ref(), &data_dir, sessions_socket, problems);
+    let sessions_socket = sessions
+        .as_ref()
+        .map(|sessions| sessions.launcher_socket.as_path());
+    let launcher = super::launcher::validate_launcher(
+        raw.launcher.as_ref(),
+        &data_dir,
+        sessions_socket,
+        problems,
+    );
     let secrets = super::secrets::validate_secrets(&raw.secrets, problems);
 
-    Some(Config { data_dir, server: server?, database: database?, log: log?, shutdown: shutdown?, auth: auth?, sessions: sessions?, launcher: launcher?, secrets: secrets? })
+    Some(Config {
+        data_dir,
+        server: server?,
+        database: database?,
+        log: log?,
+        shutdown: shutdown?,
+        auth: auth?,
+        sessions: sessions?,
+        launcher: launcher?,
+        secrets: secrets?,
+    })
 }
 
 fn problem(problems: &mut Vec<ConfigProblem>, key: &str, message: impl Into<String>) {
-    problems.push(ConfigProblem { key: key.to_owned(), message: message.into() });
+    problems.push(ConfigProblem {
+        key: key.to_owned(),
+        message: message.into(),
+    });
 }
 
 fn validate_server(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<ServerConfig> {
     let server = &raw.server;
-    let listen_text = take(&server.listen, "server.listen", "a socket address such as \"127.0.0.1:8080\"", problems)
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen_text = take(
+        &server.listen,
+        "server.listen",
+        "a socket address such as \"127.0.0.1:8080\"",
+        problems,
+    )
+    .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let listen = match listen_text.parse::<SocketAddr>() {
         Ok(listen) => Some(listen),
         Err(_) => {
             problem(
                 problems,
                 "server.listen",
-                format!("invalid socket address {listen_text:?}; write an IP address and port such as \"127.0.0.1:8080\" or \"[::]:8443\""),
+                format!(
+                    "invalid socket address {listen_text:?}; write an IP address and port such as \"127.0.0.1:8080\" or \"[::]:8443\""
+                ),
             );
             None
         }
     };
 
-    let public_url = take(&server.public_url, "server.public_url", "a URL string", problems);
+    let public_url = take(
+        &server.public_url,
+        "server.public_url",
+        "a URL string",
+        problems,
+    );
     if let Some(url) = &public_url {
         let valid = (url.starts_with("https://") || url.starts_with("http://"))
             && !url.trim_end_matches('/').ends_with("://");
         if !valid {
-            problem(problems, "server.public_url", format!("invalid URL {url:?}; write the address people open, such as \"https://strongroom.bank.example\""));
+            problem(
+                problems,
+                "server.public_url",
+                format!(
+                    "invalid URL {url:?}; write the address people open, such as \"https://strongroom.bank.example\""
+                ),
+            );
         }
     }
 
     let mut trusted_proxies = Vec::new();
-    let proxies = take(&server.trusted_proxies, "server.trusted_proxies", "an array of addresses or CIDR ranges", problems);
+    let proxies = take(
+        &server.trusted_proxies,
+        "server.trusted_proxies",
+        "an array of addresses or CIDR ranges",
+        problems,
+    );
     for entry in proxies.unwrap_or_default() {
         match parse_net(&entry) {
             Some(net) => trusted_proxies.push(net),
             None => problem(
                 problems,
                 "server.trusted_proxies",
-                format!("invalid address or range {entry:?}; write \"10.0.0.5\" or \"10.0.0.0/24\""),
+                format!(
+                    "invalid address or range {entry:?}; write \"10.0.0.5\" or \"10.0.0.0/24\""
+                ),
             ),
         }
     }
@@ -84,18 +129,31 @@ fn validate_server(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option
     let tls = match (cert, key, listen) {
         (Some(cert), Some(key), _) => Some(TlsMode::Files { cert, key }),
         (Some(_), None, _) => {
-            problem(problems, "server.tls_key", "missing; server.tls_cert is set, so set the private key file too");
+            problem(
+                problems,
+                "server.tls_key",
+                "missing; server.tls_cert is set, so set the private key file too",
+            );
             None
         }
         (None, Some(_), _) => {
-            problem(problems, "server.tls_cert", "missing; server.tls_key is set, so set the certificate file too");
+            problem(
+                problems,
+                "server.tls_cert",
+                "missing; server.tls_key is set, so set the certificate file too",
+            );
             None
         }
         (None, None, Some(listen)) if listen.ip().is_loopback() => Some(TlsMode::PlainLoopback),
         (None, None, _) => Some(TlsMode::Generated),
     };
 
-    Some(ServerConfig { listen: listen?, public_url, trusted_proxies, tls: tls? })
+    Some(ServerConfig {
+        listen: listen?,
+        public_url,
+        trusted_proxies,
+        tls: tls?,
+    })
 }
 
 fn parse_net(text: &str) -> Option<IpNet> {
@@ -110,8 +168,18 @@ fn validate_database(
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<DatabaseConfig> {
     let database = &raw.database;
-    let url = take(&database.url, "database.url", "a database URL string", problems);
-    let password_text = take(&database.password, "database.password", "a secret reference string", problems);
+    let url = take(
+        &database.url,
+        "database.url",
+        "a database URL string",
+        problems,
+    );
+    let password_text = take(
+        &database.password,
+        "database.password",
+        "a secret reference string",
+        problems,
+    );
     let password = match password_text.as_deref().map(SecretRef::parse) {
         None => None,
         Some(Ok(reference)) => Some(reference),
@@ -122,19 +190,35 @@ fn validate_database(
     };
 
     let target = match url {
-        None => Some(DatabaseTarget::Sqlite { path: data_dir.join("strongroom.db") }),
+        None => Some(DatabaseTarget::Sqlite {
+            path: data_dir.join("strongroom.db"),
+        }),
         Some(url) => parse_database_url(&url, password, problems),
     };
 
-    let max_connections = take(&database.max_connections, "database.max_connections", "a positive integer", problems)
-        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    let max_connections = take(
+        &database.max_connections,
+        "database.max_connections",
+        "a positive integer",
+        problems,
+    )
+    .unwrap_or(DEFAULT_MAX_CONNECTIONS);
     if max_connections == 0 {
         problem(problems, "database.max_connections", "must be at least 1");
     }
-    let timeout = take(&database.connect_timeout_seconds, "database.connect_timeout_seconds", "a whole number of seconds", problems)
-        .unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECONDS);
+    let timeout = take(
+        &database.connect_timeout_seconds,
+        "database.connect_timeout_seconds",
+        "a whole number of seconds",
+        problems,
+    )
+    .unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECONDS);
     if timeout == 0 {
-        problem(problems, "database.connect_timeout_seconds", "must be at least 1");
+        problem(
+            problems,
+            "database.connect_timeout_seconds",
+            "must be at least 1",
+        );
     }
 
     Some(DatabaseConfig {
@@ -149,15 +233,28 @@ fn parse_database_url(
     password: Option<SecretRef>,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<DatabaseTarget> {
-    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
         if path.is_empty() {
-            problem(problems, "database.url", "the SQLite URL has no path; write \"sqlite:///var/lib/strongroom/strongroom.db\"");
+            problem(
+                problems,
+                "database.url",
+                "the SQLite URL has no path; write \"sqlite:///var/lib/strongroom/strongroom.db\"",
+            );
             return None;
         }
         if password.is_some() {
-            problem(problems, "database.password", "SQLite takes no password; remove this key");
+            problem(
+                problems,
+                "database.password",
+                "SQLite takes no password; remove this key",
+            );
         }
-        return Some(DatabaseTarget::Sqlite { path: PathBuf::from(path) });
+        return Some(DatabaseTarget::Sqlite {
+            path: PathBuf::from(path),
+        });
     }
 
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -170,14 +267,19 @@ fn parse_database_url(
             );
             return None;
         }
-        return Some(DatabaseTarget::Postgres { url: url.to_owned(), password });
+        return Some(DatabaseTarget::Postgres {
+            url: url.to_owned(),
+            password,
+        });
     }
 
     let scheme = url.split(':').next().unwrap_or_default();
     problem(
         problems,
         "database.url",
-        format!("unsupported database scheme {scheme:?}; use \"postgres://user@host/db\" or \"sqlite://PATH\", or remove the key for the embedded SQLite database"),
+        format!(
+            "unsupported database scheme {scheme:?}; use \"postgres://user@host/db\" or \"sqlite://PATH\", or remove the key for the embedded SQLite database"
+        ),
     );
     None
 }
@@ -193,32 +295,66 @@ fn url_has_password(url: &str) -> bool {
 }
 
 fn validate_log(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<LogConfig> {
-    let level = take(&raw.log.level, "log.level", "a filter directive string such as \"info\"", problems)
-        .unwrap_or_else(|| "info".to_owned());
+    let level = take(
+        &raw.log.level,
+        "log.level",
+        "a filter directive string such as \"info\"",
+        problems,
+    )
+    .unwrap_or_else(|| "info".to_owned());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        problem(problems, "log.level", format!("invalid filter directive {level:?}; use a level such as \"info\" or \"broker=debug,info\""));
+        problem(
+            problems,
+            "log.level",
+            format!(
+                "invalid filter directive {level:?}; use a level such as \"info\" or \"broker=debug,info\""
+            ),
+        );
     }
 
-    let format_text = take(&raw.log.format, "log.format", "one of \"auto\", \"human\", \"json\"", problems);
+    let format_text = take(
+        &raw.log.format,
+        "log.format",
+        "one of \"auto\", \"human\", \"json\"",
+        problems,
+    );
     let format = match format_text.as_deref() {
         None | Some("auto") => Some(LogFormat::Auto),
         Some("human") => Some(LogFormat::Human),
         Some("json") => Some(LogFormat::Json),
         Some(other) => {
-            problem(problems, "log.format", format!("unknown format {other:?}; use \"auto\", \"human\" or \"json\""));
+            problem(
+                problems,
+                "log.format",
+                format!("unknown format {other:?}; use \"auto\", \"human\" or \"json\""),
+            );
             None
         }
     };
 
-    Some(LogConfig { level, format: format? })
+    Some(LogConfig {
+        level,
+        format: format?,
+    })
 }
 
 fn validate_shutdown(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<ShutdownConfig> {
-    let grace = take(&raw.shutdown.grace_seconds, "shutdown.grace_seconds", "a whole number of seconds", problems)
-        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    let grace = take(
+        &raw.shutdown.grace_seconds,
+        "shutdown.grace_seconds",
+        "a whole number of seconds",
+        problems,
+    )
+    .unwrap_or(DEFAULT_GRACE_SECONDS);
     if grace == 0 || grace > 600 {
-        problem(problems, "shutdown.grace_seconds", format!("{grace} is out of range; use 1 to 600 seconds"));
+        problem(
+            problems,
+            "shutdown.grace_seconds",
+            format!("{grace} is out of range; use 1 to 600 seconds"),
+        );
         return None;
     }
-    Some(ShutdownConfig { grace: Duration::from_secs(grace) })
+    Some(ShutdownConfig {
+        grace: Duration::from_secs(grace),
+    })
 }

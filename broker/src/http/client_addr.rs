@@ -24,7 +24,10 @@ impl TrustedProxies {
         if !self.contains(peer) {
             return peer;
         }
-        let hops = forwarded_for.iter().flat_map(|value| value.split(',')).map(str::trim);
+        let hops = forwarded_for
+            .iter()
+            .flat_map(|value| value.split(','))
+            .map(str::trim);
         let mut client = peer;
         for hop in hops.collect::<Vec<_>>().into_iter().rev() {
             match hop.parse::<IpAddr>() {
@@ -64,7 +67,9 @@ where
             .iter()
             .filter_map(|value| value.to_str().ok())
             .collect();
-        Ok(ClientAddr(TrustedProxies::from_ref(state).resolve(peer, &values)))
+        Ok(ClientAddr(
+            TrustedProxies::from_ref(state).resolve(peer, &values),
+        ))
     }
 }
 
@@ -73,7 +78,9 @@ mod tests {
     use super::*;
 
     fn proxies(nets: &[&str]) -> TrustedProxies {
-        TrustedProxies(std::sync::Arc::new(nets.iter().map(|net| net.parse().unwrap()).collect()))
+        TrustedProxies(std::sync::Arc::new(
+            nets.iter().map(|net| net.parse().unwrap()).collect(),
+        ))
     }
 
     fn ip(text: &str) -> IpAddr {
@@ -96,7 +103,8 @@ mod tests {
 
     #[test]
     fn spoofed_leftmost_entry_is_not_believed() {
-        let resolved = proxies(&["10.0.0.0/8"]).resolve(ip("10.0.0.2"), &["1.2.3.4, 198.51.100.1, 10.0.0.3"]);
+        let resolved =
+            proxies(&["10.0.0.0/8"]).resolve(ip("10.0.0.2"), &["1.2.3.4, 198.51.100.1, 10.0.0.3"]);
 
         assert_eq!(resolved, ip("198.51.100.1"));
     }

@@ -43,7 +43,11 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let checks = run_checks(&state.readiness).await;
     let ready = checks.iter().all(|check| check.ok);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(ReadyBody { ready, checks }))
 }
 
@@ -54,9 +58,17 @@ async fn run_checks(checks: &[Arc<dyn ReadinessCheck>]) -> Vec<CheckResult> {
             Err(_) => Err(format!("timed out after {} s", CHECK_TIMEOUT.as_secs())),
         };
         if let Err(error) = &outcome {
-            tracing::warn!(check = check.name(), error = error.as_str(), "Readiness check failed");
+            tracing::warn!(
+                check = check.name(),
+                error = error.as_str(),
+                "Readiness check failed"
+            );
         }
-        CheckResult { name: check.name(), ok: outcome.is_ok(), error: outcome.err() }
+        CheckResult {
+            name: check.name(),
+            ok: outcome.is_ok(),
+            error: outcome.err(),
+        }
     });
     join_all(futures).await
 }

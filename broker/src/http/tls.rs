@@ -11,7 +11,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 
 /// Paths of the generated material.
 #[derive(Debug, Clone)]
@@ -24,7 +26,11 @@ pub struct GeneratedTls {
 }
 
 /// Returns the generated certificate and key, creating them when missing.
-pub fn ensure_generated(data_dir: &Path, names: &[String], addresses: &[IpAddr]) -> anyhow::Result<GeneratedTls> {
+pub fn ensure_generated(
+    data_dir: &Path,
+    names: &[String],
+    addresses: &[IpAddr],
+) -> anyhow::Result<GeneratedTls> {
     let dir = data_dir.join("tls");
     let paths = GeneratedTls {
         ca_cert: dir.join("ca.pem"),
@@ -39,27 +45,46 @@ pub fn ensure_generated(data_dir: &Path, names: &[String], addresses: &[IpAddr])
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
     let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).context("invalid CA parameters")?;
-    ca_params.distinguished_name.push(DnType::CommonName, "Strongroom local CA");
+    let mut ca_params =
+        CertificateParams::new(Vec::<String>::new()).context("invalid CA parameters")?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Strongroom local CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).context("cannot sign the CA certificate")?;
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .context("cannot sign the CA certificate")?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     let server_key = KeyPair::generate().context("cannot generate the server key")?;
-    let mut server_params = CertificateParams::new(names.to_vec()).context("invalid server certificate names")?;
-    server_params.distinguished_name.push(DnType::CommonName, "Strongroom portal");
+    let mut server_params =
+        CertificateParams::new(names.to_vec()).context("invalid server certificate names")?;
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "Strongroom portal");
     for address in addresses {
-        server_params.subject_alt_names.push(SanType::IpAddress(*address));
+        server_params
+            .subject_alt_names
+            .push(SanType::IpAddress(*address));
     }
-    let server_cert = server_params.signed_by(&server_key, &issuer).context("cannot sign the server certificate")?;
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .context("cannot sign the server certificate")?;
 
     write_private(&paths.key, server_key.serialize_pem().as_bytes())?;
-    std::fs::write(&paths.cert, format!("{}{}", server_cert.pem(), ca_cert.pem()))
-        .with_context(|| format!("cannot write {}", paths.cert.display()))?;
-    std::fs::write(&paths.ca_cert, ca_cert.pem()).with_context(|| format!("cannot write {}", paths.ca_cert.display()))?;
+    std::fs::write(
+        &paths.cert,
+        format!("{}{}", server_cert.pem(), ca_cert.pem()),
+    )
+    .with_context(|| format!("cannot write {}", paths.cert.display()))?;
+    std::fs::write(&paths.ca_cert, ca_cert.pem())
+        .with_context(|| format!("cannot write {}", paths.ca_cert.display()))?;
 
-    Ok(GeneratedTls { created: true, ..paths })
+    Ok(GeneratedTls {
+        created: true,
+        ..paths
+    })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -71,7 +96,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))
+    file.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]
@@ -92,6 +118,9 @@ mod tests {
         assert!(!second.created);
         assert_eq!(std::fs::read(&second.cert).unwrap(), cert);
         let mode = std::fs::metadata(&first.key).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
     }
 }

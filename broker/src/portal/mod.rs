@@ -6,12 +6,12 @@ mod pages;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
+use axum::Form;
 use axum::Router;
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::Form;
 use futures::FutureExt;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -45,11 +45,16 @@ pub fn routes() -> Router<AppState> {
         .route("/assets/viewer.js", get(viewer_script))
 }
 
-async fn home(State(state): State<AppState>, CurrentSession { principal, .. }: CurrentSession) -> Result<Response, ApiError> {
+async fn home(
+    State(state): State<AppState>,
+    CurrentSession { principal, .. }: CurrentSession,
+) -> Result<Response, ApiError> {
     let sites = crate::sites::list(&state.db).await?;
     let mut openable = Vec::new();
     for site in sites.into_iter().filter(|site| site.enabled) {
-        if principal.has(crate::auth::Role::Admin) || crate::sites::is_granted(&state.db, &principal.user_id, &site.name).await? {
+        if principal.has(crate::auth::Role::Admin)
+            || crate::sites::is_granted(&state.db, &principal.user_id, &site.name).await?
+        {
             openable.push(site);
         }
     }
@@ -69,15 +74,28 @@ async fn launch(
     Form(form): Form<LaunchForm>,
 ) -> Result<Response, ApiError> {
     let portal = &state.portal;
-    let launched = match portal.sessions.launch(&principal, &form.site, Some(client)).await {
+    let launched = match portal
+        .sessions
+        .launch(&principal, &form.site, Some(client))
+        .await
+    {
         Ok(launched) => launched,
         Err(error) => return launch_refused(&state, &principal, error).await,
     };
 
     let session_id = launched.session.id;
-    if let Err(error) = portal.egress.open(session_id, SocketAddr::V4(launched.proxy_address)) {
-        let reason = crate::sessions::EndReason::LaunchFailed { detail: format!("{error:#}") };
-        portal.sessions.end(session_id, reason, Actor::System("egress")).await.ok();
+    if let Err(error) = portal
+        .egress
+        .open(session_id, SocketAddr::V4(launched.proxy_address))
+    {
+        let reason = crate::sessions::EndReason::LaunchFailed {
+            detail: format!("{error:#}"),
+        };
+        portal
+            .sessions
+            .end(session_id, reason, Actor::System("egress"))
+            .await
+            .ok();
         return Err(ApiError::internal(error));
     }
     let retention_days = crate::sites::get(&state.db, &launched.session.site)
@@ -87,29 +105,42 @@ async fn launch(
     let start = StreamStart {
         session_id,
         owner: principal.user_id.clone(),
-        agent_addr: SocketAddr::V4(SocketAddrV4::new(launched.workspace_address, portal.hub.settings().agent_port)),
+        agent_addr: SocketAddr::V4(SocketAddrV4::new(
+            launched.workspace_address,
+            portal.hub.settings().agent_port,
+        )),
         secret: launched.agent_secret.session_secret(),
         recording_id: Uuid::new_v4(),
         recording_expires_at: chrono::Utc::now() + chrono::Duration::days(retention_days),
     };
     if let Err(error) = portal.hub.start(start) {
-        let reason = crate::sessions::EndReason::RecorderFailed { detail: format!("{error:#}") };
-        portal.sessions.end(session_id, reason, Actor::System("recorder")).await.ok();
+        let reason = crate::sessions::EndReason::RecorderFailed {
+            detail: format!("{error:#}"),
+        };
+        portal
+            .sessions
+            .end(session_id, reason, Actor::System("recorder"))
+            .await
+            .ok();
         return Err(ApiError::internal(error));
     }
     Ok(Redirect::to(&format!("/sessions/{session_id}")).into_response())
 }
 
-async fn launch_refused(state: &AppState, principal: &Principal, error: LaunchError) -> Result<Response, ApiError> {
+async fn launch_refused(
+    state: &AppState,
+    principal: &Principal,
+    error: LaunchError,
+) -> Result<Response, ApiError> {
     if let LaunchError::Storage(error) = error {
         return Err(ApiError::internal(error));
     }
     let status = match error {
         LaunchError::NotAllowed | LaunchError::NotGranted { .. } => StatusCode::FORBIDDEN,
         LaunchError::SiteNotFound { .. } => StatusCode::NOT_FOUND,
-        LaunchError::QuotaReached { .. } | LaunchError::SiteLimitReached { .. } | LaunchError::HostCapacityReached { .. } => {
-            StatusCode::TOO_MANY_REQUESTS
-        }
+        LaunchError::QuotaReached { .. }
+        | LaunchError::SiteLimitReached { .. }
+        | LaunchError::HostCapacityReached { .. } => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     let sites = crate::sites::list(&state.db).await?;
@@ -124,7 +155,12 @@ async fn viewer_page(
     CurrentSession { principal, session }: CurrentSession,
     Path(session_id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    let Some(record) = state.portal.sessions.get_for(&principal, session_id).await? else {
+    let Some(record) = state
+        .portal
+        .sessions
+        .get_for(&principal, session_id)
+        .await?
+    else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such session"));
     };
     let mode = if record.user_id == principal.user_id {
@@ -132,7 +168,10 @@ async fn viewer_page(
     } else if principal.has(crate::auth::Role::Admin) {
         ViewerMode::Watch
     } else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "only the owner or an admin may view a live session"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only the owner or an admin may view a live session",
+        ));
     };
     if state.portal.hub.get(session_id).is_none() {
         return Ok(pages::ended(&record));
@@ -153,7 +192,9 @@ async fn end(
 ) -> Result<Response, ApiError> {
     match state.portal.sessions.end_by(&principal, session_id).await {
         Ok(_) => Ok(Redirect::to("/").into_response()),
-        Err(crate::sessions::EndError::NotFound(_)) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such session")),
+        Err(crate::sessions::EndError::NotFound(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "no such session"))
+        }
         Err(error) => Err(ApiError::internal(anyhow::Error::new(error))),
     }
 }
@@ -173,12 +214,25 @@ async fn live(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let auth: AuthService = state.auth.clone();
-    let origin = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok());
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok());
     if !origin.is_some_and(|origin| auth.origins().iter().any(|allowed| allowed == origin)) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "the live view only accepts connections from the portal's own origin"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the live view only accepts connections from the portal's own origin",
+        ));
     }
-    let Some(grant) = state.portal.tickets.redeem(&query.ticket).filter(|grant| grant.session_id == session_id) else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "invalid or expired viewer ticket; reload the page"));
+    let Some(grant) = state
+        .portal
+        .tickets
+        .redeem(&query.ticket)
+        .filter(|grant| grant.session_id == session_id)
+    else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid or expired viewer ticket; reload the page",
+        ));
     };
     let Some(stream) = state.portal.hub.get(session_id) else {
         return Err(ApiError::new(StatusCode::GONE, "the session has ended"));
@@ -220,12 +274,17 @@ async fn live(
     let ping = state.portal.hub.settings().viewer_ping_interval;
     Ok(upgrade
         .max_message_size(viewer::MAX_VIEWER_MESSAGE)
-        .on_upgrade(move |socket| viewer::serve(socket, stream, grant.mode, Some(hooks), authorised, ping)))
+        .on_upgrade(move |socket| {
+            viewer::serve(socket, stream, grant.mode, Some(hooks), authorised, ping)
+        }))
 }
 
 async fn viewer_script() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         include_str!("../../assets/viewer.js"),
     )
 }

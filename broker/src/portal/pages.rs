@@ -10,13 +10,20 @@ use crate::sites::Site;
 use crate::stream::viewer::ViewerMode;
 
 /// The viewer page runs one script from the portal and opens one WebSocket to it.
-const VIEWER_CSP: &str =
-    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const VIEWER_CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-pub fn home(principal: &Principal, sites: &[Site], sessions: &[SessionRecord], error: Option<&str>) -> Response {
+pub fn home(
+    principal: &Principal,
+    sites: &[Site],
+    sessions: &[SessionRecord],
+    error: Option<&str>,
+) -> Response {
     let mut body = format!("<p>Signed in as {}.</p>\n", escape(&principal.display_name));
     if let Some(error) = error {
-        body.push_str(&format!("<p id=\"error\" role=\"alert\">{}</p>\n", escape(error)));
+        body.push_str(&format!(
+            "<p id=\"error\" role=\"alert\">{}</p>\n",
+            escape(error)
+        ));
     }
 
     body.push_str("<h2>Banks</h2>\n");
@@ -39,7 +46,13 @@ pub fn home(principal: &Principal, sites: &[Site], sessions: &[SessionRecord], e
                 id = session.id
             )
         } else {
-            escape(session.end_detail.as_deref().or(session.end_reason.as_deref()).unwrap_or(""))
+            escape(
+                session
+                    .end_detail
+                    .as_deref()
+                    .or(session.end_reason.as_deref())
+                    .unwrap_or(""),
+            )
         };
         body.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{action}</td></tr>\n",
@@ -75,12 +88,19 @@ pub fn viewer(record: &SessionRecord, ticket: &str, mode: ViewerMode) -> Respons
         site = escape(&record.site),
     );
     let mut response = page(StatusCode::OK, "Live session", &body, "");
-    response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(VIEWER_CSP));
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(VIEWER_CSP),
+    );
     response
 }
 
 pub fn ended(record: &SessionRecord) -> Response {
-    let reason = record.end_detail.as_deref().or(record.end_reason.as_deref()).unwrap_or("the session is not running");
+    let reason = record
+        .end_detail
+        .as_deref()
+        .or(record.end_reason.as_deref())
+        .unwrap_or("the session is not running");
     let body = format!(
         "<p id=\"ended\">This session ended: {}.</p><p><a href=\"/\">Back to the portal</a></p>",
         escape(reason)

@@ -123,7 +123,8 @@ impl SessionService {
             .map_err(EndError::Storage)?;
         let mut ended = Vec::with_capacity(live.len());
         for record in live {
-            self.end(record.id, EndReason::BrokerStopped, Actor::System("broker")).await?;
+            self.end(record.id, EndReason::BrokerStopped, Actor::System("broker"))
+                .await?;
             ended.push(record.id);
         }
         Ok(ended)

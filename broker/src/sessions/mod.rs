@@ -98,16 +98,26 @@ pub enum EndReason {
     /// The session reached its maximum lifetime.
     MaxLifetime,
     /// The launcher reported the workspace dead; the detail is its sentence.
-    WorkspaceExited { detail: String },
+    WorkspaceExited {
+        detail: String,
+    },
     /// The recorder could not write; the session must not go on unrecorded.
-    RecorderFailed { detail: String },
+    RecorderFailed {
+        detail: String,
+    },
     /// The recorder pre-flight failed, so the launch was refused.
-    RecorderUnavailable { detail: String },
+    RecorderUnavailable {
+        detail: String,
+    },
     /// A launch step failed.
-    LaunchFailed { detail: String },
+    LaunchFailed {
+        detail: String,
+    },
     /// The live stream failed for a reason other than the recording, such as an
     /// unreachable agent; the detail is the stream hub's sentence.
-    StreamFailed { detail: String },
+    StreamFailed {
+        detail: String,
+    },
     /// After a broker restart the launcher no longer knew the workspace.
     LostAfterRestart,
     /// The broker stopped while the session was being launched or ended.
@@ -169,7 +179,9 @@ impl EndReason {
             EndReason::LostAfterRestart | EndReason::InterruptedByRestart => {
                 "The session was lost when the service restarted.".to_owned()
             }
-            EndReason::BrokerStopped => "The service was stopped, which ended the session.".to_owned(),
+            EndReason::BrokerStopped => {
+                "The service was stopped, which ended the session.".to_owned()
+            }
         }
     }
 }

@@ -46,7 +46,8 @@ enum LinkEnd {
 impl Link {
     #[tracing::instrument(name = "stream", skip_all, fields(session.id = %self.stream.session_id, recording.id = %self.recording.id()))]
     pub async fn run(mut self) {
-        self.audit_recording(Action::RecordingStarted, Outcome::Success, |event| event).await;
+        self.audit_recording(Action::RecordingStarted, Outcome::Success, |event| event)
+            .await;
 
         let end = match self.connect().await {
             Ok(socket) => self.relay(socket).await,
@@ -54,7 +55,14 @@ impl Link {
         };
 
         let reason = match &end {
-            LinkEnd::Stopped => self.stream.snapshot.lock().expect("snapshot lock").ended.clone().unwrap_or_else(|| "ended".to_owned()),
+            LinkEnd::Stopped => self
+                .stream
+                .snapshot
+                .lock()
+                .expect("snapshot lock")
+                .ended
+                .clone()
+                .unwrap_or_else(|| "ended".to_owned()),
             LinkEnd::Failed(reason) => reason.clone(),
         };
         self.seal().await;
@@ -82,13 +90,16 @@ impl Link {
         let deadline = tokio::time::Instant::now() + self.hub.settings().agent_connect_timeout;
 
         let mut socket = loop {
-            let attempt = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), false);
+            let attempt =
+                tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), false);
             match tokio::time::timeout(Duration::from_secs(5), attempt).await {
                 Ok(Ok((socket, _))) => break socket,
                 Ok(Err(error)) if tokio::time::Instant::now() >= deadline => {
                     return Err(error).with_context(|| format!("cannot connect to {url}"));
                 }
-                Err(_) if tokio::time::Instant::now() >= deadline => anyhow::bail!("connecting to {url} timed out"),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    anyhow::bail!("connecting to {url} timed out")
+                }
                 _ => {}
             }
             tokio::select! {
@@ -97,8 +108,13 @@ impl Link {
             }
         };
 
-        let auth = protocol::encode_broker_message(&BrokerMessage::Auth { secret: self.secret.clone() });
-        socket.send(Message::binary(auth.to_vec())).await.context("cannot send the agent secret")?;
+        let auth = protocol::encode_broker_message(&BrokerMessage::Auth {
+            secret: self.secret.clone(),
+        });
+        socket
+            .send(Message::binary(auth.to_vec()))
+            .await
+            .context("cannot send the agent secret")?;
         tracing::info!(agent = %self.agent_addr, "Connected to the workspace agent");
         Ok(socket)
     }
@@ -136,7 +152,11 @@ impl Link {
     async fn handle_message(&mut self, message: Message) -> Option<LinkEnd> {
         let frame = match message {
             Message::Binary(frame) => frame,
-            Message::Close(_) => return Some(LinkEnd::Failed("workspace agent closed the connection".to_owned())),
+            Message::Close(_) => {
+                return Some(LinkEnd::Failed(
+                    "workspace agent closed the connection".to_owned(),
+                ));
+            }
             // Pings are answered by the WebSocket layer; text frames carry nothing.
             _ => return None,
         };
@@ -145,7 +165,9 @@ impl Link {
             Err(error) => {
                 // A workspace that sends garbage is compromised or broken; either way
                 // the session ends.
-                return Some(LinkEnd::Failed(format!("workspace agent sent an invalid frame: {error}")));
+                return Some(LinkEnd::Failed(format!(
+                    "workspace agent sent an invalid frame: {error}"
+                )));
             }
         };
 
@@ -161,7 +183,11 @@ impl Link {
         }
         self.last_pts_us = self.last_pts_us.max(packet.pts_us);
         let data = Bytes::from(packet.data);
-        let record = Packet { pts_us: packet.pts_us, keyframe: packet.keyframe, data: data.clone() };
+        let record = Packet {
+            pts_us: packet.pts_us,
+            keyframe: packet.keyframe,
+            data: data.clone(),
+        };
         match self.recording.push_packet(record).await {
             Ok(stored) => {
                 if let Some(segment) = stored {
@@ -169,7 +195,11 @@ impl Link {
                         return Some(end);
                     }
                 }
-                self.stream.publish(ViewerEvent::Video { keyframe: packet.keyframe, pts_us: packet.pts_us, data });
+                self.stream.publish(ViewerEvent::Video {
+                    keyframe: packet.keyframe,
+                    pts_us: packet.pts_us,
+                    data,
+                });
                 None
             }
             Err(error) => Some(self.freeze(error).await),
@@ -178,18 +208,35 @@ impl Link {
 
     async fn control(&mut self, control: AgentControl) -> Option<LinkEnd> {
         match control {
-            AgentControl::StreamConfig { codec, width, height } => {
-                let config = StreamConfig { codec: codec.clone(), width, height };
+            AgentControl::StreamConfig {
+                codec,
+                width,
+                height,
+            } => {
+                let config = StreamConfig {
+                    codec: codec.clone(),
+                    width,
+                    height,
+                };
                 if let Err(error) = self.recording.push_config(config).await {
                     return Some(self.freeze(error).await);
                 }
-                self.stream.update(|snapshot| snapshot.config = Some((codec.clone(), width, height)));
-                self.stream.publish(ViewerEvent::Config { codec, width, height });
+                self.stream
+                    .update(|snapshot| snapshot.config = Some((codec.clone(), width, height)));
+                self.stream.publish(ViewerEvent::Config {
+                    codec,
+                    width,
+                    height,
+                });
             }
             AgentControl::PlaceholderStart { .. } | AgentControl::PlaceholderEnd { .. } => {
                 let active = matches!(control, AgentControl::PlaceholderStart { .. });
                 let pts_us = self.stream_pts();
-                let marker = if active { Marker::PlaceholderStarted { pts_us } } else { Marker::PlaceholderEnded { pts_us } };
+                let marker = if active {
+                    Marker::PlaceholderStarted { pts_us }
+                } else {
+                    Marker::PlaceholderEnded { pts_us }
+                };
                 if let Err(error) = self.recording.push_marker(marker).await {
                     return Some(self.freeze(error).await);
                 }
@@ -199,11 +246,23 @@ impl Link {
             AgentControl::UrlChanged { url } => {
                 tracing::debug!(url.len = url.len(), "Workspace page navigated");
             }
-            AgentControl::LoginStep { login_id, step, outcome } => {
+            AgentControl::LoginStep {
+                login_id,
+                step,
+                outcome,
+            } => {
                 tracing::info!(login.id = login_id, login.step = step, outcome = ?outcome, "Auto-login step finished");
             }
-            AgentControl::LoginFinished { login_id, success, reason } => {
-                let outcome = if success { Outcome::Success } else { Outcome::Failure };
+            AgentControl::LoginFinished {
+                login_id,
+                success,
+                reason,
+            } => {
+                let outcome = if success {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                };
                 let event = EventBuilder::new(Actor::System("agent"), Action::AutoLoginFinished)
                     .session(self.stream.session_id)
                     .outcome(outcome)
@@ -211,14 +270,22 @@ impl Link {
                     .detail("reason", reason.unwrap_or_default())
                     .build();
                 if let Err(error) = self.hub.audit().append(event).await {
-                    tracing::error!(error = format!("{error:#}"), "Cannot record the auto-login result");
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "Cannot record the auto-login result"
+                    );
                 }
             }
             AgentControl::BrowserExited { code, signal } => {
-                return Some(LinkEnd::Failed(format!("the browser exited (code {code:?}, signal {signal:?})")));
+                return Some(LinkEnd::Failed(format!(
+                    "the browser exited (code {code:?}, signal {signal:?})"
+                )));
             }
             AgentControl::Error { message } => {
-                tracing::warn!(agent.message = message.as_str(), "Workspace agent reported an error");
+                tracing::warn!(
+                    agent.message = message.as_str(),
+                    "Workspace agent reported an error"
+                );
             }
         }
         None
@@ -233,9 +300,14 @@ impl Link {
     async fn freeze(&mut self, error: RecordingFailure) -> LinkEnd {
         self.stream.frozen.store(true, Ordering::SeqCst);
         let reason = format!("recording failed: {error}");
-        self.stream.publish(ViewerEvent::RecordingFailed { reason: reason.clone() });
+        self.stream.publish(ViewerEvent::RecordingFailed {
+            reason: reason.clone(),
+        });
         let detail = reason.clone();
-        self.audit_recording(Action::RecordingFailed, Outcome::Failure, move |event| event.detail("reason", detail)).await;
+        self.audit_recording(Action::RecordingFailed, Outcome::Failure, move |event| {
+            event.detail("reason", detail)
+        })
+        .await;
         LinkEnd::Failed(reason)
     }
 
@@ -249,19 +321,34 @@ impl Link {
             .detail("start_pts_us", segment.start_pts_us)
             .detail("end_pts_us", segment.end_pts_us)
             .build();
-        self.hub.audit().append(event).await.map(|_| ()).map_err(|error| {
-            // A segment whose hash is not in the chain could be swapped unnoticed.
-            LinkEnd::Failed(format!("cannot record a segment hash in the audit trail: {error:#}"))
-        })
+        self.hub
+            .audit()
+            .append(event)
+            .await
+            .map(|_| ())
+            .map_err(|error| {
+                // A segment whose hash is not in the chain could be swapped unnoticed.
+                LinkEnd::Failed(format!(
+                    "cannot record a segment hash in the audit trail: {error:#}"
+                ))
+            })
     }
 
-    async fn audit_recording(&self, action: Action, outcome: Outcome, extra: impl FnOnce(EventBuilder) -> EventBuilder) {
+    async fn audit_recording(
+        &self,
+        action: Action,
+        outcome: Outcome,
+        extra: impl FnOnce(EventBuilder) -> EventBuilder,
+    ) {
         let event = EventBuilder::new(Actor::System("recorder"), action)
             .session(self.stream.session_id)
             .target(format!("recording:{}", self.recording.id()))
             .outcome(outcome);
         if let Err(error) = self.hub.audit().append(extra(event).build()).await {
-            tracing::error!(error = format!("{error:#}"), "Cannot record a recording event in the audit trail");
+            tracing::error!(
+                error = format!("{error:#}"),
+                "Cannot record a recording event in the audit trail"
+            );
         }
     }
 
@@ -270,19 +357,30 @@ impl Link {
             Ok(summary) => {
                 if let Some(segment) = &summary.final_segment {
                     if let Err(LinkEnd::Failed(reason)) = self.audit_segment(segment).await {
-                        tracing::error!(reason = reason.as_str(), "Final segment hash not recorded");
+                        tracing::error!(
+                            reason = reason.as_str(),
+                            "Final segment hash not recorded"
+                        );
                     }
                 }
                 let seal = hex::encode(summary.seal_sha256);
                 self.audit_recording(Action::RecordingSealed, Outcome::Success, move |event| {
-                    event.detail("segment_count", summary.segment_count).detail("seal_sha256", seal)
+                    event
+                        .detail("segment_count", summary.segment_count)
+                        .detail("seal_sha256", seal)
                 })
                 .await;
             }
             Err(error) => {
                 let reason = error.to_string();
-                tracing::error!(error = reason.as_str(), "Cannot seal the recording; crash recovery will seal it");
-                self.audit_recording(Action::RecordingFailed, Outcome::Failure, move |event| event.detail("reason", reason)).await;
+                tracing::error!(
+                    error = reason.as_str(),
+                    "Cannot seal the recording; crash recovery will seal it"
+                );
+                self.audit_recording(Action::RecordingFailed, Outcome::Failure, move |event| {
+                    event.detail("reason", reason)
+                })
+                .await;
             }
         }
     }

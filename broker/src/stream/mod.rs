@@ -33,15 +33,31 @@ pub use recording::RecordingSettings;
 /// Events a viewer receives, in order.
 #[derive(Debug, Clone)]
 pub enum ViewerEvent {
-    Config { codec: String, width: u32, height: u32 },
-    Video { keyframe: bool, pts_us: u64, data: Bytes },
+    Config {
+        codec: String,
+        width: u32,
+        height: u32,
+    },
+    Video {
+        keyframe: bool,
+        pts_us: u64,
+        data: Bytes,
+    },
     /// Credentials are being typed; the screen is hidden until `active` is false.
-    Placeholder { active: bool },
+    Placeholder {
+        active: bool,
+    },
     /// The recording stopped; the stream is frozen and the session is ending.
-    RecordingFailed { reason: String },
+    RecordingFailed {
+        reason: String,
+    },
     /// No person input for a while: the session ends in `seconds` unless the person acts.
-    IdleWarning { seconds: u64 },
-    Ended { reason: String },
+    IdleWarning {
+        seconds: u64,
+    },
+    Ended {
+        reason: String,
+    },
 }
 
 /// Callbacks into the session lifecycle.
@@ -113,7 +129,11 @@ impl LiveStream {
         let receiver = self.events.subscribe();
         let mut initial = Vec::new();
         if let Some((codec, width, height)) = snapshot.config.clone() {
-            initial.push(ViewerEvent::Config { codec, width, height });
+            initial.push(ViewerEvent::Config {
+                codec,
+                width,
+                height,
+            });
         }
         if snapshot.placeholder {
             initial.push(ViewerEvent::Placeholder { active: true });
@@ -164,7 +184,12 @@ struct HubInner {
 }
 
 impl StreamHub {
-    pub fn new(settings: StreamSettings, recording: RecordingSettings, audit: AuditLog, tasks: TaskRegistry) -> StreamHub {
+    pub fn new(
+        settings: StreamSettings,
+        recording: RecordingSettings,
+        audit: AuditLog,
+        tasks: TaskRegistry,
+    ) -> StreamHub {
         StreamHub {
             inner: Arc::new(HubInner {
                 streams: Mutex::new(HashMap::new()),
@@ -208,7 +233,11 @@ impl StreamHub {
             frozen: AtomicBool::new(false),
             stop: self.inner.tasks.token().child_token(),
         });
-        self.inner.streams.lock().expect("streams lock").insert(start.session_id, stream.clone());
+        self.inner
+            .streams
+            .lock()
+            .expect("streams lock")
+            .insert(start.session_id, stream.clone());
 
         let link = link::Link {
             hub: self.clone(),
@@ -224,7 +253,12 @@ impl StreamHub {
     }
 
     pub fn get(&self, session_id: Uuid) -> Option<Arc<LiveStream>> {
-        self.inner.streams.lock().expect("streams lock").get(&session_id).cloned()
+        self.inner
+            .streams
+            .lock()
+            .expect("streams lock")
+            .get(&session_id)
+            .cloned()
     }
 
     /// Ends a session's stream: the agent is told to end, the recording is sealed and
@@ -246,7 +280,11 @@ impl StreamHub {
     }
 
     fn remove(&self, session_id: Uuid) {
-        self.inner.streams.lock().expect("streams lock").remove(&session_id);
+        self.inner
+            .streams
+            .lock()
+            .expect("streams lock")
+            .remove(&session_id);
     }
 
     fn hooks(&self) -> Option<Arc<dyn SessionHooks>> {

@@ -20,7 +20,10 @@ use uuid::Uuid;
 /// What the recorder thread is asked to do.
 enum Command {
     Config(StreamConfig, oneshot::Sender<Result<(), RecorderError>>),
-    Packet(Packet, oneshot::Sender<Result<Option<SegmentStored>, RecorderError>>),
+    Packet(
+        Packet,
+        oneshot::Sender<Result<Option<SegmentStored>, RecorderError>>,
+    ),
     Marker(Marker, oneshot::Sender<Result<(), RecorderError>>),
     Seal(oneshot::Sender<Result<SealSummary, RecorderError>>),
 }
@@ -64,9 +67,19 @@ impl RecordingHandle {
         created_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> anyhow::Result<RecordingHandle> {
-        let new = NewRecording { id, created_at, expires_at, stream: None };
-        let writer = RecordingWriter::create(settings.storage.clone(), settings.keys.as_ref(), settings.config.clone(), new)
-            .context("cannot create the recording")?;
+        let new = NewRecording {
+            id,
+            created_at,
+            expires_at,
+            stream: None,
+        };
+        let writer = RecordingWriter::create(
+            settings.storage.clone(),
+            settings.keys.as_ref(),
+            settings.config.clone(),
+            new,
+        )
+        .context("cannot create the recording")?;
 
         // A small queue: the stream task waits for each answer anyway.
         let (commands, receiver) = std_mpsc::sync_channel(4);
@@ -87,7 +100,10 @@ impl RecordingHandle {
         Ok(answer.await.map_err(|_| RecordingFailure::ThreadGone)??)
     }
 
-    pub async fn push_packet(&self, packet: Packet) -> Result<Option<SegmentStored>, RecordingFailure> {
+    pub async fn push_packet(
+        &self,
+        packet: Packet,
+    ) -> Result<Option<SegmentStored>, RecordingFailure> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Packet(packet, reply))?;
         Ok(answer.await.map_err(|_| RecordingFailure::ThreadGone)??)
@@ -108,7 +124,9 @@ impl RecordingHandle {
     }
 
     fn send(&self, command: Command) -> Result<(), RecordingFailure> {
-        self.commands.send(command).map_err(|_| RecordingFailure::ThreadGone)
+        self.commands
+            .send(command)
+            .map_err(|_| RecordingFailure::ThreadGone)
     }
 }
 

@@ -86,11 +86,32 @@ impl Tickets {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ViewerInput {
-    Key { code: String, key: String, pressed: bool },
-    MouseMove { x: u32, y: u32 },
-    MouseButton { button: MouseButton, pressed: bool, x: u32, y: u32 },
-    Wheel { x: u32, y: u32, delta_x: f32, delta_y: f32 },
-    Resize { width: u32, height: u32, device_pixel_ratio: f32 },
+    Key {
+        code: String,
+        key: String,
+        pressed: bool,
+    },
+    MouseMove {
+        x: u32,
+        y: u32,
+    },
+    MouseButton {
+        button: MouseButton,
+        pressed: bool,
+        x: u32,
+        y: u32,
+    },
+    Wheel {
+        x: u32,
+        y: u32,
+        delta_x: f32,
+        delta_y: f32,
+    },
+    Resize {
+        width: u32,
+        height: u32,
+        device_pixel_ratio: f32,
+    },
 }
 
 impl ViewerInput {
@@ -102,11 +123,17 @@ impl ViewerInput {
         let input: ViewerInput = serde_json::from_str(text).ok()?;
         let valid = match &input {
             ViewerInput::Key { code, key, .. } => code.len() <= 64 && key.chars().count() <= 32,
-            ViewerInput::MouseMove { x, y } | ViewerInput::MouseButton { x, y, .. } => *x <= 16384 && *y <= 16384,
-            ViewerInput::Wheel { delta_x, delta_y, .. } => delta_x.is_finite() && delta_y.is_finite(),
-            ViewerInput::Resize { width, height, device_pixel_ratio } => {
-                *width <= 16384 && *height <= 16384 && device_pixel_ratio.is_finite()
+            ViewerInput::MouseMove { x, y } | ViewerInput::MouseButton { x, y, .. } => {
+                *x <= 16384 && *y <= 16384
             }
+            ViewerInput::Wheel {
+                delta_x, delta_y, ..
+            } => delta_x.is_finite() && delta_y.is_finite(),
+            ViewerInput::Resize {
+                width,
+                height,
+                device_pixel_ratio,
+            } => *width <= 16384 && *height <= 16384 && device_pixel_ratio.is_finite(),
         };
         valid.then_some(input)
     }
@@ -118,13 +145,41 @@ impl ViewerInput {
 
     fn into_broker_message(self) -> BrokerMessage {
         match self {
-            ViewerInput::Key { code, key, pressed } => BrokerMessage::Key(KeyEvent { code, key, pressed }),
-            ViewerInput::MouseMove { x, y } => BrokerMessage::MouseMove { x, y },
-            ViewerInput::MouseButton { button, pressed, x, y } => BrokerMessage::MouseButton { button, pressed, x, y },
-            ViewerInput::Wheel { x, y, delta_x, delta_y } => BrokerMessage::Wheel { x, y, delta_x, delta_y },
-            ViewerInput::Resize { width, height, device_pixel_ratio } => {
-                BrokerMessage::Resize { width, height, device_pixel_ratio }
+            ViewerInput::Key { code, key, pressed } => {
+                BrokerMessage::Key(KeyEvent { code, key, pressed })
             }
+            ViewerInput::MouseMove { x, y } => BrokerMessage::MouseMove { x, y },
+            ViewerInput::MouseButton {
+                button,
+                pressed,
+                x,
+                y,
+            } => BrokerMessage::MouseButton {
+                button,
+                pressed,
+                x,
+                y,
+            },
+            ViewerInput::Wheel {
+                x,
+                y,
+                delta_x,
+                delta_y,
+            } => BrokerMessage::Wheel {
+                x,
+                y,
+                delta_x,
+                delta_y,
+            },
+            ViewerInput::Resize {
+                width,
+                height,
+                device_pixel_ratio,
+            } => BrokerMessage::Resize {
+                width,
+                height,
+                device_pixel_ratio,
+            },
         }
     }
 }
@@ -132,11 +187,23 @@ impl ViewerInput {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum StatusMessage<'a> {
-    Config { codec: &'a str, width: u32, height: u32 },
-    Placeholder { active: bool },
-    RecordingFailed { reason: &'a str },
-    IdleWarning { seconds: u64 },
-    Ended { reason: &'a str },
+    Config {
+        codec: &'a str,
+        width: u32,
+        height: u32,
+    },
+    Placeholder {
+        active: bool,
+    },
+    RecordingFailed {
+        reason: &'a str,
+    },
+    IdleWarning {
+        seconds: u64,
+    },
+    Ended {
+        reason: &'a str,
+    },
 }
 
 /// Returns whether the viewer's portal session still allows viewing.
@@ -158,7 +225,10 @@ pub async fn serve(
     stream.send_to_agent(BrokerMessage::RequestKeyframe);
 
     for event in initial {
-        if send_event(&mut sender, &event, &mut waiting_for_keyframe).await.is_err() {
+        if send_event(&mut sender, &event, &mut waiting_for_keyframe)
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -226,12 +296,20 @@ fn forward_input(stream: &LiveStream, hooks: Option<&dyn SessionHooks>, text: &s
     }
 }
 
-async fn send_event<S>(sender: &mut S, event: &ViewerEvent, waiting_for_keyframe: &mut bool) -> Result<(), axum::Error>
+async fn send_event<S>(
+    sender: &mut S,
+    event: &ViewerEvent,
+    waiting_for_keyframe: &mut bool,
+) -> Result<(), axum::Error>
 where
     S: futures::Sink<Message, Error = axum::Error> + Unpin,
 {
     let message = match event {
-        ViewerEvent::Video { keyframe, pts_us, data } => {
+        ViewerEvent::Video {
+            keyframe,
+            pts_us,
+            data,
+        } => {
             if *waiting_for_keyframe && !keyframe {
                 return Ok(());
             }
@@ -243,20 +321,38 @@ where
             frame.extend_from_slice(data);
             Message::Binary(frame.into())
         }
-        ViewerEvent::Config { codec, width, height } => {
+        ViewerEvent::Config {
+            codec,
+            width,
+            height,
+        } => {
             *waiting_for_keyframe = true;
-            status(&StatusMessage::Config { codec, width: *width, height: *height })
+            status(&StatusMessage::Config {
+                codec,
+                width: *width,
+                height: *height,
+            })
         }
-        ViewerEvent::Placeholder { active } => status(&StatusMessage::Placeholder { active: *active }),
-        ViewerEvent::RecordingFailed { reason } => status(&StatusMessage::RecordingFailed { reason }),
-        ViewerEvent::IdleWarning { seconds } => status(&StatusMessage::IdleWarning { seconds: *seconds }),
+        ViewerEvent::Placeholder { active } => {
+            status(&StatusMessage::Placeholder { active: *active })
+        }
+        ViewerEvent::RecordingFailed { reason } => {
+            status(&StatusMessage::RecordingFailed { reason })
+        }
+        ViewerEvent::IdleWarning { seconds } => {
+            status(&StatusMessage::IdleWarning { seconds: *seconds })
+        }
         ViewerEvent::Ended { reason } => status(&StatusMessage::Ended { reason }),
     };
     sender.send(message).await
 }
 
 fn status(message: &StatusMessage<'_>) -> Message {
-    Message::Text(serde_json::to_string(message).expect("status serialises").into())
+    Message::Text(
+        serde_json::to_string(message)
+            .expect("status serialises")
+            .into(),
+    )
 }
 
 #[cfg(test)]
@@ -267,12 +363,22 @@ mod tests {
     fn key_input_is_parsed() {
         let input = ViewerInput::parse(r#"{"type":"key","code":"KeyQ","key":"é","pressed":true}"#);
 
-        assert_eq!(input, Some(ViewerInput::Key { code: "KeyQ".into(), key: "é".into(), pressed: true }));
+        assert_eq!(
+            input,
+            Some(ViewerInput::Key {
+                code: "KeyQ".into(),
+                key: "é".into(),
+                pressed: true
+            })
+        );
     }
 
     #[test]
     fn unknown_fields_and_types_are_rejected() {
-        assert_eq!(ViewerInput::parse(r#"{"type":"key","code":"KeyQ","key":"q","pressed":true,"x":1}"#), None);
+        assert_eq!(
+            ViewerInput::parse(r#"{"type":"key","code":"KeyQ","key":"q","pressed":true,"x":1}"#),
+            None
+        );
         assert_eq!(ViewerInput::parse(r#"{"type":"auth","secret":"x"}"#), None);
         assert_eq!(ViewerInput::parse("not json"), None);
     }
@@ -287,13 +393,22 @@ mod tests {
 
     #[test]
     fn non_finite_wheel_is_rejected() {
-        assert_eq!(ViewerInput::parse(r#"{"type":"wheel","x":1,"y":1,"delta_x":1e999,"delta_y":0}"#), None);
+        assert_eq!(
+            ViewerInput::parse(r#"{"type":"wheel","x":1,"y":1,"delta_x":1e999,"delta_y":0}"#),
+            None
+        );
     }
 
     #[test]
     fn resize_is_not_person_activity() {
-        let resize = ViewerInput::parse(r#"{"type":"resize","width":800,"height":600,"device_pixel_ratio":2}"#).unwrap();
-        let click = ViewerInput::parse(r#"{"type":"mouse_button","button":"left","pressed":true,"x":3,"y":4}"#).unwrap();
+        let resize = ViewerInput::parse(
+            r#"{"type":"resize","width":800,"height":600,"device_pixel_ratio":2}"#,
+        )
+        .unwrap();
+        let click = ViewerInput::parse(
+            r#"{"type":"mouse_button","button":"left","pressed":true,"x":3,"y":4}"#,
+        )
+        .unwrap();
 
         assert!(!resize.is_person_activity());
         assert!(click.is_person_activity());
@@ -302,7 +417,12 @@ mod tests {
     #[test]
     fn ticket_is_valid_once() {
         let tickets = Tickets::default();
-        let grant = TicketGrant { session_id: Uuid::new_v4(), user_id: "u".into(), portal_session: "p".into(), mode: ViewerMode::Control };
+        let grant = TicketGrant {
+            session_id: Uuid::new_v4(),
+            user_id: "u".into(),
+            portal_session: "p".into(),
+            mode: ViewerMode::Control,
+        };
         let ticket = tickets.issue(grant.clone());
 
         assert_eq!(tickets.redeem(&ticket), Some(grant));

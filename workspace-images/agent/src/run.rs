@@ -173,9 +173,11 @@ pub fn url_allowlist(hosts: &[String]) -> Vec<String> {
 fn write_session_policy(path: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
     let policy = serde_json::json!({ "URLAllowlist": url_allowlist(hosts) });
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
-    std::fs::write(path, serde_json::to_vec_pretty(&policy)?).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(path, serde_json::to_vec_pretty(&policy)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(path = %path.display(), hosts = hosts.len(), "Session policy written");
     Ok(())
 }
@@ -362,8 +364,15 @@ mod policy_tests {
 
     #[test]
     fn allowlist_patterns_match_chromium_filter_format() {
-        let hosts = vec!["Bank.Example".to_owned(), "*.cdn.bank.example".to_owned(), " ".to_owned()];
+        let hosts = vec![
+            "Bank.Example".to_owned(),
+            "*.cdn.bank.example".to_owned(),
+            " ".to_owned(),
+        ];
 
-        assert_eq!(url_allowlist(&hosts), vec![".bank.example".to_owned(), "cdn.bank.example".to_owned()]);
+        assert_eq!(
+            url_allowlist(&hosts),
+            vec![".bank.example".to_owned(), "cdn.bank.example".to_owned()]
+        );
     }
 }
