@@ -85,7 +85,9 @@ impl Default for StreamSettings {
     fn default() -> StreamSettings {
         StreamSettings {
             agent_port: 7000,
-            agent_connect_timeout: Duration::from_secs(45),
+            // Longer than the agent's own wait for Chromium's first page, so that the
+            // agent, not the broker, reports a browser that never starts.
+            agent_connect_timeout: Duration::from_secs(120),
             viewer_buffer: 64,
             viewer_ping_interval: Duration::from_secs(20),
         }

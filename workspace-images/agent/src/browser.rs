@@ -10,8 +10,10 @@ use serde_json::{Value, json};
 use crate::cdp::{Cdp, CdpError};
 use crate::hub::Hub;
 
-/// Time Chromium has to open its first page.
-const PAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time Chromium has to open its first page. Chromium starts in a few seconds on an
+/// idle host, but a host busy with other sessions can take far longer, and giving up
+/// ends the person's session.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A CDP session attached to the page target.
 #[derive(Clone)]
