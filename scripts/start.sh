@@ -24,7 +24,8 @@ echo "Building the workspace image from Debian packages (skipped when unchanged)
 echo "Installing the host firewall rules for workspace networks..."
 "$bin" host-setup
 
-if ! "$bin" user list 2>/dev/null | grep -q .; then
+# `user list` prints a header line, then one line per account.
+if [ "$("$bin" user list | wc -l)" -le 1 ]; then
     password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
     echo
     echo "Creating the first admin account 'admin'."
