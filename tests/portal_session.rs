@@ -142,6 +142,35 @@ impl Stack {
     }
 }
 
+impl Drop for Stack {
+    /// Removes the instance's containers and networks when a test fails before `stop`,
+    /// so that a failure leaves nothing behind.
+    fn drop(&mut self) {
+        let label = format!("label=io.strongroom.instance={}", self.instance_id);
+        for (list, remove) in [
+            (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
+            (
+                vec!["network", "ls", "-q", "--filter", &label],
+                vec!["network", "rm"],
+            ),
+        ] {
+            let Ok(output) = std::process::Command::new("docker").args(&list).output() else {
+                continue;
+            };
+            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(&remove)
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
 async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
