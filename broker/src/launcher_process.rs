@@ -25,8 +25,8 @@ const CHILD_STOP_GRACE: Duration = Duration::from_secs(15);
 /// Shortest and longest wait before a crashed launcher child is started again.
 const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
 
-/// The launcher's configuration with the broker's instance id filled in, and the
-/// built-in seccomp profile written out when none is configured.
+/// Returns the launcher's configuration with the broker's instance id filled in, and
+/// writes out the built-in seccomp profile when none is configured.
 pub fn resolved_config(config: &Config, instance_id: uuid::Uuid) -> anyhow::Result<LauncherConfig> {
     let mut launcher = config.launcher.config.clone();
     launcher.instance_id = instance_id.to_string();
@@ -81,7 +81,7 @@ pub async fn run_standalone(
     launcher::serve(config, shutdown).await
 }
 
-/// The newest workspace image made by `strongroom image build`, found by its labels.
+/// Finds the newest workspace image made by `strongroom image build` by its labels.
 async fn newest_built_image() -> anyhow::Result<String> {
     let docker = imagebuild::connect_docker().context("cannot connect to the Docker engine")?;
     let found = imagebuild::find_image(&docker, &imagebuild::Recipe::workspace())
@@ -178,7 +178,8 @@ async fn stop_child(child: &mut tokio::process::Child) {
     }
 }
 
-/// `/readyz` checks answered by the launcher: the Docker engine and the workspace image.
+/// Builds the `/readyz` checks that the launcher reports: the Docker engine and the
+/// workspace image.
 pub fn readiness_checks(client: LauncherClient) -> Vec<Arc<dyn ReadinessCheck>> {
     let client = Arc::new(client.with_timeout(Duration::from_secs(3)));
     vec![
@@ -235,7 +236,7 @@ impl ReadinessCheck for ImageCheck {
     }
 }
 
-/// The host firewall that `strongroom host-setup` installs for this configuration.
+/// Returns the host firewall that `strongroom host-setup` installs for this configuration.
 pub fn firewall_config(config: &Config) -> egress::host_setup::FirewallConfig {
     egress::host_setup::FirewallConfig {
         session_range: config.launcher.config.subnet_range,
@@ -245,7 +246,7 @@ pub fn firewall_config(config: &Config) -> egress::host_setup::FirewallConfig {
 }
 
 /// `/readyz` check that the host firewall rules are installed. Reading them needs
-/// CAP_NET_ADMIN; without it the check fails and says so.
+/// CAP_NET_ADMIN; without it the check fails with a message naming that capability.
 pub struct FirewallCheck(pub egress::host_setup::FirewallConfig);
 
 impl ReadinessCheck for FirewallCheck {

@@ -22,7 +22,7 @@ pub enum Request {
         reason: String,
     },
     ListSessions,
-    /// Reports whether the engine answers and the workspace image is present.
+    /// Reports whether the engine responds and the workspace image is present.
     Health,
     /// Removes this instance's objects whose session is neither in `live_sessions` nor
     /// being launched, and reports live sessions whose workspace is dead.
@@ -141,9 +141,9 @@ pub enum Response {
 /// The launcher's view of its dependencies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthReport {
-    /// Engine version when the engine answered.
+    /// Engine version when the engine responded.
     pub engine_version: Option<String>,
-    /// Why the engine did not answer.
+    /// Error from the engine, when it did not respond.
     pub engine_error: Option<String>,
     /// The configured workspace image tag.
     pub image: String,

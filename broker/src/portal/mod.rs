@@ -24,14 +24,14 @@ use crate::sessions::{LaunchError, SessionService};
 use crate::stream::viewer::{self, TicketGrant, Tickets, ViewerMode};
 use crate::stream::{StreamHub, StreamStart};
 
-/// What the portal needs besides the shared application state.
+/// Services the portal uses besides the shared application state.
 #[derive(Clone)]
 pub struct Portal {
     pub sessions: SessionService,
     pub hub: StreamHub,
     pub tickets: Tickets,
     pub egress: crate::lifecycle::EgressListeners,
-    /// Days a recording is kept when the site does not say.
+    /// Days a recording is kept when the site sets no retention.
     pub default_retention_days: i64,
 }
 
@@ -204,8 +204,8 @@ struct LiveQuery {
     ticket: String,
 }
 
-/// The viewer WebSocket: an exact Origin, a one-time ticket issued to this session's
-/// owner (or a watching admin), and a portal session that stays valid.
+/// Upgrades to the viewer WebSocket after checking an exact Origin, a one-time ticket
+/// issued to this session's owner (or a watching admin), and a valid portal session.
 async fn live(
     State(state): State<AppState>,
     Path(session_id): Path<Uuid>,

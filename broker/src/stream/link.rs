@@ -35,7 +35,7 @@ pub(super) struct Link {
     pub last_pts_us: u64,
 }
 
-/// Why the link ended.
+/// Cause of the link's end.
 enum LinkEnd {
     /// The lifecycle stopped the stream; it ends the session itself.
     Stopped,
@@ -80,7 +80,7 @@ impl Link {
         self.stream.publish(ViewerEvent::Ended { reason });
     }
 
-    /// Dials the agent until it answers or the connect timeout passes, then
+    /// Dials the agent until it accepts the connection or the connect timeout passes, then
     /// authenticates with the session secret.
     async fn connect(&mut self) -> anyhow::Result<AgentSocket> {
         let url = format!("ws://{}/", self.agent_addr);
@@ -104,7 +104,7 @@ impl Link {
             }
             tokio::select! {
                 _ = tokio::time::sleep(CONNECT_RETRY) => {}
-                _ = self.stream.stop.cancelled() => anyhow::bail!("stopped before the agent answered"),
+                _ = self.stream.stop.cancelled() => anyhow::bail!("stopped before the agent accepted the connection"),
             }
         };
 
@@ -157,7 +157,7 @@ impl Link {
                     "workspace agent closed the connection".to_owned(),
                 ));
             }
-            // Pings are answered by the WebSocket layer; text frames carry nothing.
+            // The WebSocket layer replies to pings, and text frames carry nothing.
             _ => return None,
         };
         let decoded = match protocol::decode_agent_message(&frame) {
@@ -291,8 +291,8 @@ impl Link {
         None
     }
 
-    /// A marker's timestamp: the agent sends none, so the marker takes the time of the
-    /// last packet, which keeps the recording's timestamps monotonic.
+    /// Returns a marker's timestamp. The agent sends none, so the marker takes the time
+    /// of the last packet, which keeps the recording's timestamps monotonic.
     fn stream_pts(&self) -> u64 {
         self.last_pts_us
     }

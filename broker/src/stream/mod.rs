@@ -2,7 +2,7 @@
 //! and to viewers.
 //!
 //! The broker dials the agent. Every video packet goes to the recorder first and is
-//! broadcast to viewers only once the recorder accepted it, so nobody sees a frame
+//! broadcast to viewers only once the recorder accepted it, so no viewer gets a frame
 //! that is not being recorded. When the recorder fails, the stream freezes at once,
 //! viewers are told why, and the session is ended.
 //!
@@ -62,9 +62,9 @@ pub enum ViewerEvent {
 
 /// Callbacks into the session lifecycle.
 pub trait SessionHooks: Send + Sync + 'static {
-    /// The stream cannot go on; end the session with this reason.
+    /// Ends the session with this reason because the stream cannot go on.
     fn end_session(&self, session_id: Uuid, reason: String);
-    /// A person's real keyboard, mouse or wheel input arrived.
+    /// Records that a person's real keyboard, mouse or wheel input arrived.
     fn person_input(&self, session_id: Uuid);
 }
 
@@ -94,7 +94,7 @@ impl Default for StreamSettings {
     }
 }
 
-/// What the stream of one session needs to start.
+/// Parameters for starting the stream of one session.
 pub struct StreamStart {
     pub session_id: Uuid,
     pub owner: String,
@@ -263,7 +263,7 @@ impl StreamHub {
             .cloned()
     }
 
-    /// Ends a session's stream: the agent is told to end, the recording is sealed and
+    /// Ends a session's stream: the agent gets `End`, the recording is sealed and
     /// viewers get the reason. Does nothing for an unknown session.
     pub fn stop(&self, session_id: Uuid, reason: &str) {
         if let Some(stream) = self.get(session_id) {

@@ -2,8 +2,8 @@
 //!
 //! Recorder calls block on file I/O (a segment is fsynced when it is cut), so each
 //! recording gets a dedicated thread that owns the [`RecordingWriter`]. The stream task
-//! sends every record and waits for the answer before it shows the packet to anyone:
-//! a packet the recorder did not accept is never shown.
+//! sends every record and waits for the result before it shows the packet to anyone,
+//! so a packet the recorder did not accept is never shown.
 
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -17,7 +17,7 @@ use recorder::{
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-/// What the recorder thread is asked to do.
+/// Request to the recorder thread.
 enum Command {
     Config(StreamConfig, oneshot::Sender<Result<(), RecorderError>>),
     Packet(
@@ -36,7 +36,7 @@ pub struct SealSummary {
     pub seal_sha256: [u8; 32],
 }
 
-/// Where recordings go and how they are cut.
+/// Recording store, key store and segment settings.
 #[derive(Clone)]
 pub struct RecordingSettings {
     pub storage: Arc<dyn Storage>,
@@ -81,7 +81,7 @@ impl RecordingHandle {
         )
         .context("cannot create the recording")?;
 
-        // A small queue: the stream task waits for each answer anyway.
+        // A small queue is enough because the stream task waits for each result.
         let (commands, receiver) = std_mpsc::sync_channel(4);
         std::thread::Builder::new()
             .name(format!("recorder-{}", &id.simple().to_string()[..8]))
