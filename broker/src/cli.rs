@@ -69,8 +69,10 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::auth::cli::UserCommand,
     },
-    /// Bank credentials for auto-login in the local encrypted store: set, delete, list.
-    Credential {
+    /// Bank credentials for auto-login in the local encrypted store: set, delete, list;
+    /// failure locks: locked, unlock.
+    #[command(alias = "credential")]
+    Secrets {
         #[command(subcommand)]
         command: crate::secrets::cli::CredentialCommand,
     },
@@ -83,6 +85,8 @@ pub enum SiteCommand {
     Import { file: PathBuf },
     /// Allow a person (username or id) to open a site.
     Grant { user: String, site: String },
+    /// List the catalogue: name, state, start URL, auto-login and credential source.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,7 +170,7 @@ pub fn main() -> i32 {
                 Ok(db) => crate::auth::cli::run(&config, &db, command).await,
                 Err(code) => code,
             },
-            Command::Credential { command } => match open(&config).await {
+            Command::Secrets { command } => match open(&config).await {
                 Ok(db) => crate::secrets::cli::run(&config, &db, command).await,
                 Err(code) => code,
             },
@@ -258,6 +262,18 @@ async fn site(db: &Database, command: SiteCommand) -> i32 {
                 }
             }
         }
+        SiteCommand::List => match crate::sites::list(db).await {
+            Ok(sites) => {
+                for site in sites {
+                    println!("{}", crate::sites::summary_line(&site));
+                }
+                0
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                1
+            }
+        },
         SiteCommand::Grant { user, site } => {
             let person = match crate::auth::users::find(db, &user).await {
                 Ok(Some(person)) => person,

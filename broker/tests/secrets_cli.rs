@@ -1,4 +1,4 @@
-//! `strongroom credential ...` run as a process against a SQLite data directory.
+//! `strongroom secrets ...` run as a process against a SQLite data directory.
 
 use std::io::Write;
 use std::path::Path;
@@ -40,6 +40,33 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
+/// Imports the site `demo-bank`, which the credential commands require.
+fn import_demo_bank(dir: &Path, config: &Path) {
+    let file = dir.join("sites.toml");
+    std::fs::write(
+        &file,
+        "[[site]]\nname = \"demo-bank\"\ndisplay_name = \"Demo Bank\"\nstart_url = \"https://www.demo-bank.example/\"\nallowed_hosts = [\"www.demo-bank.example\"]\nrecording_retention_days = 30\n",
+    )
+    .unwrap();
+    let import = strongroom(config, &["site", "import", file.to_str().unwrap()], "");
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+}
+
+async fn open_database(dir: &Path) -> Database {
+    let config = DatabaseConfig {
+        target: DatabaseTarget::Sqlite {
+            path: dir.join("data").join("strongroom.db"),
+        },
+        max_connections: 2,
+        connect_timeout: std::time::Duration::from_secs(5),
+    };
+    Database::connect(&config).await.unwrap()
+}
+
 async fn stored(dir: &Path, reference: &CredentialRef) -> broker::secrets::BankCredentials {
     let config = DatabaseConfig {
         target: DatabaseTarget::Sqlite {
@@ -60,13 +87,14 @@ async fn stored(dir: &Path, reference: &CredentialRef) -> broker::secrets::BankC
 async fn set_from_stdin_then_list_names_only() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
+    import_demo_bank(dir.path(), &config);
 
     let set = strongroom(
         &config,
-        &["credential", "set", "demo-bank", "--user", "alice-id"],
+        &["secrets", "set", "demo-bank", "--user", "alice-id"],
         "alice\n`$(id)`%20 \nJBSWY3DPEHPK3PXP\n",
     );
-    let list = strongroom(&config, &["credential", "list"], "");
+    let list = strongroom(&config, &["secrets", "list"], "");
 
     assert!(
         set.status.success(),
@@ -103,6 +131,7 @@ async fn set_from_stdin_then_list_names_only() {
 async fn set_from_files_keeps_the_value_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
+    import_demo_bank(dir.path(), &config);
     std::fs::write(dir.path().join("user"), "team\n").unwrap();
     std::fs::write(dir.path().join("pass"), "pässwörd€ \n").unwrap();
 
@@ -111,7 +140,7 @@ async fn set_from_files_keeps_the_value_exactly() {
     let set = strongroom(
         &config,
         &[
-            "credential",
+            "secrets",
             "set",
             "demo-bank",
             "--no-totp",
@@ -137,13 +166,14 @@ async fn set_from_files_keeps_the_value_exactly() {
 async fn two_line_password_file_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
+    import_demo_bank(dir.path(), &config);
     let pass_file = dir.path().join("pass");
     std::fs::write(&pass_file, "Mk-first\nsecond\n").unwrap();
 
     let set = strongroom(
         &config,
         &[
-            "credential",
+            "secrets",
             "set",
             "demo-bank",
             "--no-totp",
@@ -152,7 +182,7 @@ async fn two_line_password_file_is_rejected() {
         ],
         "alice\n",
     );
-    let list = strongroom(&config, &["credential", "list"], "");
+    let list = strongroom(&config, &["secrets", "list"], "");
 
     assert_eq!(set.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&set.stderr);
@@ -172,7 +202,7 @@ async fn infisical_source_refuses_local_commands() {
         "[secrets]\nsource = \"infisical\"\n[secrets.infisical]\nurl = \"https://infisical.bank.example\"\nclient_id = \"id\"\nclient_secret = \"env:INFISICAL_CLIENT_SECRET\"\nproject_id = \"p\"\nenvironment = \"prod\"\n",
     );
 
-    let list = strongroom(&config, &["credential", "list"], "");
+    let list = strongroom(&config, &["secrets", "list"], "");
 
     assert_eq!(list.status.code(), Some(1));
     assert!(
@@ -180,4 +210,55 @@ async fn infisical_source_refuses_local_commands() {
         "{}",
         String::from_utf8_lossy(&list.stderr)
     );
+}
+
+#[tokio::test]
+async fn unknown_site_is_rejected_with_known_sites() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    import_demo_bank(dir.path(), &config);
+
+    let set = strongroom(
+        &config,
+        &["secrets", "set", "demo-bnak", "--no-totp"],
+        "alice\npass\n",
+    );
+
+    assert_eq!(set.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&set.stderr);
+    assert!(stderr.contains("no site named \"demo-bnak\""), "{stderr}");
+    assert!(stderr.contains("known sites: demo-bank"), "{stderr}");
+}
+
+#[tokio::test]
+async fn locked_credential_is_listed_and_unlocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    import_demo_bank(dir.path(), &config);
+    let reference = CredentialRef::shared("demo-bank").unwrap();
+    let db = open_database(dir.path()).await;
+    for _ in 0..2 {
+        broker::secrets::usage::record_login(&db, &reference, false, 2, 1_000)
+            .await
+            .unwrap();
+    }
+
+    let locked = strongroom(&config, &["secrets", "locked"], "");
+    let unlock = strongroom(&config, &["secrets", "unlock", "demo-bank"], "");
+    let after = strongroom(&config, &["secrets", "locked"], "");
+    let again = strongroom(&config, &["secrets", "unlock", "demo-bank"], "");
+
+    assert!(
+        String::from_utf8_lossy(&locked.stdout).contains("demo-bank\t(shared)\t2 failed"),
+        "{}",
+        String::from_utf8_lossy(&locked.stdout)
+    );
+    assert!(
+        unlock.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unlock.stderr)
+    );
+    assert!(String::from_utf8_lossy(&after.stdout).trim().is_empty());
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is not locked"));
 }

@@ -1,4 +1,5 @@
-//! `strongroom credential ...`: bank credentials in the local encrypted store.
+//! `strongroom secrets ...`: bank credentials in the local encrypted store, and the
+//! failure locks of every credential.
 //!
 //! Values come from files or standard input, never from the command line, where other
 //! users could read them in the process list.
@@ -51,6 +52,15 @@ pub enum CredentialCommand {
     },
     /// List stored credentials by site and user, without values.
     List,
+    /// List credentials locked after failed auto-logins.
+    Locked,
+    /// Clear a credential's lock and failure count once its value or the bank account
+    /// was checked.
+    Unlock {
+        site: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
 }
 
 /// Runs a credential command and returns the process exit code.
@@ -69,9 +79,19 @@ pub async fn run(config: &Config, db: &Database, command: CredentialCommand) -> 
 }
 
 async fn execute(config: &Config, db: &Database, command: CredentialCommand) -> anyhow::Result<()> {
+    match &command {
+        CredentialCommand::Locked => return list_locked(db).await,
+        CredentialCommand::Unlock { site, user } => {
+            return unlock(db, site, user.as_deref()).await;
+        }
+        CredentialCommand::Set { site, .. } | CredentialCommand::Delete { site, .. } => {
+            check_site_exists(db, site).await?;
+        }
+        CredentialCommand::List => {}
+    }
     if let SecretsConfig::Infisical(_) = config.secrets {
         bail!(
-            "secrets.source is \"infisical\": manage credentials in Infisical, not with `strongroom credential`"
+            "secrets.source is \"infisical\": manage credentials in Infisical, not with `strongroom secrets`"
         );
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -108,7 +128,7 @@ async fn execute(config: &Config, db: &Database, command: CredentialCommand) -> 
             let reference = reference(&site, user.as_deref())?;
             if !store.delete(&reference).await? {
                 bail!(
-                    "nothing is stored for {reference}; `strongroom credential list` shows what is"
+                    "nothing is stored for {reference}; `strongroom secrets list` shows what is"
                 );
             }
             let event = EventBuilder::new(actor, Action::SecretAccessed)
@@ -117,6 +137,9 @@ async fn execute(config: &Config, db: &Database, command: CredentialCommand) -> 
             audit.append(event.build()).await?;
             println!("deleted {reference}");
             Ok(())
+        }
+        CredentialCommand::Locked | CredentialCommand::Unlock { .. } => {
+            unreachable!("handled before the store is opened")
         }
         CredentialCommand::List => {
             for entry in store.list().await? {
@@ -134,6 +157,57 @@ async fn execute(config: &Config, db: &Database, command: CredentialCommand) -> 
             Ok(())
         }
     }
+}
+
+/// Rejects a site name that is not in the catalogue, listing the known ones.
+async fn check_site_exists(db: &Database, site: &str) -> anyhow::Result<()> {
+    if crate::sites::get(db, site).await?.is_some() {
+        return Ok(());
+    }
+    let known: Vec<String> = crate::sites::list(db)
+        .await?
+        .into_iter()
+        .map(|site| site.definition.name)
+        .collect();
+    if known.is_empty() {
+        bail!("no site named {site:?}; the catalogue is empty, import sites with `strongroom site import FILE`");
+    }
+    bail!(
+        "no site named {site:?}; known sites: {}",
+        known.join(", ")
+    );
+}
+
+async fn list_locked(db: &Database) -> anyhow::Result<()> {
+    for entry in super::usage::locked(db).await? {
+        let user = entry.reference.user_id().unwrap_or("(shared)");
+        let locked = chrono::DateTime::from_timestamp_millis(entry.locked_at_ms)
+            .map(|time| time.to_rfc3339())
+            .unwrap_or_default();
+        println!(
+            "{}\t{user}\t{} failed\t{locked}",
+            entry.reference.site(),
+            entry.failed_logins
+        );
+    }
+    Ok(())
+}
+
+/// Clears a lock and records `admin.secret.accessed` with the operation.
+async fn unlock(db: &Database, site: &str, user: Option<&str>) -> anyhow::Result<()> {
+    check_site_exists(db, site).await?;
+    let reference = reference(site, user)?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    if !super::usage::unlock(db, &reference, now_ms).await? {
+        bail!("{reference} is not locked; `strongroom secrets locked` lists the locked ones");
+    }
+    let audit = AuditLog::new(db.clone(), Arc::new(SystemClock));
+    let event = EventBuilder::new(Actor::System("cli"), Action::SecretAccessed)
+        .target(reference.audit_target())
+        .detail("operation", "unlock");
+    audit.append(event.build()).await?;
+    println!("unlocked {reference}");
+    Ok(())
 }
 
 /// Stores a credential and records `admin.secret.accessed` with the operation.

@@ -270,7 +270,7 @@ impl LocalStore {
         let Some(row) = row else {
             return Err(CredentialError::NotFound {
                 reference: reference.to_string(),
-                detail: "nothing is stored in the local credential table; store it with `strongroom credential set`".to_owned(),
+                detail: "nothing is stored in the local credential table; store it with `strongroom secrets set`".to_owned(),
             });
         };
 

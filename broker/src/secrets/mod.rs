@@ -16,6 +16,7 @@ pub mod cli;
 mod infisical;
 mod local;
 mod totp;
+pub mod usage;
 
 use std::fmt;
 use std::sync::Arc;

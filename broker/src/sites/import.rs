@@ -16,6 +16,31 @@
 //! cpus = 1.0
 //! pids = 512
 //! shm_mib = 1024
+//! [site.login]                          # optional: auto-login
+//! credential_source = "shared"          # or "per_person"
+//! credential_origins = ["https://www.demo-bank.example"]
+//! exclusive_use = true                  # default true: one live session per shared credential
+//! max_failed_logins = 3                 # default 3: failures in a row before the lock
+//! [[site.login.steps]]                  # each step: timeout_secs, default 15, max 120
+//! action = "wait_for"
+//! selector = "#username"
+//! timeout_secs = 30
+//! [[site.login.steps]]
+//! action = "type_username"              # also type_password, type_totp
+//! selector = "#username"
+//! [[site.login.steps]]
+//! action = "click"
+//! selector = "button[type=submit]"
+//! [[site.login.steps]]
+//! action = "wait_success"               # url_prefix, selector or both
+//! url_prefix = "https://www.demo-bank.example/accounts"
+//! [[site.login.logout_steps]]           # optional, same actions without type_*
+//! action = "click"
+//! selector = "#logout"
+//! [site.policy]
+//! downloads = "blocked"                 # or "deliver"
+//! clipboard = "blocked"                 # or "paste_in", "copy_out", "both"
+//! extra_ca_certs = ["bank-ca.pem"]      # PEM files, relative to this file
 //! ```
 //!
 //! The whole file is validated before anything is written, and every site is written
@@ -26,7 +51,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{SiteDefinition, SiteProblem};
+use super::{
+    ClipboardPolicy, CredentialSourceKind, DownloadPolicy, LoginRecipe, LoginSettings,
+    RecipeStep, SessionPolicy, SiteDefinition, SiteProblem,
+};
 use crate::db::Database;
 
 const DEFAULT_MEMORY_MIB: u64 = 2048;
@@ -59,6 +87,37 @@ pub struct RawSite {
     pub enabled: bool,
     #[serde(default)]
     pub limits: RawSiteLimits,
+    pub login: Option<RawLogin>,
+    #[serde(default)]
+    pub policy: RawPolicy,
+}
+
+/// `[site.login]`: the auto-login recipe and where its credential may go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    #[serde(default)]
+    pub steps: Vec<RecipeStep>,
+    pub logout_steps: Option<Vec<RecipeStep>>,
+    #[serde(default)]
+    pub credential_origins: Vec<String>,
+    #[serde(default)]
+    pub credential_source: CredentialSourceKind,
+    pub exclusive_use: Option<bool>,
+    pub max_failed_logins: Option<u32>,
+}
+
+/// `[site.policy]`: downloads, clipboard and extra CA certificates.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub downloads: DownloadPolicy,
+    #[serde(default)]
+    pub clipboard: ClipboardPolicy,
+    /// PEM files, relative to the site file.
+    #[serde(default)]
+    pub extra_ca_certs: Vec<PathBuf>,
 }
 
 /// `[site.limits]`: resource limits of each workspace container.
@@ -111,8 +170,11 @@ pub enum ImportError {
 }
 
 /// Parses and validates a site file's text. Problems name the field, as in
-/// `site[1].start_url`.
-pub fn parse_sites(text: &str) -> Result<Vec<SiteDefinition>, Result<Vec<SiteProblem>, String>> {
+/// `site[1].start_url`. Relative certificate paths are resolved against `base_dir`.
+pub fn parse_sites(
+    text: &str,
+    base_dir: &Path,
+) -> Result<Vec<SiteDefinition>, Result<Vec<SiteProblem>, String>> {
     let file: RawSiteFile = toml::from_str(text).map_err(|error| Err(error.to_string()))?;
 
     let mut problems = Vec::new();
@@ -126,7 +188,7 @@ pub fn parse_sites(text: &str) -> Result<Vec<SiteDefinition>, Result<Vec<SitePro
                 message: format!("{:?} appears more than once in the file", raw.name),
             });
         }
-        match convert(raw, &path) {
+        match convert(raw, &path, base_dir) {
             Ok(definition) => match definition.validate(&path) {
                 Ok(()) => sites.push(definition),
                 Err(mut found) => problems.append(&mut found),
@@ -142,8 +204,34 @@ pub fn parse_sites(text: &str) -> Result<Vec<SiteDefinition>, Result<Vec<SitePro
     }
 }
 
-fn convert(raw: RawSite, path: &str) -> Result<SiteDefinition, Vec<SiteProblem>> {
+fn convert(raw: RawSite, path: &str, base_dir: &Path) -> Result<SiteDefinition, Vec<SiteProblem>> {
     let mut problems = Vec::new();
+
+    let mut extra_ca_certs = Vec::new();
+    for (index, file) in raw.policy.extra_ca_certs.iter().enumerate() {
+        let full = base_dir.join(file);
+        match std::fs::read_to_string(&full) {
+            Ok(pem) => extra_ca_certs.push(pem),
+            Err(error) => problems.push(SiteProblem {
+                field: format!("{path}.policy.extra_ca_certs[{index}]"),
+                message: format!("cannot read {}: {error}", full.display()),
+            }),
+        }
+    }
+    let login = match raw.login {
+        None => LoginSettings::default(),
+        Some(login) => {
+            let defaults = LoginSettings::default();
+            LoginSettings {
+                recipe: Some(LoginRecipe { steps: login.steps }),
+                logout_recipe: login.logout_steps.map(|steps| LoginRecipe { steps }),
+                credential_origins: login.credential_origins,
+                credential_source: login.credential_source,
+                exclusive_use: login.exclusive_use.unwrap_or(defaults.exclusive_use),
+                max_failed_logins: login.max_failed_logins.unwrap_or(defaults.max_failed_logins),
+            }
+        }
+    };
 
     let mut ranges = Vec::new();
     for (index, text) in raw.allowed_private_ranges.iter().enumerate() {
@@ -194,6 +282,12 @@ fn convert(raw: RawSite, path: &str) -> Result<SiteDefinition, Vec<SiteProblem>>
         max_sessions: raw.max_sessions,
         recording_retention_days: raw.recording_retention_days,
         enabled: raw.enabled,
+        login,
+        policy: SessionPolicy {
+            downloads: raw.policy.downloads,
+            clipboard: raw.policy.clipboard,
+            extra_ca_certs,
+        },
     })
 }
 
@@ -243,7 +337,8 @@ pub async fn import_file(db: &Database, path: &Path) -> Result<ImportReport, Imp
             path: path.to_owned(),
             source,
         })?;
-    let sites = parse_sites(&text).map_err(|error| match error {
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let sites = parse_sites(&text, base_dir).map_err(|error| match error {
         Ok(problems) => ImportError::Invalid {
             path: path.to_owned(),
             problems,

@@ -11,10 +11,12 @@
 //! Chromium could not load a plain `http` page through it. An internal test bank
 //! therefore needs a certificate, even when its address lies in an allowed private range.
 //!
-//! NOTE: credentials and login recipes are not part of a site yet. They belong in
-//! their own tables keyed on the site name, so that this table never holds a secret.
+//! A site's auto-login recipe, credential origins and session policies are in
+//! [`LoginSettings`] and [`SessionPolicy`]. Credential values never are: they live in
+//! the configured secret store, keyed on the site name.
 
 mod import;
+mod login;
 mod store;
 
 use std::fmt;
@@ -25,6 +27,10 @@ use ipnet::IpNet;
 pub use import::{
     ImportError, ImportReport, RawSite, RawSiteFile, RawSiteLimits, import_file,
     import_file_audited, parse_sites,
+};
+pub use login::{
+    ClipboardPolicy, CredentialSourceKind, DownloadPolicy, LoginRecipe, LoginSettings,
+    RecipeStep, SessionPolicy,
 };
 pub use store::{get, grant, grants_for, is_granted, list, revoke, upsert};
 
@@ -58,6 +64,8 @@ pub struct SiteDefinition {
     pub recording_retention_days: u32,
     /// A disabled site stays in the catalogue but cannot be launched.
     pub enabled: bool,
+    pub login: LoginSettings,
+    pub policy: SessionPolicy,
 }
 
 /// A stored site.
@@ -154,11 +162,28 @@ impl SiteDefinition {
             );
         }
 
+        let reachable = |host: &str, port: u16| hosts_valid && self.allows_host_port(host, port);
+        self.login
+            .validate(&format!("{path}.login"), &reachable, &mut problems);
+        self.policy
+            .validate(&format!("{path}.policy"), &mut problems);
+
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems)
         }
+    }
+
+    /// Returns whether the site's own allowlist lets a session reach `host:port`.
+    fn allows_host_port(&self, host: &str, port: u16) -> bool {
+        let target = egress::TargetHost::Name(host.to_owned());
+        self.allowed_ports.contains(&port)
+            && self
+                .allowed_hosts
+                .iter()
+                .filter_map(|pattern| egress::HostPattern::parse(pattern).ok())
+                .any(|pattern| pattern.matches(&target))
     }
 
     /// Returns whether every host pattern is valid, reporting each bad one.
@@ -278,6 +303,24 @@ impl SiteDefinition {
     }
 }
 
+/// Formats one line of `strongroom site list`: name, state, start URL, auto-login
+/// steps and credential source, separated by tabs.
+pub fn summary_line(site: &Site) -> String {
+    let state = if site.enabled { "enabled" } else { "disabled" };
+    let login = match &site.login.recipe {
+        Some(recipe) => format!("auto-login {} steps", recipe.steps.len()),
+        None => "no auto-login".to_owned(),
+    };
+    let source = match site.login.credential_source {
+        CredentialSourceKind::Shared => "shared credential",
+        CredentialSourceKind::PerPerson => "per-person credential",
+    };
+    format!(
+        "{}\t{state}\t{}\t{login}\t{source}",
+        site.name, site.start_url
+    )
+}
+
 fn is_valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())
         && name
@@ -305,6 +348,8 @@ mod tests {
             max_sessions: None,
             recording_retention_days: 365,
             enabled: true,
+            login: LoginSettings::default(),
+            policy: SessionPolicy::default(),
         }
     }
 

@@ -8,17 +8,18 @@ use super::{Site, SiteDefinition};
 use crate::db::Database;
 
 const SITE_COLUMNS: &str = "name, display_name, start_url, allowed_hosts, allowed_private_ranges, allowed_ports, \
-     memory_bytes, nano_cpus, pids, shm_bytes, max_sessions, recording_retention_days, enabled, created_at_ms, updated_at_ms";
+     memory_bytes, nano_cpus, pids, shm_bytes, max_sessions, recording_retention_days, enabled, login_settings, session_policy, created_at_ms, updated_at_ms";
 
 const UPSERT: &str = "INSERT INTO sites (name, display_name, start_url, allowed_hosts, allowed_private_ranges, allowed_ports, \
-     memory_bytes, nano_cpus, pids, shm_bytes, max_sessions, recording_retention_days, enabled, created_at_ms, updated_at_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
+     memory_bytes, nano_cpus, pids, shm_bytes, max_sessions, recording_retention_days, enabled, login_settings, session_policy, \
+     created_at_ms, updated_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $16, $14, $14) \
      ON CONFLICT (name) DO UPDATE SET display_name = excluded.display_name, start_url = excluded.start_url, \
      allowed_hosts = excluded.allowed_hosts, allowed_private_ranges = excluded.allowed_private_ranges, \
      allowed_ports = excluded.allowed_ports, memory_bytes = excluded.memory_bytes, nano_cpus = excluded.nano_cpus, \
      pids = excluded.pids, shm_bytes = excluded.shm_bytes, max_sessions = excluded.max_sessions, \
      recording_retention_days = excluded.recording_retention_days, enabled = excluded.enabled, \
-     updated_at_ms = excluded.updated_at_ms";
+     login_settings = excluded.login_settings, session_policy = excluded.session_policy, updated_at_ms = excluded.updated_at_ms";
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("lists of strings and numbers serialise")
@@ -46,6 +47,10 @@ fn from_row(row: &AnyRow) -> anyhow::Result<Site> {
         max_sessions: max_sessions.map(|value| value as u32),
         recording_retention_days: row.try_get::<i64, _>("recording_retention_days")? as u32,
         enabled: row.try_get::<i64, _>("enabled")? != 0,
+        login: serde_json::from_str(&row.try_get::<String, _>("login_settings")?)
+            .context("login_settings is not valid JSON")?,
+        policy: serde_json::from_str(&row.try_get::<String, _>("session_policy")?)
+            .context("session_policy is not valid JSON")?,
     };
     Ok(Site {
         definition,
@@ -105,6 +110,8 @@ fn bind_site<'q>(
         .bind(i64::from(site.recording_retention_days))
         .bind(i64::from(site.enabled))
         .bind(now_ms)
+        .bind(to_json(&site.login))
+        .bind(to_json(&site.policy))
 }
 
 /// Creates or replaces one validated site.

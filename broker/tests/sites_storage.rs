@@ -1,0 +1,219 @@
+//! The site catalogue's login settings and credential state, on SQLite and on
+//! PostgreSQL.
+
+use broker::both_backends;
+use broker::secrets::CredentialRef;
+use broker::secrets::usage::{self, ClaimRefused};
+use broker::sites::{self, CredentialSourceKind, RecipeStep};
+use broker::testing::TestDatabase;
+use uuid::Uuid;
+
+const SITE_FILE: &str = r##"
+[[site]]
+name = "demo-bank"
+display_name = "Demo Bank"
+start_url = "https://www.demo-bank.example/login"
+allowed_hosts = ["www.demo-bank.example", "login.demo-bank.example"]
+recording_retention_days = 30
+
+[site.login]
+credential_source = "per_person"
+credential_origins = ["https://login.demo-bank.example"]
+max_failed_logins = 2
+
+[[site.login.steps]]
+action = "wait_for"
+selector = "#user"
+timeout_secs = 30
+
+[[site.login.steps]]
+action = "type_username"
+selector = "#user"
+
+[[site.login.steps]]
+action = "type_password"
+selector = "#pass"
+
+[[site.login.steps]]
+action = "click"
+selector = "button[type=submit]"
+
+[[site.login.steps]]
+action = "wait_success"
+url_prefix = "https://www.demo-bank.example/accounts"
+
+[[site.login.logout_steps]]
+action = "click"
+selector = "#logout"
+
+[site.policy]
+downloads = "deliver"
+clipboard = "paste_in"
+"##;
+
+async fn import(
+    database: &TestDatabase,
+    text: &str,
+) -> Result<sites::ImportReport, sites::ImportError> {
+    let path = database.dir.path().join("sites.toml");
+    std::fs::write(&path, text).unwrap();
+    sites::import_file(&database.db, &path).await
+}
+
+both_backends!(login_settings_round_trip, login_settings_body);
+async fn login_settings_body(database: TestDatabase) {
+    import(&database, SITE_FILE).await.unwrap();
+
+    let site = sites::get(&database.db, "demo-bank")
+        .await
+        .unwrap()
+        .unwrap();
+
+    let recipe = site.login.recipe.as_ref().expect("recipe stored");
+    assert_eq!(recipe.steps.len(), 5);
+    assert_eq!(
+        recipe.steps[0],
+        RecipeStep::WaitFor {
+            selector: "#user".into(),
+            timeout_secs: Some(30)
+        }
+    );
+    assert_eq!(site.login.logout_recipe.as_ref().unwrap().steps.len(), 1);
+    assert_eq!(
+        site.login.credential_source,
+        CredentialSourceKind::PerPerson
+    );
+    assert_eq!(
+        site.login.credential_origins,
+        ["https://login.demo-bank.example"]
+    );
+    assert_eq!(site.login.max_failed_logins, 2);
+    assert!(site.login.exclusive_use);
+    assert_eq!(site.policy.downloads, sites::DownloadPolicy::Deliver);
+    assert_eq!(site.policy.clipboard, sites::ClipboardPolicy::PasteIn);
+}
+
+both_backends!(invalid_login_names_every_field, invalid_login_body);
+async fn invalid_login_body(database: TestDatabase) {
+    let text = SITE_FILE
+        .replace(
+            "credential_origins = [\"https://login.demo-bank.example\"]",
+            "credential_origins = [\"https://evil.example\"]",
+        )
+        .replace("timeout_secs = 30", "timeout_secs = 0")
+        .replace("max_failed_logins = 2", "max_failed_logins = 50");
+
+    let error = import(&database, &text).await.unwrap_err();
+
+    let sites::ImportError::Invalid { problems, .. } = error else {
+        panic!("expected invalid fields, got {error}");
+    };
+    let fields: Vec<&str> = problems
+        .iter()
+        .map(|problem| problem.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "site[0].login.steps[0].timeout_secs",
+            "site[0].login.credential_origins[0]",
+            "site[0].login.max_failed_logins",
+        ]
+    );
+    assert!(
+        sites::get(&database.db, "demo-bank")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+both_backends!(
+    exclusive_credential_has_one_holder,
+    exclusive_credential_body
+);
+async fn exclusive_credential_body(database: TestDatabase) {
+    let reference = CredentialRef::shared("demo-bank").unwrap();
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+
+    let first_claim = usage::claim(&database.db, &reference, first, true, 1)
+        .await
+        .unwrap();
+    let second_claim = usage::claim(&database.db, &reference, second, true, 2)
+        .await
+        .unwrap();
+    let shared_claim = usage::claim(&database.db, &reference, second, false, 3)
+        .await
+        .unwrap();
+
+    insert_session(&database, first, "ended").await;
+    let after_end = usage::claim(&database.db, &reference, second, true, 4)
+        .await
+        .unwrap();
+
+    assert_eq!(first_claim, Ok(()));
+    assert!(
+        matches!(second_claim, Err(ClaimRefused::InUse { .. })),
+        "{second_claim:?}"
+    );
+    assert_eq!(shared_claim, Ok(()));
+    assert_eq!(after_end, Ok(()));
+}
+
+async fn insert_session(database: &TestDatabase, id: Uuid, state: &str) {
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, site, instance_id, state, created_at_ms, last_input_at_ms) \
+         VALUES ($1, 'alice', 'demo-bank', 'test', $2, 0, 0)",
+    )
+    .bind(id.to_string())
+    .bind(state)
+    .execute(database.db.pool())
+    .await
+    .unwrap();
+}
+
+both_backends!(failures_in_a_row_lock_credential, failure_lock_body);
+async fn failure_lock_body(database: TestDatabase) {
+    let reference = CredentialRef::personal("demo-bank", "alice").unwrap();
+    let db = &database.db;
+
+    let first = usage::record_login(db, &reference, false, 2, 10)
+        .await
+        .unwrap();
+    let reset = usage::record_login(db, &reference, true, 2, 11)
+        .await
+        .unwrap();
+    let second = usage::record_login(db, &reference, false, 2, 12)
+        .await
+        .unwrap();
+    let third = usage::record_login(db, &reference, false, 2, 13)
+        .await
+        .unwrap();
+    let refused = usage::claim(db, &reference, Uuid::new_v4(), false, 14)
+        .await
+        .unwrap();
+    let listed = usage::locked(db).await.unwrap();
+    let unlocked = usage::unlock(db, &reference, 15).await.unwrap();
+    let after = usage::claim(db, &reference, Uuid::new_v4(), false, 16)
+        .await
+        .unwrap();
+
+    assert_eq!(first.failed_logins, 1);
+    assert_eq!(reset.failed_logins, 0);
+    assert!(!second.locked_now);
+    assert!(third.locked_now);
+    assert!(
+        matches!(
+            refused,
+            Err(ClaimRefused::Locked {
+                failed_logins: 2,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].reference, reference);
+    assert!(unlocked);
+    assert_eq!(after, Ok(()));
+}
