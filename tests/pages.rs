@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 pub struct PageServer {
     pub address: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -21,17 +22,22 @@ impl PageServer {
             .expect("bind page server");
         let address = listener.local_addr().expect("page server address");
         let pages = Arc::new(pages);
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let pages = pages.clone();
+                let log = log.clone();
                 tokio::spawn(async move {
                     let mut buffer = vec![0u8; 8192];
                     let Ok(read) = socket.read(&mut buffer).await else {
                         return;
                     };
                     let request = String::from_utf8_lossy(&buffer[..read]);
-                    let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    let (status, body) = match pages.get(path.as_str()) {
+                    let target = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    log.lock().expect("request log lock").push(target.clone());
+                    let path = target.split('?').next().unwrap_or("/");
+                    let (status, body) = match pages.get(path) {
                         Some(body) => ("200 OK", body.clone()),
                         None => ("404 Not Found", "not found".to_owned()),
                     };
@@ -43,7 +49,21 @@ impl PageServer {
                 });
             }
         });
-        PageServer { address, task }
+        PageServer {
+            address,
+            requests,
+            task,
+        }
+    }
+
+    /// Request targets (path and query) received so far, in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("request log lock").clone()
+    }
+
+    /// Returns the server's origin, such as `http://127.0.0.1:40123`.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.address)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -94,6 +94,9 @@
       case "idle_warning":
         show(status, "This session ends in " + message.seconds + " seconds without input.");
         break;
+      case "notice":
+        show(status, message.message);
+        break;
       case "recording_failed":
         show(status, "The recording stopped, so the session is frozen and ending: " + message.reason);
         break;

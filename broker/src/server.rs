@@ -203,12 +203,20 @@ fn start_sessions(
 
     crate::lifecycle::connect(&sessions, &hub, &listeners, auth, tasks);
     sessions.spawn_tasks(tasks);
+    let vault = crate::secrets::CredentialVault::from_config(config, db, clock.clone())?;
+    let auto_login = crate::secrets::autologin::AutoLoginService::new(
+        db.clone(),
+        vault,
+        audit.clone(),
+        tasks.clone(),
+    );
     Ok(crate::portal::Portal {
         sessions,
         hub,
         tickets: Default::default(),
         egress: listeners,
         default_retention_days: 90,
+        auto_login,
     })
 }
 

@@ -47,6 +47,7 @@ actions! {
     CredentialRetrieved => "credential.retrieved",
     AutoLoginAttempted => "credential.auto_login.attempted",
     AutoLoginFinished => "credential.auto_login.finished",
+    CredentialLocked => "credential.locked",
     // Administration.
     ConfigurationChanged => "admin.configuration.changed",
     PersonChanged => "admin.person.changed",

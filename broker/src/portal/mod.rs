@@ -33,6 +33,7 @@ pub struct Portal {
     pub egress: crate::lifecycle::EgressListeners,
     /// Days a recording is kept when the site sets no retention.
     pub default_retention_days: i64,
+    pub auto_login: crate::secrets::autologin::AutoLoginService,
 }
 
 pub fn routes() -> Router<AppState> {
@@ -98,8 +99,9 @@ async fn launch(
             .ok();
         return Err(ApiError::internal(error));
     }
-    let retention_days = crate::sites::get(&state.db, &launched.session.site)
-        .await?
+    let site = crate::sites::get(&state.db, &launched.session.site).await?;
+    let retention_days = site
+        .as_ref()
         .map(|site| i64::from(site.recording_retention_days))
         .unwrap_or(portal.default_retention_days);
     let start = StreamStart {
@@ -113,16 +115,27 @@ async fn launch(
         recording_id: Uuid::new_v4(),
         recording_expires_at: chrono::Utc::now() + chrono::Duration::days(retention_days),
     };
-    if let Err(error) = portal.hub.start(start) {
-        let reason = crate::sessions::EndReason::RecorderFailed {
-            detail: format!("{error:#}"),
-        };
-        portal
-            .sessions
-            .end(session_id, reason, Actor::System("recorder"))
-            .await
-            .ok();
-        return Err(ApiError::internal(error));
+    let stream = match portal.hub.start(start) {
+        Ok(stream) => stream,
+        Err(error) => {
+            let reason = crate::sessions::EndReason::RecorderFailed {
+                detail: format!("{error:#}"),
+            };
+            portal
+                .sessions
+                .end(session_id, reason, Actor::System("recorder"))
+                .await
+                .ok();
+            return Err(ApiError::internal(error));
+        }
+    };
+    if let Some(site) = site {
+        portal.auto_login.spawn(
+            stream,
+            portal.sessions.clone(),
+            principal.user_id.clone(),
+            site,
+        );
     }
     Ok(Redirect::to(&format!("/sessions/{session_id}")).into_response())
 }

@@ -12,6 +12,7 @@
 //! kept as a seed; the code is computed when the login form is filled
 //! ([`BankCredentials::to_protocol`]).
 
+pub mod autologin;
 pub mod cli;
 mod infisical;
 mod local;

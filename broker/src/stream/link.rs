@@ -267,7 +267,7 @@ impl Link {
                     .session(self.stream.session_id)
                     .outcome(outcome)
                     .detail("login_id", login_id)
-                    .detail("reason", reason.unwrap_or_default())
+                    .detail("reason", reason.clone().unwrap_or_default())
                     .build();
                 if let Err(error) = self.hub.audit().append(event).await {
                     tracing::error!(
@@ -275,6 +275,11 @@ impl Link {
                         "Cannot record the auto-login result"
                     );
                 }
+                self.stream.login_result.send_replace(Some(super::LoginResult {
+                    login_id,
+                    success,
+                    reason,
+                }));
             }
             AgentControl::BrowserExited { code, signal } => {
                 return Some(LinkEnd::Failed(format!(

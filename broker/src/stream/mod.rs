@@ -55,6 +55,10 @@ pub enum ViewerEvent {
     IdleWarning {
         seconds: u64,
     },
+    /// A message for the person, such as the result of the auto-login.
+    Notice {
+        message: String,
+    },
     Ended {
         reason: String,
     },
@@ -109,6 +113,7 @@ pub struct StreamStart {
 struct Snapshot {
     config: Option<(String, u32, u32)>,
     placeholder: bool,
+    notice: Option<String>,
     ended: Option<String>,
 }
 
@@ -122,9 +127,37 @@ pub struct LiveStream {
     snapshot: Mutex<Snapshot>,
     frozen: AtomicBool,
     stop: CancellationToken,
+    login_result: tokio::sync::watch::Sender<Option<LoginResult>>,
+}
+
+/// The agent's report of a whole auto-login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginResult {
+    pub login_id: u64,
+    pub success: bool,
+    /// The failed step and why; never a credential value.
+    pub reason: Option<String>,
 }
 
 impl LiveStream {
+    /// Shows a message to the session's viewers, including those that join later.
+    pub fn notify(&self, message: impl Into<String>) {
+        let message = message.into();
+        self.update(|snapshot| snapshot.notice = Some(message.clone()));
+        self.publish(ViewerEvent::Notice { message });
+    }
+
+    /// Waits until the agent reports the end of auto-login `login_id`. Returns None
+    /// when the stream ends first.
+    pub async fn login_finished(&self, login_id: u64) -> Option<LoginResult> {
+        let mut results = self.login_result.subscribe();
+        let result = tokio::select! {
+            result = results.wait_for(|result| result.as_ref().is_some_and(|result| result.login_id == login_id)) => result,
+            _ = self.stop.cancelled() => return None,
+        };
+        result.ok().and_then(|result| result.clone())
+    }
+
     /// Subscribes a viewer: the current state first, then every later event.
     pub fn subscribe(&self) -> (Vec<ViewerEvent>, broadcast::Receiver<ViewerEvent>) {
         let snapshot = self.snapshot.lock().expect("snapshot lock");
@@ -139,6 +172,9 @@ impl LiveStream {
         }
         if snapshot.placeholder {
             initial.push(ViewerEvent::Placeholder { active: true });
+        }
+        if let Some(message) = snapshot.notice.clone() {
+            initial.push(ViewerEvent::Notice { message });
         }
         if let Some(reason) = snapshot.ended.clone() {
             initial.push(ViewerEvent::Ended { reason });
@@ -234,6 +270,7 @@ impl StreamHub {
             snapshot: Mutex::new(Snapshot::default()),
             frozen: AtomicBool::new(false),
             stop: self.inner.tasks.token().child_token(),
+            login_result: tokio::sync::watch::Sender::new(None),
         });
         self.inner
             .streams

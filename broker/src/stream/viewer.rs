@@ -3,7 +3,7 @@
 //! Broker to browser: binary messages are video packets. Each is `0x01`, a flags byte
 //! with bit 0 set for a keyframe, the presentation time in microseconds as a
 //! little-endian u64, then the VP8 frame. Text messages are JSON status objects with
-//! a `type` of `config`, `placeholder`, `recording_failed`, `idle_warning` or `ended`.
+//! a `type` of `config`, `placeholder`, `recording_failed`, `idle_warning`, `notice` or `ended`.
 //!
 //! Browser to broker: text messages, each one JSON input event ([`ViewerInput`]).
 //! Input is forwarded only from the session's owner, never while the auto-login
@@ -201,6 +201,9 @@ enum StatusMessage<'a> {
     IdleWarning {
         seconds: u64,
     },
+    Notice {
+        message: &'a str,
+    },
     Ended {
         reason: &'a str,
     },
@@ -342,6 +345,7 @@ where
         ViewerEvent::IdleWarning { seconds } => {
             status(&StatusMessage::IdleWarning { seconds: *seconds })
         }
+        ViewerEvent::Notice { message } => status(&StatusMessage::Notice { message }),
         ViewerEvent::Ended { reason } => status(&StatusMessage::Ended { reason }),
     };
     sender.send(message).await

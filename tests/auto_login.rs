@@ -1,0 +1,354 @@
+//! Auto-login from the broker's credential store through the real agent, Xvfb and
+//! Chromium into a login page served on loopback. The page reports only a SHA-256 of
+//! the password it received, so the tests check byte-exact delivery without the value
+//! travelling back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::audit::AuditLog;
+use broker::clock::SystemClock;
+use broker::secrets::autologin::{AutoLoginOutcome, AutoLoginService, LoginTarget};
+use broker::secrets::{BankCredentials, CredentialKey, CredentialRef, CredentialVault, LocalStore};
+use broker::sites::{LoginRecipe, LoginSettings, RecipeStep};
+use broker::stream::{
+    LiveStream, RecordingSettings, SessionHooks, StreamHub, StreamSettings, StreamStart,
+    ViewerEvent,
+};
+use broker::tasks::TaskRegistry;
+use broker::testing::{TestBackend, TestDatabase};
+use protocol::SessionSecret;
+use recorder::{LocalDirStorage, LocalKeyStore, RecorderConfig};
+use sha2::{Digest, Sha256};
+use strongroom_tests::agent::HostAgent;
+use strongroom_tests::pages::PageServer;
+use uuid::Uuid;
+
+/// A login form that appears `delay_ms` after load. Each click on "Sign in" reports
+/// the username and the password's SHA-256, clears the fields, and adds
+/// `#welcome-N` for the Nth sign-in.
+fn login_page(delay_ms: u32) -> String {
+    format!(
+        r#"<html><body style="background:#fff">
+<div id="slot"></div>
+<script>
+let count = 0;
+setTimeout(() => {{
+  document.getElementById("slot").innerHTML =
+    '<input id="user" autocomplete="off"><input id="pass" type="password"><button id="go" type="button">Sign in</button>';
+  document.getElementById("go").addEventListener("click", async () => {{
+    const user = document.getElementById("user").value;
+    const pass = document.getElementById("pass").value;
+    const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(pass));
+    const hex = Array.from(new Uint8Array(digest)).map(b => b.toString(16).padStart(2, "0")).join("");
+    document.getElementById("user").value = "";
+    document.getElementById("pass").value = "";
+    await fetch("/received?user=" + encodeURIComponent(user) + "&sha256=" + hex);
+    count += 1;
+    document.body.insertAdjacentHTML("beforeend", '<div id="welcome-' + count + '">Welcome</div>');
+  }});
+}}, {delay_ms});
+</script></body></html>"#
+    )
+}
+
+struct NoHooks;
+
+impl SessionHooks for NoHooks {
+    fn end_session(&self, _session_id: Uuid, _reason: String) {}
+    fn person_input(&self, _session_id: Uuid) {}
+}
+
+struct Fixture {
+    database: TestDatabase,
+    audit: AuditLog,
+    store: LocalStore,
+    service: AutoLoginService,
+    hub: StreamHub,
+    tasks: TaskRegistry,
+    pages: PageServer,
+    agent: HostAgent,
+    secret: SessionSecret,
+}
+
+async fn fixture(delay_ms: u32) -> Fixture {
+    let database = TestDatabase::new(TestBackend::Sqlite).await;
+    let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
+    let key = CredentialKey::load_or_create(database.dir.path()).unwrap();
+    let store = LocalStore::new(database.db.clone(), Arc::new(key), Arc::new(SystemClock));
+    let vault = CredentialVault::new(Arc::new(store.clone()), audit.clone());
+    let tasks = TaskRegistry::new();
+    let service = AutoLoginService::new(database.db.clone(), vault, audit.clone(), tasks.clone());
+
+    let pages = PageServer::start(HashMap::from([("/login", login_page(delay_ms))])).await;
+    let secret = SessionSecret::new(hex::encode(Sha256::digest(Uuid::new_v4().as_bytes())));
+    let agent = HostAgent::start(&secret.sha256_hex(), &pages.url("/login")).await;
+
+    let recording = RecordingSettings {
+        storage: Arc::new(LocalDirStorage::open(database.dir.path().join("recordings")).unwrap()),
+        keys: Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap()),
+        config: RecorderConfig::default(),
+    };
+    let hub = StreamHub::new(
+        StreamSettings::default(),
+        recording,
+        audit.clone(),
+        tasks.clone(),
+    );
+    hub.set_hooks(Arc::new(NoHooks));
+
+    Fixture {
+        database,
+        audit,
+        store,
+        service,
+        hub,
+        tasks,
+        pages,
+        agent,
+        secret,
+    }
+}
+
+impl Fixture {
+    fn start_stream(&self) -> Arc<LiveStream> {
+        self.hub
+            .start(StreamStart {
+                session_id: Uuid::new_v4(),
+                owner: "alice".into(),
+                agent_addr: self.agent.address,
+                secret: self.secret.clone(),
+                recording_id: Uuid::new_v4(),
+                recording_expires_at: chrono::Utc::now() + chrono::Duration::days(1),
+            })
+            .expect("stream starts")
+    }
+
+    async fn store_password(&self, password: &str) {
+        let reference = CredentialRef::shared("demo-bank").unwrap();
+        let credentials =
+            BankCredentials::new(&reference, "alice".into(), password.into(), None).unwrap();
+        self.store
+            .save(&reference, &credentials, "system:test")
+            .await
+            .unwrap();
+    }
+
+    /// Returns the `/received` reports of the page: username and password SHA-256.
+    fn received(&self) -> Vec<String> {
+        self.pages
+            .requests()
+            .into_iter()
+            .filter(|target| target.starts_with("/received?"))
+            .collect()
+    }
+
+    async fn audit_text(&self) -> String {
+        self.audit
+            .list(0, 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|event| format!("{} {:?} {}\n", event.action, event.target, event.details))
+            .collect()
+    }
+
+    async fn events(&self, action: &str) -> usize {
+        self.audit
+            .list(0, 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|event| event.action == action)
+            .count()
+    }
+}
+
+fn settings(origins: Vec<String>, success_selector: &str, max_failed_logins: u32) -> LoginSettings {
+    LoginSettings {
+        recipe: Some(LoginRecipe {
+            steps: vec![
+                RecipeStep::WaitFor {
+                    selector: "#user".into(),
+                    timeout_secs: Some(30),
+                },
+                RecipeStep::TypeUsername {
+                    selector: "#user".into(),
+                    timeout_secs: None,
+                },
+                RecipeStep::TypePassword {
+                    selector: "#pass".into(),
+                    timeout_secs: None,
+                },
+                RecipeStep::Click {
+                    selector: "#go".into(),
+                    timeout_secs: None,
+                },
+                RecipeStep::WaitSuccess {
+                    url_prefix: None,
+                    selector: Some(success_selector.to_owned()),
+                    timeout_secs: Some(20),
+                },
+            ],
+        }),
+        credential_origins: origins,
+        max_failed_logins,
+        ..LoginSettings::default()
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+async fn run(
+    fixture: &Fixture,
+    stream: &Arc<LiveStream>,
+    login: &LoginSettings,
+) -> AutoLoginOutcome {
+    let target = LoginTarget {
+        session_id: stream.session_id,
+        user_id: "alice",
+        site: "demo-bank",
+        login,
+    };
+    fixture.service.run(stream, &target).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_passwords_arrive_byte_exact() {
+    let fixture = fixture(3000).await;
+    let stream = fixture.start_stream();
+    // Collects placeholder changes as they happen, so video packets cannot push them
+    // out of the viewer's buffer.
+    let (_, mut viewer) = stream.subscribe();
+    let placeholder = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = placeholder.clone();
+    let watcher = tokio::spawn(async move {
+        loop {
+            match viewer.recv().await {
+                Ok(ViewerEvent::Placeholder { active }) => seen.lock().unwrap().push(active),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let passwords = [
+        "Mk-<p&ss>'\"$",
+        "Mk-`$(id)`%20",
+        "Mk-pässwörd€",
+        "Mk-trailing space ",
+    ];
+
+    for (index, password) in passwords.iter().enumerate() {
+        fixture.store_password(password).await;
+        let login = settings(
+            vec![fixture.pages.origin()],
+            &format!("#welcome-{}", index + 1),
+            3,
+        );
+
+        let outcome = run(&fixture, &stream, &login).await;
+
+        assert_eq!(
+            outcome,
+            AutoLoginOutcome::Succeeded,
+            "password {index}; agent log:\n{}",
+            fixture.agent.log()
+        );
+        let received = fixture.received();
+        assert_eq!(received.len(), index + 1);
+        assert_eq!(
+            received[index],
+            format!("/received?user=alice&sha256={}", sha256_hex(password))
+        );
+    }
+
+    // The screen was hidden while credentials were typed, and shown again after.
+    watcher.abort();
+    let placeholder = placeholder.lock().unwrap().clone();
+    assert_eq!(placeholder.len(), 2 * passwords.len(), "{placeholder:?}");
+    assert_eq!(placeholder.first(), Some(&true));
+    assert_eq!(placeholder.last(), Some(&false));
+    assert_eq!(
+        fixture.events("credential.retrieved").await,
+        passwords.len()
+    );
+    let audit = fixture.audit_text().await;
+    assert!(
+        !audit.contains("Mk-"),
+        "a credential value reached the audit trail"
+    );
+    assert!(
+        !fixture.agent.log().contains("Mk-"),
+        "a credential value reached the agent log"
+    );
+
+    fixture.hub.stop(stream.session_id, "test finished");
+    assert!(
+        fixture
+            .tasks
+            .shutdown(Duration::from_secs(20))
+            .await
+            .is_empty()
+    );
+    drop(fixture.database);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_origin_is_refused_and_failures_lock() {
+    let fixture = fixture(0).await;
+    let stream = fixture.start_stream();
+    fixture.store_password("Mk-secret").await;
+    // The page's own origin is not listed, so nothing may be typed into it.
+    let login = settings(
+        vec!["https://www.demo-bank.example".to_owned()],
+        "#welcome-1",
+        2,
+    );
+
+    let first = run(&fixture, &stream, &login).await;
+    let second = run(&fixture, &stream, &login).await;
+    let third = run(&fixture, &stream, &login).await;
+
+    let AutoLoginOutcome::Failed { reason } = &first else {
+        panic!(
+            "expected a failure, got {first:?}; agent log:\n{}",
+            fixture.agent.log()
+        );
+    };
+    assert!(reason.contains("is not allowed"), "{reason}");
+    assert!(
+        matches!(second, AutoLoginOutcome::Failed { .. }),
+        "{second:?}"
+    );
+    let AutoLoginOutcome::Refused { detail, .. } = &third else {
+        panic!("expected the locked credential to be refused, got {third:?}");
+    };
+    assert!(detail.contains("locked after 2 failed"), "{detail}");
+    assert!(
+        fixture.received().is_empty(),
+        "the page received a credential"
+    );
+    assert_eq!(
+        fixture.events("credential.retrieved").await,
+        2,
+        "a locked credential was fetched"
+    );
+    assert_eq!(fixture.events("credential.locked").await, 1);
+    let locked = broker::secrets::usage::locked(&fixture.database.db)
+        .await
+        .unwrap();
+    assert_eq!(locked.len(), 1);
+    assert!(!fixture.audit_text().await.contains("Mk-"));
+
+    fixture.hub.stop(stream.session_id, "test finished");
+    assert!(
+        fixture
+            .tasks
+            .shutdown(Duration::from_secs(20))
+            .await
+            .is_empty()
+    );
+}
