@@ -81,8 +81,30 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum SiteCommand {
     /// Create or update the sites defined in a TOML file; nothing is stored when any
-    /// site is invalid.
-    Import { file: PathBuf },
+    /// site is invalid. Under dual control, new sites and changes to allowlists,
+    /// credential origins, recipes or credential sources wait for a second admin.
+    Import {
+        file: PathBuf,
+        /// The admin (username or id) requesting the changes; required under dual
+        /// control.
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// List site changes waiting for a second admin.
+    Pending,
+    /// Apply a pending site change as the second admin.
+    Approve {
+        id: uuid::Uuid,
+        /// The approving admin (username or id); not the one who requested the change.
+        #[arg(long)]
+        admin: String,
+    },
+    /// Discard a pending site change as the second admin.
+    Reject {
+        id: uuid::Uuid,
+        #[arg(long)]
+        admin: String,
+    },
     /// Allow a person (username or id) to open a site.
     Grant { user: String, site: String },
     /// List the catalogue: name, state, start URL, auto-login and credential source.
@@ -156,7 +178,7 @@ pub fn main() -> i32 {
             },
             Command::HostSetup { check, remove } => host_setup(&config, check, remove).await,
             Command::Site { command } => match open(&config).await {
-                Ok(db) => site(&db, command).await,
+                Ok(db) => site(&config, &db, command).await,
                 Err(code) => code,
             },
             Command::Image {
@@ -238,7 +260,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> i32 {
     0
 }
 
-async fn site(db: &Database, command: SiteCommand) -> i32 {
+async fn site(config: &Config, db: &Database, command: SiteCommand) -> i32 {
     if let Err(error) = db.migrate().await {
         eprintln!("error: {error:#}");
         return 1;
@@ -247,13 +269,30 @@ async fn site(db: &Database, command: SiteCommand) -> i32 {
         crate::audit::AuditLog::new(db.clone(), std::sync::Arc::new(crate::clock::SystemClock));
     let actor = crate::audit::Actor::System("cli");
     match command {
-        SiteCommand::Import { file } => {
-            match crate::sites::import_file_audited(db, &audit, actor, &file).await {
+        SiteCommand::Import { file, admin } => {
+            let options = match crate::sites::cli::import_options(config, db, admin.as_deref()).await {
+                Ok(options) => options,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    return 2;
+                }
+            };
+            let actor = match &admin {
+                Some(_) => crate::audit::Actor::Person(options.requested_by.clone()),
+                None => actor,
+            };
+            match crate::sites::import_file_audited(db, &audit, actor, &file, &options).await {
                 Ok(report) => {
                     println!(
                         "sites created: {:?}; updated: {:?}",
                         report.created, report.updated
                     );
+                    for (name, id, fields) in &report.pending {
+                        println!(
+                            "site {name}: change {id} to {} waits for a second admin: strongroom site approve {id} --admin NAME",
+                            fields.join(", ")
+                        );
+                    }
                     0
                 }
                 Err(error) => {
@@ -261,6 +300,13 @@ async fn site(db: &Database, command: SiteCommand) -> i32 {
                     2
                 }
             }
+        }
+        SiteCommand::Pending => crate::sites::cli::pending(db).await,
+        SiteCommand::Approve { id, admin } => {
+            crate::sites::cli::decide(db, &audit, id, &admin, true).await
+        }
+        SiteCommand::Reject { id, admin } => {
+            crate::sites::cli::decide(db, &audit, id, &admin, false).await
         }
         SiteCommand::List => match crate::sites::list(db).await {
             Ok(sites) => {

@@ -444,6 +444,7 @@ async fn audited_import_body(database: TestDatabase) {
         &audit,
         broker::audit::Actor::Person("root".to_owned()),
         &path,
+        &sites::ImportOptions::default(),
     )
     .await
     .unwrap();

@@ -217,3 +217,127 @@ async fn failure_lock_body(database: TestDatabase) {
     assert!(unlocked);
     assert_eq!(after, Ok(()));
 }
+
+fn held_by(admin: &str) -> sites::ImportOptions {
+    sites::ImportOptions {
+        hold_controlled_changes: true,
+        requested_by: admin.to_owned(),
+    }
+}
+
+async fn import_held(
+    database: &TestDatabase,
+    audit: &broker::audit::AuditLog,
+    text: &str,
+) -> sites::ImportReport {
+    let path = database.dir.path().join("held.toml");
+    std::fs::write(&path, text).unwrap();
+    sites::import_file_audited(
+        &database.db,
+        audit,
+        broker::audit::Actor::Person("admin-a".to_owned()),
+        &path,
+        &held_by("admin-a"),
+    )
+    .await
+    .unwrap()
+}
+
+both_backends!(dual_control_holds_until_second_admin, dual_control_body);
+async fn dual_control_body(database: TestDatabase) {
+    use sites::dual_control::{self, DecisionError};
+    let audit = broker::audit::AuditLog::new(
+        database.db.clone(),
+        std::sync::Arc::new(broker::clock::SystemClock),
+    );
+
+    let report = import_held(&database, &audit, SITE_FILE).await;
+
+    assert_eq!(report.pending.len(), 1);
+    let (name, id, fields) = report.pending[0].clone();
+    assert_eq!(name, "demo-bank");
+    assert_eq!(fields, ["new site"]);
+    assert!(
+        sites::get(&database.db, "demo-bank")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let same = dual_control::approve(&database.db, &audit, id, "admin-a", 5).await;
+    assert!(
+        matches!(same, Err(DecisionError::SameAdmin { .. })),
+        "{same:?}"
+    );
+    let approved = dual_control::approve(&database.db, &audit, id, "admin-b", 6)
+        .await
+        .unwrap();
+    assert_eq!(approved.login.max_failed_logins, 2);
+    let twice = dual_control::approve(&database.db, &audit, id, "admin-c", 7).await;
+    assert!(
+        matches!(twice, Err(DecisionError::NotPending(_))),
+        "{twice:?}"
+    );
+
+    // A display name change applies at once; an allowlist change waits.
+    let renamed = import_held(
+        &database,
+        &audit,
+        &SITE_FILE.replace(
+            "display_name = \"Demo Bank\"",
+            "display_name = \"Demo Bank Ltd\"",
+        ),
+    )
+    .await;
+    assert!(renamed.pending.is_empty(), "{:?}", renamed.pending);
+    assert_eq!(renamed.updated, ["demo-bank"]);
+    let widened = import_held(
+        &database,
+        &audit,
+        &SITE_FILE.replace(
+            "\"login.demo-bank.example\"]",
+            "\"login.demo-bank.example\", \"cdn.example\"]",
+        ),
+    )
+    .await;
+    assert_eq!(widened.pending.len(), 1);
+    assert_eq!(widened.pending[0].2, ["allowed_hosts"]);
+    let rejected = dual_control::reject(&database.db, &audit, widened.pending[0].1, "admin-b", 8)
+        .await
+        .unwrap();
+    assert_eq!(rejected.definition.name, "demo-bank");
+    let site = sites::get(&database.db, "demo-bank")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(site.display_name, "Demo Bank Ltd");
+    assert_eq!(site.allowed_hosts.len(), 2);
+    assert!(
+        dual_control::pending(&database.db)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let decisions: Vec<String> = audit
+        .list(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.action == "admin.site.changed")
+        .map(|event| {
+            let details: serde_json::Value = serde_json::from_str(&event.details).unwrap();
+            format!("{} {}", event.actor, details["change"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            "user:admin-a requested",
+            "user:admin-b approved",
+            "user:admin-a updated",
+            "user:admin-a requested",
+            "user:admin-b rejected",
+        ]
+    );
+}

@@ -1,5 +1,5 @@
 -- Auto-login settings and session policies of each site, the use and failure state
--- of each bank credential.
+-- of each bank credential, and site changes waiting for a second admin.
 -- Times are Unix milliseconds; settings are JSON objects stored as text.
 
 ALTER TABLE sites ADD COLUMN login_settings TEXT NOT NULL DEFAULT '{"recipe":null,"logout_recipe":null,"credential_origins":[],"credential_source":"shared","exclusive_use":true,"max_failed_logins":3}';
@@ -18,3 +18,20 @@ CREATE TABLE credential_state (
     updated_at_ms   BIGINT NOT NULL,
     PRIMARY KEY (site, user_id)
 );
+
+-- A site definition submitted by one admin, applied only once another admin approved
+-- it. status: pending -> approved | rejected. changed_fields is a JSON list of the
+-- controlled fields that differ from the stored site.
+CREATE TABLE site_changes (
+    id              TEXT    PRIMARY KEY,
+    site            TEXT    NOT NULL,
+    definition      TEXT    NOT NULL,
+    changed_fields  TEXT    NOT NULL,
+    requested_by    TEXT    NOT NULL,
+    requested_at_ms BIGINT NOT NULL,
+    status          TEXT    NOT NULL,
+    decided_by      TEXT,
+    decided_at_ms   BIGINT
+);
+
+CREATE INDEX site_changes_status ON site_changes (status, site);

@@ -17,6 +17,7 @@ pub mod raw;
 mod secret;
 pub mod secrets;
 pub mod sessions;
+pub mod sites;
 mod validate;
 
 use std::fmt;
@@ -56,6 +57,7 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub launcher: launcher::LauncherSettings,
     pub secrets: secrets::SecretsConfig,
+    pub sites: sites::SitesConfig,
 }
 
 #[derive(Debug, Clone)]

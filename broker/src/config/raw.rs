@@ -80,6 +80,8 @@ pub struct RawConfig {
     pub launcher: Option<toml::Value>,
     /// `[secrets]`: where auto-login credentials come from; keys in `config::secrets`.
     pub secrets: super::secrets::RawSecrets,
+    /// `[sites]`: approval of site changes; keys in `config::sites`.
+    pub sites: super::sites::RawSites,
 }
 
 #[derive(Debug, Default, Deserialize)]

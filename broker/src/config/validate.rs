@@ -40,6 +40,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Con
         problems,
     );
     let secrets = super::secrets::validate_secrets(&raw.secrets, problems);
+    let sites = super::sites::validate_sites(&raw.sites, problems);
 
     Some(Config {
         data_dir,
@@ -51,6 +52,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Con
         sessions: sessions?,
         launcher: launcher?,
         secrets: secrets?,
+        sites: sites?,
     })
 }
 

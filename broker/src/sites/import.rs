@@ -147,6 +147,9 @@ fn default_enabled() -> bool {
 pub struct ImportReport {
     pub created: Vec<String>,
     pub updated: Vec<String>,
+    /// Sites whose changes wait for a second admin, with the change id and the
+    /// controlled fields that changed.
+    pub pending: Vec<(String, uuid::Uuid, Vec<String>)>,
     /// Sites that list allowed private ranges; the caller audits each approval.
     pub with_private_ranges: Vec<String>,
 }
@@ -291,17 +294,46 @@ fn convert(raw: RawSite, path: &str, base_dir: &Path) -> Result<SiteDefinition, 
     })
 }
 
-/// Imports a site file like [`import_file`] and appends one `admin.site.changed`
-/// event per site, naming the allowed private ranges each admin approval adds.
+/// Who imports, and whether changes under dual control wait for a second admin.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub hold_controlled_changes: bool,
+    /// The importing admin's user id, or `system:cli`.
+    pub requested_by: String,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            hold_controlled_changes: false,
+            requested_by: "system:cli".to_owned(),
+        }
+    }
+}
+
+/// Imports a site file like [`import_file_with`] and appends one `admin.site.changed`
+/// event per site: for an applied site naming the allowed private ranges, for a held
+/// one the change id and the fields waiting for approval.
 pub async fn import_file_audited(
     db: &Database,
     audit: &crate::audit::AuditLog,
     actor: crate::audit::Actor,
     path: &Path,
+    options: &ImportOptions,
 ) -> Result<ImportReport, ImportError> {
     use crate::audit::{Action, EventBuilder};
 
-    let report = import_file(db, path).await?;
+    let report = import_file_with(db, path, options).await?;
+    for (name, id, fields) in &report.pending {
+        let event = EventBuilder::new(actor.clone(), Action::SiteChanged)
+            .target(name.clone())
+            .detail("change", "requested")
+            .detail("change_id", id.to_string())
+            .detail("fields", fields.clone())
+            .detail("source", path.display().to_string())
+            .build();
+        audit.append(event).await.map_err(ImportError::Storage)?;
+    }
     for (name, change) in report
         .created
         .iter()
@@ -331,6 +363,16 @@ pub async fn import_file_audited(
 /// Reads, validates and stores every site in `path`, creating new sites and replacing
 /// existing ones with the same name. Nothing is stored when any site is invalid.
 pub async fn import_file(db: &Database, path: &Path) -> Result<ImportReport, ImportError> {
+    import_file_with(db, path, &ImportOptions::default()).await
+}
+
+/// Imports like [`import_file`]. With `hold_controlled_changes`, a new site or a change
+/// to a controlled field is stored as a pending change instead of being applied.
+pub async fn import_file_with(
+    db: &Database,
+    path: &Path,
+    options: &ImportOptions,
+) -> Result<ImportReport, ImportError> {
     let text = tokio::fs::read_to_string(path)
         .await
         .map_err(|source| ImportError::Read {
@@ -350,11 +392,43 @@ pub async fn import_file(db: &Database, path: &Path) -> Result<ImportReport, Imp
     })?;
 
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let created = super::store::upsert_all(db, &sites, now_ms)
-        .await
-        .map_err(ImportError::Storage)?;
+    let mut applied = Vec::new();
+    let mut held = Vec::new();
+    for site in sites {
+        let existing = super::get(db, &site.name).await.map_err(ImportError::Storage)?;
+        let fields = super::dual_control::controlled_changes(
+            existing.as_ref().map(|site| &site.definition),
+            &site,
+        );
+        if options.hold_controlled_changes && !fields.is_empty() {
+            held.push((site, fields));
+        } else {
+            applied.push(site);
+        }
+    }
 
     let mut report = ImportReport::default();
+    let stored: anyhow::Result<Vec<bool>> = async {
+        let mut transaction = db.pool().begin().await?;
+        let created = super::store::upsert_in(&mut transaction, &applied, now_ms).await?;
+        for (site, fields) in &held {
+            let id = super::dual_control::submit_in(
+                &mut transaction,
+                site,
+                fields,
+                &options.requested_by,
+                now_ms,
+            )
+            .await?;
+            report.pending.push((site.name.clone(), id, fields.clone()));
+        }
+        transaction.commit().await?;
+        Ok(created)
+    }
+    .await;
+    let created = stored.map_err(ImportError::Storage)?;
+
+    let sites = applied;
     for (site, was_created) in sites.iter().zip(created) {
         if was_created {
             report.created.push(site.name.clone());
@@ -365,6 +439,6 @@ pub async fn import_file(db: &Database, path: &Path) -> Result<ImportReport, Imp
             report.with_private_ranges.push(site.name.clone());
         }
     }
-    tracing::info!(created = report.created.len(), updated = report.updated.len(), file = %path.display(), "Imported sites");
+    tracing::info!(created = report.created.len(), updated = report.updated.len(), pending = report.pending.len(), file = %path.display(), "Imported sites");
     Ok(report)
 }

@@ -15,6 +15,8 @@
 //! [`LoginSettings`] and [`SessionPolicy`]. Credential values never are: they live in
 //! the configured secret store, keyed on the site name.
 
+pub mod cli;
+pub mod dual_control;
 mod import;
 mod login;
 mod store;
@@ -25,8 +27,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 pub use import::{
-    ImportError, ImportReport, RawSite, RawSiteFile, RawSiteLimits, import_file,
-    import_file_audited, parse_sites,
+    ImportError, ImportOptions, ImportReport, RawSite, RawSiteFile, RawSiteLimits, import_file,
+    import_file_audited, import_file_with, parse_sites,
 };
 pub use login::{
     ClipboardPolicy, CredentialSourceKind, DownloadPolicy, LoginRecipe, LoginSettings,
@@ -44,7 +46,7 @@ pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_RETENTION_DAYS: u32 = 3653;
 
 /// A validated site.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SiteDefinition {
     /// Stable identifier: lowercase letters, digits and hyphens.
     pub name: String,

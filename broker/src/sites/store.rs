@@ -70,23 +70,34 @@ pub(super) async fn upsert_all(
         .begin()
         .await
         .context("cannot start the site import transaction")?;
-    let mut created = Vec::with_capacity(sites.len());
-    for site in sites {
-        let existing = sqlx::query("SELECT name FROM sites WHERE name = $1")
-            .bind(&site.name)
-            .fetch_optional(&mut *transaction)
-            .await
-            .context("cannot read a site")?;
-        created.push(existing.is_none());
-        bind_site(sqlx::query(UPSERT), site, now_ms)
-            .execute(&mut *transaction)
-            .await
-            .with_context(|| format!("cannot store site {}", site.name))?;
-    }
+    let created = upsert_in(&mut transaction, sites, now_ms).await?;
     transaction
         .commit()
         .await
         .context("cannot commit the site import")?;
+    Ok(created)
+}
+
+/// Creates or replaces sites inside a caller's transaction. Returns, per site, whether
+/// it was new.
+pub(super) async fn upsert_in(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
+    sites: &[SiteDefinition],
+    now_ms: i64,
+) -> anyhow::Result<Vec<bool>> {
+    let mut created = Vec::with_capacity(sites.len());
+    for site in sites {
+        let existing = sqlx::query("SELECT name FROM sites WHERE name = $1")
+            .bind(&site.name)
+            .fetch_optional(&mut **transaction)
+            .await
+            .context("cannot read a site")?;
+        created.push(existing.is_none());
+        bind_site(sqlx::query(UPSERT), site, now_ms)
+            .execute(&mut **transaction)
+            .await
+            .with_context(|| format!("cannot store site {}", site.name))?;
+    }
     Ok(created)
 }
 
