@@ -25,7 +25,7 @@ use strongroom_tests::agent::HostAgent;
 use strongroom_tests::pages::PageServer;
 use uuid::Uuid;
 
-/// A login form that appears `delay_ms` after load. Each click on "Sign in" reports
+/// Returns a login page whose form appears `delay_ms` after load. Each click on "Sign in" reports
 /// the username and the password's SHA-256, clears the fields, and adds
 /// `#welcome-N` for the Nth sign-in.
 fn login_page(delay_ms: u32) -> String {
@@ -297,7 +297,7 @@ async fn awkward_passwords_arrive_byte_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_origin_is_refused_and_failures_lock() {
+async fn foreign_origin_rejected_and_failures_lock() {
     let fixture = fixture(0).await;
     let stream = fixture.start_stream();
     fixture.store_password("Mk-secret").await;
@@ -323,8 +323,8 @@ async fn foreign_origin_is_refused_and_failures_lock() {
         matches!(second, AutoLoginOutcome::Failed { .. }),
         "{second:?}"
     );
-    let AutoLoginOutcome::Refused { detail, .. } = &third else {
-        panic!("expected the locked credential to be refused, got {third:?}");
+    let AutoLoginOutcome::Rejected { detail, .. } = &third else {
+        panic!("expected the locked credential to be rejected, got {third:?}");
     };
     assert!(detail.contains("locked after 2 failed"), "{detail}");
     assert!(

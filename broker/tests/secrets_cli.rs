@@ -262,3 +262,41 @@ async fn locked_credential_is_listed_and_unlocked() {
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("is not locked"));
 }
+
+#[tokio::test]
+async fn site_list_shows_auto_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    import_demo_bank(dir.path(), &config);
+
+    let list = strongroom(&config, &["site", "list"], "");
+
+    assert!(list.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout),
+        "demo-bank\tenabled\thttps://www.demo-bank.example/\tno auto-login\tshared credential\n"
+    );
+}
+
+#[tokio::test]
+async fn dual_control_import_needs_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[sites]\ndual_control = true\n");
+    let file = dir.path().join("sites.toml");
+    std::fs::write(
+        &file,
+        "[[site]]\nname = \"demo-bank\"\ndisplay_name = \"Demo Bank\"\nstart_url = \"https://www.demo-bank.example/\"\nallowed_hosts = [\"www.demo-bank.example\"]\nrecording_retention_days = 30\n",
+    )
+    .unwrap();
+
+    let import = strongroom(&config, &["site", "import", file.to_str().unwrap()], "");
+    let list = strongroom(&config, &["site", "list"], "");
+
+    assert_eq!(import.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&import.stderr).contains("--admin NAME"),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    assert!(String::from_utf8_lossy(&list.stdout).is_empty());
+}

@@ -3,7 +3,7 @@
 
 use broker::both_backends;
 use broker::secrets::CredentialRef;
-use broker::secrets::usage::{self, ClaimRefused};
+use broker::secrets::usage::{self, ClaimRejected};
 use broker::sites::{self, CredentialSourceKind, RecipeStep};
 use broker::testing::TestDatabase;
 use uuid::Uuid;
@@ -153,7 +153,7 @@ async fn exclusive_credential_body(database: TestDatabase) {
 
     assert_eq!(first_claim, Ok(()));
     assert!(
-        matches!(second_claim, Err(ClaimRefused::InUse { .. })),
+        matches!(second_claim, Err(ClaimRejected::InUse { .. })),
         "{second_claim:?}"
     );
     assert_eq!(shared_claim, Ok(()));
@@ -205,7 +205,7 @@ async fn failure_lock_body(database: TestDatabase) {
     assert!(
         matches!(
             refused,
-            Err(ClaimRefused::Locked {
+            Err(ClaimRejected::Locked {
                 failed_logins: 2,
                 ..
             })
@@ -340,4 +340,18 @@ async fn dual_control_body(database: TestDatabase) {
             "user:admin-b rejected",
         ]
     );
+}
+
+both_backends!(example_site_file_imports, example_site_file_body);
+async fn example_site_file_body(database: TestDatabase) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/sites.example.toml");
+
+    let report = sites::import_file(&database.db, &path).await.unwrap();
+
+    assert_eq!(report.created, ["demo-bank"]);
+    let site = sites::get(&database.db, "demo-bank")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(site.login.recipe.as_ref().unwrap().needs_totp());
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::usage::{self, ClaimRefused};
+use super::usage::{self, ClaimRejected};
 use super::{CredentialRef, CredentialVault};
 use crate::audit::{Action, Actor, AuditLog, EventBuilder, Outcome};
 use crate::db::Database;
@@ -26,11 +26,11 @@ use crate::tasks::TaskRegistry;
 /// Time the agent gets on top of the recipe's step timeouts to connect and report.
 const RESULT_MARGIN: Duration = Duration::from_secs(90);
 
-/// Message the person sees while nothing is wrong.
+/// Notice shown to the person while the login runs.
 const RUNNING_NOTICE: &str =
     "Signing you in to the bank. The screen is hidden while credentials are typed.";
 
-/// How an auto-login ended.
+/// Result of an auto-login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AutoLoginOutcome {
     /// The site has no recipe.
@@ -45,7 +45,7 @@ pub enum AutoLoginOutcome {
     },
     /// The credential could not be used: locked, in use, or not readable. The session
     /// must end; `person_message` explains why without internal detail.
-    Refused {
+    Rejected {
         person_message: String,
         detail: String,
     },
@@ -83,7 +83,7 @@ impl AutoLoginService {
         }
     }
 
-    /// Runs the auto-login of a just-started session in a tracked task. A refused
+    /// Runs the auto-login of a just-started session in a tracked task. A rejected
     /// credential ends the session; a failed login leaves it to the person.
     pub fn spawn(
         &self,
@@ -107,15 +107,15 @@ impl AutoLoginService {
             if let Some(message) = person_message(&outcome) {
                 stream.notify(message);
             }
-            if let AutoLoginOutcome::Refused { detail, .. } = outcome {
+            if let AutoLoginOutcome::Rejected { detail, .. } = outcome {
                 let reason = EndReason::LaunchFailed {
-                    detail: format!("auto-login refused: {detail}"),
+                    detail: format!("auto-login rejected: {detail}"),
                 };
                 if let Err(error) = sessions
                     .end(stream.session_id, reason, Actor::System("auto-login"))
                     .await
                 {
-                    tracing::error!(session.id = %stream.session_id, error = %error, "Cannot end a session whose credential was refused");
+                    tracing::error!(session.id = %stream.session_id, error = %error, "Cannot end a session whose credential was rejected");
                 }
             }
         });
@@ -134,7 +134,7 @@ impl AutoLoginService {
         let reference = match credential_reference(target) {
             Ok(reference) => reference,
             Err(detail) => {
-                return refused("auto-login is not set up correctly for this site", detail);
+                return rejected("auto-login is not set up correctly for this site", detail);
             }
         };
 
@@ -144,16 +144,16 @@ impl AutoLoginService {
             Ok(Ok(())) => {}
             Ok(Err(refusal)) => {
                 let person_message = match refusal {
-                    ClaimRefused::Locked { .. } => {
+                    ClaimRejected::Locked { .. } => {
                         "auto-login for this bank is locked after failed attempts; ask an administrator"
                     }
-                    ClaimRefused::InUse { .. } => {
+                    ClaimRejected::InUse { .. } => {
                         "the bank login is in use by another session; try again when it has ended"
                     }
                 };
-                return refused(person_message, refusal.to_string());
+                return rejected(person_message, refusal.to_string());
             }
-            Err(error) => return refused("auto-login is unavailable", format!("{error:#}")),
+            Err(error) => return rejected("auto-login is unavailable", format!("{error:#}")),
         }
 
         let actor = Actor::Person(target.user_id.to_owned());
@@ -165,14 +165,14 @@ impl AutoLoginService {
             Ok(credentials) => credentials,
             // The vault logged and audited the precise error.
             Err(error) => {
-                return refused(
+                return rejected(
                     "the bank credentials could not be read; an administrator can see why in the audit trail",
                     error.to_string(),
                 );
             }
         };
         if recipe.needs_totp() && credentials.totp_seed.is_none() {
-            return refused(
+            return rejected(
                 "auto-login is not set up correctly for this site",
                 format!(
                     "the recipe types a one-time code, but {reference} has no TOTP seed; store one"
@@ -330,14 +330,14 @@ impl AutoLoginService {
     }
 }
 
-/// Returns the message the person sees after an auto-login that did not succeed.
+/// Returns the notice for the person after an auto-login that did not succeed.
 pub fn person_message(outcome: &AutoLoginOutcome) -> Option<String> {
     match outcome {
         AutoLoginOutcome::Failed { .. } => Some(
             "Auto-login did not complete. Nothing more will be typed; sign in yourself or end the session."
                 .to_owned(),
         ),
-        AutoLoginOutcome::Refused { person_message, .. } => Some(format!("Auto-login stopped: {person_message}.")),
+        AutoLoginOutcome::Rejected { person_message, .. } => Some(format!("Auto-login stopped: {person_message}.")),
         _ => None,
     }
 }
@@ -350,9 +350,9 @@ fn credential_reference(target: &LoginTarget<'_>) -> Result<CredentialRef, Strin
     reference.map_err(|error| error.to_string())
 }
 
-fn refused(person_message: &str, detail: String) -> AutoLoginOutcome {
-    tracing::warn!(detail = detail.as_str(), "Auto-login refused");
-    AutoLoginOutcome::Refused {
+fn rejected(person_message: &str, detail: String) -> AutoLoginOutcome {
+    tracing::warn!(detail = detail.as_str(), "Auto-login rejected");
+    AutoLoginOutcome::Rejected {
         person_message: person_message.to_owned(),
         detail,
     }

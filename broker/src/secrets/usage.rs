@@ -19,7 +19,7 @@ use crate::db::Database;
 
 /// Why a credential cannot be used now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClaimRefused {
+pub enum ClaimRejected {
     #[error(
         "{reference} is locked after {failed_logins} failed auto-logins in a row; an administrator must check it and run `strongroom secrets unlock`"
     )]
@@ -74,7 +74,7 @@ pub async fn claim(
     session_id: Uuid,
     exclusive: bool,
     now_ms: i64,
-) -> anyhow::Result<Result<(), ClaimRefused>> {
+) -> anyhow::Result<Result<(), ClaimRejected>> {
     ensure_row(db, reference, now_ms).await?;
     let (site, user_id) = key(reference);
 
@@ -107,13 +107,13 @@ pub async fn claim(
     .context("cannot read the credential state")?;
     let locked_at_ms: Option<i64> = row.try_get("locked_at_ms")?;
     if locked_at_ms.is_some() {
-        return Ok(Err(ClaimRefused::Locked {
+        return Ok(Err(ClaimRejected::Locked {
             reference: reference.to_string(),
             failed_logins: row.try_get::<i64, _>("failed_logins")? as u32,
         }));
     }
     if exclusive {
-        return Ok(Err(ClaimRefused::InUse {
+        return Ok(Err(ClaimRejected::InUse {
             reference: reference.to_string(),
         }));
     }

@@ -34,7 +34,7 @@ pub struct PendingChange {
     pub status: String,
 }
 
-/// Why an approval or rejection was not recorded.
+/// Error of an approval or rejection that was not recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecisionError {
     #[error("no pending site change {0}; `strongroom site pending` lists them")]
@@ -135,7 +135,7 @@ fn from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<PendingChange> {
     })
 }
 
-/// Every pending change, oldest first.
+/// Lists every pending change, oldest first.
 pub async fn pending(db: &Database) -> anyhow::Result<Vec<PendingChange>> {
     let rows = sqlx::query(
         "SELECT id, definition, changed_fields, requested_by, requested_at_ms, status FROM site_changes \

@@ -122,7 +122,7 @@ impl LoginRecipe {
             .any(|step| matches!(step, RecipeStep::TypeTotp { .. }))
     }
 
-    /// Returns whether the recipe ends by handing the login over to the person.
+    /// Returns the message for the person when the recipe ends with `hand_over`.
     pub fn hand_over_message(&self) -> Option<&str> {
         match self.steps.last() {
             Some(RecipeStep::HandOver { message }) => {
