@@ -773,3 +773,144 @@ async fn browser_signs_in_launches_and_sees_the_workspace() {
     browser.quit().await;
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marker_password_stays_out_of_container() {
+    let stack = Stack::start().await;
+    let db = stack.broker().state.db.clone();
+    let person = sign_in(&stack).await;
+    let marker = format!("Mk-{}", Uuid::new_v4().simple());
+
+    // A site with a recipe whose form never appears: bank.invalid does not resolve, so
+    // the step times out after the agent received the credential.
+    let path = stack.dir.path().join("login-site.toml");
+    std::fs::write(
+        &path,
+        r##"
+[[site]]
+name = "demo"
+display_name = "Demo Bank"
+start_url = "https://bank.invalid/login"
+allowed_hosts = ["bank.invalid"]
+recording_retention_days = 30
+
+[site.login]
+credential_origins = ["https://bank.invalid"]
+
+[[site.login.steps]]
+action = "wait_for"
+selector = "#user"
+timeout_secs = 5
+
+[[site.login.steps]]
+action = "type_password"
+selector = "#user"
+"##,
+    )
+    .unwrap();
+    broker::sites::import_file(&db, &path).await.unwrap();
+    let key = broker::secrets::CredentialKey::load_or_create(stack.dir.path()).unwrap();
+    let store = broker::secrets::LocalStore::new(
+        db.clone(),
+        Arc::new(key),
+        Arc::new(broker::clock::SystemClock),
+    );
+    let reference = broker::secrets::CredentialRef::shared("demo").unwrap();
+    let credentials = broker::secrets::BankCredentials::new(
+        &reference,
+        "alice".into(),
+        marker.as_str().into(),
+        None,
+    )
+    .unwrap();
+    store
+        .save(&reference, &credentials, "system:test")
+        .await
+        .unwrap();
+
+    let (session_id, location) = launch(&stack, &person).await;
+    let audit_log = broker::audit::AuditLog::new(db.clone(), Arc::new(broker::clock::SystemClock));
+    let finished = wait_for(Duration::from_secs(90), || async {
+        let events = audit_log.list(0, 100_000).await.unwrap();
+        events
+            .into_iter()
+            .find(|event| event.action == "credential.auto_login.finished")
+    })
+    .await;
+    assert_eq!(finished.outcome, "failure", "{}", finished.details);
+    assert!(finished.details.contains("step 0"), "{}", finished.details);
+
+    // The container's configuration and every process's environment and command line.
+    let label = format!("label=io.strongroom.instance={}", stack.instance_id);
+    let listed = std::process::Command::new("docker")
+        .args(["ps", "-q", "--filter", &label])
+        .output()
+        .unwrap();
+    let container = String::from_utf8_lossy(&listed.stdout).trim().to_owned();
+    assert!(
+        !container.is_empty(),
+        "the session's container is not running"
+    );
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", &container])
+        .output()
+        .unwrap();
+    assert!(inspect.status.success());
+    assert!(!String::from_utf8_lossy(&inspect.stdout).contains(&marker));
+    let processes = std::process::Command::new("docker")
+        .args([
+            "exec",
+            &container,
+            "sh",
+            "-c",
+            "for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do cat \"$f\"; echo; done 2>/dev/null; echo DONE",
+        ])
+        .output()
+        .unwrap();
+    let process_text = String::from_utf8_lossy(&processes.stdout);
+    assert!(
+        process_text.contains("DONE"),
+        "docker exec failed: {}",
+        String::from_utf8_lossy(&processes.stderr)
+    );
+    assert!(
+        process_text.contains("strongroom-agent"),
+        "no process was read"
+    );
+    assert!(
+        !process_text.contains(&marker),
+        "the marker is in a process environment or command line"
+    );
+
+    // The audit trail, the portal pages and the failure count.
+    let audit_text: String = audit_log
+        .list(0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|event| format!("{:?} {} {}\n", event.target, event.action, event.details))
+        .collect();
+    assert!(audit_text.contains("credential.retrieved"));
+    assert!(
+        !audit_text.contains(&marker),
+        "the marker is in the audit trail"
+    );
+    for page in ["/", location.as_str()] {
+        let body = person
+            .client
+            .get(format!("{}{page}", stack.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!body.contains(&marker), "the marker is on {page}");
+    }
+    let locked = broker::secrets::usage::claim(&db, &reference, session_id, true, 1)
+        .await
+        .unwrap();
+    assert_eq!(locked, Ok(()), "one failure must not lock the credential");
+
+    stack.stop().await;
+}
