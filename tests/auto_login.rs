@@ -53,6 +53,37 @@ setTimeout(() => {{
     )
 }
 
+/// Returns the two pages of a login that asks for the username first and the
+/// password on a second page. The second page reports the password's SHA-256.
+fn two_step_pages() -> HashMap<&'static str, String> {
+    // The click handlers are registered on the document before the form is parsed, so
+    // a click can never reach a button whose handler is not attached yet.
+    let first = r#"<html><head><script>
+document.addEventListener("click", (event) => {
+  if (event.target.id !== "next") return;
+  location.href = "/password?user=" + encodeURIComponent(document.getElementById("user").value);
+});
+</script></head><body>
+<input id="user" autocomplete="off"><button id="next" type="button">Next</button>
+</body></html>"#;
+    let second = r#"<html><head><script>
+document.addEventListener("click", async (event) => {
+  if (event.target.id !== "go") return;
+  const pass = document.getElementById("pass").value;
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(pass));
+  const hex = Array.from(new Uint8Array(digest)).map(b => b.toString(16).padStart(2, "0")).join("");
+  await fetch("/received?sha256=" + hex);
+  document.body.insertAdjacentHTML("beforeend", '<div id="welcome-1">Welcome</div>');
+});
+</script></head><body>
+<input id="pass" type="password"><button id="go" type="button">Sign in</button>
+</body></html>"#;
+    HashMap::from([
+        ("/login", first.to_owned()),
+        ("/password", second.to_owned()),
+    ])
+}
+
 struct NoHooks;
 
 impl SessionHooks for NoHooks {
@@ -73,6 +104,10 @@ struct Fixture {
 }
 
 async fn fixture(delay_ms: u32) -> Fixture {
+    fixture_with(HashMap::from([("/login", login_page(delay_ms))])).await
+}
+
+async fn fixture_with(pages: HashMap<&'static str, String>) -> Fixture {
     let database = TestDatabase::new(TestBackend::Sqlite).await;
     let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
     let key = CredentialKey::load_or_create(database.dir.path()).unwrap();
@@ -81,7 +116,7 @@ async fn fixture(delay_ms: u32) -> Fixture {
     let tasks = TaskRegistry::new();
     let service = AutoLoginService::new(database.db.clone(), vault, audit.clone(), tasks.clone());
 
-    let pages = PageServer::start(HashMap::from([("/login", login_page(delay_ms))])).await;
+    let pages = PageServer::start(pages).await;
     let secret = SessionSecret::new(hex::encode(Sha256::digest(Uuid::new_v4().as_bytes())));
     let agent = HostAgent::start(&secret.sha256_hex(), &pages.url("/login")).await;
 
@@ -342,6 +377,70 @@ async fn foreign_origin_rejected_and_failures_lock() {
         .unwrap();
     assert_eq!(locked.len(), 1);
     assert!(!fixture.audit_text().await.contains("Mk-"));
+
+    fixture.hub.stop(stream.session_id, "test finished");
+    assert!(
+        fixture
+            .tasks
+            .shutdown(Duration::from_secs(20))
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_step_login_succeeds() {
+    let fixture = fixture_with(two_step_pages()).await;
+    let stream = fixture.start_stream();
+    fixture.store_password("Mk-two step").await;
+    let mut login = settings(vec![fixture.pages.origin()], "#welcome-1", 3);
+    login.recipe = Some(LoginRecipe {
+        steps: vec![
+            RecipeStep::WaitFor {
+                selector: "#user".into(),
+                timeout_secs: Some(30),
+            },
+            RecipeStep::TypeUsername {
+                selector: "#user".into(),
+                timeout_secs: None,
+            },
+            RecipeStep::Click {
+                selector: "#next".into(),
+                timeout_secs: None,
+            },
+            RecipeStep::TypePassword {
+                selector: "#pass".into(),
+                timeout_secs: Some(30),
+            },
+            RecipeStep::Click {
+                selector: "#go".into(),
+                timeout_secs: None,
+            },
+            RecipeStep::WaitSuccess {
+                url_prefix: None,
+                selector: Some("#welcome-1".into()),
+                timeout_secs: Some(20),
+            },
+        ],
+    });
+
+    let outcome = run(&fixture, &stream, &login).await;
+
+    assert_eq!(
+        outcome,
+        AutoLoginOutcome::Succeeded,
+        "agent log:\n{}",
+        fixture.agent.log()
+    );
+    let requests = fixture.pages.requests();
+    assert!(
+        requests.contains(&"/password?user=alice".to_owned()),
+        "{requests:?}"
+    );
+    assert_eq!(
+        fixture.received(),
+        [format!("/received?sha256={}", sha256_hex("Mk-two step"))]
+    );
 
     fixture.hub.stop(stream.session_id, "test finished");
     assert!(
