@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::CredentialRef;
 use crate::db::Database;
 
-/// Why a credential cannot be used now.
+/// Reason a credential cannot be used now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClaimRejected {
     #[error(
@@ -170,7 +170,7 @@ pub async fn record_login(
     })
 }
 
-/// Every locked credential, by site and user.
+/// Lists every locked credential, by site and user.
 pub async fn locked(db: &Database) -> anyhow::Result<Vec<LockedCredential>> {
     let rows = sqlx::query(
         "SELECT site, user_id, failed_logins, locked_at_ms FROM credential_state \

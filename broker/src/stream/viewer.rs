@@ -447,4 +447,13 @@ mod status_tests {
 
         assert_eq!(text.as_str(), r#"{"type":"idle_warning","seconds":90}"#);
     }
+
+    #[test]
+    fn notice_status_carries_message() {
+        let Message::Text(text) = status(&StatusMessage::Notice { message: "Signed in." }) else {
+            panic!("status messages are text");
+        };
+
+        assert_eq!(text.as_str(), r#"{"type":"notice","message":"Signed in."}"#);
+    }
 }
