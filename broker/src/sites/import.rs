@@ -294,7 +294,8 @@ fn convert(raw: RawSite, path: &str, base_dir: &Path) -> Result<SiteDefinition, 
     })
 }
 
-/// Who imports, and whether changes under dual control wait for a second admin.
+/// Import settings: the requesting admin, and whether changes under dual control wait
+/// for a second admin.
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
     pub hold_controlled_changes: bool,
@@ -312,8 +313,8 @@ impl Default for ImportOptions {
 }
 
 /// Imports a site file like [`import_file_with`] and appends one `admin.site.changed`
-/// event per site: for an applied site naming the allowed private ranges, for a held
-/// one the change id and the fields waiting for approval.
+/// event per site: for an applied site naming the allowed private ranges, for a
+/// pending one the change id and the fields waiting for approval.
 pub async fn import_file_audited(
     db: &Database,
     audit: &crate::audit::AuditLog,
@@ -393,7 +394,7 @@ pub async fn import_file_with(
 
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut applied = Vec::new();
-    let mut held = Vec::new();
+    let mut pending = Vec::new();
     for site in sites {
         let existing = super::get(db, &site.name).await.map_err(ImportError::Storage)?;
         let fields = super::dual_control::controlled_changes(
@@ -401,7 +402,7 @@ pub async fn import_file_with(
             &site,
         );
         if options.hold_controlled_changes && !fields.is_empty() {
-            held.push((site, fields));
+            pending.push((site, fields));
         } else {
             applied.push(site);
         }
@@ -411,7 +412,7 @@ pub async fn import_file_with(
     let stored: anyhow::Result<Vec<bool>> = async {
         let mut transaction = db.pool().begin().await?;
         let created = super::store::upsert_in(&mut transaction, &applied, now_ms).await?;
-        for (site, fields) in &held {
+        for (site, fields) in &pending {
             let id = super::dual_control::submit_in(
                 &mut transaction,
                 site,
