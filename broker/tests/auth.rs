@@ -77,7 +77,7 @@ impl Harness {
             username,
             display_name: username,
             password_hash: &hash,
-            sealed_totp: &sealed,
+            sealed_totp: Some(&sealed),
             roles: &roles,
         };
         users::create_local(
@@ -175,7 +175,7 @@ async fn local_sign_in_with_password_and_totp() {
         .to_owned();
     assert!(cookie.starts_with("strongroom_session="), "{cookie}");
     assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
     );
 

@@ -19,7 +19,7 @@ async fn add_user(database: &TestDatabase, username: &str, roles: &[Role]) -> St
         username,
         display_name: username,
         password_hash: "$argon2id$placeholder",
-        sealed_totp: &[1, 2, 3],
+        sealed_totp: Some(&[1, 2, 3]),
         roles: &roles,
     };
     users::create_local(&database.db, new, 1_000).await.unwrap();
@@ -44,7 +44,7 @@ async fn users_body(database: TestDatabase) {
         username: "alice",
         display_name: "x",
         password_hash: "h",
-        sealed_totp: &[0],
+        sealed_totp: Some(&[0]),
         roles: &roles,
     };
     let error = users::create_local(&database.db, duplicate, 2_000)

@@ -186,7 +186,7 @@ pub async fn add(
         username: &username,
         display_name: display_name.unwrap_or(&username),
         password_hash: &hash,
-        sealed_totp: &sealed,
+        sealed_totp: Some(&sealed),
         roles: &roles,
     };
     users::create_local(db, new, now_ms).await?;
