@@ -1074,6 +1074,12 @@ enum Craft {
     WrongAudience,
     Expired,
     WrongNonce,
+    WrongIssuer,
+    AlgNone,
+    UnknownKey,
+    NoMfa,
+    StaleAuthTime,
+    NoGroups,
 }
 
 #[derive(Clone)]
@@ -1084,14 +1090,31 @@ struct FakeProvider {
 }
 
 fn sign(claims: &serde_json::Value, pem: &str) -> String {
+    sign_with_kid(claims, pem, "key-a")
+}
+
+fn sign_with_kid(claims: &serde_json::Value, pem: &str, kid: &str) -> String {
     let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("key-a".to_owned());
+    header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(
         &header,
         claims,
         &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
     )
     .unwrap()
+}
+
+/// A JWT with `alg` `none` and an empty signature.
+fn unsigned(claims: &serde_json::Value) -> String {
+    use base64::Engine;
+    let encode = |value: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+    };
+    format!(
+        "{}.{}.",
+        encode(&json!({"alg": "none", "typ": "JWT"})),
+        encode(claims)
+    )
 }
 
 async fn fake_discovery(State(fake): State<FakeProvider>) -> Json<serde_json::Value> {
@@ -1125,15 +1148,22 @@ async fn fake_token(State(fake): State<FakeProvider>) -> Json<serde_json::Value>
         Craft::WrongAudience => claims["aud"] = json!("someone-else"),
         Craft::Expired => claims["exp"] = json!(now - 600),
         Craft::WrongNonce => claims["nonce"] = json!("not-the-nonce"),
-        Craft::Valid | Craft::WrongSignature => {}
+        Craft::WrongIssuer => claims["iss"] = json!("http://127.0.0.1:1/other-issuer"),
+        Craft::NoMfa => claims["amr"] = json!(["pwd"]),
+        Craft::StaleAuthTime => claims["auth_time"] = json!(now - 3600),
+        Craft::NoGroups => {
+            claims.as_object_mut().unwrap().remove("groups");
+        }
+        Craft::Valid | Craft::WrongSignature | Craft::AlgNone | Craft::UnknownKey => {}
     }
-    let pem = if craft == Craft::WrongSignature {
-        KEY_B_PEM
-    } else {
-        KEY_A_PEM
+    let id_token = match craft {
+        Craft::WrongSignature => sign(&claims, KEY_B_PEM),
+        Craft::UnknownKey => sign_with_kid(&claims, KEY_B_PEM, "key-unknown"),
+        Craft::AlgNone => unsigned(&claims),
+        _ => sign(&claims, KEY_A_PEM),
     };
     Json(
-        json!({"access_token": "opaque", "token_type": "Bearer", "expires_in": 300, "id_token": sign(&claims, pem)}),
+        json!({"access_token": "opaque", "token_type": "Bearer", "expires_in": 300, "id_token": id_token}),
     )
 }
 
@@ -1200,6 +1230,12 @@ async fn crafted_id_tokens_are_rejected() {
         Craft::WrongAudience,
         Craft::Expired,
         Craft::WrongNonce,
+        Craft::WrongIssuer,
+        Craft::AlgNone,
+        Craft::UnknownKey,
+        Craft::NoMfa,
+        Craft::StaleAuthTime,
+        Craft::NoGroups,
     ] {
         let client = browser();
         let response = fake_sign_in(&harness, &fake, &client, craft).await;
@@ -1230,6 +1266,24 @@ async fn crafted_id_tokens_are_rejected() {
         .await
         .unwrap();
     assert_eq!(replayed_state.status(), StatusCode::BAD_REQUEST);
+
+    let reasons: Vec<String> = harness
+        .audit_actions()
+        .await
+        .into_iter()
+        .filter(|(action, _, _)| action == "auth.sign_in.failed")
+        .map(|(_, _, details)| details)
+        .collect();
+    let count = |reason: &str| {
+        reasons
+            .iter()
+            .filter(|detail| detail.contains(&format!("\"{reason}\"")))
+            .count()
+    };
+    assert_eq!(count("invalid_id_token"), 7, "{reasons:?}");
+    assert_eq!(count("mfa_missing"), 1, "{reasons:?}");
+    assert_eq!(count("auth_time_stale"), 1, "{reasons:?}");
+    assert_eq!(count("no_mapped_group"), 1, "{reasons:?}");
     harness.stop().await;
     server.abort();
 }
@@ -1274,6 +1328,18 @@ async fn backchannel_logout_ends_sessions_once() {
         .await
         .unwrap();
     assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+    let now = chrono::Utc::now().timestamp();
+    let unsigned_token = unsigned(
+        &json!({"iss": issuer, "aud": "strongroom-test", "iat": now, "jti": "jti-n", "sub": "kate", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+    );
+    let alg_none = provider_client
+        .post(&endpoint)
+        .form(&[("logout_token", unsigned_token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alg_none.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(harness.me(&client).await.status(), StatusCode::OK);
 
     let token = logout_token(&issuer, "jti-1", true);
     let valid = provider_client
