@@ -175,7 +175,7 @@ fn role_names(roles: &BTreeSet<Role>) -> Vec<&'static str> {
     roles.iter().map(|role| role.as_str()).collect()
 }
 
-/// How `user add` sets up the account besides its name and roles.
+/// Settings of `user add` besides the account's name and roles.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AddOptions<'a> {
     /// Name shown in the portal; default the username.

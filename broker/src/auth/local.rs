@@ -77,7 +77,7 @@ pub(crate) fn lockout_text(remaining: Duration) -> String {
 
 /// Outcome of checking the submitted credentials.
 enum Check {
-    Passed(users::UserRecord),
+    Passed(Box<users::UserRecord>),
     Failed(&'static str, Option<String>),
 }
 
@@ -210,7 +210,7 @@ async fn check_credentials(
     }
 
     let Some(sealed) = &user.totp_secret else {
-        return Ok(Check::Passed(user));
+        return Ok(Check::Passed(Box::new(user)));
     };
     let key = auth
         .0
@@ -242,7 +242,7 @@ async fn check_credentials(
     auth.0.audit.append(event.build()).await?;
 
     Ok(match verdict {
-        Ok(()) => Check::Passed(user),
+        Ok(()) => Check::Passed(Box::new(user)),
         Err(reason) => Check::Failed(reason, Some(user.id)),
     })
 }

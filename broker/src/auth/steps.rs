@@ -1,4 +1,4 @@
-//! What stands between correct credentials and a portal session for a local account:
+//! Steps between correct credentials and a portal session for a local account:
 //! enrolling a TOTP secret when the account has none, and choosing a new password
 //! when the current one has expired or was set by an administrator.
 //!
@@ -462,16 +462,16 @@ pub(crate) async fn change_password_submit(
     }
     let reason = change_reason(&auth, &pending.user);
     let username = pending.user.username.clone().unwrap_or_default();
-    let refuse =
+    let reject =
         |text: String| pages::change_password(StatusCode::BAD_REQUEST, &reason, Some(&text));
 
     if *form.new_password != *form.confirm_password {
-        return Ok(refuse(
+        return Ok(reject(
             "The two passwords differ. Type the same new password twice.".to_owned(),
         ));
     }
     if let Err(problem) = policy::check_new_password(&form.new_password, &username) {
-        return Ok(refuse(format!("Password rejected: {problem}.")));
+        return Ok(reject(format!("Password rejected: {problem}.")));
     }
     let history = auth.0.config.password_history;
     let recent = users::recent_password_hashes(&auth.0.db, &pending.user.id, history).await?;
@@ -484,7 +484,7 @@ pub(crate) async fn change_password_submit(
     .await
     .context("password check task failed")?;
     if reused {
-        return Ok(refuse(format!(
+        return Ok(reject(format!(
             "Password rejected: it is one of your last {history} passwords. Choose one you have not used."
         )));
     }

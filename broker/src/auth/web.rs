@@ -69,9 +69,10 @@ pub(crate) fn safe_next(next: Option<&str>) -> String {
 }
 
 impl AuthService {
-    /// `SameSite=Lax` keeps the cookie on top-level navigations from other sites (a
-    /// link in an e-mail, the provider's redirect back), and off cross-site
-    /// subrequests and POSTs; state-changing requests also need the exact origin.
+    /// `SameSite=Lax` sends the cookie on top-level navigations from other sites, such
+    /// as a link in an e-mail or the provider's redirect back. Browsers leave it off
+    /// cross-site subrequests and POSTs, and state-changing requests also need the
+    /// exact origin.
     fn cookie_attributes(&self) -> &'static str {
         if self.0.secure_cookies {
             "; Path=/; HttpOnly; SameSite=Lax; Secure"
@@ -303,7 +304,7 @@ struct UnlockedBody {
     was_locked: bool,
 }
 
-/// Admin action: lifts the sign-in lock of a local account and forgets its failures.
+/// Admin action: lifts the sign-in lock of a local account and clears its failure count.
 async fn unlock(
     State(auth): State<AuthService>,
     RequireAdmin(admin): RequireAdmin,
