@@ -511,6 +511,34 @@ mod tests {
     }
 
     #[test]
+    fn password_and_session_limits_are_read_and_checked() {
+        let (config, problems) = load(
+            "[auth]\npassword_max_age_days = 30\npassword_history = 8\nmax_portal_sessions = 2\n",
+        );
+        let config = config.unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.password_max_age_days, 30);
+        assert_eq!(config.password_history, 8);
+        assert_eq!(config.max_portal_sessions, 2);
+
+        let (_, problems) = load(
+            "[auth]\npassword_max_age_days = 0\npassword_history = 0\nmax_portal_sessions = 0\n",
+        );
+        let keys: Vec<_> = problems
+            .iter()
+            .map(|problem| problem.key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.password_max_age_days",
+                "auth.password_history",
+                "auth.max_portal_sessions"
+            ]
+        );
+    }
+
+    #[test]
     fn no_sign_in_method_is_rejected() {
         let (_, problems) = load("[auth]\nlocal = false\n");
 
