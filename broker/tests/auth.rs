@@ -856,6 +856,115 @@ async fn sign_in_beyond_limit_ends_oldest_session() {
     harness.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_cookie_is_host_prefixed_and_secure() {
+    let harness =
+        Harness::start(|config| config.server.tls = broker::config::TlsMode::Generated).await;
+    assert!(harness.base.starts_with("https://"), "{}", harness.base);
+    let (_, secret) = harness.add_user("sam", &[Role::User]).await;
+    let ca = std::fs::read(harness.dir.path().join("tls").join("ca.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .cookie_store(true)
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+
+    let response = harness
+        .login(&client, "sam", PASSWORD, &secret.code_at(now_seconds()))
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=31536000; includeSubDomains"
+    );
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.starts_with("__Host-strongroom_session="), "{cookie}");
+    for attribute in ["; Path=/", "; HttpOnly", "; SameSite=Lax", "; Secure"] {
+        assert!(cookie.contains(attribute), "{attribute} missing: {cookie}");
+    }
+    assert!(!cookie.contains("Domain="), "{cookie}");
+    assert_eq!(harness.me(&client).await.status(), StatusCode::OK);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_session_ends_when_idle_or_too_old() {
+    let harness = Harness::start(|config| {
+        config.auth.session_idle = Duration::from_secs(2);
+        config.auth.session_max = Duration::from_secs(3600);
+    })
+    .await;
+    let (_, secret) = harness.add_user("tess", &[Role::User]).await;
+    let mut ended = harness.broker().state.auth.subscribe();
+
+    let idle = browser();
+    let signed_in = harness
+        .login(&idle, "tess", PASSWORD, &secret.code_at(now_seconds()))
+        .await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while harness.me(&idle).await.status() == StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle session still open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let event = tokio::time::timeout(Duration::from_secs(5), ended.recv())
+        .await
+        .expect("session-ended event")
+        .unwrap();
+    assert_eq!(event.reason, broker::auth::EndReason::IdleTimeout);
+    harness.stop().await;
+
+    // The absolute lifetime ends a session that is in use.
+    let harness = Harness::start(|config| {
+        config.auth.session_idle = Duration::from_secs(3600);
+        config.auth.session_max = Duration::from_secs(5);
+    })
+    .await;
+    let (_, secret) = harness.add_user("tess", &[Role::User]).await;
+    let mut ended = harness.broker().state.auth.subscribe();
+    let signed_in = harness
+        .login(&browser(), "tess", PASSWORD, &secret.code_at(now_seconds()))
+        .await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    // The cookie is sent by hand, because a cookie store drops it at its Max-Age,
+    // which equals the lifetime; the server must end the session on its own.
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let busy = reqwest::Client::new();
+    let me = || {
+        busy.get(harness.url("/auth/me"))
+            .header("cookie", &cookie)
+            .send()
+    };
+    assert_eq!(me().await.unwrap().status(), StatusCode::OK);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while me().await.unwrap().status() == StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired session still open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let event = tokio::time::timeout(Duration::from_secs(5), ended.recv())
+        .await
+        .expect("session-ended event")
+        .unwrap();
+    assert_eq!(event.reason, broker::auth::EndReason::Expired);
+    harness.stop().await;
+}
+
 // ---------------------------------------------------------------------------------
 // OIDC against oidc-provider-mock.
 
