@@ -657,6 +657,37 @@ async fn first_sign_in_enrols_totp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_removed_during_enrolment_is_refused() {
+    let harness = Harness::start(|_| {}).await;
+    let id = harness.add_unenrolled_user("uma", &[Role::User]).await;
+    let client = browser();
+    let login = harness.login(&client, "uma", POLICY_PASSWORD, "").await;
+    assert_eq!(login.headers()["location"], "/auth/enrol-totp");
+    let page = body(
+        client
+            .get(harness.url("/auth/enrol-totp"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let secret = secret_from_page(&page);
+
+    users::set_roles(&harness.broker().state.db, &id, &BTreeSet::new(), 0)
+        .await
+        .unwrap();
+    let code = secret.code_at(now_seconds());
+    let refused = harness
+        .post_form(&client, "/auth/enrol-totp", &[("code", &code)])
+        .await;
+
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(refused.headers().get("set-cookie").is_none());
+    assert_eq!(harness.me(&client).await.status(), StatusCode::UNAUTHORIZED);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_password_must_change_without_reuse() {
     let harness = Harness::start(|config| config.auth.password_history = 2).await;
     let (id, secret) = harness.add_user("olga", &[Role::User]).await;

@@ -178,6 +178,22 @@ impl AuthService {
             return Ok(Redirect::to(step_path(step)).into_response());
         }
         self.forget_pending(&pending.token_hash).await?;
+        if user.roles.is_empty() {
+            // An admin removed the last role while the person was on a step page.
+            self.audit_refusal(
+                Actor::Person(user.id.clone()),
+                None,
+                client,
+                "local",
+                "no_role",
+            )
+            .await?;
+            return Ok(pages::message(
+                StatusCode::FORBIDDEN,
+                "No access",
+                pages::NO_ROLE_TEXT,
+            ));
+        }
         let cookie = self
             .start_session(headers, &user.id, &user.roles, "local", None, client)
             .await?;
