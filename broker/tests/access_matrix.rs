@@ -48,7 +48,7 @@ fn row(method: Method, pattern: &'static str, expected: Expected) -> Row {
     }
 }
 
-/// The matrix. Requests carry the portal's Origin and ask for JSON, so a missing
+/// Returns the matrix. Requests carry the portal's Origin and ask for JSON, so a missing
 /// sign-in is 401 rather than a redirect. Rows that end the caller's portal session
 /// (logout) come last.
 fn matrix() -> Vec<Row> {
@@ -86,10 +86,10 @@ fn matrix() -> Vec<Row> {
         row(get(), "/", [401, 200, 200, 200]),
         // The site does not exist; an auditor may not launch at all.
         row(post(), "/sessions", [401, 404, 403, 404]),
-        // The session does not exist, and nobody learns more than that.
+        // The session does not exist; no role learns more than that.
         row(get(), "/sessions/{id}", [401, 404, 404, 404]),
         row(post(), "/sessions/{id}/end", [401, 404, 404, 404]),
-        // The live view needs a one-time ticket whatever the portal cookie says.
+        // The live view needs a one-time ticket, with or without a portal session.
         row(get(), "/sessions/{id}/live", [403, 403, 403, 403]),
         row(get(), "/auth/logout", [200, 200, 200, 200]),
         row(post(), "/auth/logout", [401, 303, 303, 303]),
@@ -255,7 +255,7 @@ async fn role_route_matrix_covers_every_route() {
         "rows for routes that do not exist: {stale:?}"
     );
 
-    // Every method a path answers (anything but 405) has a row.
+    // Every method a path serves (any status but 405) has a row.
     let rows: BTreeSet<(String, &str)> = table
         .iter()
         .map(|row| (row.method.to_string(), row.pattern))

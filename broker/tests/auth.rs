@@ -1244,7 +1244,7 @@ fn sign_with_kid(claims: &serde_json::Value, pem: &str, kid: &str) -> String {
     .unwrap()
 }
 
-/// A JWT with `alg` `none` and an empty signature.
+/// Builds a JWT with `alg` `none` and an empty signature.
 fn unsigned(claims: &serde_json::Value) -> String {
     use base64::Engine;
     let encode = |value: &serde_json::Value| {
