@@ -26,12 +26,10 @@ echo "Installing the host firewall rules for workspace networks..."
 
 # `user list` prints a header line, then one line per account.
 if [ "$("$bin" user list | wc -l)" -le 1 ]; then
-    password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
     echo
     echo "Creating the first admin account 'admin'."
-    printf '%s\n' "$password" | "$bin" user add admin --role admin --role user
-    echo "Password for 'admin': $password"
-    echo "Add the authenticator secret above to an authenticator app; sign-in asks for its code."
+    "$bin" user add admin --role admin --role user --generate-password
+    echo "Sign in with this password; the portal then sets up an authenticator app and asks for a new password."
     echo
 fi
 

@@ -113,7 +113,7 @@ impl Stack {
             username,
             display_name: username,
             password_hash: &hash,
-            sealed_totp: &sealed,
+            sealed_totp: Some(&sealed),
             roles: &roles,
         };
         users::create_local(
@@ -330,6 +330,95 @@ async fn broker_stop_ends_live_sessions() {
         .expect("session row");
     assert!(!record.state.is_live());
     assert_eq!(record.end_reason.as_deref(), Some("broker_stopped"));
+}
+
+/// Signs in an existing account and returns its browser.
+async fn sign_in_existing(stack: &Stack, username: &str, totp: &TotpSecret) -> reqwest::Client {
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
+    let signed_in = client
+        .post(format!("{}/auth/login", stack.base))
+        .header("origin", &stack.base)
+        .form(&[
+            ("username", username),
+            ("password", PASSWORD),
+            ("code", &code),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        signed_in.status(),
+        reqwest::StatusCode::SEE_OTHER,
+        "{username} signs in"
+    );
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_person_cannot_view_or_end_a_session() {
+    let stack = Stack::start().await;
+    let owner = sign_in(&stack).await;
+    let (session_id, location) = launch(&stack, &owner).await;
+    let (_, bob_totp) = stack.add_user("bob").await;
+    let (carol, carol_totp) = stack.add_user("carol").await;
+    users::set_roles(
+        &stack.broker().state.db,
+        &carol,
+        &BTreeSet::from([Role::Auditor]),
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await
+    .unwrap();
+    let bob = sign_in_existing(&stack, "bob", &bob_totp).await;
+    let auditor = sign_in_existing(&stack, "carol", &carol_totp).await;
+    let page = format!("{}{location}", stack.base);
+    let end = format!("{}/sessions/{session_id}/end", stack.base);
+
+    let bob_page = bob.get(&page).send().await.unwrap();
+    assert_eq!(
+        bob_page.status(),
+        reqwest::StatusCode::NOT_FOUND,
+        "another user must not learn that the session exists"
+    );
+    let bob_end = bob
+        .post(&end)
+        .header("origin", &stack.base)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bob_end.status(), reqwest::StatusCode::FORBIDDEN);
+    let auditor_page = auditor.get(&page).send().await.unwrap();
+    assert_eq!(
+        auditor_page.status(),
+        reqwest::StatusCode::FORBIDDEN,
+        "an auditor reads records but does not watch live"
+    );
+    let auditor_end = auditor
+        .post(&end)
+        .header("origin", &stack.base)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(auditor_end.status(), reqwest::StatusCode::FORBIDDEN);
+
+    let record = broker::sessions::store::get(&stack.broker().state.db, session_id)
+        .await
+        .unwrap()
+        .expect("session row");
+    assert!(
+        record.state.is_live(),
+        "refused requests must not end the session"
+    );
+    let owner_page = owner.client.get(&page).send().await.unwrap();
+    assert_eq!(owner_page.status(), reqwest::StatusCode::OK);
+
+    // `stop` asserts that no container or network of the instance is left.
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,7 +64,7 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
-    /// Local accounts: add, set roles, reset TOTP, list.
+    /// Local accounts: add, set roles, unlock, reset MFA, list.
     User {
         #[command(subcommand)]
         command: crate::auth::cli::UserCommand,

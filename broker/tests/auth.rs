@@ -77,7 +77,7 @@ impl Harness {
             username,
             display_name: username,
             password_hash: &hash,
-            sealed_totp: &sealed,
+            sealed_totp: Some(&sealed),
             roles: &roles,
         };
         users::create_local(
@@ -175,7 +175,7 @@ async fn local_sign_in_with_password_and_totp() {
         .to_owned();
     assert!(cookie.starts_with("strongroom_session="), "{cookie}");
     assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
     );
 
@@ -486,6 +486,517 @@ async fn html_page_redirects_to_login() {
 }
 
 // ---------------------------------------------------------------------------------
+// Password policy, TOTP enrolment, lockout and the portal-session limit.
+
+/// A password that passes the policy: four character classes, 12+ characters.
+const POLICY_PASSWORD: &str = "Vault-door-2026!";
+
+impl Harness {
+    /// Creates a local account without a TOTP secret, as `user add` does by default.
+    async fn add_unenrolled_user(&self, username: &str, roles: &[Role]) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        let hash = broker::auth::password::hash(POLICY_PASSWORD).unwrap();
+        let roles: BTreeSet<Role> = roles.iter().copied().collect();
+        let new = users::NewLocalUser {
+            id: &id,
+            username,
+            display_name: username,
+            password_hash: &hash,
+            sealed_totp: None,
+            roles: &roles,
+        };
+        users::create_local(
+            &self.broker().state.db,
+            new,
+            chrono::Utc::now().timestamp_millis(),
+        )
+        .await
+        .unwrap();
+        id
+    }
+
+    /// Forgets the last used TOTP step, so that one test can sign in several times
+    /// within one 30-second step.
+    async fn forget_totp_step(&self, user_id: &str) {
+        sqlx::query("UPDATE users SET totp_last_step = NULL WHERE id = $1")
+            .bind(user_id)
+            .execute(self.broker().state.db.pool())
+            .await
+            .unwrap();
+    }
+
+    async fn post_form(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> reqwest::Response {
+        client
+            .post(self.url(path))
+            .header("origin", &self.base)
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn change_password(
+        &self,
+        client: &reqwest::Client,
+        new: &str,
+        confirm: &str,
+    ) -> reqwest::Response {
+        self.post_form(
+            client,
+            "/auth/change-password",
+            &[("new_password", new), ("confirm_password", confirm)],
+        )
+        .await
+    }
+
+    async fn action_count(&self, action: &str) -> usize {
+        self.audit_actions()
+            .await
+            .iter()
+            .filter(|(name, _, _)| name == action)
+            .count()
+    }
+}
+
+fn secret_from_page(page: &str) -> TotpSecret {
+    let start = page
+        .find("<code id=\"secret\">")
+        .expect("secret on the page")
+        + 18;
+    let end = start + page[start..].find('<').unwrap();
+    let bytes = totp_rs::Secret::Encoded(page[start..end].to_owned())
+        .to_bytes()
+        .expect("base32 secret");
+    TotpSecret::from_bytes(zeroize::Zeroizing::new(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_sign_in_enrols_totp() {
+    let harness = Harness::start(|_| {}).await;
+    let id = harness.add_unenrolled_user("nina", &[Role::User]).await;
+    let client = browser();
+
+    let login = harness.login(&client, "nina", POLICY_PASSWORD, "").await;
+    assert_eq!(login.status(), StatusCode::SEE_OTHER);
+    assert_eq!(login.headers()["location"], "/auth/enrol-totp");
+    assert_eq!(
+        harness.me(&client).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "no portal session before enrolment"
+    );
+    assert_eq!(
+        browser()
+            .get(harness.url("/auth/enrol-totp"))
+            .send()
+            .await
+            .unwrap()
+            .headers()["location"],
+        "/auth/login",
+        "the enrolment page needs the pending sign-in cookie"
+    );
+
+    let page = body(
+        client
+            .get(harness.url("/auth/enrol-totp"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(page.contains("<svg"), "QR code missing: {page}");
+    assert!(!page.contains("<?xml"), "{page}");
+    let secret = secret_from_page(&page);
+    let again = body(
+        client
+            .get(harness.url("/auth/enrol-totp"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        secret_from_page(&again).base32().as_str(),
+        secret.base32().as_str(),
+        "reloading the page keeps the secret"
+    );
+
+    let wrong = harness
+        .post_form(&client, "/auth/enrol-totp", &[("code", "000000")])
+        .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let code = secret.code_at(now_seconds());
+    let confirmed = harness
+        .post_form(&client, "/auth/enrol-totp", &[("code", &code)])
+        .await;
+    assert_eq!(confirmed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(confirmed.headers()["location"], "/auth/me");
+    let me: serde_json::Value = harness.me(&client).await.json().await.unwrap();
+    assert_eq!(me["user_id"], id.as_str());
+
+    let replay = harness
+        .login(&browser(), "nina", POLICY_PASSWORD, &code)
+        .await;
+    assert_eq!(
+        replay.status(),
+        StatusCode::UNAUTHORIZED,
+        "the enrolment code must not sign in again"
+    );
+    let no_code = harness.login(&browser(), "nina", POLICY_PASSWORD, "").await;
+    assert_eq!(
+        no_code.status(),
+        StatusCode::UNAUTHORIZED,
+        "an enrolled account needs its code"
+    );
+    assert_eq!(harness.action_count("auth.mfa.enrolled").await, 1);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_removed_during_enrolment_is_refused() {
+    let harness = Harness::start(|_| {}).await;
+    let id = harness.add_unenrolled_user("uma", &[Role::User]).await;
+    let client = browser();
+    let login = harness.login(&client, "uma", POLICY_PASSWORD, "").await;
+    assert_eq!(login.headers()["location"], "/auth/enrol-totp");
+    let page = body(
+        client
+            .get(harness.url("/auth/enrol-totp"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let secret = secret_from_page(&page);
+
+    users::set_roles(&harness.broker().state.db, &id, &BTreeSet::new(), 0)
+        .await
+        .unwrap();
+    let code = secret.code_at(now_seconds());
+    let refused = harness
+        .post_form(&client, "/auth/enrol-totp", &[("code", &code)])
+        .await;
+
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(refused.headers().get("set-cookie").is_none());
+    assert_eq!(harness.me(&client).await.status(), StatusCode::UNAUTHORIZED);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_password_must_change_without_reuse() {
+    let harness = Harness::start(|config| config.auth.password_history = 2).await;
+    let (id, secret) = harness.add_user("olga", &[Role::User]).await;
+    let db = &harness.broker().state.db;
+    let old_hash = broker::auth::password::hash(POLICY_PASSWORD).unwrap();
+    let ninety_one_days_ago = chrono::Utc::now().timestamp_millis() - 91 * 24 * 3600 * 1000;
+    users::set_password(db, &id, &old_hash, false, 2, ninety_one_days_ago)
+        .await
+        .unwrap();
+    let client = browser();
+
+    let login = harness
+        .login(
+            &client,
+            "olga",
+            POLICY_PASSWORD,
+            &secret.code_at(now_seconds()),
+        )
+        .await;
+    assert_eq!(login.status(), StatusCode::SEE_OTHER);
+    assert_eq!(login.headers()["location"], "/auth/change-password");
+    assert_eq!(harness.me(&client).await.status(), StatusCode::UNAUTHORIZED);
+    let page = body(
+        client
+            .get(harness.url("/auth/change-password"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(page.contains("older than 90 days"), "{page}");
+
+    let weak = harness
+        .change_password(&client, "alllowercase", "alllowercase")
+        .await;
+    assert_eq!(weak.status(), StatusCode::BAD_REQUEST);
+    let weak_page = body(weak).await;
+    assert!(
+        weak_page.contains("an uppercase letter") && weak_page.contains("a digit"),
+        "{weak_page}"
+    );
+    let mismatch = harness
+        .change_password(&client, "Another-door-77", "Another-door-78")
+        .await;
+    assert_eq!(mismatch.status(), StatusCode::BAD_REQUEST);
+    let reused = harness
+        .change_password(&client, POLICY_PASSWORD, POLICY_PASSWORD)
+        .await;
+    assert_eq!(reused.status(), StatusCode::BAD_REQUEST);
+    assert!(body(reused).await.contains("last 2 passwords"));
+    let previous = harness.change_password(&client, PASSWORD, PASSWORD).await;
+    assert_eq!(
+        previous.status(),
+        StatusCode::BAD_REQUEST,
+        "the password before the current one is in the history too"
+    );
+
+    let changed = harness
+        .change_password(&client, "Another-door-77", "Another-door-77")
+        .await;
+    assert_eq!(changed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(changed.headers()["location"], "/auth/me");
+    assert_eq!(harness.me(&client).await.status(), StatusCode::OK);
+
+    harness.forget_totp_step(&id).await;
+    let old = harness
+        .login(
+            &browser(),
+            "olga",
+            POLICY_PASSWORD,
+            &secret.code_at(now_seconds()),
+        )
+        .await;
+    assert_eq!(old.status(), StatusCode::UNAUTHORIZED);
+    harness.forget_totp_step(&id).await;
+    let new = harness
+        .login(
+            &browser(),
+            "olga",
+            "Another-door-77",
+            &secret.code_at(now_seconds()),
+        )
+        .await;
+    assert_eq!(new.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        new.headers()["location"],
+        "/auth/me",
+        "no further change asked"
+    );
+    assert_eq!(harness.action_count("auth.password.changed").await, 1);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_unlocks_a_locked_account() {
+    let harness = Harness::start(|_| {}).await;
+    let (admin_id, admin_secret) = harness.add_user("pat", &[Role::Admin]).await;
+    let (user_id, user_secret) = harness.add_user("quinn", &[Role::User]).await;
+    let user = browser();
+
+    for attempt in 1..=5 {
+        let response = harness
+            .login(&user, "quinn", "wrong password!", "000000")
+            .await;
+        let expected = if attempt < 5 {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(response.status(), expected, "attempt {attempt}");
+    }
+    let locked = harness
+        .login(
+            &user,
+            "quinn",
+            PASSWORD,
+            &user_secret.code_at(now_seconds()),
+        )
+        .await;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(harness.action_count("auth.account.locked").await, 1);
+
+    let admin = browser();
+    let signed_in = harness
+        .login(
+            &admin,
+            "pat",
+            PASSWORD,
+            &admin_secret.code_at(now_seconds()),
+        )
+        .await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    let unlock_path = format!("/auth/users/{user_id}/unlock");
+    let by_user = harness.post_form(&user, &unlock_path, &[]).await;
+    assert_eq!(by_user.status(), StatusCode::UNAUTHORIZED, "not signed in");
+    let unlocked = harness.post_form(&admin, &unlock_path, &[]).await;
+    assert_eq!(unlocked.status(), StatusCode::OK);
+    let unlocked: serde_json::Value = unlocked.json().await.unwrap();
+    assert_eq!(unlocked["was_locked"], true);
+    let unknown = harness
+        .post_form(&admin, "/auth/users/no-such-id/unlock", &[])
+        .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+
+    harness.forget_totp_step(&user_id).await;
+    let after = harness
+        .login(
+            &user,
+            "quinn",
+            PASSWORD,
+            &user_secret.code_at(now_seconds()),
+        )
+        .await;
+    assert_eq!(after.status(), StatusCode::SEE_OTHER);
+    let by_non_admin = harness
+        .post_form(&user, &format!("/auth/users/{admin_id}/unlock"), &[])
+        .await;
+    assert_eq!(by_non_admin.status(), StatusCode::FORBIDDEN);
+    assert_eq!(harness.action_count("auth.account.unlocked").await, 1);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_beyond_limit_ends_oldest_session() {
+    let harness = Harness::start(|config| config.auth.max_portal_sessions = 2).await;
+    let (id, secret) = harness.add_user("rosa", &[Role::User]).await;
+    let clients = [browser(), browser(), browser()];
+    let mut ended = harness.broker().state.auth.subscribe();
+
+    for client in &clients {
+        harness.forget_totp_step(&id).await;
+        let response = harness
+            .login(client, "rosa", PASSWORD, &secret.code_at(now_seconds()))
+            .await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        let cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            cookie.contains("SameSite=Lax") && cookie.contains("HttpOnly"),
+            "{cookie}"
+        );
+    }
+
+    assert_eq!(
+        harness.me(&clients[0]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(harness.me(&clients[1]).await.status(), StatusCode::OK);
+    assert_eq!(harness.me(&clients[2]).await.status(), StatusCode::OK);
+    let event = tokio::time::timeout(Duration::from_secs(5), ended.recv())
+        .await
+        .expect("session-ended event")
+        .unwrap();
+    assert_eq!(event.reason, broker::auth::EndReason::SessionLimit);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_cookie_is_host_prefixed_and_secure() {
+    let harness =
+        Harness::start(|config| config.server.tls = broker::config::TlsMode::Generated).await;
+    assert!(harness.base.starts_with("https://"), "{}", harness.base);
+    let (_, secret) = harness.add_user("sam", &[Role::User]).await;
+    let ca = std::fs::read(harness.dir.path().join("tls").join("ca.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .cookie_store(true)
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+
+    let response = harness
+        .login(&client, "sam", PASSWORD, &secret.code_at(now_seconds()))
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=31536000; includeSubDomains"
+    );
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.starts_with("__Host-strongroom_session="), "{cookie}");
+    for attribute in ["; Path=/", "; HttpOnly", "; SameSite=Lax", "; Secure"] {
+        assert!(cookie.contains(attribute), "{attribute} missing: {cookie}");
+    }
+    assert!(!cookie.contains("Domain="), "{cookie}");
+    assert_eq!(harness.me(&client).await.status(), StatusCode::OK);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_session_ends_when_idle_or_too_old() {
+    let harness = Harness::start(|config| {
+        config.auth.session_idle = Duration::from_secs(2);
+        config.auth.session_max = Duration::from_secs(3600);
+    })
+    .await;
+    let (_, secret) = harness.add_user("tess", &[Role::User]).await;
+    let mut ended = harness.broker().state.auth.subscribe();
+
+    let idle = browser();
+    let signed_in = harness
+        .login(&idle, "tess", PASSWORD, &secret.code_at(now_seconds()))
+        .await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while harness.me(&idle).await.status() == StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle session still open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let event = tokio::time::timeout(Duration::from_secs(5), ended.recv())
+        .await
+        .expect("session-ended event")
+        .unwrap();
+    assert_eq!(event.reason, broker::auth::EndReason::IdleTimeout);
+    harness.stop().await;
+
+    // The absolute lifetime ends a session that is in use.
+    let harness = Harness::start(|config| {
+        config.auth.session_idle = Duration::from_secs(3600);
+        config.auth.session_max = Duration::from_secs(5);
+    })
+    .await;
+    let (_, secret) = harness.add_user("tess", &[Role::User]).await;
+    let mut ended = harness.broker().state.auth.subscribe();
+    let signed_in = harness
+        .login(&browser(), "tess", PASSWORD, &secret.code_at(now_seconds()))
+        .await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    // The cookie is sent by hand, because a cookie store drops it at its Max-Age,
+    // which equals the lifetime; the server must end the session on its own.
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let busy = reqwest::Client::new();
+    let me = || {
+        busy.get(harness.url("/auth/me"))
+            .header("cookie", &cookie)
+            .send()
+    };
+    assert_eq!(me().await.unwrap().status(), StatusCode::OK);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while me().await.unwrap().status() == StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired session still open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let event = tokio::time::timeout(Duration::from_secs(5), ended.recv())
+        .await
+        .expect("session-ended event")
+        .unwrap();
+    assert_eq!(event.reason, broker::auth::EndReason::Expired);
+    harness.stop().await;
+}
+
+// ---------------------------------------------------------------------------------
 // OIDC against oidc-provider-mock.
 
 /// `oidc-provider-mock` on 127.0.0.1 and a port the kernel chose; killed on drop.
@@ -703,6 +1214,12 @@ enum Craft {
     WrongAudience,
     Expired,
     WrongNonce,
+    WrongIssuer,
+    AlgNone,
+    UnknownKey,
+    NoMfa,
+    StaleAuthTime,
+    NoGroups,
 }
 
 #[derive(Clone)]
@@ -713,14 +1230,31 @@ struct FakeProvider {
 }
 
 fn sign(claims: &serde_json::Value, pem: &str) -> String {
+    sign_with_kid(claims, pem, "key-a")
+}
+
+fn sign_with_kid(claims: &serde_json::Value, pem: &str, kid: &str) -> String {
     let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("key-a".to_owned());
+    header.kid = Some(kid.to_owned());
     jsonwebtoken::encode(
         &header,
         claims,
         &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
     )
     .unwrap()
+}
+
+/// Builds a JWT with `alg` `none` and an empty signature.
+fn unsigned(claims: &serde_json::Value) -> String {
+    use base64::Engine;
+    let encode = |value: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+    };
+    format!(
+        "{}.{}.",
+        encode(&json!({"alg": "none", "typ": "JWT"})),
+        encode(claims)
+    )
 }
 
 async fn fake_discovery(State(fake): State<FakeProvider>) -> Json<serde_json::Value> {
@@ -754,15 +1288,22 @@ async fn fake_token(State(fake): State<FakeProvider>) -> Json<serde_json::Value>
         Craft::WrongAudience => claims["aud"] = json!("someone-else"),
         Craft::Expired => claims["exp"] = json!(now - 600),
         Craft::WrongNonce => claims["nonce"] = json!("not-the-nonce"),
-        Craft::Valid | Craft::WrongSignature => {}
+        Craft::WrongIssuer => claims["iss"] = json!("http://127.0.0.1:1/other-issuer"),
+        Craft::NoMfa => claims["amr"] = json!(["pwd"]),
+        Craft::StaleAuthTime => claims["auth_time"] = json!(now - 3600),
+        Craft::NoGroups => {
+            claims.as_object_mut().unwrap().remove("groups");
+        }
+        Craft::Valid | Craft::WrongSignature | Craft::AlgNone | Craft::UnknownKey => {}
     }
-    let pem = if craft == Craft::WrongSignature {
-        KEY_B_PEM
-    } else {
-        KEY_A_PEM
+    let id_token = match craft {
+        Craft::WrongSignature => sign(&claims, KEY_B_PEM),
+        Craft::UnknownKey => sign_with_kid(&claims, KEY_B_PEM, "key-unknown"),
+        Craft::AlgNone => unsigned(&claims),
+        _ => sign(&claims, KEY_A_PEM),
     };
     Json(
-        json!({"access_token": "opaque", "token_type": "Bearer", "expires_in": 300, "id_token": sign(&claims, pem)}),
+        json!({"access_token": "opaque", "token_type": "Bearer", "expires_in": 300, "id_token": id_token}),
     )
 }
 
@@ -829,6 +1370,12 @@ async fn crafted_id_tokens_are_rejected() {
         Craft::WrongAudience,
         Craft::Expired,
         Craft::WrongNonce,
+        Craft::WrongIssuer,
+        Craft::AlgNone,
+        Craft::UnknownKey,
+        Craft::NoMfa,
+        Craft::StaleAuthTime,
+        Craft::NoGroups,
     ] {
         let client = browser();
         let response = fake_sign_in(&harness, &fake, &client, craft).await;
@@ -859,6 +1406,24 @@ async fn crafted_id_tokens_are_rejected() {
         .await
         .unwrap();
     assert_eq!(replayed_state.status(), StatusCode::BAD_REQUEST);
+
+    let reasons: Vec<String> = harness
+        .audit_actions()
+        .await
+        .into_iter()
+        .filter(|(action, _, _)| action == "auth.sign_in.failed")
+        .map(|(_, _, details)| details)
+        .collect();
+    let count = |reason: &str| {
+        reasons
+            .iter()
+            .filter(|detail| detail.contains(&format!("\"{reason}\"")))
+            .count()
+    };
+    assert_eq!(count("invalid_id_token"), 7, "{reasons:?}");
+    assert_eq!(count("mfa_missing"), 1, "{reasons:?}");
+    assert_eq!(count("auth_time_stale"), 1, "{reasons:?}");
+    assert_eq!(count("no_mapped_group"), 1, "{reasons:?}");
     harness.stop().await;
     server.abort();
 }
@@ -903,6 +1468,18 @@ async fn backchannel_logout_ends_sessions_once() {
         .await
         .unwrap();
     assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+    let now = chrono::Utc::now().timestamp();
+    let unsigned_token = unsigned(
+        &json!({"iss": issuer, "aud": "strongroom-test", "iat": now, "jti": "jti-n", "sub": "kate", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}),
+    );
+    let alg_none = provider_client
+        .post(&endpoint)
+        .form(&[("logout_token", unsigned_token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alg_none.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(harness.me(&client).await.status(), StatusCode::OK);
 
     let token = logout_token(&issuer, "jti-1", true);
     let valid = provider_client

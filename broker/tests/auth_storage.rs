@@ -19,7 +19,7 @@ async fn add_user(database: &TestDatabase, username: &str, roles: &[Role]) -> St
         username,
         display_name: username,
         password_hash: "$argon2id$placeholder",
-        sealed_totp: &[1, 2, 3],
+        sealed_totp: Some(&[1, 2, 3]),
         roles: &roles,
     };
     users::create_local(&database.db, new, 1_000).await.unwrap();
@@ -44,7 +44,7 @@ async fn users_body(database: TestDatabase) {
         username: "alice",
         display_name: "x",
         password_hash: "h",
-        sealed_totp: &[0],
+        sealed_totp: Some(&[0]),
         roles: &roles,
     };
     let error = users::create_local(&database.db, duplicate, 2_000)
@@ -267,4 +267,70 @@ async fn portal_body(database: TestDatabase) {
         [third]
     );
     assert_eq!(expired[0].reason, EndReason::Expired);
+}
+
+both_backends!(password_history_keeps_latest_entries, password_history_body);
+async fn password_history_body(database: TestDatabase) {
+    let id = add_user(&database, "gina", &[Role::User]).await;
+    let created = users::find_by_id(&database.db, &id).await.unwrap().unwrap();
+    assert_eq!(created.password_changed_at_ms, Some(1_000));
+    assert!(!created.password_change_required);
+
+    for (index, hash) in ["h1", "h2", "h3"].into_iter().enumerate() {
+        let changed =
+            users::set_password(&database.db, &id, hash, index == 2, 3, 2_000 + index as i64)
+                .await
+                .unwrap();
+        assert!(changed);
+    }
+
+    let recent = users::recent_password_hashes(&database.db, &id, 10)
+        .await
+        .unwrap();
+    assert_eq!(recent, ["h3", "h2", "h1"], "history keeps the 3 newest");
+    let user = users::find_by_id(&database.db, &id).await.unwrap().unwrap();
+    assert_eq!(user.password_hash.as_deref(), Some("h3"));
+    assert_eq!(user.password_changed_at_ms, Some(2_002));
+    assert!(user.password_change_required);
+
+    assert!(
+        users::require_password_change(&database.db, &id, false, 3_000)
+            .await
+            .unwrap()
+    );
+    assert!(users::clear_totp(&database.db, &id, 3_000).await.unwrap());
+    let user = users::find_by_id(&database.db, &id).await.unwrap().unwrap();
+    assert!(!user.password_change_required);
+    assert!(user.totp_secret.is_none());
+    assert!(
+        !users::set_password(&database.db, "no-such-user", "h", false, 3, 4_000)
+            .await
+            .unwrap()
+    );
+}
+
+both_backends!(unlock_lifts_a_lock_once, unlock_body);
+async fn unlock_body(database: TestDatabase) {
+    let scope = throttle::account_scope("hank");
+    let lockout = Duration::from_secs(900);
+    for attempt in 0..2 {
+        throttle::record_failure(&database.db, &scope, 2, lockout, 10 + attempt)
+            .await
+            .unwrap();
+    }
+    assert!(
+        throttle::locked_for(&database.db, &[&scope], 20)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    assert!(throttle::unlock(&database.db, &scope, 20).await.unwrap());
+    assert!(
+        throttle::locked_for(&database.db, &[&scope], 20)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!throttle::unlock(&database.db, &scope, 20).await.unwrap());
 }

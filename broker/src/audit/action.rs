@@ -37,6 +37,10 @@ actions! {
     SignOut => "auth.sign_out",
     PortalSessionCreated => "auth.portal_session.created",
     PortalSessionEnded => "auth.portal_session.ended",
+    AccountLocked => "auth.account.locked",
+    AccountUnlocked => "auth.account.unlocked",
+    PasswordChanged => "auth.password.changed",
+    MfaEnrolled => "auth.mfa.enrolled",
     // Banking sessions.
     SessionLaunchRequested => "session.launch.requested",
     SessionLaunched => "session.launch.succeeded",

@@ -1,5 +1,6 @@
-//! `strongroom user ...`: local accounts from the command line. Enrolment happens
-//! here: `user add` and `user reset-totp` print the TOTP secret once.
+//! `strongroom user ...`: local accounts from the command line. A new account enrols
+//! its TOTP secret at its first sign-in, unless `user add --print-totp` enrols it here
+//! and prints the secret once.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal};
@@ -11,10 +12,10 @@ use clap::{Subcommand, ValueEnum};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use super::password::{self, MIN_PASSWORD_LEN};
+use super::password;
 use super::secret_key::TotpKey;
 use super::totp::TotpSecret;
-use super::{Role, users};
+use super::{Role, policy, users};
 use crate::audit::{Action, Actor, AuditLog, EventBuilder};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -39,8 +40,8 @@ impl From<RoleArg> for Role {
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
-    /// Create a local account and print its TOTP enrolment URI once. The password is
-    /// read from --password-file, or else from the first line of standard input.
+    /// Create a local account. The password is read from --password-file, or else
+    /// from the first line of standard input, unless --generate-password is given.
     Add {
         /// Sign-in name: 1 to 64 characters from a-z, 0-9, '.', '_', '-' and '@'.
         name: String,
@@ -51,19 +52,34 @@ pub enum UserCommand {
         #[arg(long)]
         display_name: Option<String>,
         /// File whose content (one trailing newline removed) is the password.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "generate_password")]
         password_file: Option<PathBuf>,
+        /// Generate a random password, print it once, and make the person choose their
+        /// own at the first sign-in.
+        #[arg(long)]
+        generate_password: bool,
+        /// Enrol the TOTP secret now and print it once, instead of at the first sign-in.
+        #[arg(long)]
+        print_totp: bool,
     },
     /// Replace a person's roles. Without --role, the person keeps no role and loses
     /// access at their next request.
-    SetRoles {
+    #[command(visible_alias = "set-roles")]
+    SetRole {
         /// Username or user id.
         name: String,
         #[arg(long = "role", value_enum)]
         roles: Vec<RoleArg>,
     },
-    /// Give a local account a new TOTP secret and print its enrolment URI once.
-    ResetTotp {
+    /// Lift the sign-in lock of a local account after repeated failures.
+    Unlock {
+        /// Username or user id.
+        name: String,
+    },
+    /// Remove a local account's TOTP secret; the person enrols a new one at the next
+    /// sign-in.
+    #[command(visible_alias = "reset-totp")]
+    ResetMfa {
         /// Username or user id.
         name: String,
     },
@@ -101,27 +117,29 @@ async fn execute(
             roles,
             display_name,
             password_file,
+            generate_password,
+            print_totp,
         } => {
-            let password = read_password(password_file.as_deref())?;
-            add(
-                config,
-                db,
-                audit,
-                now_ms,
-                &name,
-                &roles,
-                display_name.as_deref(),
-                password,
-            )
-            .await
+            let username = users::normalize_username(&name);
+            let password = match generate_password {
+                true => policy::generate_password(),
+                false => read_password(password_file.as_deref(), &username)?,
+            };
+            let options = AddOptions {
+                display_name: display_name.as_deref(),
+                generated_password: generate_password,
+                print_totp,
+            };
+            add(config, db, audit, now_ms, &name, &roles, options, password).await
         }
-        UserCommand::SetRoles { name, roles } => set_roles(db, audit, now_ms, &name, &roles).await,
-        UserCommand::ResetTotp { name } => reset_totp(config, db, audit, now_ms, &name).await,
+        UserCommand::SetRole { name, roles } => set_roles(db, audit, now_ms, &name, &roles).await,
+        UserCommand::Unlock { name } => unlock(db, audit, now_ms, &name).await,
+        UserCommand::ResetMfa { name } => reset_mfa(db, audit, now_ms, &name).await,
         UserCommand::List => list(db).await,
     }
 }
 
-fn read_password(file: Option<&Path>) -> anyhow::Result<Zeroizing<String>> {
+fn read_password(file: Option<&Path>, username: &str) -> anyhow::Result<Zeroizing<String>> {
     let mut text = Zeroizing::new(String::new());
     match file {
         Some(path) => {
@@ -143,8 +161,8 @@ fn read_password(file: Option<&Path>) -> anyhow::Result<Zeroizing<String>> {
     while text.ends_with('\n') || text.ends_with('\r') {
         text.pop();
     }
-    if text.chars().count() < MIN_PASSWORD_LEN {
-        bail!("the password is shorter than {MIN_PASSWORD_LEN} characters; choose a longer one");
+    if let Err(problem) = policy::check_new_password(&text, username) {
+        bail!("password rejected: {problem}; choose another or use --generate-password");
     }
     Ok(text)
 }
@@ -157,8 +175,19 @@ fn role_names(roles: &BTreeSet<Role>) -> Vec<&'static str> {
     roles.iter().map(|role| role.as_str()).collect()
 }
 
-/// Creates a local account: the argon2id hash and the sealed TOTP secret are stored,
-/// and the enrolment URI is printed once.
+/// Settings of `user add` besides the account's name and roles.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AddOptions<'a> {
+    /// Name shown in the portal; default the username.
+    pub display_name: Option<&'a str>,
+    /// The password was generated: print it and require a change at first sign-in.
+    pub generated_password: bool,
+    /// Enrol the TOTP secret now and print it, instead of at the first sign-in.
+    pub print_totp: bool,
+}
+
+/// Creates a local account with an argon2id hash of the password. With
+/// `print_totp`, the TOTP secret is sealed and stored now and printed once.
 #[allow(clippy::too_many_arguments)]
 pub async fn add(
     config: &Config,
@@ -167,29 +196,37 @@ pub async fn add(
     now_ms: i64,
     name: &str,
     roles: &[RoleArg],
-    display_name: Option<&str>,
+    options: AddOptions<'_>,
     password: Zeroizing<String>,
 ) -> anyhow::Result<()> {
     let username = users::normalize_username(name);
     users::validate_username(&username).map_err(anyhow::Error::msg)?;
     let roles = role_set(roles);
-    let key = TotpKey::load_or_create(&config.data_dir)?;
 
     let id = Uuid::new_v4().to_string();
-    let hash = tokio::task::spawn_blocking(move || password::hash(&password))
+    let to_hash = password.clone();
+    let hash = tokio::task::spawn_blocking(move || password::hash(&to_hash))
         .await
         .context("password hashing task failed")??;
-    let secret = TotpSecret::generate();
-    let sealed = key.seal(&id, secret.as_bytes())?;
+    let secret = options.print_totp.then(TotpSecret::generate);
+    let sealed = match &secret {
+        Some(secret) => {
+            Some(TotpKey::load_or_create(&config.data_dir)?.seal(&id, secret.as_bytes())?)
+        }
+        None => None,
+    };
     let new = users::NewLocalUser {
         id: &id,
         username: &username,
-        display_name: display_name.unwrap_or(&username),
+        display_name: options.display_name.unwrap_or(&username),
         password_hash: &hash,
-        sealed_totp: &sealed,
+        sealed_totp: sealed.as_deref(),
         roles: &roles,
     };
     users::create_local(db, new, now_ms).await?;
+    if options.generated_password {
+        users::require_password_change(db, &id, true, now_ms).await?;
+    }
 
     audit
         .append(
@@ -198,6 +235,7 @@ pub async fn add(
                 .detail("change", "created")
                 .detail("username", username.clone())
                 .detail("roles", role_names(&roles))
+                .detail("mfa_enrolled", secret.is_some())
                 .build(),
         )
         .await?;
@@ -205,7 +243,14 @@ pub async fn add(
         "created user {username} (id {id}) with roles: {}",
         role_names(&roles).join(", ")
     );
-    print_enrolment(&secret, &username);
+    if options.generated_password {
+        println!("password: {}", password.as_str());
+        println!("The password is not shown again; the first sign-in asks for a new one.");
+    }
+    match &secret {
+        Some(secret) => print_enrolment(secret, &username),
+        None => println!("The first sign-in shows a QR code to set up an authenticator app."),
+    }
     Ok(())
 }
 
@@ -253,33 +298,38 @@ async fn set_roles(
     Ok(())
 }
 
-async fn reset_totp(
-    config: &Config,
-    db: &Database,
-    audit: &AuditLog,
-    now_ms: i64,
-    name: &str,
-) -> anyhow::Result<()> {
+async fn unlock(db: &Database, audit: &AuditLog, now_ms: i64, name: &str) -> anyhow::Result<()> {
+    let user = find(db, name).await?;
+    let Some(username) = user.username.clone().filter(|_| user.source == "local") else {
+        bail!("{name:?} signs in through OIDC; the identity provider handles their lockout");
+    };
+    let was_locked =
+        super::unlock_local_account(db, audit, &username, &user.id, Actor::System("cli"), now_ms)
+            .await?;
+    match was_locked {
+        true => println!("unlocked {username}"),
+        false => println!("{username} was not locked; its failure count is reset"),
+    }
+    Ok(())
+}
+
+async fn reset_mfa(db: &Database, audit: &AuditLog, now_ms: i64, name: &str) -> anyhow::Result<()> {
     let user = find(db, name).await?;
     let Some(username) = user.username.clone().filter(|_| user.source == "local") else {
         bail!(
             "{name:?} signs in through OIDC; their second factor is managed at the identity provider"
         );
     };
-    let key = TotpKey::load_or_create(&config.data_dir)?;
-    let secret = TotpSecret::generate();
-    let sealed = key.seal(&user.id, secret.as_bytes())?;
-    users::set_totp(db, &user.id, &sealed, now_ms).await?;
+    users::clear_totp(db, &user.id, now_ms).await?;
     audit
         .append(
             EventBuilder::new(Actor::System("cli"), Action::PersonChanged)
                 .target(format!("user:{}", user.id))
-                .detail("change", "totp_reset")
+                .detail("change", "mfa_reset")
                 .build(),
         )
         .await?;
-    println!("new TOTP secret for {username}");
-    print_enrolment(&secret, &username);
+    println!("removed the TOTP secret of {username}; the next sign-in sets up a new authenticator");
     Ok(())
 }
 
@@ -293,16 +343,22 @@ fn display_roles(roles: &BTreeSet<Role>) -> String {
 
 async fn list(db: &Database) -> anyhow::Result<()> {
     println!(
-        "{:<36}  {:<24}  {:<6}  {:<24}  ROLES",
-        "ID", "USERNAME", "SOURCE", "DISPLAY NAME"
+        "{:<36}  {:<24}  {:<6}  {:<24}  {:<4}  ROLES",
+        "ID", "USERNAME", "SOURCE", "DISPLAY NAME", "TOTP"
     );
     for user in users::list(db).await? {
+        let totp = match (user.source.as_str(), user.totp_secret.is_some()) {
+            ("local", true) => "yes",
+            ("local", false) => "no",
+            _ => "-",
+        };
         println!(
-            "{:<36}  {:<24}  {:<6}  {:<24}  {}",
+            "{:<36}  {:<24}  {:<6}  {:<24}  {:<4}  {}",
             user.id,
             user.username.as_deref().unwrap_or("-"),
             user.source,
             user.display_name,
+            totp,
             display_roles(&user.roles)
         );
     }

@@ -1,6 +1,7 @@
 //! Cross-site request forgery defence: a state-changing request must carry an
 //! `Origin` header (or, when a browser omits it, a `Referer`) naming the portal's own
-//! origin exactly. The portal cookie is also `SameSite=Strict`.
+//! origin exactly. The portal cookie is also `SameSite=Lax`, so browsers leave it off
+//! cross-site subrequests and POSTs.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};

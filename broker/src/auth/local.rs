@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use axum::Form;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -70,14 +70,14 @@ fn refusal(
     )
 }
 
-fn lockout_text(remaining: Duration) -> String {
+pub(crate) fn lockout_text(remaining: Duration) -> String {
     let minutes = remaining.as_secs().div_ceil(60).max(1);
     format!("Too many failed sign-in attempts. Wait {minutes} minute(s) and try again.")
 }
 
 /// Outcome of checking the submitted credentials.
 enum Check {
-    Passed(users::UserRecord),
+    Passed(Box<users::UserRecord>),
     Failed(&'static str, Option<String>),
 }
 
@@ -127,14 +127,9 @@ pub(crate) async fn login_submit(
     match check_credentials(&auth, &username, &form, client).await? {
         Check::Failed(reason, user_id) => {
             let limits = &auth.0.config;
-            let account_locked = throttle::record_failure(
-                &auth.0.db,
-                &account_scope,
-                limits.max_failures_per_account,
-                limits.lockout,
-                now,
-            )
-            .await?;
+            let account_locked = auth
+                .count_account_failure(&username, user_id.as_deref(), client)
+                .await?;
             let address_locked = throttle::record_failure(
                 &auth.0.db,
                 &address_scope,
@@ -143,6 +138,10 @@ pub(crate) async fn login_submit(
                 now,
             )
             .await?;
+            if address_locked {
+                auth.audit_lockout(&username, user_id.as_deref(), client, "address")
+                    .await?;
+            }
             let actor = user_id.map(Actor::Person).unwrap_or(Actor::Anonymous);
             auth.audit_refusal(actor, target, client, "local", reason)
                 .await?;
@@ -180,19 +179,17 @@ pub(crate) async fn login_submit(
                     pages::NO_ROLE_TEXT,
                 ));
             }
-            let cookie = auth
-                .start_session(&headers, &user.id, &user.roles, "local", None, client)
-                .await?;
-            let mut response = Redirect::to(&next).into_response();
-            response.headers_mut().insert(header::SET_COOKIE, cookie);
-            Ok(response)
+            Ok(auth
+                .continue_local_sign_in(&headers, &user, &next, client)
+                .await?)
         }
     }
 }
 
 /// Verifies password and TOTP code. The password is verified even for an unknown
 /// username (against a fixed hash), so the response time does not reveal which
-/// accounts exist.
+/// accounts exist. An account without a TOTP secret passes on the password alone and
+/// must then enrol one before it gets a portal session.
 async fn check_credentials(
     auth: &AuthService,
     username: &str,
@@ -213,7 +210,7 @@ async fn check_credentials(
     }
 
     let Some(sealed) = &user.totp_secret else {
-        return Ok(Check::Failed("no_totp_enrolled", Some(user.id)));
+        return Ok(Check::Passed(Box::new(user)));
     };
     let key = auth
         .0
@@ -245,7 +242,7 @@ async fn check_credentials(
     auth.0.audit.append(event.build()).await?;
 
     Ok(match verdict {
-        Ok(()) => Check::Passed(user),
+        Ok(()) => Check::Passed(Box::new(user)),
         Err(reason) => Check::Failed(reason, Some(user.id)),
     })
 }

@@ -17,9 +17,11 @@ mod local;
 mod oidc;
 pub(crate) mod pages;
 pub mod password;
+pub mod policy;
 pub mod portal;
 mod principal;
 pub mod secret_key;
+mod steps;
 pub mod throttle;
 pub mod totp;
 pub mod users;
@@ -47,7 +49,7 @@ pub use extract::{
 };
 pub use portal::{EndReason, PortalSessionEnded};
 pub use principal::{Principal, Role};
-pub use web::routes;
+pub use web::{routes, unlock_local_account};
 
 /// Capacity of the portal-session-ended channel. A subscriber that falls further
 /// behind receives `RecvError::Lagged` and should re-check its sessions.
@@ -137,6 +139,11 @@ impl AuthService {
 
     pub fn database(&self) -> &Database {
         &self.0.db
+    }
+
+    /// Whether the portal is reached over HTTPS, so that cookies are `Secure`.
+    pub fn https(&self) -> bool {
+        self.0.secure_cookies
     }
 
     pub fn cookie_name(&self) -> &'static str {

@@ -90,7 +90,7 @@ pub fn login(status: StatusCode, view: &LoginPage<'_>) -> Response {
              <input type=\"hidden\" name=\"next\" value=\"{next}\">\n\
              <p><label>Username <input name=\"username\" autocomplete=\"username\" required value=\"{username}\"></label></p>\n\
              <p><label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label></p>\n\
-             <p><label>Authenticator code <input name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" pattern=\"[0-9]{{6}}\" maxlength=\"6\" required></label></p>\n\
+             <p><label>Authenticator code <input name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" pattern=\"[0-9]{{6}}\" maxlength=\"6\"></label> (empty at your first sign-in, when you set up the authenticator)</p>\n\
              <p><button type=\"submit\">Sign in</button></p>\n</form>\n",
             next = escape(view.next),
             username = escape(view.username),
@@ -108,9 +108,8 @@ pub fn login(status: StatusCode, view: &LoginPage<'_>) -> Response {
 }
 
 /// The page the OIDC callback returns after a successful sign-in. It moves on with a
-/// meta refresh rather than a redirect, because a redirect chain that began at the
-/// provider is cross-site and the browser would not send the `SameSite=Strict` cookie
-/// on it.
+/// meta refresh rather than a redirect, so that the request to `next` starts on the
+/// portal's own origin and not in a redirect chain that began at the provider.
 pub fn continue_to(next: &str) -> Response {
     let target = escape(next);
     let head = format!("<meta http-equiv=\"refresh\" content=\"0;url={target}\">");
@@ -120,6 +119,57 @@ pub fn continue_to(next: &str) -> Response {
         &format!("<p><a href=\"{target}\">Continue</a></p>"),
         &head,
     )
+}
+
+/// The TOTP enrolment page: the QR code of the `otpauth://` URI as inline SVG, the
+/// secret in base32 for manual entry, and a form for the first code.
+pub fn enrol_totp(
+    status: StatusCode,
+    qr_svg: &str,
+    secret_base32: &str,
+    error: Option<&str>,
+) -> Response {
+    // The renderer's output starts with an XML declaration, which HTML does not take.
+    let svg = qr_svg.find("<svg").map_or(qr_svg, |start| &qr_svg[start..]);
+    let mut body = String::new();
+    if let Some(error) = error {
+        body.push_str(&format!(
+            "<p id=\"error\" role=\"alert\">{}</p>\n",
+            escape(error)
+        ));
+    }
+    body.push_str(&format!(
+        "<p>Your account needs an authenticator app. Scan this code with it, or enter the key by hand.</p>\n\
+         <div id=\"qr\">{svg}</div>\n\
+         <p>Key: <code id=\"secret\">{}</code></p>\n\
+         <form method=\"post\" action=\"/auth/enrol-totp\">\n\
+         <p><label>Code shown by the app <input name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" pattern=\"[0-9]{{6}}\" maxlength=\"6\" required></label></p>\n\
+         <p><button type=\"submit\">Confirm</button></p>\n</form>\n",
+        escape(secret_base32)
+    ));
+    page(status, "Set up your authenticator", &body, "")
+}
+
+/// The page that asks for a new password, with why and what the policy requires.
+pub fn change_password(status: StatusCode, reason: &str, error: Option<&str>) -> Response {
+    let mut body = String::new();
+    if let Some(error) = error {
+        body.push_str(&format!(
+            "<p id=\"error\" role=\"alert\">{}</p>\n",
+            escape(error)
+        ));
+    }
+    body.push_str(&format!(
+        "<p id=\"reason\">{}</p>\n\
+         <p>Use at least 12 characters with a lowercase and an uppercase letter, a digit and a symbol, \
+         and none of your recent passwords.</p>\n\
+         <form method=\"post\" action=\"/auth/change-password\">\n\
+         <p><label>New password <input name=\"new_password\" type=\"password\" autocomplete=\"new-password\" minlength=\"12\" required></label></p>\n\
+         <p><label>New password again <input name=\"confirm_password\" type=\"password\" autocomplete=\"new-password\" minlength=\"12\" required></label></p>\n\
+         <p><button type=\"submit\">Change password</button></p>\n</form>\n",
+        escape(reason)
+    ));
+    page(status, "Choose a new password", &body, "")
 }
 
 pub fn logout_form() -> Response {

@@ -35,6 +35,9 @@ pub enum EndReason {
     Revoked,
     /// The person lost every role.
     NoRole,
+    /// The person signed in again while at the limit of open portal sessions, and this
+    /// was the oldest.
+    SessionLimit,
 }
 
 impl EndReason {
@@ -46,6 +49,7 @@ impl EndReason {
             EndReason::BackChannelLogout => "backchannel_logout",
             EndReason::Revoked => "revoked",
             EndReason::NoRole => "no_role",
+            EndReason::SessionLimit => "session_limit",
         }
     }
 }
@@ -79,7 +83,7 @@ impl std::fmt::Debug for SessionToken {
 }
 
 impl SessionToken {
-    fn generate() -> SessionToken {
+    pub(crate) fn generate() -> SessionToken {
         let bytes = Zeroizing::new(rand::random::<[u8; 32]>());
         SessionToken(Zeroizing::new(URL_SAFE_NO_PAD.encode(bytes.as_slice())))
     }

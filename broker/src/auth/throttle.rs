@@ -101,3 +101,15 @@ pub async fn clear(db: &Database, scope: &str, now_ms: i64) -> anyhow::Result<()
         .context("cannot clear the sign-in throttle")?;
     Ok(())
 }
+
+/// Lifts the lock and forgets the failures of a scope. Returns true when the scope had
+/// a lock still in force at `now_ms`.
+pub async fn unlock(db: &Database, scope: &str, now_ms: i64) -> anyhow::Result<bool> {
+    let locked = locked_for(db, &[scope], now_ms).await?.is_some();
+    sqlx::query("DELETE FROM sign_in_throttle WHERE scope = $1")
+        .bind(scope)
+        .execute(db.pool())
+        .await
+        .context("cannot unlock the sign-in scope")?;
+    Ok(locked)
+}

@@ -40,6 +40,10 @@ pub struct UserRecord {
     pub totp_last_step: Option<i64>,
     pub roles: BTreeSet<Role>,
     pub created_at_ms: i64,
+    /// When the current password was set; `None` for OIDC people.
+    pub password_changed_at_ms: Option<i64>,
+    /// The person must choose a new password at the next sign-in.
+    pub password_change_required: bool,
 }
 
 impl std::fmt::Debug for UserRecord {
@@ -97,7 +101,7 @@ pub fn decode_roles(text: &str) -> BTreeSet<Role> {
         .collect()
 }
 
-const COLUMNS: &str = "id, username, display_name, source, oidc_issuer, oidc_subject, password_hash, totp_secret, totp_last_step, roles, created_at_ms";
+const COLUMNS: &str = "id, username, display_name, source, oidc_issuer, oidc_subject, password_hash, totp_secret, totp_last_step, roles, created_at_ms, password_changed_at_ms, password_change_required";
 
 fn from_row(row: &AnyRow) -> Result<UserRecord, sqlx::Error> {
     Ok(UserRecord {
@@ -112,6 +116,8 @@ fn from_row(row: &AnyRow) -> Result<UserRecord, sqlx::Error> {
         totp_last_step: row.try_get("totp_last_step")?,
         roles: decode_roles(&row.try_get::<String, _>("roles")?),
         created_at_ms: row.try_get("created_at_ms")?,
+        password_changed_at_ms: row.try_get("password_changed_at_ms")?,
+        password_change_required: row.try_get::<i64, _>("password_change_required")? != 0,
     })
 }
 
@@ -139,38 +145,162 @@ pub struct NewLocalUser<'a> {
     pub username: &'a str,
     pub display_name: &'a str,
     pub password_hash: &'a str,
-    pub sealed_totp: &'a [u8],
+    /// Sealed TOTP secret; `None` makes the person enrol at their first sign-in.
+    pub sealed_totp: Option<&'a [u8]>,
     pub roles: &'a BTreeSet<Role>,
 }
 
+/// Inserts a local account and records its password in the password history.
 pub async fn create_local(
     db: &Database,
     user: NewLocalUser<'_>,
     now_ms: i64,
 ) -> Result<(), CreateUserError> {
+    let mut transaction = db
+        .pool()
+        .begin()
+        .await
+        .context("cannot start a transaction")?;
     let result = sqlx::query(
-        "INSERT INTO users (id, username, display_name, source, password_hash, totp_secret, roles, created_at_ms, updated_at_ms) \
-         VALUES ($1, $2, $3, 'local', $4, $5, $6, $7, $7)",
+        "INSERT INTO users (id, username, display_name, source, password_hash, totp_secret, roles, created_at_ms, updated_at_ms, password_changed_at_ms) \
+         VALUES ($1, $2, $3, 'local', $4, $5, $6, $7, $7, $7)",
     )
     .bind(user.id)
     .bind(user.username)
     .bind(user.display_name)
     .bind(user.password_hash)
-    .bind(user.sealed_totp.to_vec())
+    .bind(user.sealed_totp.map(<[u8]>::to_vec))
     .bind(encode_roles(user.roles))
     .bind(now_ms)
-    .execute(db.pool())
+    .execute(&mut *transaction)
     .await;
 
     match result {
-        Ok(_) => Ok(()),
+        Ok(_) => {}
         Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-            Err(CreateUserError::UsernameTaken(user.username.to_owned()))
+            return Err(CreateUserError::UsernameTaken(user.username.to_owned()));
         }
-        Err(error) => Err(anyhow::Error::new(error)
-            .context("cannot insert the user")
-            .into()),
+        Err(error) => {
+            return Err(anyhow::Error::new(error)
+                .context("cannot insert the user")
+                .into());
+        }
     }
+    sqlx::query(
+        "INSERT INTO password_history (user_id, password_hash, created_at_ms) VALUES ($1, $2, $3)",
+    )
+    .bind(user.id)
+    .bind(user.password_hash)
+    .bind(now_ms)
+    .execute(&mut *transaction)
+    .await
+    .context("cannot record the password history")?;
+    transaction
+        .commit()
+        .await
+        .context("cannot commit the new user")?;
+    Ok(())
+}
+
+/// Hashes of the account's `count` most recent passwords, newest first.
+pub async fn recent_password_hashes(
+    db: &Database,
+    id: &str,
+    count: u32,
+) -> anyhow::Result<Vec<String>> {
+    let rows = sqlx::query("SELECT password_hash FROM password_history WHERE user_id = $1 ORDER BY created_at_ms DESC LIMIT $2")
+        .bind(id)
+        .bind(i64::from(count))
+        .fetch_all(db.pool())
+        .await
+        .context("cannot read the password history")?;
+    rows.iter()
+        .map(|row| {
+            row.try_get("password_hash")
+                .context("cannot decode a password hash")
+        })
+        .collect()
+}
+
+/// Replaces a local account's password, records it in the history and keeps only the
+/// `keep` most recent entries there. `change_required` makes the person choose
+/// another one at the next sign-in (for a generated or reset password).
+pub async fn set_password(
+    db: &Database,
+    id: &str,
+    password_hash: &str,
+    change_required: bool,
+    keep: u32,
+    now_ms: i64,
+) -> anyhow::Result<bool> {
+    let mut transaction = db
+        .pool()
+        .begin()
+        .await
+        .context("cannot start a transaction")?;
+    let updated = sqlx::query("UPDATE users SET password_hash = $1, password_changed_at_ms = $2, password_change_required = $3, updated_at_ms = $2 WHERE id = $4 AND source = 'local'")
+        .bind(password_hash)
+        .bind(now_ms)
+        .bind(i64::from(change_required))
+        .bind(id)
+        .execute(&mut *transaction)
+        .await
+        .context("cannot update the password")?;
+    if updated.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO password_history (user_id, password_hash, created_at_ms) VALUES ($1, $2, $3)",
+    )
+    .bind(id)
+    .bind(password_hash)
+    .bind(now_ms)
+    .execute(&mut *transaction)
+    .await
+    .context("cannot record the password history")?;
+    sqlx::query(
+        "DELETE FROM password_history WHERE user_id = $1 AND created_at_ms < \
+         (SELECT MIN(created_at_ms) FROM (SELECT created_at_ms FROM password_history WHERE user_id = $1 ORDER BY created_at_ms DESC LIMIT $2) AS recent)",
+    )
+    .bind(id)
+    .bind(i64::from(keep))
+    .execute(&mut *transaction)
+    .await
+    .context("cannot trim the password history")?;
+    transaction
+        .commit()
+        .await
+        .context("cannot commit the password change")?;
+    Ok(true)
+}
+
+/// Sets or clears the flag that forces a password change at the next sign-in.
+pub async fn require_password_change(
+    db: &Database,
+    id: &str,
+    required: bool,
+    now_ms: i64,
+) -> anyhow::Result<bool> {
+    let result = sqlx::query("UPDATE users SET password_change_required = $1, updated_at_ms = $2 WHERE id = $3 AND source = 'local'")
+        .bind(i64::from(required))
+        .bind(now_ms)
+        .bind(id)
+        .execute(db.pool())
+        .await
+        .context("cannot update the password flag")?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Removes a local account's TOTP secret, so that the person enrols a new one at the
+/// next sign-in.
+pub async fn clear_totp(db: &Database, id: &str, now_ms: i64) -> anyhow::Result<bool> {
+    let result = sqlx::query("UPDATE users SET totp_secret = NULL, totp_last_step = NULL, updated_at_ms = $1 WHERE id = $2 AND source = 'local'")
+        .bind(now_ms)
+        .bind(id)
+        .execute(db.pool())
+        .await
+        .context("cannot remove the TOTP secret")?;
+    Ok(result.rows_affected() == 1)
 }
 
 pub async fn find_by_username(db: &Database, username: &str) -> anyhow::Result<Option<UserRecord>> {

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::cookie_value;
 use super::portal::{self, EndReason, NewSession, SessionToken};
-use super::{AuthService, CurrentSession, CurrentUser, RequireAdmin, Role, local, oidc, pages};
+use super::{
+    AuthService, CurrentSession, CurrentUser, RequireAdmin, Role, local, oidc, pages, steps,
+    throttle, users,
+};
 use crate::audit::{Action, Actor, EventBuilder};
 use crate::error::ApiError;
 use crate::http::AppState;
@@ -27,6 +30,15 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/logout", get(logout_page).post(logout))
         .route("/auth/me", get(me))
         .route("/auth/users/{user_id}/end-sessions", post(end_sessions))
+        .route("/auth/users/{user_id}/unlock", post(unlock))
+        .route(
+            steps::ENROL_PATH,
+            get(steps::enrol_page).post(steps::enrol_submit),
+        )
+        .route(
+            steps::CHANGE_PASSWORD_PATH,
+            get(steps::change_password_page).post(steps::change_password_submit),
+        )
         .route("/auth/oidc/login", get(oidc::login))
         .route("/auth/oidc/callback", get(oidc::callback))
         .route(
@@ -57,11 +69,15 @@ pub(crate) fn safe_next(next: Option<&str>) -> String {
 }
 
 impl AuthService {
+    /// `SameSite=Lax` sends the cookie on top-level navigations from other sites, such
+    /// as a link in an e-mail or the provider's redirect back. Browsers leave it off
+    /// cross-site subrequests and POSTs, and state-changing requests also need the
+    /// exact origin.
     fn cookie_attributes(&self) -> &'static str {
         if self.0.secure_cookies {
-            "; Path=/; HttpOnly; SameSite=Strict; Secure"
+            "; Path=/; HttpOnly; SameSite=Lax; Secure"
         } else {
-            "; Path=/; HttpOnly; SameSite=Strict"
+            "; Path=/; HttpOnly; SameSite=Lax"
         }
     }
 
@@ -128,6 +144,7 @@ impl AuthService {
             max_ms: self.0.config.session_max.as_millis() as i64,
         };
         let (session_id, token) = portal::create(&self.0.db, new, now).await?;
+        self.end_sessions_over_limit(user_id, now).await?;
 
         let role_names: Vec<&str> = roles.iter().map(|role| role.as_str()).collect();
         self.0
@@ -156,6 +173,18 @@ impl AuthService {
             .await?;
         tracing::info!(user.id = user_id, portal_session.id = %session_id, method, "Signed in");
         Ok(self.session_cookie(&token))
+    }
+
+    /// Ends a person's oldest open portal sessions beyond `auth.max_portal_sessions`.
+    async fn end_sessions_over_limit(&self, user_id: &str, now: i64) -> anyhow::Result<()> {
+        let open = portal::open_sessions(&self.0.db, user_id).await?;
+        let limit = self.0.config.max_portal_sessions as usize;
+        let excess = open.len().saturating_sub(limit);
+        let mut ended = Vec::new();
+        for session_id in &open[..excess] {
+            ended.extend(portal::end(&self.0.db, session_id, EndReason::SessionLimit, now).await?);
+        }
+        self.announce_ended(ended, Actor::System("auth")).await
     }
 
     /// Records a refused sign-in. `reason` is a fixed word; `target` names the account
@@ -267,6 +296,80 @@ async fn end_sessions(
         .await?;
     tracing::info!(user.id = %user_id, admin.id = %admin.user_id, ended, "Admin ended a person's portal sessions");
     Ok((StatusCode::OK, Json(EndedBody { ended })).into_response())
+}
+
+#[derive(Serialize)]
+struct UnlockedBody {
+    /// Whether a lock was in force.
+    was_locked: bool,
+}
+
+/// Admin action: lifts the sign-in lock of a local account and clears its failure count.
+async fn unlock(
+    State(auth): State<AuthService>,
+    RequireAdmin(admin): RequireAdmin,
+    Path(user_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(user) = users::find_by_id(&auth.0.db, &user_id).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no person with this id",
+        ));
+    };
+    let Some(username) = user.username.as_deref().filter(|_| user.source == "local") else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "this person signs in through OIDC; the identity provider handles their lockout",
+        ));
+    };
+    let was_locked = auth
+        .unlock_account(username, &user.id, Actor::Person(admin.user_id.clone()))
+        .await?;
+    Ok((StatusCode::OK, Json(UnlockedBody { was_locked })).into_response())
+}
+
+impl AuthService {
+    /// Lifts the lock of a local account and records it. Returns whether a lock was in
+    /// force.
+    pub async fn unlock_account(
+        &self,
+        username: &str,
+        user_id: &str,
+        actor: Actor,
+    ) -> anyhow::Result<bool> {
+        unlock_local_account(
+            &self.0.db,
+            &self.0.audit,
+            username,
+            user_id,
+            actor,
+            self.now_ms(),
+        )
+        .await
+    }
+}
+
+/// Lifts the lock of a local account's username scope and records it in the audit
+/// trail; shared by the admin route and `strongroom user unlock`.
+pub async fn unlock_local_account(
+    db: &crate::db::Database,
+    audit: &crate::audit::AuditLog,
+    username: &str,
+    user_id: &str,
+    actor: Actor,
+    now_ms: i64,
+) -> anyhow::Result<bool> {
+    let was_locked = throttle::unlock(db, &throttle::account_scope(username), now_ms).await?;
+    audit
+        .append(
+            EventBuilder::new(actor, Action::AccountUnlocked)
+                .target(format!("user:{user_id}"))
+                .detail("was_locked", was_locked)
+                .build(),
+        )
+        .await?;
+    tracing::info!(user.id = user_id, was_locked, "Local account unlocked");
+    Ok(was_locked)
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ const DEFAULT_SESSION_MAX_HOURS: u64 = 12;
 const DEFAULT_MAX_FAILURES_PER_ACCOUNT: u32 = 5;
 const DEFAULT_MAX_FAILURES_PER_ADDRESS: u32 = 20;
 const DEFAULT_LOCKOUT_MINUTES: u64 = 15;
+const DEFAULT_PASSWORD_MAX_AGE_DAYS: u32 = 90;
+const DEFAULT_PASSWORD_HISTORY: u32 = 5;
+const DEFAULT_MAX_PORTAL_SESSIONS: u32 = 5;
 const DEFAULT_MAX_AUTH_AGE_SECONDS: u64 = 600;
 const DEFAULT_CLOCK_LEEWAY_SECONDS: u64 = 60;
 const DEFAULT_SCOPES: &[&str] = &["openid", "profile", "email"];
@@ -38,6 +41,15 @@ pub struct RawAuth {
     pub max_failures_per_address: Option<Lenient<u32>>,
     /// `auth.lockout_minutes`: counting window and lockout duration. Default 15.
     pub lockout_minutes: Option<Lenient<u64>>,
+    /// `auth.password_max_age_days`: a local account's password expires this many days
+    /// after it was set, and the next sign-in asks for a new one. Default 90.
+    pub password_max_age_days: Option<Lenient<u32>>,
+    /// `auth.password_history`: a new password must differ from this many most recent
+    /// passwords of the account, the current one included. Default 5.
+    pub password_history: Option<Lenient<u32>>,
+    /// `auth.max_portal_sessions`: open portal sessions per person; a sign-in beyond
+    /// this ends the oldest. Default 5.
+    pub max_portal_sessions: Option<Lenient<u32>>,
     /// `[auth.oidc]`: sign-in through an OpenID Connect provider. Absent means no SSO.
     pub oidc: Option<RawOidc>,
 }
@@ -93,6 +105,9 @@ pub struct AuthConfig {
     pub max_failures_per_account: u32,
     pub max_failures_per_address: u32,
     pub lockout: Duration,
+    pub password_max_age_days: u32,
+    pub password_history: u32,
+    pub max_portal_sessions: u32,
     pub oidc: Option<OidcConfig>,
 }
 
@@ -105,6 +120,9 @@ impl Default for AuthConfig {
             max_failures_per_account: DEFAULT_MAX_FAILURES_PER_ACCOUNT,
             max_failures_per_address: DEFAULT_MAX_FAILURES_PER_ADDRESS,
             lockout: Duration::from_secs(DEFAULT_LOCKOUT_MINUTES * 60),
+            password_max_age_days: DEFAULT_PASSWORD_MAX_AGE_DAYS,
+            password_history: DEFAULT_PASSWORD_HISTORY,
+            max_portal_sessions: DEFAULT_MAX_PORTAL_SESSIONS,
             oidc: None,
         }
     }
@@ -191,6 +209,35 @@ pub fn validate_auth(raw: &RawAuth, problems: &mut Vec<ConfigProblem>) -> Option
     )
     .unwrap_or(DEFAULT_LOCKOUT_MINUTES);
 
+    let password_max_age_days = take(
+        &raw.password_max_age_days,
+        "auth.password_max_age_days",
+        "a whole number of days",
+        problems,
+    )
+    .unwrap_or(DEFAULT_PASSWORD_MAX_AGE_DAYS);
+    let password_history = take(
+        &raw.password_history,
+        "auth.password_history",
+        "a positive integer",
+        problems,
+    )
+    .unwrap_or(DEFAULT_PASSWORD_HISTORY);
+    let max_portal_sessions = take(
+        &raw.max_portal_sessions,
+        "auth.max_portal_sessions",
+        "a positive integer",
+        problems,
+    )
+    .unwrap_or(DEFAULT_MAX_PORTAL_SESSIONS);
+
+    positive(
+        password_max_age_days,
+        "auth.password_max_age_days",
+        problems,
+    );
+    positive(password_history, "auth.password_history", problems);
+    positive(max_portal_sessions, "auth.max_portal_sessions", problems);
     positive(idle_minutes, "auth.session_idle_minutes", problems);
     positive(max_hours, "auth.session_max_hours", problems);
     positive(account, "auth.max_failures_per_account", problems);
@@ -225,6 +272,9 @@ pub fn validate_auth(raw: &RawAuth, problems: &mut Vec<ConfigProblem>) -> Option
         max_failures_per_account: account.max(1),
         max_failures_per_address: address.max(1),
         lockout: Duration::from_secs(lockout_minutes.max(1) * 60),
+        password_max_age_days: password_max_age_days.max(1),
+        password_history: password_history.max(1),
+        max_portal_sessions: max_portal_sessions.max(1),
         oidc,
     })
 }
@@ -458,6 +508,34 @@ mod tests {
             .collect();
         assert!(keys.contains(&"auth.oidc.mfa_methods"), "{keys:?}");
         assert!(keys.contains(&"auth.oidc.groups"), "{keys:?}");
+    }
+
+    #[test]
+    fn password_and_session_limits_are_read_and_checked() {
+        let (config, problems) = load(
+            "[auth]\npassword_max_age_days = 30\npassword_history = 8\nmax_portal_sessions = 2\n",
+        );
+        let config = config.unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.password_max_age_days, 30);
+        assert_eq!(config.password_history, 8);
+        assert_eq!(config.max_portal_sessions, 2);
+
+        let (_, problems) = load(
+            "[auth]\npassword_max_age_days = 0\npassword_history = 0\nmax_portal_sessions = 0\n",
+        );
+        let keys: Vec<_> = problems
+            .iter()
+            .map(|problem| problem.key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.password_max_age_days",
+                "auth.password_history",
+                "auth.max_portal_sessions"
+            ]
+        );
     }
 
     #[test]

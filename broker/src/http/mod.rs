@@ -2,6 +2,7 @@
 
 pub mod client_addr;
 pub mod health;
+pub mod security;
 pub mod tls;
 
 use std::sync::{Arc, OnceLock};
@@ -53,14 +54,45 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 pub fn router(state: AppState) -> Router {
+    let https = state.auth.https();
+    security::secure(routes(), https)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Every route of the portal, without the layers that [`router`] adds.
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics))
         .merge(crate::auth::routes())
         .merge(crate::portal::routes())
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+}
+
+/// The path patterns of `router`, such as `/sessions/{id}`, sorted.
+///
+/// NOTE: axum 0.8 has no accessor for a router's paths, so they are read from its
+/// `Debug` output (the `paths` map of its route nodes). A format change in axum
+/// makes this return no paths, which the route matrix test reports.
+pub fn route_paths<S>(router: &Router<S>) -> Vec<String> {
+    let debug = format!("{router:?}");
+    // The fallback router's paths follow the main router's and are not routes.
+    let main = debug.split("fallback_router:").next().unwrap_or_default();
+    let Some((_, nodes)) = main.split_once("node: Node { paths: {") else {
+        return Vec::new();
+    };
+    let mut paths: Vec<String> = nodes
+        .split("RouteId(")
+        .skip(1)
+        .filter_map(|entry| {
+            let start = entry.find('"')? + 1;
+            let length = entry[start..].find('"')?;
+            Some(entry[start..start + length].to_owned())
+        })
+        .collect();
+    paths.sort();
+    paths
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -68,4 +100,19 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::routing::{get, post};
+
+    #[test]
+    fn route_paths_lists_merged_routes() {
+        let router: Router = Router::new()
+            .route("/b/{id}", get(|| async {}))
+            .merge(Router::new().route("/a", post(|| async {}).get(|| async {})));
+
+        assert_eq!(super::route_paths(&router), ["/a", "/b/{id}"]);
+    }
 }

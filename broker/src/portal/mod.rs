@@ -208,6 +208,10 @@ async fn end(
         Err(crate::sessions::EndError::NotFound(_)) => {
             Err(ApiError::new(StatusCode::NOT_FOUND, "no such session"))
         }
+        Err(crate::sessions::EndError::NotAllowed) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only the session's owner or an admin may end it",
+        )),
         Err(error) => Err(ApiError::internal(anyhow::Error::new(error))),
     }
 }

@@ -1,0 +1,168 @@
+//! `strongroom user ...` run as a process against a SQLite data directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use broker::auth::users;
+use broker::config::{DatabaseConfig, DatabaseTarget};
+use broker::db::Database;
+
+fn strongroom(config: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    // Variables such as STRONGROOM_TEST_POSTGRES_URL would read as configuration keys.
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
+        command.env_remove(name);
+    }
+    let mut child = command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start strongroom");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("wait for strongroom")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn write_config(dir: &Path) -> PathBuf {
+    let path = dir.join("strongroom.toml");
+    std::fs::write(&path, format!("data_dir = {:?}\n", dir.join("data"))).unwrap();
+    path
+}
+
+async fn open(dir: &Path) -> Database {
+    let config = DatabaseConfig {
+        target: DatabaseTarget::Sqlite {
+            path: dir.join("data").join("strongroom.db"),
+        },
+        max_connections: 2,
+        connect_timeout: std::time::Duration::from_secs(5),
+    };
+    Database::connect(&config).await.unwrap()
+}
+
+#[tokio::test]
+async fn user_commands_manage_local_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+
+    let weak = strongroom(
+        &config,
+        &["user", "add", "weak", "--role", "user"],
+        "alllowercase\n",
+    );
+    assert_eq!(weak.status.code(), Some(1));
+    assert!(
+        stderr(&weak).contains("password rejected"),
+        "{}",
+        stderr(&weak)
+    );
+    assert!(
+        stderr(&weak).contains("--generate-password"),
+        "{}",
+        stderr(&weak)
+    );
+
+    let generated = strongroom(
+        &config,
+        &[
+            "user",
+            "add",
+            "alice",
+            "--role",
+            "user",
+            "--generate-password",
+        ],
+        "",
+    );
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    let text = stdout(&generated);
+    let password_line = text
+        .lines()
+        .find_map(|line| line.strip_prefix("password: "))
+        .unwrap_or_else(|| panic!("no password printed: {text}"));
+    broker::auth::policy::check_new_password(password_line, "alice").unwrap();
+    assert!(!text.contains("secret (base32)"), "{text}");
+
+    let enrolled = strongroom(
+        &config,
+        &["user", "add", "bob", "--role", "admin", "--print-totp"],
+        "Vault-door-2026!\n",
+    );
+    assert!(enrolled.status.success(), "{}", stderr(&enrolled));
+    let text = stdout(&enrolled);
+    let secret = text
+        .lines()
+        .find_map(|line| line.strip_prefix("secret (base32): "))
+        .unwrap_or_else(|| panic!("no secret printed: {text}"));
+    assert!(
+        totp_rs::Secret::Encoded(secret.to_owned())
+            .to_bytes()
+            .is_ok()
+    );
+    assert!(!text.contains("password: "), "{text}");
+
+    let db = open(dir.path()).await;
+    let alice = users::find_by_username(&db, "alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(alice.password_change_required);
+    assert!(alice.totp_secret.is_none());
+    let bob = users::find_by_username(&db, "bob").await.unwrap().unwrap();
+    assert!(!bob.password_change_required);
+    assert!(bob.totp_secret.is_some());
+
+    let listed = stdout(&strongroom(&config, &["user", "list"], ""));
+    let alice_line = listed.lines().find(|line| line.contains("alice")).unwrap();
+    let bob_line = listed.lines().find(|line| line.contains("bob")).unwrap();
+    assert!(alice_line.contains(" no "), "{alice_line}");
+    assert!(bob_line.contains(" yes "), "{bob_line}");
+
+    let set_role = strongroom(
+        &config,
+        &["user", "set-role", "alice", "--role", "auditor"],
+        "",
+    );
+    assert!(set_role.status.success(), "{}", stderr(&set_role));
+    let reset = strongroom(&config, &["user", "reset-mfa", "bob"], "");
+    assert!(reset.status.success(), "{}", stderr(&reset));
+    let unlock = strongroom(&config, &["user", "unlock", "alice"], "");
+    assert!(unlock.status.success(), "{}", stderr(&unlock));
+    assert!(
+        stdout(&unlock).contains("was not locked"),
+        "{}",
+        stdout(&unlock)
+    );
+    let unknown = strongroom(&config, &["user", "unlock", "nobody"], "");
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("user list"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    let alice = users::find_by_username(&db, "alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(alice.roles, [broker::auth::Role::Auditor].into());
+    let bob = users::find_by_username(&db, "bob").await.unwrap().unwrap();
+    assert!(bob.totp_secret.is_none(), "reset-mfa removes the secret");
+}
