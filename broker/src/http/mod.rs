@@ -29,6 +29,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub auth: crate::auth::AuthService,
     pub portal: crate::portal::Portal,
+    pub admin: crate::admin::AdminContext,
 }
 
 impl FromRef<AppState> for TrustedProxies {
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::auth::routes())
         .merge(crate::portal::routes())
+        .merge(crate::admin::routes())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
