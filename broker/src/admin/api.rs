@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::problem::{self, Problem};
 use super::views::{
-    self, CredentialsView, HealthView, PersonView, QuotaChange, RolesChange, SessionView,
-    SiteView, Termination,
+    self, CredentialsView, HealthView, PersonView, QuotaChange, RolesChange, SessionView, SiteView,
+    Termination,
 };
 use crate::audit::{AuditQuery, Checkpoint, StoredEvent};
 use crate::auth::{RequireAdmin, RequireAuditor};
@@ -276,7 +276,10 @@ async fn get_config(
     tag = "health",
     responses((status = 200, description = "Every check, healthy or not", body = HealthView))
 )]
-async fn get_health(State(state): State<AppState>, RequireAdmin(_): RequireAdmin) -> Json<HealthView> {
+async fn get_health(
+    State(state): State<AppState>,
+    RequireAdmin(_): RequireAdmin,
+) -> Json<HealthView> {
     let config = state.admin.config.clone();
     Json(views::health(&state, &config).await)
 }

@@ -117,7 +117,11 @@ async fn people(
                 escape(&person.roles.join(", "))
             )
         };
-        let default_note = if person.quota_is_default { " (default)" } else { "" };
+        let default_note = if person.quota_is_default {
+            " (default)"
+        } else {
+            ""
+        };
         body.push_str(&format!(
             "<tr id=\"person-{id}\"><td>{name}</td><td>{source}</td><td>{roles}</td>\
              <td><form method=\"post\" action=\"/admin/people/{id}/quota\"><input type=\"number\" name=\"max_sessions\" min=\"0\" max=\"{max}\" value=\"{quota}\">{default_note} <button type=\"submit\">Set quota</button></form></td>\
@@ -351,10 +355,7 @@ fn audit_query(form: &AuditForm) -> Result<AuditQuery, AdminError> {
     Ok(query)
 }
 
-async fn health(
-    State(state): State<AppState>,
-    RequireAdmin(principal): RequireAdmin,
-) -> Response {
+async fn health(State(state): State<AppState>, RequireAdmin(principal): RequireAdmin) -> Response {
     let config = state.admin.config.clone();
     let health = views::health(&state, &config).await;
     let mut body = nav(&principal);

@@ -99,7 +99,11 @@ pub async fn person(state: &AppState, user: &users::UserRecord) -> anyhow::Resul
         username: user.username.clone(),
         display_name: user.display_name.clone(),
         source: user.source.clone(),
-        roles: user.roles.iter().map(|role| role.as_str().to_owned()).collect(),
+        roles: user
+            .roles
+            .iter()
+            .map(|role| role.as_str().to_owned())
+            .collect(),
         quota: own.unwrap_or(default),
         quota_is_default: own.is_none(),
         granted_sites: crate::sites::grants_for(&state.db, &user.id).await?,
@@ -517,12 +521,10 @@ pub fn config_view(config: &Config) -> serde_json::Value {
 /// Replaces the password of `scheme://user:password@host/...` with `***`.
 fn mask_url_password(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            match parsed.set_password(Some("***")) {
-                Ok(()) => parsed.to_string(),
-                Err(()) => "(a URL with a password, not shown)".to_owned(),
-            }
-        }
+        Ok(mut parsed) if parsed.password().is_some() => match parsed.set_password(Some("***")) {
+            Ok(()) => parsed.to_string(),
+            Err(()) => "(a URL with a password, not shown)".to_owned(),
+        },
         _ => url.to_owned(),
     }
 }
@@ -650,7 +652,9 @@ fn identity_provider(config: &Config) -> HealthCheck {
         ),
         (Some(oidc), false) => format!("OpenID provider {}", oidc.issuer),
         (None, true) => "local accounts with TOTP".to_owned(),
-        (None, false) => "no sign-in method is enabled; enable auth.local or configure auth.oidc".to_owned(),
+        (None, false) => {
+            "no sign-in method is enabled; enable auth.local or configure auth.oidc".to_owned()
+        }
     };
     HealthCheck {
         name: "identity_provider".to_owned(),
@@ -667,9 +671,8 @@ fn secret_store(config: &Config) -> HealthCheck {
             HealthCheck {
                 name: "secret_store".to_owned(),
                 ok: problem.is_none(),
-                detail: problem.unwrap_or_else(|| {
-                    format!("local encrypted store, key {}", path.display())
-                }),
+                detail: problem
+                    .unwrap_or_else(|| format!("local encrypted store, key {}", path.display())),
             }
         }
         SecretsConfig::Infisical(infisical) => {

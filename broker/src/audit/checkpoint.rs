@@ -237,7 +237,10 @@ impl AuditLog {
                     .detail("kept", report.kept)
                     .detail(
                         "checkpoint_last_seq",
-                        report.checkpoint.as_ref().map(|checkpoint| checkpoint.last_seq),
+                        report
+                            .checkpoint
+                            .as_ref()
+                            .map(|checkpoint| checkpoint.last_seq),
                     )
                     .build();
                 self.append(event).await?;
@@ -274,17 +277,15 @@ impl AuditLog {
 
         // The cut-off is the first event at or after `before_ms`, so that the chain
         // after the checkpoint has no hole even if clocks of two brokers disagreed.
-        let boundary: Option<i64> = sqlx::query(
-            "SELECT MIN(seq) AS seq FROM audit_events WHERE occurred_at_ms >= $1",
-        )
-        .bind(before_ms)
-        .fetch_one(&mut **connection)
-        .await
-        .context("cannot find the pruning boundary")?
-        .try_get("seq")?;
-        let query = format!(
-            "SELECT {SELECT_COLUMNS} FROM audit_events WHERE seq < $1 ORDER BY seq"
-        );
+        let boundary: Option<i64> =
+            sqlx::query("SELECT MIN(seq) AS seq FROM audit_events WHERE occurred_at_ms >= $1")
+                .bind(before_ms)
+                .fetch_one(&mut **connection)
+                .await
+                .context("cannot find the pruning boundary")?
+                .try_get("seq")?;
+        let query =
+            format!("SELECT {SELECT_COLUMNS} FROM audit_events WHERE seq < $1 ORDER BY seq");
         let rows = sqlx::query(sqlx::AssertSqlSafe(query))
             .bind(boundary.unwrap_or(i64::MAX))
             .fetch_all(&mut **connection)

@@ -17,6 +17,7 @@
 
 mod action;
 pub mod checkpoint;
+pub mod cli;
 pub mod search;
 mod verify;
 

@@ -93,7 +93,7 @@ impl AuditQuery {
         if let Some(action) = &self.action {
             match action.strip_suffix('*') {
                 Some(prefix) => push(
-                    "substr(action, 1, ?) = ?",
+                    "substr(action, 1, CAST(? AS INTEGER)) = ?",
                     vec![
                         Bind::Integer(prefix.chars().count() as i64),
                         Bind::Text(prefix.to_owned()),
@@ -164,7 +164,7 @@ mod tests {
 
         assert_eq!(
             clause,
-            "actor = $1 AND substr(action, 1, $2) = $3 AND occurred_at_ms >= $4 AND seq > $5"
+            "actor = $1 AND substr(action, 1, CAST($2 AS INTEGER)) = $3 AND occurred_at_ms >= $4 AND seq > $5"
         );
         assert_eq!(binds.len(), 5);
     }
