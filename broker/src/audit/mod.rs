@@ -318,13 +318,28 @@ impl AuditLog {
             .fetch_optional(&mut **connection)
             .await
             .context("cannot read the audit chain head")?;
-        let (prev_seq, prev_hash) = match head {
+        let (mut prev_seq, mut prev_hash) = match head {
             Some(row) => (
                 row.try_get::<i64, _>("seq")?,
                 row.try_get::<String, _>("hash")?,
             ),
             None => (0, GENESIS_HASH.to_owned()),
         };
+        // Pruning may have removed the head itself; the chain then continues from the
+        // newest checkpoint, never reusing a pruned sequence number.
+        let checkpoint = sqlx::query(
+            "SELECT last_seq, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&mut **connection)
+        .await
+        .context("cannot read the newest audit checkpoint")?;
+        if let Some(row) = checkpoint {
+            let last_seq: i64 = row.try_get("last_seq")?;
+            if last_seq > prev_seq {
+                prev_seq = last_seq;
+                prev_hash = row.try_get("last_hash")?;
+            }
+        }
 
         let mut stored = StoredEvent {
             seq: prev_seq + 1,
