@@ -200,6 +200,32 @@ fn routes() -> Vec<(Method, String, Option<Value>, bool)> {
     ]
 }
 
+/// Every operation in the OpenAPI document is in [`routes`], so a new API route
+/// cannot skip the role checks below.
+#[test]
+fn role_checks_cover_every_documented_operation() {
+    let document: Value = serde_json::from_str(&broker::admin::api::openapi_json()).unwrap();
+    let checked: Vec<(String, String)> = routes()
+        .into_iter()
+        .map(|(method, path, _, _)| (method.as_str().to_lowercase(), path))
+        .collect();
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            let pattern = path.split('{').next().unwrap();
+            let suffix = path.rsplit('}').next().unwrap();
+            assert!(
+                checked.iter().any(|(checked_method, checked_path)| {
+                    checked_method == method
+                        && checked_path.starts_with(pattern)
+                        && checked_path.ends_with(suffix)
+                        && (path.contains('{') || checked_path == path)
+                }),
+                "{method} {path} is missing from the role checks"
+            );
+        }
+    }
+}
+
 broker::both_backends!(admin_routes_refuse_users_and_anonymous, route_roles);
 async fn route_roles(database: TestDatabase) {
     let harness = Harness::start(database).await;

@@ -560,6 +560,7 @@ pub async fn health(state: &AppState, config: &Config) -> HealthView {
             detail: outcome.err().unwrap_or_else(|| "ok".to_owned()),
         });
     }
+    checks.push(image_age(config).await);
     checks.push(recording_store(config).await);
     checks.push(keys(config, &state.admin.signing_key.public_key_hex()));
     checks.push(identity_provider(config));
@@ -567,6 +568,56 @@ pub async fn health(state: &AppState, config: &Config) -> HealthView {
     HealthView {
         healthy: checks.iter().all(|check| check.ok),
         checks,
+    }
+}
+
+/// Age past which the workspace image counts as stale: Debian security updates reach
+/// it only through `strongroom image build --refresh`.
+pub const MAX_IMAGE_AGE_DAYS: i64 = 30;
+
+async fn image_age(config: &Config) -> HealthCheck {
+    let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone())
+        .with_timeout(CHECK_TIMEOUT);
+    let (ok, detail) = match client.health().await {
+        Err(error) => (false, format!("launcher unreachable: {error}")),
+        Ok(report) => match report
+            .image_created
+            .as_deref()
+            .map(chrono::DateTime::parse_from_rfc3339)
+        {
+            Some(Ok(created)) => {
+                let days = (chrono::Utc::now() - created.with_timezone(&chrono::Utc)).num_days();
+                if days > MAX_IMAGE_AGE_DAYS {
+                    (
+                        false,
+                        format!(
+                            "workspace image {} was built {days} days ago ({created}); rebuild it with `strongroom image build --refresh`",
+                            report.image
+                        ),
+                    )
+                } else {
+                    (
+                        true,
+                        format!(
+                            "workspace image {} was built {days} days ago ({created})",
+                            report.image
+                        ),
+                    )
+                }
+            }
+            Some(Err(_)) | None => (
+                false,
+                format!(
+                    "the engine reports no creation time for workspace image {}",
+                    report.image
+                ),
+            ),
+        },
+    };
+    HealthCheck {
+        name: "workspace_image_age".to_owned(),
+        ok,
+        detail,
     }
 }
 
