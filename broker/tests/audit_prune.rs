@@ -315,3 +315,106 @@ async fn forged_body(database: TestDatabase) {
         pinned.problems
     );
 }
+
+/// Runs the `strongroom` binary on the test database with `dir` as data directory.
+fn strongroom(
+    database: &TestDatabase,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    match &database.config.target {
+        broker::config::DatabaseTarget::Sqlite { path } => {
+            command.env(
+                "STRONGROOM_DATABASE__URL",
+                format!("sqlite://{}", path.display()),
+            );
+        }
+        broker::config::DatabaseTarget::Postgres { url, .. } => {
+            // The configuration takes the password only as a reference.
+            let mut url = url::Url::parse(url).unwrap();
+            let password = url.password().unwrap_or_default().to_owned();
+            url.set_password(None).unwrap();
+            command
+                .env("STRONGROOM_DATABASE__URL", url.as_str())
+                .env("STRONGROOM_TEST_DATABASE_PASSWORD", password)
+                .env(
+                    "STRONGROOM_DATABASE__PASSWORD",
+                    "env:STRONGROOM_TEST_DATABASE_PASSWORD",
+                );
+        }
+    }
+    command
+        .args(args)
+        .env_remove("STRONGROOM_CONFIG")
+        .env("STRONGROOM_DATA_DIR", dir)
+        .env("STRONGROOM_LOG", "warn")
+        .output()
+        .expect("strongroom runs")
+}
+
+both_backends!(prune_and_verify_commands_work, commands_body);
+async fn commands_body(database: TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::new(
+        database.db.clone(),
+        Arc::new(broker::clock::SystemClock) as Arc<dyn Clock>,
+    );
+    for index in 0..5 {
+        let event = EventBuilder::new(
+            Actor::Person(format!("user-{index}")),
+            Action::SignInSucceeded,
+        )
+        .build();
+        log.append(event).await.unwrap();
+    }
+
+    let invalid = strongroom(
+        &database,
+        dir.path(),
+        &["audit", "prune", "--before", "yesterday"],
+    );
+    let prune = strongroom(
+        &database,
+        dir.path(),
+        &["audit", "prune", "--before", "2100-01-01"],
+    );
+    let verify = strongroom(&database, dir.path(), &["audit", "verify"]);
+
+    assert_eq!(invalid.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&invalid.stderr).contains("invalid --before \"yesterday\""),
+        "{invalid:?}"
+    );
+    assert!(prune.status.success(), "{prune:?}");
+    assert!(
+        String::from_utf8_lossy(&prune.stdout).contains("pruned 5 events"),
+        "{prune:?}"
+    );
+    assert!(verify.status.success(), "{verify:?}");
+    assert!(
+        String::from_utf8_lossy(&verify.stdout)
+            .contains("audit chain intact: 1 events, 1 checkpoints"),
+        "{verify:?}"
+    );
+
+    // Another key's public half does not accept the checkpoint.
+    let other = tempfile::tempdir().unwrap();
+    let other_key = AuditSigningKey::load_or_create(other.path()).unwrap();
+    let pinned = strongroom(
+        &database,
+        dir.path(),
+        &[
+            "audit",
+            "verify",
+            "--public-key",
+            &other_key.public_key_hex(),
+        ],
+    );
+    assert_eq!(pinned.status.code(), Some(1), "{pinned:?}");
+    assert!(
+        String::from_utf8_lossy(&pinned.stdout)
+            .contains("first problem at event 5: CheckpointSignatureInvalid"),
+        "{pinned:?}"
+    );
+}
