@@ -19,7 +19,7 @@ struct Harness {
     broker: Option<RunningBroker>,
     base: String,
     dir: tempfile::TempDir,
-    // Dropped after the broker, which holds connections to it.
+    // Dropped after the broker, whose pool is connected to it.
     _database: TestDatabase,
 }
 
@@ -675,7 +675,7 @@ async fn served_body(database: TestDatabase) {
     };
     assert_eq!(check("database")["ok"], true);
     assert_eq!(check("recording_store")["ok"], true, "{health}");
-    // No launcher runs in this test, so the engine check fails and says why.
+    // No launcher runs in this test, so the engine check fails with the reason.
     assert_eq!(check("docker_engine")["ok"], false);
     assert_eq!(health["healthy"], false);
 

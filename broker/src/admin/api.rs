@@ -85,8 +85,8 @@ impl utoipa::Modify for PortalCookie {
 )]
 pub struct ApiDoc;
 
-/// The OpenAPI document as pretty-printed JSON with a final newline, the form
-/// checked into `docs/openapi.json`.
+/// Renders the OpenAPI document as pretty-printed JSON with a final newline, the
+/// form checked into `docs/openapi.json`.
 pub fn openapi_json() -> String {
     let mut text = ApiDoc::openapi()
         .to_pretty_json()

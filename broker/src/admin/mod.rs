@@ -21,7 +21,7 @@ use crate::audit::AuditSigningKey;
 use crate::config::Config;
 use crate::http::AppState;
 
-/// What the console needs besides the shared application state.
+/// Services of the console besides the shared application state.
 #[derive(Clone)]
 pub struct AdminContext {
     pub config: Arc<Config>,

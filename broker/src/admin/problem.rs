@@ -17,13 +17,13 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// An RFC 9457 problem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
-    /// Always `about:blank`: the status code says what kind of problem it is.
+    /// Always `about:blank`, because the status code names the kind of problem.
     #[serde(rename = "type")]
     pub kind: String,
     /// The status code's reason phrase.
     pub title: String,
     pub status: u16,
-    /// What went wrong, and what to do about it.
+    /// The failure and the fix.
     pub detail: String,
 }
 
@@ -99,7 +99,7 @@ pub async fn into_problem(response: Response) -> Response {
     problem
 }
 
-/// The API's answer to a path it does not serve.
+/// Returns 404 for a path the API does not serve.
 pub async fn not_found() -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,

@@ -1,4 +1,4 @@
-//! What the admin API and pages show and change, independent of the output format.
+//! Data and changes behind the admin API and pages, independent of the output format.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -22,7 +22,7 @@ use crate::sessions::{EndReason, SessionState};
 
 /// Highest per-person session quota an admin may set.
 pub const MAX_QUOTA: u32 = 100;
-/// Longest termination reason accepted, in characters.
+/// Maximum length of a termination reason, in characters.
 pub const MAX_REASON_CHARS: usize = 500;
 /// How long one health check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -50,8 +50,8 @@ impl AdminError {
         }
     }
 
-    /// The problem shown to the caller; an internal error is logged here and shown
-    /// without its text.
+    /// Returns the problem shown to the caller. An internal error is logged here and
+    /// shown without its text.
     pub fn to_problem(&self) -> Problem {
         match self {
             AdminError::Internal(error) => {
@@ -294,7 +294,7 @@ pub async fn live_sessions(state: &AppState) -> anyhow::Result<Vec<SessionView>>
     Ok(records.into_iter().map(SessionView::from).collect())
 }
 
-/// Why an admin terminates a session.
+/// The reason an admin gives for terminating a session.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct Termination {
     /// Shown in the audit trail; 1 to 500 characters.
@@ -442,7 +442,7 @@ pub async fn credentials(state: &AppState, config: &Config) -> anyhow::Result<Cr
     })
 }
 
-/// The configuration in effect. Secrets appear only as their references
+/// Builds a view of the configuration in effect. Secrets appear only as references
 /// (`env:NAME`, `file:PATH`), and a password inside the database URL is masked.
 pub fn config_view(config: &Config) -> serde_json::Value {
     let database = match &config.database.target {
@@ -534,7 +534,7 @@ fn mask_url_password(url: &str) -> String {
 pub struct HealthCheck {
     pub name: String,
     pub ok: bool,
-    /// What was found: the problem and its fix, or a short description.
+    /// The finding: the problem and its fix, or a short description.
     pub detail: String,
 }
 

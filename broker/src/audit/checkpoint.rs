@@ -49,7 +49,7 @@ impl AuditSigningKey {
         self.0.verifying_key()
     }
 
-    /// The public key as lowercase hex, the form auditors pin.
+    /// Returns the public key as lowercase hex, the form auditors pin.
     pub fn public_key_hex(&self) -> String {
         hex::encode(self.verifying_key().to_bytes())
     }
@@ -110,7 +110,7 @@ struct SignedFields<'a> {
 }
 
 impl Checkpoint {
-    /// The canonical JSON bytes that the signature covers.
+    /// Returns the canonical JSON bytes that the signature covers.
     pub fn signed_message(&self) -> Vec<u8> {
         let fields = SignedFields {
             kind: "strongroom.audit.checkpoint.v1",
@@ -182,7 +182,7 @@ pub async fn list_checkpoints(db: &crate::db::Database) -> anyhow::Result<Vec<Ch
         .context("cannot decode an audit checkpoint")
 }
 
-/// What one pruning run did.
+/// Result of one pruning run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PruneReport {
     /// The checkpoint written, or `None` when no event was old enough.

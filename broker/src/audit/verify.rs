@@ -52,7 +52,7 @@ impl VerifyReport {
         self.problems.is_empty()
     }
 
-    /// The first problem in chain order.
+    /// Returns the first problem in chain order.
     pub fn first_problem(&self) -> Option<&ChainProblem> {
         self.problems.iter().min_by_key(|problem| problem.seq)
     }
