@@ -715,7 +715,7 @@ async fn served_body(database: TestDatabase) {
 }
 
 /// The checked-in OpenAPI document must match the code. Regenerate it with
-/// `STRONGROOM_UPDATE_OPENAPI=1 cargo nextest run -p broker --test admin -E 'test(openapi)'`.
+/// `STRONGROOM_UPDATE_OPENAPI=1 cargo nextest run -p broker --test admin -E 'test(openapi_document_matches)'`.
 #[test]
 fn openapi_document_matches_checked_in_file() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
@@ -727,6 +727,6 @@ fn openapi_document_matches_checked_in_file() {
     assert!(
         checked_in == generated,
         "docs/openapi.json differs from the API in the code; regenerate it with \
-         STRONGROOM_UPDATE_OPENAPI=1 cargo nextest run -p broker --test admin -E 'test(openapi)'"
+         STRONGROOM_UPDATE_OPENAPI=1 cargo nextest run -p broker --test admin -E 'test(openapi_document_matches)'"
     );
 }
