@@ -59,6 +59,23 @@ impl Harness {
     /// Creates a local account, signs it in and returns its id and a client that
     /// carries its portal cookie.
     async fn signed_in(&self, username: &str, roles: &[Role]) -> (String, reqwest::Client) {
+        let client = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(Policy::none())
+            .build()
+            .unwrap();
+        let (id, _) = self.sign_in(&client, username, roles).await;
+        (id, client)
+    }
+
+    /// Creates a local account, signs it in with `client` and returns its id and the
+    /// `name=value` of its portal cookie.
+    async fn sign_in(
+        &self,
+        client: &reqwest::Client,
+        username: &str,
+        roles: &[Role],
+    ) -> (String, String) {
         let key = TotpKey::load_or_create(self.dir.path()).unwrap();
         let id = uuid::Uuid::new_v4().to_string();
         let secret = TotpSecret::generate();
@@ -81,11 +98,6 @@ impl Harness {
         .await
         .unwrap();
 
-        let client = reqwest::Client::builder()
-            .cookie_store(true)
-            .redirect(Policy::none())
-            .build()
-            .unwrap();
         let code = secret.code_at(chrono::Utc::now().timestamp() as u64);
         let response = client
             .post(self.url("/auth/login"))
@@ -104,7 +116,9 @@ impl Harness {
             StatusCode::SEE_OTHER,
             "{username} signs in"
         );
-        (id, client)
+        let cookie = response.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        (id, cookie)
     }
 
     async fn send(
@@ -729,4 +743,52 @@ fn openapi_document_matches_checked_in_file() {
         "docs/openapi.json differs from the API in the code; regenerate it with \
          STRONGROOM_UPDATE_OPENAPI=1 cargo nextest run -p broker --test admin -E 'test(openapi_document_matches)'"
     );
+}
+
+/// Fuzzes every API operation from the OpenAPI document with schemathesis (PyPI),
+/// signed in as an admin, and fails on any 5xx response.
+broker::both_backends!(api_fuzzing_finds_no_server_error, fuzz_body);
+async fn fuzz_body(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let client = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let (_, cookie) = harness.sign_in(&client, "ada", &[Role::Admin]).await;
+    let schema = harness.dir.path().join("openapi.json");
+    std::fs::write(&schema, broker::admin::api::openapi_json()).unwrap();
+
+    let program =
+        std::env::var("STRONGROOM_TEST_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".to_owned());
+    let run = tokio::process::Command::new(&program)
+        .arg("run")
+        .arg(&schema)
+        .args(["--url", &harness.base])
+        .args(["--header", &format!("Cookie: {cookie}")])
+        .args(["--header", &format!("Origin: {}", harness.base)])
+        .args(["--checks", "not_a_server_error"])
+        .args([
+            "--max-examples",
+            "25",
+            "--seed",
+            "7",
+            "--generation-deterministic",
+        ])
+        .args(["--request-timeout", "20"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(600), run)
+        .await
+        .expect("schemathesis finishes within 10 minutes")
+        .unwrap_or_else(|error| {
+            panic!("cannot run {program}: {error}; install it with `pip install schemathesis`")
+        });
+
+    assert!(
+        output.status.success(),
+        "schemathesis found server errors:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    harness.stop().await;
 }
