@@ -775,6 +775,8 @@ async fn fuzz_body(database: TestDatabase) {
             "--generation-deterministic",
         ])
         .args(["--request-timeout", "20"])
+        // Hypothesis and schemathesis write their caches to the working directory.
+        .current_dir(harness.dir.path())
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(std::time::Duration::from_secs(600), run)
