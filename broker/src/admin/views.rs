@@ -789,3 +789,49 @@ impl From<anyhow::Error> for Problem {
         AdminError::Internal(error).to_problem()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_view_shows_secret_references_only() {
+        let marker = "Mk-7f3a9c-client-secret";
+        // SAFETY: no other thread of this test binary reads this variable.
+        unsafe { std::env::set_var("STRONGROOM_VIEW_TEST_SECRET", marker) };
+        let env = [
+            ("STRONGROOM_DATA_DIR", "/tmp/strongroom-view-test"),
+            ("STRONGROOM_SECRETS__SOURCE", "infisical"),
+            (
+                "STRONGROOM_SECRETS__INFISICAL__URL",
+                "https://infisical.bank.example",
+            ),
+            ("STRONGROOM_SECRETS__INFISICAL__CLIENT_ID", "broker"),
+            (
+                "STRONGROOM_SECRETS__INFISICAL__CLIENT_SECRET",
+                "env:STRONGROOM_VIEW_TEST_SECRET",
+            ),
+            ("STRONGROOM_SECRETS__INFISICAL__PROJECT_ID", "project"),
+            ("STRONGROOM_SECRETS__INFISICAL__ENVIRONMENT", "prod"),
+        ]
+        .map(|(key, value)| (key.to_owned(), value.to_owned()));
+        let config = crate::config::load(None, env).expect("test configuration is valid");
+
+        let view = config_view(&config).to_string();
+
+        assert!(view.contains("env:STRONGROOM_VIEW_TEST_SECRET"), "{view}");
+        assert!(!view.contains(marker), "{view}");
+    }
+
+    #[test]
+    fn url_password_is_masked() {
+        assert_eq!(
+            mask_url_password("postgres://app:Mk-secret@db/strongroom"),
+            "postgres://app:***@db/strongroom"
+        );
+        assert_eq!(
+            mask_url_password("postgres://app@db/strongroom"),
+            "postgres://app@db/strongroom"
+        );
+    }
+}
