@@ -745,8 +745,8 @@ fn openapi_document_matches_checked_in_file() {
     );
 }
 
-/// Fuzzes every API operation from the OpenAPI document with schemathesis (PyPI),
-/// signed in as an admin, and fails on any 5xx response.
+// Fuzzes every API operation from the OpenAPI document with schemathesis (PyPI),
+// signed in as an admin, and fails on any 5xx response.
 broker::both_backends!(api_fuzzing_finds_no_server_error, fuzz_body);
 async fn fuzz_body(database: TestDatabase) {
     let harness = Harness::start(database).await;
