@@ -418,3 +418,105 @@ async fn commands_body(database: TestDatabase) {
         "{pinned:?}"
     );
 }
+
+/// Creates a login role with the given grants and returns a pool connected as it.
+async fn connect_as(database: &TestDatabase, role: &str, grants: &[&str]) -> broker::db::Database {
+    let pool = database.db.pool();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'role'"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+    for grant in grants {
+        sqlx::query(sqlx::AssertSqlSafe(format!("GRANT {grant} TO {role}")))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let mut url = url::Url::parse(&database.postgres_url().unwrap()).unwrap();
+    url.set_username(role).unwrap();
+    url.set_password(Some("role")).unwrap();
+    let config = broker::config::DatabaseConfig {
+        target: broker::config::DatabaseTarget::Postgres {
+            url: url.to_string(),
+            password: None,
+        },
+        max_connections: 2,
+        connect_timeout: std::time::Duration::from_secs(10),
+    };
+    broker::db::Database::connect(&config).await.unwrap()
+}
+
+async fn drop_role(database: &TestDatabase, role: &str) {
+    let pool = database.db.pool();
+    for statement in [
+        format!("REVOKE ALL ON audit_events, audit_checkpoints FROM {role}"),
+        format!("DROP ROLE {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pruning_needs_its_own_role() {
+    let database = TestDatabase::new(TestBackend::Postgres).await;
+    let owner = AuditLog::new(
+        database.db.clone(),
+        Arc::new(broker::clock::SystemClock) as Arc<dyn Clock>,
+    );
+    for index in 0..3 {
+        let event = EventBuilder::new(
+            Actor::Person(format!("user-{index}")),
+            Action::SignInSucceeded,
+        )
+        .build();
+        owner.append(event).await.unwrap();
+    }
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let app_role = format!("strongroom_app_{suffix}");
+    let prune_role = format!("strongroom_prune_{suffix}");
+    let app = connect_as(
+        &database,
+        &app_role,
+        &[
+            "SELECT, INSERT ON audit_events",
+            "SELECT ON audit_checkpoints",
+        ],
+    )
+    .await;
+    let pruner = connect_as(
+        &database,
+        &prune_role,
+        &[
+            "SELECT, INSERT, DELETE ON audit_events",
+            "SELECT, INSERT ON audit_checkpoints",
+        ],
+    )
+    .await;
+    let key = AuditSigningKey::load_or_create(database.dir.path()).unwrap();
+    let clock = Arc::new(broker::clock::SystemClock) as Arc<dyn Clock>;
+    let before = Utc::now().timestamp_millis() + 1;
+
+    let as_app = AuditLog::new(app.clone(), clock.clone())
+        .prune(before, &HashSet::new(), &key, Actor::System("cli"))
+        .await;
+    let as_pruner = AuditLog::new(pruner.clone(), clock)
+        .prune(before, &HashSet::new(), &key, Actor::System("cli"))
+        .await;
+    let verified = audit::verify_with_key(&database.db, Some(&key.verifying_key()))
+        .await
+        .unwrap();
+    app.close().await;
+    pruner.close().await;
+    drop_role(&database, &app_role).await;
+    drop_role(&database, &prune_role).await;
+
+    let refused = format!("{:#}", as_app.unwrap_err());
+    assert!(refused.contains("permission denied"), "{refused}");
+    assert_eq!(as_pruner.unwrap().pruned, 3);
+    assert!(verified.is_intact(), "{:?}", verified.problems);
+}

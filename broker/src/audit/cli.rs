@@ -115,7 +115,8 @@ async fn prune(
         Some(text) => parse_before(text)?,
         None => Utc::now() - chrono::Duration::days(i64::from(retention_days)),
     };
-    db.migrate().await?;
+    // No migration here: pruning may run under a role that may delete audit events
+    // but not change the schema.
     let key = AuditSigningKey::load_or_create(&config.data_dir)?;
     let retained = retained_recordings(config)?;
     let audit = AuditLog::new(db.clone(), Arc::new(crate::clock::SystemClock));
