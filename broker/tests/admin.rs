@@ -668,6 +668,8 @@ async fn served_body(database: TestDatabase) {
         "database",
         "docker_engine",
         "workspace_image",
+        "workspace_image_age",
+        "host_firewall",
         "recording_store",
         "keys",
         "identity_provider",
