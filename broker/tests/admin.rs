@@ -298,6 +298,14 @@ async fn route_roles(database: TestDatabase) {
         }
     }
 
+    // The portal links to the console for auditors and admins only.
+    let home = |client: &reqwest::Client| {
+        let request = client.get(harness.url("/"));
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    assert!(home(&auditor).await.contains("href=\"/admin\""));
+    assert!(!home(&user).await.contains("href=\"/admin\""));
+
     // A browser without a session is sent to the sign-in page instead.
     let page = anonymous
         .get(harness.url("/admin/people"))
