@@ -87,6 +87,7 @@ impl AuditQuery {
             }
             clauses.push(text);
         };
+
         if let Some(actor) = &self.actor {
             push("actor = ?", vec![Bind::Text(actor.clone())]);
         }
@@ -115,6 +116,7 @@ impl AuditQuery {
             push("occurred_at_ms < ?", vec![Bind::Integer(to)]);
         }
         push("seq > ?", vec![Bind::Integer(self.after_seq.unwrap_or(0))]);
+
         (clauses.join(" AND "), binds)
     }
 }
