@@ -22,6 +22,10 @@ export STRONGROOM_TEST_POSTGRES_URL
 if ! python3 -c "import oidc_provider_mock" >/dev/null 2>&1; then
     python3 -m pip install --quiet oidc-provider-mock
 fi
+# The admin API tests fuzz the OpenAPI document with schemathesis.
+if ! command -v schemathesis >/dev/null 2>&1; then
+    python3 -m pip install --quiet schemathesis
+fi
 
 # The portal tests run real sessions in the workspace image; build it (from Debian
 # packages, skipped when unchanged) with the agent under test.

@@ -421,6 +421,135 @@ async fn another_person_cannot_view_or_end_a_session() {
     stack.stop().await;
 }
 
+/// Signs in a new admin account and returns a client carrying its portal cookie.
+async fn sign_in_admin(stack: &Stack) -> (String, reqwest::Client) {
+    let key = TotpKey::load_or_create(stack.dir.path()).unwrap();
+    let id = Uuid::new_v4().to_string();
+    let secret = TotpSecret::generate();
+    let sealed = key.seal(&id, secret.as_bytes()).unwrap();
+    let hash = broker::auth::password::hash(PASSWORD).unwrap();
+    let roles = BTreeSet::from([Role::Admin]);
+    let user = users::NewLocalUser {
+        id: &id,
+        username: "ada",
+        display_name: "ada",
+        password_hash: &hash,
+        sealed_totp: Some(&sealed),
+        roles: &roles,
+    };
+    users::create_local(
+        &stack.broker().state.db,
+        user,
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await
+    .unwrap();
+
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let code = secret.code_at(chrono::Utc::now().timestamp() as u64);
+    let signed_in = client
+        .post(format!("{}/auth/login", stack.base))
+        .header("origin", &stack.base)
+        .form(&[
+            ("username", "ada"),
+            ("password", PASSWORD),
+            ("code", code.as_str()),
+            ("next", "/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(signed_in.status().is_redirection(), "admin sign-in failed");
+    (id, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_terminates_live_session_with_reason() {
+    let stack = Stack::start().await;
+    let person = sign_in(&stack).await;
+    let (session_id, _) = launch(&stack, &person).await;
+    let (admin_id, admin) = sign_in_admin(&stack).await;
+
+    let live: serde_json::Value = admin
+        .get(format!("{}/api/v1/sessions", stack.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        live.as_array()
+            .unwrap()
+            .iter()
+            .any(|session| session["id"] == session_id.to_string()),
+        "{live}"
+    );
+
+    let terminated = admin
+        .post(format!(
+            "{}/api/v1/sessions/{session_id}/terminate",
+            stack.base
+        ))
+        .header("origin", &stack.base)
+        .json(&serde_json::json!({"reason": "Suspicious transfer pattern"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(terminated.status(), reqwest::StatusCode::OK);
+    let terminated: serde_json::Value = terminated.json().await.unwrap();
+    assert_eq!(terminated["state"], "ended", "{terminated}");
+    assert_eq!(terminated["end_reason"], "terminated_by_admin");
+    assert_eq!(terminated["ended_by"], format!("user:{admin_id}"));
+
+    let again = admin
+        .post(format!(
+            "{}/api/v1/sessions/{session_id}/terminate",
+            stack.base
+        ))
+        .header("origin", &stack.base)
+        .json(&serde_json::json!({"reason": "twice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), reqwest::StatusCode::CONFLICT);
+
+    let instance = stack.instance_id.to_string();
+    wait_for(Duration::from_secs(60), || async {
+        (count_instance_objects(&instance).await == (0, 0)).then_some(())
+    })
+    .await;
+    let events = stack.broker().state.audit.list(0, 10_000).await.unwrap();
+    let reason = events
+        .iter()
+        .find(|event| event.action == "admin.session.terminated")
+        .expect("termination audited");
+    assert_eq!(reason.actor, format!("user:{admin_id}"));
+    assert_eq!(reason.session_id, Some(session_id.to_string()));
+    assert!(
+        reason.details.contains("Suspicious transfer pattern"),
+        "{}",
+        reason.details
+    );
+    let ended = events
+        .iter()
+        .find(|event| {
+            event.action == "session.ended" && event.session_id == Some(session_id.to_string())
+        })
+        .expect("session end audited");
+    assert!(
+        ended.details.contains("terminated_by_admin"),
+        "{}",
+        ended.details
+    );
+    assert!(reason.seq < ended.seq);
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_streams_from_container_to_viewer_and_recording() {
     let stack = Stack::start().await;

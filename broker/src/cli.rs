@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, CONFIG_ENV, Config};
 use crate::db::Database;
 use crate::server::{self, StartupError};
-use crate::{audit, telemetry};
+use crate::telemetry;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,7 +35,7 @@ pub enum Command {
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
+        command: crate::audit::cli::AuditCommand,
     },
     /// Run the launcher: the only process that talks to the Docker engine.
     Launcher,
@@ -135,12 +135,6 @@ pub enum ImageCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// Walk the whole hash chain and report every edited, deleted or reordered event.
-    Verify,
-}
-
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -185,9 +179,10 @@ pub fn main() -> i32 {
                 command: ImageCommand::Build { refresh, agent },
             } => image_build(refresh, agent).await,
             Command::Migrate => migrate(config).await,
-            Command::Audit {
-                command: AuditCommand::Verify,
-            } => audit_verify(config).await,
+            Command::Audit { command } => match open(&config).await {
+                Ok(db) => crate::audit::cli::run(&config, &db, command).await,
+                Err(code) => code,
+            },
             Command::User { command } => match open(&config).await {
                 Ok(db) => crate::auth::cli::run(&config, &db, command).await,
                 Err(code) => code,
@@ -530,36 +525,6 @@ async fn migrate(config: Config) -> i32 {
         Ok(()) => {
             println!("migrations applied ({})", db.backend_name());
             0
-        }
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            1
-        }
-    }
-}
-
-async fn audit_verify(config: Config) -> i32 {
-    let db = match open(&config).await {
-        Ok(db) => db,
-        Err(code) => return code,
-    };
-    match audit::verify(&db).await {
-        Ok(report) if report.is_intact() => {
-            println!(
-                "audit chain intact: {} events, head {} {}",
-                report.events_checked, report.head_seq, report.head_hash
-            );
-            0
-        }
-        Ok(report) => {
-            println!(
-                "audit chain BROKEN: {} events checked",
-                report.events_checked
-            );
-            for problem in &report.problems {
-                println!("  event {}: {:?}", problem.seq, problem.kind);
-            }
-            1
         }
         Err(error) => {
             eprintln!("error: {error:#}");

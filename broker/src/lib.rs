@@ -4,6 +4,7 @@
 //! relays the live view, feeds the recorder and writes the audit trail. It never
 //! holds the Docker socket; the launcher does.
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cli;

@@ -70,6 +70,8 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
     let tls = tls_config(&config, local_addr)
         .await
         .map_err(StartupError::Config)?;
+    let signing_key = crate::audit::AuditSigningKey::load_or_create(&config.data_dir)
+        .map_err(StartupError::Config)?;
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let audit = AuditLog::new(db.clone(), clock.clone());
@@ -100,6 +102,10 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
         metrics: http::metrics_handle(),
         auth: auth.clone(),
         portal,
+        admin: crate::admin::AdminContext {
+            config: config.clone(),
+            signing_key: Arc::new(signing_key),
+        },
     };
 
     audit

@@ -540,6 +540,14 @@ impl Runtime for DockerRuntime {
             Err(error) => Err(failed("inspect image")(error)),
         }
     }
+
+    async fn image_created(&self, tag: &str) -> Result<Option<String>, RuntimeError> {
+        match self.docker.inspect_image(tag).await {
+            Ok(image) => Ok(image.created),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(failed("inspect image")(error)),
+        }
+    }
 }
 
 fn network_subnets(ipam: Option<&Ipam>) -> Vec<Ipv4Net> {

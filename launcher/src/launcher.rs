@@ -194,11 +194,22 @@ impl Launcher {
         match self.inner.runtime.engine_version().await {
             Ok(version) => {
                 let image_present = self.inner.runtime.image_present(&image).await.ok();
+                let image_created = match image_present {
+                    Some(true) => self
+                        .inner
+                        .runtime
+                        .image_created(&image)
+                        .await
+                        .ok()
+                        .flatten(),
+                    _ => None,
+                };
                 HealthReport {
                     engine_version: Some(version),
                     engine_error: None,
                     image,
                     image_present,
+                    image_created,
                     sessions,
                     max_sessions,
                 }
@@ -208,6 +219,7 @@ impl Launcher {
                 engine_error: Some(error.to_string()),
                 image,
                 image_present: None,
+                image_created: None,
                 sessions,
                 max_sessions,
             },

@@ -149,6 +149,10 @@ pub struct HealthReport {
     pub image: String,
     /// Whether that image is present; `None` when the engine did not answer.
     pub image_present: Option<bool>,
+    /// When the image was created (RFC 3339), as the engine reports it. Absent from
+    /// launchers that predate the field.
+    #[serde(default)]
+    pub image_created: Option<String>,
     pub sessions: usize,
     pub max_sessions: usize,
 }

@@ -149,6 +149,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Returns whether an image with that tag is present (never pulls).
     async fn image_present(&self, tag: &str) -> Result<bool, RuntimeError>;
 
+    /// Returns the creation time of the image with that tag as the engine reports it
+    /// (RFC 3339), or `None` when the image is missing or the runtime cannot tell.
+    async fn image_created(&self, tag: &str) -> Result<Option<String>, RuntimeError> {
+        let _ = tag;
+        Ok(None)
+    }
+
     /// Returns the engine's version, proving that the engine answers.
     async fn engine_version(&self) -> Result<String, RuntimeError>;
 }

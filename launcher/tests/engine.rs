@@ -1037,8 +1037,17 @@ async fn health_reports_engine_and_image() {
     );
     assert_eq!(present.engine_error, None);
     assert_eq!(present.image_present, Some(true));
+    let created = present
+        .image_created
+        .as_deref()
+        .expect("creation time reported");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(created).is_ok(),
+        "{created}"
+    );
     assert_eq!(absent.image, tag);
     assert_eq!(absent.image_present, Some(false));
+    assert_eq!(absent.image_created, None);
 
     instance.finish().await;
 }

@@ -63,6 +63,9 @@ actions! {
     BrokerStarted => "system.broker.started",
     BrokerStopped => "system.broker.stopped",
     KeyRotated => "system.key.rotated",
+    AuditPruned => "system.audit.pruned",
+    AuditExported => "audit.exported",
+    SessionTerminated => "admin.session.terminated",
     // Recordings.
     RecordingStarted => "recording.started",
     RecordingSegmentStored => "recording.segment.stored",

@@ -6,13 +6,19 @@
 //! `BEGIN IMMEDIATE`. Sequence numbers are assigned under that lock without gaps, so
 //! [`verify`] finds any edited, deleted, inserted or reordered event.
 //!
-//! NOTE: the chain alone cannot show that the newest events were removed from the end.
-//! Signed checkpoints of the chain head close that gap.
+//! Pruning ([`checkpoint`]) deletes old events and leaves an Ed25519-signed checkpoint
+//! from which [`verify`] continues the chain.
+//!
+//! NOTE: the chain alone cannot show that the newest events were removed from the end;
+//! a checkpoint covers only the pruned start of the chain.
 //!
 //! Details must never carry a secret: keys that name one are refused by
 //! [`EventBuilder::detail`].
 
 mod action;
+pub mod checkpoint;
+pub mod cli;
+pub mod search;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -30,7 +36,9 @@ use crate::clock::Clock;
 use crate::db::{Backend, Database};
 
 pub use action::Action;
-pub use verify::{ChainProblem, ChainProblemKind, VerifyReport, verify};
+pub use checkpoint::{AuditSigningKey, Checkpoint, PruneReport};
+pub use search::AuditQuery;
+pub use verify::{ChainProblem, ChainProblemKind, VerifyReport, verify, verify_with_key};
 
 /// Version of the event layout and of the hash input. Stored with every event.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -39,7 +47,7 @@ pub const SCHEMA_VERSION: i64 = 1;
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Key of the PostgreSQL advisory lock that serialises appends ("SRAUDIT1" in ASCII).
-const POSTGRES_APPEND_LOCK: i64 = 0x5352_4155_4449_5431;
+pub(crate) const POSTGRES_APPEND_LOCK: i64 = 0x5352_4155_4449_5431;
 
 /// Substrings of detail keys that are refused because they name a secret.
 const SECRET_KEY_WORDS: &[&str] = &[
@@ -159,7 +167,7 @@ impl EventBuilder {
 }
 
 /// A stored event as read back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     pub seq: i64,
     pub event_id: String,
@@ -310,13 +318,28 @@ impl AuditLog {
             .fetch_optional(&mut **connection)
             .await
             .context("cannot read the audit chain head")?;
-        let (prev_seq, prev_hash) = match head {
+        let (mut prev_seq, mut prev_hash) = match head {
             Some(row) => (
                 row.try_get::<i64, _>("seq")?,
                 row.try_get::<String, _>("hash")?,
             ),
             None => (0, GENESIS_HASH.to_owned()),
         };
+        // Pruning may have removed the head itself; the chain then continues from the
+        // newest checkpoint, never reusing a pruned sequence number.
+        let checkpoint = sqlx::query(
+            "SELECT last_seq, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&mut **connection)
+        .await
+        .context("cannot read the newest audit checkpoint")?;
+        if let Some(row) = checkpoint {
+            let last_seq: i64 = row.try_get("last_seq")?;
+            if last_seq > prev_seq {
+                prev_seq = last_seq;
+                prev_hash = row.try_get("last_hash")?;
+            }
+        }
 
         let mut stored = StoredEvent {
             seq: prev_seq + 1,

@@ -30,6 +30,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub auth: crate::auth::AuthService,
     pub portal: crate::portal::Portal,
+    pub admin: crate::admin::AdminContext,
 }
 
 impl FromRef<AppState> for TrustedProxies {
@@ -68,6 +69,7 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
         .merge(crate::auth::routes())
         .merge(crate::portal::routes())
+        .merge(crate::admin::routes())
 }
 
 /// The path patterns of `router`, such as `/sessions/{id}`, sorted.

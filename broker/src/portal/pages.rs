@@ -19,6 +19,9 @@ pub fn home(
     error: Option<&str>,
 ) -> Response {
     let mut body = format!("<p>Signed in as {}.</p>\n", escape(&principal.display_name));
+    if principal.can_audit() {
+        body.push_str("<p><a id=\"console\" href=\"/admin\">Admin console</a></p>\n");
+    }
     if let Some(error) = error {
         body.push_str(&format!(
             "<p id=\"error\" role=\"alert\">{}</p>\n",

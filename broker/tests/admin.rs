@@ -1,0 +1,806 @@
+//! The admin API and pages through the real HTTP server, on SQLite and PostgreSQL:
+//! who may use which route, people, roles and quotas, audit search and export,
+//! configuration, health, and the OpenAPI document.
+
+use std::collections::BTreeSet;
+
+use broker::auth::totp::TotpSecret;
+use broker::auth::{Role, secret_key::TotpKey, users};
+use broker::server::{self, RunningBroker};
+use broker::testing::TestDatabase;
+use reqwest::redirect::Policy;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+const PROBLEM: &str = "application/problem+json";
+
+struct Harness {
+    broker: Option<RunningBroker>,
+    base: String,
+    dir: tempfile::TempDir,
+    // Dropped after the broker, whose pool is connected to it.
+    _database: TestDatabase,
+}
+
+impl Harness {
+    async fn start(database: TestDatabase) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let env = [
+            (
+                "STRONGROOM_DATA_DIR".to_owned(),
+                dir.path().display().to_string(),
+            ),
+            (
+                "STRONGROOM_SERVER__LISTEN".to_owned(),
+                "127.0.0.1:0".to_owned(),
+            ),
+        ];
+        let mut config = broker::config::load(None, env).expect("test configuration is valid");
+        config.database = database.config.clone();
+        let broker = server::start(config).await.expect("broker starts");
+        let base = broker.base_url();
+        Harness {
+            broker: Some(broker),
+            base,
+            dir,
+            _database: database,
+        }
+    }
+
+    fn broker(&self) -> &RunningBroker {
+        self.broker.as_ref().unwrap()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Creates a local account, signs it in and returns its id and a client that
+    /// carries its portal cookie.
+    async fn signed_in(&self, username: &str, roles: &[Role]) -> (String, reqwest::Client) {
+        let client = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(Policy::none())
+            .build()
+            .unwrap();
+        let (id, _) = self.sign_in(&client, username, roles).await;
+        (id, client)
+    }
+
+    /// Creates a local account, signs it in with `client` and returns its id and the
+    /// `name=value` of its portal cookie.
+    async fn sign_in(
+        &self,
+        client: &reqwest::Client,
+        username: &str,
+        roles: &[Role],
+    ) -> (String, String) {
+        let key = TotpKey::load_or_create(self.dir.path()).unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let secret = TotpSecret::generate();
+        let sealed = key.seal(&id, secret.as_bytes()).unwrap();
+        let hash = broker::auth::password::hash(PASSWORD).unwrap();
+        let roles: BTreeSet<Role> = roles.iter().copied().collect();
+        let new = users::NewLocalUser {
+            id: &id,
+            username,
+            display_name: username,
+            password_hash: &hash,
+            sealed_totp: &sealed,
+            roles: &roles,
+        };
+        users::create_local(
+            &self.broker().state.db,
+            new,
+            chrono::Utc::now().timestamp_millis(),
+        )
+        .await
+        .unwrap();
+
+        let code = secret.code_at(chrono::Utc::now().timestamp() as u64);
+        let response = client
+            .post(self.url("/auth/login"))
+            .header("origin", &self.base)
+            .form(&[
+                ("username", username),
+                ("password", PASSWORD),
+                ("code", code.as_str()),
+                ("next", "/"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::SEE_OTHER,
+            "{username} signs in"
+        );
+        let cookie = response.headers()["set-cookie"].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        (id, cookie)
+    }
+
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut request = client
+            .request(method, self.url(path))
+            .header("origin", &self.base);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn actions(&self) -> Vec<broker::audit::StoredEvent> {
+        self.broker().state.audit.list(0, 10_000).await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        self.broker.take().unwrap().shutdown().await;
+    }
+}
+
+fn content_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("content-type")
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Every admin route, with a body for the ones that change state, and whether an
+/// auditor may use it.
+fn routes() -> Vec<(Method, String, Option<Value>, bool)> {
+    let person = uuid::Uuid::new_v4();
+    let session = uuid::Uuid::new_v4();
+    vec![
+        (Method::GET, "/api/v1/openapi.json".into(), None, true),
+        (Method::GET, "/api/v1/people".into(), None, false),
+        (
+            Method::PUT,
+            format!("/api/v1/people/{person}/roles"),
+            Some(json!({"roles": ["user"]})),
+            false,
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/people/{person}/quota"),
+            Some(json!({"max_sessions": 2})),
+            false,
+        ),
+        (Method::GET, "/api/v1/sites".into(), None, false),
+        (Method::GET, "/api/v1/sessions".into(), None, true),
+        (
+            Method::POST,
+            format!("/api/v1/sessions/{session}/terminate"),
+            Some(json!({"reason": "test"})),
+            false,
+        ),
+        (Method::GET, "/api/v1/credentials".into(), None, false),
+        (Method::GET, "/api/v1/config".into(), None, false),
+        (Method::GET, "/api/v1/health".into(), None, false),
+        (Method::GET, "/api/v1/audit/events".into(), None, true),
+        (Method::GET, "/api/v1/audit/checkpoints".into(), None, true),
+        (Method::GET, "/api/v1/audit/export".into(), None, true),
+        (Method::GET, "/admin".into(), None, true),
+        (Method::GET, "/admin/people".into(), None, false),
+        (
+            Method::POST,
+            format!("/admin/people/{person}/roles"),
+            None,
+            false,
+        ),
+        (
+            Method::POST,
+            format!("/admin/people/{person}/quota"),
+            None,
+            false,
+        ),
+        (Method::GET, "/admin/sessions".into(), None, true),
+        (
+            Method::POST,
+            format!("/admin/sessions/{session}/terminate"),
+            None,
+            false,
+        ),
+        (Method::GET, "/admin/audit".into(), None, true),
+        (Method::GET, "/admin/health".into(), None, false),
+    ]
+}
+
+/// Every operation in the OpenAPI document is in [`routes`], so a new API route
+/// cannot skip the role checks below.
+#[test]
+fn role_checks_cover_every_documented_operation() {
+    let document: Value = serde_json::from_str(&broker::admin::api::openapi_json()).unwrap();
+    let checked: Vec<(String, String)> = routes()
+        .into_iter()
+        .map(|(method, path, _, _)| (method.as_str().to_lowercase(), path))
+        .collect();
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            let pattern = path.split('{').next().unwrap();
+            let suffix = path.rsplit('}').next().unwrap();
+            assert!(
+                checked.iter().any(|(checked_method, checked_path)| {
+                    checked_method == method
+                        && checked_path.starts_with(pattern)
+                        && checked_path.ends_with(suffix)
+                        && (path.contains('{') || checked_path == path)
+                }),
+                "{method} {path} is missing from the role checks"
+            );
+        }
+    }
+}
+
+broker::both_backends!(admin_routes_refuse_users_and_anonymous, route_roles);
+async fn route_roles(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let anonymous = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let (_, user) = harness.signed_in("ursula", &[Role::User]).await;
+    let (_, auditor) = harness.signed_in("audrey", &[Role::Auditor]).await;
+
+    for (method, path, body, auditor_allowed) in routes() {
+        let response = harness
+            .send(&anonymous, method.clone(), &path, body.clone())
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "anonymous {method} {path}"
+        );
+        if path.starts_with("/api/") {
+            assert_eq!(
+                content_type(&response),
+                PROBLEM,
+                "anonymous {method} {path}"
+            );
+        }
+
+        let response = harness
+            .send(&user, method.clone(), &path, body.clone())
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::FORBIDDEN,
+            "user {method} {path}"
+        );
+        if path.starts_with("/api/") {
+            let problem: Value = response.json().await.unwrap();
+            assert_eq!(problem["status"], 403, "user {method} {path}");
+        }
+
+        let response = harness
+            .send(&auditor, method.clone(), &path, body.clone())
+            .await;
+        if auditor_allowed {
+            assert!(
+                response.status().is_success(),
+                "auditor {method} {path}: {}",
+                response.status()
+            );
+        } else {
+            assert_eq!(
+                response.status(),
+                StatusCode::FORBIDDEN,
+                "auditor {method} {path}"
+            );
+        }
+    }
+
+    // The portal links to the console for auditors and admins only.
+    let home = |client: &reqwest::Client| {
+        let request = client.get(harness.url("/"));
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    assert!(home(&auditor).await.contains("href=\"/admin\""));
+    assert!(!home(&user).await.contains("href=\"/admin\""));
+
+    // A browser without a session is sent to the sign-in page instead.
+    let page = anonymous
+        .get(harness.url("/admin/people"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER);
+    assert!(
+        page.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/auth/login")
+    );
+    harness.stop().await;
+}
+
+broker::both_backends!(people_roles_and_quotas_are_audited, people_body);
+async fn people_body(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let (admin_id, admin) = harness.signed_in("ada", &[Role::Admin]).await;
+    let (user_id, _) = harness.signed_in("ursula", &[Role::User]).await;
+
+    let people: Value = harness
+        .send(&admin, Method::GET, "/api/v1/people", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ursula = people
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|person| person["id"] == user_id.as_str())
+        .expect("ursula is listed");
+    assert_eq!(ursula["roles"], json!(["user"]));
+    assert_eq!(ursula["quota_is_default"], true);
+
+    let quota = harness
+        .send(
+            &admin,
+            Method::PUT,
+            &format!("/api/v1/people/{user_id}/quota"),
+            Some(json!({"max_sessions": 3})),
+        )
+        .await;
+    assert_eq!(quota.status(), StatusCode::OK);
+    let quota: Value = quota.json().await.unwrap();
+    assert_eq!(quota["quota"], 3);
+    assert_eq!(quota["quota_is_default"], false);
+
+    let roles = harness
+        .send(
+            &admin,
+            Method::PUT,
+            &format!("/api/v1/people/{user_id}/roles"),
+            Some(json!({"roles": ["user", "auditor"]})),
+        )
+        .await;
+    assert_eq!(roles.status(), StatusCode::OK);
+    let roles: Value = roles.json().await.unwrap();
+    assert_eq!(roles["roles"], json!(["user", "auditor"]));
+
+    let events = harness.actions().await;
+    let quota_event = events
+        .iter()
+        .find(|event| event.action == "admin.quota.changed")
+        .expect("quota change audited");
+    assert_eq!(quota_event.actor, format!("user:{admin_id}"));
+    assert!(
+        quota_event.details.contains("\"max_sessions\":3"),
+        "{}",
+        quota_event.details
+    );
+    let role_event = events
+        .iter()
+        .find(|event| event.action == "admin.role.changed")
+        .expect("role change audited");
+    assert_eq!(
+        role_event.target.as_deref(),
+        Some(format!("user:{user_id}").as_str())
+    );
+    assert!(
+        role_event.details.contains("\"previous\":\"user\""),
+        "{}",
+        role_event.details
+    );
+    assert!(
+        role_event.details.contains("\"roles\":\"user,auditor\""),
+        "{}",
+        role_event.details
+    );
+
+    // Refusals are problem documents that name the bad value.
+    let invalid = harness
+        .send(
+            &admin,
+            Method::PUT,
+            &format!("/api/v1/people/{user_id}/roles"),
+            Some(json!({"roles": ["root"]})),
+        )
+        .await;
+    assert_eq!(invalid.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(content_type(&invalid), PROBLEM);
+    let problem: Value = invalid.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("\"root\""),
+        "{problem}"
+    );
+
+    let too_big = harness
+        .send(
+            &admin,
+            Method::PUT,
+            &format!("/api/v1/people/{user_id}/quota"),
+            Some(json!({"max_sessions": 1000})),
+        )
+        .await;
+    assert_eq!(too_big.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let unknown = harness
+        .send(
+            &admin,
+            Method::PUT,
+            "/api/v1/people/nobody/quota",
+            Some(json!({"max_sessions": 1})),
+        )
+        .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(content_type(&unknown), PROBLEM);
+
+    let own = harness
+        .send(
+            &admin,
+            Method::PUT,
+            &format!("/api/v1/people/{admin_id}/roles"),
+            Some(json!({"roles": ["user"]})),
+        )
+        .await;
+    assert_eq!(own.status(), StatusCode::CONFLICT);
+
+    let malformed = admin
+        .put(harness.url(&format!("/api/v1/people/{user_id}/quota")))
+        .header("origin", &harness.base)
+        .header("content-type", "application/json")
+        .body("{\"max_sessions\": -1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(content_type(&malformed), PROBLEM);
+
+    let cross_origin = admin
+        .put(harness.url(&format!("/api/v1/people/{user_id}/quota")))
+        .header("origin", "https://evil.example")
+        .json(&json!({"max_sessions": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_origin.status(), StatusCode::FORBIDDEN);
+
+    // The page form changes the quota the same way, and needs the portal's origin.
+    let form = admin
+        .post(harness.url(&format!("/admin/people/{user_id}/quota")))
+        .header("origin", &harness.base)
+        .form(&[("max_sessions", "4")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::SEE_OTHER);
+    let forged = admin
+        .post(harness.url(&format!("/admin/people/{user_id}/quota")))
+        .form(&[("max_sessions", "9")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let page = admin
+        .get(harness.url("/admin/people"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("value=\"4\""), "{page}");
+    assert!(!page.contains("value=\"9\""), "{page}");
+
+    harness.stop().await;
+}
+
+broker::both_backends!(audit_search_and_export_filter_events, audit_body);
+async fn audit_body(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let (admin_id, admin) = harness.signed_in("ada", &[Role::Admin]).await;
+    let (_, auditor) = harness.signed_in("audrey", &[Role::Auditor]).await;
+    let before_change = chrono::Utc::now().timestamp_millis();
+    harness
+        .send(
+            &admin,
+            Method::PUT,
+            &format!("/api/v1/people/{admin_id}/quota"),
+            Some(json!({"max_sessions": 2})),
+        )
+        .await;
+
+    let page: Value = harness
+        .send(
+            &auditor,
+            Method::GET,
+            "/api/v1/audit/events?action=auth.*",
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["action"].as_str().unwrap())
+        .collect();
+    assert!(!actions.is_empty());
+    assert!(
+        actions.iter().all(|action| action.starts_with("auth.")),
+        "{actions:?}"
+    );
+
+    let by_actor: Value = harness
+        .send(
+            &auditor,
+            Method::GET,
+            &format!("/api/v1/audit/events?actor=user:{admin_id}&action=admin.quota.changed&from_ms={before_change}"),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        by_actor["events"].as_array().unwrap().len(),
+        1,
+        "{by_actor}"
+    );
+
+    let future: Value = harness
+        .send(
+            &auditor,
+            Method::GET,
+            &format!("/api/v1/audit/events?from_ms={}", before_change + 3_600_000),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(future["events"], json!([]));
+
+    let paged: Value = harness
+        .send(&auditor, Method::GET, "/api/v1/audit/events?limit=1", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(paged["events"].as_array().unwrap().len(), 1);
+    assert_eq!(paged["next_after_seq"], paged["events"][0]["seq"]);
+
+    let invalid = harness
+        .send(&auditor, Method::GET, "/api/v1/audit/events?limit=0", None)
+        .await;
+    assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(content_type(&invalid), PROBLEM);
+    let not_a_number = harness
+        .send(
+            &auditor,
+            Method::GET,
+            "/api/v1/audit/events?from_ms=yesterday",
+            None,
+        )
+        .await;
+    assert_eq!(not_a_number.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(content_type(&not_a_number), PROBLEM);
+
+    let export = harness
+        .send(
+            &auditor,
+            Method::GET,
+            "/api/v1/audit/export?action=admin.*",
+            None,
+        )
+        .await;
+    assert_eq!(export.status(), StatusCode::OK);
+    assert_eq!(content_type(&export), "application/x-ndjson");
+    let text = export.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines[0]["type"], "header");
+    assert_eq!(lines[0]["public_key"].as_str().unwrap().len(), 64);
+    let events: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["type"] == "event")
+        .collect();
+    assert_eq!(events.len(), 1, "{text}");
+    assert_eq!(events[0]["action"], "admin.quota.changed");
+    assert!(events[0]["hash"].as_str().unwrap().len() == 64);
+
+    let exported = harness
+        .actions()
+        .await
+        .into_iter()
+        .find(|event| event.action == "audit.exported")
+        .expect("export audited");
+    assert!(
+        exported.details.contains("\"events\":1"),
+        "{}",
+        exported.details
+    );
+
+    let html = auditor
+        .get(harness.url("/admin/audit?action=admin.*"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("admin.quota.changed"), "{html}");
+    assert!(!html.contains("auth.sign_in.succeeded"), "{html}");
+    harness.stop().await;
+}
+
+broker::both_backends!(config_health_and_openapi_are_served, served_body);
+async fn served_body(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let (_, admin) = harness.signed_in("ada", &[Role::Admin]).await;
+
+    let config: Value = harness
+        .send(&admin, Method::GET, "/api/v1/config", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["secrets"]["source"], "local");
+    assert_eq!(
+        config["database"]["backend"],
+        harness.broker().state.db.backend_name()
+    );
+    let text = config.to_string();
+    let totp_key = std::fs::read(harness.dir.path().join("auth-totp.key")).unwrap();
+    assert!(!text.contains(&hex::encode(&totp_key)));
+
+    let health: Value = harness
+        .send(&admin, Method::GET, "/api/v1/health", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = health["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|check| check["name"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "database",
+        "docker_engine",
+        "workspace_image",
+        "workspace_image_age",
+        "host_firewall",
+        "recording_store",
+        "keys",
+        "identity_provider",
+        "secret_store",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let check = |name: &str| {
+        health["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|check| check["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(check("database")["ok"], true);
+    assert_eq!(check("recording_store")["ok"], true, "{health}");
+    // No launcher runs in this test, so the engine check fails with the reason.
+    assert_eq!(check("docker_engine")["ok"], false);
+    assert_eq!(health["healthy"], false);
+
+    let served = harness
+        .send(&admin, Method::GET, "/api/v1/openapi.json", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(served, broker::admin::api::openapi_json());
+
+    let missing = harness
+        .send(&admin, Method::GET, "/api/v1/no-such-route", None)
+        .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(content_type(&missing), PROBLEM);
+
+    let terminate = harness
+        .send(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/sessions/{}/terminate", uuid::Uuid::new_v4()),
+            Some(json!({"reason": "suspicious activity"})),
+        )
+        .await;
+    assert_eq!(terminate.status(), StatusCode::NOT_FOUND);
+    let no_reason = harness
+        .send(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/sessions/{}/terminate", uuid::Uuid::new_v4()),
+            Some(json!({"reason": "  "})),
+        )
+        .await;
+    assert_eq!(no_reason.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    harness.stop().await;
+}
+
+/// The checked-in OpenAPI document must match the code. Regenerate it with
+/// `STRONGROOM_UPDATE_OPENAPI=1 cargo nextest run -p broker --test admin -E 'test(openapi_document_matches)'`.
+#[test]
+fn openapi_document_matches_checked_in_file() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    let generated = broker::admin::api::openapi_json();
+    if std::env::var_os("STRONGROOM_UPDATE_OPENAPI").is_some_and(|value| value == "1") {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "docs/openapi.json differs from the API in the code; regenerate it with \
+         STRONGROOM_UPDATE_OPENAPI=1 cargo nextest run -p broker --test admin -E 'test(openapi_document_matches)'"
+    );
+}
+
+// Fuzzes every API operation from the OpenAPI document with schemathesis (PyPI),
+// signed in as an admin, and fails on any 5xx response.
+broker::both_backends!(api_fuzzing_finds_no_server_error, fuzz_body);
+async fn fuzz_body(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let client = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let (_, cookie) = harness.sign_in(&client, "ada", &[Role::Admin]).await;
+    let schema = harness.dir.path().join("openapi.json");
+    std::fs::write(&schema, broker::admin::api::openapi_json()).unwrap();
+
+    let program =
+        std::env::var("STRONGROOM_TEST_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".to_owned());
+    let run = tokio::process::Command::new(&program)
+        .arg("run")
+        .arg(&schema)
+        .args(["--url", &harness.base])
+        .args(["--header", &format!("Cookie: {cookie}")])
+        .args(["--header", &format!("Origin: {}", harness.base)])
+        .args(["--checks", "not_a_server_error"])
+        .args([
+            "--max-examples",
+            "25",
+            "--seed",
+            "7",
+            "--generation-deterministic",
+        ])
+        .args(["--request-timeout", "20"])
+        // Hypothesis and schemathesis write their caches to the working directory.
+        .current_dir(harness.dir.path())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(600), run)
+        .await
+        .expect("schemathesis finishes within 10 minutes")
+        .unwrap_or_else(|error| {
+            panic!("cannot run {program}: {error}; install it with `pip install schemathesis`")
+        });
+
+    assert!(
+        output.status.success(),
+        "schemathesis found server errors:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    harness.stop().await;
+}
