@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod image_cli;
 pub mod instance;
 pub mod keyfile;
 pub mod launcher_process;

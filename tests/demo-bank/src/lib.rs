@@ -54,8 +54,16 @@ impl Account {
         let seed = Secret::Encoded(normalized)
             .to_bytes()
             .map_err(|error| anyhow::anyhow!("the TOTP seed is not valid base32: {error:?}"))?;
-        let totp = TOTP::new(Algorithm::SHA1, 6, 1, 30, seed)
-            .map_err(|error| anyhow::anyhow!("the TOTP seed is unusable: {error}"))?;
+        let totp = TOTP::new(
+            Algorithm::SHA1,
+            6,
+            1,
+            30,
+            seed,
+            Some("Demo Bank".to_owned()),
+            username.to_owned(),
+        )
+        .map_err(|error| anyhow::anyhow!("the TOTP seed is unusable: {error}"))?;
         if username.is_empty() || password.is_empty() {
             bail!("the username and the password must not be empty");
         }

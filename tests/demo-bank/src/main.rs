@@ -16,7 +16,7 @@ use strongroom_demo_bank::{Account, BankState, bank_router, received_router, tls
 )]
 struct Args {
     /// Address of the bank's HTTPS port.
-    #[arg(long, default_value = "0.0.0.0:443")]
+    #[arg(long, default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
     /// Address of the plain-HTTP port that serves `/received` and `/ca.pem`.
     #[arg(long, default_value = "0.0.0.0:8081")]
