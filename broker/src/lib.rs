@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod egress_hosts;
 pub mod error;
 pub mod http;
 pub mod image_cli;

@@ -12,6 +12,7 @@
 //! anything else is taken as a plain string.
 
 pub mod auth;
+pub mod egress;
 pub mod launcher;
 pub mod raw;
 mod secret;
@@ -56,6 +57,7 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub launcher: launcher::LauncherSettings,
     pub secrets: secrets::SecretsConfig,
+    pub egress: egress::EgressConfig,
 }
 
 #[derive(Debug, Clone)]

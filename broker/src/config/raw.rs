@@ -80,6 +80,8 @@ pub struct RawConfig {
     pub launcher: Option<toml::Value>,
     /// `[secrets]`: where auto-login credentials come from; keys in `config::secrets`.
     pub secrets: super::secrets::RawSecrets,
+    /// `[egress]`: static host map of the egress proxy; keys in `config::egress`.
+    pub egress: super::egress::RawEgress,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -40,6 +40,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Con
         problems,
     );
     let secrets = super::secrets::validate_secrets(&raw.secrets, problems);
+    let egress = super::egress::validate_egress(&raw.egress, problems);
 
     Some(Config {
         data_dir,
@@ -51,6 +52,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Con
         sessions: sessions?,
         launcher: launcher?,
         secrets: secrets?,
+        egress: egress?,
     })
 }
 
