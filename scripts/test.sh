@@ -24,8 +24,10 @@ if ! python3 -c "import oidc_provider_mock" >/dev/null 2>&1; then
 fi
 
 # The portal tests run real sessions in the workspace image; build it (from Debian
-# packages, skipped when unchanged) with the agent under test.
-cargo build --quiet -p broker -p strongroom-agent
+# packages, skipped when unchanged) with the agent under test. The end-to-end test
+# also runs the demo bank image.
+cargo build --quiet -p broker -p strongroom-agent -p strongroom-demo-bank
 target/debug/strongroom image build
+target/debug/strongroom image build --recipe demo-bank
 
 cargo nextest run --workspace --all-features --no-fail-fast "$@"
