@@ -25,9 +25,10 @@ fi
 
 # The portal tests run real sessions in the workspace image; build it (from Debian
 # packages, skipped when unchanged) with the agent under test. The end-to-end test
-# also runs the demo bank image.
+# also runs the demo bank image, and the compose test the broker image.
 cargo build --quiet -p broker -p strongroom-agent -p strongroom-demo-bank
 target/debug/strongroom image build
 target/debug/strongroom image build --recipe demo-bank
+target/debug/strongroom image build --recipe broker
 
 cargo nextest run --workspace --all-features --no-fail-fast "$@"
