@@ -1,9 +1,9 @@
-//! The compose stack's launcher and broker services, from the locally built broker
-//! image, started with docker-compose: an account created inside the broker container
-//! signs in over HTTP, launches a session, and the session's workspace container runs
-//! until the session is ended.
+//! The launcher and broker services of the compose file, started with docker-compose
+//! from the locally built broker image. An account created inside the broker container
+//! signs in over HTTP and launches a session, and the session's workspace container
+//! runs until the session is ended.
 //!
-//! Runs the launcher and broker services only, with SQLite in the data volume. The
+//! Only the launcher and broker services run, with SQLite in the data volume. The
 //! PostgreSQL and Traefik images come from a registry, which this machine lacks, and
 //! `host-setup` would change the host's firewall, so this test starts neither.
 //!
