@@ -169,7 +169,7 @@ impl BankState {
     }
 }
 
-/// The bank's website, served over HTTPS.
+/// Builds the bank's website, which `main` serves over HTTPS.
 pub fn bank_router(state: BankState) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/login") }))
@@ -183,7 +183,7 @@ pub fn bank_router(state: BankState) -> Router {
         .with_state(state)
 }
 
-/// The test side: `/received` (bearer token) and `/ca.pem`, served over plain HTTP.
+/// Builds the test side, `/received` (bearer token) and `/ca.pem`, served over plain HTTP.
 pub fn received_router(state: BankState) -> Router {
     Router::new()
         .route("/received", get(received))

@@ -32,7 +32,7 @@ fn document(title: &str, body: &str) -> String {
     )
 }
 
-/// The first login step: username and password.
+/// Renders the first login step: username and password.
 pub fn login(error: Option<&str>) -> String {
     let error = error
         .map(|text| format!("<p class=\"error\" id=\"error\">{}</p>", escape(text)))
@@ -49,7 +49,7 @@ pub fn login(error: Option<&str>) -> String {
     )
 }
 
-/// The second login step: the six-digit code of the authenticator app.
+/// Renders the second login step: the six-digit code of the authenticator app.
 pub fn totp(error: Option<&str>) -> String {
     let error = error
         .map(|text| format!("<p class=\"error\" id=\"error\">{}</p>", escape(text)))
@@ -66,7 +66,7 @@ autocomplete=\"one-time-code\" pattern=\"[0-9]{{6}}\" required></label>\
     )
 }
 
-/// The account page: balance, a free-text note field and the long statement.
+/// Renders the account page: balance, a free-text note field and the long statement.
 pub fn account(holder: &str) -> String {
     let transactions = statement::transactions();
     let balance = transactions
@@ -103,7 +103,7 @@ pub fn account(holder: &str) -> String {
     )
 }
 
-/// Confirmation after a note was saved.
+/// Renders the confirmation after a note was saved.
 pub fn note_saved(note: &str) -> String {
     document(
         "Demo Bank - note saved",

@@ -107,7 +107,7 @@ pub fn pdf(holder: &str) -> Vec<u8> {
     pdf.finish()
 }
 
-/// The PDF's text lines: a header, then one line per transaction. ASCII only, because
+/// Formats the PDF's text lines: a header, then one line per transaction. ASCII only, because
 /// the standard fonts are used without an embedded encoding.
 fn statement_lines(holder: &str) -> Vec<String> {
     let holder: String = holder

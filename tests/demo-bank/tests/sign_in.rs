@@ -65,7 +65,7 @@ async fn start() -> Running {
     }
 }
 
-/// A client that trusts only the bank's generated CA and resolves its name to loopback.
+/// Builds a client that trusts only the bank's generated CA and resolves its name to loopback.
 fn client(running: &Running) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(running.ca_pem.as_bytes()).unwrap();
     reqwest::Client::builder()

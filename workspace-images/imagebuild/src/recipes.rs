@@ -17,8 +17,8 @@ pub const BROKER_UID: u32 = 10001;
 pub const DEMO_BANK_SECRETS_DIR: &str = "/run/demo-bank";
 
 impl Recipe {
-    /// The demo bank: its binary under tini, run by uid 1000, HTTPS on 8443 and the
-    /// `/received` report on 8081. Account files and the token are mounted at
+    /// Returns the demo bank recipe: its binary under tini, run by uid 1000, HTTPS on
+    /// 8443 and the `/received` report on 8081. Account files and the token are mounted at
     /// [`DEMO_BANK_SECRETS_DIR`].
     pub fn demo_bank() -> Self {
         Self {
@@ -49,7 +49,7 @@ impl Recipe {
         }
     }
 
-    /// The broker: `strongroom` under tini with FFmpeg's libraries for export and
+    /// Returns the broker recipe: `strongroom` under tini with FFmpeg's libraries for export and
     /// iptables for `host-setup`, run by uid [`BROKER_UID`] with its data directory at
     /// `/var/lib/strongroom`.
     pub fn broker() -> Self {
