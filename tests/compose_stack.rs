@@ -330,3 +330,51 @@ async fn compose_broker_launches_a_session() {
 
     project.run(&["down", "--volumes", "--timeout", "30"], None);
 }
+
+/// Runs `strongroom host-setup` from the broker image as the compose file's `host-setup`
+/// service does (root, read-only, all capabilities dropped, `cap_add` given), but in
+/// the container's own network namespace so that the host's firewall stays untouched.
+fn run_host_setup(cap_add: &[&str]) -> Output {
+    let name = format!(
+        "strongroom-host-setup-{}",
+        &Uuid::new_v4().simple().to_string()[..12]
+    );
+    let image = format!("strongroom/broker:{}", newest_image("strongroom/broker"));
+    let mut command = Command::new("docker");
+    command.args(["run", "--rm", "--name", &name, "--network", "none"]);
+    command.args(["--user", "0:0", "--read-only", "--cap-drop", "ALL"]);
+    command.args([
+        "--security-opt",
+        "no-new-privileges",
+        "--tmpfs",
+        "/run:size=1m",
+    ]);
+    command.args(["--tmpfs", "/tmp:size=16m"]);
+    for capability in cap_add {
+        command.args(["--cap-add", capability]);
+    }
+    command.args([image.as_str(), "host-setup"]);
+    let output = command.output().expect("docker runs");
+    // `--rm` removes the container; this covers a run that docker itself aborted.
+    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+    output
+}
+
+#[test]
+fn host_setup_needs_only_net_admin() {
+    let with = run_host_setup(&["NET_ADMIN"]);
+    assert!(
+        with.status.success(),
+        "host-setup failed with NET_ADMIN: {}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&with.stdout);
+    assert!(stdout.contains("host firewall rules installed"), "{stdout}");
+
+    let without = run_host_setup(&[]);
+    assert!(
+        !without.status.success(),
+        "host-setup succeeded without NET_ADMIN: {}",
+        String::from_utf8_lossy(&without.stdout)
+    );
+}
