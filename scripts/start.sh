@@ -80,8 +80,12 @@ trap cleanup EXIT INT TERM
 # workspace's Chromium. A session therefore shows Chromium's certificate error instead
 # of the login page until a site can carry a CA for the agent's managed policy.
 echo "Starting the demo bank at https://$bank_host:$bank_port on $subnet..."
-docker network create --internal --subnet "$subnet" \
-    --label org.strongroom.demo=bank "$network" >/dev/null
+if ! docker network create --internal --subnet "$subnet" \
+    --label org.strongroom.demo=bank "$network" >/dev/null; then
+    echo "error: cannot create the Docker network $network on $subnet; if it overlaps" >&2
+    echo "another network, set DEMO_BANK_SUBNET to a free /24 such as 10.213.7.0/24" >&2
+    exit 1
+fi
 docker run --detach --name "$container" --network "$network" --ip "$bank_ip" \
     --label org.strongroom.demo=bank \
     --read-only --cap-drop ALL --security-opt no-new-privileges \
