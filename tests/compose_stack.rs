@@ -42,7 +42,6 @@ fn newest_image(repository: &str) -> String {
 struct Project {
     name: String,
     dir: tempfile::TempDir,
-    port: u16,
     broker_tag: String,
     docker_gid: String,
 }
@@ -50,18 +49,13 @@ struct Project {
 impl Project {
     fn new() -> Project {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         std::fs::create_dir(dir.path().join("config")).unwrap();
         std::fs::write(
             dir.path().join("config/strongroom.toml"),
             format!(
                 r#"data_dir = "/var/lib/strongroom"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 [launcher]
 mode = "external"
 subnet_range = "{SUBNET_RANGE}"
@@ -82,20 +76,15 @@ recording_retention_days = 30
         .unwrap();
         std::fs::create_dir(dir.path().join("secrets")).unwrap();
         std::fs::write(dir.path().join("secrets/postgres-password"), "unused\n").unwrap();
-        // The override mounts the site file and points the public URL at the loopback
-        // listener that the test talks to.
+        // The override mounts the site file into the broker container.
         std::fs::write(
             dir.path().join("override.yml"),
-            format!(
-                r#"version: "2.4"
+            r#"version: "2.4"
 services:
   broker:
-    environment:
-      STRONGROOM_SERVER__PUBLIC_URL: "http://127.0.0.1:{port}"
     volumes:
       - ./config/sites.toml:/etc/strongroom/sites.toml:ro
-"#
-            ),
+"#,
         )
         .unwrap();
 
@@ -108,7 +97,6 @@ services:
                 &Uuid::new_v4().simple().to_string()[..12]
             ),
             dir,
-            port,
             broker_tag: newest_image("strongroom/broker"),
             docker_gid: gid.to_string(),
         }
@@ -162,8 +150,20 @@ services:
         output
     }
 
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+    /// Returns the broker's address once its log names it. The broker binds port 0 on
+    /// the host's loopback, so that parallel tests never compete for a port.
+    fn base(&self) -> Option<String> {
+        let output = self
+            .compose()
+            .args(["logs", "--no-color", "broker"])
+            .output()
+            .ok()?;
+        let logs = String::from_utf8_lossy(&output.stdout);
+        let marker = "Strongroom is listening on ";
+        logs.lines().find_map(|line| {
+            line.split_once(marker)
+                .map(|(_, url)| url.trim().to_owned())
+        })
     }
 }
 
@@ -214,12 +214,15 @@ async fn compose_broker_launches_a_session() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let base = project.base();
+    let base = wait_for(Duration::from_secs(60), || async { project.base() }).await;
     wait_for(Duration::from_secs(60), || async {
         let response = http.get(format!("{base}/healthz")).send().await.ok()?;
         response.status().is_success().then_some(())
     })
     .await;
+    // The compose file sets the public URL from STRONGROOM_HOST; the portal accepts
+    // form posts with that origin only.
+    let origin = "https://strongroom.test";
 
     // Accounts and sites are managed with the same binary inside the broker container.
     let added = project.run(
@@ -275,7 +278,7 @@ async fn compose_broker_launches_a_session() {
     let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
     let signed_in = http
         .post(format!("{base}/auth/login"))
-        .header("origin", &base)
+        .header("origin", origin)
         .form(&[
             ("username", "person"),
             ("password", PASSWORD),
@@ -293,7 +296,7 @@ async fn compose_broker_launches_a_session() {
 
     let launched = http
         .post(format!("{base}/sessions"))
-        .header("origin", &base)
+        .header("origin", origin)
         .form(&[("site", "demo")])
         .send()
         .await
@@ -314,7 +317,7 @@ async fn compose_broker_launches_a_session() {
 
     let ended = http
         .post(format!("{base}{location}/end"))
-        .header("origin", &base)
+        .header("origin", origin)
         .send()
         .await
         .unwrap();
