@@ -5,6 +5,7 @@
 #   build:   pkg-config libclang-dev libavdevice-dev (FFmpeg headers for ffmpeg-next)
 #   images:  mmdebstrap (workspace and bank images from Debian packages, no registry)
 #   run:     docker.io (the engine), iptables iproute2 (host firewall, test namespaces)
+#   deploy:  docker-compose (the compose file test runs `docker-compose config`)
 #   tests:   postgresql, chromium chromium-driver xvfb xauth (agent and portal tests),
 #            ffmpeg (ffprobe checks exports), dpkg-dev (launcher tests unpack busybox-static)
 set -euo pipefail
@@ -12,7 +13,7 @@ set -euo pipefail
 packages=(
     pkg-config libclang-dev libavdevice-dev
     mmdebstrap
-    iptables iproute2
+    iptables iproute2 docker-compose
     postgresql
     chromium chromium-driver xvfb xauth fonts-dejavu-core
     ffmpeg dpkg-dev ca-certificates

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Runs Strongroom on embedded defaults on this machine: installs missing Debian
-# packages, builds the binaries and the workspace image, creates a first admin when
-# there is none, and starts the broker (which starts its launcher) on
-# http://127.0.0.1:8080. Everything it writes goes under ./data.
+# Runs Strongroom on embedded defaults on this machine, with a demo bank to bank at.
+# It installs missing Debian packages and builds the binaries and the workspace and
+# demo bank images. Then it starts the demo bank container on its own Docker network,
+# imports the demo site with its credential, creates a first admin when there is none,
+# and starts the broker, which starts its launcher. Ctrl-C stops the broker and removes the demo
+# bank's container and network. Everything it writes goes under ./data.
+#
+# Environment:
+#   STRONGROOM_SERVER__LISTEN  portal address (default 127.0.0.1:8080). Any address
+#                              other than loopback gets HTTPS with a generated local CA.
+#   DEMO_BANK_SUBNET           Docker subnet of the demo bank (default 172.31.254.0/24);
+#                              must not overlap launcher.subnet_range (172.21.0.0/16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,15 +22,99 @@ fi
 
 scripts/install-deps.sh
 
-echo "Building strongroom and strongroom-agent (release)..."
-cargo build --release --quiet -p broker -p strongroom-agent
+listen=${STRONGROOM_SERVER__LISTEN:-127.0.0.1:8080}
+subnet=${DEMO_BANK_SUBNET:-172.31.254.0/24}
+prefix=${subnet%.*}
+if [ "$prefix" = "$subnet" ] || [ "${subnet##*/}" != "24" ]; then
+    echo "error: DEMO_BANK_SUBNET=$subnet is not an IPv4 /24 such as 172.31.254.0/24" >&2
+    exit 2
+fi
+bank_ip="$prefix.10"
+bank_host=demo-bank.test
+bank_port=8443
+network=strongroom-demo-bank
+container=strongroom-demo-bank
+bank_dir=$PWD/data/demo-bank
+
+echo "Building strongroom, strongroom-agent and strongroom-demo-bank (release)..."
+cargo build --release --quiet -p broker -p strongroom-agent -p strongroom-demo-bank
 bin=target/release/strongroom
 
-echo "Building the workspace image from Debian packages (skipped when unchanged)..."
+echo "Building the workspace and demo bank images from Debian packages (skipped when unchanged)..."
 "$bin" image build
+bank_image=$("$bin" image build --recipe demo-bank | sed -n 's/^image ready: //p')
+if [ -z "$bank_image" ]; then
+    echo "error: the demo bank image build printed no image reference" >&2
+    exit 1
+fi
 
 echo "Installing the host firewall rules for workspace networks..."
 "$bin" host-setup
+
+# The demo bank's account: generated once, kept under data/demo-bank for the next run.
+# The bank reads the same files that `strongroom credential set` stores below.
+if [ ! -f "$bank_dir/account/totp-seed" ]; then
+    install -d -m 0700 "$bank_dir/account"
+    printf 'demo-customer\n' > "$bank_dir/account/username"
+    head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$bank_dir/account/password"
+    head -c 20 /dev/urandom | base32 | tr -d '=' > "$bank_dir/account/totp-seed"
+    head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$bank_dir/received-token"
+fi
+# The bank runs as uid 1000 and reads its files through a read-only mount.
+chown -R 1000:1000 "$bank_dir"
+chmod -R go-rwx "$bank_dir"
+
+cleanup() {
+    trap - EXIT INT TERM
+    echo "Removing the demo bank container and network..."
+    docker rm -f "$container" >/dev/null 2>&1 || true
+    docker network rm "$network" >/dev/null 2>&1 || true
+}
+
+# A container or network left by an earlier run that did not finish is replaced.
+docker rm -f "$container" >/dev/null 2>&1 || true
+docker network rm "$network" >/dev/null 2>&1 || true
+trap cleanup EXIT INT TERM
+
+# NOTE: the bank generates a new CA at each start, and nothing gives it to the
+# workspace's Chromium. A session therefore shows Chromium's certificate error instead
+# of the login page until a site can carry a CA for the agent's managed policy.
+echo "Starting the demo bank at https://$bank_host:$bank_port on $subnet..."
+if ! docker network create --internal --subnet "$subnet" \
+    --label org.strongroom.demo=bank "$network" >/dev/null; then
+    echo "error: cannot create the Docker network $network on $subnet; if it overlaps" >&2
+    echo "another network, set DEMO_BANK_SUBNET to a free /24 such as 10.213.7.0/24" >&2
+    exit 1
+fi
+docker run --detach --name "$container" --network "$network" --ip "$bank_ip" \
+    --label org.strongroom.demo=bank \
+    --read-only --cap-drop ALL --security-opt no-new-privileges \
+    --memory 256m --cpus 0.5 --pids-limit 128 \
+    --volume "$bank_dir:/run/demo-bank:ro" \
+    "$bank_image" \
+    --account-dir /run/demo-bank/account \
+    --received-token-file /run/demo-bank/received-token \
+    --hostname "$bank_host" >/dev/null
+
+# The egress proxy resolves the bank's name to its container. Every other name goes
+# through the host's resolver.
+export STRONGROOM_EGRESS__HOSTS="{ \"$bank_host\" = [\"$bank_ip\"] }"
+
+cat > data/demo-site.toml <<EOF
+[[site]]
+name = "demo-bank"
+display_name = "Demo Bank"
+start_url = "https://$bank_host:$bank_port/login"
+allowed_hosts = ["$bank_host"]
+allowed_ports = [$bank_port]
+allowed_private_ranges = ["$subnet"]
+recording_retention_days = 30
+EOF
+"$bin" site import data/demo-site.toml
+"$bin" credential set demo-bank \
+    --username-file "$bank_dir/account/username" \
+    --password-file "$bank_dir/account/password" \
+    --totp-seed-file "$bank_dir/account/totp-seed"
 
 # `user list` prints a header line, then one line per account.
 if [ "$("$bin" user list | wc -l)" -le 1 ]; then
@@ -32,7 +124,28 @@ if [ "$("$bin" user list | wc -l)" -le 1 ]; then
     echo "Sign in with this password; the portal then sets up an authenticator app and asks for a new password."
     echo
 fi
+"$bin" site grant admin demo-bank
 
-echo "Sites are added with: $bin site import FILE, then $bin site grant admin SITE"
-echo "Starting Strongroom at http://127.0.0.1:8080 (Ctrl+C stops it)"
-exec "$bin" serve
+case "$listen" in
+    127.* | localhost:* | "[::1]:"*)
+        url="http://$listen"
+        ;;
+    *)
+        url="https://$listen"
+        echo "The portal uses a certificate from the local CA in data/tls/ca.pem (created at"
+        echo "first start); import it into your browser, or set server.tls_cert and tls_key."
+        ;;
+esac
+echo "More sites: $bin site import FILE, then $bin site grant admin SITE"
+echo "Starting Strongroom at $url: sign in as 'admin' and launch Demo Bank (Ctrl+C stops it)"
+"$bin" serve &
+serve_pid=$!
+trap 'kill -INT "$serve_pid" 2>/dev/null || true' INT TERM
+status=0
+wait "$serve_pid" || status=$?
+# A signal interrupts the first `wait`; the second waits for the broker's own shutdown.
+if kill -0 "$serve_pid" 2>/dev/null; then
+    wait "$serve_pid" || status=$?
+fi
+cleanup
+exit "$status"

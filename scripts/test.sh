@@ -28,8 +28,11 @@ if ! command -v schemathesis >/dev/null 2>&1; then
 fi
 
 # The portal tests run real sessions in the workspace image; build it (from Debian
-# packages, skipped when unchanged) with the agent under test.
-cargo build --quiet -p broker -p strongroom-agent
+# packages, skipped when unchanged) with the agent under test. The end-to-end test
+# also runs the demo bank image, and the compose test the broker image.
+cargo build --quiet -p broker -p strongroom-agent -p strongroom-demo-bank
 target/debug/strongroom image build
+target/debug/strongroom image build --recipe demo-bank
+target/debug/strongroom image build --recipe broker
 
 cargo nextest run --workspace --all-features --no-fail-fast "$@"

@@ -122,16 +122,19 @@ pub enum RecordingCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build the workspace image from Debian packages and import it into the engine.
-    /// An image of the same recipe, agent and package versions is not built again.
+    /// Build an image from Debian packages and import it into the engine. An image of
+    /// the same recipe, binary and package versions is not built again.
     Build {
+        /// Which image to build.
+        #[arg(long, value_enum, default_value = "workspace")]
+        recipe: crate::image_cli::ImageRecipe,
         /// Re-resolve package versions, so that Debian updates produce a new image.
         #[arg(long)]
         refresh: bool,
-        /// The agent binary to put in the image. Default: `strongroom-agent` beside
-        /// this binary.
-        #[arg(long, value_name = "PATH")]
-        agent: Option<PathBuf>,
+        /// The binary to put in the image: `strongroom-agent` for the workspace,
+        /// `strongroom-demo-bank` or `strongroom`. Default: that file beside this binary.
+        #[arg(long, visible_alias = "agent", value_name = "PATH")]
+        binary: Option<PathBuf>,
     },
 }
 
@@ -176,8 +179,13 @@ pub fn main() -> i32 {
                 Err(code) => code,
             },
             Command::Image {
-                command: ImageCommand::Build { refresh, agent },
-            } => image_build(refresh, agent).await,
+                command:
+                    ImageCommand::Build {
+                        recipe,
+                        refresh,
+                        binary,
+                    },
+            } => image_build(recipe, refresh, binary).await,
             Command::Migrate => migrate(config).await,
             Command::Audit { command } => match open(&config).await {
                 Ok(db) => crate::audit::cli::run(&config, &db, command).await,
@@ -458,19 +466,14 @@ async fn recording(config: &Config, db: &Database, command: RecordingCommand) ->
     }
 }
 
-async fn image_build(refresh: bool, agent: Option<PathBuf>) -> i32 {
-    let agent = agent.or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("strongroom-agent")))
-    });
-    let Some(agent) = agent else {
-        eprintln!("error: cannot locate strongroom-agent; pass --agent PATH");
-        return 2;
-    };
-    match crate::launcher_process::build_workspace_image(agent, refresh).await {
+async fn image_build(
+    recipe: crate::image_cli::ImageRecipe,
+    refresh: bool,
+    binary: Option<PathBuf>,
+) -> i32 {
+    match crate::image_cli::build(recipe, binary, refresh).await {
         Ok(reference) => {
-            println!("workspace image ready: {reference}");
+            println!("image ready: {reference}");
             0
         }
         Err(error) => {

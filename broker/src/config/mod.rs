@@ -12,6 +12,7 @@
 //! anything else is taken as a plain string.
 
 pub mod auth;
+pub mod egress;
 pub mod launcher;
 pub mod raw;
 mod secret;
@@ -58,6 +59,7 @@ pub struct Config {
     pub launcher: launcher::LauncherSettings,
     pub secrets: secrets::SecretsConfig,
     pub sites: sites::SitesConfig,
+    pub egress: egress::EgressConfig,
 }
 
 #[derive(Debug, Clone)]

@@ -82,6 +82,8 @@ pub struct RawConfig {
     pub secrets: super::secrets::RawSecrets,
     /// `[sites]`: approval of site changes; keys in `config::sites`.
     pub sites: super::sites::RawSites,
+    /// `[egress]`: static host map of the egress proxy; keys in `config::egress`.
+    pub egress: super::egress::RawEgress,
 }
 
 #[derive(Debug, Default, Deserialize)]

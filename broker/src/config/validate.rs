@@ -41,6 +41,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Con
     );
     let secrets = super::secrets::validate_secrets(&raw.secrets, problems);
     let sites = super::sites::validate_sites(&raw.sites, problems);
+    let egress = super::egress::validate_egress(&raw.egress, problems);
 
     Some(Config {
         data_dir,
@@ -53,6 +54,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Con
         launcher: launcher?,
         secrets: secrets?,
         sites: sites?,
+        egress: egress?,
     })
 }
 

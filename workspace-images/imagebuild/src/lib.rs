@@ -25,6 +25,7 @@ mod error;
 mod image;
 mod mmdebstrap;
 mod recipe;
+mod recipes;
 pub mod seccomp;
 mod sources;
 mod tag;
@@ -46,6 +47,7 @@ pub use recipe::{
     AGENT_IMAGE_PATH, ImageConfig, Recipe, RecipeFile, SESSION_POLICY_PATH, WORKSPACE_UID,
     parse_package_list,
 };
+pub use recipes::{BROKER_IMAGE_PATH, BROKER_UID, DEMO_BANK_IMAGE_PATH, DEMO_BANK_SECRETS_DIR};
 pub use sources::AptSourcesSpec;
 pub use tag::{ImageTag, file_sha256};
 

@@ -1,0 +1,610 @@
+//! The demo bank through the whole stack: a person signs in to the portal in headless
+//! Chromium with a password and TOTP, launches the demo bank, watches the workspace on
+//! the canvas, and ends the session. The demo bank runs in its own container on an
+//! internal network that the broker reaches through `egress.hosts`, as
+//! `scripts/start.sh` sets it up; the audit trail shows the workspace's connection to
+//! the bank's address, and the session's recording is sealed and verifies.
+//!
+//! Needs the workspace image and the demo bank image
+//! (`strongroom image build --recipe demo-bank`), which `scripts/test.sh` builds.
+//!
+//! NOTE: the workspace's Chromium does not trust the demo bank's generated CA, so the
+//! page it shows is a certificate error and no login reaches the bank. Auto-login, the
+//! bank's `/received` report and typed text are therefore not checked here yet.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use broker::auth::Role;
+use broker::auth::secret_key::TotpKey;
+use broker::auth::totp::TotpSecret;
+use broker::auth::users;
+use broker::server::{self, RunningBroker};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const PASSWORD: &str = "a long test passphrase";
+const BANK_HOST: &str = "demo-bank.test";
+const BANK_PORT: u16 = 8443;
+/// Session subnets of this test, apart from the other tests' ranges.
+const SUBNET_RANGE: &str = "172.27.0.0/16";
+
+/// Runs `docker` with `args` and returns its standard output, or panics with its error.
+fn docker(args: &[&str]) -> String {
+    let output = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
+    assert!(
+        output.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The demo bank container on its own internal network; removed on drop.
+struct DemoBank {
+    name: String,
+    subnet: String,
+    address: IpAddr,
+    _secrets: tempfile::TempDir,
+}
+
+impl DemoBank {
+    fn start() -> DemoBank {
+        let image = docker(&[
+            "images",
+            "strongroom/demo-bank",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+        ]);
+        let image = image
+            .lines()
+            .next()
+            .expect("demo bank image missing: run `strongroom image build --recipe demo-bank`")
+            .to_owned();
+
+        let secrets = tempfile::tempdir().unwrap();
+        let account = secrets.path().join("account");
+        std::fs::create_dir(&account).unwrap();
+        std::fs::write(account.join("username"), "demo-customer\n").unwrap();
+        std::fs::write(account.join("password"), "demo-password\n").unwrap();
+        std::fs::write(
+            account.join("totp-seed"),
+            "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP\n",
+        )
+        .unwrap();
+        std::fs::write(
+            secrets.path().join("received-token"),
+            "received-token-for-tests\n",
+        )
+        .unwrap();
+        // The bank runs as uid 1000 and reads these files through a read-only mount.
+        for path in [
+            secrets.path().to_path_buf(),
+            account.clone(),
+            account.join("username"),
+            account.join("password"),
+            account.join("totp-seed"),
+            secrets.path().join("received-token"),
+        ] {
+            std::os::unix::fs::chown(&path, Some(1000), None).unwrap();
+        }
+
+        let name = format!(
+            "strongroom-e2e-bank-{}",
+            &Uuid::new_v4().simple().to_string()[..12]
+        );
+        // A random /24 in 10.213.0.0/16; another pick follows when Docker reports an overlap.
+        let subnet = (0..20)
+            .find_map(|_| {
+                let subnet = format!("10.213.{}.0/24", rand_octet());
+                let output = std::process::Command::new("docker")
+                    .args(["network", "create", "--internal", "--subnet", &subnet])
+                    .args(["--label", "org.strongroom.test=end-to-end", &name])
+                    .output()
+                    .unwrap();
+                output.status.success().then_some(subnet)
+            })
+            .expect("no free 10.213.x.0/24 subnet for the demo bank network");
+        let address: IpAddr = format!("{}.10", subnet.trim_end_matches(".0/24"))
+            .parse()
+            .unwrap();
+
+        let bank = DemoBank {
+            name,
+            subnet,
+            address,
+            _secrets: secrets,
+        };
+        let mount = format!("{}:/run/demo-bank:ro", bank._secrets.path().display());
+        docker(&[
+            "run",
+            "--detach",
+            "--name",
+            &bank.name,
+            "--network",
+            &bank.name,
+            "--ip",
+            &address.to_string(),
+            "--label",
+            "org.strongroom.test=end-to-end",
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--memory",
+            "256m",
+            "--pids-limit",
+            "128",
+            "--volume",
+            &mount,
+            &image,
+            "--account-dir",
+            "/run/demo-bank/account",
+            "--received-token-file",
+            "/run/demo-bank/received-token",
+            "--hostname",
+            BANK_HOST,
+        ]);
+        bank
+    }
+}
+
+impl Drop for DemoBank {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .output();
+    }
+}
+
+fn rand_octet() -> u8 {
+    Uuid::new_v4().as_bytes()[0]
+}
+
+struct Stack {
+    broker: Option<RunningBroker>,
+    launcher_stop: CancellationToken,
+    launcher: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    instance_id: Uuid,
+    dir: tempfile::TempDir,
+    base: String,
+}
+
+impl Stack {
+    async fn start(bank: &DemoBank) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let instance_id = broker::instance::load_or_create(dir.path()).unwrap();
+        let env = [
+            ("STRONGROOM_DATA_DIR", dir.path().display().to_string()),
+            ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+            ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
+            (
+                "STRONGROOM_LAUNCHER__SUBNET_RANGE",
+                format!("\"{SUBNET_RANGE}\""),
+            ),
+            (
+                "STRONGROOM_EGRESS__HOSTS",
+                format!("{{ \"{BANK_HOST}\" = [\"{}\"] }}", bank.address),
+            ),
+        ]
+        .map(|(name, value)| (name.to_owned(), value));
+        let config = broker::config::load(None, env).expect("test configuration is valid");
+        assert_eq!(config.egress.hosts[BANK_HOST], vec![bank.address]);
+        let image_from_build = config.launcher.image_from_build;
+
+        let launcher_config =
+            broker::launcher_process::resolved_config(&config, instance_id).unwrap();
+        let launcher_stop = CancellationToken::new();
+        let launcher = tokio::spawn(broker::launcher_process::run_standalone(
+            launcher_config,
+            image_from_build,
+            launcher_stop.clone(),
+        ));
+        let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone());
+        let health = wait_for(Duration::from_secs(30), || async {
+            client.health().await.ok()
+        })
+        .await;
+        assert_eq!(
+            health.image_present,
+            Some(true),
+            "workspace image missing: run `strongroom image build` ({health:?})"
+        );
+
+        let broker = server::start(config).await.expect("broker starts");
+        let base = broker.base_url();
+        Stack {
+            broker: Some(broker),
+            launcher_stop,
+            launcher: Some(launcher),
+            instance_id,
+            dir,
+            base,
+        }
+    }
+
+    fn broker(&self) -> &RunningBroker {
+        self.broker.as_ref().unwrap()
+    }
+
+    async fn add_user(&self, username: &str, roles: BTreeSet<Role>) -> (String, TotpSecret) {
+        let key = TotpKey::load_or_create(self.dir.path()).unwrap();
+        let id = Uuid::new_v4().to_string();
+        let secret = TotpSecret::generate();
+        let sealed = key.seal(&id, secret.as_bytes()).unwrap();
+        let hash = broker::auth::password::hash(PASSWORD).unwrap();
+        let user = users::NewLocalUser {
+            id: &id,
+            username,
+            display_name: username,
+            password_hash: &hash,
+            sealed_totp: &sealed,
+            roles: &roles,
+        };
+        users::create_local(
+            &self.broker().state.db,
+            user,
+            chrono::Utc::now().timestamp_millis(),
+        )
+        .await
+        .unwrap();
+        (id, secret)
+    }
+
+    async fn stop(mut self) {
+        self.broker.take().unwrap().shutdown().await;
+        self.launcher_stop.cancel();
+        self.launcher.take().unwrap().await.unwrap().unwrap();
+        let label = format!("label=io.strongroom.instance={}", self.instance_id);
+        assert_eq!(
+            docker(&["ps", "-aq", "--filter", &label]),
+            "",
+            "containers left behind"
+        );
+        assert_eq!(
+            docker(&["network", "ls", "-q", "--filter", &label]),
+            "",
+            "networks left behind"
+        );
+    }
+}
+
+impl Drop for Stack {
+    /// Removes the instance's containers and networks when a test fails before `stop`.
+    fn drop(&mut self) {
+        let label = format!("label=io.strongroom.instance={}", self.instance_id);
+        for (list, remove) in [
+            (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
+            (
+                vec!["network", "ls", "-q", "--filter", &label],
+                vec!["network", "rm"],
+            ),
+        ] {
+            let Ok(output) = std::process::Command::new("docker").args(&list).output() else {
+                continue;
+            };
+            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(&remove)
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn site_file(dir: &std::path::Path, bank: &DemoBank) -> std::path::PathBuf {
+    let path = dir.join("sites.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[site]]
+name = "demo-bank"
+display_name = "Demo Bank"
+start_url = "https://{BANK_HOST}:{BANK_PORT}/login"
+allowed_hosts = ["{BANK_HOST}"]
+allowed_ports = [{BANK_PORT}]
+allowed_private_ranges = ["{}"]
+recording_retention_days = 30
+"#,
+            bank.subnet
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A headless Chromium driven through chromedriver's WebDriver API.
+struct Browser {
+    driver: tokio::process::Child,
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let mut driver = tokio::process::Command::new("chromedriver")
+            .arg("--port=0")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver starts (Debian package chromium-driver)");
+        let stdout = driver.stdout.take().unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let port = loop {
+            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("chromedriver output");
+            if let Some(rest) = line.strip_prefix("ChromeDriver was started successfully on port ")
+            {
+                break rest.trim_end_matches('.').to_owned();
+            }
+        };
+        let http = reqwest::Client::new();
+        let capabilities = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"]
+        }}}});
+        let created: serde_json::Value = http
+            .post(format!("http://127.0.0.1:{port}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .expect("WebDriver session")
+            .to_owned();
+        Browser {
+            driver,
+            http,
+            base: format!("http://127.0.0.1:{port}/session/{session}"),
+        }
+    }
+
+    /// Sends a WebDriver command and returns its value, or the WebDriver error.
+    async fn try_command(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, serde_json::Value> {
+        let response: serde_json::Value = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match response["value"].get("error") {
+            Some(_) => Err(response["value"].clone()),
+            None => Ok(response["value"].clone()),
+        }
+    }
+
+    async fn command(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        self.try_command(method, path, body)
+            .await
+            .unwrap_or_else(|error| panic!("WebDriver {path}: {error}"))
+    }
+
+    async fn open(&self, url: &str) {
+        self.command(
+            reqwest::Method::POST,
+            "/url",
+            serde_json::json!({ "url": url }),
+        )
+        .await;
+    }
+
+    /// Returns the id of the element matching `css`, waiting for it to appear because a
+    /// click that submits a form returns before the next page has loaded.
+    async fn element(&self, css: &str) -> String {
+        let query = serde_json::json!({"using": "css selector", "value": css});
+        let found = wait_for(Duration::from_secs(60), || async {
+            self.try_command(reqwest::Method::POST, "/element", query.clone())
+                .await
+                .ok()
+        })
+        .await;
+        found
+            .as_object()
+            .and_then(|object| object.values().next())
+            .and_then(|id| id.as_str())
+            .expect("element id")
+            .to_owned()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.element(css).await;
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            serde_json::json!({ "text": text }),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.element(css).await;
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            serde_json::json!({}),
+        )
+        .await;
+    }
+
+    async fn script(&self, source: &str) -> serde_json::Value {
+        self.command(
+            reqwest::Method::POST,
+            "/execute/sync",
+            serde_json::json!({"script": source, "args": []}),
+        )
+        .await
+    }
+
+    async fn quit(mut self) {
+        self.command(reqwest::Method::DELETE, "", serde_json::json!({}))
+            .await;
+        let _ = self.driver.kill().await;
+    }
+}
+
+/// Counts lit pixels of the viewer canvas (sampled) and reads the viewer's status lines;
+/// returns null while the viewer page has not loaded.
+const CANVAS_PROBE: &str = "const c = document.getElementById('screen');
+if (!c) return null;
+const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let lit = 0;
+for (let i = 0; i < data.length; i += 4 * 101) { if (data[i] || data[i + 1] || data[i + 2]) lit++; }
+const status = document.getElementById('status');
+const ended = document.getElementById('ended');
+return { lit, status: status.hidden ? '' : status.textContent, ended: ended.hidden ? '' : ended.textContent };";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_bank_session_from_sign_in_to_recording() {
+    let bank = DemoBank::start();
+    let stack = Stack::start(&bank).await;
+    let db = stack.broker().state.db.clone();
+    let (person, totp) = stack.add_user("person", BTreeSet::from([Role::User])).await;
+    broker::sites::import_file(&db, &site_file(stack.dir.path(), &bank))
+        .await
+        .unwrap();
+    broker::sites::grant(
+        &db,
+        &person,
+        "demo-bank",
+        "system:test",
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await
+    .unwrap();
+    let browser = Browser::start().await;
+
+    // Local sign-in with password and TOTP, then launch from the portal.
+    browser.open(&format!("{}/", stack.base)).await;
+    browser.type_into("input[name=username]", "person").await;
+    browser.type_into("input[name=password]", PASSWORD).await;
+    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
+    browser.type_into("input[name=code]", &code).await;
+    browser.click("button[type=submit]").await;
+    browser.click("#launch-demo-bank").await;
+
+    // The workspace's screen reaches the canvas.
+    wait_for(Duration::from_secs(120), || async {
+        let probe = browser.script(CANVAS_PROBE).await;
+        if probe.is_null() {
+            return None;
+        }
+        assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
+        assert_eq!(probe["ended"], "", "session ended early: {probe}");
+        (probe["lit"].as_u64().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
+    let sessions = broker::sessions::store::list_for_user(&db, &person, 10)
+        .await
+        .unwrap();
+    assert_eq!(sessions.len(), 1);
+    let session_id = sessions[0].id.to_string();
+
+    // The workspace's Chromium opened the start URL through the egress proxy, which
+    // resolved the bank's name from egress.hosts to the bank's container.
+    let audit_log = &stack.broker().state.audit;
+    let target = format!("{BANK_HOST}:{BANK_PORT}");
+    let accessed = wait_for(Duration::from_secs(60), || async {
+        let events = audit_log.list(0, 100_000).await.unwrap();
+        events.into_iter().find(|event| {
+            event.action == "session.site.accessed"
+                && event.session_id.as_deref() == Some(session_id.as_str())
+                && event.target.as_deref() == Some(target.as_str())
+        })
+    })
+    .await;
+    assert_eq!(accessed.outcome, "success", "{accessed:?}");
+    let details: serde_json::Value = serde_json::from_str(&accessed.details).unwrap();
+    assert_eq!(
+        details["resolved_ip"].as_str(),
+        Some(bank.address.to_string().as_str()),
+        "{accessed:?}"
+    );
+
+    // Ending the session from the viewer seals its recording, which verifies against the
+    // audit chain.
+    browser.click("form[action$='/end'] button").await;
+    let sealed = wait_for(Duration::from_secs(60), || async {
+        let events = audit_log.list(0, 100_000).await.unwrap();
+        events.into_iter().find(|event| {
+            event.action == "recording.sealed"
+                && event.session_id.as_deref() == Some(session_id.as_str())
+        })
+    })
+    .await;
+    let recording: Uuid = sealed
+        .target
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("recording:")
+        .parse()
+        .unwrap();
+    let config = broker::config::load(
+        None,
+        [(
+            "STRONGROOM_DATA_DIR".to_owned(),
+            stack.dir.path().display().to_string(),
+        )],
+    )
+    .unwrap();
+    let report = broker::recordings::verify(&config, audit_log, recording)
+        .await
+        .unwrap();
+    assert!(report.is_intact(), "{:?}", report.problems);
+
+    browser.quit().await;
+    stack.stop().await;
+    drop(bank);
+}
