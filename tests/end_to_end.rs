@@ -246,7 +246,7 @@ impl Stack {
             username,
             display_name: username,
             password_hash: &hash,
-            sealed_totp: &sealed,
+            sealed_totp: Some(&sealed),
             roles: &roles,
         };
         users::create_local(

@@ -87,7 +87,7 @@ impl Harness {
             username,
             display_name: username,
             password_hash: &hash,
-            sealed_totp: &sealed,
+            sealed_totp: Some(&sealed),
             roles: &roles,
         };
         users::create_local(
