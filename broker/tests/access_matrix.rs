@@ -54,6 +54,7 @@ fn row(method: Method, pattern: &'static str, expected: Expected) -> Row {
 fn matrix() -> Vec<Row> {
     let get = || Method::GET;
     let post = || Method::POST;
+    let put = || Method::PUT;
     vec![
         row(get(), "/healthz", [200, 200, 200, 200]),
         // No launcher runs in this test, so readiness fails for everyone alike.
@@ -91,6 +92,29 @@ fn matrix() -> Vec<Row> {
         row(post(), "/sessions/{id}/end", [401, 404, 404, 404]),
         // The live view needs a one-time ticket, with or without a portal session.
         row(get(), "/sessions/{id}/live", [403, 403, 403, 403]),
+        // The admin console: auditors read live sessions and the audit trail.
+        row(get(), "/admin", [401, 403, 200, 200]),
+        row(get(), "/admin/people", [401, 403, 403, 200]),
+        row(post(), "/admin/people/{id}/roles", [401, 403, 403, 404]),
+        // The probe posts a form without the fields these need.
+        row(post(), "/admin/people/{id}/quota", [401, 403, 403, 422]),
+        row(get(), "/admin/sessions", [401, 403, 200, 200]),
+        row(post(), "/admin/sessions/{id}/terminate", [401, 403, 403, 422]),
+        row(get(), "/admin/audit", [401, 403, 200, 200]),
+        row(get(), "/admin/health", [401, 403, 403, 200]),
+        row(get(), "/api/v1/openapi.json", [401, 403, 200, 200]),
+        row(get(), "/api/v1/people", [401, 403, 403, 200]),
+        row(put(), "/api/v1/people/{id}/roles", [401, 403, 403, 415]),
+        row(put(), "/api/v1/people/{id}/quota", [401, 403, 403, 415]),
+        row(get(), "/api/v1/sites", [401, 403, 403, 200]),
+        row(get(), "/api/v1/sessions", [401, 403, 200, 200]),
+        row(post(), "/api/v1/sessions/{id}/terminate", [401, 403, 403, 415]),
+        row(get(), "/api/v1/credentials", [401, 403, 403, 200]),
+        row(get(), "/api/v1/config", [401, 403, 403, 200]),
+        row(get(), "/api/v1/health", [401, 403, 403, 200]),
+        row(get(), "/api/v1/audit/events", [401, 403, 200, 200]),
+        row(get(), "/api/v1/audit/checkpoints", [401, 403, 200, 200]),
+        row(get(), "/api/v1/audit/export", [401, 403, 200, 200]),
         row(get(), "/auth/logout", [200, 200, 200, 200]),
         row(post(), "/auth/logout", [401, 303, 303, 303]),
     ]
