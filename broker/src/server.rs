@@ -92,6 +92,9 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
     let tasks = TaskRegistry::new();
     let portal = start_sessions(&config, &db, &audit, &clock, &auth, instance_id, &tasks)
         .map_err(StartupError::Other)?;
+    crate::recordings::catalogue::spawn_recovery(&config, &audit, &instance_id.to_string(), &tasks)
+        .await
+        .map_err(StartupError::Other)?;
     let state = AppState {
         db: db.clone(),
         audit: audit.clone(),

@@ -36,7 +36,7 @@ mod writer;
 pub use error::{KeyError, RecorderError, SegmentFault, StorageError};
 #[cfg(feature = "export")]
 pub use export::{ExportError, ExportSummary, export_webm};
-pub use format::{SealManifest, SegmentStored};
+pub use format::{SEAL_NAME, SealManifest, SegmentStored};
 pub use keys::{KekId, KeyStore, LocalKeyStore, SecretKey, WrappedKey};
 pub use metadata::{PeriodLength, RecordingMetadata, RetentionPeriod};
 pub use reader::{RecordingReader, Records, SegmentEntry};

@@ -1,6 +1,8 @@
 //! Recordings as the audit trail knows them: which segments were stored, with which
 //! hashes, so that verification and export check the files against the chain.
 
+pub mod catalogue;
+
 use std::path::Path;
 use std::sync::Arc;
 
