@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::auth::routes())
         .merge(crate::portal::routes())
+        .merge(crate::recordings::replay::routes())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -213,6 +213,11 @@ impl StreamHub {
         &self.inner.settings
     }
 
+    /// The recording store, key store and segment settings of new recordings.
+    pub fn recording_settings(&self) -> &RecordingSettings {
+        &self.inner.recording
+    }
+
     /// Starts the recording and the agent link of a session. The recording is created
     /// before anything connects, so a failing store refuses the stream at once.
     pub fn start(&self, start: StreamStart) -> anyhow::Result<Arc<LiveStream>> {
