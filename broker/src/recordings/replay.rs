@@ -225,7 +225,7 @@ async fn player_page(
          <p id=\"placeholder\" hidden>The screen was hidden here while credentials were typed.</p>\n\
          <canvas id=\"screen\" width=\"1280\" height=\"720\" data-position-us=\"\" style=\"width:100%;max-width:1280px;border:1px solid #888;background:#000\"></canvas>\n\
          <div><button type=\"button\" id=\"play\" disabled>Play</button> \
-         <input type=\"range\" id=\"seek\" min=\"0\" max=\"0\" step=\"0.1\" value=\"0\" style=\"width:60%\" disabled> \
+         <input type=\"range\" id=\"seek\" min=\"0\" max=\"0\" step=\"any\" value=\"0\" style=\"width:60%\" disabled> \
          <span id=\"time\">0:00:00</span> / <span id=\"duration\">0:00:00</span> \
          <label>Speed <select id=\"speed\"><option value=\"0.5\">0.5×</option><option value=\"1\" selected>1×</option>\
          <option value=\"2\">2×</option><option value=\"4\">4×</option><option value=\"8\">8×</option></select></label></div>\n\
@@ -289,7 +289,9 @@ fn recorder_failure(id: Uuid, error: recorder::RecorderError) -> Response {
             tracing::error!(recording.id = %id, error = %error, "Recording key unavailable during replay");
             replay_error(
                 StatusCode::GONE,
-                format!("the key of recording {id} is not available ({error}); it cannot be played"),
+                format!(
+                    "the key of recording {id} is not available ({error}); it cannot be played"
+                ),
                 None,
             )
         }
