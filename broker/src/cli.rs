@@ -92,6 +92,17 @@ pub enum RecordingCommand {
     Verify { id: uuid::Uuid },
     /// Write a WebM file of a recording whose segments all match the audit chain.
     Export { id: uuid::Uuid, output: PathBuf },
+    /// Delete expired recordings that are not on legal hold, and destroy the keys of
+    /// ended retention periods. Every deletion is audited.
+    Retention {
+        /// List what would be deleted and destroyed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Place a recording on legal hold: retention keeps it until it is released.
+    Hold { id: uuid::Uuid },
+    /// Release a recording from legal hold; retention deletes it once it has expired.
+    Release { id: uuid::Uuid },
 }
 
 #[derive(Debug, Subcommand)]
@@ -380,6 +391,15 @@ async fn recording(config: &Config, db: &Database, command: RecordingCommand) ->
                     1
                 }
             }
+        }
+        RecordingCommand::Retention { dry_run } => {
+            crate::recordings::retention::run_sweep_command(config, &audit, dry_run).await
+        }
+        RecordingCommand::Hold { id } => {
+            crate::recordings::retention::run_hold_command(config, &audit, id, true).await
+        }
+        RecordingCommand::Release { id } => {
+            crate::recordings::retention::run_hold_command(config, &audit, id, false).await
         }
         RecordingCommand::Export { id, output } => {
             match crate::recordings::export(config, &audit, id, &output).await {

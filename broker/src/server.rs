@@ -95,6 +95,8 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
     crate::recordings::catalogue::spawn_recovery(&config, &audit, &instance_id.to_string(), &tasks)
         .await
         .map_err(StartupError::Other)?;
+    crate::recordings::retention::spawn_from_config(&config, &audit, &clock, &tasks)
+        .map_err(StartupError::Other)?;
     let state = AppState {
         db: db.clone(),
         audit: audit.clone(),

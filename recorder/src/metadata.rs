@@ -122,6 +122,12 @@ impl RecordingMetadata {
             .iter()
             .any(|w| w.kek_id.as_str() == KekId::HOLD)
     }
+
+    /// Reads a recording's metadata object. It is not encrypted: it holds dates and
+    /// wrapped keys only.
+    pub fn read(storage: &dyn Storage, recording: Uuid) -> Result<Self, RecorderError> {
+        read_metadata(storage, recording)
+    }
 }
 
 /// Associated data for wrapping a recording's data key: binds the recording id, the

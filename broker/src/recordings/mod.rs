@@ -3,6 +3,7 @@
 
 pub mod catalogue;
 pub mod replay;
+pub mod retention;
 
 use std::path::Path;
 use std::sync::Arc;
