@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use broker::audit::{Action, Actor, EventBuilder};
@@ -15,6 +16,7 @@ use broker::auth::Role;
 use broker::auth::secret_key::TotpKey;
 use broker::auth::totp::TotpSecret;
 use broker::auth::users;
+use broker::clock::ManualClock;
 use broker::recordings::catalogue;
 use broker::server::{self, RunningBroker};
 use bytes::Bytes;
@@ -372,6 +374,26 @@ async fn auditor_plays_seeks_and_sees_tampering() {
         "a frame of the tampered segment was drawn at {position} us"
     );
     assert_eq!(replay_events(&broker, recording).await, 2);
+
+    // After retention deleted it, the player says so instead of playing.
+    let settings = broker.state.portal.hub.recording_settings().clone();
+    let retention = broker::recordings::retention::Retention {
+        audit: broker.state.audit.clone(),
+        storage: settings.storage.clone(),
+        keys: settings.keys.clone(),
+        clock: Arc::new(ManualClock::new(Utc::now() + chrono::Duration::days(400))),
+    };
+    let report = retention.sweep(false).await.unwrap();
+    assert_eq!(report.deleted.len(), 1);
+    browser.open(&format!("{base}/recordings/{recording}")).await;
+    browser.element("#error").await;
+    let message = browser
+        .script("return document.getElementById('error').textContent;")
+        .await;
+    assert!(
+        message.as_str().unwrap().contains("deleted by retention"),
+        "{message}"
+    );
 
     browser.quit().await;
     broker.shutdown().await;

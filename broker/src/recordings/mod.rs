@@ -2,6 +2,7 @@
 //! hashes, so that verification and export check the files against the chain.
 
 pub mod catalogue;
+pub mod evidence;
 pub mod replay;
 pub mod retention;
 
