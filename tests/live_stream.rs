@@ -318,8 +318,22 @@ async fn recorder_failure_freezes_stream_and_ends_session() {
     let mut reader =
         RecordingReader::open(fixture.storage.clone(), fixture.keys.as_ref(), recording_id)
             .unwrap();
+    let segment_count = hashes.len() as u64;
     reader.require_hashes(hashes).unwrap();
     assert!(reader.records().all(|record| record.is_ok()));
+
+    // The catalogue lists it as sealed with the segments stored before the failure.
+    let entry = broker::recordings::catalogue::get(&fixture.database.db, recording_id)
+        .await
+        .unwrap()
+        .expect("catalogue row");
+    assert_eq!(
+        entry.state,
+        broker::recordings::catalogue::RecordingState::Sealed
+    );
+    assert_eq!(entry.segment_count, segment_count);
+    assert_eq!(entry.session_id, session_id);
+    assert_eq!(entry.user_id, "alice");
 
     assert!(
         fixture
