@@ -1,5 +1,5 @@
 //! Replay of a recording in a real headless Chromium: an auditor finds the recording in
-//! the list, plays it, seeks, and is told which segment failed verification after one
+//! the list, plays it, seeks, and sees which segment failed verification after one
 //! was tampered with.
 //!
 //! The recording is a synthetic VP8 stream with its own timestamps (ffmpeg's `testsrc`

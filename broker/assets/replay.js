@@ -2,7 +2,7 @@
 // its packets; this script decodes them with WebCodecs onto the canvas. Segments are
 // fetched one at a time, so memory stays bounded however long the recording is.
 //
-// The canvas's data-position-us attribute holds the offset from the recording's start
+// The canvas's data-position-us attribute is the offset from the recording's start
 // of the frame on screen, in microseconds.
 "use strict";
 
@@ -120,7 +120,7 @@
   }
 
   // Shows the last frame at or before `offsetUs`: decodes from the keyframe that starts
-  // its segment and draws only the target frame.
+  // its segment up to the target, so the target frame is drawn last.
   async function seek(offsetUs) {
     const mine = ++generation;
     playing = false;
@@ -134,9 +134,9 @@
       return;
     }
     newDecoder();
-    drawLimitUs = -1;
+    drawLimitUs = target;
     placeholder.hidden = true;
-    let last = null;
+
     for (const record of records) {
       if (record.pts > target) {
         break;
@@ -144,16 +144,6 @@
       if (record.kind !== 0) {
         applyMarker(record);
         continue;
-      }
-      last = record;
-    }
-    for (const record of records) {
-      if (record.kind !== 0 || record.pts > target) {
-        continue;
-      }
-      // Only the last frame before the target is drawn.
-      if (record === last) {
-        drawLimitUs = record.pts;
       }
       decoder.decode(new EncodedVideoChunk({ type: record.keyframe ? "key" : "delta", timestamp: record.pts, data: record.data }));
     }
@@ -175,8 +165,7 @@
     const mine = ++generation;
     playing = true;
     playButton.textContent = "Pause";
-    const startOffset = positionUs;
-    const startPts = index.first_pts_us + startOffset;
+    const startPts = index.first_pts_us + positionUs;
     let number = segmentAt(startPts);
     newDecoder();
     let wallStart = performance.now();

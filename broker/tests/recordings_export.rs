@@ -1,4 +1,4 @@
-//! Evidence export of a real VP8 recording, each test on SQLite and on PostgreSQL: the
+//! Evidence export of a real VP8 recording, each test on SQLite and on PostgreSQL. The
 //! WebM file plays with the right duration per ffprobe, the signed manifest verifies
 //! offline against the pinned public key, and any change to the video, the manifest or
 //! the key is caught.

@@ -2,7 +2,7 @@
 //! hashes, signed with the broker's Ed25519 export key, and the offline check of such
 //! an export against a pinned public key.
 //!
-//! An export directory holds `recording.webm`, `manifest.json` and `manifest.sig`
+//! An export directory contains `recording.webm`, `manifest.json` and `manifest.sig`
 //! (the hex-encoded Ed25519 signature of the exact bytes of `manifest.json`). The
 //! manifest names the WebM file's SHA-256, so the signature covers the video too.
 
@@ -26,7 +26,7 @@ pub const SIGNATURE_FILE: &str = "manifest.sig";
 pub const SIGNING_KEY_FILE: &str = "export-signing.key";
 const MANIFEST_FORMAT: &str = "strongroom-evidence-v1";
 
-/// What an export's signature vouches for.
+/// The signed statement of an export: the recording, its segment hashes and the video.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,

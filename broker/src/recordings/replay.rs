@@ -2,8 +2,8 @@
 //! segments the player script decodes with WebCodecs.
 //!
 //! Decryption stays in the broker and the data key never reaches the browser. Every
-//! segment served is checked against the hashes in the audit trail first; a segment
-//! that fails is answered with `409 Conflict` naming its index and is never sent.
+//! segment served is checked against the hashes in the audit trail first. A segment
+//! that fails gets a `409 Conflict` response naming its index and is never sent.
 //! Auditors and admins see every recording, a person sees their own.
 
 use std::sync::Arc;
@@ -177,7 +177,7 @@ async fn replayable(
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such recording"));
     };
     if !(principal.can_audit() || entry.user_id == principal.user_id) {
-        // The same answer as for a missing recording, so ids cannot be probed.
+        // The same response as for a missing recording, so ids cannot be probed.
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such recording"));
     }
     Ok(entry)
@@ -268,12 +268,12 @@ struct ReplayErrorBody {
     segment: Option<u64>,
 }
 
-/// A refusal whose message names the recording or segment.
+/// Builds a JSON error response whose message names the recording or segment.
 fn replay_error(status: StatusCode, error: String, segment: Option<u64>) -> Response {
     (status, Json(ReplayErrorBody { error, segment })).into_response()
 }
 
-/// Turns a recorder error into the player's answer: a segment that fails verification
+/// Converts a recorder error into the player's response: a segment that fails verification
 /// is a `409` naming its index, a destroyed key a `410`.
 fn recorder_failure(id: Uuid, error: recorder::RecorderError) -> Response {
     match error {

@@ -4,7 +4,7 @@
 //! Each recording's retention deadline is fixed when it starts, from its site's
 //! `recording_retention_days` (90 days when the site sets none). A sweep deletes every
 //! expired recording that is not on legal hold, then destroys each retention period's
-//! key once the period has ended and no kept recording needs it; after that, no backup
+//! key once the period has ended and no kept recording needs it. After that, no backup
 //! of the database or the store can decrypt the period's recordings. Held recordings
 //! are first wrapped under the hold key so that they stay readable.
 //!
@@ -32,12 +32,11 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct Expired {
     pub id: Uuid,
     pub expires_at: DateTime<Utc>,
-    /// The catalogue row, absent for a recording the store holds but the catalogue
-    /// does not know.
+    /// The catalogue row, absent for a recording that is in the store but not in the catalogue.
     pub entry: Option<CatalogueEntry>,
 }
 
-/// What a sweep did, or with `dry_run`, would do.
+/// Result of a sweep, or with `dry_run`, of what a sweep would do.
 #[derive(Debug, Clone, Default)]
 pub struct SweepReport {
     pub dry_run: bool,
