@@ -275,3 +275,48 @@ async fn unrecoverable_recording_is_marked_failed_body(database: TestDatabase) {
         .count();
     assert_eq!(failed, 1);
 }
+
+both_backends!(
+    missing_key_fails_readiness,
+    missing_key_fails_readiness_body
+);
+async fn missing_key_fails_readiness_body(database: TestDatabase) {
+    use broker::http::health::ReadinessCheck;
+    use broker::recordings::keys_check::{self, RecordingKeysCheck};
+
+    let db = &database.db;
+    let storage: Arc<dyn Storage> =
+        Arc::new(LocalDirStorage::open(database.dir.path().join("recordings")).unwrap());
+    let keys: Arc<dyn KeyStore> =
+        Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap());
+    let new = entry("alice", "demo-bank", "i1", Utc::now().timestamp_millis());
+    catalogue::insert(db, &new).await.unwrap();
+    write_interrupted(storage.clone(), keys.as_ref(), new.id, 2);
+    // A row whose files never reached the store needs no key.
+    catalogue::insert(db, &entry("bob", "demo-bank", "i1", 1_000))
+        .await
+        .unwrap();
+
+    let check = RecordingKeysCheck {
+        db: db.clone(),
+        storage: storage.clone(),
+        keys: keys.clone(),
+    };
+    assert_eq!(check.name(), "recording_keys");
+    assert_eq!(check.check().await, Ok(()));
+
+    // Losing the period key, with no hold key wrapping, leaves the recording unreadable.
+    for id in keys.list().unwrap() {
+        if id.as_str().starts_with("period-") {
+            keys.destroy(&id).unwrap();
+        }
+    }
+    let missing = keys_check::missing_keys(db, storage.clone(), keys.clone())
+        .await
+        .unwrap();
+    assert_eq!(missing.len(), 1);
+    assert_eq!(missing[0].recording, new.id);
+    let reason = check.check().await.unwrap_err();
+    assert!(reason.contains(&new.id.to_string()), "{reason}");
+    assert!(reason.contains("restore"), "{reason}");
+}

@@ -285,6 +285,20 @@ pub async fn list(db: &Database, filter: &Filter) -> anyhow::Result<Vec<Catalogu
     rows.iter().map(from_row).collect()
 }
 
+/// Returns the ids of every recording that is not deleted.
+pub async fn kept_ids(db: &Database) -> anyhow::Result<Vec<Uuid>> {
+    let rows = sqlx::query("SELECT id FROM recordings WHERE state <> 'deleted' ORDER BY id")
+        .fetch_all(db.pool())
+        .await
+        .context("cannot list kept recordings")?;
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            Uuid::parse_str(&id).with_context(|| format!("invalid recording id {id:?}"))
+        })
+        .collect()
+}
+
 /// Returns the recordings of `instance_id` that have no seal yet. Call it at start-up
 /// before any stream starts: every recording it returns was then interrupted.
 pub async fn unsealed(db: &Database, instance_id: &str) -> anyhow::Result<Vec<Uuid>> {

@@ -3,6 +3,7 @@
 
 pub mod catalogue;
 pub mod evidence;
+pub mod keys_check;
 pub mod replay;
 pub mod retention;
 
@@ -107,4 +108,22 @@ pub async fn export(
     .await
     .context("export task failed")?
     .context("cannot export the recording")
+}
+
+/// Fails when a kept recording has lost every key that could decrypt it, and adds the
+/// same check to `/readyz`.
+pub async fn check_keys_at_start(
+    config: &Config,
+    db: &crate::db::Database,
+    mut readiness: Vec<Arc<dyn crate::http::health::ReadinessCheck>>,
+) -> anyhow::Result<Vec<Arc<dyn crate::http::health::ReadinessCheck>>> {
+    let (storage, keys) = stores(config)?;
+    let missing = keys_check::missing_keys(db, storage.clone(), keys.clone()).await?;
+    anyhow::ensure!(missing.is_empty(), "{}", keys_check::describe(&missing));
+    readiness.push(Arc::new(keys_check::RecordingKeysCheck {
+        db: db.clone(),
+        storage,
+        keys,
+    }));
+    Ok(readiness)
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::catalogue::{self, CatalogueEntry};
@@ -251,14 +250,8 @@ impl Retention {
 }
 
 async fn all_entries(db: &Database) -> anyhow::Result<Vec<CatalogueEntry>> {
-    let rows = sqlx::query("SELECT id FROM recordings WHERE state <> 'deleted'")
-        .fetch_all(db.pool())
-        .await
-        .context("cannot list recordings for retention")?;
-    let mut entries = Vec::with_capacity(rows.len());
-    for row in rows {
-        let id: String = row.try_get("id")?;
-        let id = Uuid::parse_str(&id).with_context(|| format!("invalid recording id {id:?}"))?;
+    let mut entries = Vec::new();
+    for id in catalogue::kept_ids(db).await? {
         if let Some(entry) = catalogue::get(db, id).await? {
             entries.push(entry);
         }
