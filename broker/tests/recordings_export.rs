@@ -64,7 +64,9 @@ fn synthetic_vp8(dir: &Path) -> Vec<(u64, bool, Vec<u8>)> {
     frames
 }
 
-async fn record(config: &broker::config::Config, audit: &AuditLog) -> Uuid {
+/// Records the synthetic stream and audits its segment hashes. With `crash`, the writer
+/// is dropped without sealing, as when the broker is killed, so the open segment is lost.
+async fn record(config: &broker::config::Config, audit: &AuditLog, crash: bool) -> Uuid {
     let (storage, keys) = recordings::stores(config).unwrap();
     let frames = synthetic_vp8(&config.data_dir);
     let id = Uuid::new_v4();
@@ -95,7 +97,9 @@ async fn record(config: &broker::config::Config, audit: &AuditLog) -> Uuid {
             };
             segments.extend(writer.push_packet(packet).unwrap());
         }
-        segments.extend(writer.seal().unwrap().final_segment);
+        if !crash {
+            segments.extend(writer.seal().unwrap().final_segment);
+        }
         segments
     })
     .await
@@ -139,7 +143,7 @@ both_backends!(export_verifies_offline, export_verifies_offline_body);
 async fn export_verifies_offline_body(database: TestDatabase) {
     let config = config(database.dir.path());
     let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
-    let id = record(&config, &audit).await;
+    let id = record(&config, &audit, false).await;
 
     let dir = database.dir.path().join("export");
     let manifest = evidence::export(&config, &audit, id, &dir).await.unwrap();
@@ -203,4 +207,53 @@ async fn export_verifies_offline_body(database: TestDatabase) {
         format!("{error:#}").contains("does not match the signed manifest"),
         "{error:#}"
     );
+}
+
+both_backends!(
+    interrupted_recording_exports_after_recovery,
+    interrupted_recording_exports_after_recovery_body
+);
+async fn interrupted_recording_exports_after_recovery_body(database: TestDatabase) {
+    let config = config(database.dir.path());
+    let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
+    let id = record(&config, &audit, true).await;
+    broker::recordings::catalogue::insert(
+        &database.db,
+        &broker::recordings::catalogue::NewEntry {
+            id,
+            session_id: Uuid::new_v4(),
+            user_id: "alice".into(),
+            site: "demo-bank".into(),
+            instance_id: "export-test".into(),
+            started_at: Utc::now(),
+            expires_at: Utc::now() + chrono::Duration::days(90),
+        },
+    )
+    .await
+    .unwrap();
+
+    let (storage, keys) = recordings::stores(&config).unwrap();
+    let results =
+        broker::recordings::catalogue::seal_interrupted(&audit, storage, keys, &[id]).await;
+    assert_eq!(
+        results,
+        [(
+            id,
+            broker::recordings::catalogue::Recovered::Sealed { segment_count: 2 }
+        )]
+    );
+
+    // The two segments stored before the crash, four seconds, export and verify.
+    let dir = database.dir.path().join("export");
+    let manifest = evidence::export(&config, &audit, id, &dir).await.unwrap();
+    assert_eq!(manifest.segment_sha256.len(), 2);
+    let duration = ffprobe_duration(&dir.join(evidence::VIDEO_FILE));
+    assert!(
+        (duration - 4.0).abs() <= 0.15,
+        "ffprobe duration {duration} s"
+    );
+    let key_file = database.dir.path().join("export.pub");
+    evidence::write_public_key(&config, &key_file).unwrap();
+    let public_key = evidence::read_public_key(&key_file).unwrap();
+    evidence::verify(&dir, &public_key).unwrap();
 }
