@@ -59,6 +59,11 @@ pub enum Command {
         #[command(subcommand)]
         command: RecordingCommand,
     },
+    /// Recording keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Workspace image tools.
     Image {
         #[command(subcommand)]
@@ -117,6 +122,13 @@ pub enum RecordingCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-wrap every recording's data key under a new key of its retention period and
+    /// destroy the old period keys. Video files are not touched.
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Build the workspace image from Debian packages and import it into the engine.
     /// An image of the same recipe, agent and package versions is not built again.
@@ -170,6 +182,10 @@ pub fn main() -> i32 {
             Command::Launcher => launcher(config).await,
             Command::Recording { command } => match open(&config).await {
                 Ok(db) => recording(&config, &db, command).await,
+                Err(code) => code,
+            },
+            Command::Keys { command: KeysCommand::Rotate } => match open(&config).await {
+                Ok(db) => crate::recordings::rotate_keys_command(&config, &db).await,
                 Err(code) => code,
             },
             Command::HostSetup { check, remove } => host_setup(&config, check, remove).await,

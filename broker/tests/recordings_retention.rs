@@ -277,3 +277,59 @@ async fn sweep_removes_expired_unheld_recordings_body(database: TestDatabase) {
         "{error:#}"
     );
 }
+
+both_backends!(
+    key_rotation_keeps_recordings_playable,
+    key_rotation_keeps_recordings_playable_body
+);
+async fn key_rotation_keeps_recordings_playable_body(database: TestDatabase) {
+    let fixture = fixture(&database);
+    let before = record(&fixture, "demo-bank", at(2030, 1, 31, 0)).await;
+    let old_key_file = std::fs::read(database.dir.path().join("keys/period-2030-01.kek")).unwrap();
+
+    let report = recorder::rotate_period_keys(
+        fixture.storage.as_ref(),
+        fixture.keys.as_ref(),
+        fixture.clock.now(),
+    )
+    .unwrap();
+    assert_eq!(report.rewrapped, [before]);
+    assert_eq!(report.destroyed_keys.len(), 1);
+    assert_eq!(report.destroyed_keys[0].as_str(), "period-2030-01");
+    let new_key = report.new_keys[0].to_string();
+    assert!(new_key.starts_with("period-2030-01-r"), "{new_key}");
+    assert_eq!(key_ids(&fixture), [new_key.clone()]);
+
+    // The video files are untouched, and the old recording plays under the new key.
+    assert_eq!(play(&fixture, before).unwrap(), 30);
+    let metadata = recorder::RecordingMetadata::read(fixture.storage.as_ref(), before).unwrap();
+    assert_eq!(metadata.period_kek.as_str(), new_key);
+    assert!(
+        !metadata
+            .wrapped_keys
+            .iter()
+            .any(|wrapped| wrapped.kek_id.as_str() == "period-2030-01")
+    );
+
+    // A recording made after the rotation gets a fresh key of the same period and plays.
+    let after = record(&fixture, "demo-bank", at(2030, 1, 31, 0)).await;
+    assert_eq!(play(&fixture, after).unwrap(), 30);
+    assert_eq!(play(&fixture, before).unwrap(), 30);
+    let fresh = std::fs::read(database.dir.path().join("keys/period-2030-01.kek")).unwrap();
+    assert_ne!(fresh, old_key_file);
+
+    // Retention treats both keys as keys of the January period.
+    fixture.clock.advance(chrono::Duration::days(40));
+    let report = fixture.retention.sweep(false).await.unwrap();
+    let mut deleted: Vec<Uuid> = report.deleted.iter().map(|e| e.id).collect();
+    deleted.sort();
+    let mut expected = vec![before, after];
+    expected.sort();
+    assert_eq!(deleted, expected);
+    let mut destroyed = report.destroyed_keys.clone();
+    destroyed.sort();
+    let mut expected_keys = vec!["period-2030-01".to_owned(), new_key];
+    expected_keys.sort();
+    assert_eq!(destroyed, expected_keys);
+    assert!(key_ids(&fixture).is_empty());
+}
