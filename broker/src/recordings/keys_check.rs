@@ -1,7 +1,7 @@
 //! The check that every kept recording can still be decrypted: each one needs at least
 //! one of the keys that wrap its data key in the key store. A missing key makes
-//! `/readyz` fail and stops the broker from starting, because recordings written under
-//! a key that was lost, or a key directory that is not mounted, would be unreadable.
+//! `/readyz` fail and stops the broker from starting, because a lost key file or an
+//! unmounted key directory would otherwise show only when someone replays.
 
 use std::sync::Arc;
 
