@@ -39,7 +39,18 @@ fn synthetic_vp8(dir: &Path) -> Vec<(u64, bool, Vec<u8>)> {
             "-i",
         ])
         .arg(format!("testsrc=duration={SECONDS}:size=160x120:rate=10"))
-        .args(["-c:v", "libvpx", "-g", "10", "-f", "ivf"])
+        .args([
+            "-c:v",
+            "libvpx",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-g",
+            "10",
+            "-f",
+            "ivf",
+        ])
         .arg(&path)
         .output()
         .expect("ffmpeg runs (Debian package ffmpeg)");
