@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use broker::audit::{self, AuditLog, StoredEvent};
 use broker::clock::SystemClock;
+use broker::sessions::store::{self, Reservation, ReserveOutcome};
 use broker::stream::{
     RecordingSettings, SessionHooks, StreamHub, StreamSettings, StreamStart, ViewerEvent,
 };
@@ -104,9 +105,25 @@ fn rand_bytes() -> [u8; 32] {
     bytes
 }
 
-fn start(fixture: &Fixture) -> (Uuid, Uuid, Arc<broker::stream::LiveStream>) {
+/// Reserves a session row, as the portal does before a launch, and starts its stream.
+async fn start(fixture: &Fixture) -> (Uuid, Uuid, Arc<broker::stream::LiveStream>) {
     let session_id = Uuid::new_v4();
     let recording_id = Uuid::new_v4();
+    let reservation = Reservation {
+        session_id,
+        user_id: "alice",
+        site: "demo-bank",
+        instance_id: "live-stream-test",
+        client_addr: None,
+        now_ms: Utc::now().timestamp_millis(),
+        default_quota: 1,
+        site_limit: None,
+        host_limit: 1,
+    };
+    let outcome = store::reserve(&fixture.database.db, &reservation)
+        .await
+        .unwrap();
+    assert_eq!(outcome, ReserveOutcome::Reserved);
     let stream = fixture
         .hub
         .start(StreamStart {
@@ -166,7 +183,7 @@ async fn agent_stream_reaches_viewer_and_recording() {
         ..RecorderConfig::default()
     };
     let fixture = fixture(config).await;
-    let (session_id, recording_id, stream) = start(&fixture);
+    let (session_id, recording_id, stream) = start(&fixture).await;
     let (_, mut viewer) = stream.subscribe();
 
     // The viewer gets the stream configuration, then keyframes of the page.
@@ -253,7 +270,7 @@ async fn recorder_failure_freezes_stream_and_ends_session() {
         ..RecorderConfig::default()
     };
     let fixture = fixture(config).await;
-    let (session_id, recording_id, stream) = start(&fixture);
+    let (session_id, recording_id, stream) = start(&fixture).await;
     let (_, mut viewer) = stream.subscribe();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
@@ -301,8 +318,22 @@ async fn recorder_failure_freezes_stream_and_ends_session() {
     let mut reader =
         RecordingReader::open(fixture.storage.clone(), fixture.keys.as_ref(), recording_id)
             .unwrap();
+    let segment_count = hashes.len() as u64;
     reader.require_hashes(hashes).unwrap();
     assert!(reader.records().all(|record| record.is_ok()));
+
+    // The catalogue lists it as sealed with the segments stored before the failure.
+    let entry = broker::recordings::catalogue::get(&fixture.database.db, recording_id)
+        .await
+        .unwrap()
+        .expect("catalogue row");
+    assert_eq!(
+        entry.state,
+        broker::recordings::catalogue::RecordingState::Sealed
+    );
+    assert_eq!(entry.segment_count, segment_count);
+    assert_eq!(entry.session_id, session_id);
+    assert_eq!(entry.user_id, "alice");
 
     assert!(
         fixture

@@ -59,6 +59,11 @@ pub enum Command {
         #[command(subcommand)]
         command: RecordingCommand,
     },
+    /// Recording keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Workspace image tools.
     Image {
         #[command(subcommand)]
@@ -116,8 +121,37 @@ pub enum RecordingCommand {
     /// Check every segment file against its hash in the audit chain and report each
     /// flipped, reordered, swapped, truncated or missing segment by index.
     Verify { id: uuid::Uuid },
-    /// Write a WebM file of a recording whose segments all match the audit chain.
-    Export { id: uuid::Uuid, output: PathBuf },
+    /// Export a recording whose segments all match the audit chain as evidence: DIR
+    /// gets `recording.webm`, `manifest.json` with the segment hashes, and the
+    /// manifest's Ed25519 signature `manifest.sig`.
+    Export { id: uuid::Uuid, dir: PathBuf },
+    /// Check an export directory offline against a pinned public key.
+    VerifyExport {
+        dir: PathBuf,
+        /// File with the export signing key's public half (from `recording public-key`).
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+    },
+    /// Write the export signing key's public half to FILE, for pinning by verifiers.
+    PublicKey { output: PathBuf },
+    /// Delete expired recordings that are not on legal hold, and destroy the keys of
+    /// ended retention periods. Every deletion is audited.
+    Retention {
+        /// List what would be deleted and destroyed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Place a recording on legal hold: retention keeps it until it is released.
+    Hold { id: uuid::Uuid },
+    /// Release a recording from legal hold; retention deletes it once it has expired.
+    Release { id: uuid::Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-wrap every recording's data key under a new key of its retention period and
+    /// destroy the old period keys. Video files are not touched.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +205,10 @@ pub fn main() -> i32 {
             Command::Launcher => launcher(config).await,
             Command::Recording { command } => match open(&config).await {
                 Ok(db) => recording(&config, &db, command).await,
+                Err(code) => code,
+            },
+            Command::Keys { command: KeysCommand::Rotate } => match open(&config).await {
+                Ok(db) => crate::recordings::rotate_keys_command(&config, &db).await,
                 Err(code) => code,
             },
             Command::HostSetup { check, remove } => host_setup(&config, check, remove).await,
@@ -446,15 +484,54 @@ async fn recording(config: &Config, db: &Database, command: RecordingCommand) ->
                 }
             }
         }
-        RecordingCommand::Export { id, output } => {
-            match crate::recordings::export(config, &audit, id, &output).await {
-                Ok(summary) => {
+        RecordingCommand::Retention { dry_run } => {
+            crate::recordings::retention::run_sweep_command(config, &audit, dry_run).await
+        }
+        RecordingCommand::Hold { id } => {
+            crate::recordings::retention::run_hold_command(config, &audit, id, true).await
+        }
+        RecordingCommand::Release { id } => {
+            crate::recordings::retention::run_hold_command(config, &audit, id, false).await
+        }
+        RecordingCommand::Export { id, dir } => {
+            match crate::recordings::evidence::export(config, &audit, id, &dir).await {
+                Ok(manifest) => {
                     println!(
-                        "exported {} packets, {:.1} s, to {}",
-                        summary.packets,
-                        summary.duration.as_secs_f64(),
-                        output.display()
+                        "exported recording {id}: {} segments, {:.1} s, to {}",
+                        manifest.segment_sha256.len(),
+                        manifest.duration_ms as f64 / 1000.0,
+                        dir.display()
                     );
+                    0
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    1
+                }
+            }
+        }
+        RecordingCommand::VerifyExport { dir, public_key } => {
+            let result = crate::recordings::evidence::read_public_key(&public_key)
+                .and_then(|key| crate::recordings::evidence::verify(&dir, &key));
+            match result {
+                Ok(manifest) => {
+                    println!(
+                        "export of recording {} verified: signature valid, video matches, {} segments",
+                        manifest.recording_id,
+                        manifest.segment_sha256.len()
+                    );
+                    0
+                }
+                Err(error) => {
+                    eprintln!("error: export NOT verified: {error:#}");
+                    1
+                }
+            }
+        }
+        RecordingCommand::PublicKey { output } => {
+            match crate::recordings::evidence::write_public_key(config, &output) {
+                Ok(public) => {
+                    println!("wrote public key {public} to {}", output.display());
                     0
                 }
                 Err(error) => {

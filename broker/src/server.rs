@@ -91,8 +91,17 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
     readiness.push(Arc::new(crate::launcher_process::FirewallCheck(
         crate::launcher_process::firewall_config(&config),
     )));
+    // Before any task starts, so that a refusal leaves nothing running.
+    let readiness = crate::recordings::check_keys_at_start(&config, &db, readiness)
+        .await
+        .map_err(StartupError::Config)?;
     let tasks = TaskRegistry::new();
     let portal = start_sessions(&config, &db, &audit, &clock, &auth, instance_id, &tasks)
+        .map_err(StartupError::Other)?;
+    crate::recordings::catalogue::spawn_recovery(&config, &audit, &instance_id.to_string(), &tasks)
+        .await
+        .map_err(StartupError::Other)?;
+    crate::recordings::retention::spawn_from_config(&config, &audit, &clock, &tasks)
         .map_err(StartupError::Other)?;
     let state = AppState {
         db: db.clone(),

@@ -363,7 +363,8 @@ fn decode_config(payload: &[u8]) -> Result<StreamConfig, String> {
 
 pub(crate) const SEAL_MAGIC: [u8; 8] = *b"STRGSEAL";
 pub(crate) const SEAL_VERSION: u16 = 1;
-pub(crate) const SEAL_NAME: &str = "seal.srs";
+/// Name of the seal object in a recording.
+pub const SEAL_NAME: &str = "seal.srs";
 
 /// Contents of a recording's seal: the final segment list. Stored as JSON followed by an
 /// AES-GCM tag over it under the recording's data key, so a reader can trust the segment

@@ -32,6 +32,8 @@ pub struct RetentionPeriod {
     pub kek_id: KekId,
     /// First instant after the period. Every recording of the period has expired then.
     pub ends_at: DateTime<Utc>,
+    /// For a rotated key, the period's id without the rotation suffix.
+    pub base: Option<KekId>,
 }
 
 impl PeriodLength {
@@ -45,6 +47,7 @@ impl PeriodLength {
                     kek_id: KekId::new(format!("period-{}", date.format("%Y-%m-%d")))
                         .expect("valid id"),
                     ends_at: midnight(next),
+                    base: None,
                 }
             }
             PeriodLength::Month => {
@@ -58,6 +61,7 @@ impl PeriodLength {
                     kek_id: KekId::new(format!("period-{}", date.format("%Y-%m")))
                         .expect("valid id"),
                     ends_at: midnight(next),
+                    base: None,
                 }
             }
         }
@@ -69,6 +73,15 @@ impl RetentionPeriod {
     /// period. Returns `None` for other keys, such as the hold key.
     pub fn from_kek_id(id: &KekId) -> Option<Self> {
         let rest = id.as_str().strip_prefix("period-")?;
+        // A rotated key carries a generation suffix `-r<digits>`.
+        let rest = match rest.rsplit_once("-r") {
+            Some((base, generation))
+                if !generation.is_empty() && generation.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                base
+            }
+            _ => rest,
+        };
         let (length, start) = match rest.len() {
             10 => (
                 PeriodLength::Day,
@@ -80,8 +93,20 @@ impl RetentionPeriod {
             ),
             _ => return None,
         };
-        let period = length.period_for(midnight(start));
-        (period.kek_id == *id).then_some(period)
+        let mut period = length.period_for(midnight(start));
+        if !id.as_str().starts_with(period.kek_id.as_str()) {
+            return None;
+        }
+        if period.kek_id != *id {
+            period.base = Some(period.kek_id.clone());
+            period.kek_id = id.clone();
+        }
+        Some(period)
+    }
+
+    /// Returns the period's id without a rotation suffix.
+    pub fn base_id(&self) -> &KekId {
+        self.base.as_ref().unwrap_or(&self.kek_id)
     }
 }
 
@@ -121,6 +146,12 @@ impl RecordingMetadata {
         self.wrapped_keys
             .iter()
             .any(|w| w.kek_id.as_str() == KekId::HOLD)
+    }
+
+    /// Reads a recording's metadata object. It is not encrypted: it holds dates and
+    /// wrapped keys only.
+    pub fn read(storage: &dyn Storage, recording: Uuid) -> Result<Self, RecorderError> {
+        read_metadata(storage, recording)
     }
 }
 

@@ -70,6 +70,7 @@ pub fn routes() -> Router<AppState> {
         .merge(crate::auth::routes())
         .merge(crate::portal::routes())
         .merge(crate::admin::routes())
+        .merge(crate::recordings::replay::routes())
 }
 
 /// The path patterns of `router`, such as `/sessions/{id}`, sorted.

@@ -19,6 +19,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use super::recording::{RecordingFailure, RecordingHandle};
 use super::{LiveStream, StreamHub, ViewerEvent};
 use crate::audit::{Action, Actor, EventBuilder, Outcome};
+use crate::recordings::catalogue;
 
 type AgentSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -29,6 +30,8 @@ pub(super) struct Link {
     pub hub: StreamHub,
     pub stream: Arc<LiveStream>,
     pub recording: RecordingHandle,
+    pub recording_started_at: chrono::DateTime<chrono::Utc>,
+    pub recording_expires_at: chrono::DateTime<chrono::Utc>,
     pub from_broker: mpsc::Receiver<BrokerMessage>,
     pub agent_addr: SocketAddr,
     pub secret: SessionSecret,
@@ -49,9 +52,13 @@ impl Link {
         self.audit_recording(Action::RecordingStarted, Outcome::Success, |event| event)
             .await;
 
-        let end = match self.connect().await {
-            Ok(socket) => self.relay(socket).await,
-            Err(error) => LinkEnd::Failed(format!("workspace agent unreachable: {error:#}")),
+        // Without a catalogue row, recovery could not find the recording after a crash.
+        let end = match self.add_to_catalogue().await {
+            Err(error) => LinkEnd::Failed(format!("recording could not start: {error:#}")),
+            Ok(()) => match self.connect().await {
+                Ok(socket) => self.relay(socket).await,
+                Err(error) => LinkEnd::Failed(format!("workspace agent unreachable: {error:#}")),
+            },
         };
 
         let reason = match &end {
@@ -78,6 +85,27 @@ impl Link {
             }
         }
         self.stream.publish(ViewerEvent::Ended { reason });
+    }
+
+    async fn add_to_catalogue(&self) -> anyhow::Result<()> {
+        let db = self.hub.audit().database();
+        let session_id = self.stream.session_id;
+        let session = crate::sessions::store::get(db, session_id)
+            .await?
+            .with_context(|| format!("session {session_id} is not in the database"))?;
+        catalogue::insert(
+            db,
+            &catalogue::NewEntry {
+                id: self.recording.id(),
+                session_id,
+                user_id: session.user_id,
+                site: session.site,
+                instance_id: session.instance_id,
+                started_at: self.recording_started_at,
+                expires_at: self.recording_expires_at,
+            },
+        )
+        .await
     }
 
     /// Dials the agent until it accepts the connection or the connect timeout passes, then
@@ -326,17 +354,25 @@ impl Link {
             .detail("start_pts_us", segment.start_pts_us)
             .detail("end_pts_us", segment.end_pts_us)
             .build();
-        self.hub
-            .audit()
-            .append(event)
-            .await
-            .map(|_| ())
-            .map_err(|error| {
-                // A segment whose hash is not in the chain could be swapped unnoticed.
-                LinkEnd::Failed(format!(
-                    "cannot record a segment hash in the audit trail: {error:#}"
-                ))
-            })
+        self.hub.audit().append(event).await.map_err(|error| {
+            // A segment whose hash is not in the chain could be swapped unnoticed.
+            LinkEnd::Failed(format!(
+                "cannot record a segment hash in the audit trail: {error:#}"
+            ))
+        })?;
+        // The counts are for the recordings list; the seal and the audit trail are
+        // authoritative, so a failed update does not end the session.
+        if let Err(error) = catalogue::add_segment(
+            self.hub.audit().database(),
+            self.recording.id(),
+            segment.index,
+            segment.bytes,
+        )
+        .await
+        {
+            tracing::warn!(error = format!("{error:#}"), "Cannot count a segment in the recordings catalogue");
+        }
+        Ok(())
     }
 
     async fn audit_recording(
@@ -368,6 +404,19 @@ impl Link {
                         );
                     }
                 }
+                let sealed = catalogue::SealedEntry {
+                    ended_at: chrono::Utc::now(),
+                    segment_count: summary.segment_count,
+                    bytes: summary.stored_bytes,
+                    seal_sha256: summary.seal_sha256,
+                    detail: None,
+                };
+                if let Err(error) =
+                    catalogue::mark_sealed(self.hub.audit().database(), self.recording.id(), &sealed)
+                        .await
+                {
+                    tracing::error!(error = format!("{error:#}"), "Cannot mark the recording sealed in the catalogue");
+                }
                 let seal = hex::encode(summary.seal_sha256);
                 self.audit_recording(Action::RecordingSealed, Outcome::Success, move |event| {
                     event
@@ -382,6 +431,16 @@ impl Link {
                     error = reason.as_str(),
                     "Cannot seal the recording; crash recovery will seal it"
                 );
+                if let Err(error) = catalogue::mark_failed(
+                    self.hub.audit().database(),
+                    self.recording.id(),
+                    chrono::Utc::now(),
+                    &reason,
+                )
+                .await
+                {
+                    tracing::error!(error = format!("{error:#}"), "Cannot mark the recording failed in the catalogue");
+                }
                 self.audit_recording(Action::RecordingFailed, Outcome::Failure, move |event| {
                     event.detail("reason", reason)
                 })

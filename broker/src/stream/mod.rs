@@ -249,13 +249,19 @@ impl StreamHub {
         &self.inner.settings
     }
 
+    /// The recording store, key store and segment settings of new recordings.
+    pub fn recording_settings(&self) -> &RecordingSettings {
+        &self.inner.recording
+    }
+
     /// Starts the recording and the agent link of a session. The recording is created
     /// before anything connects, so a failing store refuses the stream at once.
     pub fn start(&self, start: StreamStart) -> anyhow::Result<Arc<LiveStream>> {
+        let started_at = Utc::now();
         let recording = recording::RecordingHandle::start(
             &self.inner.recording,
             start.recording_id,
-            Utc::now(),
+            started_at,
             start.recording_expires_at,
         )?;
 
@@ -282,6 +288,8 @@ impl StreamHub {
             hub: self.clone(),
             stream: stream.clone(),
             recording,
+            recording_started_at: started_at,
+            recording_expires_at: start.recording_expires_at,
             from_broker,
             agent_addr: start.agent_addr,
             secret: start.secret,

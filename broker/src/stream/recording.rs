@@ -34,6 +34,8 @@ pub struct SealSummary {
     pub segment_count: u64,
     pub final_segment: Option<SegmentStored>,
     pub seal_sha256: [u8; 32],
+    /// Bytes of all stored segment files.
+    pub stored_bytes: u64,
 }
 
 /// Recording store, key store and segment settings.
@@ -145,10 +147,13 @@ fn run(mut writer: RecordingWriter, commands: std_mpsc::Receiver<Command>) {
                 let _ = reply.send(writer.push_marker(marker));
             }
             Command::Seal(reply) => {
-                let result = writer.seal().map(|sealed| SealSummary {
+                let result = writer.seal();
+                let stored_bytes = writer.stored_bytes();
+                let result = result.map(|sealed| SealSummary {
                     segment_count: sealed.manifest.segment_count,
                     final_segment: sealed.final_segment,
                     seal_sha256: sealed.seal_sha256,
+                    stored_bytes,
                 });
                 let _ = reply.send(result);
                 return;

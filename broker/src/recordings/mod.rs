@@ -1,6 +1,12 @@
 //! Recordings as the audit trail knows them: which segments were stored, with which
 //! hashes, so that verification and export check the files against the chain.
 
+pub mod catalogue;
+pub mod evidence;
+pub mod keys_check;
+pub mod replay;
+pub mod retention;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -102,4 +108,81 @@ pub async fn export(
     .await
     .context("export task failed")?
     .context("cannot export the recording")
+}
+
+/// Fails when a kept recording has lost every key that could decrypt it, and adds the
+/// same check to `/readyz`.
+pub async fn check_keys_at_start(
+    config: &Config,
+    db: &crate::db::Database,
+    mut readiness: Vec<Arc<dyn crate::http::health::ReadinessCheck>>,
+) -> anyhow::Result<Vec<Arc<dyn crate::http::health::ReadinessCheck>>> {
+    let (storage, keys) = stores(config)?;
+    let missing = keys_check::missing_keys(db, storage.clone(), keys.clone()).await?;
+    anyhow::ensure!(missing.is_empty(), "{}", keys_check::describe(&missing));
+    readiness.push(Arc::new(keys_check::RecordingKeysCheck {
+        db: db.clone(),
+        storage,
+        keys,
+    }));
+    Ok(readiness)
+}
+
+/// `strongroom keys rotate`: re-wraps every data key under a new period key, destroys
+/// the old keys and audits the rotation. Returns the exit code.
+pub async fn rotate_keys_command(config: &Config, db: &crate::db::Database) -> i32 {
+    let audit = AuditLog::new(db.clone(), Arc::new(crate::clock::SystemClock));
+    let result = async {
+        let (storage, keys) = stores(config)?;
+        let report = tokio::task::spawn_blocking(move || {
+            recorder::rotate_period_keys(storage.as_ref(), keys.as_ref(), chrono::Utc::now())
+        })
+        .await
+        .context("key rotation task failed")?
+        .context("key rotation failed")?;
+        let event = crate::audit::EventBuilder::new(
+            crate::audit::Actor::System("cli"),
+            crate::audit::Action::KeyRotated,
+        )
+        .target("recording-keys")
+        .detail("rewrapped", report.rewrapped.len())
+        .detail(
+            "new_keys",
+            report
+                .new_keys
+                .iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .detail(
+            "destroyed_keys",
+            report
+                .destroyed_keys
+                .iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .build();
+        audit.append(event).await?;
+        anyhow::Ok(report)
+    }
+    .await;
+    match result {
+        Ok(report) => {
+            println!(
+                "re-wrapped {} recordings under {} new keys; destroyed {} old keys",
+                report.rewrapped.len(),
+                report.new_keys.len(),
+                report.destroyed_keys.len()
+            );
+            for (id, reason) in &report.unreadable {
+                println!("kept the old key because recording {id} is unreadable: {reason}");
+            }
+            0
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            1
+        }
+    }
 }

@@ -1,0 +1,440 @@
+//! Replay in the portal: the recordings list, the player page, and the decrypted
+//! segments the player script decodes with WebCodecs.
+//!
+//! Decryption stays in the broker and the data key never reaches the browser. Every
+//! segment served is checked against the hashes in the audit trail first. A segment
+//! that fails gets a `409 Conflict` response naming its index and is never sent.
+//! Auditors and admins see every recording, a person sees their own.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::catalogue::{self, CatalogueEntry, RecordingState};
+use crate::audit::{Action, Actor, EventBuilder};
+use crate::auth::pages::{escape, page};
+use crate::auth::{CurrentSession, Principal};
+use crate::error::ApiError;
+use crate::http::AppState;
+
+/// The player page runs one script from the portal and fetches from the portal only.
+const PLAYER_CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Record kinds in the segment body served to the player.
+const KIND_PACKET: u8 = 0;
+const KIND_PLACEHOLDER_STARTED: u8 = 1;
+const KIND_PLACEHOLDER_ENDED: u8 = 2;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/recordings", get(list_page))
+        .route("/recordings/{id}", get(player_page))
+        .route("/recordings/{id}/index", get(index))
+        .route("/recordings/{id}/segments/{index}", get(segment))
+        .route("/assets/replay.js", get(player_script))
+}
+
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    person: Option<String>,
+    site: Option<String>,
+    /// Start of the time range: a date (`2026-12-05`) or an RFC 3339 time.
+    from: Option<String>,
+    /// End of the time range, exclusive; a date means the end of that day.
+    to: Option<String>,
+}
+
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// Parses a date or an RFC 3339 time; a date is midnight UTC, or the next midnight
+/// when `end_of_day` is set.
+fn parse_time(text: &str, end_of_day: bool) -> Option<DateTime<Utc>> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Some(time.with_timezone(&Utc));
+    }
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    let date = if end_of_day { date.succ_opt()? } else { date };
+    Some(date.and_hms_opt(0, 0, 0)?.and_utc())
+}
+
+async fn list_page(
+    State(state): State<AppState>,
+    CurrentSession { principal, .. }: CurrentSession,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let mut filter = catalogue::Filter {
+        user_id: non_empty(&query.person).map(str::to_owned),
+        site: non_empty(&query.site).map(str::to_owned),
+        limit: Some(500),
+        ..Default::default()
+    };
+    if !principal.can_audit() {
+        filter.user_id = Some(principal.user_id.clone());
+    }
+    for (value, end_of_day, slot) in [
+        (non_empty(&query.from), false, &mut filter.started_from),
+        (non_empty(&query.to), true, &mut filter.started_before),
+    ] {
+        if let Some(text) = value {
+            let Some(time) = parse_time(text, end_of_day) else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid time in the filter; use a date such as 2026-12-05 or an RFC 3339 time",
+                ));
+            };
+            *slot = Some(time);
+        }
+    }
+    let entries = catalogue::list(&state.db, &filter).await?;
+    Ok(list_html(&principal, &query, &entries))
+}
+
+fn list_html(principal: &Principal, query: &ListQuery, entries: &[CatalogueEntry]) -> Response {
+    let value = |field: &Option<String>| escape(non_empty(field).unwrap_or(""));
+    let mut body = String::new();
+    body.push_str("<form method=\"get\" action=\"/recordings\" id=\"filter\">");
+    if principal.can_audit() {
+        body.push_str(&format!(
+            "<label>Person <input name=\"person\" value=\"{}\"></label> ",
+            value(&query.person)
+        ));
+    }
+    body.push_str(&format!(
+        "<label>Site <input name=\"site\" value=\"{}\"></label> \
+         <label>From <input name=\"from\" value=\"{}\" placeholder=\"2026-12-05\"></label> \
+         <label>To <input name=\"to\" value=\"{}\"></label> \
+         <button type=\"submit\">Filter</button></form>\n",
+        value(&query.site),
+        value(&query.from),
+        value(&query.to),
+    ));
+    body.push_str(
+        "<table id=\"recordings\"><tr><th>Started (UTC)</th><th>Person</th><th>Site</th>\
+         <th>Length</th><th>Segments</th><th>State</th><th>Kept until</th><th></th></tr>\n",
+    );
+    for entry in entries {
+        let length = entry
+            .ended_at
+            .map(|end| format_duration((end - entry.started_at).num_seconds().max(0)))
+            .unwrap_or_default();
+        let mut state = entry.state.as_str().to_owned();
+        if entry.legal_hold {
+            state.push_str(", legal hold");
+        }
+        let link = if entry.state == RecordingState::Deleted {
+            String::new()
+        } else {
+            format!(
+                "<a class=\"recording-link\" data-recording=\"{id}\" href=\"/recordings/{id}\">Play</a>",
+                id = entry.id
+            )
+        };
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{length}</td><td>{}</td><td>{}</td><td>{}</td><td>{link}</td></tr>\n",
+            entry.started_at.format("%Y-%m-%d %H:%M:%S"),
+            escape(&entry.user_id),
+            escape(&entry.site),
+            entry.segment_count,
+            escape(&state),
+            entry.expires_at.format("%Y-%m-%d"),
+        ));
+    }
+    body.push_str("</table>\n");
+    if entries.is_empty() {
+        body.push_str("<p id=\"empty\">No recording matches.</p>\n");
+    }
+    body.push_str("<p><a href=\"/\">Back to the portal</a></p>\n");
+    page(StatusCode::OK, "Recordings", &body, "")
+}
+
+fn format_duration(seconds: i64) -> String {
+    format!(
+        "{}:{:02}:{:02}",
+        seconds / 3600,
+        (seconds / 60) % 60,
+        seconds % 60
+    )
+}
+
+/// Loads a catalogue row that `principal` may replay.
+async fn replayable(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<CatalogueEntry, ApiError> {
+    let Some(entry) = catalogue::get(&state.db, id).await? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such recording"));
+    };
+    if !(principal.can_audit() || entry.user_id == principal.user_id) {
+        // The same response as for a missing recording, so ids cannot be probed.
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such recording"));
+    }
+    Ok(entry)
+}
+
+fn deleted_message(entry: &CatalogueEntry) -> String {
+    let when = entry
+        .deleted_at
+        .map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| "an unknown time".to_owned());
+    format!(
+        "Recording {} was deleted by retention at {when}; its data key is destroyed and it can no longer be played.",
+        entry.id
+    )
+}
+
+async fn player_page(
+    State(state): State<AppState>,
+    CurrentSession { principal, .. }: CurrentSession,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    let entry = replayable(&state, &principal, id).await?;
+    if entry.state == RecordingState::Deleted {
+        let body = format!(
+            "<p id=\"error\" role=\"alert\">{}</p><p><a href=\"/recordings\">Back to the recordings</a></p>",
+            escape(&deleted_message(&entry))
+        );
+        return Ok(page(StatusCode::GONE, "Recording deleted", &body, ""));
+    }
+
+    let event = EventBuilder::new(
+        Actor::Person(principal.user_id.clone()),
+        Action::RecordingReplayed,
+    )
+    .session(entry.session_id)
+    .target(format!("recording:{id}"))
+    .build();
+    state.audit.append(event).await?;
+
+    let body = format!(
+        "<div id=\"player\" data-recording=\"{id}\">\n\
+         <p>{site}, {person}, started {started} UTC</p>\n\
+         <p id=\"status\" role=\"status\">Loading</p>\n\
+         <p id=\"error\" role=\"alert\" hidden></p>\n\
+         <p id=\"placeholder\" hidden>The screen was hidden here while credentials were typed.</p>\n\
+         <canvas id=\"screen\" width=\"1280\" height=\"720\" data-position-us=\"\" style=\"width:100%;max-width:1280px;border:1px solid #888;background:#000\"></canvas>\n\
+         <div><button type=\"button\" id=\"play\" disabled>Play</button> \
+         <input type=\"range\" id=\"seek\" min=\"0\" max=\"0\" step=\"any\" value=\"0\" style=\"width:60%\" disabled> \
+         <span id=\"time\">0:00:00</span> / <span id=\"duration\">0:00:00</span> \
+         <label>Speed <select id=\"speed\"><option value=\"0.5\">0.5×</option><option value=\"1\" selected>1×</option>\
+         <option value=\"2\">2×</option><option value=\"4\">4×</option><option value=\"8\">8×</option></select></label></div>\n\
+         <p><a href=\"/recordings\">Back to the recordings</a></p>\n</div>\n\
+         <script src=\"/assets/replay.js\"></script>",
+        site = escape(&entry.site),
+        person = escape(&entry.user_id),
+        started = entry.started_at.format("%Y-%m-%d %H:%M:%S"),
+    );
+    let mut response = page(StatusCode::OK, "Recording", &body, "");
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PLAYER_CSP),
+    );
+    Ok(response)
+}
+
+#[derive(Serialize)]
+struct IndexBody {
+    codec: String,
+    width: u32,
+    height: u32,
+    first_pts_us: u64,
+    duration_us: u64,
+    sealed: bool,
+    segments: Vec<SegmentBody>,
+}
+
+#[derive(Serialize)]
+struct SegmentBody {
+    index: u64,
+    start_pts_us: u64,
+    end_pts_us: u64,
+}
+
+#[derive(Serialize)]
+struct ReplayErrorBody {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segment: Option<u64>,
+}
+
+/// Builds a JSON error response whose message names the recording or segment.
+fn replay_error(status: StatusCode, error: String, segment: Option<u64>) -> Response {
+    (status, Json(ReplayErrorBody { error, segment })).into_response()
+}
+
+/// Converts a recorder error into the player's response: a segment that fails verification
+/// is a `409` naming its index, a destroyed key a `410`.
+fn recorder_failure(id: Uuid, error: recorder::RecorderError) -> Response {
+    match error {
+        recorder::RecorderError::InvalidSegment { index, fault, .. } => {
+            tracing::error!(recording.id = %id, segment = index, fault = %fault, "Segment failed verification during replay");
+            replay_error(
+                StatusCode::CONFLICT,
+                format!("segment {index} failed verification ({fault}); it is not played"),
+                Some(index),
+            )
+        }
+        recorder::RecorderError::Key(error) => {
+            tracing::error!(recording.id = %id, error = %error, "Recording key unavailable during replay");
+            replay_error(
+                StatusCode::GONE,
+                format!(
+                    "the key of recording {id} is not available ({error}); it cannot be played"
+                ),
+                None,
+            )
+        }
+        other => ApiError::internal(anyhow::Error::new(other)).into_response(),
+    }
+}
+
+/// Opens a recording for replay, requiring the hashes from the audit trail.
+async fn open_reader(
+    state: &AppState,
+    entry: &CatalogueEntry,
+) -> Result<Arc<recorder::RecordingReader>, Response> {
+    if entry.state == RecordingState::Deleted {
+        return Err(replay_error(StatusCode::GONE, deleted_message(entry), None));
+    }
+    let id = entry.id;
+    let hashes = super::segment_hashes(&state.audit, id)
+        .await
+        .map_err(|error| {
+            replay_error(
+                StatusCode::CONFLICT,
+                format!("the audit trail does not vouch for recording {id}: {error:#}"),
+                None,
+            )
+        })?;
+    let settings = state.portal.hub.recording_settings().clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let mut reader =
+            recorder::RecordingReader::open(settings.storage.clone(), settings.keys.as_ref(), id)?;
+        reader.require_hashes(hashes)?;
+        Ok::<_, recorder::RecorderError>(reader)
+    })
+    .await
+    .context("replay task failed")
+    .map_err(|error| ApiError::internal(error).into_response())?;
+    opened
+        .map(Arc::new)
+        .map_err(|error| recorder_failure(id, error))
+}
+
+async fn index(
+    State(state): State<AppState>,
+    CurrentSession { principal, .. }: CurrentSession,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    let entry = replayable(&state, &principal, id).await?;
+    let reader = match open_reader(&state, &entry).await {
+        Ok(reader) => reader,
+        Err(response) => return Ok(response),
+    };
+    let Some(stream) = reader.metadata().stream.clone().or_else(|| {
+        // The configuration may have arrived after the recording started; every
+        // segment repeats it, so the first one has it.
+        reader.read_segment(0).ok().and_then(|records| {
+            records.into_iter().find_map(|record| match record {
+                recorder::Record::Config(config) => Some(config),
+                _ => None,
+            })
+        })
+    }) else {
+        return Ok(replay_error(
+            StatusCode::CONFLICT,
+            format!("recording {id} has no stream configuration and cannot be played"),
+            None,
+        ));
+    };
+    let body = IndexBody {
+        codec: stream.codec,
+        width: stream.width,
+        height: stream.height,
+        first_pts_us: reader.first_pts_us().unwrap_or(0),
+        duration_us: reader.duration().as_micros() as u64,
+        sealed: reader.is_sealed(),
+        segments: reader
+            .segments()
+            .iter()
+            .enumerate()
+            .map(|(index, segment)| SegmentBody {
+                index: index as u64,
+                start_pts_us: segment.start_pts_us,
+                end_pts_us: segment.end_pts_us,
+            })
+            .collect(),
+    };
+    Ok(Json(body).into_response())
+}
+
+/// Serves one decrypted segment: for each record a kind byte, the pts (u64), a keyframe
+/// flag byte, the data length (u32) and the data, all big-endian.
+async fn segment(
+    State(state): State<AppState>,
+    CurrentSession { principal, .. }: CurrentSession,
+    Path((id, index)): Path<(Uuid, u64)>,
+) -> Result<Response, ApiError> {
+    let entry = replayable(&state, &principal, id).await?;
+    let reader = match open_reader(&state, &entry).await {
+        Ok(reader) => reader,
+        Err(response) => return Ok(response),
+    };
+    let records = tokio::task::spawn_blocking(move || reader.read_segment(index))
+        .await
+        .context("replay task failed")?;
+    let records = match records {
+        Ok(records) => records,
+        Err(error) => return Ok(recorder_failure(id, error)),
+    };
+
+    let mut body = Vec::new();
+    for record in records {
+        let (kind, pts_us, keyframe, data) = match record {
+            recorder::Record::Packet(packet) => {
+                (KIND_PACKET, packet.pts_us, packet.keyframe, packet.data)
+            }
+            recorder::Record::Marker(recorder::Marker::PlaceholderStarted { pts_us }) => {
+                (KIND_PLACEHOLDER_STARTED, pts_us, false, Default::default())
+            }
+            recorder::Record::Marker(recorder::Marker::PlaceholderEnded { pts_us }) => {
+                (KIND_PLACEHOLDER_ENDED, pts_us, false, Default::default())
+            }
+            recorder::Record::Config(_) => continue,
+        };
+        body.push(kind);
+        body.extend_from_slice(&pts_us.to_be_bytes());
+        body.push(u8::from(keyframe));
+        body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        body.extend_from_slice(&data);
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn player_script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../assets/replay.js"),
+    )
+}

@@ -1,0 +1,322 @@
+//! The recordings catalogue and the sealing of interrupted recordings, each test on
+//! SQLite and on PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::audit::{Action, Actor, AuditLog, EventBuilder};
+use broker::both_backends;
+use broker::clock::SystemClock;
+use broker::recordings::{self, catalogue};
+use broker::testing::TestDatabase;
+use bytes::Bytes;
+use chrono::{TimeZone, Utc};
+use recorder::{
+    KeyStore, LocalDirStorage, LocalKeyStore, NewRecording, Packet, RecorderConfig,
+    RecordingReader, RecordingWriter, Storage, StreamConfig,
+};
+use uuid::Uuid;
+
+fn entry(user: &str, site: &str, instance: &str, started_ms: i64) -> catalogue::NewEntry {
+    catalogue::NewEntry {
+        id: Uuid::new_v4(),
+        session_id: Uuid::new_v4(),
+        user_id: user.to_owned(),
+        site: site.to_owned(),
+        instance_id: instance.to_owned(),
+        started_at: Utc.timestamp_millis_opt(started_ms).unwrap(),
+        expires_at: Utc.timestamp_millis_opt(started_ms + 86_400_000).unwrap(),
+    }
+}
+
+both_backends!(catalogue_lists_by_filter, catalogue_lists_by_filter_body);
+async fn catalogue_lists_by_filter_body(database: TestDatabase) {
+    let db = &database.db;
+    let alice_demo = entry("alice", "demo-bank", "i1", 1_000_000);
+    let alice_other = entry("alice", "other-bank", "i1", 2_000_000);
+    let bob_demo = entry("bob", "demo-bank", "i1", 3_000_000);
+    for new in [&alice_demo, &alice_other, &bob_demo] {
+        catalogue::insert(db, new).await.unwrap();
+    }
+
+    let stored = catalogue::get(db, alice_demo.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, catalogue::RecordingState::Recording);
+    assert_eq!(stored.user_id, "alice");
+    assert_eq!(stored.site, "demo-bank");
+    assert_eq!(stored.started_at, alice_demo.started_at);
+    assert_eq!(stored.expires_at, alice_demo.expires_at);
+    assert_eq!(stored.segment_count, 0);
+    assert!(!stored.legal_hold);
+
+    let ids = |entries: Vec<catalogue::CatalogueEntry>| -> Vec<Uuid> {
+        entries.into_iter().map(|entry| entry.id).collect()
+    };
+    let all = catalogue::list(db, &catalogue::Filter::default())
+        .await
+        .unwrap();
+    assert_eq!(ids(all), [bob_demo.id, alice_other.id, alice_demo.id]);
+
+    let by_person = catalogue::Filter {
+        user_id: Some("alice".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(catalogue::list(db, &by_person).await.unwrap()),
+        [alice_other.id, alice_demo.id]
+    );
+
+    let by_site_and_person = catalogue::Filter {
+        user_id: Some("alice".into()),
+        site: Some("demo-bank".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(catalogue::list(db, &by_site_and_person).await.unwrap()),
+        [alice_demo.id]
+    );
+
+    let by_time = catalogue::Filter {
+        started_from: Some(Utc.timestamp_millis_opt(2_000_000).unwrap()),
+        started_before: Some(Utc.timestamp_millis_opt(3_000_000).unwrap()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(catalogue::list(db, &by_time).await.unwrap()),
+        [alice_other.id]
+    );
+
+    catalogue::add_segment(db, bob_demo.id, 0, 700)
+        .await
+        .unwrap();
+    catalogue::add_segment(db, bob_demo.id, 1, 300)
+        .await
+        .unwrap();
+    let counted = catalogue::get(db, bob_demo.id).await.unwrap().unwrap();
+    assert_eq!(counted.segment_count, 2);
+    assert_eq!(counted.bytes, 1_000);
+
+    let ended_at = Utc.timestamp_millis_opt(3_500_000).unwrap();
+    let sealed = catalogue::SealedEntry {
+        ended_at,
+        segment_count: 3,
+        bytes: 1_200,
+        seal_sha256: [7; 32],
+        detail: None,
+    };
+    catalogue::mark_sealed(db, bob_demo.id, &sealed)
+        .await
+        .unwrap();
+    let stored = catalogue::get(db, bob_demo.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, catalogue::RecordingState::Sealed);
+    assert_eq!(stored.ended_at, Some(ended_at));
+    assert_eq!(stored.segment_count, 3);
+    assert_eq!(stored.bytes, 1_200);
+    assert_eq!(stored.seal_sha256, Some(hex::encode([7; 32])));
+
+    // Sealed recordings and those of other instances are not recovered here.
+    let unsealed = catalogue::unsealed(db, "i1").await.unwrap();
+    assert_eq!(unsealed, [alice_demo.id, alice_other.id]);
+    assert!(catalogue::unsealed(db, "i2").await.unwrap().is_empty());
+}
+
+/// Writes a recording with a keyframe every second for `seconds` seconds and drops the
+/// writer without sealing, as a crash would. Returns the segments it stored.
+fn write_interrupted(
+    storage: Arc<dyn Storage>,
+    keys: &dyn KeyStore,
+    id: Uuid,
+    seconds: u64,
+) -> Vec<recorder::SegmentStored> {
+    let config = RecorderConfig {
+        target_segment_duration: Duration::from_secs(1),
+        ..RecorderConfig::default()
+    };
+    let now = Utc::now();
+    let mut writer = RecordingWriter::create(
+        storage,
+        keys,
+        config,
+        NewRecording {
+            id,
+            created_at: now,
+            expires_at: now + chrono::Duration::days(30),
+            stream: Some(StreamConfig {
+                codec: "vp8".into(),
+                width: 64,
+                height: 48,
+            }),
+        },
+    )
+    .unwrap();
+    let mut stored = Vec::new();
+    // Ten frames a second, with their own timestamps.
+    for frame in 0..seconds * 10 {
+        let packet = Packet {
+            pts_us: frame * 100_000,
+            keyframe: frame % 10 == 0,
+            data: Bytes::from(vec![frame as u8; 200]),
+        };
+        if let Some(segment) = writer.push_packet(packet).unwrap() {
+            stored.push(segment);
+        }
+    }
+    drop(writer);
+    stored
+}
+
+both_backends!(
+    interrupted_recording_is_sealed,
+    interrupted_recording_is_sealed_body
+);
+async fn interrupted_recording_is_sealed_body(database: TestDatabase) {
+    let db = &database.db;
+    let audit = AuditLog::new(db.clone(), Arc::new(SystemClock));
+    let storage: Arc<dyn Storage> =
+        Arc::new(LocalDirStorage::open(database.dir.path().join("recordings")).unwrap());
+    let keys: Arc<dyn KeyStore> =
+        Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap());
+
+    let new = entry("alice", "demo-bank", "i1", Utc::now().timestamp_millis());
+    catalogue::insert(db, &new).await.unwrap();
+    let stored = write_interrupted(storage.clone(), keys.as_ref(), new.id, 4);
+    assert_eq!(stored.len(), 3, "segments stored before the crash");
+
+    // The crash came after segment 1 was stored and before its hash entered the chain,
+    // and left a partial file of the segment being written.
+    let event = EventBuilder::new(Actor::System("recorder"), Action::RecordingSegmentStored)
+        .target(format!("recording:{}", new.id))
+        .detail("index", stored[0].index)
+        .detail("sha256", hex::encode(stored[0].sha256))
+        .build();
+    audit.append(event).await.unwrap();
+    let dir = database
+        .dir
+        .path()
+        .join("recordings")
+        .join(new.id.to_string());
+    std::fs::write(dir.join(".tmp-seg-00000003.srs.0000"), b"partial").unwrap();
+
+    let results =
+        catalogue::seal_interrupted(&audit, storage.clone(), keys.clone(), &[new.id]).await;
+    assert_eq!(
+        results,
+        [(new.id, catalogue::Recovered::Sealed { segment_count: 3 })]
+    );
+    assert!(!dir.join(".tmp-seg-00000003.srs.0000").exists());
+
+    let row = catalogue::get(db, new.id).await.unwrap().unwrap();
+    assert_eq!(row.state, catalogue::RecordingState::Sealed);
+    assert_eq!(row.segment_count, 3);
+    assert_eq!(row.bytes, stored.iter().map(|s| s.bytes).sum::<u64>());
+    assert!(row.ended_at.is_some());
+    assert!(row.seal_sha256.is_some());
+
+    // The chain now names every sealed segment, and the files match it.
+    let hashes = recordings::segment_hashes(&audit, new.id).await.unwrap();
+    let expected: Vec<[u8; 32]> = stored.iter().map(|s| s.sha256).collect();
+    assert_eq!(hashes, expected);
+    let report = recorder::verify_recording(storage.as_ref(), new.id, &hashes).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.sealed);
+
+    // The sealed recording plays from its first to its last stored packet.
+    let reader = RecordingReader::open(storage.clone(), keys.as_ref(), new.id).unwrap();
+    assert!(reader.is_sealed());
+    let mut last_pts = None;
+    for record in reader.records() {
+        if let recorder::Record::Packet(packet) = record.unwrap() {
+            last_pts = Some(packet.pts_us);
+        }
+    }
+    assert_eq!(last_pts, Some(stored[2].end_pts_us));
+
+    assert!(catalogue::unsealed(db, "i1").await.unwrap().is_empty());
+    let sealed_events: Vec<_> = audit
+        .list(0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.action == "recording.sealed")
+        .collect();
+    assert_eq!(sealed_events.len(), 1);
+    assert_eq!(sealed_events[0].actor, "system:reconciler");
+}
+
+both_backends!(
+    unrecoverable_recording_is_marked_failed,
+    unrecoverable_recording_is_marked_failed_body
+);
+async fn unrecoverable_recording_is_marked_failed_body(database: TestDatabase) {
+    let db = &database.db;
+    let audit = AuditLog::new(db.clone(), Arc::new(SystemClock));
+    let storage: Arc<dyn Storage> =
+        Arc::new(LocalDirStorage::open(database.dir.path().join("recordings")).unwrap());
+    let keys: Arc<dyn KeyStore> =
+        Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap());
+
+    // A row whose files never reached the store.
+    let new = entry("alice", "demo-bank", "i1", Utc::now().timestamp_millis());
+    catalogue::insert(db, &new).await.unwrap();
+
+    let results = catalogue::seal_interrupted(&audit, storage, keys, &[new.id]).await;
+    assert!(
+        matches!(&results[..], [(id, catalogue::Recovered::Failed(reason))] if *id == new.id && reason.contains(&new.id.to_string())),
+        "{results:?}"
+    );
+    let row = catalogue::get(db, new.id).await.unwrap().unwrap();
+    assert_eq!(row.state, catalogue::RecordingState::Failed);
+    assert!(row.detail.is_some());
+    let failed = audit
+        .list(0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.action == "recording.failed")
+        .count();
+    assert_eq!(failed, 1);
+}
+
+both_backends!(
+    missing_key_fails_readiness,
+    missing_key_fails_readiness_body
+);
+async fn missing_key_fails_readiness_body(database: TestDatabase) {
+    use broker::http::health::ReadinessCheck;
+    use broker::recordings::keys_check::{self, RecordingKeysCheck};
+
+    let db = &database.db;
+    let storage: Arc<dyn Storage> =
+        Arc::new(LocalDirStorage::open(database.dir.path().join("recordings")).unwrap());
+    let keys: Arc<dyn KeyStore> =
+        Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap());
+    let new = entry("alice", "demo-bank", "i1", Utc::now().timestamp_millis());
+    catalogue::insert(db, &new).await.unwrap();
+    write_interrupted(storage.clone(), keys.as_ref(), new.id, 2);
+    // A row whose files never reached the store needs no key.
+    catalogue::insert(db, &entry("bob", "demo-bank", "i1", 1_000))
+        .await
+        .unwrap();
+
+    let check = RecordingKeysCheck {
+        db: db.clone(),
+        storage: storage.clone(),
+        keys: keys.clone(),
+    };
+    assert_eq!(check.name(), "recording_keys");
+    assert_eq!(check.check().await, Ok(()));
+
+    // Losing the period key, with no hold key wrapping, leaves the recording unreadable.
+    for id in keys.list().unwrap() {
+        if id.as_str().starts_with("period-") {
+            keys.destroy(&id).unwrap();
+        }
+    }
+    let missing = keys_check::missing_keys(db, storage.clone(), keys.clone())
+        .await
+        .unwrap();
+    assert_eq!(missing.len(), 1);
+    assert_eq!(missing[0].recording, new.id);
+    let reason = check.check().await.unwrap_err();
+    assert!(reason.contains(&new.id.to_string()), "{reason}");
+    assert!(reason.contains("restore"), "{reason}");
+}

@@ -1,0 +1,270 @@
+//! Evidence export of a real VP8 recording, each test on SQLite and on PostgreSQL. The
+//! WebM file plays with the right duration per ffprobe, the signed manifest verifies
+//! offline against the pinned public key, and any change to the video, the manifest or
+//! the key is caught.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::audit::{Action, Actor, AuditLog, EventBuilder};
+use broker::both_backends;
+use broker::clock::SystemClock;
+use broker::recordings::{self, evidence};
+use broker::testing::TestDatabase;
+use bytes::Bytes;
+use chrono::Utc;
+use recorder::{NewRecording, Packet, RecorderConfig, RecordingWriter, StreamConfig};
+use uuid::Uuid;
+
+const SECONDS: u32 = 6;
+
+fn config(dir: &Path) -> broker::config::Config {
+    let env = [("STRONGROOM_DATA_DIR".to_owned(), dir.display().to_string())];
+    broker::config::load(None, env).expect("test configuration is valid")
+}
+
+/// Encodes ffmpeg's test pattern to VP8 at ten frames a second, a keyframe each second,
+/// and returns `(pts_us, keyframe, data)` per frame from the IVF file.
+fn synthetic_vp8(dir: &Path) -> Vec<(u64, bool, Vec<u8>)> {
+    let path = dir.join("synthetic.ivf");
+    let output = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("testsrc=duration={SECONDS}:size=160x120:rate=10"))
+        .args([
+            "-c:v",
+            "libvpx",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-g",
+            "10",
+            "-f",
+            "ivf",
+        ])
+        .arg(&path)
+        .output()
+        .expect("ffmpeg runs (Debian package ffmpeg)");
+    assert!(
+        output.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let file = std::fs::read(&path).unwrap();
+    let u32_at = |at: usize| u32::from_le_bytes(file[at..at + 4].try_into().unwrap());
+    let (rate, scale) = (u64::from(u32_at(16)), u64::from(u32_at(20)));
+    let mut frames = Vec::new();
+    let mut at = usize::from(u16::from_le_bytes([file[6], file[7]]));
+    while at + 12 <= file.len() {
+        let size = u32_at(at) as usize;
+        let pts = u64::from_le_bytes(file[at + 4..at + 12].try_into().unwrap());
+        let data = file[at + 12..at + 12 + size].to_vec();
+        // In VP8, bit 0 of the first byte is 0 for a keyframe.
+        frames.push((pts * scale * 1_000_000 / rate, data[0] & 1 == 0, data));
+        at += 12 + size;
+    }
+    frames
+}
+
+/// Records the synthetic stream and audits its segment hashes. With `crash`, the writer
+/// is dropped without sealing, as when the broker is killed, so the open segment is lost.
+async fn record(config: &broker::config::Config, audit: &AuditLog, crash: bool) -> Uuid {
+    let (storage, keys) = recordings::stores(config).unwrap();
+    let frames = synthetic_vp8(&config.data_dir);
+    let id = Uuid::new_v4();
+    let now = Utc::now();
+    let segments = tokio::task::spawn_blocking(move || {
+        let recorder_config = RecorderConfig {
+            target_segment_duration: Duration::from_secs(2),
+            ..RecorderConfig::default()
+        };
+        let new = NewRecording {
+            id,
+            created_at: now,
+            expires_at: now + chrono::Duration::days(90),
+            stream: Some(StreamConfig {
+                codec: "vp8".into(),
+                width: 160,
+                height: 120,
+            }),
+        };
+        let mut writer =
+            RecordingWriter::create(storage, keys.as_ref(), recorder_config, new).unwrap();
+        let mut segments = Vec::new();
+        for (pts_us, keyframe, data) in frames {
+            let packet = Packet {
+                pts_us,
+                keyframe,
+                data: Bytes::from(data),
+            };
+            segments.extend(writer.push_packet(packet).unwrap());
+        }
+        if !crash {
+            segments.extend(writer.seal().unwrap().final_segment);
+        }
+        segments
+    })
+    .await
+    .unwrap();
+    for segment in &segments {
+        let event = EventBuilder::new(Actor::System("recorder"), Action::RecordingSegmentStored)
+            .target(format!("recording:{id}"))
+            .detail("index", segment.index)
+            .detail("sha256", hex::encode(segment.sha256))
+            .build();
+        audit.append(event).await.unwrap();
+    }
+    id
+}
+
+fn ffprobe_duration(path: &Path) -> f64 {
+    let output = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "default=noprint_wrappers=1:nokey=1",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs (Debian package ffmpeg)");
+    assert!(
+        output.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no duration from ffprobe: {output:?}"))
+}
+
+both_backends!(export_verifies_offline, export_verifies_offline_body);
+async fn export_verifies_offline_body(database: TestDatabase) {
+    let config = config(database.dir.path());
+    let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
+    let id = record(&config, &audit, false).await;
+
+    let dir = database.dir.path().join("export");
+    let manifest = evidence::export(&config, &audit, id, &dir).await.unwrap();
+    assert_eq!(manifest.recording_id, id);
+    assert_eq!(manifest.segment_sha256.len(), SECONDS as usize / 2);
+    let exported = audit
+        .list(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.action == "recording.exported")
+        .count();
+    assert_eq!(exported, 1);
+
+    // ffprobe reads a duration within a frame of the recording's length.
+    let duration = ffprobe_duration(&dir.join(evidence::VIDEO_FILE));
+    assert!(
+        (duration - f64::from(SECONDS)).abs() <= 0.15,
+        "ffprobe duration {duration} s"
+    );
+
+    let key_file = database.dir.path().join("export.pub");
+    evidence::write_public_key(&config, &key_file).unwrap();
+    let public_key = evidence::read_public_key(&key_file).unwrap();
+    assert_eq!(evidence::verify(&dir, &public_key).unwrap(), manifest);
+
+    // An export into a directory that is not empty is rejected.
+    let error = evidence::export(&config, &audit, id, &dir)
+        .await
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("not empty"), "{error:#}");
+
+    // A key other than the pinned one is rejected.
+    let other = tempfile::tempdir().unwrap();
+    let other_key = other.path().join("other.pub");
+    evidence::write_public_key(&self::config(other.path()), &other_key).unwrap();
+    let error =
+        evidence::verify(&dir, &evidence::read_public_key(&other_key).unwrap()).unwrap_err();
+    assert!(format!("{error:#}").contains("signature"), "{error:#}");
+
+    // A changed manifest is rejected.
+    let manifest_path = dir.join(evidence::MANIFEST_FILE);
+    let original = std::fs::read(&manifest_path).unwrap();
+    let edited = String::from_utf8(original.clone())
+        .unwrap()
+        .replace("\"duration_ms\": ", "\"duration_ms\": 1");
+    assert_ne!(edited.as_bytes(), original.as_slice());
+    std::fs::write(&manifest_path, edited).unwrap();
+    let error = evidence::verify(&dir, &public_key).unwrap_err();
+    assert!(format!("{error:#}").contains("signature"), "{error:#}");
+    std::fs::write(&manifest_path, original).unwrap();
+
+    // A flipped byte in the video is rejected.
+    let video = dir.join(evidence::VIDEO_FILE);
+    let mut bytes = std::fs::read(&video).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&video, bytes).unwrap();
+    let error = evidence::verify(&dir, &public_key).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("does not match the signed manifest"),
+        "{error:#}"
+    );
+}
+
+both_backends!(
+    interrupted_recording_exports_after_recovery,
+    interrupted_recording_exports_after_recovery_body
+);
+async fn interrupted_recording_exports_after_recovery_body(database: TestDatabase) {
+    let config = config(database.dir.path());
+    let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
+    let id = record(&config, &audit, true).await;
+    broker::recordings::catalogue::insert(
+        &database.db,
+        &broker::recordings::catalogue::NewEntry {
+            id,
+            session_id: Uuid::new_v4(),
+            user_id: "alice".into(),
+            site: "demo-bank".into(),
+            instance_id: "export-test".into(),
+            started_at: Utc::now(),
+            expires_at: Utc::now() + chrono::Duration::days(90),
+        },
+    )
+    .await
+    .unwrap();
+
+    let (storage, keys) = recordings::stores(&config).unwrap();
+    let results =
+        broker::recordings::catalogue::seal_interrupted(&audit, storage, keys, &[id]).await;
+    assert_eq!(
+        results,
+        [(
+            id,
+            broker::recordings::catalogue::Recovered::Sealed { segment_count: 2 }
+        )]
+    );
+
+    // The two segments stored before the crash, four seconds, export and verify.
+    let dir = database.dir.path().join("export");
+    let manifest = evidence::export(&config, &audit, id, &dir).await.unwrap();
+    assert_eq!(manifest.segment_sha256.len(), 2);
+    let duration = ffprobe_duration(&dir.join(evidence::VIDEO_FILE));
+    assert!(
+        (duration - 4.0).abs() <= 0.15,
+        "ffprobe duration {duration} s"
+    );
+    let key_file = database.dir.path().join("export.pub");
+    evidence::write_public_key(&config, &key_file).unwrap();
+    let public_key = evidence::read_public_key(&key_file).unwrap();
+    evidence::verify(&dir, &public_key).unwrap();
+}

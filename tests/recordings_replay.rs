@@ -1,0 +1,415 @@
+//! Replay of a recording in a real headless Chromium: an auditor finds the recording in
+//! the list, plays it, seeks, and sees which segment failed verification after one
+//! was tampered with.
+//!
+//! The recording is a synthetic VP8 stream with its own timestamps (ffmpeg's `testsrc`
+//! encoded by libvpx), written through the recorder exactly as the stream hub writes a
+//! live session, so a long recording takes seconds, not its length in wall-clock time.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::audit::{Action, Actor, EventBuilder};
+use broker::auth::Role;
+use broker::auth::secret_key::TotpKey;
+use broker::auth::totp::TotpSecret;
+use broker::auth::users;
+use broker::clock::ManualClock;
+use broker::recordings::catalogue;
+use broker::server::{self, RunningBroker};
+use bytes::Bytes;
+use chrono::Utc;
+use recorder::{NewRecording, Packet, RecorderConfig, RecordingWriter, StreamConfig};
+use strongroom_tests::browser::{Browser, DEFAULT_WAIT};
+use uuid::Uuid;
+
+const PASSWORD: &str = "a long test passphrase";
+/// Length of the synthetic recording: ten minutes.
+const SECONDS: u32 = 600;
+
+async fn start_broker(dir: &Path) -> RunningBroker {
+    let env = [
+        ("STRONGROOM_DATA_DIR", dir.display().to_string()),
+        ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+        // No launcher runs: replay needs none.
+        ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
+    ]
+    .map(|(name, value)| (name.to_owned(), value));
+    let config = broker::config::load(None, env).expect("test configuration is valid");
+    server::start(config).await.expect("broker starts")
+}
+
+async fn add_user(
+    broker: &RunningBroker,
+    dir: &Path,
+    username: &str,
+    role: Role,
+) -> (String, TotpSecret) {
+    let key = TotpKey::load_or_create(dir).unwrap();
+    let id = Uuid::new_v4().to_string();
+    let secret = TotpSecret::generate();
+    let sealed = key.seal(&id, secret.as_bytes()).unwrap();
+    let hash = broker::auth::password::hash(PASSWORD).unwrap();
+    let roles = BTreeSet::from([role]);
+    let user = users::NewLocalUser {
+        id: &id,
+        username,
+        display_name: username,
+        password_hash: &hash,
+        sealed_totp: &sealed,
+        roles: &roles,
+    };
+    users::create_local(&broker.state.db, user, Utc::now().timestamp_millis())
+        .await
+        .unwrap();
+    (id, secret)
+}
+
+/// A VP8 frame from an IVF file.
+struct Frame {
+    pts_us: u64,
+    keyframe: bool,
+    data: Vec<u8>,
+}
+
+/// Encodes `seconds` of ffmpeg's test pattern (a running clock on colour bars) at ten
+/// frames a second with a keyframe every second, and returns the frames.
+fn synthetic_vp8(dir: &Path, seconds: u32) -> (u32, u32, Vec<Frame>) {
+    let path = dir.join("synthetic.ivf");
+    let output = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("testsrc=duration={seconds}:size=160x120:rate=10"))
+        .args([
+            "-c:v",
+            "libvpx",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-g",
+            "10",
+            "-b:v",
+            "100k",
+            "-f",
+            "ivf",
+        ])
+        .arg(&path)
+        .output()
+        .expect("ffmpeg runs (Debian package ffmpeg)");
+    assert!(
+        output.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(&file[..4], b"DKIF", "not an IVF file");
+    let u16_at = |at: usize| u16::from_le_bytes([file[at], file[at + 1]]);
+    let u32_at = |at: usize| u32::from_le_bytes(file[at..at + 4].try_into().unwrap());
+    let header_len = usize::from(u16_at(6));
+    let (width, height) = (u32::from(u16_at(12)), u32::from(u16_at(14)));
+    let (rate, scale) = (u64::from(u32_at(16)), u64::from(u32_at(20)));
+
+    let mut frames = Vec::new();
+    let mut at = header_len;
+    while at + 12 <= file.len() {
+        let size = u32_at(at) as usize;
+        let pts = u64::from_le_bytes(file[at + 4..at + 12].try_into().unwrap());
+        let data = file[at + 12..at + 12 + size].to_vec();
+        // In VP8, bit 0 of the first byte is 0 for a keyframe.
+        let keyframe = data[0] & 1 == 0;
+        frames.push(Frame {
+            pts_us: pts * scale * 1_000_000 / rate,
+            keyframe,
+            data,
+        });
+        at += 12 + size;
+    }
+    (width, height, frames)
+}
+
+/// Writes a recording from `frames` into the broker's recording store the way the stream
+/// hub does: a catalogue row, each segment's hash in the audit trail, then the seal.
+async fn record(
+    broker: &RunningBroker,
+    user_id: &str,
+    width: u32,
+    height: u32,
+    frames: Vec<Frame>,
+) -> Uuid {
+    let id = Uuid::new_v4();
+    let session_id = Uuid::new_v4();
+    let settings = broker.state.portal.hub.recording_settings().clone();
+    let started_at = Utc::now();
+    let expires_at = started_at + chrono::Duration::days(90);
+    catalogue::insert(
+        &broker.state.db,
+        &catalogue::NewEntry {
+            id,
+            session_id,
+            user_id: user_id.to_owned(),
+            site: "demo-bank".to_owned(),
+            instance_id: "replay-test".to_owned(),
+            started_at,
+            expires_at,
+        },
+    )
+    .await
+    .unwrap();
+
+    let (segments, sealed, bytes) = tokio::task::spawn_blocking(move || {
+        let config = RecorderConfig {
+            target_segment_duration: Duration::from_secs(4),
+            ..RecorderConfig::default()
+        };
+        let new = NewRecording {
+            id,
+            created_at: started_at,
+            expires_at,
+            stream: Some(StreamConfig {
+                codec: "vp8".into(),
+                width,
+                height,
+            }),
+        };
+        let mut writer = RecordingWriter::create(
+            settings.storage.clone(),
+            settings.keys.as_ref(),
+            config,
+            new,
+        )
+        .unwrap();
+        let mut segments = Vec::new();
+        for frame in frames {
+            let packet = Packet {
+                pts_us: frame.pts_us,
+                keyframe: frame.keyframe,
+                data: Bytes::from(frame.data),
+            };
+            segments.extend(writer.push_packet(packet).unwrap());
+        }
+        let sealed = writer.seal().unwrap();
+        segments.extend(sealed.final_segment.clone());
+        (segments, sealed, writer.stored_bytes())
+    })
+    .await
+    .unwrap();
+
+    for segment in &segments {
+        let event = EventBuilder::new(Actor::System("recorder"), Action::RecordingSegmentStored)
+            .session(session_id)
+            .target(format!("recording:{id}"))
+            .detail("index", segment.index)
+            .detail("sha256", hex::encode(segment.sha256))
+            .build();
+        broker.state.audit.append(event).await.unwrap();
+    }
+    catalogue::mark_sealed(
+        &broker.state.db,
+        id,
+        &catalogue::SealedEntry {
+            ended_at: started_at + chrono::Duration::seconds(i64::from(SECONDS)),
+            segment_count: sealed.manifest.segment_count,
+            bytes,
+            seal_sha256: sealed.seal_sha256,
+            detail: None,
+        },
+    )
+    .await
+    .unwrap();
+    id
+}
+
+async fn sign_in(browser: &Browser, base: &str, username: &str, totp: &TotpSecret) {
+    browser.open(&format!("{base}/")).await;
+    browser.type_into("input[name=username]", username).await;
+    browser.type_into("input[name=password]", PASSWORD).await;
+    browser
+        .type_into(
+            "input[name=code]",
+            &totp.code_at(Utc::now().timestamp() as u64),
+        )
+        .await;
+    browser.click("button[type=submit]").await;
+    // The portal's home page has the sign-out form once the sign-in is through.
+    browser.element("form[action='/auth/logout']").await;
+}
+
+/// Reads the state of the player into `r`: whether it is ready, the shown frame's offset, how many sampled
+/// pixels are lit, and the status and error lines.
+const PLAYER_PROBE: &str = "const c = document.getElementById('screen');
+const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let lit = 0;
+for (let i = 0; i < data.length; i += 4 * 97) { if (data[i] || data[i + 1] || data[i + 2]) lit++; }
+const error = document.getElementById('error');
+const r = { ready: document.getElementById('player').dataset.ready === 'true',
+  position: c.dataset.positionUs === '' ? null : Number(c.dataset.positionUs),
+  lit, width: c.width, height: c.height,
+  status: document.getElementById('status').hidden ? '' : document.getElementById('status').textContent,
+  error: error.hidden ? '' : error.textContent };";
+
+/// Polls the player state until `condition` (JavaScript over `r`, the state from
+/// [`PLAYER_PROBE`]) holds, and returns the state.
+async fn wait_player(browser: &Browser, condition: &str) -> serde_json::Value {
+    let script = format!("{PLAYER_PROBE}\nreturn {{ done: !!({condition}), r }};");
+    let deadline = tokio::time::Instant::now() + DEFAULT_WAIT;
+    loop {
+        let result = browser.script(&script).await;
+        if result["done"] == true {
+            return result["r"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "player did not reach `{condition}` within {DEFAULT_WAIT:?}; last state {}",
+            result["r"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Moves the seek bar to `seconds` as a person dragging it would.
+fn seek_script(seconds: f64) -> String {
+    format!(
+        "const s = document.getElementById('seek'); s.value = '{seconds}'; s.dispatchEvent(new Event('change')); return true;"
+    )
+}
+
+async fn replay_events(broker: &RunningBroker, recording: Uuid) -> usize {
+    let target = format!("recording:{recording}");
+    broker
+        .state
+        .audit
+        .list(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| {
+            event.action == "recording.replayed" && event.target.as_deref() == Some(&target)
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditor_plays_seeks_and_sees_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let base = broker.base_url();
+    let (auditor_id, totp) = add_user(&broker, dir.path(), "audrey", Role::Auditor).await;
+    let (alice_id, _) = add_user(&broker, dir.path(), "alice", Role::User).await;
+    let _ = auditor_id;
+
+    let (width, height, frames) = synthetic_vp8(dir.path(), SECONDS);
+    assert_eq!(frames.len(), (SECONDS * 10) as usize);
+    let recording = record(&broker, &alice_id, width, height, frames).await;
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &base, "audrey", &totp).await;
+
+    // The list shows the recording; the link is looked up with a deadline because the
+    // page may still be loading.
+    browser
+        .open(&format!("{base}/recordings?person={alice_id}"))
+        .await;
+    browser
+        .click(&format!("a.recording-link[data-recording='{recording}']"))
+        .await;
+
+    let ready = wait_player(&browser, "r.ready || r.error").await;
+    assert_eq!(ready["error"], "", "player failed: {ready}");
+    assert_eq!(ready["position"], 0, "{ready}");
+    assert!(
+        ready["lit"].as_u64().unwrap() > 0,
+        "first frame not drawn: {ready}"
+    );
+    assert_eq!(ready["width"], width);
+    assert_eq!(ready["height"], height);
+    assert_eq!(replay_events(&broker, recording).await, 1);
+
+    // A seek shows the frame of that time: the last frame at or before it, within a
+    // second.
+    for target in [450.0, 27.35, 3.0, 599.85] {
+        browser.script(&seek_script(target)).await;
+        let target_us = (target * 1e6) as i64;
+        let probe = wait_player(&browser, &format!("r.error || (r.position !== null && r.position <= {target_us} && r.position > {target_us} - 1000000 && r.status.indexOf('Seeking') < 0)")).await;
+        assert_eq!(probe["error"], "", "seek to {target} s failed: {probe}");
+        let position = probe["position"].as_i64().unwrap();
+        assert!(
+            position <= target_us && target_us - position < 1_000_000,
+            "seek to {target} s shows the frame at {position} us"
+        );
+    }
+
+    // Playing goes on from a seek to 7:30.
+    browser.script(&seek_script(450.0)).await;
+    wait_player(
+        &browser,
+        "r.position !== null && r.position <= 450000000 && r.position > 449000000",
+    )
+    .await;
+    browser.click("#play").await;
+    let played = wait_player(&browser, "r.error || r.position >= 451500000").await;
+    assert_eq!(played["error"], "", "playback failed: {played}");
+    browser.click("#play").await;
+
+    // A flipped byte in segment 3 (seconds 12 to 16) is reported with its index and its
+    // frames are never drawn.
+    let segment = dir
+        .path()
+        .join("recordings")
+        .join(recording.to_string())
+        .join("seg-00000003.srs");
+    let mut bytes = std::fs::read(&segment).expect("segment file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+
+    browser
+        .open(&format!("{base}/recordings/{recording}"))
+        .await;
+    wait_player(&browser, "r.ready || r.error").await;
+    browser.script(&seek_script(13.0)).await;
+    let refused = wait_player(&browser, "r.error").await;
+    let error = refused["error"].as_str().unwrap();
+    assert!(error.contains("segment 3 failed verification"), "{error}");
+    let position = refused["position"].as_i64().unwrap();
+    assert!(
+        !(12_000_000..16_000_000).contains(&position),
+        "a frame of the tampered segment was drawn at {position} us"
+    );
+    assert_eq!(replay_events(&broker, recording).await, 2);
+
+    // After retention deleted it, the player says so instead of playing.
+    let settings = broker.state.portal.hub.recording_settings().clone();
+    let retention = broker::recordings::retention::Retention {
+        audit: broker.state.audit.clone(),
+        storage: settings.storage.clone(),
+        keys: settings.keys.clone(),
+        clock: Arc::new(ManualClock::new(Utc::now() + chrono::Duration::days(400))),
+    };
+    let report = retention.sweep(false).await.unwrap();
+    assert_eq!(report.deleted.len(), 1);
+    browser
+        .open(&format!("{base}/recordings/{recording}"))
+        .await;
+    browser.element("#error").await;
+    let message = browser
+        .script("return document.getElementById('error').textContent;")
+        .await;
+    assert!(
+        message.as_str().unwrap().contains("deleted by retention"),
+        "{message}"
+    );
+
+    browser.quit().await;
+    broker.shutdown().await;
+}
