@@ -58,7 +58,7 @@ async fn add_user(
         username,
         display_name: username,
         password_hash: &hash,
-        sealed_totp: &sealed,
+        sealed_totp: Some(&sealed),
         roles: &roles,
     };
     users::create_local(&broker.state.db, user, Utc::now().timestamp_millis())
