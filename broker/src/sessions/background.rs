@@ -9,7 +9,6 @@ use super::end::EndMode;
 use super::store::{self, SessionState};
 use super::{EndReason, SessionNotice, SessionService};
 use crate::audit::Actor;
-use crate::sites;
 use crate::tasks::TaskRegistry;
 
 /// What one reaper pass did.
@@ -23,8 +22,6 @@ pub struct ReapReport {
 /// What recovery after a restart did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// Running sessions whose workspace the launcher still runs; they go on.
-    pub resumed: Vec<Uuid>,
     /// Sessions ended, with their reason code.
     pub ended: Vec<(Uuid, &'static str)>,
 }
@@ -70,7 +67,6 @@ impl SessionService {
                             // Recovery ends with a reconciliation, so this tick is done.
                             recovered = true;
                             tracing::info!(
-                                resumed = report.resumed.len(),
                                 ended = report.ended.len(),
                                 "Session recovery finished"
                             );
@@ -182,10 +178,12 @@ impl SessionService {
         Ok(ended)
     }
 
-    /// Settles the live sessions a previous run of this broker left in the database:
-    /// unfinished launches and ends are ended, running sessions the launcher no longer
-    /// has are ended, and the others get their egress registration back. Then
-    /// reconciles once.
+    /// Ends every live session a previous run of this broker left in the database, and
+    /// then reconciles once, which removes their containers and networks.
+    ///
+    /// No session is re-adopted, even when its workspace still runs: the agent secret,
+    /// the live stream and the recording lived in the previous process, and a session is
+    /// never left running unwatched and unrecorded.
     pub async fn recover(&self) -> anyhow::Result<RecoveryReport> {
         let workspaces: HashMap<Uuid, launcher::WorkloadState> = self
             .deps()
@@ -213,15 +211,7 @@ impl SessionService {
                         detail: launcher::reconcile::dead_reason(state),
                     })
                 }
-                (SessionState::Running, Some(_)) => match self.restore_egress(&record).await {
-                    Ok(()) => {
-                        report.resumed.push(record.id);
-                        None
-                    }
-                    Err(error) => Some(EndReason::LaunchFailed {
-                        detail: format!("egress registration after restart failed: {error:#}"),
-                    }),
-                },
+                (SessionState::Running, Some(_)) => Some(EndReason::BrokerRestarted),
                 (SessionState::Running, None) => Some(EndReason::LostAfterRestart),
                 (SessionState::Ending, _) => {
                     self.complete_end(record.id, true).await?;
@@ -248,27 +238,6 @@ impl SessionService {
 
         self.reconcile_once().await?;
         Ok(report)
-    }
-
-    async fn restore_egress(&self, record: &store::SessionRecord) -> anyhow::Result<()> {
-        use anyhow::Context;
-
-        if self.deps().egress.get(record.id).is_some() {
-            return Ok(());
-        }
-        let site = sites::get(&self.deps().db, &record.site)
-            .await?
-            .with_context(|| format!("site {} no longer exists", record.site))?;
-        let subnet: ipnet::IpNet = record
-            .subnet
-            .as_deref()
-            .context("the session has no stored subnet")?
-            .parse()
-            .context("the stored subnet is invalid")?;
-        self.deps()
-            .egress
-            .register(record.id, subnet, site.egress_policy()?)?;
-        Ok(())
     }
 }
 

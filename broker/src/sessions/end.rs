@@ -290,6 +290,7 @@ fn describe_code(code: &str, detail: Option<&str>) -> String {
         "recorder_unavailable" => EndReason::RecorderUnavailable { detail },
         "lost_after_restart" => EndReason::LostAfterRestart,
         "interrupted_by_restart" => EndReason::InterruptedByRestart,
+        "broker_restarted" => EndReason::BrokerRestarted,
         "stream_failed" => EndReason::StreamFailed { detail },
         _ => EndReason::LaunchFailed { detail },
     };

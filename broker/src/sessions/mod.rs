@@ -120,9 +120,13 @@ pub enum EndReason {
     },
     /// After a broker restart the launcher no longer knew the workspace.
     LostAfterRestart,
-    /// The broker stopped while the session was being launched or ended.
+    /// After a broker restart the workspace still ran, but the live stream, the
+    /// recording and the agent secret had lived in the previous broker process, so the
+    /// session could be neither watched nor recorded any more.
+    BrokerRestarted,
     /// The broker was stopped (SIGTERM or SIGINT) while the session was live.
     BrokerStopped,
+    /// The broker stopped while the session was being launched or ended.
     InterruptedByRestart,
 }
 
@@ -141,6 +145,7 @@ impl EndReason {
             EndReason::StreamFailed { .. } => "stream_failed",
             EndReason::LostAfterRestart => "lost_after_restart",
             EndReason::InterruptedByRestart => "interrupted_by_restart",
+            EndReason::BrokerRestarted => "broker_restarted",
             EndReason::BrokerStopped => "broker_stopped",
         }
     }
@@ -176,7 +181,9 @@ impl EndReason {
             EndReason::StreamFailed { .. } => {
                 "The connection to the browser workspace failed.".to_owned()
             }
-            EndReason::LostAfterRestart | EndReason::InterruptedByRestart => {
+            EndReason::LostAfterRestart
+            | EndReason::InterruptedByRestart
+            | EndReason::BrokerRestarted => {
                 "The session was lost when the service restarted.".to_owned()
             }
             EndReason::BrokerStopped => {
