@@ -11,6 +11,9 @@ use super::{EndReason, SessionNotice, SessionService};
 use crate::audit::Actor;
 use crate::tasks::TaskRegistry;
 
+/// Wait between failed recovery attempts at start.
+const RECOVERY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What one reaper pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReapReport {
@@ -53,33 +56,36 @@ impl SessionService {
         let token = tasks.token();
         let service = self.clone();
         tasks.spawn("sessions-reconciler", async move {
-            let mut recovered = false;
-            let mut ticks = tokio::time::interval(service.config().reconcile_interval);
+            // Recovery is retried sooner than the reconciliation interval, because the
+            // embedded launcher child may still be starting.
+            loop {
+                match service.recover().await {
+                    Ok(report) => {
+                        tracing::info!(ended = report.ended.len(), "Session recovery finished");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            retry_ms = millis(RECOVERY_RETRY),
+                            "Session recovery failed; retrying"
+                        );
+                    }
+                }
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(RECOVERY_RETRY) => {}
+                }
+            }
+
+            // Recovery ended with a reconciliation, so the first tick is skipped.
+            let period = service.config().reconcile_interval;
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     () = token.cancelled() => break,
                     _ = ticks.tick() => {}
-                }
-                if !recovered {
-                    match service.recover().await {
-                        Ok(report) => {
-                            // Recovery ends with a reconciliation, so this tick is done.
-                            recovered = true;
-                            tracing::info!(
-                                ended = report.ended.len(),
-                                "Session recovery finished"
-                            );
-                            continue;
-                        }
-                        Err(error) => {
-                            tracing::error!(
-                                error = format!("{error:#}"),
-                                "Session recovery failed; retrying at the next tick"
-                            );
-                            continue;
-                        }
-                    }
                 }
                 if let Err(error) = service.reconcile_once().await {
                     tracing::warn!(
@@ -196,13 +202,7 @@ impl SessionService {
 
         let mut report = RecoveryReport::default();
         for record in store::list_live(&self.deps().db, &self.deps().instance_id).await? {
-            if self
-                .inner
-                .launching
-                .lock()
-                .expect("launching set lock")
-                .contains(&record.id)
-            {
+            if self.launched_by_this_process(record.id) {
                 continue;
             }
             let reason = match (record.state, workspaces.get(&record.id)) {
@@ -238,6 +238,26 @@ impl SessionService {
 
         self.reconcile_once().await?;
         Ok(report)
+    }
+}
+
+impl SessionService {
+    /// Tells a session that this process launches or launched (it holds the agent
+    /// secret) from one that a previous run left behind.
+    fn launched_by_this_process(&self, session_id: Uuid) -> bool {
+        let launching = self
+            .inner
+            .launching
+            .lock()
+            .expect("launching set lock")
+            .contains(&session_id);
+        launching
+            || self
+                .inner
+                .secrets
+                .lock()
+                .expect("secret map lock")
+                .contains_key(&session_id)
     }
 }
 

@@ -316,8 +316,8 @@ impl SessionService {
 
     /// Returns the agent secret of a session launched by this broker process.
     ///
-    /// NOTE: secrets live only in memory, so after a broker restart a surviving
-    /// session has none and its agent cannot be reached until the session is relaunched.
+    /// Secrets live only in memory, so recovery after a broker restart ends every
+    /// session that outlived the previous process.
     pub fn agent_secret(&self, session_id: Uuid) -> Option<Arc<AgentSecret>> {
         self.inner
             .secrets
