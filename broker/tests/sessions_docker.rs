@@ -137,12 +137,12 @@ async fn launch_race(backend: TestBackend, rounds: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quota_holds_under_simultaneous_launches() {
-    launch_race(TestBackend::Sqlite, 5).await;
+    launch_race(TestBackend::Sqlite, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quota_holds_under_simultaneous_launches_on_postgres() {
-    launch_race(TestBackend::Postgres, 2).await;
+    launch_race(TestBackend::Postgres, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,6 +168,9 @@ pub struct Counts {
     pub workspaces_created: AtomicUsize,
     pub workspaces_removed: AtomicUsize,
     pub networks_created: AtomicUsize,
+    /// When set, the next workspace is created from an image tag that does not exist,
+    /// so Docker fails the create after the session network exists.
+    pub unknown_image_once: std::sync::atomic::AtomicBool,
 }
 
 /// The real Docker runtime with a count of create and remove calls.
@@ -187,6 +190,13 @@ impl Runtime for CountingRuntime {
         self.counts
             .workspaces_created
             .fetch_add(1, Ordering::SeqCst);
+        if self.counts.unknown_image_once.swap(false, Ordering::SeqCst) {
+            let spec = WorkspaceSpec {
+                image: format!("strongroom-broker-test/absent:{}", Uuid::new_v4().simple()),
+                ..spec.clone()
+            };
+            return self.inner.create_workspace(&spec).await;
+        }
         self.inner.create_workspace(spec).await
     }
 
