@@ -30,8 +30,8 @@ pub struct RecoveryReport {
 }
 
 impl SessionService {
-    /// Spawns the reaper and the reconciler. The reconciler first recovers the
-    /// sessions a previous run of this broker left behind. Shutdown (the registry's
+    /// Spawns the reaper, the reconciler and the watch on workspace exits. The
+    /// reconciler first recovers the sessions a previous run of this broker left behind. Shutdown (the registry's
     /// token) also waits for launches in progress.
     pub fn spawn_tasks(&self, tasks: &TaskRegistry) {
         let token = tasks.token();
@@ -95,6 +95,8 @@ impl SessionService {
                 }
             }
         });
+
+        self.spawn_exit_watch(tasks);
 
         let token = tasks.token();
         let launches = self.inner.launches.clone();

@@ -23,6 +23,7 @@
 
 mod background;
 mod end;
+mod exits;
 mod hooks;
 mod launch;
 pub mod store;
