@@ -87,6 +87,10 @@ struct EgressAudit {
 
 impl egress::EventSink for EgressAudit {
     fn record(&self, event: egress::EgressEvent) {
+        if let egress::Outcome::Denied { reason } = &event.outcome {
+            metrics::counter!("strongroom_egress_denials_total", "reason" => reason.code())
+                .increment(1);
+        }
         if self.events.try_send(event).is_err() {
             metrics::counter!("strongroom_egress_audit_dropped_total").increment(1);
         }

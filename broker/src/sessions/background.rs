@@ -117,7 +117,9 @@ impl SessionService {
         let lifetime_ms = millis(config.max_lifetime);
 
         let mut report = ReapReport::default();
-        for record in store::list_running(&self.deps().db, &self.deps().instance_id).await? {
+        let running = store::list_running(&self.deps().db, &self.deps().instance_id).await?;
+        metrics::gauge!("strongroom_sessions_live").set(running.len() as f64);
+        for record in running {
             let started = record.started_at_ms.unwrap_or(record.created_at_ms);
             let idle_for = now - record.last_input_at_ms;
             let reason = if now - started >= lifetime_ms {

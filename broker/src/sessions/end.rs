@@ -269,8 +269,8 @@ impl SessionService {
             reason: reason.clone(),
             message,
         });
-        metrics::counter!("strongroom_sessions_ended_total", "reason" => reason.clone())
-            .increment(1);
+        super::metrics::record_end(&reason);
+        self.record_live_sessions().await;
         tracing::info!(session.id = %session_id, user.id = %record.user_id, site = %record.site, reason = %reason, "Session ended");
         Ok(())
     }

@@ -26,6 +26,7 @@ mod end;
 mod exits;
 mod hooks;
 mod launch;
+mod metrics;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
