@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod auth;
 pub mod cli;
+mod cli_quota;
 pub mod clock;
 pub mod config;
 pub mod db;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::ConfigProblem;
 use super::raw::{Lenient, take};
 
-const DEFAULT_QUOTA: u32 = 1;
+const DEFAULT_QUOTA: u32 = 5;
 const DEFAULT_HOST_MAX_SESSIONS: u32 = 8;
 const DEFAULT_IDLE_TIMEOUT_MINUTES: u64 = 15;
 const DEFAULT_IDLE_WARNING_MINUTES: u64 = 2;
@@ -24,7 +24,7 @@ const DEFAULT_EGRESS_PROXY_PORT: u16 = 3128;
 #[serde(default)]
 pub struct RawSessions {
     /// `sessions.default_quota`: live sessions a person may hold when no per-person
-    /// quota is set. Default 1.
+    /// quota is set (`strongroom quota set` sets one). Default 5.
     pub default_quota: Option<Lenient<u32>>,
     /// `sessions.host_max_sessions`: live sessions this broker runs at once on its
     /// Docker host, all people and sites together. Default 8. Keep it at or below the

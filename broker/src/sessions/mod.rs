@@ -27,6 +27,7 @@ mod exits;
 mod hooks;
 mod launch;
 mod metrics;
+pub mod quota;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
