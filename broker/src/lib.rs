@@ -11,6 +11,7 @@ mod cli_quota;
 pub mod clock;
 pub mod config;
 pub mod db;
+mod egress_audit_limit;
 pub mod error;
 pub mod http;
 pub mod instance;
