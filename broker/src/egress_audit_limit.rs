@@ -14,7 +14,7 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// Sessions tracked before windows that have ended are dropped.
 const TRACKED_SESSIONS: usize = 1024;
 
-/// What to do with one denial.
+/// The decision about one denial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Audit it. `suppressed_before` is the number of this session's denials that the

@@ -600,7 +600,11 @@ async fn restart_ends_every_session_of_previous_run() {
         ended_reason(&harness, survivor.id).await,
         (SessionState::Ended, Some("broker_restarted".to_owned()))
     );
-    assert_eq!(harness.live_count("alice").await, 0, "no session holds a slot");
+    assert_eq!(
+        harness.live_count("alice").await,
+        0,
+        "no session holds a slot"
+    );
     assert!(
         egress.get(survivor.id).is_none(),
         "the egress proxy does not know the ended session"

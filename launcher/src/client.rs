@@ -156,18 +156,18 @@ impl LauncherClient {
 
 impl LauncherClient {
     /// Opens a connection that receives this instance's workspace exits as they happen.
-    /// The connect and the request are bounded by the client's timeout; the stream then
-    /// waits for exits without a limit and ends when the launcher closes it.
+    /// The client's timeout bounds the connect and the request. The stream then waits
+    /// for exits without a limit, and it ends when the launcher closes the connection.
     pub async fn watch_exits(
         &self,
     ) -> Result<BoxStream<'static, Result<WorkspaceExit, ClientError>>, ClientError> {
         let connect = async {
-            let mut stream = UnixStream::connect(&self.socket_path).await.map_err(|source| {
-                ClientError::Connect {
+            let mut stream = UnixStream::connect(&self.socket_path)
+                .await
+                .map_err(|source| ClientError::Connect {
                     path: self.socket_path.clone(),
                     source,
-                }
-            })?;
+                })?;
             write_frame(&mut stream, &serde_json::to_vec(&Request::WatchExits)?).await?;
             Ok::<_, ClientError>(stream)
         };

@@ -182,7 +182,9 @@ impl Launcher {
     }
 
     /// Subscribes to the workspace exits published from now on.
-    pub fn subscribe_exits(&self) -> tokio::sync::broadcast::Receiver<crate::protocol::WorkspaceExit> {
+    pub fn subscribe_exits(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<crate::protocol::WorkspaceExit> {
         self.inner.exits.subscribe()
     }
 

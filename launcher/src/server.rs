@@ -248,7 +248,10 @@ async fn stream_exits(launcher: &Launcher, stream: &mut UnixStream, shutdown: &C
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 // The broker's periodic reconciliation finds the exits this skipped.
-                tracing::warn!(missed, "A watching broker fell behind; workspace exits were dropped");
+                tracing::warn!(
+                    missed,
+                    "A watching broker fell behind; workspace exits were dropped"
+                );
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }

@@ -22,7 +22,7 @@ pub struct QuotaView {
     pub own: Option<u32>,
     /// `own`, or else `sessions.default_quota`.
     pub effective: u32,
-    /// Sessions the person holds now.
+    /// Live sessions of the person now.
     pub live: u32,
 }
 
