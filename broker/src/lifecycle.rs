@@ -103,13 +103,18 @@ impl egress::EventSink for EgressAudit {
 pub fn egress_proxy(
     registry: Arc<egress::Registry>,
     audit: AuditLog,
+    sessions: &crate::config::SessionsConfig,
     tasks: &TaskRegistry,
 ) -> anyhow::Result<egress::Proxy> {
     let (sender, mut receiver) = mpsc::channel::<egress::EgressEvent>(EGRESS_EVENT_QUEUE);
     let proxy = egress::Proxy::new(
         registry,
         Arc::new(EgressAudit { events: sender }),
-        egress::ProxyConfig::default(),
+        egress::ProxyConfig {
+            max_connections_per_session: sessions.egress_max_connections as usize,
+            idle_timeout: sessions.egress_idle_timeout,
+            ..egress::ProxyConfig::default()
+        },
     )
     .context("invalid egress proxy configuration")?;
 

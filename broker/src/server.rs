@@ -161,7 +161,8 @@ fn start_sessions(
     use crate::sessions::{RecorderPreflight, SessionDeps, SessionService};
 
     let registry = Arc::new(egress::Registry::new());
-    let proxy = crate::lifecycle::egress_proxy(registry.clone(), audit.clone(), tasks)?;
+    let proxy =
+        crate::lifecycle::egress_proxy(registry.clone(), audit.clone(), &config.sessions, tasks)?;
     let listeners = crate::lifecycle::EgressListeners::new(proxy, tasks.clone());
 
     let sessions = SessionService::new(SessionDeps {
