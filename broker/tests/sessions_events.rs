@@ -20,6 +20,9 @@ async fn killed_workspace_ends_session_from_events() {
     harness.grant("alice").await;
     let tasks = broker::tasks::TaskRegistry::new();
     service.spawn_tasks(&tasks);
+    tokio::time::timeout(WAIT, service.wait_recovered())
+        .await
+        .expect("recovery at start finishes");
     let mut notices = service.subscribe();
 
     let launched = service.launch(&person("alice"), SITE, None).await.unwrap();

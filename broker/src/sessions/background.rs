@@ -62,6 +62,7 @@ impl SessionService {
                 match service.recover().await {
                     Ok(report) => {
                         tracing::info!(ended = report.ended.len(), "Session recovery finished");
+                        service.inner.recovered.send_replace(true);
                         break;
                     }
                     Err(error) => {
@@ -105,6 +106,13 @@ impl SessionService {
             launches.close();
             launches.wait().await;
         });
+    }
+
+    /// Waits until the recovery that [`SessionService::spawn_tasks`] starts has finished.
+    pub async fn wait_recovered(&self) {
+        let mut recovered = self.inner.recovered.subscribe();
+        // The sender lives in `self`, so the channel cannot close while this waits.
+        let _ = recovered.wait_for(|done| *done).await;
     }
 
     /// Ends sessions past their maximum lifetime or idle timeout, and warns those

@@ -274,6 +274,8 @@ struct Inner {
     launches: TaskTracker,
     /// Sessions this process is launching, which recovery must leave alone.
     launching: Mutex<HashSet<Uuid>>,
+    /// True once the recovery at start has finished.
+    recovered: tokio::sync::watch::Sender<bool>,
     /// Serialises recorder pre-flight checks, which write a probe and read the free
     /// space of the same directory.
     preflight_lock: Arc<Mutex<()>>,
@@ -290,6 +292,7 @@ impl SessionService {
                 notices,
                 launches: TaskTracker::new(),
                 launching: Mutex::new(HashSet::new()),
+                recovered: tokio::sync::watch::Sender::new(false),
                 preflight_lock: Arc::new(Mutex::new(())),
             }),
         }
