@@ -44,6 +44,11 @@ pub enum Command {
         #[command(subcommand)]
         command: SiteCommand,
     },
+    /// Per-person session quotas: show one, or set one (audited).
+    Quota {
+        #[command(subcommand)]
+        command: QuotaCommand,
+    },
     /// Install the host firewall rules that keep workspaces away from the host and
     /// from each other (root; running it again changes nothing).
     HostSetup {
@@ -114,6 +119,16 @@ pub enum SiteCommand {
     Grant { user: String, site: String },
     /// List the catalogue: name, state, start URL, auto-login and credential source.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Print a person's (username or id) quota, where it comes from, and their live
+    /// sessions.
+    Show { user: String },
+    /// Set the maximum number of concurrent live sessions of a person (username or id),
+    /// from 0 to 1000. Running sessions are not ended; the quota applies to launches.
+    Set { user: String, max_sessions: u32 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +229,10 @@ pub fn main() -> i32 {
             Command::HostSetup { check, remove } => host_setup(&config, check, remove).await,
             Command::Site { command } => match open(&config).await {
                 Ok(db) => site(&config, &db, command).await,
+                Err(code) => code,
+            },
+            Command::Quota { command } => match open(&config).await {
+                Ok(db) => crate::cli_quota::run(&db, &config, command).await,
                 Err(code) => code,
             },
             Command::Image {

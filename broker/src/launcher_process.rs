@@ -131,6 +131,7 @@ pub async fn supervise_child(config_path: Option<PathBuf>, shutdown: Cancellatio
             .arg("launcher")
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        stop_with_parent(&mut command);
 
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -159,6 +160,28 @@ pub async fn supervise_child(config_path: Option<PathBuf>, shutdown: Cancellatio
                 return;
             }
         }
+    }
+}
+
+/// Makes the child receive SIGTERM when the broker dies, even by SIGKILL, where
+/// `kill_on_drop` never runs. Otherwise the old launcher would keep serving beside the
+/// one the restarted broker starts.
+///
+/// NOTE: Linux delivers the signal when the thread that forked the child exits. The
+/// child is spawned from a Tokio worker thread, which lives as long as the runtime.
+fn stop_with_parent(command: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and calls only prctl, getppid and
+    // _exit, which are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            // The broker may have died before prctl took effect.
+            if nix::unistd::getppid() != parent {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
     }
 }
 

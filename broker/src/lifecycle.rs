@@ -7,7 +7,8 @@
 //!   its proxy listener.
 //! - A person who logs out, is logged out by the provider, is revoked or loses every
 //!   role loses their banking sessions too.
-//! - Every egress decision is written to the audit trail.
+//! - Every egress decision is written to the audit trail, except denials beyond
+//!   `egress_audit_limit::DENIALS_PER_WINDOW` per session and minute, which are counted.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use uuid::Uuid;
 
 use crate::audit::{Action, Actor, AuditLog, EventBuilder, Outcome};
 use crate::auth::AuthService;
+use crate::egress_audit_limit::{DenialLimiter, Verdict};
 use crate::sessions::{EndReason, SessionNotice, SessionService};
 use crate::stream::StreamHub;
 use crate::tasks::TaskRegistry;
@@ -87,6 +89,10 @@ struct EgressAudit {
 
 impl egress::EventSink for EgressAudit {
     fn record(&self, event: egress::EgressEvent) {
+        if let egress::Outcome::Denied { reason } = &event.outcome {
+            metrics::counter!("strongroom_egress_denials_total", "reason" => reason.code())
+                .increment(1);
+        }
         if self.events.try_send(event).is_err() {
             metrics::counter!("strongroom_egress_audit_dropped_total").increment(1);
         }
@@ -97,24 +103,43 @@ impl egress::EventSink for EgressAudit {
 pub fn egress_proxy(
     registry: Arc<egress::Registry>,
     audit: AuditLog,
+    sessions: &crate::config::SessionsConfig,
     tasks: &TaskRegistry,
 ) -> anyhow::Result<egress::Proxy> {
     let (sender, mut receiver) = mpsc::channel::<egress::EgressEvent>(EGRESS_EVENT_QUEUE);
     let proxy = egress::Proxy::new(
         registry,
         Arc::new(EgressAudit { events: sender }),
-        egress::ProxyConfig::default(),
+        egress::ProxyConfig {
+            max_connections_per_session: sessions.egress_max_connections as usize,
+            idle_timeout: sessions.egress_idle_timeout,
+            ..egress::ProxyConfig::default()
+        },
     )
     .context("invalid egress proxy configuration")?;
 
     let token = tasks.token();
     tasks.spawn("egress-audit", async move {
+        let mut limiter = DenialLimiter::default();
         loop {
             let event = tokio::select! {
                 event = receiver.recv() => match event { Some(event) => event, None => return },
                 _ = token.cancelled() => return,
             };
-            if let Some(audit_event) = egress_audit_event(&event) {
+            let suppressed_before = match (&event.outcome, event.session_id) {
+                (egress::Outcome::Denied { .. }, Some(session_id)) => {
+                    match limiter.check(session_id, std::time::Instant::now()) {
+                        Verdict::Audit { suppressed_before } => suppressed_before,
+                        Verdict::Suppress => {
+                            metrics::counter!("strongroom_egress_denials_unaudited_total")
+                                .increment(1);
+                            continue;
+                        }
+                    }
+                }
+                _ => 0,
+            };
+            if let Some(audit_event) = egress_audit_event(&event, suppressed_before) {
                 if let Err(error) = audit.append(audit_event).await {
                     tracing::error!(
                         error = format!("{error:#}"),
@@ -127,7 +152,12 @@ pub fn egress_proxy(
     Ok(proxy)
 }
 
-fn egress_audit_event(event: &egress::EgressEvent) -> Option<crate::audit::NewEvent> {
+/// Builds the audit event of one egress decision. `suppressed_before` is the number of
+/// the session's denials that the rate limit left unaudited in the previous window.
+fn egress_audit_event(
+    event: &egress::EgressEvent,
+    suppressed_before: u64,
+) -> Option<crate::audit::NewEvent> {
     let (outcome, reason) = match &event.outcome {
         egress::Outcome::Allowed => (Outcome::Success, None),
         egress::Outcome::Denied { reason } => (Outcome::Denied, Some(reason.to_string())),
@@ -150,6 +180,9 @@ fn egress_audit_event(event: &egress::EgressEvent) -> Option<crate::audit::NewEv
     }
     if let Some(reason) = reason {
         builder = builder.detail("reason", reason);
+    }
+    if suppressed_before > 0 {
+        builder = builder.detail("denials_not_audited_before", suppressed_before);
     }
     Some(builder.client(Some(event.client.ip())).build())
 }

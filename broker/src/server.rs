@@ -176,10 +176,11 @@ fn start_sessions(
     use crate::sessions::{RecorderPreflight, SessionDeps, SessionService};
 
     let registry = Arc::new(egress::Registry::new());
-    let proxy = crate::lifecycle::egress_proxy(registry.clone(), audit.clone(), tasks)?
-        .with_resolver(Arc::new(crate::egress_hosts::HostMapResolver::new(
-            config.egress.hosts.clone(),
-        )));
+    let proxy =
+        crate::lifecycle::egress_proxy(registry.clone(), audit.clone(), &config.sessions, tasks)?
+            .with_resolver(Arc::new(crate::egress_hosts::HostMapResolver::new(
+                config.egress.hosts.clone(),
+            )));
     let listeners = crate::lifecycle::EgressListeners::new(proxy, tasks.clone());
 
     let sessions = SessionService::new(SessionDeps {

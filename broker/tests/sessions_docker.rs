@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bollard::query_parameters::KillContainerOptions;
-use broker::audit::{Action, Actor, StoredEvent};
+use broker::audit::{Action, StoredEvent};
 use broker::sessions::{EndOutcome, EndReason, LaunchError, SessionNotice, SessionState};
 use broker::testing::TestBackend;
 use chrono::Duration;
@@ -137,12 +137,12 @@ async fn launch_race(backend: TestBackend, rounds: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quota_holds_under_simultaneous_launches() {
-    launch_race(TestBackend::Sqlite, 5).await;
+    launch_race(TestBackend::Sqlite, 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quota_holds_under_simultaneous_launches_on_postgres() {
-    launch_race(TestBackend::Postgres, 2).await;
+    launch_race(TestBackend::Postgres, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,7 +513,7 @@ async fn unwritable_recorder_refuses_launch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_ends_sessions_without_workspaces() {
+async fn restart_ends_every_session_of_previous_run() {
     let harness = Harness::new(Options {
         default_quota: 3,
         ..Options::default()
@@ -571,7 +571,10 @@ async fn restart_ends_sessions_without_workspaces() {
     let (restarted, egress) = harness.restarted_service();
     let report = restarted.recover().await.unwrap();
 
-    assert_eq!(report.resumed, [survivor.id]);
+    assert!(
+        report.ended.contains(&(survivor.id, "broker_restarted")),
+        "{report:?}"
+    );
     assert!(
         report.ended.contains(&(lost.id, "lost_after_restart")),
         "{report:?}"
@@ -594,32 +597,26 @@ async fn restart_ends_sessions_without_workspaces() {
         )
     );
     assert_eq!(
+        ended_reason(&harness, survivor.id).await,
+        (SessionState::Ended, Some("broker_restarted".to_owned()))
+    );
+    assert_eq!(
         harness.live_count("alice").await,
-        1,
-        "only the survivor holds a slot"
+        0,
+        "no session holds a slot"
     );
     assert!(
-        egress.get(survivor.id).is_some(),
-        "the survivor is registered with the egress proxy again"
+        egress.get(survivor.id).is_none(),
+        "the egress proxy does not know the ended session"
     );
     let ended = events(&harness, Action::SessionEnded, lost.id).await;
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].actor, "system:recovery");
     assert_eq!(
         count_instance_objects(&harness.instance_id).await,
-        (1, 1),
-        "only the survivor's container and network remain"
+        (0, 0),
+        "the workspace that outlived the broker is removed with its network"
     );
-
-    restarted
-        .end(
-            survivor.id,
-            EndReason::AdminTerminated,
-            Actor::Person("root".to_owned()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(count_instance_objects(&harness.instance_id).await, (0, 0));
     harness.finish().await;
 }
 

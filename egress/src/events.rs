@@ -96,6 +96,32 @@ pub enum DenyReason {
     ClientHelloTimedOut,
 }
 
+impl DenyReason {
+    /// A stable snake_case name of the reason, for metric labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownSource => "unknown_source",
+            Self::SessionConnectionLimit { .. } => "session_connection_limit",
+            Self::ProxyConnectionLimit { .. } => "proxy_connection_limit",
+            Self::RequestHeadTooLarge => "request_head_too_large",
+            Self::RequestHeadTimedOut => "request_head_timed_out",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::MalformedTarget => "malformed_target",
+            Self::HostNotAllowed => "host_not_allowed",
+            Self::PortNotAllowed => "port_not_allowed",
+            Self::IpLiteralNotAllowed => "ip_literal_not_allowed",
+            Self::ResolutionFailed => "resolution_failed",
+            Self::AddressNotAllowed { .. } => "address_not_allowed",
+            Self::AddressInSessionNetwork => "address_in_session_network",
+            Self::ConnectFailed => "connect_failed",
+            Self::ConnectTimedOut => "connect_timed_out",
+            Self::SniMismatch => "sni_mismatch",
+            Self::NotTls => "not_tls",
+            Self::ClientHelloTimedOut => "client_hello_timed_out",
+        }
+    }
+}
+
 impl fmt::Display for DenyReason {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
 use tokio::net::UnixStream;
 use uuid::Uuid;
 
 use crate::protocol::{
     EndedSession, ErrorKind, FrameError, HealthReport, LaunchSession, LaunchedSession,
-    ReconcileReport, Request, Response, SessionInfo, read_frame, write_frame,
+    ReconcileReport, Request, Response, SessionInfo, WorkspaceExit, read_frame, write_frame,
 };
 
 /// Maximum size of a response frame the client accepts, in bytes.
@@ -152,6 +154,49 @@ impl LauncherClient {
     }
 }
 
+impl LauncherClient {
+    /// Opens a connection that receives this instance's workspace exits as they happen.
+    /// The client's timeout bounds the connect and the request. The stream then waits
+    /// for exits without a limit, and it ends when the launcher closes the connection.
+    pub async fn watch_exits(
+        &self,
+    ) -> Result<BoxStream<'static, Result<WorkspaceExit, ClientError>>, ClientError> {
+        let connect = async {
+            let mut stream = UnixStream::connect(&self.socket_path)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: self.socket_path.clone(),
+                    source,
+                })?;
+            write_frame(&mut stream, &serde_json::to_vec(&Request::WatchExits)?).await?;
+            Ok::<_, ClientError>(stream)
+        };
+        let stream = tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| ClientError::TimedOut {
+                after: self.timeout,
+            })??;
+
+        let max = self.max_response_bytes;
+        let exits = futures::stream::unfold(Some(stream), move |stream| async move {
+            let mut stream = stream?;
+            let next = match read_frame(&mut stream, max).await {
+                Ok(Some(body)) => match serde_json::from_slice::<Response>(&body) {
+                    Ok(Response::Exited(exit)) => Ok(exit),
+                    Ok(other) => Err(unexpected("watch_exits", other)),
+                    Err(error) => Err(ClientError::from(error)),
+                },
+                Ok(None) => return None,
+                Err(error) => Err(ClientError::from(error)),
+            };
+            // After an error the stream ends; the caller reconnects.
+            let keep = next.is_ok().then_some(stream);
+            Some((next, keep))
+        });
+        Ok(exits.boxed())
+    }
+}
+
 fn unexpected(request: &'static str, response: Response) -> ClientError {
     let got = match response {
         Response::Error(body) => {
@@ -165,6 +210,7 @@ fn unexpected(request: &'static str, response: Response) -> ClientError {
         Response::Sessions { .. } => "sessions",
         Response::Reconciled(_) => "reconciled",
         Response::Health(_) => "health",
+        Response::Exited(_) => "exited",
     };
     ClientError::Unexpected { request, got }
 }

@@ -114,7 +114,12 @@ struct Inner {
     state: Mutex<State>,
     /// Serialises "list used subnets, choose one, reserve it" across launches.
     allocation: tokio::sync::Mutex<()>,
+    /// Workspace exits from the engine's event stream, for `WatchExits` connections.
+    exits: tokio::sync::broadcast::Sender<crate::protocol::WorkspaceExit>,
 }
+
+/// Exits buffered per watching connection before the slowest one loses the oldest.
+const EXIT_BUFFER: usize = 256;
 
 /// The launcher. Cloning is cheap and shares the state.
 #[derive(Clone)]
@@ -164,8 +169,23 @@ impl Launcher {
                 seccomp_profile,
                 state: Mutex::new(State::default()),
                 allocation: tokio::sync::Mutex::new(()),
+                exits: tokio::sync::broadcast::channel(EXIT_BUFFER).0,
             }),
         })
+    }
+
+    /// Sends a workspace exit to every `WatchExits` connection.
+    pub fn publish_exit(&self, exit: crate::protocol::WorkspaceExit) {
+        // Without a watching broker there is no receiver, and the exit is dropped: the
+        // broker's periodic reconciliation still finds the dead workspace.
+        drop(self.inner.exits.send(exit));
+    }
+
+    /// Subscribes to the workspace exits published from now on.
+    pub fn subscribe_exits(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<crate::protocol::WorkspaceExit> {
+        self.inner.exits.subscribe()
     }
 
     pub fn config(&self) -> &LauncherConfig {

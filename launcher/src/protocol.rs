@@ -29,6 +29,10 @@ pub enum Request {
     Reconcile {
         live_sessions: Vec<Uuid>,
     },
+    /// Keeps the connection open and sends one [`Response::Exited`] for each of this
+    /// instance's workspaces that stops, as the engine's event stream reports it. No
+    /// further request is read on that connection.
+    WatchExits,
 }
 
 /// Launch of one workspace for one session.
@@ -135,7 +139,16 @@ pub enum Response {
     Sessions { sessions: Vec<SessionInfo> },
     Reconciled(ReconcileReport),
     Health(HealthReport),
+    Exited(WorkspaceExit),
     Error(ErrorBody),
+}
+
+/// A workspace container that stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceExit {
+    pub session_id: Uuid,
+    /// A sentence for the session's end detail, such as "workspace exited with code 137".
+    pub reason: String,
 }
 
 /// The launcher's view of its dependencies.

@@ -17,7 +17,7 @@ use crate::docker::DockerRuntime;
 use crate::labels;
 use crate::launcher::Launcher;
 use crate::protocol::{
-    ErrorBody, ErrorKind, FrameError, Request, Response, read_frame, write_frame,
+    ErrorBody, ErrorKind, FrameError, Request, Response, WorkspaceExit, read_frame, write_frame,
 };
 
 /// Wait before resubscribing to runtime events after the stream broke.
@@ -159,6 +159,10 @@ impl Launcher {
                     Err(error) => error_response(ErrorKind::Runtime, error.to_string()),
                 }
             }
+            Request::WatchExits => error_response(
+                ErrorKind::InvalidRequest,
+                "watch_exits streams on its own connection and has no single response".to_owned(),
+            ),
         }
     }
 }
@@ -208,6 +212,10 @@ async fn handle_connection(
         };
 
         let response = match serde_json::from_slice::<Request>(&body) {
+            Ok(Request::WatchExits) => {
+                stream_exits(&launcher, &mut stream, &shutdown).await;
+                return;
+            }
             Ok(request) => launcher.dispatch(request).await,
             Err(error) => {
                 tracing::warn!(error = %error, "Rejected a malformed request");
@@ -219,6 +227,33 @@ async fn handle_connection(
         };
         if !send(&mut stream, &response).await {
             return;
+        }
+    }
+}
+
+/// Sends every published workspace exit on `stream` until the peer goes away or the
+/// launcher stops.
+async fn stream_exits(launcher: &Launcher, stream: &mut UnixStream, shutdown: &CancellationToken) {
+    let mut exits = launcher.subscribe_exits();
+    loop {
+        let exit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            exit = exits.recv() => exit,
+        };
+        match exit {
+            Ok(exit) => {
+                if !send(stream, &Response::Exited(exit)).await {
+                    return;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                // The broker's periodic reconciliation finds the exits this skipped.
+                tracing::warn!(
+                    missed,
+                    "A watching broker fell behind; workspace exits were dropped"
+                );
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -262,8 +297,9 @@ async fn run_sweeper(launcher: Launcher, shutdown: CancellationToken) {
     }
 }
 
-/// Logs every exit of this instance's workspaces as it happens; the broker learns of
-/// them through `Reconcile` and `ListSessions`.
+/// Logs every exit of this instance's workspaces as it happens and publishes it to the
+/// `WatchExits` connections. `Reconcile` remains the backstop for exits missed while
+/// the event stream was down.
 async fn watch_exits(launcher: Launcher, shutdown: CancellationToken) {
     let instance_id = launcher.config().instance_id.clone();
     let mut since = None;
@@ -278,6 +314,13 @@ async fn watch_exits(launcher: Launcher, shutdown: CancellationToken) {
                 Some(Ok(exit)) => {
                     let session = exit.labels.get(labels::SESSION).map_or("", String::as_str);
                     tracing::warn!(session.id = %session, container.id = %exit.container_id, exit_code = ?exit.exit_code, "Workspace exited");
+                    if let Ok(session_id) = uuid::Uuid::parse_str(session) {
+                        let reason = match exit.exit_code {
+                            Some(code) => format!("workspace exited with code {code}"),
+                            None => "workspace exited".to_owned(),
+                        };
+                        launcher.publish_exit(WorkspaceExit { session_id, reason });
+                    }
                 }
                 Some(Err(error)) => {
                     tracing::warn!(error = %error, "Watching workspace exits failed; resubscribing");

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::ConfigProblem;
 use super::raw::{Lenient, take};
 
-const DEFAULT_QUOTA: u32 = 1;
+const DEFAULT_QUOTA: u32 = 5;
 const DEFAULT_HOST_MAX_SESSIONS: u32 = 8;
 const DEFAULT_IDLE_TIMEOUT_MINUTES: u64 = 15;
 const DEFAULT_IDLE_WARNING_MINUTES: u64 = 2;
@@ -18,13 +18,17 @@ const DEFAULT_MAX_LIFETIME_MINUTES: u64 = 240;
 const DEFAULT_REAPER_INTERVAL_SECONDS: u64 = 5;
 const DEFAULT_RECONCILE_INTERVAL_SECONDS: u64 = 30;
 const DEFAULT_EGRESS_PROXY_PORT: u16 = 3128;
+/// Chromium opens at most 32 connections per proxy unless its `MaxConnectionsPerProxy`
+/// policy says otherwise, so 64 leaves room for that and for connections closing.
+const DEFAULT_EGRESS_MAX_CONNECTIONS: u32 = 64;
+const DEFAULT_EGRESS_IDLE_TIMEOUT_SECONDS: u64 = 300;
 
 /// Raw mirror of `[sessions]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct RawSessions {
     /// `sessions.default_quota`: live sessions a person may hold when no per-person
-    /// quota is set. Default 1.
+    /// quota is set (`strongroom quota set` sets one). Default 5.
     pub default_quota: Option<Lenient<u32>>,
     /// `sessions.host_max_sessions`: live sessions this broker runs at once on its
     /// Docker host, all people and sites together. Default 8. Keep it at or below the
@@ -52,6 +56,12 @@ pub struct RawSessions {
     /// `sessions.egress_proxy_port`: port of the egress proxy on each session network's
     /// gateway address. Default 3128.
     pub egress_proxy_port: Option<Lenient<u16>>,
+    /// `sessions.egress_max_connections`: connections one session may keep open through
+    /// the egress proxy at once; more are denied. Default 64.
+    pub egress_max_connections: Option<Lenient<u32>>,
+    /// `sessions.egress_idle_timeout_seconds`: a proxied connection in which neither side
+    /// sends a byte for this long is closed. Default 300.
+    pub egress_idle_timeout_seconds: Option<Lenient<u64>>,
     /// `sessions.recordings_dir`: directory of local recordings, checked before every
     /// launch. Default `DATA_DIR/recordings`.
     pub recordings_dir: Option<Lenient<PathBuf>>,
@@ -73,6 +83,8 @@ pub struct SessionsConfig {
     pub reconcile_interval: Duration,
     pub launcher_socket: PathBuf,
     pub egress_proxy_port: u16,
+    pub egress_max_connections: u32,
+    pub egress_idle_timeout: Duration,
     pub recordings_dir: PathBuf,
     pub recording_keys_dir: PathBuf,
 }
@@ -93,6 +105,8 @@ impl SessionsConfig {
             launcher_socket: std::path::absolute(data_dir.join("launcher.sock"))
                 .unwrap_or_else(|_| data_dir.join("launcher.sock")),
             egress_proxy_port: DEFAULT_EGRESS_PROXY_PORT,
+            egress_max_connections: DEFAULT_EGRESS_MAX_CONNECTIONS,
+            egress_idle_timeout: Duration::from_secs(DEFAULT_EGRESS_IDLE_TIMEOUT_SECONDS),
             recordings_dir: data_dir.join("recordings"),
             recording_keys_dir: data_dir.join("recording-keys"),
         }
@@ -286,6 +300,37 @@ pub fn validate_sessions(
         );
     }
 
+    let egress_max_connections = take(
+        &raw.egress_max_connections,
+        "sessions.egress_max_connections",
+        "a whole number of connections",
+        problems,
+    )
+    .unwrap_or(DEFAULT_EGRESS_MAX_CONNECTIONS);
+    in_range(
+        egress_max_connections.into(),
+        1,
+        1024,
+        "sessions.egress_max_connections",
+        "connections",
+        problems,
+    );
+    let egress_idle_timeout = take(
+        &raw.egress_idle_timeout_seconds,
+        "sessions.egress_idle_timeout_seconds",
+        "a whole number of seconds",
+        problems,
+    )
+    .unwrap_or(DEFAULT_EGRESS_IDLE_TIMEOUT_SECONDS);
+    in_range(
+        egress_idle_timeout,
+        10,
+        3600,
+        "sessions.egress_idle_timeout_seconds",
+        "seconds",
+        problems,
+    );
+
     let recordings_dir = take(
         &raw.recordings_dir,
         "sessions.recordings_dir",
@@ -314,6 +359,8 @@ pub fn validate_sessions(
         reconcile_interval: Duration::from_secs(reconcile),
         launcher_socket,
         egress_proxy_port,
+        egress_max_connections,
+        egress_idle_timeout: Duration::from_secs(egress_idle_timeout),
         recordings_dir,
         recording_keys_dir,
     })
@@ -370,6 +417,31 @@ mod tests {
                 "sessions.max_lifetime_minutes",
                 "sessions.launcher_socket",
                 "sessions.egress_proxy_port",
+            ]
+        );
+    }
+
+    #[test]
+    fn egress_limits_are_read_and_bounded() {
+        let (config, problems) =
+            validate_toml("egress_max_connections = 16\negress_idle_timeout_seconds = 45");
+        assert!(problems.is_empty(), "{problems:?}");
+        let config = config.unwrap();
+        assert_eq!(config.egress_max_connections, 16);
+        assert_eq!(config.egress_idle_timeout, Duration::from_secs(45));
+
+        let (config, problems) =
+            validate_toml("egress_max_connections = 0\negress_idle_timeout_seconds = 5");
+        assert!(config.is_none());
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|problem| problem.key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "sessions.egress_max_connections",
+                "sessions.egress_idle_timeout_seconds",
             ]
         );
     }

@@ -12,7 +12,7 @@ use axum::extract::{FromRef, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_http::trace::TraceLayer;
 
 use crate::audit::AuditLog;
@@ -39,12 +39,22 @@ impl FromRef<AppState> for TrustedProxies {
     }
 }
 
+/// Upper bounds of the launch duration histogram, in seconds: a launch creates a network
+/// and starts a container, which takes from under a second to tens of seconds.
+const LAUNCH_DURATION_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0];
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("strongroom_session_launch_duration_seconds".to_owned()),
+                    LAUNCH_DURATION_BUCKETS,
+                )
+                .expect("the bucket list is not empty")
+                .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed when the broker is embedded in
             // a test binary; the handle then renders only this recorder's metrics.

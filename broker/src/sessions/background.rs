@@ -9,8 +9,10 @@ use super::end::EndMode;
 use super::store::{self, SessionState};
 use super::{EndReason, SessionNotice, SessionService};
 use crate::audit::Actor;
-use crate::sites;
 use crate::tasks::TaskRegistry;
+
+/// Wait between failed recovery attempts at start.
+const RECOVERY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What one reaper pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,15 +25,13 @@ pub struct ReapReport {
 /// What recovery after a restart did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// Running sessions whose workspace the launcher still runs; they go on.
-    pub resumed: Vec<Uuid>,
     /// Sessions ended, with their reason code.
     pub ended: Vec<(Uuid, &'static str)>,
 }
 
 impl SessionService {
-    /// Spawns the reaper and the reconciler. The reconciler first recovers the
-    /// sessions a previous run of this broker left behind. Shutdown (the registry's
+    /// Spawns the reaper, the reconciler and the watch on workspace exits. The
+    /// reconciler first recovers the sessions a previous run of this broker left behind. Shutdown (the registry's
     /// token) also waits for launches in progress.
     pub fn spawn_tasks(&self, tasks: &TaskRegistry) {
         let token = tasks.token();
@@ -56,34 +56,37 @@ impl SessionService {
         let token = tasks.token();
         let service = self.clone();
         tasks.spawn("sessions-reconciler", async move {
-            let mut recovered = false;
-            let mut ticks = tokio::time::interval(service.config().reconcile_interval);
+            // Recovery is retried sooner than the reconciliation interval, because the
+            // embedded launcher child may still be starting.
+            loop {
+                match service.recover().await {
+                    Ok(report) => {
+                        tracing::info!(ended = report.ended.len(), "Session recovery finished");
+                        service.inner.recovered.send_replace(true);
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            retry_ms = millis(RECOVERY_RETRY),
+                            "Session recovery failed; retrying"
+                        );
+                    }
+                }
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(RECOVERY_RETRY) => {}
+                }
+            }
+
+            // Recovery ended with a reconciliation, so the first tick is skipped.
+            let period = service.config().reconcile_interval;
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     () = token.cancelled() => break,
                     _ = ticks.tick() => {}
-                }
-                if !recovered {
-                    match service.recover().await {
-                        Ok(report) => {
-                            // Recovery ends with a reconciliation, so this tick is done.
-                            recovered = true;
-                            tracing::info!(
-                                resumed = report.resumed.len(),
-                                ended = report.ended.len(),
-                                "Session recovery finished"
-                            );
-                            continue;
-                        }
-                        Err(error) => {
-                            tracing::error!(
-                                error = format!("{error:#}"),
-                                "Session recovery failed; retrying at the next tick"
-                            );
-                            continue;
-                        }
-                    }
                 }
                 if let Err(error) = service.reconcile_once().await {
                     tracing::warn!(
@@ -94,6 +97,8 @@ impl SessionService {
             }
         });
 
+        self.spawn_exit_watch(tasks);
+
         let token = tasks.token();
         let launches = self.inner.launches.clone();
         tasks.spawn("sessions-launch-drain", async move {
@@ -101,6 +106,13 @@ impl SessionService {
             launches.close();
             launches.wait().await;
         });
+    }
+
+    /// Waits until the recovery that [`SessionService::spawn_tasks`] starts has finished.
+    pub async fn wait_recovered(&self) {
+        let mut recovered = self.inner.recovered.subscribe();
+        // The sender lives in `self`, so the channel cannot close while this waits.
+        let _ = recovered.wait_for(|done| *done).await;
     }
 
     /// Ends sessions past their maximum lifetime or idle timeout, and warns those
@@ -113,7 +125,9 @@ impl SessionService {
         let lifetime_ms = millis(config.max_lifetime);
 
         let mut report = ReapReport::default();
-        for record in store::list_running(&self.deps().db, &self.deps().instance_id).await? {
+        let running = store::list_running(&self.deps().db, &self.deps().instance_id).await?;
+        metrics::gauge!("strongroom_sessions_live").set(running.len() as f64);
+        for record in running {
             let started = record.started_at_ms.unwrap_or(record.created_at_ms);
             let idle_for = now - record.last_input_at_ms;
             let reason = if now - started >= lifetime_ms {
@@ -182,10 +196,12 @@ impl SessionService {
         Ok(ended)
     }
 
-    /// Settles the live sessions a previous run of this broker left in the database:
-    /// unfinished launches and ends are ended, running sessions the launcher no longer
-    /// has are ended, and the others get their egress registration back. Then
-    /// reconciles once.
+    /// Ends every live session a previous run of this broker left in the database, and
+    /// then reconciles once, which removes their containers and networks.
+    ///
+    /// No session is re-adopted, even when its workspace still runs: the agent secret,
+    /// the live stream and the recording lived in the previous process, and a session is
+    /// never left running unwatched and unrecorded.
     pub async fn recover(&self) -> anyhow::Result<RecoveryReport> {
         let workspaces: HashMap<Uuid, launcher::WorkloadState> = self
             .deps()
@@ -198,13 +214,7 @@ impl SessionService {
 
         let mut report = RecoveryReport::default();
         for record in store::list_live(&self.deps().db, &self.deps().instance_id).await? {
-            if self
-                .inner
-                .launching
-                .lock()
-                .expect("launching set lock")
-                .contains(&record.id)
-            {
+            if self.launched_by_this_process(record.id) {
                 continue;
             }
             let reason = match (record.state, workspaces.get(&record.id)) {
@@ -213,15 +223,7 @@ impl SessionService {
                         detail: launcher::reconcile::dead_reason(state),
                     })
                 }
-                (SessionState::Running, Some(_)) => match self.restore_egress(&record).await {
-                    Ok(()) => {
-                        report.resumed.push(record.id);
-                        None
-                    }
-                    Err(error) => Some(EndReason::LaunchFailed {
-                        detail: format!("egress registration after restart failed: {error:#}"),
-                    }),
-                },
+                (SessionState::Running, Some(_)) => Some(EndReason::BrokerRestarted),
                 (SessionState::Running, None) => Some(EndReason::LostAfterRestart),
                 (SessionState::Ending, _) => {
                     self.complete_end(record.id, true).await?;
@@ -249,26 +251,25 @@ impl SessionService {
         self.reconcile_once().await?;
         Ok(report)
     }
+}
 
-    async fn restore_egress(&self, record: &store::SessionRecord) -> anyhow::Result<()> {
-        use anyhow::Context;
-
-        if self.deps().egress.get(record.id).is_some() {
-            return Ok(());
-        }
-        let site = sites::get(&self.deps().db, &record.site)
-            .await?
-            .with_context(|| format!("site {} no longer exists", record.site))?;
-        let subnet: ipnet::IpNet = record
-            .subnet
-            .as_deref()
-            .context("the session has no stored subnet")?
-            .parse()
-            .context("the stored subnet is invalid")?;
-        self.deps()
-            .egress
-            .register(record.id, subnet, site.egress_policy()?)?;
-        Ok(())
+impl SessionService {
+    /// Tells a session that this process launches or launched (it holds the agent
+    /// secret) from one that a previous run left behind.
+    fn launched_by_this_process(&self, session_id: Uuid) -> bool {
+        let launching = self
+            .inner
+            .launching
+            .lock()
+            .expect("launching set lock")
+            .contains(&session_id);
+        launching
+            || self
+                .inner
+                .secrets
+                .lock()
+                .expect("secret map lock")
+                .contains_key(&session_id)
     }
 }
 

@@ -269,8 +269,8 @@ impl SessionService {
             reason: reason.clone(),
             message,
         });
-        metrics::counter!("strongroom_sessions_ended_total", "reason" => reason.clone())
-            .increment(1);
+        super::metrics::record_end(&reason);
+        self.record_live_sessions().await;
         tracing::info!(session.id = %session_id, user.id = %record.user_id, site = %record.site, reason = %reason, "Session ended");
         Ok(())
     }
@@ -290,6 +290,7 @@ fn describe_code(code: &str, detail: Option<&str>) -> String {
         "recorder_unavailable" => EndReason::RecorderUnavailable { detail },
         "lost_after_restart" => EndReason::LostAfterRestart,
         "interrupted_by_restart" => EndReason::InterruptedByRestart,
+        "broker_restarted" => EndReason::BrokerRestarted,
         "stream_failed" => EndReason::StreamFailed { detail },
         _ => EndReason::LaunchFailed { detail },
     };

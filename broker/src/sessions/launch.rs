@@ -82,6 +82,7 @@ impl SessionService {
         let principal = principal.clone();
         let site = site.to_owned();
         let session_id = Uuid::new_v4();
+        let started = std::time::Instant::now();
         let span = tracing::info_span!("launch", session.id = %session_id, user.id = %principal.user_id, site = %site);
         self.inner
             .launching
@@ -106,9 +107,9 @@ impl SessionService {
         let result = task.await.map_err(|error| {
             LaunchError::Storage(anyhow::anyhow!("launch task failed: {error}"))
         })?;
-        if let Err(error) = &result {
-            metrics::counter!("strongroom_session_launch_failures_total", "reason" => error.code())
-                .increment(1);
+        crate::sessions::metrics::record_launch(&result, started.elapsed());
+        if result.is_ok() {
+            self.record_live_sessions().await;
         }
         result
     }
@@ -217,7 +218,6 @@ impl SessionService {
             .await;
             return Err(LaunchError::Storage(error));
         }
-        metrics::counter!("strongroom_sessions_launched_total").increment(1);
         tracing::info!(container.name = %launched.container_name, subnet = %launched.subnet, "Session running");
 
         Ok(LaunchedSession {

@@ -23,8 +23,11 @@
 
 mod background;
 mod end;
+mod exits;
 mod hooks;
 mod launch;
+mod metrics;
+pub mod quota;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -120,9 +123,13 @@ pub enum EndReason {
     },
     /// After a broker restart the launcher no longer knew the workspace.
     LostAfterRestart,
-    /// The broker stopped while the session was being launched or ended.
+    /// After a broker restart the workspace still ran, but the live stream, the
+    /// recording and the agent secret had lived in the previous broker process, so the
+    /// session could be neither watched nor recorded any more.
+    BrokerRestarted,
     /// The broker was stopped (SIGTERM or SIGINT) while the session was live.
     BrokerStopped,
+    /// The broker stopped while the session was being launched or ended.
     InterruptedByRestart,
 }
 
@@ -141,6 +148,7 @@ impl EndReason {
             EndReason::StreamFailed { .. } => "stream_failed",
             EndReason::LostAfterRestart => "lost_after_restart",
             EndReason::InterruptedByRestart => "interrupted_by_restart",
+            EndReason::BrokerRestarted => "broker_restarted",
             EndReason::BrokerStopped => "broker_stopped",
         }
     }
@@ -176,7 +184,9 @@ impl EndReason {
             EndReason::StreamFailed { .. } => {
                 "The connection to the browser workspace failed.".to_owned()
             }
-            EndReason::LostAfterRestart | EndReason::InterruptedByRestart => {
+            EndReason::LostAfterRestart
+            | EndReason::InterruptedByRestart
+            | EndReason::BrokerRestarted => {
                 "The session was lost when the service restarted.".to_owned()
             }
             EndReason::BrokerStopped => {
@@ -264,6 +274,8 @@ struct Inner {
     launches: TaskTracker,
     /// Sessions this process is launching, which recovery must leave alone.
     launching: Mutex<HashSet<Uuid>>,
+    /// True once the recovery at start has finished.
+    recovered: tokio::sync::watch::Sender<bool>,
     /// Serialises recorder pre-flight checks, which write a probe and read the free
     /// space of the same directory.
     preflight_lock: Arc<Mutex<()>>,
@@ -280,6 +292,7 @@ impl SessionService {
                 notices,
                 launches: TaskTracker::new(),
                 launching: Mutex::new(HashSet::new()),
+                recovered: tokio::sync::watch::Sender::new(false),
                 preflight_lock: Arc::new(Mutex::new(())),
             }),
         }
@@ -309,8 +322,8 @@ impl SessionService {
 
     /// Returns the agent secret of a session launched by this broker process.
     ///
-    /// NOTE: secrets live only in memory, so after a broker restart a surviving
-    /// session has none and its agent cannot be reached until the session is relaunched.
+    /// Secrets live only in memory, so recovery after a broker restart ends every
+    /// session that outlived the previous process.
     pub fn agent_secret(&self, session_id: Uuid) -> Option<Arc<AgentSecret>> {
         self.inner
             .secrets

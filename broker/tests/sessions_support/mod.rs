@@ -61,12 +61,15 @@ pub fn busybox() -> PathBuf {
     }
 
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("broker-busybox-static");
-    let binary = dir.join("root/bin/busybox");
+    let binary = dir.join("busybox");
     if !binary.exists() {
-        std::fs::create_dir_all(&dir).unwrap();
+        // Test processes run at once, so each works in its own scratch directory and
+        // renames the binary into place, which replaces the file atomically.
+        let scratch = dir.join(format!("scratch-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).unwrap();
         let download = Command::new("apt-get")
             .args(["download", "busybox-static"])
-            .current_dir(&dir)
+            .current_dir(&scratch)
             .output()
             .unwrap();
         assert!(
@@ -74,7 +77,7 @@ pub fn busybox() -> PathBuf {
             "apt-get download busybox-static failed (run apt-get update first): {}",
             String::from_utf8_lossy(&download.stderr)
         );
-        let deb = std::fs::read_dir(&dir)
+        let deb = std::fs::read_dir(&scratch)
             .unwrap()
             .map(|entry| entry.unwrap().path())
             .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
@@ -82,7 +85,7 @@ pub fn busybox() -> PathBuf {
         let extract = Command::new("dpkg-deb")
             .arg("-x")
             .arg(&deb)
-            .arg(dir.join("root"))
+            .arg(scratch.join("root"))
             .output()
             .unwrap();
         assert!(
@@ -90,6 +93,8 @@ pub fn busybox() -> PathBuf {
             "dpkg-deb -x failed: {}",
             String::from_utf8_lossy(&extract.stderr)
         );
+        std::fs::rename(scratch.join("root/bin/busybox"), &binary).unwrap();
+        std::fs::remove_dir_all(&scratch).unwrap();
     }
     *cached = Some(binary.clone());
     binary
@@ -168,6 +173,9 @@ pub struct Counts {
     pub workspaces_created: AtomicUsize,
     pub workspaces_removed: AtomicUsize,
     pub networks_created: AtomicUsize,
+    /// When set, the next workspace is created from an image tag that does not exist,
+    /// so Docker fails the create after the session network exists.
+    pub unknown_image_once: std::sync::atomic::AtomicBool,
 }
 
 /// The real Docker runtime with a count of create and remove calls.
@@ -187,6 +195,13 @@ impl Runtime for CountingRuntime {
         self.counts
             .workspaces_created
             .fetch_add(1, Ordering::SeqCst);
+        if self.counts.unknown_image_once.swap(false, Ordering::SeqCst) {
+            let spec = WorkspaceSpec {
+                image: format!("strongroom-broker-test/absent:{}", Uuid::new_v4().simple()),
+                ..spec.clone()
+            };
+            return self.inner.create_workspace(&spec).await;
+        }
         self.inner.create_workspace(spec).await
     }
 

@@ -46,12 +46,15 @@ pub fn busybox() -> PathBuf {
     }
 
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("launcher-busybox-static");
-    let binary = dir.join("root/bin/busybox");
+    let binary = dir.join("busybox");
     if !binary.exists() {
-        std::fs::create_dir_all(&dir).unwrap();
+        // Test processes run at once, so each works in its own scratch directory and
+        // renames the binary into place, which replaces the file atomically.
+        let scratch = dir.join(format!("scratch-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).unwrap();
         let download = Command::new("apt-get")
             .args(["download", "busybox-static"])
-            .current_dir(&dir)
+            .current_dir(&scratch)
             .output()
             .unwrap();
         assert!(
@@ -59,7 +62,7 @@ pub fn busybox() -> PathBuf {
             "apt-get download busybox-static failed (run apt-get update first): {}",
             String::from_utf8_lossy(&download.stderr)
         );
-        let deb = std::fs::read_dir(&dir)
+        let deb = std::fs::read_dir(&scratch)
             .unwrap()
             .map(|entry| entry.unwrap().path())
             .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
@@ -67,7 +70,7 @@ pub fn busybox() -> PathBuf {
         let extract = Command::new("dpkg-deb")
             .arg("-x")
             .arg(&deb)
-            .arg(dir.join("root"))
+            .arg(scratch.join("root"))
             .output()
             .unwrap();
         assert!(
@@ -75,6 +78,8 @@ pub fn busybox() -> PathBuf {
             "dpkg-deb -x failed: {}",
             String::from_utf8_lossy(&extract.stderr)
         );
+        std::fs::rename(scratch.join("root/bin/busybox"), &binary).unwrap();
+        std::fs::remove_dir_all(&scratch).unwrap();
     }
     *cached = Some(binary.clone());
     binary

@@ -1,0 +1,403 @@
+//! A real `strongroom serve` process killed with SIGKILL and started again, against the
+//! real Docker engine (Debian docker.io 20.10) and its embedded launcher child.
+//!
+//! The sessions are launched by a session service in the test process that shares the
+//! broker's database, launcher socket and instance id, because the portal would need a
+//! signed-in person for each launch. The broker process alone runs recovery.
+
+mod sessions_support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::CreateContainerOptions;
+use broker::audit::AuditLog;
+use broker::clock::{Clock, SystemClock};
+use broker::config::Config;
+use broker::sessions::store::{self, Reservation, SessionState};
+use broker::sessions::{RecorderPreflight, SessionDeps, SessionService};
+use broker::testing::{TestBackend, TestDatabase};
+use launcher::labels;
+use sessions_support::{
+    InstanceCleanup, SITE, WAIT, count_instance_objects, docker, import_demo_site, person,
+    running_containers, test_image, wait_until,
+};
+use uuid::Uuid;
+
+/// Session subnets of this test, apart from the other Docker tests' ranges.
+const SUBNET_RANGE: &str = "172.26.0.0/16";
+
+/// One `strongroom serve` process; killed with SIGKILL when dropped.
+struct ServeProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ServeProcess {
+    fn start(env: &[(String, String)], log: PathBuf) -> ServeProcess {
+        let output = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_strongroom"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(name, value)| (name, value)))
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
+            .spawn()
+            .expect("start strongroom serve");
+        ServeProcess { child, log }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Kills the broker with SIGKILL, so that none of its shutdown code runs.
+    fn kill_hard(&mut self) {
+        self.child.kill().expect("SIGKILL the broker");
+        self.child.wait().expect("reap the broker");
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends SIGKILL to processes still alive when dropped, so that a failed test leaves no
+/// launcher behind.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if process_alive(pid) {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Process ids whose parent is `parent`, read from `/proc/*/stat`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name in brackets may contain spaces; the fields after it do not.
+        let after_name = &stat[stat.rfind(')').map_or(0, |end| end + 1)..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        if fields.get(1).and_then(|ppid| ppid.parse::<i32>().ok()) == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+/// True while `pid` exists and is not a zombie.
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let after_name = &stat[stat.rfind(')').map_or(0, |end| end + 1)..];
+            after_name.split_whitespace().next() != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Name of the variable that passes the PostgreSQL password to the broker, because the
+/// configuration rejects a password inside `database.url`.
+const PASSWORD_VARIABLE: &str = "STRONGROOM_TEST_DATABASE_PASSWORD";
+
+/// Moves the password out of a `postgres://user:password@host/db` URL, and returns the
+/// URL without it and the password.
+fn split_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let Some((credentials, host)) = rest.split_once('@') else {
+        return (url.to_owned(), None);
+    };
+    match credentials.split_once(':') {
+        Some((user, password)) => (
+            format!("{scheme}://{user}@{host}"),
+            Some(password.to_owned()),
+        ),
+        None => (url.to_owned(), None),
+    }
+}
+
+fn serve_env(data_dir: &Path, database_url: &str, image: &str) -> Vec<(String, String)> {
+    let (database_url, password) = split_password(database_url);
+    let mut env: Vec<(String, String)> = [
+        ("STRONGROOM_DATA_DIR", data_dir.display().to_string()),
+        ("STRONGROOM_DATABASE__URL", format!("\"{database_url}\"")),
+        ("STRONGROOM_SERVER__LISTEN", "\"127.0.0.1:0\"".to_owned()),
+        ("STRONGROOM_LAUNCHER__IMAGE", format!("\"{image}\"")),
+        (
+            "STRONGROOM_LAUNCHER__SUBNET_RANGE",
+            format!("\"{SUBNET_RANGE}\""),
+        ),
+        ("STRONGROOM_SESSIONS__DEFAULT_QUOTA", "2".to_owned()),
+        // Only the recovery at start reconciles: the test's own session service shares
+        // the instance id, and a periodic pass could remove a workspace whose launch has
+        // returned but whose session is not marked running yet.
+        (
+            "STRONGROOM_SESSIONS__RECONCILE_INTERVAL_SECONDS",
+            "3600".to_owned(),
+        ),
+        ("STRONGROOM_LOG", "info".to_owned()),
+    ]
+    .map(|(name, value)| (name.to_owned(), value))
+    .to_vec();
+    if let Some(password) = password {
+        env.push((
+            "STRONGROOM_DATABASE__PASSWORD".to_owned(),
+            format!("\"env:{PASSWORD_VARIABLE}\""),
+        ));
+        env.push((PASSWORD_VARIABLE.to_owned(), password));
+    }
+    env
+}
+
+/// The session service of the test process, sharing the broker's database, launcher
+/// socket and instance id.
+fn session_service(
+    config: &Config,
+    database: &TestDatabase,
+    instance_id: Uuid,
+) -> (SessionService, AuditLog) {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let audit = AuditLog::new(database.db.clone(), clock.clone());
+    let service = SessionService::new(SessionDeps {
+        db: database.db.clone(),
+        audit: audit.clone(),
+        clock,
+        launcher: launcher::LauncherClient::new(config.sessions.launcher_socket.clone())
+            .with_timeout(WAIT),
+        egress: Arc::new(egress::Registry::new()),
+        recorder: RecorderPreflight::from_config(&config.sessions),
+        config: config.sessions.clone(),
+        instance_id: instance_id.to_string(),
+    });
+    (service, audit)
+}
+
+/// Stores a reservation that a launch never got past, as a broker killed mid-launch
+/// leaves it.
+async fn reserve_interrupted(database: &TestDatabase, user_id: &str, instance_id: Uuid) -> Uuid {
+    let session_id = Uuid::new_v4();
+    let reservation = Reservation {
+        session_id,
+        user_id,
+        site: SITE,
+        instance_id: &instance_id.to_string(),
+        client_addr: None,
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        default_quota: 2,
+        site_limit: None,
+        host_limit: 8,
+    };
+    let outcome = store::reserve(&database.db, &reservation).await.unwrap();
+    assert_eq!(outcome, store::ReserveOutcome::Reserved);
+    session_id
+}
+
+async fn end_reason(database: &TestDatabase, session_id: Uuid) -> Option<String> {
+    let record = store::get(&database.db, session_id)
+        .await
+        .unwrap()
+        .expect("session row");
+    (record.state == SessionState::Ended).then(|| record.end_reason.unwrap_or_default())
+}
+
+/// Waits until the broker's recovery has ended `session_id`, and returns the reason.
+async fn wait_for_end(database: &TestDatabase, session_id: Uuid, serve: &ServeProcess) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(reason) = end_reason(database, session_id).await {
+            return reason;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker did not end session {session_id}; its output:\n{}",
+            serve.output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Creates, without starting, a labelled workspace container of `session_id`, as a
+/// launcher killed between create and start leaves it.
+async fn create_unstarted_workspace(instance_id: Uuid, session_id: Uuid, owner: &str, image: &str) {
+    let labels = HashMap::from([
+        (labels::INSTANCE.to_owned(), instance_id.to_string()),
+        (labels::SESSION.to_owned(), session_id.to_string()),
+        (labels::OWNER.to_owned(), owner.to_owned()),
+        (labels::SITE.to_owned(), SITE.to_owned()),
+        (labels::ROLE.to_owned(), "workspace".to_owned()),
+        (labels::CREATED.to_owned(), chrono::Utc::now().to_rfc3339()),
+    ]);
+    let body = ContainerCreateBody {
+        image: Some(image.to_owned()),
+        labels: Some(labels),
+        network_disabled: Some(true),
+        ..Default::default()
+    };
+    let options = CreateContainerOptions {
+        name: Some(format!("strongroom-w-{session_id}")),
+        ..Default::default()
+    };
+    docker()
+        .create_container(Some(options), body)
+        .await
+        .expect("create the unstarted workspace");
+}
+
+async fn killed_broker_restart(backend: TestBackend) {
+    let database = TestDatabase::new(backend).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let instance_id = broker::instance::load_or_create(data_dir.path()).unwrap();
+    let _cleanup = InstanceCleanup(instance_id.to_string());
+    let image = test_image().await;
+    let database_url = database
+        .postgres_url()
+        .unwrap_or_else(|| format!("sqlite://{}", database.dir.path().join("test.db").display()));
+    let env = serve_env(data_dir.path(), &database_url, &image);
+    let config = broker::config::load(None, env.clone()).expect("test configuration is valid");
+
+    import_demo_site(&database, None).await;
+    for user in ["alice", "bob"] {
+        broker::sites::grant(&database.db, user, SITE, "user:test-admin", 0)
+            .await
+            .unwrap();
+    }
+    let (service, _audit) = session_service(&config, &database, instance_id);
+
+    // A reservation from "before" the first start tells when the broker's recovery ran:
+    // recovery ends it, and a launch made earlier could be ended by that recovery too.
+    let first_marker = reserve_interrupted(&database, "carol", instance_id).await;
+    let log = data_dir.path().join("serve.log");
+    let mut serve = ServeProcess::start(&env, log.clone());
+    assert_eq!(
+        wait_for_end(&database, first_marker, &serve).await,
+        "interrupted_by_restart"
+    );
+
+    let alice = person("alice");
+    let bob = person("bob");
+    let mut launched = Vec::new();
+    for who in [&alice, &alice, &bob] {
+        let session = service
+            .launch(who, SITE, None)
+            .await
+            .unwrap_or_else(|error| {
+                panic!("launch failed: {error}; broker output:\n{}", serve.output())
+            });
+        launched.push(session.session.id);
+    }
+    assert_eq!(running_containers(&instance_id.to_string()).await.len(), 3);
+    let launchers = children_of(serve.pid());
+    let _launchers_guard = KillOnDrop(launchers.clone());
+    assert_eq!(
+        launchers.len(),
+        1,
+        "serve runs one launcher child: {launchers:?}"
+    );
+
+    // SIGKILL: no shutdown code of the broker runs.
+    serve.kill_hard();
+    let launcher_pid = launchers[0];
+    wait_until(
+        "the launcher child to exit with its broker",
+        || async move { !process_alive(launcher_pid) },
+    )
+    .await;
+    assert_eq!(
+        running_containers(&instance_id.to_string()).await.len(),
+        3,
+        "the workspaces outlive the killed broker"
+    );
+
+    // A launch of bob's that the broker died in between container create and start.
+    let interrupted = reserve_interrupted(&database, "bob", instance_id).await;
+    create_unstarted_workspace(instance_id, interrupted, "bob", &image).await;
+
+    let serve = ServeProcess::start(&env, log);
+    for session_id in &launched {
+        assert_eq!(
+            wait_for_end(&database, *session_id, &serve).await,
+            "broker_restarted",
+            "session {session_id}"
+        );
+    }
+    assert_eq!(
+        wait_for_end(&database, interrupted, &serve).await,
+        "interrupted_by_restart"
+    );
+    wait_until("the broker to remove every leftover object", || async {
+        count_instance_objects(&instance_id.to_string()).await == (0, 0)
+    })
+    .await;
+    for user in ["alice", "bob"] {
+        assert_eq!(
+            store::count_live_for_user(&database.db, user)
+                .await
+                .unwrap(),
+            0,
+            "{user} holds no slot"
+        );
+    }
+
+    // Bob launches again: names are per session, so no leftover name collides. The
+    // service is new, as the restarted broker's would be: the old one's egress registry
+    // stands for the killed process's memory.
+    let (service, _audit) = session_service(&config, &database, instance_id);
+    let again = service
+        .launch(&bob, SITE, None)
+        .await
+        .unwrap_or_else(|error| panic!("launch after restart failed: {error}"));
+    assert_eq!(again.session.state, SessionState::Running);
+    assert_eq!(running_containers(&instance_id.to_string()).await.len(), 1);
+    service
+        .end_by(&bob, again.session.id)
+        .await
+        .expect("end the new session");
+    assert_eq!(
+        count_instance_objects(&instance_id.to_string()).await,
+        (0, 0)
+    );
+    drop(serve);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_broker_restart_removes_its_workspaces() {
+    killed_broker_restart(TestBackend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_broker_restart_removes_its_workspaces_on_postgres() {
+    killed_broker_restart(TestBackend::Postgres).await;
+}

@@ -1,0 +1,163 @@
+//! `strongroom quota show|set` run as a process, on SQLite and on PostgreSQL.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use broker::audit::{Action, AuditLog};
+use broker::clock::SystemClock;
+use broker::testing::{TestBackend, TestDatabase};
+
+/// Variable that passes the PostgreSQL password, because the configuration rejects a
+/// password inside `database.url`.
+const PASSWORD_VARIABLE: &str = "STRONGROOM_TEST_DATABASE_PASSWORD";
+
+struct Cli {
+    config: PathBuf,
+    password: Option<String>,
+}
+
+impl Cli {
+    /// Writes a configuration file that points at `database`.
+    fn new(dir: &Path, database: &TestDatabase) -> Cli {
+        let (url, password) = match database.postgres_url() {
+            Some(url) => split_password(&url),
+            None => (
+                format!("sqlite://{}", database.dir.path().join("test.db").display()),
+                None,
+            ),
+        };
+        let mut text = format!(
+            "data_dir = {:?}\n[database]\nurl = {url:?}\n",
+            dir.join("data")
+        );
+        if password.is_some() {
+            text.push_str(&format!("password = \"env:{PASSWORD_VARIABLE}\"\n"));
+        }
+        let config = dir.join("strongroom.toml");
+        std::fs::write(&config, text).unwrap();
+        Cli { config, password }
+    }
+
+    fn run(&self, args: &[&str], stdin: &str) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+        // Variables such as STRONGROOM_TEST_POSTGRES_URL would read as configuration keys.
+        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
+            command.env_remove(name);
+        }
+        if let Some(password) = &self.password {
+            command.env(PASSWORD_VARIABLE, password);
+        }
+        let mut child = command
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start strongroom");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().expect("wait for strongroom")
+    }
+}
+
+fn split_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let Some((credentials, host)) = rest.split_once('@') else {
+        return (url.to_owned(), None);
+    };
+    match credentials.split_once(':') {
+        Some((user, password)) => (
+            format!("{scheme}://{user}@{host}"),
+            Some(password.to_owned()),
+        ),
+        None => (url.to_owned(), None),
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+async fn quota_commands(backend: TestBackend) {
+    let database = TestDatabase::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli::new(dir.path(), &database);
+
+    let added = cli.run(
+        &["user", "add", "alice", "--role", "user"],
+        "a long test passphrase\n",
+    );
+    assert!(added.status.success(), "{}", stderr(&added));
+
+    let shown = cli.run(&["quota", "show", "alice"], "");
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    assert!(
+        stdout(&shown).contains("quota 5 (sessions.default_quota = 5), 0 live"),
+        "{}",
+        stdout(&shown)
+    );
+
+    let set = cli.run(&["quota", "set", "alice", "3"], "");
+    assert!(set.status.success(), "{}", stderr(&set));
+    assert!(stdout(&set).contains(": 5 -> 3"), "{}", stdout(&set));
+    let shown = cli.run(&["quota", "show", "alice"], "");
+    assert!(
+        stdout(&shown).contains("quota 3 (set for this person), 0 live"),
+        "{}",
+        stdout(&shown)
+    );
+
+    let too_large = cli.run(&["quota", "set", "alice", "5000"], "");
+    assert_eq!(too_large.status.code(), Some(2));
+    assert!(
+        stderr(&too_large).contains("from 0 to 1000"),
+        "{}",
+        stderr(&too_large)
+    );
+    let unknown = cli.run(&["quota", "set", "nobody", "2"], "");
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains("no person named \"nobody\""),
+        "{}",
+        stderr(&unknown)
+    );
+
+    // Only the accepted change is audited, with both values.
+    let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
+    let changes: Vec<_> = audit
+        .list(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.action == Action::QuotaChanged.as_str())
+        .collect();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].actor, "system:cli");
+    let details: serde_json::Value = serde_json::from_str(&changes[0].details).unwrap();
+    assert_eq!(details["previous"], 5, "{details}");
+    assert_eq!(details["max_sessions"], 3, "{details}");
+}
+
+#[tokio::test]
+async fn quota_set_and_show() {
+    quota_commands(TestBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn quota_set_and_show_on_postgres() {
+    quota_commands(TestBackend::Postgres).await;
+}
