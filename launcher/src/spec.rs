@@ -84,6 +84,9 @@ pub fn validate_fields(request: &LaunchSession) -> Result<(), InvalidLaunch> {
             ));
         }
     }
+    if let Err(ca_problems) = crate::ca_certs::policy_entries(&request.extra_ca_certs) {
+        problems.extend(ca_problems);
+    }
     if let Err(problem) = request.limits.check_sane() {
         problems.push(format!("limits: {problem}"));
     }
@@ -182,7 +185,7 @@ pub fn workspace_spec(
     labels.insert(labels::ROLE.to_owned(), "workspace".to_owned());
     let proxy = SocketAddrV4::new(addresses.gateway, request.egress_proxy_port);
 
-    let env = vec![
+    let mut env = vec![
         format!("STRONGROOM_SESSION_ID={}", request.session_id),
         format!("STRONGROOM_SITE={}", request.site),
         format!("STRONGROOM_START_URL={}", request.start_url),
@@ -197,6 +200,15 @@ pub fn workspace_spec(
         ),
         format!("HOME={WORKSPACE_HOME}"),
     ];
+    // Checked by validate_fields; a certificate that fails here is left out.
+    let ca_certificates = crate::ca_certs::policy_entries(&request.extra_ca_certs)
+        .unwrap_or_default();
+    if !ca_certificates.is_empty() {
+        env.push(format!(
+            "STRONGROOM_CA_CERTIFICATES={}",
+            ca_certificates.join(",")
+        ));
+    }
 
     WorkspaceSpec {
         name: container_name(request.session_id),
@@ -230,6 +242,7 @@ mod tests {
             egress_proxy_port: 3128,
             agent_secret_sha256: "ab".repeat(32),
             allowed_hosts: vec!["bank.example".to_owned(), "*.cdn.bank.example".to_owned()],
+            extra_ca_certs: Vec::new(),
         }
     }
 
