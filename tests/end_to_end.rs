@@ -836,3 +836,126 @@ async fn demo_bank_session_from_local_sign_in_to_recording() {
     stack.stop().await;
     drop(bank);
 }
+
+/// `oidc-provider-mock` (from PyPI) on 127.0.0.1 and a port the kernel chose; killed
+/// on drop.
+struct OidcProvider {
+    issuer: String,
+    _child: tokio::process::Child,
+}
+
+const OIDC_MOCK_SCRIPT: &str = "import sys, threading, werkzeug.serving, oidc_provider_mock\n\
+server = werkzeug.serving.make_server('127.0.0.1', 0, oidc_provider_mock.app(), threaded=True)\n\
+threading.Thread(target=server.serve_forever, daemon=True).start()\n\
+print(server.server_port, flush=True)\n\
+sys.stdin.read()\n";
+
+impl OidcProvider {
+    async fn start() -> OidcProvider {
+        use tokio::io::AsyncBufReadExt;
+        let python =
+            std::env::var("STRONGROOM_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        let mut child = tokio::process::Command::new(&python)
+            .args(["-c", OIDC_MOCK_SCRIPT])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot run {python}: {error}; install Python 3 and `pip install oidc-provider-mock`")
+            });
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .expect("oidc-provider-mock reports its port within 60 s")
+        .unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| {
+            panic!("oidc-provider-mock did not start (output {line:?}); run `pip install oidc-provider-mock`")
+        });
+        OidcProvider {
+            issuer: format!("http://127.0.0.1:{port}"),
+            _child: child,
+        }
+    }
+
+    /// Sets the claims the provider puts in `sub`'s ID token.
+    async fn set_claims(&self, sub: &str, claims: serde_json::Value) {
+        let response = reqwest::Client::new()
+            .put(format!("{}/users/{sub}", self.issuer))
+            .json(&claims)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_bank_session_from_oidc_sign_in_with_mfa_to_recording() {
+    let provider = OidcProvider::start().await;
+    let bank = DemoBank::start();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_dir.path().join("oidc-client-secret");
+    std::fs::write(&secret_file, "end-to-end-client-secret\n").unwrap();
+    let overrides = [
+        ("STRONGROOM_AUTH__OIDC__ISSUER", format!("\"{}\"", provider.issuer)),
+        ("STRONGROOM_AUTH__OIDC__CLIENT_ID", "\"strongroom-e2e\"".to_owned()),
+        (
+            "STRONGROOM_AUTH__OIDC__CLIENT_SECRET",
+            format!("\"file:{}\"", secret_file.display()),
+        ),
+        ("STRONGROOM_AUTH__OIDC__MFA_METHODS", "[\"mfa\"]".to_owned()),
+        ("STRONGROOM_AUTH__OIDC__GROUPS__USER", "[\"staff\"]".to_owned()),
+    ];
+    let stack = Stack::start(&bank, &overrides).await;
+    let db = stack.broker().state.db.clone();
+    add_bank_site(&stack, &bank).await;
+    let now = chrono::Utc::now().timestamp();
+    provider
+        .set_claims(
+            "grace",
+            serde_json::json!({
+                "preferred_username": "grace",
+                "groups": ["staff"],
+                "amr": ["pwd", "mfa"],
+                "auth_time": now,
+            }),
+        )
+        .await;
+    let browser = Browser::start().await;
+
+    // Sign-in through the provider's own authorization page, as `grace`.
+    browser.open(&format!("{}/", stack.base)).await;
+    browser.click("#sso").await;
+    browser.type_into("input[name=sub]", "grace").await;
+    browser.click("form button[type=submit]").await;
+    let person = wait_for(Duration::from_secs(60), || async {
+        broker::auth::users::find_oidc(&db, &provider.issuer, "grace")
+            .await
+            .unwrap()
+    })
+    .await
+    .id;
+    broker::sites::grant(
+        &db,
+        &person,
+        "demo-bank",
+        "system:test",
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await
+    .unwrap();
+    // The portal lists the site once it is granted.
+    browser.open(&format!("{}/", stack.base)).await;
+
+    bank_through_the_live_view(&stack, &bank, &browser, &person).await;
+
+    browser.quit().await;
+    stack.stop().await;
+    drop(bank);
+}
