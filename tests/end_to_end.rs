@@ -725,13 +725,35 @@ async fn bank_through_the_live_view(stack: &Stack, bank: &DemoBank, browser: &Br
         "{accessed:?}"
     );
 
-    // Auto-login typed the stored username and password byte for byte and a TOTP code
-    // the bank accepted, once each.
-    let received = wait_for(Duration::from_secs(120), || async {
-        let received = bank_received(bank).await;
-        (received["totp"].as_array().is_some_and(|totp| !totp.is_empty())).then_some(received)
-    })
-    .await;
+    // Auto-login reports success, having typed the stored username and password byte
+    // for byte and a TOTP code the bank accepted, once each.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let finished = loop {
+        let events = audit_log.list(0, 100_000).await.unwrap();
+        let session_events: Vec<_> = events
+            .into_iter()
+            .filter(|event| event.session_id.as_deref() == Some(session_id.as_str()))
+            .collect();
+        if let Some(event) = session_events
+            .iter()
+            .find(|event| event.action == "credential.auto_login.finished")
+        {
+            break event.clone();
+        }
+        if tokio::time::Instant::now() > deadline {
+            let trail: Vec<String> = session_events
+                .iter()
+                .map(|event| format!("{} {} {}", event.action, event.outcome, event.details))
+                .collect();
+            panic!(
+                "auto-login did not finish within 180 s; the session's audit events: {trail:#?}; the bank received {}",
+                bank_received(bank).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let received = bank_received(bank).await;
+    assert_eq!(finished.outcome, "success", "{finished:?}; the bank received {received}");
     let password_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(BANK_PASSWORD));
     assert_eq!(
         received["logins"],
@@ -743,15 +765,6 @@ async fn bank_through_the_live_view(stack: &Stack, bank: &DemoBank, browser: &Br
         "{received}"
     );
     assert_eq!(received["totp"], serde_json::json!([true]), "{received}");
-    let finished = wait_for(Duration::from_secs(60), || async {
-        let events = audit_log.list(0, 100_000).await.unwrap();
-        events.into_iter().find(|event| {
-            event.action == "credential.auto_login.finished"
-                && event.session_id.as_deref() == Some(session_id.as_str())
-        })
-    })
-    .await;
-    assert_eq!(finished.outcome, "success", "{finished:?}");
 
     // The canvas shows the account page with its statement.
     wait_for(Duration::from_secs(60), || async {
