@@ -323,9 +323,10 @@ pub enum ClipboardPolicy {
 
 /// Session policies of a site.
 ///
-/// NOTE: stored and validated, but not applied yet. Every workspace blocks downloads
-/// (Chromium's `DownloadRestrictions` policy in the image), the viewer has no clipboard
-/// channel, and the launcher does not install extra CA certificates.
+/// NOTE: downloads and clipboard are stored and validated, but not applied yet. Every
+/// workspace blocks downloads (Chromium's `DownloadRestrictions` policy in the image)
+/// and the viewer has no clipboard channel. Extra CA certificates reach the session's
+/// Chromium as its `CACertificates` policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionPolicy {
