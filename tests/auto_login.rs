@@ -511,3 +511,99 @@ async fn hand_over_leaves_rest_to_person() {
             .is_empty()
     );
 }
+
+/// Returns the two pages of a login whose forms are in the initial HTML, so the agent's
+/// clicks come right after each page load. The password field empties itself on any
+/// input that no key press came before, as some banks' scripts do against pasted or
+/// scripted values; the second page reports the password's SHA-256.
+fn key_checked_two_step_pages() -> HashMap<&'static str, String> {
+    let first = r#"<html><body>
+<input id="user" autocomplete="off"><button id="next" type="button">Next</button>
+<script>
+document.getElementById("next").addEventListener("click", () => {
+  location.href = "/password?user=" + encodeURIComponent(document.getElementById("user").value);
+});
+</script></body></html>"#;
+    let second = r#"<html><body>
+<input id="pass" type="password"><button id="go" type="button">Sign in</button>
+<script>
+const pass = document.getElementById("pass");
+let keyDown = false;
+pass.addEventListener("keydown", () => { keyDown = true; });
+pass.addEventListener("input", () => {
+  if (!keyDown) { pass.value = ""; }
+  keyDown = false;
+});
+document.getElementById("go").addEventListener("click", async () => {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(pass.value));
+  const hex = Array.from(new Uint8Array(digest)).map(b => b.toString(16).padStart(2, "0")).join("");
+  await fetch("/received?sha256=" + hex);
+  document.body.insertAdjacentHTML("beforeend", '<div id="welcome-1">Welcome</div>');
+});
+</script></body></html>"#;
+    HashMap::from([
+        ("/login", first.to_owned()),
+        ("/password", second.to_owned()),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_clicks_right_after_load_and_types_with_key_presses() {
+    let fixture = fixture_with(key_checked_two_step_pages()).await;
+    let stream = fixture.start_stream();
+    let password = "Mk-keys <p&ss>'\"$ pässwörd€ ";
+    fixture.store_password(password).await;
+    let mut login = settings(vec![fixture.pages.origin()], "#welcome-1", 3);
+    login.recipe = Some(LoginRecipe {
+        steps: vec![
+            RecipeStep::TypeUsername {
+                selector: "#user".into(),
+                timeout_secs: Some(30),
+            },
+            RecipeStep::Click {
+                selector: "#next".into(),
+                timeout_secs: None,
+            },
+            RecipeStep::TypePassword {
+                selector: "#pass".into(),
+                timeout_secs: Some(30),
+            },
+            RecipeStep::Click {
+                selector: "#go".into(),
+                timeout_secs: None,
+            },
+            RecipeStep::WaitSuccess {
+                url_prefix: None,
+                selector: Some("#welcome-1".into()),
+                timeout_secs: Some(20),
+            },
+        ],
+    });
+
+    let outcome = run(&fixture, &stream, &login).await;
+
+    assert_eq!(
+        outcome,
+        AutoLoginOutcome::Succeeded,
+        "agent log:\n{}",
+        fixture.agent.log()
+    );
+    let requests = fixture.pages.requests();
+    assert!(
+        requests.contains(&"/password?user=alice".to_owned()),
+        "{requests:?}"
+    );
+    assert_eq!(
+        fixture.received(),
+        [format!("/received?sha256={}", sha256_hex(password))]
+    );
+
+    fixture.hub.stop(stream.session_id, "test finished");
+    assert!(
+        fixture
+            .tasks
+            .shutdown(Duration::from_secs(20))
+            .await
+            .is_empty()
+    );
+}

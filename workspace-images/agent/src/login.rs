@@ -287,6 +287,8 @@ async fn fill(
         .get(field)
         .ok_or_else(|| StepError::Failed(format!("no {} was provided", field_name(field))))?;
     check_origin(page, login, field).await?;
+    // Chromium drops key events that reach a new document before its first paint.
+    wait_for_paint(page).await.context("waiting for the page to paint")?;
 
     page.call("DOM.focus", json!({ "objectId": object_id }))
         .await
