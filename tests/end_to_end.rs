@@ -683,7 +683,12 @@ async fn add_bank_site(stack: &Stack, bank: &DemoBank) {
 /// From a signed-in portal page: launches the demo bank, waits for auto-login, checks
 /// what the bank received and what the canvas shows, types a note through the live
 /// view, ends the session and verifies its recording.
-async fn bank_through_the_live_view(stack: &Stack, bank: &DemoBank, browser: &Browser, person: &str) {
+async fn bank_through_the_live_view(
+    stack: &Stack,
+    bank: &DemoBank,
+    browser: &Browser,
+    person: &str,
+) {
     let db = stack.broker().state.db.clone();
     browser.click("#launch-demo-bank").await;
 
@@ -753,7 +758,10 @@ async fn bank_through_the_live_view(stack: &Stack, bank: &DemoBank, browser: &Br
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let received = bank_received(bank).await;
-    assert_eq!(finished.outcome, "success", "{finished:?}; the bank received {received}");
+    assert_eq!(
+        finished.outcome, "success",
+        "{finished:?}; the bank received {received}"
+    );
     let password_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(BANK_PASSWORD));
     assert_eq!(
         received["logins"],
@@ -780,7 +788,10 @@ async fn bank_through_the_live_view(stack: &Stack, bank: &DemoBank, browser: &Br
     browser.type_into("#screen", &keys).await;
     let received = wait_for(Duration::from_secs(60), || async {
         let received = bank_received(bank).await;
-        (received["notes"].as_array().is_some_and(|notes| !notes.is_empty())).then_some(received)
+        (received["notes"]
+            .as_array()
+            .is_some_and(|notes| !notes.is_empty()))
+        .then_some(received)
     })
     .await;
     assert_eq!(received["notes"], serde_json::json!([note]), "{received}");
@@ -916,14 +927,23 @@ async fn demo_bank_session_from_oidc_sign_in_with_mfa_to_recording() {
     let secret_file = secret_dir.path().join("oidc-client-secret");
     std::fs::write(&secret_file, "end-to-end-client-secret\n").unwrap();
     let overrides = [
-        ("STRONGROOM_AUTH__OIDC__ISSUER", format!("\"{}\"", provider.issuer)),
-        ("STRONGROOM_AUTH__OIDC__CLIENT_ID", "\"strongroom-e2e\"".to_owned()),
+        (
+            "STRONGROOM_AUTH__OIDC__ISSUER",
+            format!("\"{}\"", provider.issuer),
+        ),
+        (
+            "STRONGROOM_AUTH__OIDC__CLIENT_ID",
+            "\"strongroom-e2e\"".to_owned(),
+        ),
         (
             "STRONGROOM_AUTH__OIDC__CLIENT_SECRET",
             format!("\"file:{}\"", secret_file.display()),
         ),
         ("STRONGROOM_AUTH__OIDC__MFA_METHODS", "[\"mfa\"]".to_owned()),
-        ("STRONGROOM_AUTH__OIDC__GROUPS__USER", "[\"staff\"]".to_owned()),
+        (
+            "STRONGROOM_AUTH__OIDC__GROUPS__USER",
+            "[\"staff\"]".to_owned(),
+        ),
     ];
     let stack = Stack::start(&bank, &overrides).await;
     let db = stack.broker().state.db.clone();

@@ -81,17 +81,22 @@ mod tests {
     fn bad_entries_are_named() {
         let two = format!("{CERT}{CERT}");
         let huge = format!("{CERT}{}", " ".repeat(MAX_CA_CERT_PEM_LEN));
-        let problems = policy_entries(&[
-            CERT.to_owned(),
-            "not a certificate".to_owned(),
-            two,
-            huge,
-        ])
-        .unwrap_err();
+        let problems =
+            policy_entries(&[CERT.to_owned(), "not a certificate".to_owned(), two, huge])
+                .unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems[0].starts_with("extra_ca_certs[1] contains no PEM"), "{problems:?}");
-        assert!(problems[1].starts_with("extra_ca_certs[2] contains 2"), "{problems:?}");
-        assert!(problems[2].starts_with("extra_ca_certs[3] is "), "{problems:?}");
+        assert!(
+            problems[0].starts_with("extra_ca_certs[1] contains no PEM"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("extra_ca_certs[2] contains 2"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[2].starts_with("extra_ca_certs[3] is "),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -431,3 +431,39 @@ mod policy_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_policy_holds_allowlist_and_ca_certificates() {
+        let dir = std::env::temp_dir().join(format!("strongroom-policy-{}", std::process::id()));
+        let path = dir.join("session.json");
+        let certificates = vec!["MIIBXzCCAQWgAwIBAgIU".to_owned()];
+        write_session_policy(&path, &["bank.example".to_owned()], &certificates).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            written,
+            serde_json::json!({
+                "URLAllowlist": [".bank.example"],
+                "CACertificates": ["MIIBXzCCAQWgAwIBAgIU"],
+            })
+        );
+    }
+
+    #[test]
+    fn ca_certificates_must_be_bounded_base64() {
+        assert!(check_ca_certificates(&["MIIBXzCCAQWgAwIBAgIU".to_owned()]).is_ok());
+        for bad in ["", "-----BEGIN CERTIFICATE-----", "abc", "ab c"] {
+            let error = check_ca_certificates(&[bad.to_owned()]).unwrap_err();
+            assert!(error.to_string().contains("entry 0"), "{bad:?}: {error}");
+        }
+        let long = "A".repeat(MAX_CA_CERTIFICATE_LEN + 4);
+        assert!(check_ca_certificates(&[long]).is_err());
+        let many = vec!["MIIB".to_owned(); MAX_CA_CERTIFICATES + 1];
+        assert!(check_ca_certificates(&many).is_err());
+    }
+}
