@@ -5,9 +5,9 @@ use base64::Engine;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-/// Most extra CA certificates one session may carry.
+/// Maximum number of extra CA certificates of one session.
 pub const MAX_CA_CERTS: usize = 8;
-/// Largest PEM text of one certificate, in bytes.
+/// Maximum length of the PEM text of one certificate, in bytes.
 pub const MAX_CA_CERT_PEM_LEN: usize = 16 * 1024;
 
 /// Checks that `pem` holds exactly one PEM certificate of at most
