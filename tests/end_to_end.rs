@@ -171,10 +171,17 @@ impl Drop for DemoBank {
     }
 }
 
-/// The workspace image that `strongroom image build` made from the `strongroom-agent`
-/// binary of this build, found by the binary's SHA-256 in the image's labels.
+/// The workspace image under test: `STRONGROOM_TEST_WORKSPACE_IMAGE` when set (as
+/// `scripts/test.sh` sets it to the image it built), otherwise the image that
+/// `strongroom image build` made from the `strongroom-agent` binary of this build,
+/// found by the binary's SHA-256 in the image's labels.
 fn workspace_image_of_this_build() -> String {
     use sha2::Digest;
+    if let Ok(image) = std::env::var("STRONGROOM_TEST_WORKSPACE_IMAGE")
+        && !image.is_empty()
+    {
+        return image;
+    }
     let test_binary = std::env::current_exe().unwrap();
     // target/<profile>/deps/end_to_end-<hash>: the agent is in target/<profile>.
     let agent = test_binary
