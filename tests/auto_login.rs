@@ -607,3 +607,86 @@ async fn login_clicks_right_after_load_and_types_with_key_presses() {
             .is_empty()
     );
 }
+
+/// Returns a login page that shows the password: a toggle switches the field between
+/// `password` and `text` every 30 ms, a script mirrors the field into visible text and
+/// reports the mirror's length on each input, and a failed sign-in keeps the values.
+fn revealing_login_page() -> String {
+    r#"<html><body>
+<input id="user" autocomplete="off"><input id="pass" type="password">
+<button id="toggle" type="button">Show</button><button id="go" type="button">Sign in</button>
+<div id="mirror"></div>
+<script>
+const pass = document.getElementById("pass");
+const mirror = document.getElementById("mirror");
+document.getElementById("toggle").addEventListener("click", () => {
+  pass.type = pass.type === "password" ? "text" : "password";
+});
+setInterval(() => document.getElementById("toggle").click(), 30);
+pass.addEventListener("input", () => {
+  mirror.textContent = pass.value;
+  fetch("/mirror?length=" + pass.value.length);
+});
+document.getElementById("go").addEventListener("click", () => {
+  document.body.insertAdjacentHTML("beforeend", '<p id="error">Wrong password</p>');
+});
+</script></body></html>"#
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_login_clears_revealed_password() {
+    let fixture = fixture_with(HashMap::from([("/login", revealing_login_page())])).await;
+    let stream = fixture.start_stream();
+    let password = "Mk-revealed";
+    fixture.store_password(password).await;
+    let mut login = settings(vec![fixture.pages.origin()], "#welcome-1", 3);
+    if let Some(recipe) = login.recipe.as_mut()
+        && let Some(RecipeStep::WaitSuccess { timeout_secs, .. }) = recipe.steps.last_mut()
+    {
+        *timeout_secs = Some(3);
+    }
+
+    let outcome = run(&fixture, &stream, &login).await;
+
+    assert!(
+        matches!(outcome, AutoLoginOutcome::Failed { .. }),
+        "{outcome:?}; agent log:\n{}",
+        fixture.agent.log()
+    );
+    // The page reports each input with a fetch, so the last report may arrive after
+    // the outcome.
+    let mirror_reports = || -> Vec<String> {
+        fixture
+            .pages
+            .requests()
+            .into_iter()
+            .filter(|target| target.starts_with("/mirror?"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while mirror_reports().last().map(String::as_str) != Some("/mirror?length=0")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mirror = mirror_reports();
+    // The whole password reached the field while the page kept revealing it, and the
+    // agent emptied the field after the failure.
+    let full = format!("/mirror?length={}", password.len());
+    assert!(mirror.contains(&full), "{mirror:?}");
+    assert_eq!(
+        mirror.last().map(String::as_str),
+        Some("/mirror?length=0"),
+        "{mirror:?}"
+    );
+
+    fixture.hub.stop(stream.session_id, "test finished");
+    assert!(
+        fixture
+            .tasks
+            .shutdown(Duration::from_secs(20))
+            .await
+            .is_empty()
+    );
+}
