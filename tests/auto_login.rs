@@ -57,10 +57,7 @@ setTimeout(() => {{
 /// password on a second page. The second page reports the password's SHA-256.
 fn two_step_pages() -> HashMap<&'static str, String> {
     // Each form is rendered after the page's first painted frame, as a single-page app
-    // renders it.
-    // NOTE: with the form in the initial HTML, the agent's click on "Next" was lost in
-    // 3 of about 30 runs with a dozen Chromium instances on two cores. The suspected
-    // cause is a click sent before the new document's first paint.
+    // renders it. `key_checked_two_step_pages` has its forms in the initial HTML.
     let first = r#"<html><head><script>
 document.addEventListener("click", (event) => {
   if (event.target.id !== "next") return;

@@ -200,9 +200,9 @@ pub fn workspace_spec(
         ),
         format!("HOME={WORKSPACE_HOME}"),
     ];
-    // Checked by validate_fields; a certificate that fails here is left out.
-    let ca_certificates = crate::ca_certs::policy_entries(&request.extra_ca_certs)
-        .unwrap_or_default();
+    // validate_fields rejects a request with a bad certificate before this runs.
+    let ca_certificates =
+        crate::ca_certs::policy_entries(&request.extra_ca_certs).unwrap_or_default();
     if !ca_certificates.is_empty() {
         env.push(format!(
             "STRONGROOM_CA_CERTIFICATES={}",
