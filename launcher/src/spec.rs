@@ -266,6 +266,52 @@ mod tests {
     }
 
     #[test]
+    fn extra_ca_certificates_reach_the_environment_as_base64_der() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIBXzCCAQWgAwIBAgIU\n-----END CERTIFICATE-----\n";
+        let with_ca = LaunchSession {
+            extra_ca_certs: vec![pem.to_owned(), pem.to_owned()],
+            ..request()
+        };
+        assert_eq!(validate_fields(&with_ca), Ok(()));
+        let addresses = SessionAddresses::for_subnet("172.21.0.32/28".parse().unwrap());
+        let spec = workspace_spec(
+            &LauncherConfig::default(),
+            Arc::from("{}"),
+            &with_ca,
+            addresses,
+            BTreeMap::new(),
+        );
+        assert!(
+            spec.env.contains(
+                &"STRONGROOM_CA_CERTIFICATES=MIIBXzCCAQWgAwIBAgIU,MIIBXzCCAQWgAwIBAgIU".to_owned()
+            ),
+            "{:?}",
+            spec.env
+        );
+
+        let without_ca = workspace_spec(
+            &LauncherConfig::default(),
+            Arc::from("{}"),
+            &request(),
+            addresses,
+            BTreeMap::new(),
+        );
+        assert!(
+            !without_ca
+                .env
+                .iter()
+                .any(|entry| entry.starts_with("STRONGROOM_CA_CERTIFICATES="))
+        );
+
+        let bad = LaunchSession {
+            extra_ca_certs: vec!["not a certificate".to_owned()],
+            ..request()
+        };
+        let problems = validate_fields(&bad).unwrap_err().problems;
+        assert_eq!(problems, ["extra_ca_certs[0] contains no PEM certificate"]);
+    }
+
+    #[test]
     fn host_patterns() {
         assert!(is_valid_host_pattern("bank.example"));
         assert!(is_valid_host_pattern("*.bank.example"));
