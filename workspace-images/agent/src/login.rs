@@ -287,8 +287,11 @@ async fn fill(
         .get(field)
         .ok_or_else(|| StepError::Failed(format!("no {} was provided", field_name(field))))?;
     check_origin(page, login, field).await?;
-    // Chromium drops key events that reach a new document before its first paint.
-    wait_for_paint(page).await.context("waiting for the page to paint")?;
+    // Key events sent to a new document before its first paint were lost in some
+    // test runs on a busy host.
+    wait_for_paint(page)
+        .await
+        .context("waiting for the page to paint")?;
 
     page.call("DOM.focus", json!({ "objectId": object_id }))
         .await
@@ -330,9 +333,9 @@ async fn fill(
     Ok(())
 }
 
-/// Scrolls the element into view and returns its centre when the element (or one of
-/// its descendants) is what a click there would hit, or None while something covers
-/// it, it has no size, or the page is still laying out.
+/// Scrolls the element into view and returns its centre if a click there would hit the
+/// element or one of its descendants. Returns null while something covers it, it has
+/// no size, or the page is still laying out.
 const HIT_TEST: &str = "function() { \
     if (!this.isConnected) return null; \
     this.scrollIntoView({block: 'center', inline: 'center'}); \
@@ -342,10 +345,9 @@ const HIT_TEST: &str = "function() { \
     const hit = document.elementFromPoint(x, y); \
     return hit && (hit === this || this.contains(hit)) ? [x, y] : null; }";
 
-/// Clicks the centre of the element once it can receive the click: it is laid out,
-/// nothing covers its centre, and the page has painted since, checked twice around the
-/// paint so a click sent right after a page load is not lost. Waits until the step's
-/// timeout otherwise.
+/// Clicks the centre of the element once it can receive the click. The element must be
+/// laid out and uncovered both before and after the page paints, so a click sent
+/// right after a page load is not lost. Otherwise waits until the step's timeout.
 async fn click(page: &Page, object_id: &str) -> anyhow::Result<()> {
     let (x, y) = loop {
         if call_on(page, object_id, HIT_TEST).await?.is_array() {

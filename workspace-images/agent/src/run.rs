@@ -175,8 +175,9 @@ pub fn url_allowlist(hosts: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Most extra CA certificates, and the longest base64 text of one.
+/// Maximum number of extra CA certificates.
 const MAX_CA_CERTIFICATES: usize = 8;
+/// Maximum length of the base64 text of one certificate.
 const MAX_CA_CERTIFICATE_LEN: usize = 16 * 1024;
 
 /// Checks that each entry is non-empty standard base64 of bounded length.
