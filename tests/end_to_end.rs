@@ -12,8 +12,9 @@
 //! workspace's Chromium trusts the bank for that session only. Auto-login types the
 //! username, password and TOTP code; the bank's `/received` report shows what it got.
 //!
-//! The tests run the workspace image built from the `strongroom-agent` binary beside
-//! the test binary (its SHA-256 is in the image's labels), never merely the newest one.
+//! The tests run the workspace image named by `STRONGROOM_TEST_WORKSPACE_IMAGE`, or else
+//! the one built from the `strongroom-agent` binary beside the test binary (its SHA-256
+//! is in the image's labels), never merely the newest one.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -171,10 +172,10 @@ impl Drop for DemoBank {
     }
 }
 
-/// The workspace image under test: `STRONGROOM_TEST_WORKSPACE_IMAGE` when set (as
-/// `scripts/test.sh` sets it to the image it built), otherwise the image that
-/// `strongroom image build` made from the `strongroom-agent` binary of this build,
-/// found by the binary's SHA-256 in the image's labels.
+/// Returns the workspace image under test: `STRONGROOM_TEST_WORKSPACE_IMAGE` when set
+/// (`scripts/test.sh` sets it to the image it built), otherwise the image built from the
+/// `strongroom-agent` binary beside this test, found by the binary's SHA-256 label.
+/// Building the agent's own tests relinks that binary, so its hash can change.
 fn workspace_image_of_this_build() -> String {
     use sha2::Digest;
     if let Ok(image) = std::env::var("STRONGROOM_TEST_WORKSPACE_IMAGE")
@@ -211,7 +212,8 @@ fn workspace_image_of_this_build() -> String {
         .next()
         .unwrap_or_else(|| {
             panic!(
-                "no workspace image holds {} (SHA-256 {hash}); run `strongroom image build`",
+                "no workspace image holds {} (SHA-256 {hash}); run `strongroom image build` \
+                 and set STRONGROOM_TEST_WORKSPACE_IMAGE to the image it prints",
                 agent.display()
             )
         })
