@@ -4,7 +4,8 @@
 #
 #   build:   pkg-config libclang-dev libavdevice-dev (FFmpeg headers for ffmpeg-next)
 #   images:  mmdebstrap (workspace and bank images from Debian packages, no registry)
-#   run:     docker.io (the engine), iptables iproute2 (host firewall, test namespaces)
+#   run:     docker.io (the engine), iptables iproute2 (host firewall, test namespaces),
+#            curl (start.sh fetches the demo bank's CA)
 #   deploy:  docker-compose (the compose file test runs `docker-compose config`)
 #   tests:   postgresql, chromium chromium-driver xvfb xauth (agent and portal tests),
 #            ffmpeg (ffprobe checks exports), dpkg-dev (launcher tests unpack busybox-static)
@@ -16,7 +17,7 @@ packages=(
     iptables iproute2 docker-compose
     postgresql
     chromium chromium-driver xvfb xauth fonts-dejavu-core
-    ffmpeg dpkg-dev ca-certificates
+    ffmpeg dpkg-dev ca-certificates curl
 )
 
 missing=()

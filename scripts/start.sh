@@ -76,9 +76,6 @@ docker rm -f "$container" >/dev/null 2>&1 || true
 docker network rm "$network" >/dev/null 2>&1 || true
 trap cleanup EXIT INT TERM
 
-# NOTE: the bank generates a new CA at each start, and nothing gives it to the
-# workspace's Chromium. A session therefore shows Chromium's certificate error instead
-# of the login page until a site can carry a CA for the agent's managed policy.
 echo "Starting the demo bank at https://$bank_host:$bank_port on $subnet..."
 if ! docker network create --internal --subnet "$subnet" \
     --label org.strongroom.demo=bank "$network" >/dev/null; then
@@ -96,6 +93,22 @@ docker run --detach --name "$container" --network "$network" --ip "$bank_ip" \
     --received-token-file /run/demo-bank/received-token \
     --hostname "$bank_host" >/dev/null
 
+# The bank generates a new CA at each start and serves it on its plain-HTTP port. The
+# site carries it, so the workspace's Chromium trusts it for demo bank sessions only.
+ca_file=data/demo-bank-ca.pem
+rm -f "$ca_file"
+for _ in $(seq 1 60); do
+    if curl --silent --fail --max-time 2 --output "$ca_file" "http://$bank_ip:8081/ca.pem"; then
+        break
+    fi
+    sleep 1
+done
+if ! grep -q "BEGIN CERTIFICATE" "$ca_file" 2>/dev/null; then
+    echo "error: the demo bank did not serve its CA at http://$bank_ip:8081/ca.pem within 60 s;" >&2
+    echo "see \`docker logs $container\`" >&2
+    exit 1
+fi
+
 # The egress proxy resolves the bank's name to its container. Every other name goes
 # through the host's resolver.
 export STRONGROOM_EGRESS__HOSTS="{ \"$bank_host\" = [\"$bank_ip\"] }"
@@ -109,6 +122,35 @@ allowed_hosts = ["$bank_host"]
 allowed_ports = [$bank_port]
 allowed_private_ranges = ["$subnet"]
 recording_retention_days = 30
+[site.login]
+credential_source = "shared"
+credential_origins = ["https://$bank_host:$bank_port"]
+[[site.login.steps]]
+action = "wait_for"
+selector = "#username"
+timeout_secs = 60
+[[site.login.steps]]
+action = "type_username"
+selector = "#username"
+[[site.login.steps]]
+action = "type_password"
+selector = "#password"
+[[site.login.steps]]
+action = "click"
+selector = "#sign-in"
+[[site.login.steps]]
+action = "type_totp"
+selector = "#code"
+timeout_secs = 30
+[[site.login.steps]]
+action = "click"
+selector = "#verify"
+[[site.login.steps]]
+action = "wait_success"
+selector = "#account-title"
+timeout_secs = 30
+[site.policy]
+extra_ca_certs = ["demo-bank-ca.pem"]
 EOF
 "$bin" site import data/demo-site.toml
 "$bin" credential set demo-bank \

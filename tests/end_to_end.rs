@@ -8,9 +8,13 @@
 //! Needs the workspace image and the demo bank image
 //! (`strongroom image build --recipe demo-bank`), which `scripts/test.sh` builds.
 //!
-//! NOTE: the workspace's Chromium does not trust the demo bank's generated CA, so the
-//! page it shows is a certificate error and no login reaches the bank. Auto-login, the
-//! bank's `/received` report and typed text are therefore not checked here yet.
+//! The site carries the bank's generated CA as an extra CA certificate, so the
+//! workspace's Chromium trusts the bank for that session only. Auto-login types the
+//! username, password and TOTP code; the bank's `/received` report shows what it got.
+//!
+//! The tests run the workspace image named by `STRONGROOM_TEST_WORKSPACE_IMAGE`, or else
+//! the one built from the `strongroom-agent` binary beside the test binary (its SHA-256
+//! is in the image's labels), never merely the newest one.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -27,6 +31,13 @@ use uuid::Uuid;
 const PASSWORD: &str = "a long test passphrase";
 const BANK_HOST: &str = "demo-bank.test";
 const BANK_PORT: u16 = 8443;
+/// The demo bank's plain-HTTP port for `/received` and `/ca.pem`.
+const RECEIVED_PORT: u16 = 8081;
+const RECEIVED_TOKEN: &str = "received-token-for-tests";
+const BANK_USERNAME: &str = "demo-customer";
+/// Characters that a shell or HTML would treat specially, typed byte for byte.
+const BANK_PASSWORD: &str = "demo <p&ss> 'pässwörd€'";
+const BANK_TOTP_SEED: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 /// Session subnets of this test, apart from the other tests' ranges.
 const SUBNET_RANGE: &str = "172.27.0.0/16";
 
@@ -69,16 +80,12 @@ impl DemoBank {
         let secrets = tempfile::tempdir().unwrap();
         let account = secrets.path().join("account");
         std::fs::create_dir(&account).unwrap();
-        std::fs::write(account.join("username"), "demo-customer\n").unwrap();
-        std::fs::write(account.join("password"), "demo-password\n").unwrap();
-        std::fs::write(
-            account.join("totp-seed"),
-            "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP\n",
-        )
-        .unwrap();
+        std::fs::write(account.join("username"), format!("{BANK_USERNAME}\n")).unwrap();
+        std::fs::write(account.join("password"), format!("{BANK_PASSWORD}\n")).unwrap();
+        std::fs::write(account.join("totp-seed"), format!("{BANK_TOTP_SEED}\n")).unwrap();
         std::fs::write(
             secrets.path().join("received-token"),
-            "received-token-for-tests\n",
+            format!("{RECEIVED_TOKEN}\n"),
         )
         .unwrap();
         // The bank runs as uid 1000 and reads these files through a read-only mount.
@@ -165,6 +172,54 @@ impl Drop for DemoBank {
     }
 }
 
+/// Returns the workspace image under test: `STRONGROOM_TEST_WORKSPACE_IMAGE` when set
+/// (`scripts/test.sh` sets it to the image it built), otherwise the image built from the
+/// `strongroom-agent` binary beside this test, found by the binary's SHA-256 label.
+/// Building the agent's own tests relinks that binary, so its hash can change.
+fn workspace_image_of_this_build() -> String {
+    use sha2::Digest;
+    if let Ok(image) = std::env::var("STRONGROOM_TEST_WORKSPACE_IMAGE")
+        && !image.is_empty()
+    {
+        return image;
+    }
+    let test_binary = std::env::current_exe().unwrap();
+    // target/<profile>/deps/end_to_end-<hash>: the agent is in target/<profile>.
+    let agent = test_binary
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("strongroom-agent");
+    let bytes = std::fs::read(&agent).unwrap_or_else(|error| {
+        panic!(
+            "cannot read {}: {error}; run `cargo build -p strongroom-agent`",
+            agent.display()
+        )
+    });
+    let hash = hex::encode(sha2::Sha256::digest(&bytes));
+    let filter = format!("label=org.strongroom.host-binary.sha256={hash}");
+    let images = docker(&[
+        "images",
+        "--filter",
+        &filter,
+        "--filter",
+        "label=org.strongroom.recipe=workspace",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+    ]);
+    images
+        .lines()
+        .next()
+        .unwrap_or_else(|| {
+            panic!(
+                "no workspace image holds {} (SHA-256 {hash}); run `strongroom image build` \
+                 and set STRONGROOM_TEST_WORKSPACE_IMAGE to the image it prints",
+                agent.display()
+            )
+        })
+        .to_owned()
+}
+
 fn rand_octet() -> u8 {
     Uuid::new_v4().as_bytes()[0]
 }
@@ -179,10 +234,12 @@ struct Stack {
 }
 
 impl Stack {
-    async fn start(bank: &DemoBank) -> Stack {
+    async fn start(bank: &DemoBank, overrides: &[(&str, String)]) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let instance_id = broker::instance::load_or_create(dir.path()).unwrap();
+        let image = format!("\"{}\"", workspace_image_of_this_build());
         let env = [
+            ("STRONGROOM_LAUNCHER__IMAGE", image),
             ("STRONGROOM_DATA_DIR", dir.path().display().to_string()),
             ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
             ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
@@ -195,6 +252,8 @@ impl Stack {
                 format!("{{ \"{BANK_HOST}\" = [\"{}\"] }}", bank.address),
             ),
         ]
+        .into_iter()
+        .chain(overrides.iter().cloned())
         .map(|(name, value)| (name.to_owned(), value));
         let config = broker::config::load(None, env).expect("test configuration is valid");
         assert_eq!(config.egress.hosts[BANK_HOST], vec![bank.address]);
@@ -323,12 +382,49 @@ where
     }
 }
 
-fn site_file(dir: &std::path::Path, bank: &DemoBank) -> std::path::PathBuf {
+/// Fetches the CA certificate the demo bank generated at start from its plain-HTTP port.
+async fn bank_ca_pem(bank: &DemoBank) -> String {
+    let url = format!("http://{}:{RECEIVED_PORT}/ca.pem", bank.address);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    wait_for(Duration::from_secs(60), || async {
+        let response = client.get(&url).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.text().await.ok()
+    })
+    .await
+}
+
+/// Reads the bank's `/received` report.
+async fn bank_received(bank: &DemoBank) -> serde_json::Value {
+    let url = format!("http://{}:{RECEIVED_PORT}/received", bank.address);
+    reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(RECEIVED_TOKEN)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Writes the demo bank's site: its CA, the login recipe (username and password, then
+/// the TOTP step) and the origin the credentials may be typed into.
+fn site_file(dir: &std::path::Path, bank: &DemoBank, ca_pem: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("bank-ca.pem"), ca_pem).unwrap();
     let path = dir.join("sites.toml");
     std::fs::write(
         &path,
         format!(
-            r#"
+            r##"
 [[site]]
 name = "demo-bank"
 display_name = "Demo Bank"
@@ -337,7 +433,36 @@ allowed_hosts = ["{BANK_HOST}"]
 allowed_ports = [{BANK_PORT}]
 allowed_private_ranges = ["{}"]
 recording_retention_days = 30
-"#,
+[site.login]
+credential_source = "shared"
+credential_origins = ["https://{BANK_HOST}:{BANK_PORT}"]
+[[site.login.steps]]
+action = "wait_for"
+selector = "#username"
+timeout_secs = 60
+[[site.login.steps]]
+action = "type_username"
+selector = "#username"
+[[site.login.steps]]
+action = "type_password"
+selector = "#password"
+[[site.login.steps]]
+action = "click"
+selector = "#sign-in"
+[[site.login.steps]]
+action = "type_totp"
+selector = "#code"
+timeout_secs = 30
+[[site.login.steps]]
+action = "click"
+selector = "#verify"
+[[site.login.steps]]
+action = "wait_success"
+selector = "#account-title"
+timeout_secs = 30
+[site.policy]
+extra_ca_certs = ["bank-ca.pem"]
+"##,
             bank.subnet
         ),
     )
@@ -506,47 +631,88 @@ const status = document.getElementById('status');
 const ended = document.getElementById('ended');
 return { lit, status: status.hidden ? '' : status.textContent, ended: ended.hidden ? '' : ended.textContent };";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_bank_session_from_sign_in_to_recording() {
-    let bank = DemoBank::start();
-    let stack = Stack::start(&bank).await;
+/// Counts rows of the viewer canvas that are mostly light grey: the account page's
+/// statement table draws a full-width grey rule under each of its many rows, while the
+/// login and TOTP pages and Chromium's error pages draw none.
+const STATEMENT_PROBE: &str = "const c = document.getElementById('screen');
+if (!c) return 0;
+const w = c.width, h = c.height;
+const data = c.getContext('2d').getImageData(0, 0, w, h).data;
+let rules = 0;
+for (let y = 0; y < h; y++) {
+  let grey = 0, samples = 0;
+  for (let x = 0; x < w; x += 4) {
+    const i = (y * w + x) * 4, r = data[i], g = data[i + 1], b = data[i + 2];
+    samples++;
+    if (r > 150 && r < 240 && Math.abs(r - g) < 16 && Math.abs(r - b) < 16) grey++;
+  }
+  if (grey > samples * 0.4) rules++;
+}
+return rules;";
+
+/// Stores the bank's shared credential in the broker's local store, as
+/// `strongroom credential set` does.
+async fn set_bank_credential(stack: &Stack) {
+    use broker::secrets::{BankCredentials, CredentialKey, CredentialRef, LocalStore};
     let db = stack.broker().state.db.clone();
-    let (person, totp) = stack.add_user("person", BTreeSet::from([Role::User])).await;
-    broker::sites::import_file(&db, &site_file(stack.dir.path(), &bank))
-        .await
-        .unwrap();
-    broker::sites::grant(
-        &db,
-        &person,
-        "demo-bank",
-        "system:test",
-        chrono::Utc::now().timestamp_millis(),
+    let clock = std::sync::Arc::new(broker::clock::SystemClock);
+    let key = CredentialKey::load_or_create(stack.dir.path()).unwrap();
+    let store = LocalStore::new(db.clone(), std::sync::Arc::new(key), clock.clone());
+    let audit = broker::audit::AuditLog::new(db, clock);
+    let reference = CredentialRef::shared("demo-bank").unwrap();
+    let credentials = BankCredentials::new(
+        &reference,
+        BANK_USERNAME.into(),
+        BANK_PASSWORD.into(),
+        Some(BANK_TOTP_SEED.into()),
+    )
+    .unwrap();
+    broker::secrets::cli::set(
+        &store,
+        &audit,
+        broker::audit::Actor::System("test"),
+        &reference,
+        &credentials,
     )
     .await
     .unwrap();
-    let browser = Browser::start().await;
+}
 
-    // Local sign-in with password and TOTP, then launch from the portal.
-    browser.open(&format!("{}/", stack.base)).await;
-    browser.type_into("input[name=username]", "person").await;
-    browser.type_into("input[name=password]", PASSWORD).await;
-    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
-    browser.type_into("input[name=code]", &code).await;
-    browser.click("button[type=submit]").await;
+/// Imports the demo bank's site with the bank's CA and login recipe, and stores its
+/// credential.
+async fn add_bank_site(stack: &Stack, bank: &DemoBank) {
+    let ca_pem = bank_ca_pem(bank).await;
+    let db = stack.broker().state.db.clone();
+    broker::sites::import_file(&db, &site_file(stack.dir.path(), bank, &ca_pem))
+        .await
+        .unwrap();
+    set_bank_credential(stack).await;
+}
+
+/// From a signed-in portal page: launches the demo bank, waits for auto-login, checks
+/// what the bank received and what the canvas shows, types a note through the live
+/// view, ends the session and verifies its recording.
+async fn bank_through_the_live_view(
+    stack: &Stack,
+    bank: &DemoBank,
+    browser: &Browser,
+    person: &str,
+) {
+    let db = stack.broker().state.db.clone();
     browser.click("#launch-demo-bank").await;
 
-    // The workspace's screen reaches the canvas.
-    wait_for(Duration::from_secs(120), || async {
+    // The workspace's screen reaches the canvas once auto-login ends (the viewer shows
+    // a notice while the screen is hidden for it).
+    wait_for(Duration::from_secs(180), || async {
         let probe = browser.script(CANVAS_PROBE).await;
         if probe.is_null() {
             return None;
         }
-        assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
         assert_eq!(probe["ended"], "", "session ended early: {probe}");
         (probe["lit"].as_u64().unwrap_or(0) > 0).then_some(())
     })
     .await;
-    let sessions = broker::sessions::store::list_for_user(&db, &person, 10)
+    let sessions = broker::sessions::store::list_for_user(&db, person, 10)
         .await
         .unwrap();
     assert_eq!(sessions.len(), 1);
@@ -572,6 +738,72 @@ async fn demo_bank_session_from_sign_in_to_recording() {
         Some(bank.address.to_string().as_str()),
         "{accessed:?}"
     );
+
+    // Auto-login reports success, having typed the stored username and password byte
+    // for byte and a TOTP code the bank accepted, once each.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let finished = loop {
+        let events = audit_log.list(0, 100_000).await.unwrap();
+        let session_events: Vec<_> = events
+            .into_iter()
+            .filter(|event| event.session_id.as_deref() == Some(session_id.as_str()))
+            .collect();
+        if let Some(event) = session_events
+            .iter()
+            .find(|event| event.action == "credential.auto_login.finished")
+        {
+            break event.clone();
+        }
+        if tokio::time::Instant::now() > deadline {
+            let trail: Vec<String> = session_events
+                .iter()
+                .map(|event| format!("{} {} {}", event.action, event.outcome, event.details))
+                .collect();
+            panic!(
+                "auto-login did not finish within 180 s; the session's audit events: {trail:#?}; the bank received {}",
+                bank_received(bank).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let received = bank_received(bank).await;
+    assert_eq!(
+        finished.outcome, "success",
+        "{finished:?}; the bank received {received}"
+    );
+    let password_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(BANK_PASSWORD));
+    assert_eq!(
+        received["logins"],
+        serde_json::json!([{
+            "username": BANK_USERNAME,
+            "password_sha256": password_sha256,
+            "accepted": true,
+        }]),
+        "{received}"
+    );
+    assert_eq!(received["totp"], serde_json::json!([true]), "{received}");
+
+    // The canvas shows the account page with its statement.
+    wait_for(Duration::from_secs(60), || async {
+        let rules = browser.script(STATEMENT_PROBE).await.as_u64().unwrap_or(0);
+        (rules >= 8).then_some(())
+    })
+    .await;
+
+    // The person types a note through the live view: Tab moves from the top of the
+    // fresh account page past its two links to the note field, Enter submits it.
+    let note = "note-42 from the live view";
+    let keys = format!("\u{E004}\u{E004}\u{E004}{note}\u{E007}");
+    browser.type_into("#screen", &keys).await;
+    let received = wait_for(Duration::from_secs(60), || async {
+        let received = bank_received(bank).await;
+        (received["notes"]
+            .as_array()
+            .is_some_and(|notes| !notes.is_empty()))
+        .then_some(received)
+    })
+    .await;
+    assert_eq!(received["notes"], serde_json::json!([note]), "{received}");
 
     // Ending the session from the viewer seals its recording, which verifies against the
     // audit chain.
@@ -603,6 +835,167 @@ async fn demo_bank_session_from_sign_in_to_recording() {
         .await
         .unwrap();
     assert!(report.is_intact(), "{:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_bank_session_from_local_sign_in_to_recording() {
+    let bank = DemoBank::start();
+    let stack = Stack::start(&bank, &[]).await;
+    let db = stack.broker().state.db.clone();
+    let (person, totp) = stack.add_user("person", BTreeSet::from([Role::User])).await;
+    add_bank_site(&stack, &bank).await;
+    broker::sites::grant(
+        &db,
+        &person,
+        "demo-bank",
+        "system:test",
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await
+    .unwrap();
+    let browser = Browser::start().await;
+
+    // Local sign-in with password and TOTP.
+    browser.open(&format!("{}/", stack.base)).await;
+    browser.type_into("input[name=username]", "person").await;
+    browser.type_into("input[name=password]", PASSWORD).await;
+    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
+    browser.type_into("input[name=code]", &code).await;
+    browser.click("button[type=submit]").await;
+
+    bank_through_the_live_view(&stack, &bank, &browser, &person).await;
+
+    browser.quit().await;
+    stack.stop().await;
+    drop(bank);
+}
+
+/// `oidc-provider-mock` (from PyPI) on 127.0.0.1 and a port the kernel chose; killed
+/// on drop.
+struct OidcProvider {
+    issuer: String,
+    _child: tokio::process::Child,
+}
+
+const OIDC_MOCK_SCRIPT: &str = "import sys, threading, werkzeug.serving, oidc_provider_mock\n\
+server = werkzeug.serving.make_server('127.0.0.1', 0, oidc_provider_mock.app(), threaded=True)\n\
+threading.Thread(target=server.serve_forever, daemon=True).start()\n\
+print(server.server_port, flush=True)\n\
+sys.stdin.read()\n";
+
+impl OidcProvider {
+    async fn start() -> OidcProvider {
+        use tokio::io::AsyncBufReadExt;
+        let python =
+            std::env::var("STRONGROOM_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        let mut child = tokio::process::Command::new(&python)
+            .args(["-c", OIDC_MOCK_SCRIPT])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot run {python}: {error}; install Python 3 and `pip install oidc-provider-mock`")
+            });
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .expect("oidc-provider-mock reports its port within 60 s")
+        .unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| {
+            panic!("oidc-provider-mock did not start (output {line:?}); run `pip install oidc-provider-mock`")
+        });
+        OidcProvider {
+            issuer: format!("http://127.0.0.1:{port}"),
+            _child: child,
+        }
+    }
+
+    /// Sets the claims the provider puts in `sub`'s ID token.
+    async fn set_claims(&self, sub: &str, claims: serde_json::Value) {
+        let response = reqwest::Client::new()
+            .put(format!("{}/users/{sub}", self.issuer))
+            .json(&claims)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_bank_session_from_oidc_sign_in_with_mfa_to_recording() {
+    let provider = OidcProvider::start().await;
+    let bank = DemoBank::start();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_dir.path().join("oidc-client-secret");
+    std::fs::write(&secret_file, "end-to-end-client-secret\n").unwrap();
+    let overrides = [
+        (
+            "STRONGROOM_AUTH__OIDC__ISSUER",
+            format!("\"{}\"", provider.issuer),
+        ),
+        (
+            "STRONGROOM_AUTH__OIDC__CLIENT_ID",
+            "\"strongroom-e2e\"".to_owned(),
+        ),
+        (
+            "STRONGROOM_AUTH__OIDC__CLIENT_SECRET",
+            format!("\"file:{}\"", secret_file.display()),
+        ),
+        ("STRONGROOM_AUTH__OIDC__MFA_METHODS", "[\"mfa\"]".to_owned()),
+        (
+            "STRONGROOM_AUTH__OIDC__GROUPS__USER",
+            "[\"staff\"]".to_owned(),
+        ),
+    ];
+    let stack = Stack::start(&bank, &overrides).await;
+    let db = stack.broker().state.db.clone();
+    add_bank_site(&stack, &bank).await;
+    let now = chrono::Utc::now().timestamp();
+    provider
+        .set_claims(
+            "grace",
+            serde_json::json!({
+                "preferred_username": "grace",
+                "groups": ["staff"],
+                "amr": ["pwd", "mfa"],
+                "auth_time": now,
+            }),
+        )
+        .await;
+    let browser = Browser::start().await;
+
+    // Sign-in through the provider's own authorization page, as `grace`.
+    browser.open(&format!("{}/", stack.base)).await;
+    browser.click("#sso").await;
+    browser.type_into("input[name=sub]", "grace").await;
+    browser.click("form button[type=submit]").await;
+    let person = wait_for(Duration::from_secs(60), || async {
+        broker::auth::users::find_oidc(&db, &provider.issuer, "grace")
+            .await
+            .unwrap()
+    })
+    .await
+    .id;
+    broker::sites::grant(
+        &db,
+        &person,
+        "demo-bank",
+        "system:test",
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await
+    .unwrap();
+    // The portal lists the site once it is granted.
+    browser.open(&format!("{}/", stack.base)).await;
+
+    bank_through_the_live_view(&stack, &bank, &browser, &person).await;
 
     browser.quit().await;
     stack.stop().await;

@@ -6,6 +6,7 @@
 //! capability or another image. The container runtime sits behind [`Runtime`];
 //! [`DockerRuntime`] implements it over the Docker Engine API.
 
+pub mod ca_certs;
 pub mod client;
 pub mod config;
 pub mod docker;

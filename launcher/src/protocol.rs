@@ -55,6 +55,10 @@ pub struct LaunchSession {
     pub agent_secret_sha256: String,
     /// Host names Chromium's policy allows, e.g. `bank.example` or `*.bank.example`.
     pub allowed_hosts: Vec<String>,
+    /// PEM certificates Chromium trusts for this session only, beside the system
+    /// roots (a bank behind a private CA).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_ca_certs: Vec<String>,
 }
 
 /// Resource limits of one workspace container.

@@ -84,6 +84,9 @@ pub fn validate_fields(request: &LaunchSession) -> Result<(), InvalidLaunch> {
             ));
         }
     }
+    if let Err(ca_problems) = crate::ca_certs::policy_entries(&request.extra_ca_certs) {
+        problems.extend(ca_problems);
+    }
     if let Err(problem) = request.limits.check_sane() {
         problems.push(format!("limits: {problem}"));
     }
@@ -182,7 +185,7 @@ pub fn workspace_spec(
     labels.insert(labels::ROLE.to_owned(), "workspace".to_owned());
     let proxy = SocketAddrV4::new(addresses.gateway, request.egress_proxy_port);
 
-    let env = vec![
+    let mut env = vec![
         format!("STRONGROOM_SESSION_ID={}", request.session_id),
         format!("STRONGROOM_SITE={}", request.site),
         format!("STRONGROOM_START_URL={}", request.start_url),
@@ -197,6 +200,15 @@ pub fn workspace_spec(
         ),
         format!("HOME={WORKSPACE_HOME}"),
     ];
+    // validate_fields rejects a request with a bad certificate before this runs.
+    let ca_certificates =
+        crate::ca_certs::policy_entries(&request.extra_ca_certs).unwrap_or_default();
+    if !ca_certificates.is_empty() {
+        env.push(format!(
+            "STRONGROOM_CA_CERTIFICATES={}",
+            ca_certificates.join(",")
+        ));
+    }
 
     WorkspaceSpec {
         name: container_name(request.session_id),
@@ -230,6 +242,7 @@ mod tests {
             egress_proxy_port: 3128,
             agent_secret_sha256: "ab".repeat(32),
             allowed_hosts: vec!["bank.example".to_owned(), "*.cdn.bank.example".to_owned()],
+            extra_ca_certs: Vec::new(),
         }
     }
 
@@ -250,6 +263,52 @@ mod tests {
         };
         let problems = validate_fields(&bad).unwrap_err().problems;
         assert_eq!(problems.len(), 6, "{problems:?}");
+    }
+
+    #[test]
+    fn extra_ca_certificates_reach_the_environment_as_base64_der() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIBXzCCAQWgAwIBAgIU\n-----END CERTIFICATE-----\n";
+        let with_ca = LaunchSession {
+            extra_ca_certs: vec![pem.to_owned(), pem.to_owned()],
+            ..request()
+        };
+        assert_eq!(validate_fields(&with_ca), Ok(()));
+        let addresses = SessionAddresses::for_subnet("172.21.0.32/28".parse().unwrap());
+        let spec = workspace_spec(
+            &LauncherConfig::default(),
+            Arc::from("{}"),
+            &with_ca,
+            addresses,
+            BTreeMap::new(),
+        );
+        assert!(
+            spec.env.contains(
+                &"STRONGROOM_CA_CERTIFICATES=MIIBXzCCAQWgAwIBAgIU,MIIBXzCCAQWgAwIBAgIU".to_owned()
+            ),
+            "{:?}",
+            spec.env
+        );
+
+        let without_ca = workspace_spec(
+            &LauncherConfig::default(),
+            Arc::from("{}"),
+            &request(),
+            addresses,
+            BTreeMap::new(),
+        );
+        assert!(
+            !without_ca
+                .env
+                .iter()
+                .any(|entry| entry.starts_with("STRONGROOM_CA_CERTIFICATES="))
+        );
+
+        let bad = LaunchSession {
+            extra_ca_certs: vec!["not a certificate".to_owned()],
+            ..request()
+        };
+        let problems = validate_fields(&bad).unwrap_err().problems;
+        assert_eq!(problems, ["extra_ca_certs[0] contains no PEM certificate"]);
     }
 
     #[test]

@@ -388,6 +388,7 @@ impl SessionService {
             egress_proxy_port: self.config().egress_proxy_port,
             agent_secret_sha256: secret.sha256_hex(),
             allowed_hosts: site.allowed_hosts.clone(),
+            extra_ca_certs: site.policy.extra_ca_certs.clone(),
         };
         let launched = match self.deps().launcher.launch_session(request).await {
             Ok(launched) => launched,

@@ -18,7 +18,7 @@ pub const DEFAULT_MAX_FAILED_LOGINS: u32 = 3;
 /// Maximum of `max_failed_logins`; banks usually lock an account after 3 to 5 failures.
 pub const MAX_FAILED_LOGINS: u32 = 10;
 /// Maximum number of extra CA certificates per site.
-pub const MAX_EXTRA_CA_CERTS: usize = 8;
+pub const MAX_EXTRA_CA_CERTS: usize = launcher::ca_certs::MAX_CA_CERTS;
 
 /// One step of a login recipe, as an admin writes it in the site file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,9 +323,10 @@ pub enum ClipboardPolicy {
 
 /// Session policies of a site.
 ///
-/// NOTE: stored and validated, but not applied yet. Every workspace blocks downloads
-/// (Chromium's `DownloadRestrictions` policy in the image), the viewer has no clipboard
-/// channel, and the launcher does not install extra CA certificates.
+/// NOTE: downloads and clipboard are stored and validated, but not applied yet. Every
+/// workspace blocks downloads (Chromium's `DownloadRestrictions` policy in the image)
+/// and the viewer has no clipboard channel. Extra CA certificates reach the session's
+/// Chromium as its `CACertificates` policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionPolicy {
@@ -396,9 +397,6 @@ impl LoginSettings {
 
 impl SessionPolicy {
     pub(super) fn validate(&self, path: &str, problems: &mut Vec<SiteProblem>) {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-
         if self.extra_ca_certs.len() > MAX_EXTRA_CA_CERTS {
             problems.push(SiteProblem {
                 field: format!("{path}.extra_ca_certs"),
@@ -408,19 +406,14 @@ impl SessionPolicy {
                 ),
             });
         }
+        // The launcher applies the same check before it starts a workspace.
         for (index, pem) in self.extra_ca_certs.iter().enumerate() {
-            let certificates: Result<Vec<_>, _> =
-                CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
-            let message = match certificates {
-                Ok(list) if list.len() == 1 => continue,
-                Ok(list) if list.is_empty() => "contains no PEM certificate".to_owned(),
-                Ok(list) => format!("contains {} certificates; give one per entry", list.len()),
-                Err(error) => format!("is not a valid PEM certificate ({error})"),
-            };
-            problems.push(SiteProblem {
-                field: format!("{path}.extra_ca_certs[{index}]"),
-                message,
-            });
+            if let Err(message) = launcher::ca_certs::policy_entry(pem) {
+                problems.push(SiteProblem {
+                    field: format!("{path}.extra_ca_certs[{index}]"),
+                    message,
+                });
+            }
         }
     }
 }

@@ -296,6 +296,7 @@ pub fn launch_request(secret: &str) -> LaunchSession {
             "bank.example".to_owned(),
             "*.static.bank.example".to_owned(),
         ],
+        extra_ca_certs: Vec::new(),
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Before any step runs, the agent starts a placeholder (no screen frames are sent) and
 //! releases the viewer's held keys; person input is ignored while it lasts. Credentials
-//! are typed with `DOM.focus` and `Input.insertText`, and only after the main frame's
+//! are typed with `DOM.focus` and one key down and key up per character, and only after the main frame's
 //! security origin is found in the credential's allowed list. The placeholder ends once
 //! the success condition holds and the page has painted again, or after a failure once
 //! the filled fields are cleared.
@@ -234,8 +234,46 @@ async fn check_origin(
 }
 
 #[derive(serde::Serialize)]
-struct InsertText<'a> {
-    text: &'a str,
+#[serde(rename_all = "camelCase")]
+struct KeyEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unmodified_text: Option<&'a str>,
+    key: &'a str,
+}
+
+/// Types `text` into the focused element one character at a time, each as a key down
+/// carrying the character and a key up, as a keyboard does. Pages that drop a value
+/// set without key presses (a `keydown` listener that clears the field) accept it.
+async fn type_text(page: &Page, text: &str) -> anyhow::Result<()> {
+    let mut buffer = [0u8; 4];
+    for character in text.chars() {
+        let key: &str = character.encode_utf8(&mut buffer);
+        page.call(
+            "Input.dispatchKeyEvent",
+            KeyEvent {
+                kind: "keyDown",
+                text: Some(key),
+                unmodified_text: Some(key),
+                key,
+            },
+        )
+        .await?;
+        page.call(
+            "Input.dispatchKeyEvent",
+            KeyEvent {
+                kind: "keyUp",
+                text: None,
+                unmodified_text: None,
+                key,
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn fill(
@@ -249,6 +287,11 @@ async fn fill(
         .get(field)
         .ok_or_else(|| StepError::Failed(format!("no {} was provided", field_name(field))))?;
     check_origin(page, login, field).await?;
+    // Key events sent to a new document before its first paint were lost in some
+    // test runs on a busy host.
+    wait_for_paint(page)
+        .await
+        .context("waiting for the page to paint")?;
 
     page.call("DOM.focus", json!({ "objectId": object_id }))
         .await
@@ -275,14 +318,9 @@ async fn fill(
             "the field lost focus before typing".into(),
         ));
     }
-    page.call(
-        "Input.insertText",
-        InsertText {
-            text: value.expose(),
-        },
-    )
-    .await
-    .context("typing into the field")?;
+    type_text(page, value.expose())
+        .await
+        .context("typing into the field")?;
 
     // Compare lengths only, so the value does not travel back.
     let expected = value.expose().encode_utf16().count();
@@ -295,22 +333,32 @@ async fn fill(
     Ok(())
 }
 
+/// Scrolls the element into view and returns its centre if a click there would hit the
+/// element or one of its descendants. Returns null while something covers it, it has
+/// no size, or the page is still laying out.
+const HIT_TEST: &str = "function() { \
+    if (!this.isConnected) return null; \
+    this.scrollIntoView({block: 'center', inline: 'center'}); \
+    const r = this.getBoundingClientRect(); \
+    if (r.width < 1 || r.height < 1) return null; \
+    const x = r.left + r.width / 2, y = r.top + r.height / 2; \
+    const hit = document.elementFromPoint(x, y); \
+    return hit && (hit === this || this.contains(hit)) ? [x, y] : null; }";
+
+/// Clicks the centre of the element once it can receive the click. The element must be
+/// laid out and uncovered both before and after the page paints, so a click sent
+/// right after a page load is not lost. Otherwise waits until the step's timeout.
 async fn click(page: &Page, object_id: &str) -> anyhow::Result<()> {
-    let center = call_on(
-        page,
-        object_id,
-        "function() { this.scrollIntoView({block: 'center', inline: 'center'}); \
-         const r = this.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; }",
-    )
-    .await?;
-    let (x, y) = (
-        center[0]
-            .as_f64()
-            .context("the click target returned no x coordinate")?,
-        center[1]
-            .as_f64()
-            .context("the click target returned no y coordinate")?,
-    );
+    let (x, y) = loop {
+        if call_on(page, object_id, HIT_TEST).await?.is_array() {
+            wait_for_paint(page).await?;
+            let center = call_on(page, object_id, HIT_TEST).await?;
+            if let (Some(x), Some(y)) = (center[0].as_f64(), center[1].as_f64()) {
+                break (x, y);
+            }
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    };
     for kind in ["mousePressed", "mouseReleased"] {
         page.call(
             "Input.dispatchMouseEvent",

@@ -81,6 +81,11 @@ pub struct Args {
     /// blocks every other URL.
     #[arg(long, env = "STRONGROOM_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
+    /// Extra CA certificates Chromium trusts in this session, each the standard base64
+    /// of one certificate's DER bytes, comma-separated. The agent writes them as
+    /// Chromium's `CACertificates` policy to `--session-policy`.
+    #[arg(long, env = "STRONGROOM_CA_CERTIFICATES", value_delimiter = ',')]
+    pub ca_certificates: Vec<String>,
     /// Where the per-session Chromium policy is written; the workspace image links its
     /// managed policy directory to this path.
     #[arg(long, default_value = "/tmp/strongroom-policy/session.json")]
@@ -114,6 +119,7 @@ impl Args {
         if self.keyframe_interval_secs == 0 {
             bail!("--keyframe-interval-secs must be at least 1");
         }
+        check_ca_certificates(&self.ca_certificates)?;
         processes::check_binary(&self.chromium)?;
         processes::check_binary(&self.xvfb)?;
         Ok(hash)
@@ -169,16 +175,62 @@ pub fn url_allowlist(hosts: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Writes `{"URLAllowlist": [...]}` where the image's managed policy link points.
-fn write_session_policy(path: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
-    let policy = serde_json::json!({ "URLAllowlist": url_allowlist(hosts) });
+/// Maximum number of extra CA certificates.
+const MAX_CA_CERTIFICATES: usize = 8;
+/// Maximum length of the base64 text of one certificate.
+const MAX_CA_CERTIFICATE_LEN: usize = 16 * 1024;
+
+/// Checks that each entry is non-empty standard base64 of bounded length.
+fn check_ca_certificates(entries: &[String]) -> anyhow::Result<()> {
+    if entries.len() > MAX_CA_CERTIFICATES {
+        bail!(
+            "--ca-certificates has {} entries; the maximum is {MAX_CA_CERTIFICATES}",
+            entries.len()
+        );
+    }
+    for (index, entry) in entries.iter().enumerate() {
+        let base64 = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=';
+        if entry.is_empty()
+            || entry.len() > MAX_CA_CERTIFICATE_LEN
+            || entry.len() % 4 != 0
+            || !entry.bytes().all(base64)
+        {
+            bail!(
+                "--ca-certificates entry {index} is not the base64 of one DER certificate \
+                 (at most {MAX_CA_CERTIFICATE_LEN} characters, no PEM header)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes `{"URLAllowlist": [...], "CACertificates": [...]}` where the image's managed
+/// policy link points. Chromium reads the file at start, so the certificates apply to
+/// this session's browser only.
+fn write_session_policy(
+    path: &std::path::Path,
+    hosts: &[String],
+    ca_certificates: &[String],
+) -> anyhow::Result<()> {
+    let mut policy = serde_json::Map::new();
+    if !hosts.is_empty() {
+        policy.insert("URLAllowlist".into(), url_allowlist(hosts).into());
+    }
+    if !ca_certificates.is_empty() {
+        policy.insert("CACertificates".into(), ca_certificates.into());
+    }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     std::fs::write(path, serde_json::to_vec_pretty(&policy)?)
         .with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(path = %path.display(), hosts = hosts.len(), "Session policy written");
+    tracing::info!(
+        path = %path.display(),
+        hosts = hosts.len(),
+        ca_certificates = ca_certificates.len(),
+        "Session policy written"
+    );
     Ok(())
 }
 
@@ -188,8 +240,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let secret_sha256 = args.validate()?;
     harden_process()?;
 
-    if !args.allowed_hosts.is_empty() {
-        write_session_policy(&args.session_policy, &args.allowed_hosts)?;
+    if !args.allowed_hosts.is_empty() || !args.ca_certificates.is_empty() {
+        write_session_policy(
+            &args.session_policy,
+            &args.allowed_hosts,
+            &args.ca_certificates,
+        )?;
     }
     let mut xvfb = processes::start_xvfb(&args.xvfb, args.width, args.height).await?;
     tracing::info!(display = %xvfb.display, "Xvfb started");
@@ -374,5 +430,41 @@ mod policy_tests {
             url_allowlist(&hosts),
             vec![".bank.example".to_owned(), "cdn.bank.example".to_owned()]
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_policy_holds_allowlist_and_ca_certificates() {
+        let dir = std::env::temp_dir().join(format!("strongroom-policy-{}", std::process::id()));
+        let path = dir.join("session.json");
+        let certificates = vec!["MIIBXzCCAQWgAwIBAgIU".to_owned()];
+        write_session_policy(&path, &["bank.example".to_owned()], &certificates).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            written,
+            serde_json::json!({
+                "URLAllowlist": [".bank.example"],
+                "CACertificates": ["MIIBXzCCAQWgAwIBAgIU"],
+            })
+        );
+    }
+
+    #[test]
+    fn ca_certificates_must_be_bounded_base64() {
+        assert!(check_ca_certificates(&["MIIBXzCCAQWgAwIBAgIU".to_owned()]).is_ok());
+        for bad in ["", "-----BEGIN CERTIFICATE-----", "abc", "ab c"] {
+            let error = check_ca_certificates(&[bad.to_owned()]).unwrap_err();
+            assert!(error.to_string().contains("entry 0"), "{bad:?}: {error}");
+        }
+        let long = "A".repeat(MAX_CA_CERTIFICATE_LEN + 4);
+        assert!(check_ca_certificates(&[long]).is_err());
+        let many = vec!["MIIB".to_owned(); MAX_CA_CERTIFICATES + 1];
+        assert!(check_ca_certificates(&many).is_err());
     }
 }
