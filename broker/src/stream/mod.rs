@@ -62,6 +62,11 @@ pub enum ViewerEvent {
     Ended {
         reason: String,
     },
+    /// How many admins watch the session read-only; the person sees a banner while
+    /// this is above zero.
+    Watchers {
+        count: usize,
+    },
 }
 
 /// Callbacks into the session lifecycle.
@@ -115,6 +120,7 @@ struct Snapshot {
     placeholder: bool,
     notice: Option<String>,
     ended: Option<String>,
+    watchers: usize,
 }
 
 /// One session's live stream.
@@ -176,6 +182,11 @@ impl LiveStream {
         if let Some(message) = snapshot.notice.clone() {
             initial.push(ViewerEvent::Notice { message });
         }
+        if snapshot.watchers > 0 {
+            initial.push(ViewerEvent::Watchers {
+                count: snapshot.watchers,
+            });
+        }
         if let Some(reason) = snapshot.ended.clone() {
             initial.push(ViewerEvent::Ended { reason });
         }
@@ -186,6 +197,20 @@ impl LiveStream {
     /// is full; input is then dropped rather than queued without bound.
     pub fn send_to_agent(&self, message: BrokerMessage) -> bool {
         self.to_agent.try_send(message).is_ok()
+    }
+
+    /// Counts a read-only watcher in or out and tells every viewer the new count.
+    /// The count and the event change under one lock, so viewers see them in order.
+    pub fn watcher_changed(&self, joined: bool) {
+        let mut snapshot = self.snapshot.lock().expect("snapshot lock");
+        snapshot.watchers = if joined {
+            snapshot.watchers + 1
+        } else {
+            snapshot.watchers.saturating_sub(1)
+        };
+        self.publish(ViewerEvent::Watchers {
+            count: snapshot.watchers,
+        });
     }
 
     pub fn placeholder_active(&self) -> bool {

@@ -3,12 +3,15 @@
 //! Broker to browser: binary messages are video packets. Each is `0x01`, a flags byte
 //! with bit 0 set for a keyframe, the presentation time in microseconds as a
 //! little-endian u64, then the VP8 frame. Text messages are JSON status objects with
-//! a `type` of `config`, `placeholder`, `recording_failed`, `idle_warning`, `notice` or `ended`.
+//! a `type` of `config`, `placeholder`, `recording_failed`, `idle_warning`, `notice`,
+//! `watchers`, `input_refused` or `ended`.
 //!
 //! Browser to broker: text messages, each one JSON input event ([`ViewerInput`]).
 //! Input is forwarded only from the session's owner, never while the auto-login
 //! placeholder is up, and each accepted event counts as person activity for the idle
-//! timer. Pings, pongs and reconnects do not.
+//! timer. Pings, pongs, invalid messages and reconnects do not. An admin's watching
+//! socket gets an `input_refused` status for each message it sends, and while any
+//! admin watches, every viewer gets a `watchers` status with the count.
 //!
 //! A viewer that falls behind loses buffered events, skips to the next keyframe and
 //! asks the agent for one, so memory per viewer stays bounded by the broadcast buffer.
@@ -207,6 +210,21 @@ enum StatusMessage<'a> {
     Ended {
         reason: &'a str,
     },
+    Watchers {
+        count: usize,
+    },
+    InputRefused {
+        reason: &'a str,
+    },
+}
+
+/// Counts a watching admin out when its socket ends, however it ends.
+struct WatcherGuard(Arc<LiveStream>);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.watcher_changed(false);
+    }
 }
 
 /// Returns whether the viewer's portal session still allows viewing.
@@ -224,6 +242,10 @@ pub async fn serve(
 ) {
     let (mut sender, mut receiver) = socket.split();
     let (initial, mut events) = stream.subscribe();
+    let _watcher = (mode == ViewerMode::Watch).then(|| {
+        stream.watcher_changed(true);
+        WatcherGuard(stream.clone())
+    });
     let mut waiting_for_keyframe = true;
     stream.send_to_agent(BrokerMessage::RequestKeyframe);
 
@@ -255,11 +277,17 @@ pub async fn serve(
                 Err(RecvError::Closed) => break,
             },
             incoming = receiver.next() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    if mode == ViewerMode::Control {
-                        forward_input(&stream, hooks.as_deref(), text.as_str());
+                Some(Ok(Message::Text(text))) => match mode {
+                    ViewerMode::Control => forward_input(&stream, hooks.as_deref(), text.as_str()),
+                    ViewerMode::Watch => {
+                        let refused = status(&StatusMessage::InputRefused {
+                            reason: "an administrator's view is read-only",
+                        });
+                        if sender.send(refused).await.is_err() {
+                            break;
+                        }
                     }
-                }
+                },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 // Pongs and binary messages carry nothing; pongs do not count as activity.
                 Some(Ok(_)) => {}
@@ -347,6 +375,7 @@ where
         }
         ViewerEvent::Notice { message } => status(&StatusMessage::Notice { message }),
         ViewerEvent::Ended { reason } => status(&StatusMessage::Ended { reason }),
+        ViewerEvent::Watchers { count } => status(&StatusMessage::Watchers { count: *count }),
     };
     sender.send(message).await
 }
@@ -450,7 +479,9 @@ mod status_tests {
 
     #[test]
     fn notice_status_carries_message() {
-        let Message::Text(text) = status(&StatusMessage::Notice { message: "Signed in." }) else {
+        let Message::Text(text) = status(&StatusMessage::Notice {
+            message: "Signed in.",
+        }) else {
             panic!("status messages are text");
         };
 
