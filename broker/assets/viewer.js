@@ -39,6 +39,7 @@
   let decoder = null;
   let waitingForKeyframe = true;
   let ended = false;
+  let idleWarningShown = false;
 
   function closeDecoder() {
     if (decoder && decoder.state !== "closed") {
@@ -102,6 +103,7 @@
         break;
       case "idle_warning":
         show(status, "This session ends in " + message.seconds + " seconds without input.");
+        idleWarningShown = true;
         break;
       case "notice":
         show(status, message.message);
@@ -193,6 +195,11 @@
   function send(message) {
     if (socket && socket.readyState === WebSocket.OPEN) {
       socket.send(JSON.stringify(message));
+      if (idleWarningShown && message.type !== "resize") {
+        // Input resets the idle timer, so the warning no longer holds.
+        idleWarningShown = false;
+        status.hidden = true;
+      }
     }
   }
 

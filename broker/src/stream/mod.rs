@@ -121,6 +121,8 @@ struct Snapshot {
     notice: Option<String>,
     ended: Option<String>,
     watchers: usize,
+    /// When the session idles out, while a warning stands; person input clears it.
+    idle_deadline: Option<std::time::Instant>,
 }
 
 /// One session's live stream.
@@ -182,6 +184,12 @@ impl LiveStream {
         if let Some(message) = snapshot.notice.clone() {
             initial.push(ViewerEvent::Notice { message });
         }
+        if let Some(deadline) = snapshot.idle_deadline {
+            let seconds = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .as_secs();
+            initial.push(ViewerEvent::IdleWarning { seconds });
+        }
         if snapshot.watchers > 0 {
             initial.push(ViewerEvent::Watchers {
                 count: snapshot.watchers,
@@ -211,6 +219,11 @@ impl LiveStream {
         self.publish(ViewerEvent::Watchers {
             count: snapshot.watchers,
         });
+    }
+
+    /// Withdraws a standing idle warning because the person acted.
+    pub fn clear_idle_warning(&self) {
+        self.update(|snapshot| snapshot.idle_deadline = None);
     }
 
     pub fn placeholder_active(&self) -> bool {
@@ -339,6 +352,10 @@ impl StreamHub {
     /// Tells a session's viewers that it ends in `seconds` without input.
     pub fn warn_idle(&self, session_id: Uuid, seconds: u64) {
         if let Some(stream) = self.get(session_id) {
+            stream.update(|snapshot| {
+                snapshot.idle_deadline =
+                    Some(std::time::Instant::now() + Duration::from_secs(seconds));
+            });
             stream.publish(ViewerEvent::IdleWarning { seconds });
         }
     }

@@ -321,6 +321,7 @@ fn forward_input(stream: &LiveStream, hooks: Option<&dyn SessionHooks>, text: &s
     }
     let activity = input.is_person_activity();
     if stream.send_to_agent(input.into_broker_message()) && activity {
+        stream.clear_idle_warning();
         if let Some(hooks) = hooks {
             hooks.person_input(stream.session_id);
         }
