@@ -3,8 +3,8 @@
 // Frames: binary 0x01, flags (bit 0 keyframe), pts (u64 little-endian, microseconds),
 // VP8 data. Status: JSON text with a `type`.
 // A dropped socket reconnects with exponential backoff and a fresh one-time ticket
-// from the portal; only an `ended` status or a portal answer that the session is
-// gone stops it.
+// from the portal. Only an `ended` status, or a ticket request that the portal
+// rejects because the session is gone, stops the retries.
 "use strict";
 
 (function () {
@@ -166,21 +166,24 @@
   // Fetches a fresh ticket for the same session and opens a new socket with it.
   async function reconnect() {
     let response;
+    let body = null;
     try {
-      response = await fetch(root.dataset.ticketUrl, { method: "POST", credentials: "same-origin", cache: "no-store" });
+      response = await fetch(root.dataset.ticketUrl, { method: "POST", credentials: "same-origin", cache: "no-store", redirect: "error", headers: { Accept: "application/json" } });
+      if (response.ok || response.status === 410) {
+        body = await response.json();
+      }
     } catch (error) {
+      // The network is still down, or a proxy sent something other than JSON.
       scheduleReconnect();
       return;
     }
     if (response.ok) {
-      const answer = await response.json();
       reconnects += 1;
       root.dataset.reconnects = String(reconnects);
       waitingForKeyframe = true;
-      connect(answer.socket);
+      connect(body.socket);
     } else if (response.status === 410) {
-      const answer = await response.json();
-      finish("Session ended: " + answer.ended);
+      finish("Session ended: " + body.ended);
     } else if (response.status === 401 || response.status === 403 || response.status === 404) {
       finish("You can no longer view this session. Sign in to the portal again to reconnect.");
     } else {

@@ -164,7 +164,7 @@ async fn launch_refused(
     Ok(page)
 }
 
-/// What a portal session may do with a live session.
+/// Access of a portal session to a live session.
 enum ViewerAccess {
     Granted {
         record: crate::sessions::SessionRecord,
@@ -228,7 +228,7 @@ async fn viewer_page(
 }
 
 /// Issues a fresh one-time ticket so that the viewer script can reconnect a dropped
-/// socket to the same session. Answers 410 with the end reason once the session ended.
+/// socket to the same session. Returns 410 Gone with the end reason once the session ended.
 async fn new_ticket(
     State(state): State<AppState>,
     CurrentSession { principal, session }: CurrentSession,

@@ -267,6 +267,8 @@ struct Inner {
     /// Serialises recorder pre-flight checks, which write a probe and read the free
     /// space of the same directory.
     preflight_lock: Arc<Mutex<()>>,
+    /// Live streams, stopped with the end reason before a workspace is removed.
+    streams: std::sync::OnceLock<crate::stream::StreamHub>,
 }
 
 impl SessionService {
@@ -281,6 +283,7 @@ impl SessionService {
                 launches: TaskTracker::new(),
                 launching: Mutex::new(HashSet::new()),
                 preflight_lock: Arc::new(Mutex::new(())),
+                streams: std::sync::OnceLock::new(),
             }),
         }
     }
