@@ -320,12 +320,24 @@ fn forward_input(stream: &LiveStream, hooks: Option<&dyn SessionHooks>, text: &s
         return;
     }
     let activity = input.is_person_activity();
-    if stream.send_to_agent(input.into_broker_message()) && activity {
+    let message = input.into_broker_message();
+    if !agent_accepts(&message) {
+        tracing::debug!(session.id = %stream.session_id, "Ignored viewer input outside the protocol's limits");
+        return;
+    }
+    if stream.send_to_agent(message) && activity {
         stream.clear_idle_warning();
         if let Some(hooks) = hooks {
             hooks.person_input(stream.session_id);
         }
     }
+}
+
+/// Returns whether the agent's decoder accepts this message. Input it would reject,
+/// such as a coordinate beyond the largest screen, is neither sent nor counted as
+/// person activity.
+fn agent_accepts(message: &BrokerMessage) -> bool {
+    protocol::decode_broker_message(&protocol::encode_broker_message(message)).is_ok()
 }
 
 async fn send_event<S>(
@@ -446,6 +458,20 @@ mod tests {
 
         assert!(!resize.is_person_activity());
         assert!(click.is_person_activity());
+    }
+
+    #[test]
+    fn input_beyond_protocol_limits_is_not_forwarded() {
+        let inside = ViewerInput::parse(r#"{"type":"mouse_move","x":100,"y":100}"#).unwrap();
+        let outside = ViewerInput::parse(r#"{"type":"mouse_move","x":9000,"y":100}"#).unwrap();
+        let tiny = ViewerInput::parse(
+            r#"{"type":"resize","width":10,"height":600,"device_pixel_ratio":1}"#,
+        )
+        .unwrap();
+
+        assert!(agent_accepts(&inside.into_broker_message()));
+        assert!(!agent_accepts(&outside.into_broker_message()));
+        assert!(!agent_accepts(&tiny.into_broker_message()));
     }
 
     #[test]
