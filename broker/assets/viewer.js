@@ -2,6 +2,9 @@
 // canvas and sends the person's keyboard, mouse, wheel and resize events back.
 // Frames: binary 0x01, flags (bit 0 keyframe), pts (u64 little-endian, microseconds),
 // VP8 data. Status: JSON text with a `type`.
+// A dropped socket reconnects with exponential backoff and a fresh one-time ticket
+// from the portal. Only an `ended` status, or a ticket request that the portal
+// rejects because the session is gone, stops the retries.
 "use strict";
 
 (function () {
@@ -10,6 +13,8 @@
   const status = document.getElementById("status");
   const placeholder = document.getElementById("placeholder");
   const endScreen = document.getElementById("ended");
+  const connection = document.getElementById("connection");
+  const watched = document.getElementById("watched");
   const mode = root.dataset.mode;
   const context = canvas.getContext("2d", { desynchronized: true });
 
@@ -24,12 +29,17 @@
   }
 
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const socket = new WebSocket(scheme + "//" + location.host + root.dataset.socket);
-  socket.binaryType = "arraybuffer";
+  const firstBackoffMs = 500;
+  const maxBackoffMs = 15000;
+  let socket = null;
+  let backoffMs = firstBackoffMs;
+  let reconnects = 0;
+  root.dataset.reconnects = "0";
 
   let decoder = null;
   let waitingForKeyframe = true;
   let ended = false;
+  let idleWarningShown = false;
 
   function closeDecoder() {
     if (decoder && decoder.state !== "closed") {
@@ -93,6 +103,7 @@
         break;
       case "idle_warning":
         show(status, "This session ends in " + message.seconds + " seconds without input.");
+        idleWarningShown = true;
         break;
       case "notice":
         show(status, message.message);
@@ -100,36 +111,105 @@
       case "recording_failed":
         show(status, "The recording stopped, so the session is frozen and ending: " + message.reason);
         break;
+      case "watchers":
+        watched.textContent = "An administrator is watching this session (read-only).";
+        watched.hidden = message.count === 0;
+        break;
+      case "input_refused":
+        show(status, "Read-only view: " + message.reason + ".");
+        break;
       case "ended":
-        ended = true;
-        closeDecoder();
-        show(endScreen, "Session ended: " + message.reason);
-        canvas.style.visibility = "hidden";
+        finish("Session ended: " + message.reason);
         break;
     }
   }
 
-  socket.addEventListener("message", (event) => {
-    if (typeof event.data === "string") {
-      onStatus(JSON.parse(event.data));
-    } else {
-      onVideo(event.data);
-    }
-  });
-  socket.addEventListener("close", () => {
-    if (!ended) {
-      show(endScreen, "The connection to the session closed. Reload the page to reconnect.");
-    }
-  });
+  function finish(text) {
+    ended = true;
+    connection.hidden = true;
+    closeDecoder();
+    show(endScreen, text);
+    canvas.style.visibility = "hidden";
+  }
 
-  if (mode !== "control") {
-    return;
+  function connect(path) {
+    socket = new WebSocket(scheme + "//" + location.host + path);
+    socket.binaryType = "arraybuffer";
+    socket.addEventListener("open", () => {
+      connection.hidden = true;
+      backoffMs = firstBackoffMs;
+      if (mode === "control") {
+        sendSize();
+      }
+    });
+    socket.addEventListener("message", (event) => {
+      if (typeof event.data === "string") {
+        onStatus(JSON.parse(event.data));
+      } else {
+        onVideo(event.data);
+      }
+    });
+    socket.addEventListener("close", () => {
+      if (!ended) {
+        scheduleReconnect();
+      }
+    });
+  }
+
+  function scheduleReconnect() {
+    const delay = backoffMs / 2 + Math.random() * (backoffMs / 2);
+    backoffMs = Math.min(backoffMs * 2, maxBackoffMs);
+    show(connection, "The connection to the session dropped. Reconnecting…");
+    setTimeout(reconnect, delay);
+  }
+
+  // Fetches a fresh ticket for the same session and opens a new socket with it.
+  async function reconnect() {
+    let response;
+    let body = null;
+    try {
+      response = await fetch(root.dataset.ticketUrl, { method: "POST", credentials: "same-origin", cache: "no-store", redirect: "error", headers: { Accept: "application/json" } });
+      if (response.ok || response.status === 410) {
+        body = await response.json();
+      }
+    } catch (error) {
+      // The network is still down, or a proxy sent something other than JSON.
+      scheduleReconnect();
+      return;
+    }
+    if (response.ok) {
+      reconnects += 1;
+      root.dataset.reconnects = String(reconnects);
+      waitingForKeyframe = true;
+      connect(body.socket);
+    } else if (response.status === 410) {
+      finish("Session ended: " + body.ended);
+    } else if (response.status === 401 || response.status === 403 || response.status === 404) {
+      finish("You can no longer view this session. Sign in to the portal again to reconnect.");
+    } else {
+      scheduleReconnect();
+    }
+  }
+
+  function sendSize() {
+    send({ type: "resize", width: Math.round(canvas.clientWidth), height: Math.round(canvas.clientHeight), device_pixel_ratio: window.devicePixelRatio || 1 });
   }
 
   function send(message) {
-    if (socket.readyState === WebSocket.OPEN) {
+    if (socket && socket.readyState === WebSocket.OPEN) {
       socket.send(JSON.stringify(message));
+      if (idleWarningShown && message.type !== "resize") {
+        // Input resets the idle timer, so the warning no longer holds.
+        idleWarningShown = false;
+        status.hidden = true;
+      }
     }
+  }
+
+  connect(root.dataset.socket);
+
+  if (mode !== "control") {
+    return;
   }
 
   function position(event) {
@@ -174,9 +254,5 @@
     send(Object.assign({ type: "wheel", delta_x: event.deltaX, delta_y: event.deltaY }, position(event)));
   }, { passive: false });
 
-  function sendSize() {
-    send({ type: "resize", width: Math.round(canvas.clientWidth), height: Math.round(canvas.clientHeight), device_pixel_ratio: window.devicePixelRatio || 1 });
-  }
-  socket.addEventListener("open", sendSize);
   window.addEventListener("resize", sendSize);
 })();

@@ -197,6 +197,7 @@ pub fn connect(
     tasks: &TaskRegistry,
 ) {
     hub.set_hooks(sessions.stream_hooks());
+    sessions.attach_streams(hub.clone());
 
     let mut notices = sessions.subscribe();
     let (hub, stopping, token) = (hub.clone(), listeners.clone(), tasks.token());

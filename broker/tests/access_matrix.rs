@@ -90,6 +90,7 @@ fn matrix() -> Vec<Row> {
         // The session does not exist; no role learns more than that.
         row(get(), "/sessions/{id}", [401, 404, 404, 404]),
         row(post(), "/sessions/{id}/end", [401, 404, 404, 404]),
+        row(post(), "/sessions/{id}/ticket", [401, 404, 404, 404]),
         // The live view needs a one-time ticket, with or without a portal session.
         row(get(), "/sessions/{id}/live", [403, 403, 403, 403]),
         // The admin console: auditors read live sessions and the audit trail.

@@ -43,6 +43,7 @@ pub fn routes() -> Router<AppState> {
         .route("/sessions/{id}", get(viewer_page))
         .route("/sessions/{id}/end", post(end))
         .route("/sessions/{id}/live", get(live))
+        .route("/sessions/{id}/ticket", post(new_ticket))
         .route("/assets/viewer.js", get(viewer_script))
 }
 
@@ -163,17 +164,26 @@ async fn launch_refused(
     Ok(page)
 }
 
-async fn viewer_page(
-    State(state): State<AppState>,
-    CurrentSession { principal, session }: CurrentSession,
-    Path(session_id): Path<Uuid>,
-) -> Result<Response, ApiError> {
-    let Some(record) = state
-        .portal
-        .sessions
-        .get_for(&principal, session_id)
-        .await?
-    else {
+/// Access of a portal session to a live session.
+enum ViewerAccess {
+    Granted {
+        record: crate::sessions::SessionRecord,
+        ticket: String,
+        mode: ViewerMode,
+    },
+    /// The session exists but its stream has ended.
+    Ended(crate::sessions::SessionRecord),
+}
+
+/// Checks that this person may view the session (the owner controls it, an admin
+/// watches) and issues a one-time ticket for the viewer WebSocket.
+async fn viewer_access(
+    state: &AppState,
+    principal: &Principal,
+    portal_session: &str,
+    session_id: Uuid,
+) -> Result<ViewerAccess, ApiError> {
+    let Some(record) = state.portal.sessions.get_for(principal, session_id).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such session"));
     };
     let mode = if record.user_id == principal.user_id {
@@ -187,15 +197,58 @@ async fn viewer_page(
         ));
     };
     if state.portal.hub.get(session_id).is_none() {
-        return Ok(pages::ended(&record));
+        return Ok(ViewerAccess::Ended(record));
     }
     let ticket = state.portal.tickets.issue(TicketGrant {
         session_id,
         user_id: principal.user_id.clone(),
-        portal_session: session.id.clone(),
+        portal_session: portal_session.to_owned(),
         mode,
     });
-    Ok(pages::viewer(&record, &ticket, mode))
+    Ok(ViewerAccess::Granted {
+        record,
+        ticket,
+        mode,
+    })
+}
+
+async fn viewer_page(
+    State(state): State<AppState>,
+    CurrentSession { principal, session }: CurrentSession,
+    Path(session_id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    match viewer_access(&state, &principal, &session.id, session_id).await? {
+        ViewerAccess::Granted {
+            record,
+            ticket,
+            mode,
+        } => Ok(pages::viewer(&record, &ticket, mode)),
+        ViewerAccess::Ended(record) => Ok(pages::ended(&record)),
+    }
+}
+
+/// Issues a fresh one-time ticket so that the viewer script can reconnect a dropped
+/// socket to the same session. Returns 410 Gone with the end reason once the session ended.
+async fn new_ticket(
+    State(state): State<AppState>,
+    CurrentSession { principal, session }: CurrentSession,
+    Path(session_id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    match viewer_access(&state, &principal, &session.id, session_id).await? {
+        ViewerAccess::Granted { ticket, .. } => Ok((
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(serde_json::json!({
+                "socket": pages::socket_path(session_id, &ticket),
+            })),
+        )
+            .into_response()),
+        ViewerAccess::Ended(record) => Ok((
+            StatusCode::GONE,
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(serde_json::json!({ "ended": pages::end_reason(&record) })),
+        )
+            .into_response()),
+    }
 }
 
 async fn end(

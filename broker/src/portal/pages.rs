@@ -67,6 +67,20 @@ pub fn home(
     page(StatusCode::OK, "Strongroom", &body, "")
 }
 
+/// Path of the viewer WebSocket with its one-time ticket.
+pub fn socket_path(session_id: uuid::Uuid, ticket: &str) -> String {
+    format!("/sessions/{session_id}/live?ticket={ticket}")
+}
+
+/// Why a session is not running, for the person.
+pub fn end_reason(record: &SessionRecord) -> &str {
+    record
+        .end_detail
+        .as_deref()
+        .or(record.end_reason.as_deref())
+        .unwrap_or("the session is not running")
+}
+
 pub fn viewer(record: &SessionRecord, ticket: &str, mode: ViewerMode) -> Response {
     let mode_name = match mode {
         ViewerMode::Control => "control",
@@ -77,8 +91,10 @@ pub fn viewer(record: &SessionRecord, ticket: &str, mode: ViewerMode) -> Respons
         ViewerMode::Watch => "<p>You are watching read-only; the person is told.</p>",
     };
     let body = format!(
-        "<div id=\"viewer\" data-socket=\"/sessions/{id}/live?ticket={ticket}\" data-mode=\"{mode_name}\">\n\
+        "<div id=\"viewer\" data-socket=\"{socket}\" data-ticket-url=\"/sessions/{id}/ticket\" data-mode=\"{mode_name}\">\n\
          <p><span id=\"recorded\" style=\"color:#b00\">&#9679; Recorded</span> {site}</p>{notice}\n\
+         <p id=\"watched\" role=\"alert\" style=\"background:#fe3;padding:4px\" hidden></p>\n\
+         <p id=\"connection\" role=\"status\" hidden></p>\n\
          <p id=\"status\" role=\"status\" hidden></p>\n\
          <p id=\"placeholder\" hidden>Signing you in to the bank. The screen is hidden while credentials are typed.</p>\n\
          <p id=\"ended\" role=\"alert\" hidden></p>\n\
@@ -87,7 +103,7 @@ pub fn viewer(record: &SessionRecord, ticket: &str, mode: ViewerMode) -> Respons
          <p><a href=\"/\">Back to the portal</a></p>\n</div>\n\
          <script src=\"/assets/viewer.js\"></script>",
         id = record.id,
-        ticket = escape(ticket),
+        socket = escape(&socket_path(record.id, ticket)),
         site = escape(&record.site),
     );
     let mut response = page(StatusCode::OK, "Live session", &body, "");
@@ -99,11 +115,7 @@ pub fn viewer(record: &SessionRecord, ticket: &str, mode: ViewerMode) -> Respons
 }
 
 pub fn ended(record: &SessionRecord) -> Response {
-    let reason = record
-        .end_detail
-        .as_deref()
-        .or(record.end_reason.as_deref())
-        .unwrap_or("the session is not running");
+    let reason = end_reason(record);
     let body = format!(
         "<p id=\"ended\">This session ended: {}.</p><p><a href=\"/\">Back to the portal</a></p>",
         escape(reason)

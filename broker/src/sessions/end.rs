@@ -216,6 +216,10 @@ impl SessionService {
             .clone()
             .unwrap_or_else(|| "unknown".to_owned());
 
+        self.stop_stream(
+            session_id,
+            &describe_code(&reason, record.end_detail.as_deref()),
+        );
         self.deps().egress.unregister(session_id);
         if contact_launcher {
             match self

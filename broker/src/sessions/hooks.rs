@@ -27,6 +27,23 @@ impl SessionService {
     }
 }
 
+impl SessionService {
+    /// Lets ending sessions stop their live stream with the end reason before the
+    /// workspace is removed, so that viewers see that reason rather than a dropped
+    /// agent connection. Set once at start-up.
+    pub fn attach_streams(&self, hub: crate::stream::StreamHub) {
+        let _ = self.inner.streams.set(hub);
+    }
+
+    /// Stops a session's live stream, if this broker runs one, with the person-facing
+    /// reason.
+    pub(super) fn stop_stream(&self, session_id: Uuid, message: &str) {
+        if let Some(hub) = self.inner.streams.get() {
+            hub.stop(session_id, message);
+        }
+    }
+}
+
 impl crate::stream::SessionHooks for StreamHooks {
     fn end_session(&self, session_id: Uuid, reason: String) {
         let service = self.service.clone();

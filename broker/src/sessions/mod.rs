@@ -279,6 +279,8 @@ struct Inner {
     /// Serialises recorder pre-flight checks, which write a probe and read the free
     /// space of the same directory.
     preflight_lock: Arc<Mutex<()>>,
+    /// Live streams, stopped with the end reason before a workspace is removed.
+    streams: std::sync::OnceLock<crate::stream::StreamHub>,
 }
 
 impl SessionService {
@@ -294,6 +296,7 @@ impl SessionService {
                 launching: Mutex::new(HashSet::new()),
                 recovered: tokio::sync::watch::Sender::new(false),
                 preflight_lock: Arc::new(Mutex::new(())),
+                streams: std::sync::OnceLock::new(),
             }),
         }
     }

@@ -60,6 +60,20 @@ impl Link {
                 Err(error) => LinkEnd::Failed(format!("workspace agent unreachable: {error:#}")),
             },
         };
+        // A session that the lifecycle is already ending loses its workspace next; the
+        // agent's closing connection is then a consequence, and viewers get the
+        // lifecycle's reason instead.
+        let already_ending = self
+            .stream
+            .snapshot
+            .lock()
+            .expect("snapshot lock")
+            .ended
+            .is_some();
+        let end = match end {
+            LinkEnd::Failed(_) if already_ending => LinkEnd::Stopped,
+            end => end,
+        };
 
         let reason = match &end {
             LinkEnd::Stopped => self

@@ -62,6 +62,11 @@ pub enum ViewerEvent {
     Ended {
         reason: String,
     },
+    /// How many admins watch the session read-only; the person sees a banner while
+    /// this is above zero.
+    Watchers {
+        count: usize,
+    },
 }
 
 /// Callbacks into the session lifecycle.
@@ -115,6 +120,9 @@ struct Snapshot {
     placeholder: bool,
     notice: Option<String>,
     ended: Option<String>,
+    watchers: usize,
+    /// When the session idles out, while a warning stands; person input clears it.
+    idle_deadline: Option<std::time::Instant>,
 }
 
 /// One session's live stream.
@@ -176,6 +184,17 @@ impl LiveStream {
         if let Some(message) = snapshot.notice.clone() {
             initial.push(ViewerEvent::Notice { message });
         }
+        if let Some(deadline) = snapshot.idle_deadline {
+            let seconds = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .as_secs();
+            initial.push(ViewerEvent::IdleWarning { seconds });
+        }
+        if snapshot.watchers > 0 {
+            initial.push(ViewerEvent::Watchers {
+                count: snapshot.watchers,
+            });
+        }
         if let Some(reason) = snapshot.ended.clone() {
             initial.push(ViewerEvent::Ended { reason });
         }
@@ -186,6 +205,25 @@ impl LiveStream {
     /// is full; input is then dropped rather than queued without bound.
     pub fn send_to_agent(&self, message: BrokerMessage) -> bool {
         self.to_agent.try_send(message).is_ok()
+    }
+
+    /// Counts a read-only watcher in or out and tells every viewer the new count.
+    /// The count and the event change under one lock, so viewers see them in order.
+    pub fn watcher_changed(&self, joined: bool) {
+        let mut snapshot = self.snapshot.lock().expect("snapshot lock");
+        snapshot.watchers = if joined {
+            snapshot.watchers + 1
+        } else {
+            snapshot.watchers.saturating_sub(1)
+        };
+        self.publish(ViewerEvent::Watchers {
+            count: snapshot.watchers,
+        });
+    }
+
+    /// Withdraws a standing idle warning because the person acted.
+    pub fn clear_idle_warning(&self) {
+        self.update(|snapshot| snapshot.idle_deadline = None);
     }
 
     pub fn placeholder_active(&self) -> bool {
@@ -322,6 +360,10 @@ impl StreamHub {
     /// Tells a session's viewers that it ends in `seconds` without input.
     pub fn warn_idle(&self, session_id: Uuid, seconds: u64) {
         if let Some(stream) = self.get(session_id) {
+            stream.update(|snapshot| {
+                snapshot.idle_deadline =
+                    Some(std::time::Instant::now() + Duration::from_secs(seconds));
+            });
             stream.publish(ViewerEvent::IdleWarning { seconds });
         }
     }

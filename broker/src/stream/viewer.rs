@@ -3,12 +3,15 @@
 //! Broker to browser: binary messages are video packets. Each is `0x01`, a flags byte
 //! with bit 0 set for a keyframe, the presentation time in microseconds as a
 //! little-endian u64, then the VP8 frame. Text messages are JSON status objects with
-//! a `type` of `config`, `placeholder`, `recording_failed`, `idle_warning`, `notice` or `ended`.
+//! a `type` of `config`, `placeholder`, `recording_failed`, `idle_warning`, `notice`,
+//! `watchers`, `input_refused` or `ended`.
 //!
 //! Browser to broker: text messages, each one JSON input event ([`ViewerInput`]).
 //! Input is forwarded only from the session's owner, never while the auto-login
 //! placeholder is up, and each accepted event counts as person activity for the idle
-//! timer. Pings, pongs and reconnects do not.
+//! timer. Pings, pongs, invalid messages and reconnects do not. An admin's watching
+//! socket gets an `input_refused` status for each message it sends, and while any
+//! admin watches, every viewer gets a `watchers` status with the count.
 //!
 //! A viewer that falls behind loses buffered events, skips to the next keyframe and
 //! asks the agent for one, so memory per viewer stays bounded by the broadcast buffer.
@@ -207,6 +210,21 @@ enum StatusMessage<'a> {
     Ended {
         reason: &'a str,
     },
+    Watchers {
+        count: usize,
+    },
+    InputRefused {
+        reason: &'a str,
+    },
+}
+
+/// Counts a watching admin out when its socket ends, however it ends.
+struct WatcherGuard(Arc<LiveStream>);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.watcher_changed(false);
+    }
 }
 
 /// Returns whether the viewer's portal session still allows viewing.
@@ -224,6 +242,10 @@ pub async fn serve(
 ) {
     let (mut sender, mut receiver) = socket.split();
     let (initial, mut events) = stream.subscribe();
+    let _watcher = (mode == ViewerMode::Watch).then(|| {
+        stream.watcher_changed(true);
+        WatcherGuard(stream.clone())
+    });
     let mut waiting_for_keyframe = true;
     stream.send_to_agent(BrokerMessage::RequestKeyframe);
 
@@ -255,11 +277,17 @@ pub async fn serve(
                 Err(RecvError::Closed) => break,
             },
             incoming = receiver.next() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    if mode == ViewerMode::Control {
-                        forward_input(&stream, hooks.as_deref(), text.as_str());
+                Some(Ok(Message::Text(text))) => match mode {
+                    ViewerMode::Control => forward_input(&stream, hooks.as_deref(), text.as_str()),
+                    ViewerMode::Watch => {
+                        let refused = status(&StatusMessage::InputRefused {
+                            reason: "an administrator's view is read-only",
+                        });
+                        if sender.send(refused).await.is_err() {
+                            break;
+                        }
                     }
-                }
+                },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 // Pongs and binary messages carry nothing; pongs do not count as activity.
                 Some(Ok(_)) => {}
@@ -292,11 +320,24 @@ fn forward_input(stream: &LiveStream, hooks: Option<&dyn SessionHooks>, text: &s
         return;
     }
     let activity = input.is_person_activity();
-    if stream.send_to_agent(input.into_broker_message()) && activity {
+    let message = input.into_broker_message();
+    if !agent_accepts(&message) {
+        tracing::debug!(session.id = %stream.session_id, "Ignored viewer input outside the protocol's limits");
+        return;
+    }
+    if stream.send_to_agent(message) && activity {
+        stream.clear_idle_warning();
         if let Some(hooks) = hooks {
             hooks.person_input(stream.session_id);
         }
     }
+}
+
+/// Returns whether the agent's decoder accepts this message. Input it would reject,
+/// such as a coordinate beyond the largest screen, is neither sent nor counted as
+/// person activity.
+fn agent_accepts(message: &BrokerMessage) -> bool {
+    protocol::decode_broker_message(&protocol::encode_broker_message(message)).is_ok()
 }
 
 async fn send_event<S>(
@@ -347,6 +388,7 @@ where
         }
         ViewerEvent::Notice { message } => status(&StatusMessage::Notice { message }),
         ViewerEvent::Ended { reason } => status(&StatusMessage::Ended { reason }),
+        ViewerEvent::Watchers { count } => status(&StatusMessage::Watchers { count: *count }),
     };
     sender.send(message).await
 }
@@ -419,6 +461,20 @@ mod tests {
     }
 
     #[test]
+    fn input_beyond_protocol_limits_is_not_forwarded() {
+        let inside = ViewerInput::parse(r#"{"type":"mouse_move","x":100,"y":100}"#).unwrap();
+        let outside = ViewerInput::parse(r#"{"type":"mouse_move","x":9000,"y":100}"#).unwrap();
+        let tiny = ViewerInput::parse(
+            r#"{"type":"resize","width":10,"height":600,"device_pixel_ratio":1}"#,
+        )
+        .unwrap();
+
+        assert!(agent_accepts(&inside.into_broker_message()));
+        assert!(!agent_accepts(&outside.into_broker_message()));
+        assert!(!agent_accepts(&tiny.into_broker_message()));
+    }
+
+    #[test]
     fn ticket_is_valid_once() {
         let tickets = Tickets::default();
         let grant = TicketGrant {
@@ -450,7 +506,9 @@ mod status_tests {
 
     #[test]
     fn notice_status_carries_message() {
-        let Message::Text(text) = status(&StatusMessage::Notice { message: "Signed in." }) else {
+        let Message::Text(text) = status(&StatusMessage::Notice {
+            message: "Signed in.",
+        }) else {
             panic!("status messages are text");
         };
 

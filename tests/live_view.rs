@@ -1,0 +1,796 @@
+//! The live view against a real broker, launcher, Docker engine and workspace agent.
+//! The idle timer counts only real input, a dropped viewer reconnects to the same
+//! session with a fresh ticket, and an admin watches read-only while the person sees
+//! a banner.
+//!
+//! Needs the workspace image (`strongroom image build`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use broker::auth::Role;
+use broker::auth::secret_key::TotpKey;
+use broker::auth::totp::TotpSecret;
+use broker::auth::users;
+use broker::server::{self, RunningBroker};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const PASSWORD: &str = "a long test passphrase";
+
+/// Session subnets of this test file, apart from those of the other test files.
+const SUBNET_RANGE: &str = "172.25.0.0/16";
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Stack {
+    broker: Option<RunningBroker>,
+    launcher_stop: CancellationToken,
+    launcher: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    instance_id: Uuid,
+    dir: tempfile::TempDir,
+    base: String,
+}
+
+impl Stack {
+    async fn start(overrides: &[(&str, &str)]) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let instance_id = broker::instance::load_or_create(dir.path()).unwrap();
+        let env = [
+            ("STRONGROOM_DATA_DIR", dir.path().display().to_string()),
+            ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+            ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
+            (
+                "STRONGROOM_LAUNCHER__SUBNET_RANGE",
+                format!("\"{SUBNET_RANGE}\""),
+            ),
+        ]
+        .map(|(name, value)| (name.to_owned(), value));
+        let extra = overrides
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()));
+        let config = broker::config::load(None, env.into_iter().chain(extra))
+            .expect("test configuration is valid");
+        let image_from_build = config.launcher.image_from_build;
+
+        let launcher_config =
+            broker::launcher_process::resolved_config(&config, instance_id).unwrap();
+        let launcher_stop = CancellationToken::new();
+        let launcher = tokio::spawn(broker::launcher_process::run_standalone(
+            launcher_config,
+            image_from_build,
+            launcher_stop.clone(),
+        ));
+        let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone());
+        let health = wait_for(Duration::from_secs(30), || async {
+            client.health().await.ok()
+        })
+        .await;
+        assert_eq!(
+            health.image_present,
+            Some(true),
+            "workspace image missing: run `strongroom image build` ({health:?})"
+        );
+
+        let broker = server::start(config).await.expect("broker starts");
+        let base = broker.base_url();
+        broker::sites::import_file(&broker.state.db, &site_file(dir.path()))
+            .await
+            .unwrap();
+        Stack {
+            broker: Some(broker),
+            launcher_stop,
+            launcher: Some(launcher),
+            instance_id,
+            dir,
+            base,
+        }
+    }
+
+    fn broker(&self) -> &RunningBroker {
+        self.broker.as_ref().unwrap()
+    }
+
+    fn db(&self) -> broker::db::Database {
+        self.broker().state.db.clone()
+    }
+
+    /// Creates an account with these roles, grants it the demo site and signs it in.
+    async fn sign_in(&self, username: &str, role: Role) -> Person {
+        let key = TotpKey::load_or_create(self.dir.path()).unwrap();
+        let id = Uuid::new_v4().to_string();
+        let totp = TotpSecret::generate();
+        let sealed = key.seal(&id, totp.as_bytes()).unwrap();
+        let hash = broker::auth::password::hash(PASSWORD).unwrap();
+        let roles = BTreeSet::from([role]);
+        let now = chrono::Utc::now().timestamp_millis();
+        let user = users::NewLocalUser {
+            id: &id,
+            username,
+            display_name: username,
+            password_hash: &hash,
+            sealed_totp: Some(&sealed),
+            roles: &roles,
+        };
+        users::create_local(&self.db(), user, now).await.unwrap();
+        broker::sites::grant(&self.db(), &id, "demo", "system:test", now)
+            .await
+            .unwrap();
+
+        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+        let client = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
+        let signed_in = client
+            .post(format!("{}/auth/login", self.base))
+            .header("origin", &self.base)
+            .form(&[
+                ("username", username),
+                ("password", PASSWORD),
+                ("code", code.as_str()),
+                ("next", "/"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            signed_in.status().is_redirection(),
+            "{username} cannot sign in: {}",
+            signed_in.status()
+        );
+        Person {
+            client,
+            jar,
+            base: self.base.clone(),
+        }
+    }
+
+    async fn stop(mut self) {
+        self.broker.take().unwrap().shutdown().await;
+        self.launcher_stop.cancel();
+        self.launcher.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Stack {
+    /// Removes the instance's containers and networks, also when a test fails.
+    fn drop(&mut self) {
+        let label = format!("label=io.strongroom.instance={}", self.instance_id);
+        for (list, remove) in [
+            (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
+            (
+                vec!["network", "ls", "-q", "--filter", &label],
+                vec!["network", "rm"],
+            ),
+        ] {
+            let Ok(output) = std::process::Command::new("docker").args(&list).output() else {
+                continue;
+            };
+            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(&remove)
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+fn site_file(dir: &std::path::Path) -> std::path::PathBuf {
+    // No bank listens: the workspace shows the browser's error page, which is enough
+    // for a stream to watch.
+    let path = dir.join("sites.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[site]]
+name = "demo"
+display_name = "Demo Bank"
+start_url = "https://bank.invalid/login"
+allowed_hosts = ["bank.invalid"]
+recording_retention_days = 30
+"#,
+    )
+    .unwrap();
+    path
+}
+
+async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A signed-in portal client.
+struct Person {
+    client: reqwest::Client,
+    jar: std::sync::Arc<reqwest::cookie::Jar>,
+    base: String,
+}
+
+impl Person {
+    async fn launch(&self) -> Uuid {
+        let launched = self
+            .client
+            .post(format!("{}/sessions", self.base))
+            .header("origin", &self.base)
+            .form(&[("site", "demo")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            launched.status(),
+            reqwest::StatusCode::SEE_OTHER,
+            "{}",
+            launched.text().await.unwrap()
+        );
+        launched.headers()["location"]
+            .to_str()
+            .unwrap()
+            .trim_start_matches("/sessions/")
+            .parse()
+            .unwrap()
+    }
+
+    /// Asks the portal for a fresh viewer ticket, as the viewer script does when its
+    /// socket drops.
+    async fn ticket(&self, session_id: Uuid, origin: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/sessions/{session_id}/ticket", self.base))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Opens the viewer socket of a session with a fresh ticket.
+    async fn view(&self, session_id: Uuid) -> Socket {
+        let answer = self.ticket(session_id, &self.base).await;
+        assert_eq!(answer.status(), reqwest::StatusCode::OK);
+        let answer: serde_json::Value = answer.json().await.unwrap();
+        let url = format!(
+            "{}{}",
+            self.base.replacen("http", "ws", 1),
+            answer["socket"].as_str().unwrap()
+        );
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("origin", self.base.parse().unwrap());
+        use reqwest::cookie::CookieStore;
+        let cookies = self.jar.cookies(&self.base.parse().unwrap()).unwrap();
+        request.headers_mut().insert("cookie", cookies);
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("viewer socket opens");
+        socket
+    }
+}
+
+/// Reads status messages until one of this type arrives. Reading also sends the pongs
+/// for the broker's pings.
+async fn status_of_type(socket: &mut Socket, kind: &str, timeout: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} status within {timeout:?}"))
+            .expect("viewer socket open")
+            .expect("viewer socket healthy");
+        if let Message::Text(text) = message {
+            let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if status["type"] == kind {
+                return status;
+            }
+        }
+    }
+}
+
+/// Reads until a VP8 keyframe arrives.
+async fn keyframe(socket: &mut Socket) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .expect("no keyframe from the workspace")
+            .expect("viewer socket open")
+            .expect("viewer socket healthy");
+        match message {
+            Message::Binary(frame) if frame.len() > 10 && frame[0] == 0x01 && frame[1] & 1 == 1 => {
+                return;
+            }
+            Message::Text(text) => assert!(!text.contains("\"ended\""), "ended early: {text}"),
+            _ => {}
+        }
+    }
+}
+
+async fn last_input_ms(db: &broker::db::Database, session_id: Uuid) -> i64 {
+    broker::sessions::store::get(db, session_id)
+        .await
+        .unwrap()
+        .expect("session row")
+        .last_input_at_ms
+}
+
+/// An open viewer that sends only frame acknowledgements and reconnects, watched by an
+/// admin who tries to type, still idles out after the warning; a second session that
+/// gets real input stays alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timer_counts_only_real_input() {
+    let stack = Stack::start(&[
+        ("STRONGROOM_SESSIONS__IDLE_TIMEOUT_MINUTES", "2"),
+        ("STRONGROOM_SESSIONS__IDLE_WARNING_MINUTES", "1"),
+        ("STRONGROOM_SESSIONS__REAPER_INTERVAL_SECONDS", "1"),
+    ])
+    .await;
+    let db = stack.db();
+    let idle_person = stack.sign_in("alice", Role::User).await;
+    let busy_person = stack.sign_in("bob", Role::User).await;
+    let admin = stack.sign_in("ada", Role::Admin).await;
+    let idle_session = idle_person.launch().await;
+    let busy_session = busy_person.launch().await;
+
+    // A ticket is not handed to a foreign origin, nor to another person.
+    let foreign = idle_person
+        .ticket(idle_session, "http://evil.example")
+        .await;
+    assert_eq!(foreign.status(), reqwest::StatusCode::FORBIDDEN);
+    let other = busy_person.ticket(idle_session, &stack.base).await;
+    assert_eq!(other.status(), reqwest::StatusCode::NOT_FOUND);
+
+    let mut idle_viewer = idle_person.view(idle_session).await;
+    keyframe(&mut idle_viewer).await;
+    let mut busy_viewer = busy_person.view(busy_session).await;
+    keyframe(&mut busy_viewer).await;
+    let idle_since = last_input_ms(&db, idle_session).await;
+
+    // The admin watches read-only: the person sees it, the admin's input is refused.
+    let mut watcher = admin.view(idle_session).await;
+    let watched = status_of_type(&mut idle_viewer, "watchers", Duration::from_secs(10)).await;
+    assert_eq!(watched["count"], 1);
+    watcher
+        .send(Message::text(r#"{"type":"mouse_move","x":5,"y":5}"#))
+        .await
+        .unwrap();
+    status_of_type(&mut watcher, "input_refused", Duration::from_secs(10)).await;
+    drop(watcher);
+    let unwatched = status_of_type(&mut idle_viewer, "watchers", Duration::from_secs(10)).await;
+    assert_eq!(unwatched["count"], 0);
+    let attached = stack
+        .broker()
+        .state
+        .audit
+        .list(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|event| event.action == "session.viewer.attached")
+        .expect("the admin's watching is audited");
+    assert!(attached.details.contains("watch"), "{}", attached.details);
+
+    // The idle viewer acknowledges frames (a message the broker does not accept as
+    // input), drops its socket and reconnects with a fresh ticket.
+    idle_viewer
+        .send(Message::text(r#"{"type":"ack","pts_us":1}"#))
+        .await
+        .unwrap();
+    idle_viewer.close(None).await.unwrap();
+    drop(idle_viewer);
+    let mut idle_viewer = idle_person.view(idle_session).await;
+    keyframe(&mut idle_viewer).await;
+    assert_eq!(
+        last_input_ms(&db, idle_session).await,
+        idle_since,
+        "a watcher's input, an acknowledgement or a reconnect counted as input"
+    );
+
+    // The busy person moves the mouse every few seconds until the idle session ends.
+    let stop_busy = CancellationToken::new();
+    let busy = {
+        let stop = stop_busy.clone();
+        tokio::spawn(async move {
+            let mut x = 0;
+            loop {
+                x = (x + 7) % 300;
+                let input = format!(r#"{{"type":"mouse_move","x":{x},"y":20}}"#);
+                if busy_viewer.send(Message::text(input)).await.is_err() {
+                    panic!("the busy viewer's socket closed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = stop.cancelled() => break,
+                }
+                // Reads what arrived meanwhile, so pings are answered.
+                while let Ok(Some(message)) =
+                    tokio::time::timeout(Duration::from_millis(10), busy_viewer.next()).await
+                {
+                    let message = message.expect("busy viewer socket healthy");
+                    if let Message::Text(text) = message {
+                        assert!(!text.contains("\"ended\""), "busy session ended: {text}");
+                    }
+                }
+            }
+            busy_viewer
+        })
+    };
+
+    // The person is warned, then the session ends with reason idle, two minutes after
+    // the last real input.
+    let warning = status_of_type(&mut idle_viewer, "idle_warning", Duration::from_secs(150)).await;
+    assert!(warning["seconds"].as_u64().unwrap() <= 60, "{warning}");
+    let ended = status_of_type(&mut idle_viewer, "ended", Duration::from_secs(120)).await;
+    let ended_at = chrono::Utc::now().timestamp_millis();
+    assert!(
+        ended_at - idle_since >= 120_000,
+        "ended {} ms after the last input",
+        ended_at - idle_since
+    );
+    assert!(
+        ended["reason"].as_str().unwrap().contains("no input"),
+        "{ended}"
+    );
+    let record = broker::sessions::store::get(&db, idle_session)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.end_reason.as_deref(), Some("idle_timeout"));
+    assert_eq!(record.last_input_at_ms, idle_since);
+    // The end is audited once the workspace is removed, shortly after viewers learn it.
+    let audit_log = stack.broker().state.audit.clone();
+    let audited = wait_for(Duration::from_secs(30), || async {
+        audit_log
+            .list(0, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|event| {
+                event.action == "session.ended"
+                    && event.session_id == Some(idle_session.to_string())
+            })
+    })
+    .await;
+    assert!(
+        audited.details.contains("idle_timeout"),
+        "{}",
+        audited.details
+    );
+
+    // Real input kept the other session alive.
+    stop_busy.cancel();
+    let busy_viewer = busy.await.expect("the busy session stayed alive");
+    let busy_record = broker::sessions::store::get(&db, busy_session)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(busy_record.state.is_live(), "{busy_record:?}");
+    assert!(chrono::Utc::now().timestamp_millis() - busy_record.last_input_at_ms < 30_000);
+    drop(busy_viewer);
+
+    stack.stop().await;
+}
+
+/// A loopback TCP relay in front of the broker whose open connections the test can
+/// cut, as a flaky network or a restarting reverse proxy would.
+struct CuttableRelay {
+    address: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableRelay {
+    async fn bind() -> (CuttableRelay, tokio::net::TcpListener) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = CuttableRelay {
+            address: listener.local_addr().unwrap(),
+            connections: Default::default(),
+            accept: tokio::spawn(async {}),
+        };
+        (relay, listener)
+    }
+
+    /// Relays every accepted connection to `upstream`.
+    fn start(&mut self, listener: tokio::net::TcpListener, upstream: std::net::SocketAddr) {
+        let connections = self.connections.clone();
+        self.accept = tokio::spawn(async move {
+            while let Ok((mut downstream, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut upstream) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                    }
+                });
+                connections.lock().unwrap().push(task.abort_handle());
+            }
+        });
+    }
+
+    /// Closes every connection open now; later connections pass again.
+    fn cut(&self) -> usize {
+        let open: Vec<_> = std::mem::take(&mut *self.connections.lock().unwrap());
+        let live = open.iter().filter(|task| !task.is_finished()).count();
+        for task in open {
+            task.abort();
+        }
+        live
+    }
+}
+
+impl Drop for CuttableRelay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// A headless Chromium driven through chromedriver's WebDriver API.
+struct Browser {
+    driver: tokio::process::Child,
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let mut driver = tokio::process::Command::new("chromedriver")
+            .arg("--port=0")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver starts (Debian package chromium-driver)");
+        let stdout = driver.stdout.take().unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let port = loop {
+            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("chromedriver output");
+            if let Some(rest) = line.strip_prefix("ChromeDriver was started successfully on port ")
+            {
+                break rest.trim_end_matches('.').to_owned();
+            }
+        };
+        let http = reqwest::Client::new();
+        let capabilities = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"]
+        }}}});
+        let created: serde_json::Value = http
+            .post(format!("http://127.0.0.1:{port}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .expect("WebDriver session")
+            .to_owned();
+        Browser {
+            driver,
+            http,
+            base: format!("http://127.0.0.1:{port}/session/{session}"),
+        }
+    }
+
+    async fn command(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let response: serde_json::Value = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            response["value"].get("error").is_none(),
+            "WebDriver {path}: {response}"
+        );
+        response["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.command(
+            reqwest::Method::POST,
+            "/url",
+            serde_json::json!({ "url": url }),
+        )
+        .await;
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let found = self
+            .command(
+                reqwest::Method::POST,
+                "/element",
+                serde_json::json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        found
+            .as_object()
+            .and_then(|object| object.values().next())
+            .and_then(|id| id.as_str())
+            .expect("element id")
+            .to_owned()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.element(css).await;
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            serde_json::json!({ "text": text }),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.element(css).await;
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            serde_json::json!({}),
+        )
+        .await;
+    }
+
+    async fn script(&self, source: &str) -> serde_json::Value {
+        self.command(
+            reqwest::Method::POST,
+            "/execute/sync",
+            serde_json::json!({"script": source, "args": []}),
+        )
+        .await
+    }
+
+    async fn quit(mut self) {
+        self.command(reqwest::Method::DELETE, "", serde_json::json!({}))
+            .await;
+        let _ = self.driver.kill().await;
+    }
+}
+
+/// Reads the viewer: how many sampled canvas pixels are not black, the reconnect
+/// count, and the status and end lines the viewer script shows.
+const VIEWER_PROBE: &str = "const c = document.getElementById('screen');
+const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let lit = 0;
+for (let i = 0; i < data.length; i += 4 * 101) { if (data[i] || data[i + 1] || data[i + 2]) lit++; }
+const text = (id) => { const e = document.getElementById(id); return e.hidden ? '' : e.textContent; };
+return { lit, reconnects: Number(document.getElementById('viewer').dataset.reconnects), connection: text('connection'), status: text('status'), ended: text('ended'), path: location.pathname };";
+
+/// Blanks the canvas, so that lit pixels afterwards come from newly decoded frames.
+const BLANK_CANVAS: &str = "const c = document.getElementById('screen');
+c.getContext('2d').clearRect(0, 0, c.width, c.height); return true;";
+
+/// Waits until the viewer shows decoded frames, failing on an end or a problem.
+async fn wait_for_picture(browser: &Browser) -> serde_json::Value {
+    wait_for(Duration::from_secs(120), || async {
+        let probe = browser.script(VIEWER_PROBE).await;
+        assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
+        assert_eq!(probe["ended"], "", "session ended: {probe}");
+        (probe["lit"].as_u64().unwrap_or(0) > 0 && probe["connection"] == "").then_some(probe)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_viewer_reconnects_to_same_session() {
+    // The browser reaches the broker only through the relay, whose address is the
+    // portal's public URL, so the viewer socket's Origin matches.
+    let (mut relay, listener) = CuttableRelay::bind().await;
+    let public_url = format!("\"http://{}\"", relay.address);
+    let stack = Stack::start(&[("STRONGROOM_SERVER__PUBLIC_URL", public_url.as_str())]).await;
+    let upstream: std::net::SocketAddr = stack.base.trim_start_matches("http://").parse().unwrap();
+    relay.start(listener, upstream);
+    let db = stack.db();
+
+    let key = TotpKey::load_or_create(stack.dir.path()).unwrap();
+    let id = Uuid::new_v4().to_string();
+    let totp = TotpSecret::generate();
+    let sealed = key.seal(&id, totp.as_bytes()).unwrap();
+    let hash = broker::auth::password::hash(PASSWORD).unwrap();
+    let roles = BTreeSet::from([Role::User]);
+    let now = chrono::Utc::now().timestamp_millis();
+    let user = users::NewLocalUser {
+        id: &id,
+        username: "alice",
+        display_name: "alice",
+        password_hash: &hash,
+        sealed_totp: Some(&sealed),
+        roles: &roles,
+    };
+    users::create_local(&db, user, now).await.unwrap();
+    broker::sites::grant(&db, &id, "demo", "system:test", now)
+        .await
+        .unwrap();
+
+    let browser = Browser::start().await;
+    browser.open(&format!("http://{}/", relay.address)).await;
+    browser.type_into("input[name=username]", "alice").await;
+    browser.type_into("input[name=password]", PASSWORD).await;
+    browser
+        .type_into(
+            "input[name=code]",
+            &totp.code_at(chrono::Utc::now().timestamp() as u64),
+        )
+        .await;
+    browser.click("button[type=submit]").await;
+    browser.click("#launch-demo").await;
+    let first = wait_for_picture(&browser).await;
+    assert_eq!(first["reconnects"], 0);
+    let session_id: Uuid = first["path"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("/sessions/")
+        .parse()
+        .unwrap();
+    let input_before = last_input_ms(&db, session_id).await;
+
+    // Two drops in a row: each time the viewer fetches a new ticket and shows frames
+    // of the same session again.
+    for drop_number in 1..=2u64 {
+        assert!(relay.cut() > 0, "the viewer had no open connection");
+        browser.script(BLANK_CANVAS).await;
+        let probe = wait_for(Duration::from_secs(60), || async {
+            let probe = browser.script(VIEWER_PROBE).await;
+            assert_eq!(probe["ended"], "", "session ended after a drop: {probe}");
+            (probe["reconnects"].as_u64() >= Some(drop_number)).then_some(probe)
+        })
+        .await;
+        assert_eq!(probe["path"], first["path"]);
+        let probe = wait_for_picture(&browser).await;
+        assert!(probe["reconnects"].as_u64() >= Some(drop_number), "{probe}");
+    }
+
+    let record = broker::sessions::store::get(&db, session_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(record.state.is_live(), "{record:?}");
+    assert_eq!(
+        record.last_input_at_ms, input_before,
+        "a reconnect counted as person input"
+    );
+    let sessions = broker::sessions::store::list_for_user(&db, &id, 10)
+        .await
+        .unwrap();
+    assert_eq!(sessions.len(), 1, "a reconnect launched another session");
+
+    browser.quit().await;
+    drop(relay);
+    stack.stop().await;
+}
