@@ -61,6 +61,12 @@ fn matrix() -> Vec<Row> {
         row(get(), "/readyz", [503, 503, 503, 503]),
         row(get(), "/metrics", [200, 200, 200, 200]),
         row(get(), "/assets/viewer.js", [200, 200, 200, 200]),
+        row(get(), "/assets/replay.js", [200, 200, 200, 200]),
+        // A person lists their own recordings; the recording does not exist.
+        row(get(), "/recordings", [401, 200, 200, 200]),
+        row(get(), "/recordings/{id}", [401, 404, 404, 404]),
+        row(get(), "/recordings/{id}/index", [401, 404, 404, 404]),
+        row(get(), "/recordings/{id}/segments/{index}", [401, 404, 404, 404]),
         row(get(), "/auth/login", [200, 200, 200, 200]),
         // An empty form is a wrong password for everyone.
         row(post(), "/auth/login", [401, 401, 401, 401]),
@@ -126,6 +132,7 @@ fn concrete(pattern: &str, target_user: &str) -> String {
     pattern
         .replace("{user_id}", target_user)
         .replace("{id}", "00000000-0000-4000-8000-000000000000")
+        .replace("{index}", "0")
 }
 
 struct Setup {

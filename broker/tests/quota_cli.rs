@@ -99,7 +99,7 @@ async fn quota_commands(backend: TestBackend) {
 
     let added = cli.run(
         &["user", "add", "alice", "--role", "user"],
-        "a long test passphrase\n",
+        "Quota-test-passphrase-7!\n",
     );
     assert!(added.status.success(), "{}", stderr(&added));
 
