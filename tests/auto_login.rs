@@ -149,10 +149,12 @@ async fn fixture_with(pages: HashMap<&'static str, String>) -> Fixture {
 }
 
 impl Fixture {
-    fn start_stream(&self) -> Arc<LiveStream> {
+    async fn start_stream(&self) -> Arc<LiveStream> {
+        let session_id = Uuid::new_v4();
+        strongroom_tests::reserve_session_row(&self.database.db, session_id, "alice").await;
         self.hub
             .start(StreamStart {
-                session_id: Uuid::new_v4(),
+                session_id,
                 owner: "alice".into(),
                 agent_addr: self.agent.address,
                 secret: self.secret.clone(),
@@ -256,7 +258,7 @@ async fn run(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awkward_passwords_arrive_byte_exact() {
     let fixture = fixture(3000).await;
-    let stream = fixture.start_stream();
+    let stream = fixture.start_stream().await;
     // Collects placeholder changes as they happen, so video packets cannot push them
     // out of the viewer's buffer.
     let (_, mut viewer) = stream.subscribe();
@@ -336,7 +338,7 @@ async fn awkward_passwords_arrive_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_origin_rejected_and_failures_lock() {
     let fixture = fixture(0).await;
-    let stream = fixture.start_stream();
+    let stream = fixture.start_stream().await;
     fixture.store_password("Mk-secret").await;
     // The page's own origin is not listed, so nothing may be typed into it.
     let login = settings(
@@ -393,7 +395,7 @@ async fn foreign_origin_rejected_and_failures_lock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_step_login_succeeds() {
     let fixture = fixture_with(two_step_pages()).await;
-    let stream = fixture.start_stream();
+    let stream = fixture.start_stream().await;
     fixture.store_password("Mk-two step").await;
     let mut login = settings(vec![fixture.pages.origin()], "#welcome-1", 3);
     login.recipe = Some(LoginRecipe {
@@ -457,7 +459,7 @@ async fn two_step_login_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_over_leaves_rest_to_person() {
     let fixture = fixture_with(two_step_pages()).await;
-    let stream = fixture.start_stream();
+    let stream = fixture.start_stream().await;
     fixture.store_password("Mk-unused").await;
     let mut login = settings(vec![fixture.pages.origin()], "#welcome-1", 3);
     login.recipe = Some(LoginRecipe {
@@ -547,7 +549,7 @@ document.getElementById("go").addEventListener("click", async () => {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_clicks_right_after_load_and_types_with_key_presses() {
     let fixture = fixture_with(key_checked_two_step_pages()).await;
-    let stream = fixture.start_stream();
+    let stream = fixture.start_stream().await;
     let password = "Mk-keys <p&ss>'\"$ pässwörd€ ";
     fixture.store_password(password).await;
     let mut login = settings(vec![fixture.pages.origin()], "#welcome-1", 3);
@@ -634,7 +636,7 @@ document.getElementById("go").addEventListener("click", () => {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_login_clears_revealed_password() {
     let fixture = fixture_with(HashMap::from([("/login", revealing_login_page())])).await;
-    let stream = fixture.start_stream();
+    let stream = fixture.start_stream().await;
     let password = "Mk-revealed";
     fixture.store_password(password).await;
     let mut login = settings(vec![fixture.pages.origin()], "#welcome-1", 3);

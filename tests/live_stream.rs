@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use broker::audit::{self, AuditLog, StoredEvent};
 use broker::clock::SystemClock;
-use broker::sessions::store::{self, Reservation, ReserveOutcome};
 use broker::stream::{
     RecordingSettings, SessionHooks, StreamHub, StreamSettings, StreamStart, ViewerEvent,
 };
@@ -109,21 +108,7 @@ fn rand_bytes() -> [u8; 32] {
 async fn start(fixture: &Fixture) -> (Uuid, Uuid, Arc<broker::stream::LiveStream>) {
     let session_id = Uuid::new_v4();
     let recording_id = Uuid::new_v4();
-    let reservation = Reservation {
-        session_id,
-        user_id: "alice",
-        site: "demo-bank",
-        instance_id: "live-stream-test",
-        client_addr: None,
-        now_ms: Utc::now().timestamp_millis(),
-        default_quota: 1,
-        site_limit: None,
-        host_limit: 1,
-    };
-    let outcome = store::reserve(&fixture.database.db, &reservation)
-        .await
-        .unwrap();
-    assert_eq!(outcome, ReserveOutcome::Reserved);
+    strongroom_tests::reserve_session_row(&fixture.database.db, session_id, "alice").await;
     let stream = fixture
         .hub
         .start(StreamStart {
