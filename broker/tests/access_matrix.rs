@@ -107,6 +107,10 @@ fn matrix() -> Vec<Row> {
         row(put(), "/api/v1/people/{id}/roles", [401, 403, 403, 415]),
         row(put(), "/api/v1/people/{id}/quota", [401, 403, 403, 415]),
         row(get(), "/api/v1/sites", [401, 403, 403, 200]),
+        // No change with the probe's id is pending.
+        row(get(), "/api/v1/site-changes", [401, 403, 403, 200]),
+        row(post(), "/api/v1/site-changes/{id}/approve", [401, 403, 403, 404]),
+        row(post(), "/api/v1/site-changes/{id}/reject", [401, 403, 403, 404]),
         row(get(), "/api/v1/sessions", [401, 403, 200, 200]),
         row(post(), "/api/v1/sessions/{id}/terminate", [401, 403, 403, 415]),
         row(get(), "/api/v1/credentials", [401, 403, 403, 200]),

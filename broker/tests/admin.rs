@@ -175,6 +175,19 @@ fn routes() -> Vec<(Method, String, Option<Value>, bool)> {
             false,
         ),
         (Method::GET, "/api/v1/sites".into(), None, false),
+        (Method::GET, "/api/v1/site-changes".into(), None, false),
+        (
+            Method::POST,
+            format!("/api/v1/site-changes/{person}/approve"),
+            None,
+            false,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/site-changes/{person}/reject"),
+            None,
+            false,
+        ),
         (Method::GET, "/api/v1/sessions".into(), None, true),
         (
             Method::POST,
@@ -735,6 +748,175 @@ async fn served_body(database: TestDatabase) {
         )
         .await;
     assert_eq!(no_reason.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    harness.stop().await;
+}
+
+const HELD_SITE: &str = r##"
+[[site]]
+name = "held-bank"
+display_name = "Held Bank"
+start_url = "https://www.held-bank.example/login"
+allowed_hosts = ["www.held-bank.example"]
+recording_retention_days = 30
+"##;
+
+/// Stores `text` as a site change that waits for a second admin, requested by
+/// `requester`, and returns the change id.
+async fn hold_site_change(harness: &Harness, requester: &str, text: &str) -> uuid::Uuid {
+    let path = harness.dir.path().join("held-site.toml");
+    std::fs::write(&path, text).unwrap();
+    let report = broker::sites::import_file_audited(
+        &harness.broker().state.db,
+        &harness.broker().state.audit,
+        broker::audit::Actor::Person(requester.to_owned()),
+        &path,
+        &broker::sites::ImportOptions {
+            hold_controlled_changes: true,
+            requested_by: requester.to_owned(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.pending.len(), 1, "{report:?}");
+    report.pending[0].1
+}
+
+broker::both_backends!(
+    site_changes_need_a_second_admin_in_the_api,
+    site_changes_body
+);
+async fn site_changes_body(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let (ada_id, ada) = harness.signed_in("ada", &[Role::Admin]).await;
+    let (bob_id, bob) = harness.signed_in("bob", &[Role::Admin]).await;
+    let created = hold_site_change(&harness, &ada_id, HELD_SITE).await;
+
+    let listed: Value = harness
+        .send(&bob, Method::GET, "/api/v1/site-changes", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], created.to_string());
+    assert_eq!(listed[0]["site"], "held-bank");
+    assert_eq!(listed[0]["changed_fields"], json!(["new site"]));
+    assert_eq!(listed[0]["requested_by"], ada_id);
+    assert_eq!(listed[0]["definition"]["name"], "held-bank");
+
+    // The requester may not decide their own change, either way.
+    for decision in ["approve", "reject"] {
+        let own = harness
+            .send(
+                &ada,
+                Method::POST,
+                &format!("/api/v1/site-changes/{created}/{decision}"),
+                None,
+            )
+            .await;
+        assert_eq!(own.status(), StatusCode::CONFLICT, "{decision}");
+        assert_eq!(content_type(&own), PROBLEM);
+        let problem: Value = own.json().await.unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains("second admin"),
+            "{problem}"
+        );
+    }
+    assert!(
+        broker::sites::get(&harness.broker().state.db, "held-bank")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let approved = harness
+        .send(
+            &bob,
+            Method::POST,
+            &format!("/api/v1/site-changes/{created}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(approved.status(), StatusCode::OK);
+    let approved: Value = approved.json().await.unwrap();
+    assert_eq!(approved["decision"], "approved");
+    assert_eq!(approved["decided_by"], bob_id);
+    assert!(
+        broker::sites::get(&harness.broker().state.db, "held-bank")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let again = harness
+        .send(
+            &bob,
+            Method::POST,
+            &format!("/api/v1/site-changes/{created}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+
+    // A widened allowlist waits, and a rejection leaves the site as it was.
+    let widened = hold_site_change(
+        &harness,
+        &ada_id,
+        &HELD_SITE.replace(
+            "[\"www.held-bank.example\"]",
+            "[\"www.held-bank.example\", \"cdn.example\"]",
+        ),
+    )
+    .await;
+    let rejected = harness
+        .send(
+            &bob,
+            Method::POST,
+            &format!("/api/v1/site-changes/{widened}/reject"),
+            None,
+        )
+        .await;
+    assert_eq!(rejected.status(), StatusCode::OK);
+    let site = broker::sites::get(&harness.broker().state.db, "held-bank")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(site.allowed_hosts, ["www.held-bank.example"]);
+    let listed: Value = harness
+        .send(&bob, Method::GET, "/api/v1/site-changes", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed, json!([]));
+
+    let decisions: Vec<(String, String, String)> = harness
+        .actions()
+        .await
+        .into_iter()
+        .filter(|event| event.action == "admin.site.changed")
+        .filter_map(|event| {
+            let details: Value = serde_json::from_str(&event.details).unwrap();
+            let change = details["change"].as_str()?.to_owned();
+            let id = details["change_id"].as_str()?.to_owned();
+            (change == "approved" || change == "rejected").then(|| (event.actor, change, id))
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            (
+                format!("user:{bob_id}"),
+                "approved".to_owned(),
+                created.to_string()
+            ),
+            (
+                format!("user:{bob_id}"),
+                "rejected".to_owned(),
+                widened.to_string()
+            ),
+        ]
+    );
     harness.stop().await;
 }
 
