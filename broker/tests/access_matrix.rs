@@ -111,6 +111,10 @@ fn matrix() -> Vec<Row> {
         row(get(), "/api/v1/site-changes", [401, 403, 403, 200]),
         row(post(), "/api/v1/site-changes/{id}/approve", [401, 403, 403, 404]),
         row(post(), "/api/v1/site-changes/{id}/reject", [401, 403, 403, 404]),
+        // No recording with the probe's id exists.
+        row(get(), "/api/v1/recordings", [401, 403, 403, 200]),
+        row(post(), "/api/v1/recordings/{id}/hold", [401, 403, 403, 404]),
+        row(post(), "/api/v1/recordings/{id}/release", [401, 403, 403, 404]),
         row(get(), "/api/v1/sessions", [401, 403, 200, 200]),
         row(post(), "/api/v1/sessions/{id}/terminate", [401, 403, 403, 415]),
         row(get(), "/api/v1/credentials", [401, 403, 403, 200]),

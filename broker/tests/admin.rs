@@ -176,6 +176,19 @@ fn routes() -> Vec<(Method, String, Option<Value>, bool)> {
         ),
         (Method::GET, "/api/v1/sites".into(), None, false),
         (Method::GET, "/api/v1/site-changes".into(), None, false),
+        (Method::GET, "/api/v1/recordings".into(), None, false),
+        (
+            Method::POST,
+            format!("/api/v1/recordings/{session}/hold"),
+            None,
+            false,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/recordings/{session}/release"),
+            None,
+            false,
+        ),
         (
             Method::POST,
             format!("/api/v1/site-changes/{person}/approve"),
@@ -917,6 +930,187 @@ async fn site_changes_body(database: TestDatabase) {
             ),
         ]
     );
+    harness.stop().await;
+}
+
+/// Writes and seals a short recording in the broker's recording store and adds its
+/// catalogue row.
+async fn stored_recording(
+    harness: &Harness,
+    user_id: &str,
+    site: &str,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> uuid::Uuid {
+    use broker::recordings::catalogue;
+    use recorder::{NewRecording, Packet, RecorderConfig, RecordingWriter, StreamConfig};
+
+    let state = &harness.broker().state;
+    let config = &state.admin.config;
+    let (storage, keys) = broker::recordings::stores(config).unwrap();
+    let id = uuid::Uuid::new_v4();
+    let expires_at = started_at + chrono::Duration::days(30);
+    catalogue::insert(
+        &state.db,
+        &catalogue::NewEntry {
+            id,
+            session_id: uuid::Uuid::new_v4(),
+            user_id: user_id.to_owned(),
+            site: site.to_owned(),
+            instance_id: "admin-test".to_owned(),
+            started_at,
+            expires_at,
+        },
+    )
+    .await
+    .unwrap();
+    let new = NewRecording {
+        id,
+        created_at: started_at,
+        expires_at,
+        stream: Some(StreamConfig {
+            codec: "vp8".into(),
+            width: 64,
+            height: 48,
+        }),
+    };
+    let mut writer =
+        RecordingWriter::create(storage, keys.as_ref(), RecorderConfig::default(), new).unwrap();
+    for frame in 0..5u64 {
+        writer
+            .push_packet(Packet {
+                pts_us: frame * 100_000,
+                keyframe: frame == 0,
+                data: bytes::Bytes::from(vec![frame as u8; 100]),
+            })
+            .unwrap();
+    }
+    let sealed = writer.seal().unwrap();
+    catalogue::mark_sealed(
+        &state.db,
+        id,
+        &catalogue::SealedEntry {
+            ended_at: started_at,
+            segment_count: sealed.manifest.segment_count,
+            bytes: writer.stored_bytes(),
+            seal_sha256: sealed.seal_sha256,
+            detail: None,
+        },
+    )
+    .await
+    .unwrap();
+    id
+}
+
+broker::both_backends!(recordings_are_listed_and_held_in_the_api, recordings_body);
+async fn recordings_body(database: TestDatabase) {
+    use chrono::TimeZone;
+    let harness = Harness::start(database).await;
+    let (admin_id, admin) = harness.signed_in("ada", &[Role::Admin]).await;
+    let day = |day: u32| {
+        chrono::Utc
+            .with_ymd_and_hms(2030, 1, day, 12, 0, 0)
+            .unwrap()
+    };
+    let early = stored_recording(&harness, "alice", "demo-bank", day(1)).await;
+    let late = stored_recording(&harness, "alice", "demo-bank", day(3)).await;
+    let other_site = stored_recording(&harness, "alice", "other-bank", day(2)).await;
+    let other_person = stored_recording(&harness, "bruno", "demo-bank", day(2)).await;
+
+    let list = |query: String| {
+        let request = admin.get(harness.url(&format!("/api/v1/recordings{query}")));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{query}");
+            let body: Value = response.json().await.unwrap();
+            body.as_array()
+                .unwrap()
+                .iter()
+                .map(|row| row["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list(String::new()).await,
+        {
+            let mut middle = [other_site, other_person];
+            middle.sort();
+            [vec![late], middle.to_vec(), vec![early]].concat()
+        },
+        "newest first"
+    );
+    assert_eq!(
+        list("?user_id=alice&site=demo-bank".to_owned()).await,
+        [late, early]
+    );
+    assert_eq!(list("?user_id=bruno".to_owned()).await, [other_person]);
+    assert_eq!(
+        list(format!(
+            "?started_from_ms={}&started_before_ms={}",
+            day(2).timestamp_millis(),
+            day(3).timestamp_millis()
+        ))
+        .await
+        .len(),
+        2
+    );
+    assert_eq!(list("?limit=1".to_owned()).await, [late]);
+    let invalid = harness
+        .send(&admin, Method::GET, "/api/v1/recordings?limit=0", None)
+        .await;
+    assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(content_type(&invalid), PROBLEM);
+
+    let held = harness
+        .send(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/recordings/{early}/hold"),
+            None,
+        )
+        .await;
+    assert_eq!(held.status(), StatusCode::OK);
+    let held: Value = held.json().await.unwrap();
+    assert_eq!(held["legal_hold"], true);
+    let released = harness
+        .send(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/recordings/{early}/release"),
+            None,
+        )
+        .await;
+    assert_eq!(released.status(), StatusCode::OK);
+    let released: Value = released.json().await.unwrap();
+    assert_eq!(released["legal_hold"], false);
+    let missing = harness
+        .send(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/recordings/{}/hold", uuid::Uuid::new_v4()),
+            None,
+        )
+        .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    let holds: Vec<(String, Option<String>, String)> = harness
+        .actions()
+        .await
+        .into_iter()
+        .filter(|event| event.action == "recording.hold.changed")
+        .map(|event| (event.actor, event.target, event.details))
+        .collect();
+    assert_eq!(holds.len(), 2, "{holds:?}");
+    for ((actor, target, details), hold) in holds.iter().zip([true, false]) {
+        assert_eq!(actor, &format!("user:{admin_id}"));
+        assert_eq!(
+            target.as_deref(),
+            Some(format!("recording:{early}").as_str())
+        );
+        assert!(
+            details.contains(&format!("\"legal_hold\":{hold}")),
+            "{details}"
+        );
+    }
     harness.stop().await;
 }
 

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use uuid::Uuid;
 
 use super::problem::{self, Problem};
-use super::site_changes;
+use super::{recordings, site_changes};
 use super::views::{
     self, CredentialsView, HealthView, PersonView, QuotaChange, RolesChange, SessionView, SiteView,
     Termination,
@@ -35,6 +35,9 @@ pub fn routes() -> Router<AppState> {
         .route("/site-changes", get(site_changes::list_pending))
         .route("/site-changes/{id}/approve", post(site_changes::approve))
         .route("/site-changes/{id}/reject", post(site_changes::reject))
+        .route("/recordings", get(recordings::list))
+        .route("/recordings/{id}/hold", post(recordings::hold))
+        .route("/recordings/{id}/release", post(recordings::release))
         .route("/sessions", get(list_sessions))
         .route("/sessions/{id}/terminate", post(terminate_session))
         .route("/credentials", get(list_credentials))
@@ -77,6 +80,9 @@ impl utoipa::Modify for PortalCookie {
         site_changes::list_pending,
         site_changes::approve,
         site_changes::reject,
+        recordings::list,
+        recordings::hold,
+        recordings::release,
         list_sessions,
         terminate_session,
         list_credentials,
