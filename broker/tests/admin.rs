@@ -1114,6 +1114,107 @@ async fn recordings_body(database: TestDatabase) {
     harness.stop().await;
 }
 
+broker::both_backends!(console_flows_emit_their_audit_events, event_types_body);
+async fn event_types_body(database: TestDatabase) {
+    use chrono::TimeZone;
+    let harness = Harness::start(database).await;
+    let (_, admin) = harness.signed_in("ada", &[Role::Admin]).await;
+    let (user_id, _) = harness.signed_in("ursula", &[Role::User]).await;
+
+    // A failed sign-in with a marker password, which no event may contain.
+    let marker = format!("Mk-{}", uuid::Uuid::new_v4().simple());
+    let anonymous = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let failed = anonymous
+        .post(harness.url("/auth/login"))
+        .header("origin", &harness.base)
+        .form(&[
+            ("username", "ursula"),
+            ("password", marker.as_str()),
+            ("code", "000000"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);
+
+    let quota = harness
+        .send(
+            &admin,
+            Method::PUT,
+            &format!("/api/v1/people/{user_id}/quota"),
+            Some(json!({"max_sessions": 3})),
+        )
+        .await;
+    assert_eq!(quota.status(), StatusCode::OK);
+    let roles = harness
+        .send(
+            &admin,
+            Method::PUT,
+            &format!("/api/v1/people/{user_id}/roles"),
+            Some(json!({"roles": ["user", "auditor"]})),
+        )
+        .await;
+    assert_eq!(roles.status(), StatusCode::OK);
+
+    let started = chrono::Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap();
+    let recording = stored_recording(&harness, &user_id, "demo-bank", started).await;
+    let hold = harness
+        .send(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/recordings/{recording}/hold"),
+            None,
+        )
+        .await;
+    assert_eq!(hold.status(), StatusCode::OK);
+    let replay = harness
+        .send(
+            &admin,
+            Method::GET,
+            &format!("/recordings/{recording}"),
+            None,
+        )
+        .await;
+    assert_eq!(replay.status(), StatusCode::OK);
+    let export = harness
+        .send(&admin, Method::GET, "/api/v1/audit/export", None)
+        .await;
+    assert_eq!(export.status(), StatusCode::OK);
+    let logout = harness
+        .send(&admin, Method::POST, "/auth/logout", None)
+        .await;
+    assert_eq!(logout.status(), StatusCode::SEE_OTHER);
+
+    let events = harness.actions().await;
+    let actions: BTreeSet<&str> = events.iter().map(|event| event.action.as_str()).collect();
+    for expected in [
+        "auth.sign_in.succeeded",
+        "auth.sign_in.failed",
+        "auth.portal_session.created",
+        "admin.quota.changed",
+        "admin.role.changed",
+        "recording.hold.changed",
+        "recording.replayed",
+        "audit.exported",
+        "auth.sign_out",
+        "auth.portal_session.ended",
+    ] {
+        assert!(
+            actions.contains(expected),
+            "{expected} missing from {actions:?}"
+        );
+    }
+    for event in &events {
+        let text = serde_json::to_string(event).unwrap();
+        assert!(!text.contains(&marker), "{text}");
+        assert!(!text.contains(PASSWORD), "{text}");
+    }
+    harness.stop().await;
+}
+
 /// The checked-in OpenAPI document must match the code. Regenerate it with
 /// `STRONGROOM_UPDATE_OPENAPI=1 cargo nextest run -p broker --test admin -E 'test(openapi_document_matches)'`.
 #[test]
