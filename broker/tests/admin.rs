@@ -237,6 +237,19 @@ fn routes() -> Vec<(Method, String, Option<Value>, bool)> {
         ),
         (Method::GET, "/admin/audit".into(), None, true),
         (Method::GET, "/admin/health".into(), None, false),
+        (Method::GET, "/admin/site-changes".into(), None, false),
+        (
+            Method::POST,
+            format!("/admin/site-changes/{person}/approve"),
+            None,
+            false,
+        ),
+        (
+            Method::POST,
+            format!("/admin/site-changes/{person}/reject"),
+            None,
+            false,
+        ),
     ]
 }
 
@@ -843,6 +856,25 @@ async fn site_changes_body(database: TestDatabase) {
             .is_none()
     );
 
+    // The console page offers the decision to the second admin only.
+    let page = |client: &reqwest::Client| {
+        let request = client.get(harness.url("/admin/site-changes"));
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let approve_form = format!("action=\"/admin/site-changes/{created}/approve\"");
+    assert!(page(&bob).await.contains(&approve_form));
+    assert!(!page(&ada).await.contains(&approve_form));
+    assert!(page(&ada).await.contains("Waiting for a second admin"));
+    let own_page = harness
+        .send(
+            &ada,
+            Method::POST,
+            &format!("/admin/site-changes/{created}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(own_page.status(), StatusCode::CONFLICT);
+
     let approved = harness
         .send(
             &bob,
@@ -885,11 +917,16 @@ async fn site_changes_body(database: TestDatabase) {
         .send(
             &bob,
             Method::POST,
-            &format!("/api/v1/site-changes/{widened}/reject"),
+            &format!("/admin/site-changes/{widened}/reject"),
             None,
         )
         .await;
-    assert_eq!(rejected.status(), StatusCode::OK);
+    assert_eq!(rejected.status(), StatusCode::SEE_OTHER);
+    assert!(
+        page(&bob)
+            .await
+            .contains("No site change waits for approval.")
+    );
     let site = broker::sites::get(&harness.broker().state.db, "held-bank")
         .await
         .unwrap()

@@ -55,13 +55,13 @@ pub struct DecisionView {
     pub decided_by: String,
 }
 
-fn decision_error(error: DecisionError) -> Problem {
+/// Maps a refused decision to the admin error shown by the API and the pages.
+pub(super) fn decision_error(error: DecisionError) -> AdminError {
     match error {
         DecisionError::NotPending(_) => AdminError::NotFound(error.to_string()),
         DecisionError::SameAdmin { .. } => AdminError::Conflict(error.to_string()),
         DecisionError::Storage(error) => AdminError::Internal(error),
     }
-    .to_problem()
 }
 
 /// Site changes waiting for a second admin, oldest first.
@@ -111,7 +111,7 @@ pub(super) async fn approve(
     let now_ms = chrono::Utc::now().timestamp_millis();
     let site = dual_control::approve(&state.db, &state.audit, id, &admin.user_id, now_ms)
         .await
-        .map_err(decision_error)?;
+        .map_err(|error| decision_error(error).to_problem())?;
     Ok(Json(DecisionView {
         id,
         site: site.name.clone(),
@@ -140,7 +140,7 @@ pub(super) async fn reject(
     let now_ms = chrono::Utc::now().timestamp_millis();
     let change = dual_control::reject(&state.db, &state.audit, id, &admin.user_id, now_ms)
         .await
-        .map_err(decision_error)?;
+        .map_err(|error| decision_error(error).to_problem())?;
     Ok(Json(DecisionView {
         id,
         site: change.definition.name,
