@@ -126,6 +126,17 @@ fn matrix() -> Vec<Row> {
         row(get(), "/api/v1/audit/events", [401, 403, 200, 200]),
         row(get(), "/api/v1/audit/checkpoints", [401, 403, 200, 200]),
         row(get(), "/api/v1/audit/export", [401, 403, 200, 200]),
+        // Replay: everyone signed in lists their own recordings; the probe's id names
+        // no recording.
+        row(get(), "/assets/replay.js", [200, 200, 200, 200]),
+        row(get(), "/recordings", [401, 200, 200, 200]),
+        row(get(), "/recordings/{id}", [401, 404, 404, 404]),
+        row(get(), "/recordings/{id}/index", [401, 404, 404, 404]),
+        row(
+            get(),
+            "/recordings/{id}/segments/{index}",
+            [401, 404, 404, 404],
+        ),
         row(get(), "/auth/logout", [200, 200, 200, 200]),
         row(post(), "/auth/logout", [401, 303, 303, 303]),
     ]
@@ -136,6 +147,7 @@ fn concrete(pattern: &str, target_user: &str) -> String {
     pattern
         .replace("{user_id}", target_user)
         .replace("{id}", "00000000-0000-4000-8000-000000000000")
+        .replace("{index}", "0")
 }
 
 struct Setup {
