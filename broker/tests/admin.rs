@@ -1096,6 +1096,10 @@ async fn recordings_body(database: TestDatabase) {
         .await;
     assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
     assert_eq!(content_type(&invalid), PROBLEM);
+    let nul = harness
+        .send(&admin, Method::GET, "/api/v1/recordings?site=a%00b", None)
+        .await;
+    assert_eq!(nul.status(), StatusCode::BAD_REQUEST);
 
     let held = harness
         .send(

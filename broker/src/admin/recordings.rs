@@ -113,6 +113,15 @@ pub(super) async fn list(
             format!("invalid limit {limit}; use 1 to {MAX_LIMIT}"),
         ));
     }
+    // PostgreSQL cannot store or compare text that contains NUL.
+    for (name, value) in [("user_id", &query.user_id), ("site", &query.site)] {
+        if value.as_deref().is_some_and(|text| text.contains('\0')) {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid {name}: it contains a NUL character"),
+            ));
+        }
+    }
     let filter = Filter {
         user_id: query.user_id,
         site: query.site,
