@@ -949,7 +949,7 @@ async fn site_changes_body(database: TestDatabase) {
             let details: Value = serde_json::from_str(&event.details).unwrap();
             let change = details["change"].as_str()?.to_owned();
             let id = details["change_id"].as_str()?.to_owned();
-            (change == "approved" || change == "rejected").then(|| (event.actor, change, id))
+            (change == "approved" || change == "rejected").then_some((event.actor, change, id))
         })
         .collect();
     assert_eq!(
