@@ -175,6 +175,32 @@ fn routes() -> Vec<(Method, String, Option<Value>, bool)> {
             false,
         ),
         (Method::GET, "/api/v1/sites".into(), None, false),
+        (Method::GET, "/api/v1/site-changes".into(), None, false),
+        (Method::GET, "/api/v1/recordings".into(), None, false),
+        (
+            Method::POST,
+            format!("/api/v1/recordings/{session}/hold"),
+            None,
+            false,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/recordings/{session}/release"),
+            None,
+            false,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/site-changes/{person}/approve"),
+            None,
+            false,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/site-changes/{person}/reject"),
+            None,
+            false,
+        ),
         (Method::GET, "/api/v1/sessions".into(), None, true),
         (
             Method::POST,
@@ -211,6 +237,19 @@ fn routes() -> Vec<(Method, String, Option<Value>, bool)> {
         ),
         (Method::GET, "/admin/audit".into(), None, true),
         (Method::GET, "/admin/health".into(), None, false),
+        (Method::GET, "/admin/site-changes".into(), None, false),
+        (
+            Method::POST,
+            format!("/admin/site-changes/{person}/approve"),
+            None,
+            false,
+        ),
+        (
+            Method::POST,
+            format!("/admin/site-changes/{person}/reject"),
+            None,
+            false,
+        ),
     ]
 }
 
@@ -735,6 +774,485 @@ async fn served_body(database: TestDatabase) {
         )
         .await;
     assert_eq!(no_reason.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    harness.stop().await;
+}
+
+const HELD_SITE: &str = r##"
+[[site]]
+name = "held-bank"
+display_name = "Held Bank"
+start_url = "https://www.held-bank.example/login"
+allowed_hosts = ["www.held-bank.example"]
+recording_retention_days = 30
+"##;
+
+/// Stores `text` as a site change that waits for a second admin, requested by
+/// `requester`, and returns the change id.
+async fn hold_site_change(harness: &Harness, requester: &str, text: &str) -> uuid::Uuid {
+    let path = harness.dir.path().join("held-site.toml");
+    std::fs::write(&path, text).unwrap();
+    let report = broker::sites::import_file_audited(
+        &harness.broker().state.db,
+        &harness.broker().state.audit,
+        broker::audit::Actor::Person(requester.to_owned()),
+        &path,
+        &broker::sites::ImportOptions {
+            hold_controlled_changes: true,
+            requested_by: requester.to_owned(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.pending.len(), 1, "{report:?}");
+    report.pending[0].1
+}
+
+broker::both_backends!(
+    site_changes_need_a_second_admin_in_the_api,
+    site_changes_body
+);
+async fn site_changes_body(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let (ada_id, ada) = harness.signed_in("ada", &[Role::Admin]).await;
+    let (bob_id, bob) = harness.signed_in("bob", &[Role::Admin]).await;
+    let created = hold_site_change(&harness, &ada_id, HELD_SITE).await;
+
+    let listed: Value = harness
+        .send(&bob, Method::GET, "/api/v1/site-changes", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], created.to_string());
+    assert_eq!(listed[0]["site"], "held-bank");
+    assert_eq!(listed[0]["changed_fields"], json!(["new site"]));
+    assert_eq!(listed[0]["requested_by"], ada_id);
+    assert_eq!(listed[0]["definition"]["name"], "held-bank");
+
+    // The requester may not decide their own change, either way.
+    for decision in ["approve", "reject"] {
+        let own = harness
+            .send(
+                &ada,
+                Method::POST,
+                &format!("/api/v1/site-changes/{created}/{decision}"),
+                None,
+            )
+            .await;
+        assert_eq!(own.status(), StatusCode::CONFLICT, "{decision}");
+        assert_eq!(content_type(&own), PROBLEM);
+        let problem: Value = own.json().await.unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains("second admin"),
+            "{problem}"
+        );
+    }
+    assert!(
+        broker::sites::get(&harness.broker().state.db, "held-bank")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The console page offers the decision to the second admin only.
+    let page = |client: &reqwest::Client| {
+        let request = client.get(harness.url("/admin/site-changes"));
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let approve_form = format!("action=\"/admin/site-changes/{created}/approve\"");
+    assert!(page(&bob).await.contains(&approve_form));
+    assert!(!page(&ada).await.contains(&approve_form));
+    assert!(page(&ada).await.contains("Waiting for a second admin"));
+    let own_page = harness
+        .send(
+            &ada,
+            Method::POST,
+            &format!("/admin/site-changes/{created}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(own_page.status(), StatusCode::CONFLICT);
+
+    let approved = harness
+        .send(
+            &bob,
+            Method::POST,
+            &format!("/api/v1/site-changes/{created}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(approved.status(), StatusCode::OK);
+    let approved: Value = approved.json().await.unwrap();
+    assert_eq!(approved["decision"], "approved");
+    assert_eq!(approved["decided_by"], bob_id);
+    assert!(
+        broker::sites::get(&harness.broker().state.db, "held-bank")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let again = harness
+        .send(
+            &bob,
+            Method::POST,
+            &format!("/api/v1/site-changes/{created}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+
+    // A widened allowlist waits, and a rejection leaves the site as it was.
+    let widened = hold_site_change(
+        &harness,
+        &ada_id,
+        &HELD_SITE.replace(
+            "[\"www.held-bank.example\"]",
+            "[\"www.held-bank.example\", \"cdn.example\"]",
+        ),
+    )
+    .await;
+    let rejected = harness
+        .send(
+            &bob,
+            Method::POST,
+            &format!("/admin/site-changes/{widened}/reject"),
+            None,
+        )
+        .await;
+    assert_eq!(rejected.status(), StatusCode::SEE_OTHER);
+    assert!(
+        page(&bob)
+            .await
+            .contains("No site change waits for approval.")
+    );
+    let site = broker::sites::get(&harness.broker().state.db, "held-bank")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(site.allowed_hosts, ["www.held-bank.example"]);
+    let listed: Value = harness
+        .send(&bob, Method::GET, "/api/v1/site-changes", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed, json!([]));
+
+    let decisions: Vec<(String, String, String)> = harness
+        .actions()
+        .await
+        .into_iter()
+        .filter(|event| event.action == "admin.site.changed")
+        .filter_map(|event| {
+            let details: Value = serde_json::from_str(&event.details).unwrap();
+            let change = details["change"].as_str()?.to_owned();
+            let id = details["change_id"].as_str()?.to_owned();
+            (change == "approved" || change == "rejected").then_some((event.actor, change, id))
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            (
+                format!("user:{bob_id}"),
+                "approved".to_owned(),
+                created.to_string()
+            ),
+            (
+                format!("user:{bob_id}"),
+                "rejected".to_owned(),
+                widened.to_string()
+            ),
+        ]
+    );
+    harness.stop().await;
+}
+
+/// Writes and seals a short recording in the broker's recording store and adds its
+/// catalogue row.
+async fn stored_recording(
+    harness: &Harness,
+    user_id: &str,
+    site: &str,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> uuid::Uuid {
+    use broker::recordings::catalogue;
+    use recorder::{NewRecording, Packet, RecorderConfig, RecordingWriter, StreamConfig};
+
+    let state = &harness.broker().state;
+    let config = &state.admin.config;
+    let (storage, keys) = broker::recordings::stores(config).unwrap();
+    let id = uuid::Uuid::new_v4();
+    let expires_at = started_at + chrono::Duration::days(30);
+    catalogue::insert(
+        &state.db,
+        &catalogue::NewEntry {
+            id,
+            session_id: uuid::Uuid::new_v4(),
+            user_id: user_id.to_owned(),
+            site: site.to_owned(),
+            instance_id: "admin-test".to_owned(),
+            started_at,
+            expires_at,
+        },
+    )
+    .await
+    .unwrap();
+    let new = NewRecording {
+        id,
+        created_at: started_at,
+        expires_at,
+        stream: Some(StreamConfig {
+            codec: "vp8".into(),
+            width: 64,
+            height: 48,
+        }),
+    };
+    let mut writer =
+        RecordingWriter::create(storage, keys.as_ref(), RecorderConfig::default(), new).unwrap();
+    for frame in 0..5u64 {
+        writer
+            .push_packet(Packet {
+                pts_us: frame * 100_000,
+                keyframe: frame == 0,
+                data: bytes::Bytes::from(vec![frame as u8; 100]),
+            })
+            .unwrap();
+    }
+    let sealed = writer.seal().unwrap();
+    catalogue::mark_sealed(
+        &state.db,
+        id,
+        &catalogue::SealedEntry {
+            ended_at: started_at,
+            segment_count: sealed.manifest.segment_count,
+            bytes: writer.stored_bytes(),
+            seal_sha256: sealed.seal_sha256,
+            detail: None,
+        },
+    )
+    .await
+    .unwrap();
+    id
+}
+
+broker::both_backends!(recordings_are_listed_and_held_in_the_api, recordings_body);
+async fn recordings_body(database: TestDatabase) {
+    use chrono::TimeZone;
+    let harness = Harness::start(database).await;
+    let (admin_id, admin) = harness.signed_in("ada", &[Role::Admin]).await;
+    let day = |day: u32| {
+        chrono::Utc
+            .with_ymd_and_hms(2030, 1, day, 12, 0, 0)
+            .unwrap()
+    };
+    let early = stored_recording(&harness, "alice", "demo-bank", day(1)).await;
+    let late = stored_recording(&harness, "alice", "demo-bank", day(3)).await;
+    let other_site = stored_recording(&harness, "alice", "other-bank", day(2)).await;
+    let other_person = stored_recording(&harness, "bruno", "demo-bank", day(2)).await;
+
+    let list = |query: String| {
+        let request = admin.get(harness.url(&format!("/api/v1/recordings{query}")));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{query}");
+            let body: Value = response.json().await.unwrap();
+            body.as_array()
+                .unwrap()
+                .iter()
+                .map(|row| row["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list(String::new()).await,
+        {
+            let mut middle = [other_site, other_person];
+            middle.sort();
+            [vec![late], middle.to_vec(), vec![early]].concat()
+        },
+        "newest first"
+    );
+    assert_eq!(
+        list("?user_id=alice&site=demo-bank".to_owned()).await,
+        [late, early]
+    );
+    assert_eq!(list("?user_id=bruno".to_owned()).await, [other_person]);
+    assert_eq!(
+        list(format!(
+            "?started_from_ms={}&started_before_ms={}",
+            day(2).timestamp_millis(),
+            day(3).timestamp_millis()
+        ))
+        .await
+        .len(),
+        2
+    );
+    assert_eq!(list("?limit=1".to_owned()).await, [late]);
+    let invalid = harness
+        .send(&admin, Method::GET, "/api/v1/recordings?limit=0", None)
+        .await;
+    assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(content_type(&invalid), PROBLEM);
+    let nul = harness
+        .send(&admin, Method::GET, "/api/v1/recordings?site=a%00b", None)
+        .await;
+    assert_eq!(nul.status(), StatusCode::BAD_REQUEST);
+
+    let held = harness
+        .send(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/recordings/{early}/hold"),
+            None,
+        )
+        .await;
+    assert_eq!(held.status(), StatusCode::OK);
+    let held: Value = held.json().await.unwrap();
+    assert_eq!(held["legal_hold"], true);
+    let released = harness
+        .send(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/recordings/{early}/release"),
+            None,
+        )
+        .await;
+    assert_eq!(released.status(), StatusCode::OK);
+    let released: Value = released.json().await.unwrap();
+    assert_eq!(released["legal_hold"], false);
+    let missing = harness
+        .send(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/recordings/{}/hold", uuid::Uuid::new_v4()),
+            None,
+        )
+        .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    let holds: Vec<(String, Option<String>, String)> = harness
+        .actions()
+        .await
+        .into_iter()
+        .filter(|event| event.action == "recording.hold.changed")
+        .map(|event| (event.actor, event.target, event.details))
+        .collect();
+    assert_eq!(holds.len(), 2, "{holds:?}");
+    for ((actor, target, details), hold) in holds.iter().zip([true, false]) {
+        assert_eq!(actor, &format!("user:{admin_id}"));
+        assert_eq!(
+            target.as_deref(),
+            Some(format!("recording:{early}").as_str())
+        );
+        assert!(
+            details.contains(&format!("\"legal_hold\":{hold}")),
+            "{details}"
+        );
+    }
+    harness.stop().await;
+}
+
+broker::both_backends!(console_flows_emit_their_audit_events, event_types_body);
+async fn event_types_body(database: TestDatabase) {
+    use chrono::TimeZone;
+    let harness = Harness::start(database).await;
+    let (_, admin) = harness.signed_in("ada", &[Role::Admin]).await;
+    let (user_id, _) = harness.signed_in("ursula", &[Role::User]).await;
+
+    // A failed sign-in with a marker password, which no event may contain.
+    let marker = format!("Mk-{}", uuid::Uuid::new_v4().simple());
+    let anonymous = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    let failed = anonymous
+        .post(harness.url("/auth/login"))
+        .header("origin", &harness.base)
+        .form(&[
+            ("username", "ursula"),
+            ("password", marker.as_str()),
+            ("code", "000000"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);
+
+    let quota = harness
+        .send(
+            &admin,
+            Method::PUT,
+            &format!("/api/v1/people/{user_id}/quota"),
+            Some(json!({"max_sessions": 3})),
+        )
+        .await;
+    assert_eq!(quota.status(), StatusCode::OK);
+    let roles = harness
+        .send(
+            &admin,
+            Method::PUT,
+            &format!("/api/v1/people/{user_id}/roles"),
+            Some(json!({"roles": ["user", "auditor"]})),
+        )
+        .await;
+    assert_eq!(roles.status(), StatusCode::OK);
+
+    let started = chrono::Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap();
+    let recording = stored_recording(&harness, &user_id, "demo-bank", started).await;
+    let hold = harness
+        .send(
+            &admin,
+            Method::POST,
+            &format!("/api/v1/recordings/{recording}/hold"),
+            None,
+        )
+        .await;
+    assert_eq!(hold.status(), StatusCode::OK);
+    let replay = harness
+        .send(
+            &admin,
+            Method::GET,
+            &format!("/recordings/{recording}"),
+            None,
+        )
+        .await;
+    assert_eq!(replay.status(), StatusCode::OK);
+    let export = harness
+        .send(&admin, Method::GET, "/api/v1/audit/export", None)
+        .await;
+    assert_eq!(export.status(), StatusCode::OK);
+    let logout = harness
+        .send(&admin, Method::POST, "/auth/logout", None)
+        .await;
+    assert_eq!(logout.status(), StatusCode::SEE_OTHER);
+
+    let events = harness.actions().await;
+    let actions: BTreeSet<&str> = events.iter().map(|event| event.action.as_str()).collect();
+    for expected in [
+        "auth.sign_in.succeeded",
+        "auth.sign_in.failed",
+        "auth.portal_session.created",
+        "admin.quota.changed",
+        "admin.role.changed",
+        "recording.hold.changed",
+        "recording.replayed",
+        "audit.exported",
+        "auth.sign_out",
+        "auth.portal_session.ended",
+    ] {
+        assert!(
+            actions.contains(expected),
+            "{expected} missing from {actions:?}"
+        );
+    }
+    for event in &events {
+        let text = serde_json::to_string(event).unwrap();
+        assert!(!text.contains(&marker), "{text}");
+        assert!(!text.contains(PASSWORD), "{text}");
+    }
     harness.stop().await;
 }
 

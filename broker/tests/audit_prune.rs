@@ -322,7 +322,18 @@ fn strongroom(
     dir: &std::path::Path,
     args: &[&str],
 ) -> std::process::Output {
+    strongroom_with_env(database, dir, &[], args)
+}
+
+/// Runs the `strongroom` binary like [`strongroom`], with extra environment variables.
+fn strongroom_with_env(
+    database: &TestDatabase,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    command.envs(env.iter().copied());
     match &database.config.target {
         broker::config::DatabaseTarget::Sqlite { path } => {
             command.env(
@@ -417,6 +428,59 @@ async fn commands_body(database: TestDatabase) {
             .contains("first problem at event 5: CheckpointSignatureInvalid"),
         "{pinned:?}"
     );
+}
+
+both_backends!(
+    prune_keeps_configured_retention_days,
+    configured_retention_body
+);
+async fn configured_retention_body(database: TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Utc::now() - Duration::days(100)));
+    let log = AuditLog::new(database.db.clone(), clock.clone() as Arc<dyn Clock>);
+    // Two events 100 days old, two 50 days old and one 5 days old.
+    for (index, advance_days) in [0, 0, 50, 0, 45].into_iter().enumerate() {
+        clock.advance(Duration::days(advance_days));
+        let event = EventBuilder::new(
+            Actor::Person(format!("user-{index}")),
+            Action::SignInSucceeded,
+        )
+        .build();
+        log.append(event).await.unwrap();
+    }
+
+    let default_days = strongroom(&database, dir.path(), &["audit", "prune"]);
+    let configured = strongroom_with_env(
+        &database,
+        dir.path(),
+        &[("STRONGROOM_AUDIT__RETENTION_DAYS", "30")],
+        &["audit", "prune"],
+    );
+    let out_of_range = strongroom_with_env(
+        &database,
+        dir.path(),
+        &[("STRONGROOM_AUDIT__RETENTION_DAYS", "0")],
+        &["audit", "prune"],
+    );
+    let verify = strongroom(&database, dir.path(), &["audit", "verify"]);
+
+    assert!(default_days.status.success(), "{default_days:?}");
+    assert!(
+        String::from_utf8_lossy(&default_days.stdout).contains("pruned 2 events"),
+        "90 days by default: {default_days:?}"
+    );
+    assert!(configured.status.success(), "{configured:?}");
+    assert!(
+        String::from_utf8_lossy(&configured.stdout).contains("pruned 2 events"),
+        "30 days from the configuration: {configured:?}"
+    );
+    assert!(!out_of_range.status.success(), "{out_of_range:?}");
+    assert!(
+        String::from_utf8_lossy(&out_of_range.stderr)
+            .contains("audit.retention_days: 0 is out of range; use 1 to 3653 days"),
+        "{out_of_range:?}"
+    );
+    assert!(verify.status.success(), "{verify:?}");
 }
 
 /// Creates a login role with the given grants and returns a pool connected as it.

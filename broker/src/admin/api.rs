@@ -13,6 +13,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use uuid::Uuid;
 
 use super::problem::{self, Problem};
+use super::{recordings, site_changes};
 use super::views::{
     self, CredentialsView, HealthView, PersonView, QuotaChange, RolesChange, SessionView, SiteView,
     Termination,
@@ -31,6 +32,12 @@ pub fn routes() -> Router<AppState> {
         .route("/people/{id}/roles", put(set_roles))
         .route("/people/{id}/quota", put(set_quota))
         .route("/sites", get(list_sites))
+        .route("/site-changes", get(site_changes::list_pending))
+        .route("/site-changes/{id}/approve", post(site_changes::approve))
+        .route("/site-changes/{id}/reject", post(site_changes::reject))
+        .route("/recordings", get(recordings::list))
+        .route("/recordings/{id}/hold", post(recordings::hold))
+        .route("/recordings/{id}/release", post(recordings::release))
         .route("/sessions", get(list_sessions))
         .route("/sessions/{id}/terminate", post(terminate_session))
         .route("/credentials", get(list_credentials))
@@ -70,6 +77,12 @@ impl utoipa::Modify for PortalCookie {
         set_roles,
         set_quota,
         list_sites,
+        site_changes::list_pending,
+        site_changes::approve,
+        site_changes::reject,
+        recordings::list,
+        recordings::hold,
+        recordings::release,
         list_sessions,
         terminate_session,
         list_credentials,

@@ -11,6 +11,8 @@
 pub mod api;
 mod pages;
 pub mod problem;
+pub mod recordings;
+pub mod site_changes;
 pub mod views;
 
 use std::sync::Arc;

@@ -27,12 +27,19 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/sessions/{id}/terminate", post(terminate))
         .route("/admin/audit", get(audit))
         .route("/admin/health", get(health))
+        .route("/admin/site-changes", get(site_changes))
+        .route(
+            "/admin/site-changes/{id}/approve",
+            post(approve_site_change),
+        )
+        .route("/admin/site-changes/{id}/reject", post(reject_site_change))
 }
 
 fn nav(principal: &Principal) -> String {
     let mut links = vec![("/admin", "Overview")];
     if principal.has(Role::Admin) {
         links.push(("/admin/people", "People and quotas"));
+        links.push(("/admin/site-changes", "Pending site changes"));
     }
     links.push(("/admin/sessions", "Live sessions"));
     links.push(("/admin/audit", "Audit trail"));
@@ -377,4 +384,70 @@ async fn health(State(state): State<AppState>, RequireAdmin(principal): RequireA
     }
     body.push_str("</table>\n");
     page(StatusCode::OK, "Health", &body, "")
+}
+
+async fn site_changes(
+    State(state): State<AppState>,
+    RequireAdmin(principal): RequireAdmin,
+) -> Result<Response, Response> {
+    let changes = crate::sites::dual_control::pending(&state.db)
+        .await
+        .map_err(|error| error_page(error.into()))?;
+    let mut body = nav(&principal);
+    if changes.is_empty() {
+        body.push_str("<p id=\"no-changes\">No site change waits for approval.</p>\n");
+        return Ok(page(StatusCode::OK, "Pending site changes", &body, ""));
+    }
+    body.push_str(
+        "<table><tr><th>Site</th><th>Changed fields</th><th>Requested by</th><th>Requested at</th><th>Decision</th></tr>\n",
+    );
+    for change in &changes {
+        let id = change.id;
+        // The requester sees the change but cannot decide it.
+        let decision = if change.requested_by == principal.user_id {
+            "Waiting for a second admin".to_owned()
+        } else {
+            format!(
+                "<form method=\"post\" action=\"/admin/site-changes/{id}/approve\"><button type=\"submit\">Approve</button></form>\
+                 <form method=\"post\" action=\"/admin/site-changes/{id}/reject\"><button type=\"submit\">Reject</button></form>"
+            )
+        };
+        body.push_str(&format!(
+            "<tr id=\"change-{id}\"><td>{site}</td><td>{fields}</td><td>{requester}</td><td>{at}</td><td>{decision}</td></tr>\n",
+            site = escape(&change.definition.name),
+            fields = escape(&change.changed_fields.join(", ")),
+            requester = escape(&change.requested_by),
+            at = time(change.requested_at_ms),
+        ));
+    }
+    body.push_str("</table>\n");
+    Ok(page(StatusCode::OK, "Pending site changes", &body, ""))
+}
+
+async fn approve_site_change(
+    State(state): State<AppState>,
+    RequireAdmin(admin): RequireAdmin,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    match crate::sites::dual_control::approve(&state.db, &state.audit, id, &admin.user_id, now_ms)
+        .await
+    {
+        Ok(_) => Redirect::to("/admin/site-changes").into_response(),
+        Err(error) => error_page(super::site_changes::decision_error(error)),
+    }
+}
+
+async fn reject_site_change(
+    State(state): State<AppState>,
+    RequireAdmin(admin): RequireAdmin,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    match crate::sites::dual_control::reject(&state.db, &state.audit, id, &admin.user_id, now_ms)
+        .await
+    {
+        Ok(_) => Redirect::to("/admin/site-changes").into_response(),
+        Err(error) => error_page(super::site_changes::decision_error(error)),
+    }
 }

@@ -515,6 +515,7 @@ pub fn config_view(config: &Config) -> serde_json::Value {
             "subnet_range": config.launcher.config.subnet_range.to_string(),
         },
         "secrets": secrets,
+        "audit": { "retention_days": config.audit.retention_days },
     })
 }
 

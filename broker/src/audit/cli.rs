@@ -11,9 +11,6 @@ use super::{Actor, AuditLog, AuditSigningKey, checkpoint};
 use crate::config::Config;
 use crate::db::Database;
 
-/// Days of audit events `audit prune` keeps when `--before` is not given.
-pub const DEFAULT_RETENTION_DAYS: u32 = 90;
-
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Walk the whole hash chain and the signed checkpoints, and report every edited,
@@ -30,9 +27,10 @@ pub enum AuditCommand {
         /// Delete events before this UTC date (`YYYY-MM-DD`) or RFC 3339 time.
         #[arg(long, value_name = "DATE", conflicts_with = "retention_days")]
         before: Option<String>,
-        /// Keep this many days of events; used when `--before` is not given.
-        #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_RETENTION_DAYS)]
-        retention_days: u32,
+        /// Keep this many days of events. Default: `audit.retention_days` of the
+        /// configuration (90 unless set).
+        #[arg(long, value_name = "DAYS")]
+        retention_days: Option<u32>,
     },
 }
 
@@ -56,7 +54,10 @@ pub async fn run(config: &Config, db: &Database, command: AuditCommand) -> i32 {
         AuditCommand::Prune {
             before,
             retention_days,
-        } => prune(config, db, before.as_deref(), retention_days).await,
+        } => {
+            let days = retention_days.unwrap_or(config.audit.retention_days);
+            prune(config, db, before.as_deref(), days).await
+        }
     };
     match result {
         Ok(code) => code,

@@ -19,6 +19,7 @@ mod secret;
 pub mod secrets;
 pub mod sessions;
 pub mod sites;
+pub mod audit;
 mod validate;
 
 use std::fmt;
@@ -60,6 +61,7 @@ pub struct Config {
     pub secrets: secrets::SecretsConfig,
     pub sites: sites::SitesConfig,
     pub egress: egress::EgressConfig,
+    pub audit: audit::AuditConfig,
 }
 
 #[derive(Debug, Clone)]

@@ -84,6 +84,8 @@ pub struct RawConfig {
     pub sites: super::sites::RawSites,
     /// `[egress]`: static host map of the egress proxy; keys in `config::egress`.
     pub egress: super::egress::RawEgress,
+    /// `[audit]`: retention of audit events; keys in `config::audit`.
+    pub audit: super::audit::RawAudit,
 }
 
 #[derive(Debug, Default, Deserialize)]

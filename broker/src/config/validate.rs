@@ -42,6 +42,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Con
     let secrets = super::secrets::validate_secrets(&raw.secrets, problems);
     let sites = super::sites::validate_sites(&raw.sites, problems);
     let egress = super::egress::validate_egress(&raw.egress, problems);
+    let audit = super::audit::validate_audit(&raw.audit, problems);
 
     Some(Config {
         data_dir,
@@ -55,6 +56,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Con
         secrets: secrets?,
         sites: sites?,
         egress: egress?,
+        audit: audit?,
     })
 }
 

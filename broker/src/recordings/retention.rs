@@ -269,7 +269,10 @@ async fn mark_deleted(db: &Database, id: Uuid, now: DateTime<Utc>) -> anyhow::Re
     Ok(())
 }
 
-fn from_config(config: &crate::config::Config, audit: &AuditLog) -> anyhow::Result<Retention> {
+pub(crate) fn from_config(
+    config: &crate::config::Config,
+    audit: &AuditLog,
+) -> anyhow::Result<Retention> {
     let (storage, keys) = super::stores(config)?;
     Ok(Retention {
         audit: audit.clone(),
