@@ -17,6 +17,7 @@ pub mod launcher;
 pub mod raw;
 mod secret;
 pub mod secrets;
+pub mod recordings_s3;
 pub mod sessions;
 pub mod sites;
 mod validate;
