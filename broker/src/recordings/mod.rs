@@ -4,6 +4,7 @@
 pub mod catalogue;
 pub mod evidence;
 pub mod keys_check;
+pub mod markers;
 pub mod replay;
 pub mod retention;
 
