@@ -527,11 +527,17 @@ async fn replay_shows_session_events_on_seek_bar() {
         );
     }
     assert!(
-        shown[1][2].as_str().unwrap().starts_with("Auto-login failed"),
+        shown[1][2]
+            .as_str()
+            .unwrap()
+            .starts_with("Auto-login failed"),
         "{shown:?}"
     );
     assert!(
-        shown[2][2].as_str().unwrap().starts_with("Opened bank.test"),
+        shown[2][2]
+            .as_str()
+            .unwrap()
+            .starts_with("Opened bank.test"),
         "{shown:?}"
     );
 

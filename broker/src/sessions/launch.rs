@@ -329,11 +329,9 @@ impl SessionService {
         let lock = self.inner.preflight_lock.clone();
         let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let _serialised = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let storage = crate::recordings::open_storage(
-                &preflight.recordings_dir,
-                preflight.s3.as_ref(),
-            )
-            .map_err(|error| format!("{error:#}"))?;
+            let storage =
+                crate::recordings::open_storage(&preflight.recordings_dir, preflight.s3.as_ref())
+                    .map_err(|error| format!("{error:#}"))?;
             let keys = recorder::LocalKeyStore::open(&preflight.keys_dir).map_err(|error| {
                 format!(
                     "recording key directory {}: {error}",
