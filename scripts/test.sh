@@ -22,6 +22,10 @@ export STRONGROOM_TEST_POSTGRES_URL
 if ! python3 -c "import oidc_provider_mock" >/dev/null 2>&1; then
     python3 -m pip install --quiet oidc-provider-mock
 fi
+# The recorder's S3 tests run moto, an S3-compatible server from PyPI, on loopback.
+if ! python3 -c "import moto.server" >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'moto[server]'
+fi
 # The admin API tests fuzz the OpenAPI document with schemathesis.
 if ! command -v schemathesis >/dev/null 2>&1; then
     python3 -m pip install --quiet schemathesis

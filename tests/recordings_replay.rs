@@ -413,3 +413,134 @@ async fn auditor_plays_seeks_and_sees_tampering() {
     browser.quit().await;
     broker.shutdown().await;
 }
+
+/// Appends an audit event of `session_id` and returns when it occurred, in Unix
+/// milliseconds.
+async fn audit_session_event(
+    broker: &RunningBroker,
+    session_id: Uuid,
+    builder: EventBuilder,
+) -> i64 {
+    let stored = broker
+        .state
+        .audit
+        .append(builder.session(session_id).build())
+        .await
+        .unwrap();
+    stored.occurred_at_ms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_shows_session_events_on_seek_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let base = broker.base_url();
+    let (_, totp) = add_user(&broker, dir.path(), "audrey", Role::Auditor).await;
+    let (alice_id, _) = add_user(&broker, dir.path(), "alice", Role::User).await;
+
+    let (width, height, frames) = synthetic_vp8(dir.path(), 60);
+    let recording = record(&broker, &alice_id, width, height, frames).await;
+    let entry = catalogue::get(&broker.state.db, recording)
+        .await
+        .unwrap()
+        .unwrap();
+    let session = entry.session_id;
+    let start_ms = entry.started_at.timestamp_millis();
+
+    let system = |name| Actor::System(name);
+    let mut expected = Vec::new();
+    let at = audit_session_event(
+        &broker,
+        session,
+        EventBuilder::new(system("launcher"), Action::SessionLaunched),
+    )
+    .await;
+    expected.push(("launch", at));
+    let at = audit_session_event(
+        &broker,
+        session,
+        EventBuilder::new(system("agent"), Action::AutoLoginFinished)
+            .outcome(broker::audit::Outcome::Failure),
+    )
+    .await;
+    expected.push(("auto-login", at));
+    let at = audit_session_event(
+        &broker,
+        session,
+        EventBuilder::new(system("egress"), Action::SiteAccessed).target("bank.test:443"),
+    )
+    .await;
+    expected.push(("navigation", at));
+    // A second connection to the same host is not a new navigation.
+    audit_session_event(
+        &broker,
+        session,
+        EventBuilder::new(system("egress"), Action::SiteAccessed).target("bank.test:443"),
+    )
+    .await;
+    let at = audit_session_event(
+        &broker,
+        session,
+        EventBuilder::new(system("reaper"), Action::SessionIdleWarned),
+    )
+    .await;
+    expected.push(("idle-warning", at));
+    let at = audit_session_event(
+        &broker,
+        session,
+        EventBuilder::new(system("reaper"), Action::SessionEnded),
+    )
+    .await;
+    expected.push(("end", at));
+    // Events of another session are not shown.
+    audit_session_event(
+        &broker,
+        Uuid::new_v4(),
+        EventBuilder::new(system("reaper"), Action::SessionEnded),
+    )
+    .await;
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &base, "audrey", &totp).await;
+    browser
+        .open(&format!("{base}/recordings/{recording}"))
+        .await;
+    let ready = wait_player(&browser, "r.ready || r.error").await;
+    assert_eq!(ready["error"], "", "player failed: {ready}");
+
+    let shown = browser
+        .script(
+            "return Array.from(document.querySelectorAll('#markers .marker'))
+               .map((m) => [m.dataset.kind, Number(m.dataset.offsetUs), m.title]);",
+        )
+        .await;
+    let shown = shown.as_array().expect("marker list");
+    let kinds: Vec<&str> = shown.iter().map(|m| m[0].as_str().unwrap()).collect();
+    let expected_kinds: Vec<&str> = expected.iter().map(|(kind, _)| *kind).collect();
+    assert_eq!(kinds, expected_kinds, "markers shown: {shown:?}");
+    for (marker, (kind, at_ms)) in shown.iter().zip(&expected) {
+        let offset_us = (at_ms - start_ms).max(0) * 1000;
+        assert_eq!(
+            marker[1].as_i64().unwrap(),
+            offset_us,
+            "position of the {kind} marker"
+        );
+    }
+    assert!(
+        shown[1][2]
+            .as_str()
+            .unwrap()
+            .starts_with("Auto-login failed"),
+        "{shown:?}"
+    );
+    assert!(
+        shown[2][2]
+            .as_str()
+            .unwrap()
+            .starts_with("Opened bank.test"),
+        "{shown:?}"
+    );
+
+    browser.quit().await;
+    broker.shutdown().await;
+}

@@ -20,6 +20,14 @@
   const durationLabel = document.getElementById("duration");
   const speedSelect = document.getElementById("speed");
 
+  const MARKER_COLOURS = {
+    launch: "#2a7",
+    "auto-login": "#27c",
+    navigation: "#999",
+    "idle-warning": "#d90",
+    end: "#c33",
+  };
+
   let index = null;
   let decoder = null;
   let decoderConfig = null;
@@ -235,6 +243,7 @@
     seekBar.disabled = false;
     playButton.disabled = false;
     durationLabel.textContent = clock(index.duration_us);
+    showMarkers();
     await seek(0);
     status.textContent = "Ready";
     status.hidden = false;
@@ -251,6 +260,34 @@
         play().catch((e) => showError(e.message));
       }
     });
+  }
+
+  // Places a button for each timeline marker above the seek bar; a click seeks to it.
+  function showMarkers() {
+    const container = document.getElementById("markers");
+    for (const marker of index.markers || []) {
+      const offsetUs = marker.pts_us - index.first_pts_us;
+      const fraction = index.duration_us > 0 ? offsetUs / index.duration_us : 0;
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "marker marker-" + marker.kind;
+      button.dataset.kind = marker.kind;
+      button.dataset.offsetUs = String(offsetUs);
+      button.title = marker.label + " at " + clock(offsetUs);
+      button.setAttribute("aria-label", button.title);
+      button.style.position = "absolute";
+      button.style.left = "calc(" + (fraction * 100).toFixed(3) + "% - 3px)";
+      button.style.width = "6px";
+      button.style.height = "10px";
+      button.style.padding = "0";
+      button.style.border = "none";
+      button.style.background = MARKER_COLOURS[marker.kind] || "#888";
+      button.addEventListener("click", () => {
+        seekBar.value = String(offsetUs / 1e6);
+        seek(offsetUs).catch((e) => showError(e.message));
+      });
+      container.appendChild(button);
+    }
   }
 
   start().catch((e) => showError(e.message));

@@ -194,13 +194,10 @@ fn start_sessions(
         instance_id: instance_id.to_string(),
     });
 
-    let storage =
-        recorder::LocalDirStorage::open(&config.sessions.recordings_dir).with_context(|| {
-            format!(
-                "cannot open the recordings directory {}",
-                config.sessions.recordings_dir.display()
-            )
-        })?;
+    let storage = crate::recordings::open_storage(
+        &config.sessions.recordings_dir,
+        config.sessions.recordings_s3.as_ref(),
+    )?;
     let keys =
         recorder::LocalKeyStore::open(&config.sessions.recording_keys_dir).with_context(|| {
             format!(
@@ -209,7 +206,7 @@ fn start_sessions(
             )
         })?;
     let recording = crate::stream::RecordingSettings {
-        storage: Arc::new(storage),
+        storage,
         keys: Arc::new(keys),
         config: recorder::RecorderConfig::default(),
     };

@@ -323,6 +323,11 @@ async fn idle_timer_counts_only_person_input() {
     service.list_for(&person("alice")).await.unwrap();
     let report = service.reap_once().await.unwrap();
     assert!(report.idle_warned.is_empty(), "the warning is sent once");
+    assert_eq!(
+        events(&harness, Action::SessionIdleWarned, id).await.len(),
+        1,
+        "the warning is audited once"
+    );
     assert!(
         report.ended.is_empty(),
         "fourteen minutes is below the timeout"

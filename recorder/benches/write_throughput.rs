@@ -3,6 +3,9 @@
 //! rename and directory fsync, as the recorder does), and AES-256-GCM alone over the
 //! same 4 MiB segments in memory. The first ratio shows what framing, encryption and
 //! hashing add to the I/O; the second what the I/O and framing add to the cipher.
+//! A third baseline is `openssl speed -evp aes-256-gcm` on one core, run as a child
+//! process in the same run, so the recorder's throughput can be compared with an
+//! optimised cipher implementation on the same machine and load.
 //!
 //! Run with `cargo bench -p recorder --bench write_throughput`.
 
@@ -126,6 +129,35 @@ fn aes_gcm_run(packets: &[Packet]) -> Duration {
     elapsed
 }
 
+/// Runs `openssl speed -evp aes-256-gcm` on one core over 16 KiB blocks and returns its
+/// throughput in bytes per second, or `None` when openssl is missing or its output
+/// cannot be parsed.
+fn openssl_speed() -> Option<f64> {
+    let output = std::process::Command::new("openssl")
+        .args([
+            "speed",
+            "-evp",
+            "aes-256-gcm",
+            "-bytes",
+            "16384",
+            "-seconds",
+            "3",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // The result line reads `AES-256-GCM  5368689.26k`, in thousands of bytes a second.
+    let line = text
+        .lines()
+        .find(|line| line.to_ascii_lowercase().starts_with("aes-256-gcm"))?;
+    let value = line.split_whitespace().last()?.strip_suffix('k')?;
+    value
+        .parse::<f64>()
+        .ok()
+        .map(|thousands| thousands * 1000.0)
+}
+
 fn main() {
     let packets = packets();
     let dir = tempfile::tempdir().unwrap();
@@ -138,6 +170,7 @@ fn main() {
     let plain = plain_run(dir.path(), &packets);
     let recorded = recorder_run(dir.path(), &packets);
     let aes_only = aes_gcm_run(&packets);
+    let openssl = openssl_speed();
 
     println!(
         "data written:        {mib:.0} MiB in {PACKET_BYTES}-byte packets, {SEGMENT_BYTES}-byte segments"
@@ -165,4 +198,17 @@ fn main() {
         "throughput ratio (recorder / AES-256-GCM alone): {:.3}",
         aes_only.as_secs_f64() / recorded.as_secs_f64()
     );
+    match openssl {
+        Some(bytes_per_second) => {
+            let openssl_mib = bytes_per_second / f64::from(1 << 20);
+            println!("openssl speed, 1 core: {openssl_mib:.1} MiB/s");
+            println!(
+                "throughput ratio (recorder / openssl speed -evp aes-256-gcm): {:.3}",
+                mib / recorded.as_secs_f64() / openssl_mib
+            );
+        }
+        None => {
+            println!("openssl speed: not measured; install openssl to compare with its AES-256-GCM")
+        }
+    }
 }

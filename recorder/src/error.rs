@@ -38,6 +38,15 @@ pub enum StorageError {
     /// An object name contains characters the backend does not accept.
     #[error("invalid object name {0:?}: use letters, digits, '-' and '.' only")]
     InvalidName(String),
+    /// A request to an object store failed. `source` names the store's error, for example
+    /// an unreachable endpoint, refused credentials or a missing bucket.
+    #[error("object storage operation {operation} failed on {location}: {source}")]
+    Remote {
+        operation: &'static str,
+        location: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl StorageError {

@@ -29,6 +29,8 @@ mod metadata;
 mod reader;
 mod retention;
 mod rotation;
+#[cfg(feature = "s3")]
+mod s3;
 mod storage;
 mod types;
 mod verify;
@@ -43,6 +45,8 @@ pub use metadata::{PeriodLength, RecordingMetadata, RetentionPeriod};
 pub use reader::{RecordingReader, Records, SegmentEntry};
 pub use rotation::{RotationReport, rotate_period_keys};
 pub use retention::{RetentionReport, ended_periods, place_hold, sweep_retention};
+#[cfg(feature = "s3")]
+pub use s3::{S3Config, S3Storage};
 pub use storage::{LocalDirStorage, ObjectInfo, Storage};
 pub use types::{Marker, Packet, Record, StreamConfig};
 pub use verify::{

@@ -1,5 +1,6 @@
 //! Storage backends. A recording is a set of named objects (metadata, segments, seal)
-//! under its id. Only a local directory backend exists so far.
+//! under its id: [`LocalDirStorage`] keeps them in a local directory and, with the `s3`
+//! feature, `S3Storage` in an S3-compatible bucket.
 
 use std::fmt;
 use std::fs;
@@ -106,7 +107,7 @@ impl LocalDirStorage {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), StorageError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), StorageError> {
     let valid = !name.is_empty()
         && !name.starts_with('.')
         && name.len() <= 128

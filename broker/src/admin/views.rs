@@ -624,15 +624,24 @@ async fn image_age(config: &Config) -> HealthCheck {
 
 async fn recording_store(config: &Config) -> HealthCheck {
     let recordings = config.sessions.recordings_dir.clone();
+    let s3 = config.sessions.recordings_s3.clone();
     let keys = config.sessions.recording_keys_dir.clone();
     let checked = tokio::task::spawn_blocking(move || {
-        let storage = recorder::LocalDirStorage::open(&recordings)
-            .map_err(|error| format!("cannot open {}: {error}", recordings.display()))?;
+        let storage = crate::recordings::open_storage(&recordings, s3.as_ref())
+            .map_err(|error| format!("{error:#}"))?;
         let key_store = recorder::LocalKeyStore::open(&keys)
             .map_err(|error| format!("cannot open {}: {error}", keys.display()))?;
-        recorder::check_writable(&storage, &key_store, &recorder::RecorderConfig::default())
-            .map_err(|error| error.to_string())?;
-        Ok::<_, String>(format!("{} is writable", recordings.display()))
+        recorder::check_writable(
+            storage.as_ref(),
+            &key_store,
+            &recorder::RecorderConfig::default(),
+        )
+        .map_err(|error| error.to_string())?;
+        let location = match &s3 {
+            Some(s3) => format!("bucket {} at {}", s3.bucket, s3.endpoint),
+            None => recordings.display().to_string(),
+        };
+        Ok::<_, String>(format!("{location} is writable"))
     })
     .await
     .unwrap_or_else(|error| Err(format!("the check failed to run: {error}")));

@@ -46,6 +46,7 @@ actions! {
     SessionLaunched => "session.launch.succeeded",
     SessionLaunchFailed => "session.launch.failed",
     SessionEnded => "session.ended",
+    SessionIdleWarned => "session.idle.warned",
     SiteAccessed => "session.site.accessed",
     ViewerAttached => "session.viewer.attached",
     CredentialRetrieved => "credential.retrieved",

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod egress;
 pub mod launcher;
 pub mod raw;
+pub mod recordings_s3;
 mod secret;
 pub mod secrets;
 pub mod sessions;

@@ -68,6 +68,9 @@ pub struct RawSessions {
     /// `sessions.recording_keys_dir`: directory of the local recording key store.
     /// Default `DATA_DIR/recording-keys`.
     pub recording_keys_dir: Option<Lenient<PathBuf>>,
+    /// `[sessions.recordings_s3]`: stores recordings in an S3-compatible bucket in place
+    /// of `recordings_dir`.
+    pub recordings_s3: Option<super::recordings_s3::RawRecordingsS3>,
 }
 
 /// Validated `[sessions]` section.
@@ -87,6 +90,8 @@ pub struct SessionsConfig {
     pub egress_idle_timeout: Duration,
     pub recordings_dir: PathBuf,
     pub recording_keys_dir: PathBuf,
+    /// Set when recordings go to an S3-compatible bucket.
+    pub recordings_s3: Option<super::recordings_s3::RecordingsS3Config>,
 }
 
 impl SessionsConfig {
@@ -109,6 +114,7 @@ impl SessionsConfig {
             egress_idle_timeout: Duration::from_secs(DEFAULT_EGRESS_IDLE_TIMEOUT_SECONDS),
             recordings_dir: data_dir.join("recordings"),
             recording_keys_dir: data_dir.join("recording-keys"),
+            recordings_s3: None,
         }
     }
 }
@@ -345,6 +351,10 @@ pub fn validate_sessions(
         problems,
     )
     .unwrap_or(defaults.recording_keys_dir);
+    let recordings_s3 = raw
+        .recordings_s3
+        .as_ref()
+        .and_then(|raw| super::recordings_s3::validate_recordings_s3(raw, problems));
 
     if problems.len() > before {
         return None;
@@ -363,6 +373,7 @@ pub fn validate_sessions(
         egress_idle_timeout: Duration::from_secs(egress_idle_timeout),
         recordings_dir,
         recording_keys_dir,
+        recordings_s3,
     })
 }
 

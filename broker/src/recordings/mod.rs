@@ -4,6 +4,7 @@
 pub mod catalogue;
 pub mod evidence;
 pub mod keys_check;
+pub mod markers;
 pub mod replay;
 pub mod retention;
 
@@ -59,17 +60,40 @@ pub async fn segment_hashes(audit: &AuditLog, recording: Uuid) -> anyhow::Result
     Ok(indexed.into_iter().map(|(_, hash)| hash).collect())
 }
 
+/// Opens the recording store: the S3-compatible bucket when `s3` is set, otherwise the
+/// local directory. Call it on a blocking thread, because the S3 client owns a runtime.
+pub fn open_storage(
+    dir: &Path,
+    s3: Option<&crate::config::recordings_s3::RecordingsS3Config>,
+) -> anyhow::Result<Arc<dyn recorder::Storage>> {
+    match s3 {
+        Some(s3) => {
+            let settings = s3.resolve()?;
+            let storage = recorder::S3Storage::open(&settings).with_context(|| {
+                format!(
+                    "cannot open the recordings bucket {} at {}",
+                    s3.bucket, s3.endpoint
+                )
+            })?;
+            Ok(Arc::new(storage))
+        }
+        None => {
+            let storage = recorder::LocalDirStorage::open(dir).with_context(|| {
+                format!("cannot open the recordings directory {}", dir.display())
+            })?;
+            Ok(Arc::new(storage))
+        }
+    }
+}
+
 /// Opens the configured recording store and key store.
 pub fn stores(
     config: &Config,
 ) -> anyhow::Result<(Arc<dyn recorder::Storage>, Arc<dyn recorder::KeyStore>)> {
-    let storage =
-        recorder::LocalDirStorage::open(&config.sessions.recordings_dir).with_context(|| {
-            format!(
-                "cannot open the recordings directory {}",
-                config.sessions.recordings_dir.display()
-            )
-        })?;
+    let storage = open_storage(
+        &config.sessions.recordings_dir,
+        config.sessions.recordings_s3.as_ref(),
+    )?;
     let keys =
         recorder::LocalKeyStore::open(&config.sessions.recording_keys_dir).with_context(|| {
             format!(
@@ -77,7 +101,7 @@ pub fn stores(
                 config.sessions.recording_keys_dir.display()
             )
         })?;
-    Ok((Arc::new(storage), Arc::new(keys)))
+    Ok((storage, Arc::new(keys)))
 }
 
 /// Checks every segment file of a recording against the hashes in the audit chain.

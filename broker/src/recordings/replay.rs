@@ -225,7 +225,9 @@ async fn player_page(
          <p id=\"placeholder\" hidden>The screen was hidden here while credentials were typed.</p>\n\
          <canvas id=\"screen\" width=\"1280\" height=\"720\" data-position-us=\"\" style=\"width:100%;max-width:1280px;border:1px solid #888;background:#000\"></canvas>\n\
          <div><button type=\"button\" id=\"play\" disabled>Play</button> \
-         <input type=\"range\" id=\"seek\" min=\"0\" max=\"0\" step=\"any\" value=\"0\" style=\"width:60%\" disabled> \
+         <span style=\"position:relative;display:inline-block;width:60%\">\
+         <input type=\"range\" id=\"seek\" min=\"0\" max=\"0\" step=\"any\" value=\"0\" style=\"width:100%\" disabled>\
+         <span id=\"markers\" style=\"position:absolute;left:0;right:0;top:-10px;height:10px\"></span></span> \
          <span id=\"time\">0:00:00</span> / <span id=\"duration\">0:00:00</span> \
          <label>Speed <select id=\"speed\"><option value=\"0.5\">0.5×</option><option value=\"1\" selected>1×</option>\
          <option value=\"2\">2×</option><option value=\"4\">4×</option><option value=\"8\">8×</option></select></label></div>\n\
@@ -252,6 +254,7 @@ struct IndexBody {
     duration_us: u64,
     sealed: bool,
     segments: Vec<SegmentBody>,
+    markers: Vec<super::markers::TimelineMarker>,
 }
 
 #[derive(Serialize)]
@@ -358,12 +361,23 @@ async fn index(
             None,
         ));
     };
+    let first_pts_us = reader.first_pts_us().unwrap_or(0);
+    let duration_us = reader.duration().as_micros() as u64;
+    let markers = super::markers::timeline_markers(
+        &state.audit,
+        entry.session_id,
+        entry.started_at,
+        entry.ended_at,
+        first_pts_us,
+        duration_us,
+    )
+    .await?;
     let body = IndexBody {
         codec: stream.codec,
         width: stream.width,
         height: stream.height,
-        first_pts_us: reader.first_pts_us().unwrap_or(0),
-        duration_us: reader.duration().as_micros() as u64,
+        first_pts_us,
+        duration_us,
         sealed: reader.is_sealed(),
         segments: reader
             .segments()
@@ -375,6 +389,7 @@ async fn index(
                 end_pts_us: segment.end_pts_us,
             })
             .collect(),
+        markers,
     };
     Ok(Json(body).into_response())
 }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::end::EndMode;
 use super::store::{self, SessionState};
 use super::{EndReason, SessionNotice, SessionService};
-use crate::audit::Actor;
+use crate::audit::{Action, Actor, EventBuilder};
 use crate::tasks::TaskRegistry;
 
 /// Wait between failed recovery attempts at start.
@@ -156,6 +156,13 @@ impl SessionService {
             {
                 let ends_at_ms = record.last_input_at_ms + idle_ms;
                 tracing::info!(session.id = %record.id, ends_at_ms, "Session idle; warning sent");
+                let event = EventBuilder::new(Actor::System("reaper"), Action::SessionIdleWarned)
+                    .session(record.id)
+                    .detail("ends_at_ms", ends_at_ms)
+                    .build();
+                if let Err(error) = self.deps().audit.append(event).await {
+                    tracing::error!(session.id = %record.id, error = format!("{error:#}"), "Cannot audit the idle warning");
+                }
                 self.notify(SessionNotice::IdleWarning {
                     session_id: record.id,
                     ends_at_ms,

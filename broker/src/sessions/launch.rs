@@ -330,19 +330,15 @@ impl SessionService {
         let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let _serialised = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let storage =
-                recorder::LocalDirStorage::open(&preflight.recordings_dir).map_err(|error| {
-                    format!(
-                        "recording directory {}: {error}",
-                        preflight.recordings_dir.display()
-                    )
-                })?;
+                crate::recordings::open_storage(&preflight.recordings_dir, preflight.s3.as_ref())
+                    .map_err(|error| format!("{error:#}"))?;
             let keys = recorder::LocalKeyStore::open(&preflight.keys_dir).map_err(|error| {
                 format!(
                     "recording key directory {}: {error}",
                     preflight.keys_dir.display()
                 )
             })?;
-            recorder::check_writable(&storage, &keys, &preflight.config)
+            recorder::check_writable(storage.as_ref(), &keys, &preflight.config)
                 .map_err(|error| error.to_string())
         })
         .await;

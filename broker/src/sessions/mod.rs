@@ -202,6 +202,8 @@ pub struct RecorderPreflight {
     pub recordings_dir: PathBuf,
     pub keys_dir: PathBuf,
     pub config: recorder::RecorderConfig,
+    /// Set when recordings go to an S3-compatible bucket in place of `recordings_dir`.
+    pub s3: Option<crate::config::recordings_s3::RecordingsS3Config>,
 }
 
 impl RecorderPreflight {
@@ -211,6 +213,7 @@ impl RecorderPreflight {
             recordings_dir: config.recordings_dir.clone(),
             keys_dir: config.recording_keys_dir.clone(),
             config: recorder::RecorderConfig::default(),
+            s3: config.recordings_s3.clone(),
         }
     }
 }

@@ -446,6 +446,7 @@ impl Harness {
                 recording_byte_budget: 64 << 20,
                 ..recorder::RecorderConfig::default()
             },
+            s3: None,
         };
         let egress = Arc::new(egress::Registry::new());
         let service = build_service(
