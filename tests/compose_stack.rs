@@ -18,7 +18,7 @@ use broker::auth::totp::TotpSecret;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-const PASSWORD: &str = "a long test passphrase";
+const PASSWORD: &str = "Compose-test-passphrase-7!";
 /// Session subnets of this test, apart from the other tests' ranges.
 const SUBNET_RANGE: &str = "172.26.0.0/16";
 
@@ -236,6 +236,7 @@ async fn compose_broker_launches_a_session() {
             "person",
             "--role",
             "user",
+            "--print-totp",
         ],
         Some(&format!("{PASSWORD}\n")),
     );
