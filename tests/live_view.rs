@@ -551,6 +551,7 @@ impl Drop for CuttableRelay {
 /// Reads the viewer: how many sampled canvas pixels are not black, the reconnect
 /// count, and the status and end lines the viewer script shows.
 const VIEWER_PROBE: &str = "const c = document.getElementById('screen');
+if (!c) return null;
 const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
 let lit = 0;
 for (let i = 0; i < data.length; i += 4 * 101) { if (data[i] || data[i + 1] || data[i + 2]) lit++; }
@@ -565,6 +566,9 @@ c.getContext('2d').clearRect(0, 0, c.width, c.height); return true;";
 async fn wait_for_picture(browser: &Browser) -> serde_json::Value {
     wait_for(Duration::from_secs(120), || async {
         let probe = browser.script(VIEWER_PROBE).await;
+        if probe.is_null() {
+            return None;
+        }
         assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
         assert_eq!(probe["ended"], "", "session ended: {probe}");
         (probe["lit"].as_u64().unwrap_or(0) > 0 && probe["connection"] == "").then_some(probe)
@@ -615,6 +619,7 @@ async fn dropped_viewer_reconnects_to_same_session() {
         .await;
     browser.click("button[type=submit]").await;
     browser.click("#launch-demo").await;
+    browser.element("#screen").await;
     let first = wait_for_picture(&browser).await;
     assert_eq!(first["reconnects"], 0);
     let session_id: Uuid = first["path"]
@@ -632,6 +637,9 @@ async fn dropped_viewer_reconnects_to_same_session() {
         browser.script(BLANK_CANVAS).await;
         let probe = wait_for(Duration::from_secs(60), || async {
             let probe = browser.script(VIEWER_PROBE).await;
+            if probe.is_null() {
+                return None;
+            }
             assert_eq!(probe["ended"], "", "session ended after a drop: {probe}");
             (probe["reconnects"].as_u64() >= Some(drop_number)).then_some(probe)
         })

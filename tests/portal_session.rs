@@ -789,6 +789,7 @@ async fn missing_image_is_reported_and_refused() {
 /// Reads the viewer canvas: its size, how many sampled pixels are not black, and the
 /// status lines the viewer script shows.
 const CANVAS_PROBE: &str = "const c = document.getElementById('screen');
+if (!c) return null;
 const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
 let lit = 0;
 for (let i = 0; i < data.length; i += 4 * 101) { if (data[i] || data[i + 1] || data[i + 2]) lit++; }
@@ -826,10 +827,14 @@ async fn browser_signs_in_launches_and_sees_the_workspace() {
         .await;
     browser.click("button[type=submit]").await;
     browser.click("#launch-demo").await;
+    browser.element("#screen").await;
 
     // The viewer script decodes the workspace's VP8 stream onto the canvas.
     let probe = wait_for(Duration::from_secs(120), || async {
         let probe = browser.script(CANVAS_PROBE).await;
+        if probe.is_null() {
+            return None;
+        }
         assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
         assert_eq!(probe["ended"], "", "session ended early: {probe}");
         (probe["lit"].as_u64().unwrap_or(0) > 0).then_some(probe)
