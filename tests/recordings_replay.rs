@@ -261,7 +261,7 @@ const r = { ready: document.getElementById('player').dataset.ready === 'true',
 /// Polls the player state until `condition` (JavaScript over `r`, the state from
 /// [`PLAYER_PROBE`]) holds, and returns the state.
 async fn wait_player(browser: &Browser, condition: &str) -> serde_json::Value {
-    // Until the player page has loaded, the previous page answers with no state.
+    // Until the player page has loaded, the probe returns no state.
     let script = format!(
         "if (!document.getElementById('player')) return {{ done: false, r: null }};\n{PLAYER_PROBE}\nreturn {{ done: !!({condition}), r }};"
     );

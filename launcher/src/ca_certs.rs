@@ -10,7 +10,7 @@ pub const MAX_CA_CERTS: usize = 8;
 /// Maximum length of the PEM text of one certificate, in bytes.
 pub const MAX_CA_CERT_PEM_LEN: usize = 16 * 1024;
 
-/// Checks that `pem` holds exactly one PEM certificate of at most
+/// Checks that `pem` contains exactly one PEM certificate of at most
 /// [`MAX_CA_CERT_PEM_LEN`] bytes and returns its DER bytes in standard base64.
 pub fn policy_entry(pem: &str) -> Result<String, String> {
     if pem.len() > MAX_CA_CERT_PEM_LEN {

@@ -403,7 +403,7 @@ async fn site_changes(
     );
     for change in &changes {
         let id = change.id;
-        // The requester sees the change but cannot decide it.
+        // The requester can view the change but not approve or reject it.
         let decision = if change.requested_by == principal.user_id {
             "Waiting for a second admin".to_owned()
         } else {

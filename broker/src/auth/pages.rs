@@ -150,7 +150,7 @@ pub fn enrol_totp(
     page(status, "Set up your authenticator", &body, "")
 }
 
-/// The page that asks for a new password, with why and what the policy requires.
+/// Renders the password change page with the reason and the policy's requirements.
 pub fn change_password(status: StatusCode, reason: &str, error: Option<&str>) -> Response {
     let mut body = String::new();
     if let Some(error) = error {

@@ -19,7 +19,7 @@ const DEFAULT_REAPER_INTERVAL_SECONDS: u64 = 5;
 const DEFAULT_RECONCILE_INTERVAL_SECONDS: u64 = 30;
 const DEFAULT_EGRESS_PROXY_PORT: u16 = 3128;
 /// Chromium opens at most 32 connections per proxy unless its `MaxConnectionsPerProxy`
-/// policy says otherwise, so 64 leaves room for that and for connections closing.
+/// policy sets another value, so 64 leaves room for that and for connections closing.
 const DEFAULT_EGRESS_MAX_CONNECTIONS: u32 = 64;
 const DEFAULT_EGRESS_IDLE_TIMEOUT_SECONDS: u64 = 300;
 

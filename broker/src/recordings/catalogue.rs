@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::audit::{Action, Actor, AuditLog, EventBuilder, Outcome};
 use crate::db::Database;
 
-/// Where a recording is in its life.
+/// Lifecycle state of a recording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordingState {
     /// The stream task is writing it, or a crash interrupted it.
@@ -72,7 +72,7 @@ pub struct CatalogueEntry {
     pub expires_at: DateTime<Utc>,
     /// SHA-256 of the seal object, hex-encoded, once sealed.
     pub seal_sha256: Option<String>,
-    /// Why the recording failed or how it was sealed, for people reading the list.
+    /// Failure reason or seal summary, shown in the recordings list.
     pub detail: Option<String>,
     pub deleted_at: Option<DateTime<Utc>>,
 }
@@ -182,7 +182,7 @@ pub async fn add_segment(db: &Database, id: Uuid, index: u64, bytes: u64) -> any
     Ok(())
 }
 
-/// How a recording was sealed.
+/// Outcome of sealing a recording.
 #[derive(Debug, Clone)]
 pub struct SealedEntry {
     pub ended_at: DateTime<Utc>,
@@ -318,7 +318,7 @@ pub async fn unsealed(db: &Database, instance_id: &str) -> anyhow::Result<Vec<Uu
         .collect()
 }
 
-/// What [`seal_interrupted`] did with one recording.
+/// Result of [`seal_interrupted`] for one recording.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recovered {
     /// Sealed with this many intact segments from index 0.

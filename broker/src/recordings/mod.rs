@@ -1,4 +1,4 @@
-//! Recordings as the audit trail knows them: which segments were stored, with which
+//! Recordings as recorded in the audit trail: which segments were stored, with which
 //! hashes, so that verification and export check the files against the chain.
 
 pub mod catalogue;

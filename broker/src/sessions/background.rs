@@ -261,8 +261,8 @@ impl SessionService {
 }
 
 impl SessionService {
-    /// Tells a session that this process launches or launched (it holds the agent
-    /// secret) from one that a previous run left behind.
+    /// Returns whether this process launched the session (and so has its agent
+    /// secret), as opposed to a session that a previous run left behind.
     fn launched_by_this_process(&self, session_id: Uuid) -> bool {
         let launching = self
             .inner

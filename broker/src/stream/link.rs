@@ -60,9 +60,8 @@ impl Link {
                 Err(error) => LinkEnd::Failed(format!("workspace agent unreachable: {error:#}")),
             },
         };
-        // A session that the lifecycle is already ending loses its workspace next; the
-        // agent's closing connection is then a consequence, and viewers get the
-        // lifecycle's reason instead.
+        // A session that the lifecycle is already ending loses its workspace next. The
+        // agent's closed connection follows from that, so viewers get the lifecycle's reason.
         let already_ending = self
             .stream
             .snapshot

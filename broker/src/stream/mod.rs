@@ -62,8 +62,8 @@ pub enum ViewerEvent {
     Ended {
         reason: String,
     },
-    /// How many admins watch the session read-only; the person sees a banner while
-    /// this is above zero.
+    /// Number of admins watching the session read-only. The person's viewer shows a
+    /// banner while it is above zero.
     Watchers {
         count: usize,
     },
@@ -121,7 +121,7 @@ struct Snapshot {
     notice: Option<String>,
     ended: Option<String>,
     watchers: usize,
-    /// When the session idles out, while a warning stands; person input clears it.
+    /// Idle cut-off time while a warning is active. Input from the person clears it.
     idle_deadline: Option<std::time::Instant>,
 }
 
@@ -207,7 +207,7 @@ impl LiveStream {
         self.to_agent.try_send(message).is_ok()
     }
 
-    /// Counts a read-only watcher in or out and tells every viewer the new count.
+    /// Counts a read-only watcher in or out and sends every viewer the new count.
     /// The count and the event change under one lock, so viewers see them in order.
     pub fn watcher_changed(&self, joined: bool) {
         let mut snapshot = self.snapshot.lock().expect("snapshot lock");
