@@ -501,6 +501,22 @@ for (let y = 0; y < h; y++) {
 }
 return rules;";
 
+/// Hashes a sample of the viewer canvas's pixels, to tell when the picture changed.
+const CANVAS_HASH: &str = "const c = document.getElementById('screen');
+const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let hash = 0;
+for (let i = 0; i < data.length; i += 4 * 37) { hash = (hash * 31 + data[i] + data[i + 1] * 7 + data[i + 2] * 13) >>> 0; }
+return hash;";
+
+/// Turns the mouse wheel over the middle of the viewer canvas by `delta_y` pixels.
+fn wheel_script(delta_y: i32) -> String {
+    format!(
+        "const c = document.getElementById('screen'); const box = c.getBoundingClientRect();
+c.dispatchEvent(new WheelEvent('wheel', {{ deltaY: {delta_y}, clientX: box.left + box.width / 2,
+  clientY: box.top + box.height / 2, bubbles: true, cancelable: true }})); return true;"
+    )
+}
+
 /// Stores the bank's shared credential in the broker's local store, as
 /// `strongroom credential set` does.
 async fn set_bank_credential(stack: &Stack) {
@@ -542,13 +558,13 @@ async fn add_bank_site(stack: &Stack, bank: &DemoBank) {
 
 /// From a signed-in portal page: launches the demo bank, waits for auto-login, checks
 /// what the bank received and what the canvas shows, types a note through the live
-/// view, ends the session and verifies its recording.
+/// view, ends the session and verifies its recording. Returns the recording's id.
 async fn bank_through_the_live_view(
     stack: &Stack,
     bank: &DemoBank,
     browser: &Browser,
     person: &str,
-) {
+) -> Uuid {
     let db = stack.broker().state.db.clone();
     browser.click("#launch-demo-bank").await;
 
@@ -656,6 +672,22 @@ async fn bank_through_the_live_view(
     .await;
     assert_eq!(received["notes"], serde_json::json!([note]), "{received}");
 
+    // The person scrolls through the statement for a few seconds: each wheel turn over
+    // the canvas moves the page, and the canvas shows the change.
+    let reading_started = tokio::time::Instant::now();
+    let mut turns = 0;
+    while reading_started.elapsed() < Duration::from_secs(6) {
+        let before = browser.script(CANVAS_HASH).await;
+        let delta_y = if turns % 4 < 2 { 240 } else { -240 };
+        browser.script(&wheel_script(delta_y)).await;
+        wait_for(Duration::from_secs(30), || async {
+            let now = browser.script(CANVAS_HASH).await;
+            (now != before).then_some(())
+        })
+        .await;
+        turns += 1;
+    }
+
     // Ending the session from the viewer seals its recording, which verifies against the
     // audit chain.
     browser.click("form[action$='/end'] button").await;
@@ -686,6 +718,164 @@ async fn bank_through_the_live_view(
         .await
         .unwrap();
     assert!(report.is_intact(), "{:?}", report.problems);
+    recording
+}
+
+/// Runs the `strongroom` binary built beside this test with the stack's data directory,
+/// and returns its standard output; panics with its error output when it fails.
+fn strongroom_cli(stack: &Stack, args: &[&str]) -> String {
+    let test_binary = std::env::current_exe().unwrap();
+    // target/<profile>/deps/end_to_end-<hash>: the binary is in target/<profile>.
+    let binary = test_binary
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("strongroom");
+    let output = std::process::Command::new(&binary)
+        .args(args)
+        .env("STRONGROOM_DATA_DIR", stack.dir.path())
+        .output()
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot run {}: {error}; run `cargo build -p broker`",
+                binary.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "strongroom {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Reads the duration of a media file with ffprobe, in seconds.
+fn ffprobe_duration(path: &std::path::Path) -> f64 {
+    let output = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs (Debian package ffmpeg)");
+    assert!(
+        output.status.success(),
+        "ffprobe {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("ffprobe printed no duration for {}: {text:?}", path.display()))
+}
+
+/// An auditor signs in, finds the person's recording in the list, plays it and seeks
+/// in it; the recording exports as evidence that verifies offline against the pinned
+/// public key; a retention sweep with the clock past the site's retention deletes it,
+/// and the player then says so.
+async fn auditor_replays_exports_and_retention_deletes(
+    stack: &Stack,
+    person: &str,
+    recording: Uuid,
+) {
+    use strongroom_tests::player::{seek_to, wait_player};
+    let (_, totp) = stack
+        .add_user("auditor", BTreeSet::from([Role::Auditor]))
+        .await;
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/", stack.base)).await;
+    browser.type_into("input[name=username]", "auditor").await;
+    browser.type_into("input[name=password]", PASSWORD).await;
+    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
+    browser.type_into("input[name=code]", &code).await;
+    browser.click("button[type=submit]").await;
+    browser.element("form[action='/auth/logout']").await;
+
+    browser
+        .open(&format!("{}/recordings?person={person}", stack.base))
+        .await;
+    browser
+        .click(&format!("a.recording-link[data-recording='{recording}']"))
+        .await;
+    let ready = wait_player(&browser, "r.ready || r.error").await;
+    assert_eq!(ready["error"], "", "player failed: {ready}");
+    assert!(ready["lit"].as_u64().unwrap() > 0, "first frame not drawn: {ready}");
+    let duration = ready["duration"].as_f64().unwrap();
+    assert!(duration >= 4.0, "recording of {duration} s: {ready}");
+
+    // Playing advances the shown frame.
+    browser.click("#play").await;
+    let played = wait_player(&browser, "r.error || r.position >= 1000000").await;
+    assert_eq!(played["error"], "", "playback failed: {played}");
+    browser.click("#play").await;
+
+    // A seek to the middle and back to the start shows frames of those times; the agent
+    // re-sends an unchanged screen every 3 seconds, so a shown frame is at most that old.
+    let tolerance = Duration::from_secs(4);
+    seek_to(&browser, (duration / 2.0).floor(), tolerance).await;
+    let start = seek_to(&browser, 0.5, tolerance).await;
+    assert!(start["lit"].as_u64().unwrap() > 0, "{start}");
+
+    // Evidence export, verified offline against the public key an auditor pinned.
+    let export = tempfile::tempdir().unwrap();
+    let export_dir = export.path().join("evidence");
+    let printed = strongroom_cli(
+        stack,
+        &["recording", "export", &recording.to_string(), export_dir.to_str().unwrap()],
+    );
+    assert!(printed.contains(&recording.to_string()), "{printed}");
+    let public_key = export.path().join("export-key.pub");
+    strongroom_cli(
+        stack,
+        &["recording", "public-key", public_key.to_str().unwrap()],
+    );
+    let verified = strongroom_cli(
+        stack,
+        &[
+            "recording",
+            "verify-export",
+            export_dir.to_str().unwrap(),
+            "--public-key",
+            public_key.to_str().unwrap(),
+        ],
+    );
+    assert!(verified.contains("verified"), "{verified}");
+    let video_duration = ffprobe_duration(&export_dir.join("recording.webm"));
+    assert!(
+        (video_duration - duration).abs() < 0.5,
+        "exported video lasts {video_duration} s, the recording {duration} s"
+    );
+
+    // Retention with the clock past the site's 30 days deletes the recording, and the
+    // player names the reason instead of playing.
+    let settings = stack.broker().state.portal.hub.recording_settings().clone();
+    let retention = broker::recordings::retention::Retention {
+        audit: stack.broker().state.audit.clone(),
+        storage: settings.storage.clone(),
+        keys: settings.keys.clone(),
+        clock: std::sync::Arc::new(broker::clock::ManualClock::new(
+            chrono::Utc::now() + chrono::Duration::days(31),
+        )),
+    };
+    let report = retention.sweep(false).await.unwrap();
+    assert!(
+        report.deleted.iter().any(|deleted| deleted.id == recording),
+        "retention did not delete {recording}: {:?}",
+        report.deleted
+    );
+    browser
+        .open(&format!("{}/recordings/{recording}", stack.base))
+        .await;
+    let message = browser
+        .wait_for_script(
+            "const e = document.getElementById('error'); return e && !e.hidden && e.textContent ? e.textContent : null;",
+            strongroom_tests::browser::DEFAULT_WAIT,
+        )
+        .await;
+    assert!(
+        message.as_str().unwrap().contains("deleted by retention"),
+        "{message}"
+    );
+    browser.quit().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -714,9 +904,11 @@ async fn demo_bank_session_from_local_sign_in_to_recording() {
     browser.type_into("input[name=code]", &code).await;
     browser.click("button[type=submit]").await;
 
-    bank_through_the_live_view(&stack, &bank, &browser, &person).await;
-
+    let recording = bank_through_the_live_view(&stack, &bank, &browser, &person).await;
     browser.quit().await;
+
+    auditor_replays_exports_and_retention_deletes(&stack, &person, recording).await;
+
     stack.stop().await;
     drop(bank);
 }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod browser;
 pub mod pages;
+pub mod player;
 
 use broker::db::Database;
 use broker::sessions::store::{self, Reservation, ReserveOutcome};

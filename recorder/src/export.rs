@@ -56,7 +56,9 @@ pub struct ExportSummary {
 }
 
 const MICROSECONDS: (i32, i32) = (1, 1_000_000);
-/// Duration given to the last packet, whose successor would tell its real length.
+/// Longest duration given to the last packet, which has no successor to tell its real
+/// length. The gap before it is no guide: the agent re-sends an unchanged screen only
+/// every few seconds, so that gap can be seconds long.
 const LAST_PACKET_FALLBACK_US: u64 = 33_333;
 
 /// Exports a recording to a WebM file at `output`. With `expected_hashes` (from the audit
@@ -185,7 +187,7 @@ fn write_webm(
         let next = rest.next().transpose()?;
         let duration_us = match &next {
             Some(next) => next.pts_us.saturating_sub(current.pts_us).max(1),
-            None => last_duration_us,
+            None => last_duration_us.min(LAST_PACKET_FALLBACK_US),
         };
         let end_us = current.pts_us - origin + duration_us;
 
