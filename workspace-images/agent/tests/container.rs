@@ -2,9 +2,10 @@
 //! root, tmpfs /tmp and home, uid 1000, no capabilities, `no-new-privileges`, the
 //! workspace seccomp profile, Chromium's own sandbox on (no `--no-sandbox`).
 //!
-//! Ignored by default because it needs the workspace image:
-//! `STRONGROOM_WORKSPACE_IMAGE=strongroom/workspace:latest cargo test -p strongroom-agent --test container -- --ignored`
-//! The test mounts the freshly built agent binary over the image's copy.
+//! Needs the workspace image, named by `STRONGROOM_TEST_WORKSPACE_IMAGE` (which
+//! `scripts/test.sh` sets to the image it built) or else the newest
+//! `strongroom/workspace` image on the engine. The test mounts the freshly built agent
+//! binary over the image's copy.
 
 mod common;
 
@@ -114,12 +115,25 @@ async fn wait_ready(container: &Container) -> std::net::SocketAddr {
 }
 
 fn image() -> String {
-    std::env::var("STRONGROOM_WORKSPACE_IMAGE")
-        .unwrap_or_else(|_| "strongroom/workspace:latest".to_owned())
+    if let Ok(image) = std::env::var("STRONGROOM_TEST_WORKSPACE_IMAGE")
+        && !image.is_empty()
+    {
+        return image;
+    }
+    let newest = docker(&[
+        "images",
+        "strongroom/workspace",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+    ]);
+    newest
+        .lines()
+        .next()
+        .expect("no strongroom/workspace image: run `strongroom image build`")
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the workspace image"]
 async fn agent_streams_in_hardened_container() {
     let dir = TempDir::new("container-stream");
     let policy = r#"{"DeveloperToolsAvailability": 1, "URLBlocklist": ["devtools://*", "chrome-devtools://*", "view-source:*"]}"#;
@@ -140,15 +154,27 @@ async fn agent_streams_in_hardened_container() {
             height: 480
         }))
     );
-    let keyframe = loop {
-        match broker.next(WAIT).await.expect("connection closed") {
-            AgentMessage::Video(packet) if packet.keyframe => break packet,
-            _ => continue,
+    // Every packet is decoded in order until the frame shows the start page's colour in
+    // the middle of the screen, which Chromium paints once the page has loaded.
+    let mut decoder = Decoder::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let frame = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no frame showed the start page within {WAIT:?}"
+        );
+        let AgentMessage::Video(packet) = broker.next(WAIT).await.expect("connection closed")
+        else {
+            continue;
+        };
+        let Some(frame) = decoder.decode(&packet.data) else {
+            continue;
+        };
+        let [r, g, b] = pixel(&frame, 320, 240);
+        if r.abs_diff(20) < 24 && g.abs_diff(200) < 24 && b.abs_diff(40) < 24 {
+            break frame;
         }
     };
-    let frame = Decoder::new()
-        .decode(&keyframe.data)
-        .expect("the keyframe decodes");
     assert_eq!((frame.0, frame.1), (640, 480));
 
     broker.send(&BrokerMessage::End).await;
@@ -162,7 +188,6 @@ async fn agent_streams_in_hardened_container() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the workspace image"]
 async fn devtools_policy_2_blocks_cdp_in_container() {
     let dir = TempDir::new("container-policy2");
     let container = start_container(&image(), r#"{"DeveloperToolsAvailability": 2}"#, &dir.0);
