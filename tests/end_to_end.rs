@@ -721,8 +721,8 @@ async fn bank_through_the_live_view(
     recording
 }
 
-/// Runs the `strongroom` binary built beside this test with the stack's data directory,
-/// and returns its standard output; panics with its error output when it fails.
+/// Runs the `strongroom` binary built beside this test on the stack's data directory and
+/// returns its standard output. Panics with its error output when it fails.
 fn strongroom_cli(stack: &Stack, args: &[&str]) -> String {
     let test_binary = std::env::current_exe().unwrap();
     // target/<profile>/deps/end_to_end-<hash>: the binary is in target/<profile>.
@@ -768,10 +768,10 @@ fn ffprobe_duration(path: &std::path::Path) -> f64 {
         .unwrap_or_else(|_| panic!("ffprobe printed no duration for {}: {text:?}", path.display()))
 }
 
-/// An auditor signs in, finds the person's recording in the list, plays it and seeks
-/// in it; the recording exports as evidence that verifies offline against the pinned
-/// public key; a retention sweep with the clock past the site's retention deletes it,
-/// and the player then says so.
+/// Checks the recording as an auditor sees it. The auditor signs in, finds the person's
+/// recording in the list, plays it and seeks in it. The recording exports as evidence
+/// that verifies offline against the pinned public key. A retention sweep with the
+/// clock past the site's retention deletes it, and the player then says so.
 async fn auditor_replays_exports_and_retention_deletes(
     stack: &Stack,
     person: &str,
@@ -808,7 +808,7 @@ async fn auditor_replays_exports_and_retention_deletes(
     assert_eq!(played["error"], "", "playback failed: {played}");
     browser.click("#play").await;
 
-    // A seek to the middle and back to the start shows frames of those times; the agent
+    // A seek to the middle and back to the start shows frames of those times. The agent
     // re-sends an unchanged screen every 3 seconds, so a shown frame is at most that old.
     let tolerance = Duration::from_secs(4);
     seek_to(&browser, (duration / 2.0).floor(), tolerance).await;
