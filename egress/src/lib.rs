@@ -15,6 +15,7 @@
 //! the session range to the host except the proxy port, and everything between sessions.
 
 pub mod address;
+mod bandwidth;
 pub mod events;
 pub mod host_setup;
 pub mod policy;

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -60,6 +61,10 @@ pub struct ProxyConfig {
     pub require_sni_match: bool,
     /// Maximum time between the `200` response and a complete ClientHello.
     pub client_hello_timeout: Duration,
+    /// Bytes per second one session's tunnels may move together, both directions
+    /// counted, or `None` for no limit. A session may send a quarter second's worth (at
+    /// least 16 KiB) at once before the rate applies.
+    pub session_bytes_per_second: Option<NonZeroU64>,
 }
 
 impl Default for ProxyConfig {
@@ -73,6 +78,7 @@ impl Default for ProxyConfig {
             max_header_bytes: MIN_HEADER_BYTES,
             require_sni_match: true,
             client_hello_timeout: Duration::from_secs(10),
+            session_bytes_per_second: None,
         }
     }
 }
@@ -601,8 +607,14 @@ impl Connection {
         );
 
         let idle_timeout = self.proxy.shared.config.idle_timeout;
+        let bandwidth = self
+            .session
+            .bandwidth(self.proxy.shared.config.session_bytes_per_second);
         let traffic = Traffic::new();
         let relay = async {
+            if let Some(bandwidth) = bandwidth {
+                bandwidth.consume(first_bytes.len()).await;
+            }
             if let Err(error) = upstream.write_all(&first_bytes).await {
                 tracing::debug!(session.id = %self.session.session_id, error = %error, "Forwarding ClientHello upstream failed");
                 return CloseCause::Error;
@@ -610,7 +622,7 @@ impl Connection {
             traffic
                 .sent
                 .fetch_add(first_bytes.len() as u64, Ordering::Relaxed);
-            pump(client, upstream, idle_timeout, &traffic).await
+            pump(client, upstream, idle_timeout, &traffic, bandwidth).await
         };
         let cause = tokio::select! {
             cause = relay => cause,

@@ -803,3 +803,99 @@ async fn missing_client_hello_times_out() {
     assert_eq!(event.resolved_ip, Some(IpAddr::from([127, 0, 0, 1])));
     harness.stop().await;
 }
+
+/// Opens `tunnels` tunnels of the session at once and sends `per_tunnel` bytes through
+/// each to the echo bank, reading every byte back. Returns the bytes the session moved
+/// in both directions, ClientHellos included, and the time from the first connection
+/// to the last byte back.
+async fn echo_through_tunnels(
+    harness: &Harness,
+    tunnels: usize,
+    per_tunnel: usize,
+) -> (u64, Duration) {
+    let start = tokio::time::Instant::now();
+    let mut streams = Vec::new();
+    for _ in 0..tunnels {
+        let (stream, status) = harness
+            .connect_request(&harness.bank_target("bank.example"))
+            .await;
+        assert_eq!(status, 200);
+        streams.push(stream);
+    }
+    let hello = client_hello_for_tests(Some("bank.example"), 512);
+    let transfers: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
+            let hello = hello.clone();
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.into_split();
+                let hello_len = hello.len();
+                let writing = tokio::spawn(async move {
+                    writer.write_all(&hello).await.unwrap();
+                    let chunk = vec![0x5a; 8192];
+                    let mut left = per_tunnel;
+                    while left > 0 {
+                        let size = left.min(chunk.len());
+                        writer.write_all(&chunk[..size]).await.unwrap();
+                        left -= size;
+                    }
+                    writer
+                });
+                let mut echoed = vec![0u8; hello_len + per_tunnel];
+                reader.read_exact(&mut echoed).await.unwrap();
+                drop(writing.await.unwrap());
+            })
+        })
+        .collect();
+    timeout(Duration::from_secs(120), async {
+        for transfer in transfers {
+            transfer.await.unwrap();
+        }
+    })
+    .await
+    .expect("the transfer did not finish in time");
+    let moved = 2 * tunnels as u64 * (hello.len() + per_tunnel) as u64;
+    (moved, start.elapsed())
+}
+
+#[tokio::test]
+async fn session_bandwidth_limit_holds_across_tunnels() {
+    const RATE: u64 = 200_000;
+    // A quarter second's worth, which the bucket holds when full.
+    const BURST: u64 = RATE / 4;
+    let config = ProxyConfig {
+        session_bytes_per_second: std::num::NonZeroU64::new(RATE),
+        ..ProxyConfig::default()
+    };
+    let harness = Harness::start(config).await;
+
+    let (moved, elapsed) = echo_through_tunnels(&harness, 2, 200_000).await;
+
+    // No more than the full bucket plus the rate can have passed, whatever the load.
+    let fastest = Duration::from_secs_f64((moved - BURST) as f64 / RATE as f64);
+    assert!(
+        elapsed >= fastest.mul_f64(0.99),
+        "{moved} bytes took {elapsed:?}, faster than the limit allows ({fastest:?})"
+    );
+    // And the limit is not much below the rate either: at least a third of it.
+    assert!(
+        elapsed <= fastest * 3,
+        "{moved} bytes took {elapsed:?}, expected about {fastest:?}"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn unlimited_session_is_not_throttled() {
+    let harness = Harness::start(ProxyConfig::default()).await;
+    assert_eq!(ProxyConfig::default().session_bytes_per_second, None);
+
+    let (moved, elapsed) = echo_through_tunnels(&harness, 2, 200_000).await;
+
+    // The limited test needs at least 3.76 s for these bytes at 200 000 bytes/s.
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "{moved} bytes took {elapsed:?} without a limit"
+    );
+    harness.stop().await;
+}
