@@ -20,6 +20,8 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod common;
+
 /// Upper bound for any single wait in these tests.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -325,65 +327,176 @@ async fn host_not_allowed_is_refused() {
     harness.stop().await;
 }
 
-#[tokio::test]
-async fn non_public_addresses_are_refused() {
-    let cases: [(&str, IpAddr, AddressClass); 6] = [
-        (
-            "loopback.bank.example",
-            "127.0.0.1".parse().unwrap(),
-            AddressClass::Loopback,
-        ),
-        (
-            "metadata.bank.example",
-            "169.254.169.254".parse().unwrap(),
+/// Runs `test` on a runtime inside a new network namespace that has only loopback and
+/// black-hole default routes for IPv4 and IPv6, so a proxy that wrongly connected to a
+/// metadata, private or other special address would send no packet anywhere.
+fn in_blackholed_namespace<F, Fut>(test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let netns = common::Netns::create("bh");
+    netns.ip(&["route", "add", "blackhole", "default"]);
+    netns.ip(&["-6", "route", "add", "blackhole", "default"]);
+    netns.enter(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test())
+    });
+}
+
+/// Names that resolve to each special-purpose class, IPv4 and IPv6, including the
+/// metadata addresses of the big clouds in every form that reaches them.
+fn non_public_cases() -> Vec<(&'static str, IpAddr, AddressClass)> {
+    let case = |host, ip: &str, class| (host, ip.parse().unwrap(), class);
+    vec![
+        case("loopback.bank.example", "127.0.0.1", AddressClass::Loopback),
+        case("metadata.bank.example", "169.254.169.254", AddressClass::LinkLocal),
+        case("private10.bank.example", "10.1.2.3", AddressClass::Private),
+        case("private172.bank.example", "172.16.0.1", AddressClass::Private),
+        case("private192.bank.example", "192.168.1.1", AddressClass::Private),
+        case("cgnat.bank.example", "100.64.0.1", AddressClass::SharedAddressSpace),
+        case("zero.bank.example", "0.0.0.0", AddressClass::Unspecified),
+        case("v6-loopback.bank.example", "::1", AddressClass::Loopback),
+        case("mapped.bank.example", "::ffff:127.0.0.1", AddressClass::Loopback),
+        case(
+            "mapped-metadata.bank.example",
+            "::ffff:169.254.169.254",
             AddressClass::LinkLocal,
         ),
-        (
-            "v6-loopback.bank.example",
-            "::1".parse().unwrap(),
-            AddressClass::Loopback,
+        case(
+            "compat-metadata.bank.example",
+            "::169.254.169.254",
+            AddressClass::LinkLocal,
         ),
-        (
-            "mapped.bank.example",
-            "::ffff:127.0.0.1".parse().unwrap(),
-            AddressClass::Loopback,
+        case("v6-metadata.bank.example", "fd00:ec2::254", AddressClass::Private),
+        case("v6-ula.bank.example", "fc00::1", AddressClass::Private),
+        case("v6-link-local.bank.example", "fe80::1", AddressClass::LinkLocal),
+        case(
+            "nat64-metadata.bank.example",
+            "64:ff9b::a9fe:a9fe",
+            AddressClass::Reserved,
         ),
-        (
-            "v6-metadata.bank.example",
-            "fd00:ec2::254".parse().unwrap(),
-            AddressClass::Private,
+        case(
+            "6to4-metadata.bank.example",
+            "2002:a9fe:a9fe::1",
+            AddressClass::Reserved,
         ),
-        (
-            "cgnat.bank.example",
-            "100.64.0.1".parse().unwrap(),
-            AddressClass::SharedAddressSpace,
-        ),
-    ];
-    let mut harness = Harness::start_with(
-        ProxyConfig::default(),
-        |policy| policy.with_private_ranges([]),
-        |mut resolver| {
-            for (host, ip, _) in &cases {
-                resolver = resolver.with(host, [*ip]);
-            }
-            resolver
-        },
-    )
-    .await;
+        case("v6-zero.bank.example", "::", AddressClass::Unspecified),
+    ]
+}
 
-    for (host, ip, class) in cases {
-        let (_stream, status) = harness.connect_request(&harness.bank_target(host)).await;
-        assert_eq!(status, 403, "{host}");
-        let event = harness.next_event().await;
-        assert_eq!(
-            denied_reason(&event),
-            &DenyReason::AddressNotAllowed { class },
-            "{host}"
-        );
-        assert_eq!(event.resolved_ip, Some(ip.to_canonical()), "{host}");
-    }
-    assert_eq!(harness.bank.connections.load(Ordering::SeqCst), 0);
-    harness.stop().await;
+#[test]
+fn non_public_addresses_are_refused() {
+    in_blackholed_namespace(|| async {
+        let cases = non_public_cases();
+        let resolver_cases = cases.clone();
+        let mut harness = Harness::start_with(
+            ProxyConfig::default(),
+            |policy| policy.with_private_ranges([]),
+            move |mut resolver| {
+                for (host, ip, _) in &resolver_cases {
+                    resolver = resolver.with(host, [*ip]);
+                }
+                resolver
+            },
+        )
+        .await;
+
+        for (host, ip, class) in cases {
+            let (_stream, status) = harness.connect_request(&harness.bank_target(host)).await;
+            assert_eq!(status, 403, "{host}");
+            let event = harness.next_event().await;
+            assert_eq!(
+                denied_reason(&event),
+                &DenyReason::AddressNotAllowed { class },
+                "{host}"
+            );
+            assert_eq!(event.resolved_ip, Some(ip.to_canonical()), "{host}");
+        }
+        assert_eq!(harness.bank.connections.load(Ordering::SeqCst), 0);
+        harness.stop().await;
+    });
+}
+
+#[test]
+fn unspecified_and_multicast_stay_refused_when_the_site_lists_them() {
+    in_blackholed_namespace(|| async {
+        let cases: [(&str, &str, AddressClass); 4] = [
+            ("zero.bank.example", "0.0.0.0", AddressClass::Unspecified),
+            ("v6-zero.bank.example", "::", AddressClass::Unspecified),
+            ("group.bank.example", "224.0.0.1", AddressClass::Multicast),
+            ("v6-group.bank.example", "ff02::1", AddressClass::Multicast),
+        ];
+        let mut harness = Harness::start_with(
+            ProxyConfig::default(),
+            |policy| {
+                policy.with_private_ranges([
+                    "0.0.0.0/8".parse().unwrap(),
+                    "::/128".parse().unwrap(),
+                    "224.0.0.0/4".parse().unwrap(),
+                    "ff00::/8".parse().unwrap(),
+                ])
+            },
+            move |mut resolver| {
+                for (host, ip, _) in cases {
+                    resolver = resolver.with(host, [ip.parse().unwrap()]);
+                }
+                resolver
+            },
+        )
+        .await;
+
+        for (host, _, class) in cases {
+            let (_stream, status) = harness.connect_request(&harness.bank_target(host)).await;
+            assert_eq!(status, 403, "{host}");
+            let event = harness.next_event().await;
+            assert_eq!(
+                denied_reason(&event),
+                &DenyReason::AddressNotAllowed { class },
+                "{host}"
+            );
+        }
+        harness.stop().await;
+    });
+}
+
+#[test]
+fn listed_private_range_lifts_only_that_range() {
+    in_blackholed_namespace(|| async {
+        // 127.0.0.1/32 is listed (the harness's bank); 127.0.0.3 and the metadata
+        // address are not.
+        let mut harness = Harness::start_with(
+            ProxyConfig::default(),
+            |policy| policy,
+            |resolver| {
+                resolver
+                    .with("neighbour.bank.example", ["127.0.0.3".parse().unwrap()])
+                    .with("metadata.bank.example", ["169.254.169.254".parse().unwrap()])
+            },
+        )
+        .await;
+        for (host, class) in [
+            ("neighbour.bank.example", AddressClass::Loopback),
+            ("metadata.bank.example", AddressClass::LinkLocal),
+        ] {
+            let (_stream, status) = harness.connect_request(&harness.bank_target(host)).await;
+            assert_eq!(status, 403, "{host}");
+            let event = harness.next_event().await;
+            assert_eq!(
+                denied_reason(&event),
+                &DenyReason::AddressNotAllowed { class },
+                "{host}"
+            );
+        }
+        let (_stream, status) = harness
+            .connect_request(&harness.bank_target("bank.example"))
+            .await;
+        assert_eq!(status, 200);
+        harness.stop().await;
+    });
 }
 
 #[tokio::test]
