@@ -1012,3 +1012,74 @@ async fn unlimited_session_is_not_throttled() {
     );
     harness.stop().await;
 }
+
+/// Answers `first` to the first query and `later` to every other, as a DNS server
+/// that rebinds a name to an internal address after the check would.
+struct Rebinding {
+    calls: AtomicUsize,
+    first: IpAddr,
+    later: IpAddr,
+}
+
+impl egress::Resolver for Rebinding {
+    fn resolve<'a>(&'a self, _host: &'a str) -> egress::ResolveFuture<'a> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        let ip = if call == 0 { self.first } else { self.later };
+        Box::pin(std::future::ready(Ok(vec![ip])))
+    }
+}
+
+#[test]
+fn each_tunnel_resolves_once_and_connects_to_the_checked_address() {
+    in_blackholed_namespace(|| async {
+        let bank = Bank::start().await;
+        let resolver = Arc::new(Rebinding {
+            calls: AtomicUsize::new(0),
+            first: bank.address.ip(),
+            later: "169.254.169.254".parse().unwrap(),
+        });
+        let registry = Arc::new(Registry::new());
+        let policy = SitePolicy::new(["bank.example"])
+            .unwrap()
+            .with_ports([bank.address.port()])
+            .with_private_ranges(["127.0.0.1/32".parse().unwrap()]);
+        registry
+            .register(Uuid::new_v4(), "127.0.0.2/32".parse().unwrap(), policy)
+            .unwrap();
+        let (sender, mut events) = mpsc::unbounded_channel();
+        let proxy = Proxy::new(registry, Arc::new(ChannelSink(sender)), ProxyConfig::default())
+            .unwrap()
+            .with_resolver(Arc::clone(&resolver) as Arc<dyn egress::Resolver>);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_address = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let serving = tokio::spawn(async move { proxy.serve(vec![listener], stop).await });
+
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((WORKSPACE, 0))).unwrap();
+        let mut stream = socket.connect(proxy_address).await.unwrap();
+        let target = format!("bank.example:{}", bank.address.port());
+        stream
+            .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_status(&mut stream).await, 200);
+        let hello = client_hello_for_tests(Some("bank.example"), 512);
+        stream.write_all(&hello).await.unwrap();
+        let mut echoed = vec![0u8; hello.len()];
+        timeout(WAIT, stream.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+
+        let allowed = timeout(WAIT, events.recv()).await.unwrap().unwrap();
+        assert_eq!(allowed.outcome, Outcome::Allowed);
+        assert_eq!(allowed.resolved_ip, Some(bank.address.ip()));
+        assert_eq!(resolver.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(bank.connections.load(Ordering::SeqCst), 1);
+
+        shutdown.cancel();
+        timeout(WAIT, serving).await.unwrap().unwrap();
+    });
+}
