@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::address::classify;
-use crate::events::{CloseCause, DenyReason, EgressEvent, EventSink, Outcome, emit};
+use crate::events::{CloseCause, DenialLog, DenyReason, EgressEvent, EventSink, Outcome, emit};
 use crate::policy::{TargetHost, parse_target};
 use crate::registry::{ConnectionSlot, Registry, SessionEntry};
 use crate::resolver::{Resolver, SystemResolver};
@@ -138,6 +138,8 @@ struct Shared {
     events: Arc<dyn EventSink>,
     config: ProxyConfig,
     open_connections: AtomicUsize,
+    /// Limit on "Egress denied" log lines of sources outside every session.
+    unknown_source_log: DenialLog,
 }
 
 impl Proxy {
@@ -154,6 +156,7 @@ impl Proxy {
             events,
             config,
             open_connections: AtomicUsize::new(0),
+            unknown_source_log: DenialLog::new(),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -168,6 +171,7 @@ impl Proxy {
             events: Arc::clone(&self.shared.events),
             config: self.shared.config.clone(),
             open_connections: AtomicUsize::new(0),
+            unknown_source_log: DenialLog::new(),
         };
         Self {
             shared: Arc::new(shared),
@@ -256,7 +260,7 @@ impl Proxy {
                     reason: DenyReason::UnknownSource,
                 },
             };
-            emit(shared.events.as_ref(), event);
+            emit(shared.events.as_ref(), &shared.unknown_source_log, event);
             return;
         };
 
@@ -331,7 +335,7 @@ fn report_connection_error(
         resolved_ip: None,
         outcome: Outcome::Denied { reason },
     };
-    emit(events.as_ref(), event);
+    emit(events.as_ref(), &session.denial_log, event);
 }
 
 /// One counted connection against [`ProxyConfig::max_connections`].
@@ -698,7 +702,11 @@ impl Connection {
             resolved_ip,
             outcome,
         };
-        emit(self.proxy.shared.events.as_ref(), event);
+        emit(
+            self.proxy.shared.events.as_ref(),
+            &self.session.denial_log,
+            event,
+        );
     }
 }
 

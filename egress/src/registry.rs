@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::bandwidth::Bandwidth;
+use crate::events::DenialLog;
 use crate::policy::{PolicyError, SitePolicy};
 
 /// A rejected registration.
@@ -46,6 +47,8 @@ pub struct SessionEntry {
     ended: CancellationToken,
     /// The bucket all of the session's tunnels draw from, made by the first tunnel.
     bandwidth: OnceLock<Bandwidth>,
+    /// Limit on the session's "Egress denied" log lines.
+    pub(crate) denial_log: DenialLog,
 }
 
 impl SessionEntry {
@@ -139,6 +142,7 @@ impl Registry {
             open_connections: AtomicUsize::new(0),
             ended: CancellationToken::new(),
             bandwidth: OnceLock::new(),
+            denial_log: DenialLog::new(),
         };
         sessions.insert(session_id, Arc::new(entry));
         tracing::info!(session.id = %session_id, subnet = %subnet, "Egress session registered");

@@ -1083,3 +1083,48 @@ fn each_tunnel_resolves_once_and_connects_to_the_checked_address() {
         timeout(WAIT, serving).await.unwrap().unwrap();
     });
 }
+
+/// Log output captured by a test's own subscriber.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn denial_log_lines_are_limited_per_session_while_every_event_reaches_the_sink() {
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The test runtime has one thread, so the proxy's tasks log to this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut harness = Harness::start(ProxyConfig::default()).await;
+    let attempts = egress::DENIAL_LOG_LINES_PER_WINDOW as usize + 5;
+
+    for _ in 0..attempts {
+        let (_stream, status) = harness
+            .connect_request(&harness.bank_target("other.example"))
+            .await;
+        assert_eq!(status, 403);
+    }
+    for _ in 0..attempts {
+        let event = harness.next_event().await;
+        assert_eq!(denied_reason(&event), &DenyReason::HostNotAllowed);
+    }
+
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let lines = text.lines().filter(|line| line.contains("Egress denied")).count();
+    assert_eq!(lines, egress::DENIAL_LOG_LINES_PER_WINDOW as usize, "{text}");
+    harness.stop().await;
+}
