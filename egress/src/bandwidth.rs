@@ -53,17 +53,24 @@ impl Bandwidth {
 
     /// Takes `bytes` from the bucket and waits until the bucket is no longer in debt.
     pub(crate) async fn consume(&self, bytes: usize) {
-        let wait = {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let refill = now.duration_since(state.updated).as_secs_f64() * self.bytes_per_second;
-            state.tokens = (state.tokens + refill).min(self.burst) - bytes as f64;
-            state.updated = now;
-            (state.tokens < 0.0)
-                .then(|| Duration::from_secs_f64(-state.tokens / self.bytes_per_second))
-        };
-        if let Some(wait) = wait {
+        let wait = self.reserve(bytes, Instant::now());
+        if !wait.is_zero() {
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Takes `bytes` from the bucket at `now` and returns how long the caller must wait
+    /// before forwarding them.
+    fn reserve(&self, bytes: usize, now: Instant) -> Duration {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let refill = now.saturating_duration_since(state.updated).as_secs_f64()
+            * self.bytes_per_second;
+        state.tokens = (state.tokens + refill).min(self.burst) - bytes as f64;
+        state.updated = state.updated.max(now);
+        if state.tokens < 0.0 {
+            Duration::from_secs_f64(-state.tokens / self.bytes_per_second)
+        } else {
+            Duration::ZERO
         }
     }
 }
@@ -76,65 +83,46 @@ mod tests {
         Bandwidth::new(NonZeroU64::new(bytes_per_second).unwrap())
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn burst_passes_at_once_and_the_rest_waits_for_the_rate() {
+    fn millis(duration: Duration) -> u128 {
+        duration.as_millis()
+    }
+
+    #[test]
+    fn burst_passes_at_once_and_the_rest_waits() {
         let bucket = rate(400_000);
         assert_eq!(bucket.burst(), 100_000);
-        let start = Instant::now();
+        let start = bucket.state.lock().unwrap().updated;
 
-        bucket.consume(100_000).await;
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        bucket.consume(200_000).await;
-        let elapsed = start.elapsed();
-        assert!(
-            elapsed >= Duration::from_millis(499) && elapsed <= Duration::from_millis(501),
-            "{elapsed:?}"
-        );
+        assert_eq!(bucket.reserve(100_000, start), Duration::ZERO);
+        assert_eq!(millis(bucket.reserve(200_000, start)), 500);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn concurrent_consumers_share_one_rate() {
-        let bucket = std::sync::Arc::new(rate(100_000));
-        let burst = bucket.burst() as usize;
-        bucket.consume(burst).await;
-        let start = Instant::now();
-
-        let tasks: Vec<_> = (0..4)
-            .map(|_| {
-                let bucket = std::sync::Arc::clone(&bucket);
-                tokio::spawn(async move {
-                    for _ in 0..5 {
-                        bucket.consume(10_000).await;
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        // 200 000 bytes at 100 000 bytes per second.
-        let elapsed = start.elapsed();
-        assert!(
-            elapsed >= Duration::from_millis(1999) && elapsed <= Duration::from_millis(2001),
-            "{elapsed:?}"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_time_refills_no_more_than_the_burst() {
+    #[test]
+    fn consumers_share_one_rate() {
         let bucket = rate(100_000);
-        let burst = bucket.burst() as usize;
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        let start = Instant::now();
+        let start = bucket.state.lock().unwrap().updated;
+        assert_eq!(bucket.reserve(bucket.burst() as usize, start), Duration::ZERO);
 
-        bucket.consume(burst).await;
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        bucket.consume(50_000).await;
-        let elapsed = start.elapsed();
-        assert!(
-            elapsed >= Duration::from_millis(499) && elapsed <= Duration::from_millis(501),
-            "{elapsed:?}"
-        );
+        // Four consumers take 10 000 bytes each at the same moment: each waits for its
+        // own bytes and for every reservation before it.
+        let waits: Vec<u128> = (0..4)
+            .map(|_| millis(bucket.reserve(10_000, start)))
+            .collect();
+        assert_eq!(waits, [100, 200, 300, 400]);
+        // Half a second later the 40 000 bytes of debt are repaid and 10 000 refilled.
+        let later = start + Duration::from_millis(500);
+        assert_eq!(bucket.reserve(10_000, later), Duration::ZERO);
+        assert_eq!(millis(bucket.reserve(10_000, later)), 100);
+    }
+
+    #[test]
+    fn idle_time_refills_no_more_than_the_burst() {
+        let bucket = rate(100_000);
+        let start = bucket.state.lock().unwrap().updated;
+        let later = start + Duration::from_secs(60);
+
+        assert_eq!(bucket.reserve(bucket.burst() as usize, later), Duration::ZERO);
+        assert_eq!(millis(bucket.reserve(50_000, later)), 500);
     }
 
     #[test]

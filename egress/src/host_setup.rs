@@ -53,8 +53,8 @@ pub const DOCKER_USER_CHAIN: &str = "DOCKER-USER";
 const LINK_LOCAL_V4: &str = "169.254.0.0/16";
 /// Linux limit on interface name length, without the terminating NUL.
 const MAX_INTERFACE_NAME: usize = 15;
-/// Longest chain suffix: `STRONGROOM-PREROUTING-` plus six characters is 28, the
-/// longest chain name iptables accepts.
+/// Maximum chain suffix length: `STRONGROOM-PREROUTING-` plus six characters is 28,
+/// the maximum chain name length of iptables.
 const MAX_CHAIN_SUFFIX: usize = 6;
 
 /// Host firewall settings: the session range, the proxy port and the bridge name prefix.

@@ -178,7 +178,7 @@ async fn remove_deletes_chains_and_jumps() {
 }
 
 #[tokio::test]
-async fn suffixed_chains_are_removed_without_touching_others() {
+async fn suffixed_chains_are_removed_alone() {
     let netns = Netns::create("fw");
     let runner = Runner::in_netns(&netns.name);
     let plain = config(3128);

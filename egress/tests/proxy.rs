@@ -422,7 +422,7 @@ fn non_public_addresses_are_refused() {
 }
 
 #[test]
-fn unspecified_and_multicast_stay_refused_when_the_site_lists_them() {
+fn listed_unspecified_and_multicast_stay_refused() {
     in_blackholed_namespace(|| async {
         let cases: [(&str, &str, AddressClass); 4] = [
             ("zero.bank.example", "0.0.0.0", AddressClass::Unspecified),
@@ -1030,7 +1030,7 @@ impl egress::Resolver for Rebinding {
 }
 
 #[test]
-fn each_tunnel_resolves_once_and_connects_to_the_checked_address() {
+fn tunnel_resolves_target_once() {
     in_blackholed_namespace(|| async {
         let bank = Bank::start().await;
         let resolver = Arc::new(Rebinding {
@@ -1100,7 +1100,7 @@ impl std::io::Write for CapturedLog {
 }
 
 #[tokio::test]
-async fn denial_log_lines_are_limited_per_session_while_every_event_reaches_the_sink() {
+async fn denial_log_lines_are_rate_limited() {
     let log = CapturedLog::default();
     let writer = log.clone();
     let subscriber = tracing_subscriber::fmt()

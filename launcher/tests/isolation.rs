@@ -1,9 +1,9 @@
 //! Network isolation of real workspace containers with the host firewall installed.
 //!
-//! Two sessions are launched with the launcher's own specs (the busybox test image) on
-//! a session range, bridge prefix and chain suffix of their own: a /24 in
-//! 10.234.0.0/16 picked at random and checked to be unused, so tests that use the
-//! default range, and other runs of this test, are never affected. The egress proxy
+//! Two sessions are launched with the launcher's own specs and the busybox test image.
+//! They get a session range, bridge prefix and chain suffix of their own: a /24 in
+//! 10.234.0.0/16, picked at random and checked to be unused. So tests on the default
+//! range, and other runs of this test, see none of these rules. The egress proxy
 //! listens on both gateways. A network namespace plays the internet, with a bank and
 //! a DNS server. Every packet goes to a listener, namespace or container this test
 //! created; the firewall rules are removed at the end, also when an assertion fails.
@@ -398,7 +398,7 @@ async fn workspace_netns_path(session: &LaunchedSession) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workspace_reaches_only_its_proxy_with_host_firewall_installed() {
+async fn workspace_reaches_only_its_proxy() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test installs host firewall rules and network namespaces; run it as root"
