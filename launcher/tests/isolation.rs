@@ -58,17 +58,27 @@ struct Plan {
     internet_net: Ipv4Net,
     bridge_prefix: String,
     chain_suffix: String,
+    /// Exclusive lock on the octet, held for the whole run, so concurrent runs of this
+    /// test never pick the same one.
+    _claim: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Plan {
-    /// Picks a third octet whose ranges no interface and no chain on the host uses.
+    /// Picks and locks a third octet whose ranges no interface and no chain on the host
+    /// uses.
     fn pick() -> Self {
         let addresses = run("ip", &["-o", "-4", "addr", "show"]);
         let chains = run("iptables-save", &[]);
         for attempt in 0..64u32 {
             let seed = uuid::Uuid::new_v4().as_bytes()[0] as u32 + attempt;
             let octet = (seed % 250 + 2) as u8;
-            let plan = Self::for_octet(octet);
+            let lock_path = std::env::temp_dir().join(format!("strongroom-isolation-{octet}.lock"));
+            let file = std::fs::File::create(&lock_path).unwrap();
+            let Ok(claim) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            else {
+                continue;
+            };
+            let plan = Self::for_octet(octet, claim);
             let taken = addresses.contains(&format!(" 10.234.{octet}."))
                 || addresses.contains(&format!(" 10.235.{octet}."))
                 || chains.contains(&format!("-{}", plan.chain_suffix));
@@ -79,7 +89,7 @@ impl Plan {
         panic!("no free /24 in 10.234.0.0/16 after 64 attempts");
     }
 
-    fn for_octet(octet: u8) -> Self {
+    fn for_octet(octet: u8, claim: nix::fcntl::Flock<std::fs::File>) -> Self {
         Self {
             octet,
             session_range: format!("10.234.{octet}.0/24").parse().unwrap(),
@@ -88,6 +98,7 @@ impl Plan {
             internet_net: format!("10.235.{octet}.0/30").parse().unwrap(),
             bridge_prefix: format!("sx{octet:02x}-"),
             chain_suffix: format!("X{octet:02x}"),
+            _claim: claim,
         }
     }
 }
