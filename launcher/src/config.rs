@@ -287,6 +287,27 @@ mod tests {
     }
 
     #[test]
+    fn bridge_prefix_is_checked() {
+        for bad in ["", "SRS-", "srs_", "longpref"] {
+            let config = LauncherConfig {
+                bridge_prefix: bad.to_owned(),
+                ..valid()
+            };
+            let problems = config.validate().unwrap_err();
+            assert_eq!(problems.len(), 1, "{bad:?}");
+            assert_eq!(problems[0].key, "bridge_prefix", "{bad:?}");
+            assert!(problems[0].problem.contains(&format!("`{bad}`")), "{bad:?}");
+        }
+        for good in ["srs-", "sx0a-", "abcdefg"] {
+            let config = LauncherConfig {
+                bridge_prefix: good.to_owned(),
+                ..valid()
+            };
+            assert_eq!(config.validate(), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_rejected() {
         let error = serde_json::from_str::<LauncherConfig>(r#"{"privileged": true}"#).unwrap_err();
         assert!(
