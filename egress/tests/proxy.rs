@@ -328,8 +328,8 @@ async fn host_not_allowed_is_refused() {
 }
 
 /// Runs `test` on a runtime inside a new network namespace that has only loopback and
-/// black-hole default routes for IPv4 and IPv6, so a proxy that wrongly connected to a
-/// metadata, private or other special address would send no packet anywhere.
+/// black-hole default routes for IPv4 and IPv6. A proxy that wrongly connected to a
+/// metadata, private or other special address would then send no packet anywhere.
 fn in_blackholed_namespace<F, Fut>(test: F)
 where
     F: FnOnce() -> Fut + Send + 'static,

@@ -201,7 +201,7 @@ impl LauncherConfig {
     }
 }
 
-/// Longest bridge prefix, which leaves at least 8 characters of the session id in the
+/// Maximum bridge prefix length, which leaves at least 8 characters of the session id in the
 /// 15-character interface name.
 pub const MAX_BRIDGE_PREFIX: usize = 7;
 

@@ -208,11 +208,11 @@ pub fn container_body(spec: &WorkspaceSpec) -> ContainerCreateBody {
         }]),
         init: Some(true),
         // Docker's embedded resolver forwards names it does not know to these servers
-        // from inside the container's network namespace, where 127.0.0.1 answers
-        // nothing. Without this setting it forwards to the host's servers, and from the
-        // host's own namespace when those are on loopback (Docker before 23.0.11 and
-        // 26.0, CVE-2024-29018), so a workspace could resolve and leak names. Chromium
-        // resolves nothing itself: every name goes to the egress proxy.
+        // from inside the container's network namespace, where nothing listens on
+        // 127.0.0.1. Without this setting it forwards to the host's servers, and from the
+        // host's own namespace when those are on loopback in Docker releases without the
+        // fix for CVE-2024-29018, such as 20.10, so a workspace could resolve and leak
+        // names. Chromium resolves nothing itself: every name goes to the egress proxy.
         dns: Some(vec![WORKSPACE_DNS_SERVER.to_owned()]),
         publish_all_ports: Some(false),
         port_bindings: None,

@@ -279,8 +279,8 @@ async fn connect_through(container: &str, proxy: SocketAddr, host: &str, port: u
     sh(container, &script).await.1
 }
 
-/// Plays the bank: reads the first bytes of each tunnel, answers and closes. Sends
-/// each peer address to `peers`.
+/// Plays the bank: reads the first bytes of each tunnel, replies one line and closes.
+/// Sends each peer address to `peers`.
 async fn serve_bank(listener: tokio::net::TcpListener, peers: mpsc::UnboundedSender<IpAddr>) {
     while let Ok((mut stream, peer)) = listener.accept().await {
         let _ = peers.send(peer.ip());
@@ -301,7 +301,7 @@ async fn serve_canary(listener: tokio::net::TcpListener, peers: mpsc::UnboundedS
     }
 }
 
-/// Answers every A query with `address`; sends each client address to `clients`.
+/// Replies to every A query with `address`, and sends each client address to `clients`.
 async fn serve_dns(
     socket: tokio::net::UdpSocket,
     address: Ipv4Addr,
@@ -376,7 +376,7 @@ fn seen_from(peers: &mut mpsc::UnboundedReceiver<IpAddr>, range: Ipv4Net) -> Vec
 }
 
 /// Adds a default route via the session gateway inside the workspace's namespace, as a
-/// workspace that found a way to route would have; the firewall alone must then stop
+/// workspace that found a way to route would have. The firewall alone must then stop
 /// its packets.
 async fn add_default_route(session: &LaunchedSession) {
     let inspected = docker()
