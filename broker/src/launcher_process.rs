@@ -264,6 +264,7 @@ pub fn firewall_config(config: &Config) -> egress::host_setup::FirewallConfig {
     egress::host_setup::FirewallConfig {
         session_range: config.launcher.config.subnet_range,
         proxy_port: config.sessions.egress_proxy_port,
+        bridge_prefix: config.launcher.config.bridge_prefix.clone(),
         ..egress::host_setup::FirewallConfig::default()
     }
 }

@@ -113,6 +113,7 @@ pub fn egress_proxy(
         egress::ProxyConfig {
             max_connections_per_session: sessions.egress_max_connections as usize,
             idle_timeout: sessions.egress_idle_timeout,
+            session_bytes_per_second: sessions.egress_bytes_per_second,
             ..egress::ProxyConfig::default()
         },
     )

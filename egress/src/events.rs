@@ -189,8 +189,62 @@ pub trait EventSink: Send + Sync + 'static {
     fn record(&self, event: EgressEvent);
 }
 
-/// Logs the event as one tracing line, then hands it to the sink.
-pub(crate) fn emit(sink: &dyn EventSink, event: EgressEvent) {
+/// Denial lines one session (or all unknown sources together) may log per window.
+pub const DENIAL_LOG_LINES_PER_WINDOW: u32 = 20;
+/// Length of one denial log window.
+pub const DENIAL_LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Fixed-window limit on "Egress denied" log lines, so a page that opens thousands of
+/// refused connections cannot flood the log. The sink still receives every event.
+#[derive(Debug)]
+pub(crate) struct DenialLog {
+    window: std::sync::Mutex<DenialWindow>,
+}
+
+#[derive(Debug)]
+struct DenialWindow {
+    started: tokio::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl DenialLog {
+    pub(crate) fn new() -> Self {
+        Self {
+            window: std::sync::Mutex::new(DenialWindow {
+                started: tokio::time::Instant::now(),
+                logged: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// Returns `Some(suppressed in the previous window)` when a denial at `now` may be
+    /// logged, `None` when it is only counted.
+    fn admit(&self, now: tokio::time::Instant) -> Option<u64> {
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let mut suppressed_before = 0;
+        if now.saturating_duration_since(window.started) >= DENIAL_LOG_WINDOW {
+            suppressed_before = window.suppressed;
+            *window = DenialWindow {
+                started: now,
+                logged: 0,
+                suppressed: 0,
+            };
+        }
+        if window.logged < DENIAL_LOG_LINES_PER_WINDOW {
+            window.logged += 1;
+            Some(suppressed_before)
+        } else {
+            window.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// Logs the event as one tracing line, denials within `denials`' limit only, then hands
+/// it to the sink.
+pub(crate) fn emit(sink: &dyn EventSink, denials: &DenialLog, event: EgressEvent) {
     let session_id = event.session_id.map(|id| id.to_string());
     let host = event.host.as_deref().unwrap_or("");
     let resolved_ip = event.resolved_ip.map(|ip| ip.to_string());
@@ -199,10 +253,15 @@ pub(crate) fn emit(sink: &dyn EventSink, event: EgressEvent) {
             session.id = session_id, client = %event.client, host, port = event.port, resolved_ip,
             "Egress allowed"
         ),
-        Outcome::Denied { reason } => tracing::warn!(
-            session.id = session_id, client = %event.client, host, port = event.port, resolved_ip,
-            reason = %reason, "Egress denied"
-        ),
+        Outcome::Denied { reason } => {
+            if let Some(suppressed_before) = denials.admit(tokio::time::Instant::now()) {
+                tracing::warn!(
+                    session.id = session_id, client = %event.client, host, port = event.port,
+                    resolved_ip, reason = %reason, denials_not_logged_before = suppressed_before,
+                    "Egress denied"
+                );
+            }
+        }
         Outcome::Closed {
             bytes_sent,
             bytes_received,
@@ -215,4 +274,24 @@ pub(crate) fn emit(sink: &dyn EventSink, event: EgressEvent) {
         ),
     }
     sink.record(event);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denial_lines_over_the_limit_are_counted() {
+        let log = DenialLog::new();
+        let start = log.window.lock().unwrap().started;
+        for _ in 0..DENIAL_LOG_LINES_PER_WINDOW {
+            assert_eq!(log.admit(start), Some(0));
+        }
+        assert_eq!(log.admit(start), None);
+        assert_eq!(log.admit(start), None);
+
+        let next_window = start + DENIAL_LOG_WINDOW;
+        assert_eq!(log.admit(next_window), Some(2));
+        assert_eq!(log.admit(next_window), Some(0));
+    }
 }

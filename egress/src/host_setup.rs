@@ -13,6 +13,11 @@
 //! | IPv4 | filter | `STRONGROOM-FORWARD` | `DOCKER-USER` | drop every forwarded packet from or to the session range or a session bridge, which covers traffic between sessions and to link-local or metadata addresses |
 //! | IPv6 | raw, filter | same names | same hooks | drop all IPv6 from and to session bridges (session networks are IPv4-only); drop the proxy port except on loopback |
 //!
+//! With [`FirewallConfig::chain_suffix`] set, every chain name ends in `-SUFFIX`
+//! (`STRONGROOM-INPUT-T7`), so a second session range on the same host, with its own
+//! bridge prefix, gets chains of its own that [`remove`] deletes without touching the
+//! first range's chains.
+//!
 //! Session bridges are recognised by their interface name. The launcher must therefore
 //! create every session network with a subnet inside [`FirewallConfig::session_range`]
 //! and with the bridge driver option `com.docker.network.bridge.name` set to
@@ -48,6 +53,9 @@ pub const DOCKER_USER_CHAIN: &str = "DOCKER-USER";
 const LINK_LOCAL_V4: &str = "169.254.0.0/16";
 /// Linux limit on interface name length, without the terminating NUL.
 const MAX_INTERFACE_NAME: usize = 15;
+/// Maximum chain suffix length: `STRONGROOM-PREROUTING-` plus six characters is 28,
+/// the maximum chain name length of iptables.
+const MAX_CHAIN_SUFFIX: usize = 6;
 
 /// Host firewall settings: the session range, the proxy port and the bridge name prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +66,9 @@ pub struct FirewallConfig {
     pub proxy_port: u16,
     /// Prefix of every session bridge's interface name; `srs-` by default.
     pub bridge_prefix: String,
+    /// Ending of every chain name after a `-`, or empty (the default) for the plain
+    /// `STRONGROOM-*` names. At most six letters, digits or `_`.
+    pub chain_suffix: String,
 }
 
 impl Default for FirewallConfig {
@@ -67,6 +78,7 @@ impl Default for FirewallConfig {
                 .expect("valid prefix"),
             proxy_port: 3128,
             bridge_prefix: "srs-".to_owned(),
+            chain_suffix: String::new(),
         }
     }
 }
@@ -81,6 +93,11 @@ pub enum HostSetupError {
     InvalidBridgePrefix { prefix: String },
     #[error("proxy port is 0; set the port the egress proxy listens on")]
     ZeroProxyPort,
+    #[error(
+        "invalid chain suffix {suffix:?}: use at most {MAX_CHAIN_SUFFIX} letters, digits or \
+         `_`, so that chain names stay within iptables' 28 characters"
+    )]
+    InvalidChainSuffix { suffix: String },
     #[error("running `{command}` failed: {source}; install the iptables package")]
     Spawn {
         command: String,
@@ -109,7 +126,25 @@ impl FirewallConfig {
         if self.proxy_port == 0 {
             return Err(HostSetupError::ZeroProxyPort);
         }
+        let suffix = &self.chain_suffix;
+        if suffix.len() > MAX_CHAIN_SUFFIX
+            || !suffix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(HostSetupError::InvalidChainSuffix {
+                suffix: suffix.clone(),
+            });
+        }
         Ok(())
+    }
+
+    /// Name of one of Strongroom's chains for this configuration: `base` itself, or
+    /// `base-SUFFIX` when [`FirewallConfig::chain_suffix`] is set.
+    pub fn chain_name(&self, base: &str) -> String {
+        if self.chain_suffix.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}-{}", self.chain_suffix)
+        }
     }
 
     /// Interface match for session bridges, in iptables' `+` wildcard syntax.
@@ -155,7 +190,7 @@ impl fmt::Display for Family {
 pub struct ChainSpec {
     pub family: Family,
     pub table: &'static str,
-    pub chain: &'static str,
+    pub chain: String,
     pub hook: &'static str,
     /// Each rule's arguments after `-A CHAIN`, in order.
     pub rules: Vec<Vec<String>>,
@@ -172,7 +207,7 @@ pub fn desired_chains(config: &FirewallConfig) -> Vec<ChainSpec> {
         ChainSpec {
             family: Family::Ipv4,
             table: "raw",
-            chain: PREROUTING_CHAIN,
+            chain: config.chain_name(PREROUTING_CHAIN),
             hook: "PREROUTING",
             rules: vec![
                 rule(&["-i", &bridges, "-m", "rpfilter", "--invert", "-j", "DROP"]),
@@ -182,7 +217,7 @@ pub fn desired_chains(config: &FirewallConfig) -> Vec<ChainSpec> {
         ChainSpec {
             family: Family::Ipv4,
             table: "filter",
-            chain: INPUT_CHAIN,
+            chain: config.chain_name(INPUT_CHAIN),
             hook: "INPUT",
             rules: vec![
                 rule(&["-s", &range, "-d", LINK_LOCAL_V4, "-j", "DROP"]),
@@ -225,7 +260,7 @@ pub fn desired_chains(config: &FirewallConfig) -> Vec<ChainSpec> {
         ChainSpec {
             family: Family::Ipv4,
             table: "filter",
-            chain: FORWARD_CHAIN,
+            chain: config.chain_name(FORWARD_CHAIN),
             hook: DOCKER_USER_CHAIN,
             rules: vec![
                 rule(&["-s", &range, "-d", LINK_LOCAL_V4, "-j", "DROP"]),
@@ -241,14 +276,14 @@ pub fn desired_chains(config: &FirewallConfig) -> Vec<ChainSpec> {
         ChainSpec {
             family: Family::Ipv6,
             table: "raw",
-            chain: PREROUTING_CHAIN,
+            chain: config.chain_name(PREROUTING_CHAIN),
             hook: "PREROUTING",
             rules: vec![rule(&["-i", &bridges, "-j", "DROP"])],
         },
         ChainSpec {
             family: Family::Ipv6,
             table: "filter",
-            chain: INPUT_CHAIN,
+            chain: config.chain_name(INPUT_CHAIN),
             hook: "INPUT",
             rules: vec![
                 rule(&["-i", &bridges, "-j", "DROP"]),
@@ -260,7 +295,7 @@ pub fn desired_chains(config: &FirewallConfig) -> Vec<ChainSpec> {
         ChainSpec {
             family: Family::Ipv6,
             table: "filter",
-            chain: FORWARD_CHAIN,
+            chain: config.chain_name(FORWARD_CHAIN),
             hook: DOCKER_USER_CHAIN,
             rules: vec![
                 rule(&["-i", &bridges, "-j", "DROP"]),
@@ -471,14 +506,14 @@ async fn ensure_jump_first(spec: &ChainSpec, runner: &Runner) -> Result<(), Host
         runner
             .run(
                 spec.family.iptables(),
-                &table_args(spec.table, &["-D", spec.hook, "-j", spec.chain]),
+                &table_args(spec.table, &["-D", spec.hook, "-j", &spec.chain]),
             )
             .await?;
     }
     runner
         .run(
             spec.family.iptables(),
-            &table_args(spec.table, &["-I", spec.hook, "1", "-j", spec.chain]),
+            &table_args(spec.table, &["-I", spec.hook, "1", "-j", &spec.chain]),
         )
         .await?;
     Ok(())
@@ -522,7 +557,7 @@ async fn chain_rules(
 pub struct Problem {
     pub family: Family,
     pub table: &'static str,
-    pub chain: &'static str,
+    pub chain: String,
     pub kind: ProblemKind,
 }
 
@@ -589,10 +624,10 @@ pub async fn check(
         let problem = |kind| Problem {
             family: spec.family,
             table: spec.table,
-            chain: spec.chain,
+            chain: spec.chain.clone(),
             kind,
         };
-        let Some(installed) = chain_rules(spec.family, spec.table, spec.chain, runner).await?
+        let Some(installed) = chain_rules(spec.family, spec.table, &spec.chain, runner).await?
         else {
             problems.push(problem(ProblemKind::ChainMissing));
             continue;
@@ -632,7 +667,7 @@ async fn rule_exists(
     rule: &[String],
     runner: &Runner,
 ) -> Result<bool, HostSetupError> {
-    let mut args = table_args(spec.table, &["-C", spec.chain]);
+    let mut args = table_args(spec.table, &["-C", &spec.chain]);
     args.extend(rule.iter().cloned());
     let (output, display) = runner.output(spec.family.iptables(), &args).await?;
     match output.status.code() {
@@ -642,8 +677,8 @@ async fn rule_exists(
     }
 }
 
-/// Deletes the jumps and chains that [`apply`] installed. `DOCKER-USER` stays, because
-/// Docker owns it once it runs.
+/// Deletes the jumps and chains that [`apply`] installed for `config`; chains of other
+/// suffixes stay. `DOCKER-USER` stays, because Docker owns it once it runs.
 pub async fn remove(config: &FirewallConfig, runner: &Runner) -> Result<(), HostSetupError> {
     config.validate()?;
     for spec in desired_chains(config) {
@@ -655,28 +690,28 @@ pub async fn remove(config: &FirewallConfig, runner: &Runner) -> Result<(), Host
             runner
                 .run(
                     spec.family.iptables(),
-                    &table_args(spec.table, &["-D", spec.hook, "-j", spec.chain]),
+                    &table_args(spec.table, &["-D", spec.hook, "-j", &spec.chain]),
                 )
                 .await?;
         }
-        if chain_rules(spec.family, spec.table, spec.chain, runner)
+        if chain_rules(spec.family, spec.table, &spec.chain, runner)
             .await?
             .is_some()
         {
             runner
                 .run(
                     spec.family.iptables(),
-                    &table_args(spec.table, &["-F", spec.chain]),
+                    &table_args(spec.table, &["-F", &spec.chain]),
                 )
                 .await?;
             runner
                 .run(
                     spec.family.iptables(),
-                    &table_args(spec.table, &["-X", spec.chain]),
+                    &table_args(spec.table, &["-X", &spec.chain]),
                 )
                 .await?;
         }
     }
-    tracing::info!("Host firewall rules removed");
+    tracing::info!(chain_suffix = %config.chain_suffix, "Host firewall rules removed");
     Ok(())
 }

@@ -15,6 +15,7 @@
 //! the session range to the host except the proxy port, and everything between sessions.
 
 pub mod address;
+mod bandwidth;
 pub mod events;
 pub mod host_setup;
 pub mod policy;
@@ -25,7 +26,10 @@ mod sni;
 mod tunnel;
 
 pub use address::{AddressClass, classify};
-pub use events::{CloseCause, DenyReason, EgressEvent, EventSink, Outcome};
+pub use events::{
+    CloseCause, DENIAL_LOG_LINES_PER_WINDOW, DENIAL_LOG_WINDOW, DenyReason, EgressEvent, EventSink,
+    Outcome,
+};
 pub use policy::{HostPattern, PolicyError, SitePolicy, TargetHost};
 pub use proxy::{ConfigError, Proxy, ProxyConfig, bind};
 pub use registry::{Registry, RegistryError, SessionEntry};

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::address::classify;
-use crate::events::{CloseCause, DenyReason, EgressEvent, EventSink, Outcome, emit};
+use crate::events::{CloseCause, DenialLog, DenyReason, EgressEvent, EventSink, Outcome, emit};
 use crate::policy::{TargetHost, parse_target};
 use crate::registry::{ConnectionSlot, Registry, SessionEntry};
 use crate::resolver::{Resolver, SystemResolver};
@@ -60,6 +61,10 @@ pub struct ProxyConfig {
     pub require_sni_match: bool,
     /// Maximum time between the `200` response and a complete ClientHello.
     pub client_hello_timeout: Duration,
+    /// Bytes per second one session's tunnels may move together, both directions
+    /// counted, or `None` for no limit. A session may send a quarter second's worth (at
+    /// least 16 KiB) at once before the rate applies.
+    pub session_bytes_per_second: Option<NonZeroU64>,
 }
 
 impl Default for ProxyConfig {
@@ -73,6 +78,7 @@ impl Default for ProxyConfig {
             max_header_bytes: MIN_HEADER_BYTES,
             require_sni_match: true,
             client_hello_timeout: Duration::from_secs(10),
+            session_bytes_per_second: None,
         }
     }
 }
@@ -132,6 +138,8 @@ struct Shared {
     events: Arc<dyn EventSink>,
     config: ProxyConfig,
     open_connections: AtomicUsize,
+    /// Limit on "Egress denied" log lines of sources outside every session.
+    unknown_source_log: DenialLog,
 }
 
 impl Proxy {
@@ -148,6 +156,7 @@ impl Proxy {
             events,
             config,
             open_connections: AtomicUsize::new(0),
+            unknown_source_log: DenialLog::new(),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -162,6 +171,7 @@ impl Proxy {
             events: Arc::clone(&self.shared.events),
             config: self.shared.config.clone(),
             open_connections: AtomicUsize::new(0),
+            unknown_source_log: DenialLog::new(),
         };
         Self {
             shared: Arc::new(shared),
@@ -250,7 +260,7 @@ impl Proxy {
                     reason: DenyReason::UnknownSource,
                 },
             };
-            emit(shared.events.as_ref(), event);
+            emit(shared.events.as_ref(), &shared.unknown_source_log, event);
             return;
         };
 
@@ -325,7 +335,7 @@ fn report_connection_error(
         resolved_ip: None,
         outcome: Outcome::Denied { reason },
     };
-    emit(events.as_ref(), event);
+    emit(events.as_ref(), &session.denial_log, event);
 }
 
 /// One counted connection against [`ProxyConfig::max_connections`].
@@ -601,8 +611,14 @@ impl Connection {
         );
 
         let idle_timeout = self.proxy.shared.config.idle_timeout;
+        let bandwidth = self
+            .session
+            .bandwidth(self.proxy.shared.config.session_bytes_per_second);
         let traffic = Traffic::new();
         let relay = async {
+            if let Some(bandwidth) = bandwidth {
+                bandwidth.consume(first_bytes.len()).await;
+            }
             if let Err(error) = upstream.write_all(&first_bytes).await {
                 tracing::debug!(session.id = %self.session.session_id, error = %error, "Forwarding ClientHello upstream failed");
                 return CloseCause::Error;
@@ -610,7 +626,7 @@ impl Connection {
             traffic
                 .sent
                 .fetch_add(first_bytes.len() as u64, Ordering::Relaxed);
-            pump(client, upstream, idle_timeout, &traffic).await
+            pump(client, upstream, idle_timeout, &traffic, bandwidth).await
         };
         let cause = tokio::select! {
             cause = relay => cause,
@@ -686,7 +702,11 @@ impl Connection {
             resolved_ip,
             outcome,
         };
-        emit(self.proxy.shared.events.as_ref(), event);
+        emit(
+            self.proxy.shared.events.as_ref(),
+            &self.session.denial_log,
+            event,
+        );
     }
 }
 

@@ -3,12 +3,15 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::num::NonZeroU64;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::bandwidth::Bandwidth;
+use crate::events::DenialLog;
 use crate::policy::{PolicyError, SitePolicy};
 
 /// A rejected registration.
@@ -42,6 +45,10 @@ pub struct SessionEntry {
     open_connections: AtomicUsize,
     /// Cancelled on unregistration, which closes the session's open tunnels.
     ended: CancellationToken,
+    /// The bucket all of the session's tunnels draw from, made by the first tunnel.
+    bandwidth: OnceLock<Bandwidth>,
+    /// Limit on the session's "Egress denied" log lines.
+    pub(crate) denial_log: DenialLog,
 }
 
 impl SessionEntry {
@@ -52,6 +59,12 @@ impl SessionEntry {
 
     pub(crate) fn ended(&self) -> &CancellationToken {
         &self.ended
+    }
+
+    /// The session's bandwidth bucket for `limit` bytes per second, or `None` when
+    /// unlimited.
+    pub(crate) fn bandwidth(&self, limit: Option<NonZeroU64>) -> Option<&Bandwidth> {
+        limit.map(|rate| self.bandwidth.get_or_init(|| Bandwidth::new(rate)))
     }
 
     /// Counts one more open connection unless `limit` are already open.
@@ -128,6 +141,8 @@ impl Registry {
             policy,
             open_connections: AtomicUsize::new(0),
             ended: CancellationToken::new(),
+            bandwidth: OnceLock::new(),
+            denial_log: DenialLog::new(),
         };
         sessions.insert(session_id, Arc::new(entry));
         tracing::info!(session.id = %session_id, subnet = %subnet, "Egress session registered");

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::bandwidth::Bandwidth;
 use crate::events::CloseCause;
 
 /// Size of each direction's copy buffer.
@@ -47,12 +48,14 @@ impl Traffic {
 
 /// Copies `client` to `upstream` and back until both directions end, one fails, or
 /// neither side sends a byte for `idle_timeout`. Each direction runs on its own, so a
-/// side that stops reading never stalls the other direction.
+/// side that stops reading never stalls the other direction. With `bandwidth`, each
+/// chunk waits for its bytes in that bucket before it is written.
 pub(crate) async fn pump<C, U>(
     client: C,
     upstream: U,
     idle_timeout: Duration,
     traffic: &Traffic,
+    bandwidth: Option<&Bandwidth>,
 ) -> CloseCause
 where
     C: AsyncRead + AsyncWrite,
@@ -60,8 +63,20 @@ where
 {
     let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
-    let outbound = copy_direction(client_read, upstream_write, &traffic.sent, traffic);
-    let inbound = copy_direction(upstream_read, client_write, &traffic.received, traffic);
+    let outbound = copy_direction(
+        client_read,
+        upstream_write,
+        &traffic.sent,
+        traffic,
+        bandwidth,
+    );
+    let inbound = copy_direction(
+        upstream_read,
+        client_write,
+        &traffic.received,
+        traffic,
+        bandwidth,
+    );
 
     tokio::select! {
         result = async { tokio::try_join!(outbound, inbound) } => match result {
@@ -80,6 +95,7 @@ async fn copy_direction<R, W>(
     mut writer: W,
     counter: &AtomicU64,
     traffic: &Traffic,
+    bandwidth: Option<&Bandwidth>,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -94,6 +110,9 @@ where
             return Ok(());
         }
         traffic.touch();
+        if let Some(bandwidth) = bandwidth {
+            bandwidth.consume(read).await;
+        }
         writer.write_all(&buffer[..read]).await?;
         counter.fetch_add(read as u64, Ordering::Relaxed);
     }

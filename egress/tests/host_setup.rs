@@ -19,6 +19,7 @@ fn config(proxy_port: u16) -> FirewallConfig {
         session_range: "172.21.0.0/16".parse().unwrap(),
         proxy_port,
         bridge_prefix: "srs-".to_owned(),
+        chain_suffix: String::new(),
     }
 }
 
@@ -126,7 +127,7 @@ async fn check_names_displaced_and_missing_jumps() {
 
     let kinds: Vec<_> = problems
         .iter()
-        .map(|problem| (problem.family, problem.chain, problem.kind.clone()))
+        .map(|problem| (problem.family, problem.chain.as_str(), problem.kind.clone()))
         .collect();
     assert_eq!(kinds.len(), 3, "{problems:?}");
     assert!(kinds.contains(&(
@@ -174,6 +175,48 @@ async fn remove_deletes_chains_and_jumps() {
         "{problems:?}"
     );
     assert_eq!(problems.len(), 6);
+}
+
+#[tokio::test]
+async fn suffixed_chains_are_removed_alone() {
+    let netns = Netns::create("fw");
+    let runner = Runner::in_netns(&netns.name);
+    let plain = config(3128);
+    let second = FirewallConfig {
+        session_range: "10.234.16.0/20".parse().unwrap(),
+        proxy_port: 3129,
+        bridge_prefix: "srx-".to_owned(),
+        chain_suffix: "T7".to_owned(),
+    };
+    host_setup::apply(&plain, &runner).await.unwrap();
+    host_setup::apply(&second, &runner).await.unwrap();
+
+    let saved = saved_rules(&netns);
+    assert!(saved.contains("-A INPUT -j STRONGROOM-INPUT-T7"), "{saved}");
+    assert!(
+        saved.contains("-A STRONGROOM-INPUT-T7 -s 10.234.16.0/20 -j DROP"),
+        "{saved}"
+    );
+    assert!(saved.contains("-A INPUT -j STRONGROOM-INPUT\n"), "{saved}");
+    let second_problems = host_setup::check(&second, &runner).await.unwrap();
+    assert!(second_problems.is_empty(), "{second_problems:?}");
+
+    host_setup::remove(&second, &runner).await.unwrap();
+    let saved = saved_rules(&netns);
+    assert!(!saved.contains("-T7"), "{saved}");
+    let problems = host_setup::check(&plain, &runner).await.unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(saved.contains("-A STRONGROOM-INPUT -s 172.21.0.0/16 -j DROP"), "{saved}");
+}
+
+#[tokio::test]
+async fn invalid_chain_suffix_is_rejected() {
+    let mut config = config(3128);
+    config.chain_suffix = "TOOLONG".to_owned();
+    let error = host_setup::apply(&config, &Runner::in_netns("unused"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("\"TOOLONG\""), "{error}");
 }
 
 #[tokio::test]

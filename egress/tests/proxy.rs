@@ -20,6 +20,8 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod common;
+
 /// Upper bound for any single wait in these tests.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -325,65 +327,176 @@ async fn host_not_allowed_is_refused() {
     harness.stop().await;
 }
 
-#[tokio::test]
-async fn non_public_addresses_are_refused() {
-    let cases: [(&str, IpAddr, AddressClass); 6] = [
-        (
-            "loopback.bank.example",
-            "127.0.0.1".parse().unwrap(),
-            AddressClass::Loopback,
-        ),
-        (
-            "metadata.bank.example",
-            "169.254.169.254".parse().unwrap(),
+/// Runs `test` on a runtime inside a new network namespace that has only loopback and
+/// black-hole default routes for IPv4 and IPv6. A proxy that wrongly connected to a
+/// metadata, private or other special address would then send no packet anywhere.
+fn in_blackholed_namespace<F, Fut>(test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let netns = common::Netns::create("bh");
+    netns.ip(&["route", "add", "blackhole", "default"]);
+    netns.ip(&["-6", "route", "add", "blackhole", "default"]);
+    netns.enter(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test())
+    });
+}
+
+/// Names that resolve to each special-purpose class, IPv4 and IPv6, including the
+/// metadata addresses of the big clouds in every form that reaches them.
+fn non_public_cases() -> Vec<(&'static str, IpAddr, AddressClass)> {
+    let case = |host, ip: &str, class| (host, ip.parse().unwrap(), class);
+    vec![
+        case("loopback.bank.example", "127.0.0.1", AddressClass::Loopback),
+        case("metadata.bank.example", "169.254.169.254", AddressClass::LinkLocal),
+        case("private10.bank.example", "10.1.2.3", AddressClass::Private),
+        case("private172.bank.example", "172.16.0.1", AddressClass::Private),
+        case("private192.bank.example", "192.168.1.1", AddressClass::Private),
+        case("cgnat.bank.example", "100.64.0.1", AddressClass::SharedAddressSpace),
+        case("zero.bank.example", "0.0.0.0", AddressClass::Unspecified),
+        case("v6-loopback.bank.example", "::1", AddressClass::Loopback),
+        case("mapped.bank.example", "::ffff:127.0.0.1", AddressClass::Loopback),
+        case(
+            "mapped-metadata.bank.example",
+            "::ffff:169.254.169.254",
             AddressClass::LinkLocal,
         ),
-        (
-            "v6-loopback.bank.example",
-            "::1".parse().unwrap(),
-            AddressClass::Loopback,
+        case(
+            "compat-metadata.bank.example",
+            "::169.254.169.254",
+            AddressClass::LinkLocal,
         ),
-        (
-            "mapped.bank.example",
-            "::ffff:127.0.0.1".parse().unwrap(),
-            AddressClass::Loopback,
+        case("v6-metadata.bank.example", "fd00:ec2::254", AddressClass::Private),
+        case("v6-ula.bank.example", "fc00::1", AddressClass::Private),
+        case("v6-link-local.bank.example", "fe80::1", AddressClass::LinkLocal),
+        case(
+            "nat64-metadata.bank.example",
+            "64:ff9b::a9fe:a9fe",
+            AddressClass::Reserved,
         ),
-        (
-            "v6-metadata.bank.example",
-            "fd00:ec2::254".parse().unwrap(),
-            AddressClass::Private,
+        case(
+            "6to4-metadata.bank.example",
+            "2002:a9fe:a9fe::1",
+            AddressClass::Reserved,
         ),
-        (
-            "cgnat.bank.example",
-            "100.64.0.1".parse().unwrap(),
-            AddressClass::SharedAddressSpace,
-        ),
-    ];
-    let mut harness = Harness::start_with(
-        ProxyConfig::default(),
-        |policy| policy.with_private_ranges([]),
-        |mut resolver| {
-            for (host, ip, _) in &cases {
-                resolver = resolver.with(host, [*ip]);
-            }
-            resolver
-        },
-    )
-    .await;
+        case("v6-zero.bank.example", "::", AddressClass::Unspecified),
+    ]
+}
 
-    for (host, ip, class) in cases {
-        let (_stream, status) = harness.connect_request(&harness.bank_target(host)).await;
-        assert_eq!(status, 403, "{host}");
-        let event = harness.next_event().await;
-        assert_eq!(
-            denied_reason(&event),
-            &DenyReason::AddressNotAllowed { class },
-            "{host}"
-        );
-        assert_eq!(event.resolved_ip, Some(ip.to_canonical()), "{host}");
-    }
-    assert_eq!(harness.bank.connections.load(Ordering::SeqCst), 0);
-    harness.stop().await;
+#[test]
+fn non_public_addresses_are_refused() {
+    in_blackholed_namespace(|| async {
+        let cases = non_public_cases();
+        let resolver_cases = cases.clone();
+        let mut harness = Harness::start_with(
+            ProxyConfig::default(),
+            |policy| policy.with_private_ranges([]),
+            move |mut resolver| {
+                for (host, ip, _) in &resolver_cases {
+                    resolver = resolver.with(host, [*ip]);
+                }
+                resolver
+            },
+        )
+        .await;
+
+        for (host, ip, class) in cases {
+            let (_stream, status) = harness.connect_request(&harness.bank_target(host)).await;
+            assert_eq!(status, 403, "{host}");
+            let event = harness.next_event().await;
+            assert_eq!(
+                denied_reason(&event),
+                &DenyReason::AddressNotAllowed { class },
+                "{host}"
+            );
+            assert_eq!(event.resolved_ip, Some(ip.to_canonical()), "{host}");
+        }
+        assert_eq!(harness.bank.connections.load(Ordering::SeqCst), 0);
+        harness.stop().await;
+    });
+}
+
+#[test]
+fn listed_unspecified_and_multicast_stay_refused() {
+    in_blackholed_namespace(|| async {
+        let cases: [(&str, &str, AddressClass); 4] = [
+            ("zero.bank.example", "0.0.0.0", AddressClass::Unspecified),
+            ("v6-zero.bank.example", "::", AddressClass::Unspecified),
+            ("group.bank.example", "224.0.0.1", AddressClass::Multicast),
+            ("v6-group.bank.example", "ff02::1", AddressClass::Multicast),
+        ];
+        let mut harness = Harness::start_with(
+            ProxyConfig::default(),
+            |policy| {
+                policy.with_private_ranges([
+                    "0.0.0.0/8".parse().unwrap(),
+                    "::/128".parse().unwrap(),
+                    "224.0.0.0/4".parse().unwrap(),
+                    "ff00::/8".parse().unwrap(),
+                ])
+            },
+            move |mut resolver| {
+                for (host, ip, _) in cases {
+                    resolver = resolver.with(host, [ip.parse().unwrap()]);
+                }
+                resolver
+            },
+        )
+        .await;
+
+        for (host, _, class) in cases {
+            let (_stream, status) = harness.connect_request(&harness.bank_target(host)).await;
+            assert_eq!(status, 403, "{host}");
+            let event = harness.next_event().await;
+            assert_eq!(
+                denied_reason(&event),
+                &DenyReason::AddressNotAllowed { class },
+                "{host}"
+            );
+        }
+        harness.stop().await;
+    });
+}
+
+#[test]
+fn listed_private_range_lifts_only_that_range() {
+    in_blackholed_namespace(|| async {
+        // 127.0.0.1/32 is listed (the harness's bank); 127.0.0.3 and the metadata
+        // address are not.
+        let mut harness = Harness::start_with(
+            ProxyConfig::default(),
+            |policy| policy,
+            |resolver| {
+                resolver
+                    .with("neighbour.bank.example", ["127.0.0.3".parse().unwrap()])
+                    .with("metadata.bank.example", ["169.254.169.254".parse().unwrap()])
+            },
+        )
+        .await;
+        for (host, class) in [
+            ("neighbour.bank.example", AddressClass::Loopback),
+            ("metadata.bank.example", AddressClass::LinkLocal),
+        ] {
+            let (_stream, status) = harness.connect_request(&harness.bank_target(host)).await;
+            assert_eq!(status, 403, "{host}");
+            let event = harness.next_event().await;
+            assert_eq!(
+                denied_reason(&event),
+                &DenyReason::AddressNotAllowed { class },
+                "{host}"
+            );
+        }
+        let (_stream, status) = harness
+            .connect_request(&harness.bank_target("bank.example"))
+            .await;
+        assert_eq!(status, 200);
+        harness.stop().await;
+    });
 }
 
 #[tokio::test]
@@ -801,5 +914,217 @@ async fn missing_client_hello_times_out() {
     let event = harness.next_event().await;
     assert_eq!(denied_reason(&event), &DenyReason::ClientHelloTimedOut);
     assert_eq!(event.resolved_ip, Some(IpAddr::from([127, 0, 0, 1])));
+    harness.stop().await;
+}
+
+/// Opens `tunnels` tunnels of the session at once and sends `per_tunnel` bytes through
+/// each to the echo bank, reading every byte back. Returns the bytes the session moved
+/// in both directions, ClientHellos included, and the time from the first connection
+/// to the last byte back.
+async fn echo_through_tunnels(
+    harness: &Harness,
+    tunnels: usize,
+    per_tunnel: usize,
+) -> (u64, Duration) {
+    let start = tokio::time::Instant::now();
+    let mut streams = Vec::new();
+    for _ in 0..tunnels {
+        let (stream, status) = harness
+            .connect_request(&harness.bank_target("bank.example"))
+            .await;
+        assert_eq!(status, 200);
+        streams.push(stream);
+    }
+    let hello = client_hello_for_tests(Some("bank.example"), 512);
+    let transfers: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
+            let hello = hello.clone();
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.into_split();
+                let hello_len = hello.len();
+                let writing = tokio::spawn(async move {
+                    writer.write_all(&hello).await.unwrap();
+                    let chunk = vec![0x5a; 8192];
+                    let mut left = per_tunnel;
+                    while left > 0 {
+                        let size = left.min(chunk.len());
+                        writer.write_all(&chunk[..size]).await.unwrap();
+                        left -= size;
+                    }
+                    writer
+                });
+                let mut echoed = vec![0u8; hello_len + per_tunnel];
+                reader.read_exact(&mut echoed).await.unwrap();
+                drop(writing.await.unwrap());
+            })
+        })
+        .collect();
+    timeout(Duration::from_secs(120), async {
+        for transfer in transfers {
+            transfer.await.unwrap();
+        }
+    })
+    .await
+    .expect("the transfer did not finish in time");
+    let moved = 2 * tunnels as u64 * (hello.len() + per_tunnel) as u64;
+    (moved, start.elapsed())
+}
+
+#[tokio::test]
+async fn session_bandwidth_limit_holds_across_tunnels() {
+    const RATE: u64 = 200_000;
+    // A quarter second's worth, which the bucket holds when full.
+    const BURST: u64 = RATE / 4;
+    let config = ProxyConfig {
+        session_bytes_per_second: std::num::NonZeroU64::new(RATE),
+        ..ProxyConfig::default()
+    };
+    let harness = Harness::start(config).await;
+
+    let (moved, elapsed) = echo_through_tunnels(&harness, 2, 200_000).await;
+
+    // No more than the full bucket plus the rate can have passed, whatever the load.
+    let fastest = Duration::from_secs_f64((moved - BURST) as f64 / RATE as f64);
+    assert!(
+        elapsed >= fastest.mul_f64(0.99),
+        "{moved} bytes took {elapsed:?}, faster than the limit allows ({fastest:?})"
+    );
+    // And the limit is not much below the rate either: at least a third of it.
+    assert!(
+        elapsed <= fastest * 3,
+        "{moved} bytes took {elapsed:?}, expected about {fastest:?}"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn unlimited_session_is_not_throttled() {
+    let harness = Harness::start(ProxyConfig::default()).await;
+    assert_eq!(ProxyConfig::default().session_bytes_per_second, None);
+
+    let (moved, elapsed) = echo_through_tunnels(&harness, 2, 200_000).await;
+
+    // The limited test needs at least 3.76 s for these bytes at 200 000 bytes/s.
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "{moved} bytes took {elapsed:?} without a limit"
+    );
+    harness.stop().await;
+}
+
+/// Answers `first` to the first query and `later` to every other, as a DNS server
+/// that rebinds a name to an internal address after the check would.
+struct Rebinding {
+    calls: AtomicUsize,
+    first: IpAddr,
+    later: IpAddr,
+}
+
+impl egress::Resolver for Rebinding {
+    fn resolve<'a>(&'a self, _host: &'a str) -> egress::ResolveFuture<'a> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        let ip = if call == 0 { self.first } else { self.later };
+        Box::pin(std::future::ready(Ok(vec![ip])))
+    }
+}
+
+#[test]
+fn tunnel_resolves_target_once() {
+    in_blackholed_namespace(|| async {
+        let bank = Bank::start().await;
+        let resolver = Arc::new(Rebinding {
+            calls: AtomicUsize::new(0),
+            first: bank.address.ip(),
+            later: "169.254.169.254".parse().unwrap(),
+        });
+        let registry = Arc::new(Registry::new());
+        let policy = SitePolicy::new(["bank.example"])
+            .unwrap()
+            .with_ports([bank.address.port()])
+            .with_private_ranges(["127.0.0.1/32".parse().unwrap()]);
+        registry
+            .register(Uuid::new_v4(), "127.0.0.2/32".parse().unwrap(), policy)
+            .unwrap();
+        let (sender, mut events) = mpsc::unbounded_channel();
+        let proxy = Proxy::new(registry, Arc::new(ChannelSink(sender)), ProxyConfig::default())
+            .unwrap()
+            .with_resolver(Arc::clone(&resolver) as Arc<dyn egress::Resolver>);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_address = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let serving = tokio::spawn(async move { proxy.serve(vec![listener], stop).await });
+
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((WORKSPACE, 0))).unwrap();
+        let mut stream = socket.connect(proxy_address).await.unwrap();
+        let target = format!("bank.example:{}", bank.address.port());
+        stream
+            .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_status(&mut stream).await, 200);
+        let hello = client_hello_for_tests(Some("bank.example"), 512);
+        stream.write_all(&hello).await.unwrap();
+        let mut echoed = vec![0u8; hello.len()];
+        timeout(WAIT, stream.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+
+        let allowed = timeout(WAIT, events.recv()).await.unwrap().unwrap();
+        assert_eq!(allowed.outcome, Outcome::Allowed);
+        assert_eq!(allowed.resolved_ip, Some(bank.address.ip()));
+        assert_eq!(resolver.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(bank.connections.load(Ordering::SeqCst), 1);
+
+        shutdown.cancel();
+        timeout(WAIT, serving).await.unwrap().unwrap();
+    });
+}
+
+/// Log output captured by a test's own subscriber.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn denial_log_lines_are_rate_limited() {
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The test runtime has one thread, so the proxy's tasks log to this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut harness = Harness::start(ProxyConfig::default()).await;
+    let attempts = egress::DENIAL_LOG_LINES_PER_WINDOW as usize + 5;
+
+    for _ in 0..attempts {
+        let (_stream, status) = harness
+            .connect_request(&harness.bank_target("other.example"))
+            .await;
+        assert_eq!(status, 403);
+    }
+    for _ in 0..attempts {
+        let event = harness.next_event().await;
+        assert_eq!(denied_reason(&event), &DenyReason::HostNotAllowed);
+    }
+
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let lines = text.lines().filter(|line| line.contains("Egress denied")).count();
+    assert_eq!(lines, egress::DENIAL_LOG_LINES_PER_WINDOW as usize, "{text}");
     harness.stop().await;
 }

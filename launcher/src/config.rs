@@ -39,6 +39,10 @@ pub struct LauncherConfig {
     pub subnet_range: Ipv4Net,
     /// Prefix length of each session's subnet: 28 or 29.
     pub subnet_prefix_len: u8,
+    /// Start of every session bridge's host interface name, which the host firewall
+    /// matches: 1 to 7 lowercase letters, digits or `-`. The rest of the name is taken
+    /// from the session id.
+    pub bridge_prefix: String,
     /// Maximum number of concurrent sessions on this host.
     pub max_sessions: usize,
     /// Upper bounds for the per-site limits a launch request may carry.
@@ -71,6 +75,7 @@ impl Default for LauncherConfig {
             seccomp_profile: PathBuf::from("/etc/strongroom/seccomp/workspace.json"),
             subnet_range: "172.21.0.0/16".parse().expect("valid default subnet range"),
             subnet_prefix_len: 28,
+            bridge_prefix: "srs-".to_owned(),
             max_sessions: 8,
             max_limits: SiteLimits {
                 memory_bytes: 4 << 30,
@@ -141,6 +146,16 @@ impl LauncherConfig {
                 ),
             );
         }
+        if !is_valid_bridge_prefix(&self.bridge_prefix) {
+            reject(
+                "bridge_prefix",
+                format!(
+                    "`{}` is not valid: use 1 to {MAX_BRIDGE_PREFIX} lowercase letters, \
+                     digits or `-`, e.g. srs-",
+                    self.bridge_prefix
+                ),
+            );
+        }
         if self.max_sessions == 0 {
             reject("max_sessions", "must be at least 1".to_owned());
         }
@@ -184,6 +199,17 @@ impl LauncherConfig {
     pub fn request_read_timeout(&self) -> Duration {
         Duration::from_secs(self.request_read_timeout_secs)
     }
+}
+
+/// Maximum bridge prefix length, which leaves at least 8 characters of the session id in the
+/// 15-character interface name.
+pub const MAX_BRIDGE_PREFIX: usize = 7;
+
+fn is_valid_bridge_prefix(prefix: &str) -> bool {
+    (1..=MAX_BRIDGE_PREFIX).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Instance ids end up in Docker label filters and object names, so they are kept to a
@@ -258,6 +284,27 @@ mod tests {
         };
         let problems = config.validate().unwrap_err();
         assert_eq!(problems[0].key, "subnet_range");
+    }
+
+    #[test]
+    fn bridge_prefix_is_checked() {
+        for bad in ["", "SRS-", "srs_", "longpref"] {
+            let config = LauncherConfig {
+                bridge_prefix: bad.to_owned(),
+                ..valid()
+            };
+            let problems = config.validate().unwrap_err();
+            assert_eq!(problems.len(), 1, "{bad:?}");
+            assert_eq!(problems[0].key, "bridge_prefix", "{bad:?}");
+            assert!(problems[0].problem.contains(&format!("`{bad}`")), "{bad:?}");
+        }
+        for good in ["srs-", "sx0a-", "abcdefg"] {
+            let config = LauncherConfig {
+                bridge_prefix: good.to_owned(),
+                ..valid()
+            };
+            assert_eq!(config.validate(), Ok(()), "{good:?}");
+        }
     }
 
     #[test]

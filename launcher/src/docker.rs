@@ -35,22 +35,12 @@ use crate::runtime::{
 /// Docker's bridge driver option that blocks traffic between containers on a network.
 const ENABLE_ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
 
+/// The only DNS server a workspace's embedded resolver forwards to: the container's own
+/// loopback, where nothing listens.
+pub const WORKSPACE_DNS_SERVER: &str = "127.0.0.1";
+
 /// Docker's bridge driver option that names the host interface.
 const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
-
-/// Host interface name of a session network: `srs-` and the last 11 letters and digits
-/// of the network name (15 characters, Linux's limit). The host firewall matches
-/// session bridges by the `srs-` prefix.
-pub fn bridge_name(network_name: &str) -> String {
-    let alphanumeric: Vec<char> = network_name
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    let tail: String = alphanumeric[alphanumeric.len().saturating_sub(11)..]
-        .iter()
-        .collect();
-    format!("srs-{tail}")
-}
 
 /// The Docker engine, reached over its Unix socket.
 #[derive(Clone)]
@@ -217,6 +207,13 @@ pub fn container_body(spec: &WorkspaceSpec) -> ContainerCreateBody {
             hard: Some(0),
         }]),
         init: Some(true),
+        // Docker's embedded resolver forwards names it does not know to these servers
+        // from inside the container's network namespace, where nothing listens on
+        // 127.0.0.1. Without this setting it forwards to the host's servers, and from the
+        // host's own namespace when those are on loopback in Docker releases without the
+        // fix for CVE-2024-29018, such as 20.10, so a workspace could resolve and leak
+        // names. Chromium resolves nothing itself: every name goes to the egress proxy.
+        dns: Some(vec![WORKSPACE_DNS_SERVER.to_owned()]),
         publish_all_ports: Some(false),
         port_bindings: None,
         binds: None,
@@ -293,7 +290,7 @@ impl Runtime for DockerRuntime {
             }),
             options: Some(HashMap::from([
                 (ENABLE_ICC_OPTION.to_owned(), "false".to_owned()),
-                (BRIDGE_NAME_OPTION.to_owned(), bridge_name(&spec.name)),
+                (BRIDGE_NAME_OPTION.to_owned(), spec.bridge_name.clone()),
             ])),
             labels: Some(to_hash_map(&spec.labels)),
             ..Default::default()
@@ -611,13 +608,16 @@ mod tests {
 
 #[cfg(test)]
 mod bridge_name_tests {
-    use super::bridge_name;
+    use crate::spec::bridge_name;
 
     #[test]
     fn bridge_name_fits_interface_limit() {
-        let name = bridge_name("strongroom-s-0f8fad5b-d9cb-469f-a165-70867728950e");
-
+        let network = "strongroom-s-0f8fad5b-d9cb-469f-a165-70867728950e";
+        let name = bridge_name("srs-", network);
         assert_eq!(name, "srs-0867728950e");
-        assert!(name.len() <= 15);
+
+        let longest = bridge_name("srt1a2-", network);
+        assert_eq!(longest, "srt1a2-7728950e");
+        assert_eq!(longest.len(), 15);
     }
 }

@@ -415,7 +415,7 @@ impl Launcher {
             };
 
             let addresses = SessionAddresses::for_subnet(subnet);
-            let network_spec = spec::network_spec(addresses, session_id, labels.clone());
+            let network_spec = spec::network_spec(config, addresses, session_id, labels.clone());
             match self.runtime().create_session_network(&network_spec).await {
                 Ok(network) => return Ok((addresses, network)),
                 Err(RuntimeError::SubnetInUse { subnet, message }) => {

@@ -21,6 +21,8 @@ pub struct NetworkSpec {
     pub subnet: Ipv4Net,
     /// The host's address on the network.
     pub gateway: Ipv4Addr,
+    /// Name of the bridge's host interface, which the host firewall matches by prefix.
+    pub bridge_name: String,
     pub labels: BTreeMap<String, String>,
 }
 

@@ -161,17 +161,37 @@ pub fn session_labels(
 }
 
 pub fn network_spec(
+    config: &LauncherConfig,
     addresses: SessionAddresses,
     session_id: Uuid,
     mut labels: BTreeMap<String, String>,
 ) -> NetworkSpec {
     labels.insert(labels::ROLE.to_owned(), "network".to_owned());
+    let name = network_name(session_id);
     NetworkSpec {
-        name: network_name(session_id),
+        bridge_name: bridge_name(&config.bridge_prefix, &name),
+        name,
         subnet: addresses.subnet,
         gateway: addresses.gateway,
         labels,
     }
+}
+
+/// Linux limit on interface name length, without the terminating NUL.
+const MAX_INTERFACE_NAME: usize = 15;
+
+/// Host interface name of a session network: `prefix` and as many of the last letters
+/// and digits of the network name as fit in Linux's 15 characters.
+pub fn bridge_name(prefix: &str, network_name: &str) -> String {
+    let alphanumeric: Vec<char> = network_name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let room = MAX_INTERFACE_NAME.saturating_sub(prefix.len());
+    let tail: String = alphanumeric[alphanumeric.len().saturating_sub(room)..]
+        .iter()
+        .collect();
+    format!("{prefix}{tail}")
 }
 
 /// Builds the workspace spec. The environment carries only non-secret parameters.

@@ -53,6 +53,14 @@ async fn launch_creates_hardened_workspace() {
             .map(String::as_str),
         Some("false")
     );
+    let bridge = options
+        .get("com.docker.network.bridge.name")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        bridge.starts_with("srs-") && bridge.len() == 15,
+        "{bridge:?}"
+    );
     let ipam = &network.ipam.as_ref().unwrap().config.as_ref().unwrap()[0];
     assert_eq!(
         ipam.subnet.as_deref(),
@@ -116,6 +124,7 @@ async fn launch_creates_hardened_workspace() {
     assert_eq!(ulimits[0].name.as_deref(), Some("core"));
     assert_eq!((ulimits[0].soft, ulimits[0].hard), (Some(0), Some(0)));
     assert_eq!(host.init, Some(true));
+    assert_eq!(host.dns, Some(vec!["127.0.0.1".to_owned()]));
     assert!(host.port_bindings.unwrap_or_default().is_empty());
     assert_eq!(host.publish_all_ports, Some(false));
     assert!(host.binds.unwrap_or_default().is_empty());

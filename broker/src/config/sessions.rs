@@ -22,6 +22,8 @@ const DEFAULT_EGRESS_PROXY_PORT: u16 = 3128;
 /// policy sets another value, so 64 leaves room for that and for connections closing.
 const DEFAULT_EGRESS_MAX_CONNECTIONS: u32 = 64;
 const DEFAULT_EGRESS_IDLE_TIMEOUT_SECONDS: u64 = 300;
+/// Lowest per-session egress rate accepted: 16 KiB per second.
+const MIN_EGRESS_BYTES_PER_SECOND: u64 = 16 * 1024;
 
 /// Raw mirror of `[sessions]`.
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +64,10 @@ pub struct RawSessions {
     /// `sessions.egress_idle_timeout_seconds`: a proxied connection in which neither side
     /// sends a byte for this long is closed. Default 300.
     pub egress_idle_timeout_seconds: Option<Lenient<u64>>,
+    /// `sessions.egress_bytes_per_second`: bytes per second all of one session's proxied
+    /// connections may move together, both directions counted; 0 means no limit.
+    /// Default 0.
+    pub egress_bytes_per_second: Option<Lenient<u64>>,
     /// `sessions.recordings_dir`: directory of local recordings, checked before every
     /// launch. Default `DATA_DIR/recordings`.
     pub recordings_dir: Option<Lenient<PathBuf>>,
@@ -88,6 +94,8 @@ pub struct SessionsConfig {
     pub egress_proxy_port: u16,
     pub egress_max_connections: u32,
     pub egress_idle_timeout: Duration,
+    /// `None` when unlimited.
+    pub egress_bytes_per_second: Option<std::num::NonZeroU64>,
     pub recordings_dir: PathBuf,
     pub recording_keys_dir: PathBuf,
     /// Set when recordings go to an S3-compatible bucket.
@@ -112,6 +120,7 @@ impl SessionsConfig {
             egress_proxy_port: DEFAULT_EGRESS_PROXY_PORT,
             egress_max_connections: DEFAULT_EGRESS_MAX_CONNECTIONS,
             egress_idle_timeout: Duration::from_secs(DEFAULT_EGRESS_IDLE_TIMEOUT_SECONDS),
+            egress_bytes_per_second: None,
             recordings_dir: data_dir.join("recordings"),
             recording_keys_dir: data_dir.join("recording-keys"),
             recordings_s3: None,
@@ -337,6 +346,24 @@ pub fn validate_sessions(
         problems,
     );
 
+    let egress_bytes_per_second = take(
+        &raw.egress_bytes_per_second,
+        "sessions.egress_bytes_per_second",
+        "a whole number of bytes per second",
+        problems,
+    )
+    .unwrap_or(0);
+    if (1..MIN_EGRESS_BYTES_PER_SECOND).contains(&egress_bytes_per_second) {
+        problem(
+            problems,
+            "sessions.egress_bytes_per_second",
+            format!(
+                "{egress_bytes_per_second} is below {MIN_EGRESS_BYTES_PER_SECOND}, too slow \
+                 for a bank's pages; raise it, or use 0 for no limit"
+            ),
+        );
+    }
+
     let recordings_dir = take(
         &raw.recordings_dir,
         "sessions.recordings_dir",
@@ -371,6 +398,7 @@ pub fn validate_sessions(
         egress_proxy_port,
         egress_max_connections,
         egress_idle_timeout: Duration::from_secs(egress_idle_timeout),
+        egress_bytes_per_second: std::num::NonZeroU64::new(egress_bytes_per_second),
         recordings_dir,
         recording_keys_dir,
         recordings_s3,
@@ -440,6 +468,18 @@ mod tests {
         let config = config.unwrap();
         assert_eq!(config.egress_max_connections, 16);
         assert_eq!(config.egress_idle_timeout, Duration::from_secs(45));
+        assert_eq!(config.egress_bytes_per_second, None);
+
+        let (config, problems) = validate_toml("egress_bytes_per_second = 1000000");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            config.unwrap().egress_bytes_per_second,
+            std::num::NonZeroU64::new(1_000_000)
+        );
+        let (config, problems) = validate_toml("egress_bytes_per_second = 100");
+        assert!(config.is_none());
+        assert_eq!(problems[0].key, "sessions.egress_bytes_per_second");
+        assert!(problems[0].message.contains("100 is below 16384"), "{problems:?}");
 
         let (config, problems) =
             validate_toml("egress_max_connections = 0\negress_idle_timeout_seconds = 5");
