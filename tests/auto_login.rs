@@ -975,7 +975,8 @@ async fn launch_hard_form_repeatedly(form: HardForm) {
         finish(fixture, &stream).await;
     }
 
-    // A clean failure is acceptable once, but a form that never signs in is broken.
+    eprintln!("{succeeded} of {launches} launches signed in; failures: {failures:?}");
+    // A clean failure is acceptable now and then, but a form that mostly fails is broken.
     assert!(
         succeeded >= 1 && failures.len() <= launches / 2,
         "{succeeded} of {launches} launches signed in; failures: {failures:?}"

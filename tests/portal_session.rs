@@ -861,8 +861,42 @@ async fn browser_signs_in_launches_and_sees_the_workspace() {
     stack.stop().await;
 }
 
+/// Sends every tracing event of this test process at debug level and above to `file`,
+/// as `RUST_LOG=debug strongroom serve 2>FILE` would. The broker and the launcher run
+/// in the test process, so their logs are captured.
+fn capture_debug_log(file: std::fs::File) {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .init();
+}
+
+/// Returns the files under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if std::fs::read(&path)
+                .unwrap_or_default()
+                .windows(needle.len())
+                .any(|window| window == needle)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marker_password_stays_out_of_container() {
+    let debug_log = tempfile::NamedTempFile::new().unwrap();
+    capture_debug_log(debug_log.reopen().unwrap());
     let stack = Stack::start().await;
     let db = stack.broker().state.db.clone();
     let person = sign_in(&stack).await;
@@ -968,6 +1002,16 @@ selector = "#user"
         !process_text.contains(&marker),
         "the marker is in a process environment or command line"
     );
+    let container_log = std::process::Command::new("docker")
+        .args(["logs", &container])
+        .output()
+        .unwrap();
+    assert!(container_log.status.success());
+    assert!(
+        !String::from_utf8_lossy(&container_log.stdout).contains(&marker)
+            && !String::from_utf8_lossy(&container_log.stderr).contains(&marker),
+        "the marker is in the workspace container's log"
+    );
 
     // The audit trail, the portal pages and the failure count.
     let audit_text: String = audit_log
@@ -999,5 +1043,23 @@ selector = "#user"
         .unwrap();
     assert_eq!(locked, Ok(()), "one failure must not lock the credential");
 
-    stack.stop().await;
+    // The broker's debug log, and every file of the data directory once the recording
+    // is sealed: the database with the recording's metadata, and the recording store.
+    let data_dir = stack.stop().await;
+    let log = std::fs::read_to_string(debug_log.path()).unwrap();
+    assert!(
+        log.contains(" DEBUG ") && log.contains("Auto-login step finished"),
+        "the debug log was not captured: {} bytes",
+        log.len()
+    );
+    assert!(!log.contains(&marker), "the marker is in the broker's debug log");
+    let recordings = std::fs::read_dir(data_dir.path().join("recordings"))
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert!(recordings > 0, "no recording was stored");
+    assert_eq!(
+        files_containing(data_dir.path(), marker.as_bytes()),
+        Vec::<std::path::PathBuf>::new(),
+        "the marker is in these files of the data directory"
+    );
 }
