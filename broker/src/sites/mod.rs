@@ -16,6 +16,7 @@
 //! the configured secret store, keyed on the site name.
 
 pub mod cli;
+pub mod confirm;
 pub mod dual_control;
 mod import;
 mod login;
