@@ -1002,3 +1002,76 @@ async fn hard_form_in_cross_origin_frame_repeatedly() {
 async fn hard_form_checking_key_events_repeatedly() {
     launch_hard_form_repeatedly(HardForm::KeyChecked).await;
 }
+
+/// Returns a signed-in page whose "Sign out" button tells the server about the logout.
+fn signed_in_page() -> String {
+    r#"<html><body>
+<p>Statement</p><button id="logout" type="button">Sign out</button>
+<script>
+document.getElementById("logout").addEventListener("click", async () => {
+  await fetch("/logged-out");
+  document.body.insertAdjacentHTML("beforeend", '<div id="goodbye">Signed out</div>');
+});
+</script></body></html>"#
+        .to_owned()
+}
+
+fn logout_recipe(button: &str, timeout_secs: u32) -> LoginRecipe {
+    LoginRecipe {
+        steps: vec![
+            RecipeStep::Click {
+                selector: button.into(),
+                timeout_secs: Some(timeout_secs),
+            },
+            RecipeStep::WaitSuccess {
+                url_prefix: None,
+                selector: Some("#goodbye".into()),
+                timeout_secs: Some(timeout_secs),
+            },
+        ],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_recipe_signs_out() {
+    let fixture = fixture_with(HashMap::from([("/login", signed_in_page())])).await;
+    let stream = fixture.start_stream().await;
+
+    let outcome = broker::sites::logout::run(
+        &stream,
+        &logout_recipe("#logout", 20),
+        broker::sites::logout::MAX_LOGOUT_WAIT,
+    )
+    .await;
+
+    assert_eq!(outcome, Ok(()), "agent log:\n{}", fixture.agent.log());
+    assert!(
+        fixture.pages.requests().contains(&"/logged-out".to_owned()),
+        "{:?}",
+        fixture.pages.requests()
+    );
+
+    finish(fixture, &stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_recipe_gives_up_at_limit() {
+    let fixture = fixture_with(HashMap::from([("/login", signed_in_page())])).await;
+    let stream = fixture.start_stream().await;
+    let limit = Duration::from_secs(2);
+
+    // The button never appears, and the steps would wait 30 s each.
+    let started = std::time::Instant::now();
+    let outcome =
+        broker::sites::logout::run(&stream, &logout_recipe("#missing", 30), limit).await;
+    let elapsed = started.elapsed();
+
+    let Err(reason) = outcome else {
+        panic!("expected the logout to give up, got {outcome:?}");
+    };
+    assert!(reason.contains("within 2 s"), "{reason}");
+    assert!(elapsed < limit + Duration::from_secs(3), "{elapsed:?}");
+    assert!(!fixture.pages.requests().contains(&"/logged-out".to_owned()));
+
+    finish(fixture, &stream).await;
+}

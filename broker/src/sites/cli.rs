@@ -61,8 +61,8 @@ pub async fn pending(db: &Database) -> i32 {
     }
 }
 
-/// Where a site change decision comes from: the change, the deciding admin's name and
-/// the file with their confirmation (standard input when `None`).
+/// A site change decision: the change, the deciding admin's name and the file with
+/// their confirmation (standard input when `None`).
 pub struct DecisionRequest<'a> {
     pub id: Uuid,
     pub admin: &'a str,

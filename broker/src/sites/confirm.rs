@@ -3,8 +3,8 @@
 //! Anyone who can run `strongroom` as the service user can type any admin's name, so a
 //! name alone cannot stand for a second person. The command therefore reads the named
 //! admin's password and current TOTP code, one per line, from standard input or from
-//! `--confirm-file`, and checks them as the portal's sign-in does: the password hash,
-//! a TOTP code whose time step is consumed so it cannot be replayed, and the account's
+//! `--confirm-file`. It checks them as the portal's sign-in does: the password hash, a
+//! TOTP code whose time step is consumed so it cannot be replayed, and the account's
 //! failed sign-in count and lockout. Every check is audited with the operating-system
 //! user that ran the command. Admins without a local password and TOTP (single sign-on
 //! accounts) decide in the admin console (`/admin/site-changes`) instead.
@@ -29,7 +29,7 @@ struct Confirmation {
 }
 
 /// Checks that the person running the command is the admin `name`, and returns the
-/// admin's user id. `confirm_file` holds the password and the code on two lines;
+/// admin's user id. `confirm_file` contains the password and the code on two lines;
 /// without it they are read from standard input.
 pub async fn confirm_admin(
     config: &Config,

@@ -20,6 +20,7 @@ pub mod confirm;
 pub mod dual_control;
 mod import;
 mod login;
+pub mod logout;
 mod store;
 
 use std::fmt;

@@ -5,7 +5,7 @@
 //! selector is looked up in the main frame first, then in each out-of-process frame
 //! (a cross-site `<iframe>`) in the order Chromium attached them. Credentials are typed
 //! with `DOM.focus` and one key down and key up per character, and only after the
-//! security origin of the frame that holds the field is found in the credential's
+//! security origin of the frame that contains the field is found in the credential's
 //! allowed list. The placeholder ends once the success condition holds and the page has
 //! painted again, or after a failure once the filled fields are cleared.
 //!
