@@ -1063,3 +1063,109 @@ selector = "#user"
         "the marker is in these files of the data directory"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_end_runs_logout_recipe() {
+    let debug_log = tempfile::NamedTempFile::new().unwrap();
+    capture_debug_log(debug_log.reopen().unwrap());
+    let stack = Stack::start().await;
+    let db = stack.broker().state.db.clone();
+    let person = sign_in(&stack).await;
+    // The logout button never appears (bank.invalid does not resolve), so the agent's
+    // step times out after 2 s and reports that before the workspace is removed.
+    let path = stack.dir.path().join("logout-site.toml");
+    std::fs::write(
+        &path,
+        r##"
+[[site]]
+name = "demo"
+display_name = "Demo Bank"
+start_url = "https://bank.invalid/login"
+allowed_hosts = ["bank.invalid"]
+recording_retention_days = 30
+
+[site.login]
+credential_origins = ["https://bank.invalid"]
+
+[[site.login.steps]]
+action = "wait_for"
+selector = "#user"
+timeout_secs = 2
+
+[[site.login.logout_steps]]
+action = "click"
+selector = "#logout"
+timeout_secs = 2
+"##,
+    )
+    .unwrap();
+    broker::sites::import_file(&db, &path).await.unwrap();
+    let key = broker::secrets::CredentialKey::load_or_create(stack.dir.path()).unwrap();
+    let store = broker::secrets::LocalStore::new(
+        db.clone(),
+        Arc::new(key),
+        Arc::new(broker::clock::SystemClock),
+    );
+    let reference = broker::secrets::CredentialRef::shared("demo").unwrap();
+    let credentials =
+        broker::secrets::BankCredentials::new(&reference, "alice".into(), "Mk-unused".into(), None)
+            .unwrap();
+    store
+        .save(&reference, &credentials, "system:test")
+        .await
+        .unwrap();
+    let (session_id, _) = launch(&stack, &person).await;
+    let audit_log = broker::audit::AuditLog::new(db.clone(), Arc::new(broker::clock::SystemClock));
+    let finished = |events: &[broker::audit::StoredEvent]| -> Vec<usize> {
+        events
+            .iter()
+            .enumerate()
+            .filter(|(_, event)| event.action == "credential.auto_login.finished")
+            .map(|(index, _)| index)
+            .collect()
+    };
+    // The login fails after 2 s and leaves the session to the person.
+    wait_for(Duration::from_secs(90), || async {
+        let events = audit_log.list(0, 100_000).await.unwrap();
+        (!finished(&events).is_empty()).then_some(())
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let ended = person
+        .client
+        .post(format!("{}/sessions/{session_id}/end", stack.base))
+        .header("origin", &stack.base)
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+
+    assert!(ended.status().is_success() || ended.status().is_redirection(), "{}", ended.status());
+    assert!(
+        elapsed < broker::sites::logout::MAX_LOGOUT_WAIT + Duration::from_secs(30),
+        "ending took {elapsed:?}"
+    );
+    let events = audit_log.list(0, 100_000).await.unwrap();
+    let results = finished(&events);
+    let log = std::fs::read_to_string(debug_log.path()).unwrap();
+    let log: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("logout recipe") || line.contains("Auto-login"))
+        .collect();
+    assert_eq!(results.len(), 2, "the workspace reported no logout result; log:\n{}", log.join("\n"));
+    let logout = results[1];
+    let end = events
+        .iter()
+        .position(|event| event.action == "session.ended")
+        .expect("the session did not end");
+    assert!(logout < end, "the logout result came after the end");
+    assert_eq!(events[logout].outcome, "failure");
+    assert!(
+        events[logout].details.contains("step 0") && events[logout].details.contains("timed out"),
+        "{}",
+        events[logout].details
+    );
+
+    stack.stop().await;
+}

@@ -19,13 +19,16 @@ use crate::stream::LiveStream;
 /// per session that has a recipe.
 pub const MAX_LOGOUT_WAIT: Duration = Duration::from_secs(10);
 
+/// Time the agent gets on top of the recipe's step timeouts to report the result.
+const RESULT_MARGIN: Duration = Duration::from_secs(3);
+
 /// Runs `recipe` in the workspace of `stream` and waits for the agent's result, for
-/// at most `limit` or the recipe's step timeouts, whichever is shorter. Returns the
+/// at most `limit` or the recipe's step timeouts plus a margin, whichever is shorter. Returns the
 /// reason when the logout did not finish.
 pub async fn run(stream: &LiveStream, recipe: &LoginRecipe, limit: Duration) -> Result<(), String> {
     let steps = recipe.agent_steps();
     let steps_total = Duration::from_millis(steps.iter().map(|step| u64::from(step.timeout_ms())).sum());
-    let wait = limit.min(steps_total);
+    let wait = limit.min(steps_total + RESULT_MARGIN);
     let login_id = rand::random::<u64>();
     let message = BrokerMessage::AutoLogin(AutoLogin {
         login_id,
