@@ -160,10 +160,7 @@ async fn run_step(
             selector, field, ..
         } => {
             let element = wait_for_element(page, selector).await?;
-            // Recorded before typing, so a field that a failed step left partly typed
-            // is cleared too.
-            filled.push(element.clone());
-            fill(page, login, *field, &element).await?;
+            fill(page, login, *field, &element, filled).await?;
             Ok(())
         }
         LoginStep::WaitForSuccess {
@@ -332,6 +329,7 @@ async fn fill(
     login: &AutoLogin,
     field: CredentialField,
     element: &Element,
+    filled: &mut Vec<Element>,
 ) -> Result<(), StepError> {
     let value = login
         .credentials
@@ -374,6 +372,9 @@ async fn fill(
             "the field lost focus before typing".into(),
         ));
     }
+    // Recorded before the first key, so a field that a failed or timed-out step left
+    // partly typed is cleared too. A field of a rejected origin is left alone.
+    filled.push(element.clone());
     type_text(page, value.expose())
         .await
         .context("typing into the field")?;
