@@ -853,7 +853,7 @@ fn hard_login_launches() -> usize {
     }
 }
 
-/// The recipe of the two-step forms: username, "Next", password, "Sign in".
+/// Returns the recipe of the two-step forms: username, "Next", password, "Sign in".
 fn two_step_recipe() -> LoginRecipe {
     LoginRecipe {
         steps: vec![
@@ -882,8 +882,7 @@ fn two_step_recipe() -> LoginRecipe {
     }
 }
 
-/// One of the hard login forms: its pages, the server that receives the report and
-/// the recipe.
+/// One of the four hard login forms.
 enum HardForm {
     Delayed,
     TwoStep,
@@ -892,7 +891,7 @@ enum HardForm {
 }
 
 /// Launches a fresh agent and Chromium for `form` as many times as
-/// [`hard_login_launches`] says, and runs the auto-login once in each. Each launch must
+/// [`hard_login_launches`] returns, and runs the auto-login once in each. Each launch must
 /// either sign in with the exact password, or fail within the recipe's time limit with
 /// a reason and an audit event that name the failed step, one attempt only, and no
 /// report of any other value than the whole password.
@@ -1003,7 +1002,7 @@ async fn hard_form_checking_key_events_repeatedly() {
     launch_hard_form_repeatedly(HardForm::KeyChecked).await;
 }
 
-/// Returns a signed-in page whose "Sign out" button tells the server about the logout.
+/// Returns a signed-in page whose "Sign out" button reports the logout to the server.
 fn signed_in_page() -> String {
     r#"<html><body>
 <p>Statement</p><button id="logout" type="button">Sign out</button>
