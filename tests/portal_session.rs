@@ -861,8 +861,42 @@ async fn browser_signs_in_launches_and_sees_the_workspace() {
     stack.stop().await;
 }
 
+/// Sends every tracing event of this test process at debug level and above to `file`,
+/// as `RUST_LOG=debug strongroom serve 2>FILE` would. The broker and the launcher run
+/// in the test process, so their logs are captured.
+fn capture_debug_log(file: std::fs::File) {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .init();
+}
+
+/// Returns the files under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if std::fs::read(&path)
+                .unwrap_or_default()
+                .windows(needle.len())
+                .any(|window| window == needle)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marker_password_stays_out_of_container() {
+    let debug_log = tempfile::NamedTempFile::new().unwrap();
+    capture_debug_log(debug_log.reopen().unwrap());
     let stack = Stack::start().await;
     let db = stack.broker().state.db.clone();
     let person = sign_in(&stack).await;
@@ -968,6 +1002,16 @@ selector = "#user"
         !process_text.contains(&marker),
         "the marker is in a process environment or command line"
     );
+    let container_log = std::process::Command::new("docker")
+        .args(["logs", &container])
+        .output()
+        .unwrap();
+    assert!(container_log.status.success());
+    assert!(
+        !String::from_utf8_lossy(&container_log.stdout).contains(&marker)
+            && !String::from_utf8_lossy(&container_log.stderr).contains(&marker),
+        "the marker is in the workspace container's log"
+    );
 
     // The audit trail, the portal pages and the failure count.
     let audit_text: String = audit_log
@@ -998,6 +1042,130 @@ selector = "#user"
         .await
         .unwrap();
     assert_eq!(locked, Ok(()), "one failure must not lock the credential");
+
+    // The broker's debug log, and every file of the data directory once the recording
+    // is sealed: the database with the recording's metadata, and the recording store.
+    let data_dir = stack.stop().await;
+    let log = std::fs::read_to_string(debug_log.path()).unwrap();
+    assert!(
+        log.contains(" DEBUG ") && log.contains("Auto-login step finished"),
+        "the debug log was not captured: {} bytes",
+        log.len()
+    );
+    assert!(!log.contains(&marker), "the marker is in the broker's debug log");
+    let recordings = std::fs::read_dir(data_dir.path().join("recordings"))
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert!(recordings > 0, "no recording was stored");
+    assert_eq!(
+        files_containing(data_dir.path(), marker.as_bytes()),
+        Vec::<std::path::PathBuf>::new(),
+        "the marker is in these files of the data directory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_end_runs_logout_recipe() {
+    let debug_log = tempfile::NamedTempFile::new().unwrap();
+    capture_debug_log(debug_log.reopen().unwrap());
+    let stack = Stack::start().await;
+    let db = stack.broker().state.db.clone();
+    let person = sign_in(&stack).await;
+    // The logout button never appears (bank.invalid does not resolve), so the agent's
+    // step times out after 2 s and reports that before the workspace is removed.
+    let path = stack.dir.path().join("logout-site.toml");
+    std::fs::write(
+        &path,
+        r##"
+[[site]]
+name = "demo"
+display_name = "Demo Bank"
+start_url = "https://bank.invalid/login"
+allowed_hosts = ["bank.invalid"]
+recording_retention_days = 30
+
+[site.login]
+credential_origins = ["https://bank.invalid"]
+
+[[site.login.steps]]
+action = "wait_for"
+selector = "#user"
+timeout_secs = 2
+
+[[site.login.logout_steps]]
+action = "click"
+selector = "#logout"
+timeout_secs = 2
+"##,
+    )
+    .unwrap();
+    broker::sites::import_file(&db, &path).await.unwrap();
+    let key = broker::secrets::CredentialKey::load_or_create(stack.dir.path()).unwrap();
+    let store = broker::secrets::LocalStore::new(
+        db.clone(),
+        Arc::new(key),
+        Arc::new(broker::clock::SystemClock),
+    );
+    let reference = broker::secrets::CredentialRef::shared("demo").unwrap();
+    let credentials =
+        broker::secrets::BankCredentials::new(&reference, "alice".into(), "Mk-unused".into(), None)
+            .unwrap();
+    store
+        .save(&reference, &credentials, "system:test")
+        .await
+        .unwrap();
+    let (session_id, _) = launch(&stack, &person).await;
+    let audit_log = broker::audit::AuditLog::new(db.clone(), Arc::new(broker::clock::SystemClock));
+    let finished = |events: &[broker::audit::StoredEvent]| -> Vec<usize> {
+        events
+            .iter()
+            .enumerate()
+            .filter(|(_, event)| event.action == "credential.auto_login.finished")
+            .map(|(index, _)| index)
+            .collect()
+    };
+    // The login fails after 2 s and leaves the session to the person.
+    wait_for(Duration::from_secs(90), || async {
+        let events = audit_log.list(0, 100_000).await.unwrap();
+        (!finished(&events).is_empty()).then_some(())
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let ended = person
+        .client
+        .post(format!("{}/sessions/{session_id}/end", stack.base))
+        .header("origin", &stack.base)
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+
+    assert!(ended.status().is_success() || ended.status().is_redirection(), "{}", ended.status());
+    assert!(
+        elapsed < broker::sites::logout::MAX_LOGOUT_WAIT + Duration::from_secs(30),
+        "ending took {elapsed:?}"
+    );
+    let events = audit_log.list(0, 100_000).await.unwrap();
+    let results = finished(&events);
+    let log = std::fs::read_to_string(debug_log.path()).unwrap();
+    let log: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("logout recipe") || line.contains("Auto-login"))
+        .collect();
+    assert_eq!(results.len(), 2, "the workspace reported no logout result; log:\n{}", log.join("\n"));
+    let logout = results[1];
+    let end = events
+        .iter()
+        .position(|event| event.action == "session.ended")
+        .expect("the session did not end");
+    assert!(logout < end, "the logout result came after the end");
+    assert_eq!(events[logout].outcome, "failure");
+    assert!(
+        events[logout].details.contains("step 0") && events[logout].details.contains("timed out"),
+        "{}",
+        events[logout].details
+    );
 
     stack.stop().await;
 }

@@ -96,9 +96,13 @@ pub enum SiteCommand {
     Import {
         file: PathBuf,
         /// The admin (username or id) requesting the changes; required under dual
-        /// control.
+        /// control. The admin confirms with their password and TOTP code.
         #[arg(long)]
         admin: Option<String>,
+        /// File with the admin's password and current TOTP code on two lines, readable
+        /// only by its owner; without it both lines are read from standard input.
+        #[arg(long, requires = "admin")]
+        confirm_file: Option<PathBuf>,
     },
     /// List site changes waiting for a second admin.
     Pending,
@@ -106,14 +110,23 @@ pub enum SiteCommand {
     Approve {
         id: uuid::Uuid,
         /// The approving admin (username or id); not the one who requested the change.
+        /// The admin confirms with their password and TOTP code.
         #[arg(long)]
         admin: String,
+        /// File with the admin's password and current TOTP code on two lines, readable
+        /// only by its owner; without it both lines are read from standard input.
+        #[arg(long)]
+        confirm_file: Option<PathBuf>,
     },
     /// Discard a pending site change as the second admin.
     Reject {
         id: uuid::Uuid,
+        /// The rejecting admin (username or id), who confirms as for `approve`.
         #[arg(long)]
         admin: String,
+        /// As for `approve`.
+        #[arg(long)]
+        confirm_file: Option<PathBuf>,
     },
     /// Allow a person (username or id) to open a site.
     Grant { user: String, site: String },
@@ -329,8 +342,20 @@ async fn site(config: &Config, db: &Database, command: SiteCommand) -> i32 {
         crate::audit::AuditLog::new(db.clone(), std::sync::Arc::new(crate::clock::SystemClock));
     let actor = crate::audit::Actor::System("cli");
     match command {
-        SiteCommand::Import { file, admin } => {
-            let options = match crate::sites::cli::import_options(config, db, admin.as_deref()).await {
+        SiteCommand::Import {
+            file,
+            admin,
+            confirm_file,
+        } => {
+            let options = match crate::sites::cli::import_options(
+                config,
+                db,
+                &audit,
+                admin.as_deref(),
+                confirm_file.as_deref(),
+            )
+            .await
+            {
                 Ok(options) => options,
                 Err(error) => {
                     eprintln!("error: {error:#}");
@@ -362,11 +387,31 @@ async fn site(config: &Config, db: &Database, command: SiteCommand) -> i32 {
             }
         }
         SiteCommand::Pending => crate::sites::cli::pending(db).await,
-        SiteCommand::Approve { id, admin } => {
-            crate::sites::cli::decide(db, &audit, id, &admin, true).await
+        SiteCommand::Approve {
+            id,
+            admin,
+            confirm_file,
+        } => {
+            let request = crate::sites::cli::DecisionRequest {
+                id,
+                admin: &admin,
+                confirm_file: confirm_file.as_deref(),
+                approve: true,
+            };
+            crate::sites::cli::decide(config, db, &audit, request).await
         }
-        SiteCommand::Reject { id, admin } => {
-            crate::sites::cli::decide(db, &audit, id, &admin, false).await
+        SiteCommand::Reject {
+            id,
+            admin,
+            confirm_file,
+        } => {
+            let request = crate::sites::cli::DecisionRequest {
+                id,
+                admin: &admin,
+                confirm_file: confirm_file.as_deref(),
+                approve: false,
+            };
+            crate::sites::cli::decide(config, db, &audit, request).await
         }
         SiteCommand::List => match crate::sites::list(db).await {
             Ok(sites) => {

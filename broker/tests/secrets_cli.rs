@@ -300,3 +300,174 @@ async fn dual_control_import_needs_admin() {
     );
     assert!(String::from_utf8_lossy(&list.stdout).is_empty());
 }
+
+const ADMIN_PASSWORD: &str = "a long admin passphrase";
+
+/// Creates the admin `username` with a password and an enrolled TOTP secret, and
+/// returns the secret.
+async fn add_admin(dir: &Path, db: &Database, username: &str) -> broker::auth::totp::TotpSecret {
+    use broker::auth::{Role, secret_key::TotpKey, totp::TotpSecret, users};
+
+    let key = TotpKey::load_or_create(&dir.join("data")).unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    let secret = TotpSecret::generate();
+    let sealed = key.seal(&id, secret.as_bytes()).unwrap();
+    let hash = broker::auth::password::hash(ADMIN_PASSWORD).unwrap();
+    let roles = std::collections::BTreeSet::from([Role::Admin]);
+    let user = users::NewLocalUser {
+        id: &id,
+        username,
+        display_name: username,
+        password_hash: &hash,
+        sealed_totp: Some(&sealed),
+        roles: &roles,
+    };
+    users::create_local(db, user, chrono::Utc::now().timestamp_millis())
+        .await
+        .unwrap();
+    secret
+}
+
+fn current_code(secret: &broker::auth::totp::TotpSecret) -> String {
+    secret.code_at(chrono::Utc::now().timestamp() as u64)
+}
+
+/// Returns the `auth.mfa.challenge` events of the command line, as outcome and details.
+async fn cli_challenges(db: &Database) -> Vec<(String, String)> {
+    let audit = broker::audit::AuditLog::new(db.clone(), Arc::new(SystemClock));
+    audit
+        .list(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.action == "auth.mfa.challenge" && event.details.contains("\"cli\""))
+        .map(|event| (event.outcome, event.details))
+        .collect()
+}
+
+#[tokio::test]
+async fn site_change_needs_confirmed_admins() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[sites]\ndual_control = true\n");
+    // Any command creates the data directory and runs the migrations.
+    assert!(strongroom(&config, &["site", "list"], "").status.success());
+    let db = open_database(dir.path()).await;
+    let alice = add_admin(dir.path(), &db, "alice").await;
+    let bob = add_admin(dir.path(), &db, "bob").await;
+    let file = dir.path().join("sites.toml");
+    std::fs::write(
+        &file,
+        "[[site]]\nname = \"demo-bank\"\ndisplay_name = \"Demo Bank\"\nstart_url = \"https://www.demo-bank.example/\"\nallowed_hosts = [\"www.demo-bank.example\"]\nrecording_retention_days = 30\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+
+    // A name without the admin's password and code changes nothing.
+    let unconfirmed = strongroom(&config, &["site", "import", file, "--admin", "alice"], "");
+    assert_eq!(unconfirmed.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unconfirmed.stderr).contains("password line is missing"),
+        "{}",
+        String::from_utf8_lossy(&unconfirmed.stderr)
+    );
+    let wrong_password = strongroom(
+        &config,
+        &["site", "import", file, "--admin", "alice"],
+        &format!("not the password\n{}\n", current_code(&alice)),
+    );
+    assert_eq!(wrong_password.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&wrong_password.stderr).contains("is wrong; nothing was changed"),
+        "{}",
+        String::from_utf8_lossy(&wrong_password.stderr)
+    );
+    let pending = strongroom(&config, &["site", "pending"], "");
+    assert!(String::from_utf8_lossy(&pending.stdout).is_empty());
+
+    // Alice requests the change with her password and code on standard input.
+    let import = strongroom(
+        &config,
+        &["site", "import", file, "--admin", "alice"],
+        &format!("{ADMIN_PASSWORD}\n{}\n", current_code(&alice)),
+    );
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let pending = strongroom(&config, &["site", "pending"], "");
+    let pending = String::from_utf8_lossy(&pending.stdout);
+    let change_id = pending.split('\t').next().unwrap().trim().to_owned();
+    assert!(pending.contains("demo-bank"), "{pending}");
+
+    // Bob's wrong code is refused; a confirmation file others can read is refused.
+    let wrong_code = strongroom(
+        &config,
+        &["site", "approve", &change_id, "--admin", "bob"],
+        &format!("{ADMIN_PASSWORD}\n000000\n"),
+    );
+    assert_eq!(wrong_code.status.code(), Some(2));
+    let confirm_file = dir.path().join("bob-confirm");
+    std::fs::write(&confirm_file, format!("{ADMIN_PASSWORD}\n{}\n", current_code(&bob))).unwrap();
+    std::fs::set_permissions(&confirm_file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .unwrap();
+    let confirm = confirm_file.to_str().unwrap();
+    let readable = strongroom(
+        &config,
+        &["site", "approve", &change_id, "--admin", "bob", "--confirm-file", confirm],
+        "",
+    );
+    assert_eq!(readable.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&readable.stderr).contains("chmod 600"),
+        "{}",
+        String::from_utf8_lossy(&readable.stderr)
+    );
+    let list = strongroom(&config, &["site", "list"], "");
+    assert!(String::from_utf8_lossy(&list.stdout).is_empty());
+
+    // Bob approves with his confirmation file.
+    std::fs::set_permissions(&confirm_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
+    let approve = strongroom(
+        &config,
+        &["site", "approve", &change_id, "--admin", "bob", "--confirm-file", confirm],
+        "",
+    );
+    assert!(
+        approve.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approve.stderr)
+    );
+    let list = strongroom(&config, &["site", "list"], "");
+    assert!(String::from_utf8_lossy(&list.stdout).contains("demo-bank"));
+
+    // The same code cannot confirm a second time.
+    let replayed = strongroom(
+        &config,
+        &["site", "reject", &change_id, "--admin", "bob", "--confirm-file", confirm],
+        "",
+    );
+    assert_eq!(replayed.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&replayed.stderr).contains("is wrong"),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+
+    let challenges = cli_challenges(&db).await;
+    let outcomes: Vec<&str> = challenges.iter().map(|(outcome, _)| outcome.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["failure", "success", "failure", "success", "failure"],
+        "{challenges:?}"
+    );
+    for (reason, (_, details)) in ["wrong_password", "", "wrong_code", "", "replayed_code"]
+        .iter()
+        .zip(&challenges)
+    {
+        assert!(details.contains(reason), "{details}");
+        assert!(details.contains("\"os_uid\""), "{details}");
+    }
+    std::fs::remove_file(&confirm_file).unwrap();
+}

@@ -197,6 +197,33 @@ impl SessionService {
         }
     }
 
+    /// Runs the site's logout recipe in the session's workspace while its stream is
+    /// still live, for at most [`crate::sites::logout::MAX_LOGOUT_WAIT`]. A failed or
+    /// slow logout is logged and the end goes on.
+    async fn run_logout(&self, session_id: Uuid, site: &str) {
+        let Some(stream) = self.inner.streams.get().and_then(|hub| hub.get(session_id)) else {
+            return;
+        };
+        let recipe = match crate::sites::get(&self.deps().db, site).await {
+            Ok(Some(site)) => site.definition.login.logout_recipe.clone(),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(session.id = %session_id, error = format!("{error:#}"), "Cannot read the site's logout recipe; ending without it");
+                None
+            }
+        };
+        let Some(recipe) = recipe else {
+            return;
+        };
+        let limit = crate::sites::logout::MAX_LOGOUT_WAIT;
+        match crate::sites::logout::run(&stream, &recipe, limit).await {
+            Ok(()) => tracing::info!(session.id = %session_id, "Site logout recipe finished"),
+            Err(reason) => {
+                tracing::warn!(session.id = %session_id, reason = reason.as_str(), "Site logout recipe did not finish; ending anyway")
+            }
+        }
+    }
+
     /// Removes an ending session's workspace and frees its slot. The launcher is asked
     /// to end it only when it may have created something.
     pub(super) async fn complete_end(
@@ -216,6 +243,7 @@ impl SessionService {
             .clone()
             .unwrap_or_else(|| "unknown".to_owned());
 
+        self.run_logout(session_id, &record.site).await;
         self.stop_stream(
             session_id,
             &describe_code(&reason, record.end_detail.as_deref()),

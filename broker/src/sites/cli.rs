@@ -1,36 +1,30 @@
 //! The dual-control parts of `strongroom site`: import options, `pending`, `approve`
 //! and `reject`.
 
+use std::path::Path;
+
 use anyhow::bail;
 use uuid::Uuid;
 
 use super::ImportOptions;
+use super::confirm::confirm_admin;
 use super::dual_control::{self, DecisionError};
 use crate::audit::AuditLog;
-use crate::auth::Role;
 use crate::config::Config;
 use crate::db::Database;
 
-/// Returns the user id of `name`, which must be an admin account.
-pub async fn admin_id(db: &Database, name: &str) -> anyhow::Result<String> {
-    let Some(person) = crate::auth::users::find(db, name).await? else {
-        bail!("no account named {name:?}; list them with `strongroom user list`");
-    };
-    if !person.roles.contains(&Role::Admin) {
-        bail!("{name:?} is not an admin; only admins request or approve site changes");
-    }
-    Ok(person.id)
-}
-
-/// Builds the import options: under dual control the importing admin is required.
+/// Builds the import options: under dual control the importing admin is required, and
+/// a named admin confirms with their password and TOTP code.
 pub async fn import_options(
     config: &Config,
     db: &Database,
+    audit: &AuditLog,
     admin: Option<&str>,
+    confirm_file: Option<&Path>,
 ) -> anyhow::Result<ImportOptions> {
     let hold = dual_control::is_required(db, config.sites.dual_control).await?;
     let requested_by = match admin {
-        Some(name) => admin_id(db, name).await?,
+        Some(name) => confirm_admin(config, db, audit, name, confirm_file).await?,
         None if hold => bail!(
             "dual control is on (sites.dual_control, or at least two admins): name the requesting admin with --admin NAME"
         ),
@@ -67,9 +61,30 @@ pub async fn pending(db: &Database) -> i32 {
     }
 }
 
-/// Approves or rejects a pending change as `admin`.
-pub async fn decide(db: &Database, audit: &AuditLog, id: Uuid, admin: &str, approve: bool) -> i32 {
-    let admin_id = match admin_id(db, admin).await {
+/// A site change decision: the change, the deciding admin's name and the file with
+/// their confirmation (standard input when `None`).
+pub struct DecisionRequest<'a> {
+    pub id: Uuid,
+    pub admin: &'a str,
+    pub confirm_file: Option<&'a Path>,
+    pub approve: bool,
+}
+
+/// Approves or rejects a pending change as the admin, once they confirmed with their
+/// password and TOTP code.
+pub async fn decide(
+    config: &Config,
+    db: &Database,
+    audit: &AuditLog,
+    request: DecisionRequest<'_>,
+) -> i32 {
+    let DecisionRequest {
+        id,
+        admin,
+        confirm_file,
+        approve,
+    } = request;
+    let admin_id = match confirm_admin(config, db, audit, admin, confirm_file).await {
         Ok(id) => id,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -7,10 +7,10 @@
 //! `site_changes` as pending. A second admin, not the requester, approves it, which
 //! applies it, or rejects it. Both steps are audited as `admin.site.changed`.
 //!
-//! NOTE: admins are named on the command line (`--admin`), and the command checks that
-//! the account exists and holds the admin role. It cannot prove that the person at the
-//! terminal is that admin; anyone who runs `strongroom` as the service user can also
-//! edit the database directly.
+//! On the command line (`--admin NAME`) the named admin confirms with their password
+//! and TOTP code ([`super::confirm`]); in the admin console the signed-in admin decides.
+//! NOTE: anyone who runs `strongroom` as the service user can still edit the database
+//! directly; the audit chain then shows the change without its events.
 
 use anyhow::Context;
 use sqlx::Row;

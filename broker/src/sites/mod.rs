@@ -16,9 +16,11 @@
 //! the configured secret store, keyed on the site name.
 
 pub mod cli;
+pub mod confirm;
 pub mod dual_control;
 mod import;
 mod login;
+pub mod logout;
 mod store;
 
 use std::fmt;

@@ -1,11 +1,17 @@
 //! Auto-login: runs a recipe's steps over CDP and types credentials.
 //!
 //! Before any step runs, the agent starts a placeholder (no screen frames are sent) and
-//! releases the viewer's held keys; person input is ignored while it lasts. Credentials
-//! are typed with `DOM.focus` and one key down and key up per character, and only after the main frame's
-//! security origin is found in the credential's allowed list. The placeholder ends once
-//! the success condition holds and the page has painted again, or after a failure once
-//! the filled fields are cleared.
+//! releases the viewer's held keys; person input is ignored while it lasts. A step's
+//! selector is looked up in the main frame first, then in each out-of-process frame
+//! (a cross-site `<iframe>`) in the order Chromium attached them. Credentials are typed
+//! with `DOM.focus` and one key down and key up per character, and only after the
+//! security origin of the frame that contains the field is found in the credential's
+//! allowed list. The placeholder ends once the success condition holds and the page has
+//! painted again, or after a failure once the filled fields are cleared.
+//!
+//! NOTE: a cross-origin frame that Chromium keeps in the page's process (same site,
+//! another port or subdomain) is not searched, so a step whose element is only there
+//! times out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +63,7 @@ pub async fn run(page: Page, hub: Arc<Hub>, login: AutoLogin, release_input: imp
 
     hub.start_placeholder(login_id);
     release_input();
-    let mut filled: Vec<String> = Vec::new();
+    let mut filled: Vec<Element> = Vec::new();
     let mut failure = None;
 
     for (index, step) in login.steps.iter().enumerate() {
@@ -67,22 +73,23 @@ pub async fn run(page: Page, hub: Arc<Hub>, login: AutoLogin, release_input: imp
                 Err(_) => Err(StepError::TimedOut),
                 Ok(result) => result,
             };
+        let name = format!("step {index} ({})", describe(step));
         let (outcome, reason) = match outcome {
             Ok(()) => (StepOutcome::Ok, None),
             Err(StepError::TimedOut) => (
                 StepOutcome::TimedOut,
-                Some(format!("step {index} timed out after {timeout:?}")),
+                Some(format!("{name} timed out after {timeout:?}")),
             ),
             Err(StepError::OriginRejected(origin)) => {
                 let reason =
-                    format!("step {index}: origin {origin} is not allowed for this credential");
+                    format!("{name}: origin {origin} is not allowed for this credential");
                 (StepOutcome::OriginRejected { origin }, Some(reason))
             }
             Err(StepError::Failed(reason)) => (
                 StepOutcome::Failed {
                     reason: reason.clone(),
                 },
-                Some(format!("step {index} failed: {reason}")),
+                Some(format!("{name} failed: {reason}")),
             ),
         };
         tracing::info!(login_id, step = index, ?outcome, "Auto-login step finished");
@@ -101,7 +108,7 @@ pub async fn run(page: Page, hub: Arc<Hub>, login: AutoLogin, release_input: imp
     if let Err(error) = clear_fields(&page, &filled).await {
         tracing::warn!(login_id, error = %format!("{error:#}"), "Clearing filled fields failed");
     }
-    if let Err(error) = wait_for_paint(&page).await {
+    if let Err(error) = wait_for_paint(&page, &page.session_id).await {
         tracing::warn!(login_id, error = %format!("{error:#}"), "Waiting for a repaint failed");
     }
     hub.end_placeholder(login_id);
@@ -110,6 +117,19 @@ pub async fn run(page: Page, hub: Arc<Hub>, login: AutoLogin, release_input: imp
         success: failure.is_none(),
         reason: failure,
     });
+}
+
+/// Names a step for the failure reason, which reaches the audit trail: its kind, the
+/// field it types and its selector.
+fn describe(step: &LoginStep) -> String {
+    match step {
+        LoginStep::WaitForSelector { selector, .. } => format!("wait for {selector}"),
+        LoginStep::Fill {
+            selector, field, ..
+        } => format!("type the {} into {selector}", field_name(*field)),
+        LoginStep::Click { selector, .. } => format!("click {selector}"),
+        LoginStep::WaitForSuccess { .. } => "wait for the signed-in page".to_owned(),
+    }
 }
 
 fn field_name(field: CredentialField) -> &'static str {
@@ -124,7 +144,7 @@ async fn run_step(
     page: &Page,
     login: &AutoLogin,
     step: &LoginStep,
-    filled: &mut Vec<String>,
+    filled: &mut Vec<Element>,
 ) -> Result<(), StepError> {
     match step {
         LoginStep::WaitForSelector { selector, .. } => {
@@ -132,16 +152,15 @@ async fn run_step(
             Ok(())
         }
         LoginStep::Click { selector, .. } => {
-            let object_id = wait_for_element(page, selector).await?;
-            click(page, &object_id).await?;
+            let element = wait_for_element(page, selector).await?;
+            click(page, &element).await?;
             Ok(())
         }
         LoginStep::Fill {
             selector, field, ..
         } => {
-            let object_id = wait_for_element(page, selector).await?;
-            fill(page, login, *field, &object_id).await?;
-            filled.push(object_id);
+            let element = wait_for_element(page, selector).await?;
+            fill(page, login, *field, &element, filled).await?;
             Ok(())
         }
         LoginStep::WaitForSuccess {
@@ -165,29 +184,54 @@ async fn run_step(
     }
 }
 
-/// Returns the remote object id of the first element matching `selector` in the main
-/// frame, or None.
-async fn find_element(page: &Page, selector: &str) -> anyhow::Result<Option<String>> {
-    let literal = serde_json::to_string(selector).context("encoding the selector")?;
-    let result = page
-        .call(
-            "Runtime.evaluate",
-            json!({ "expression": format!("document.querySelector({literal})") }),
-        )
-        .await?;
-    if let Some(exception) = result.get("exceptionDetails") {
-        bail!(
-            "invalid selector {selector}: {}",
-            exception["text"].as_str().unwrap_or("exception")
-        );
-    }
-    Ok(result["result"]["objectId"].as_str().map(str::to_owned))
+/// An element of the page: the CDP session of the frame whose document holds it, and
+/// its remote object id in that session.
+#[derive(Clone)]
+struct Element {
+    session_id: String,
+    object_id: String,
 }
 
-async fn wait_for_element(page: &Page, selector: &str) -> Result<String, StepError> {
+/// Returns the first element matching `selector`, searching the main frame and then
+/// each out-of-process frame, or None.
+async fn find_element(page: &Page, selector: &str) -> anyhow::Result<Option<Element>> {
+    let literal = serde_json::to_string(selector).context("encoding the selector")?;
+    let expression = format!("document.querySelector({literal})");
+    let sessions = std::iter::once(page.session_id.clone()).chain(
+        page.child_frames()
+            .into_iter()
+            .map(|frame| frame.session_id),
+    );
+    for (index, session_id) in sessions.enumerate() {
+        let result = match page
+            .call_in(&session_id, "Runtime.evaluate", json!({ "expression": expression }))
+            .await
+        {
+            Ok(result) => result,
+            Err(error) if index == 0 => return Err(error),
+            // A frame that detached since the list was read has no element.
+            Err(_) => continue,
+        };
+        if let Some(exception) = result.get("exceptionDetails") {
+            bail!(
+                "invalid selector {selector}: {}",
+                exception["text"].as_str().unwrap_or("exception")
+            );
+        }
+        if let Some(object_id) = result["result"]["objectId"].as_str() {
+            return Ok(Some(Element {
+                session_id,
+                object_id: object_id.to_owned(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+async fn wait_for_element(page: &Page, selector: &str) -> Result<Element, StepError> {
     loop {
         match find_element(page, selector).await {
-            Ok(Some(object_id)) => return Ok(object_id),
+            Ok(Some(element)) => return Ok(element),
             Ok(None) => {}
             // Navigation destroys the execution context; try again.
             Err(error) if error.to_string().contains("invalid selector") => {
@@ -199,11 +243,12 @@ async fn wait_for_element(page: &Page, selector: &str) -> Result<String, StepErr
     }
 }
 
-async fn call_on(page: &Page, object_id: &str, function: &str) -> anyhow::Result<Value> {
+async fn call_on(page: &Page, element: &Element, function: &str) -> anyhow::Result<Value> {
     let result = page
-        .call(
+        .call_in(
+            &element.session_id,
             "Runtime.callFunctionOn",
-            json!({ "objectId": object_id, "functionDeclaration": function, "returnByValue": true }),
+            json!({ "objectId": element.object_id, "functionDeclaration": function, "returnByValue": true }),
         )
         .await?;
     if let Some(exception) = result.get("exceptionDetails") {
@@ -215,12 +260,15 @@ async fn call_on(page: &Page, object_id: &str, function: &str) -> anyhow::Result
     Ok(result["result"]["value"].clone())
 }
 
+/// Checks that the frame holding `element` has an origin the credential may be typed
+/// into. Only that frame's origin counts: the page around it may be another origin.
 async fn check_origin(
     page: &Page,
     login: &AutoLogin,
     field: CredentialField,
+    element: &Element,
 ) -> Result<(), StepError> {
-    let origin = page.main_frame_origin().await?;
+    let origin = page.frame_origin(&element.session_id).await?;
     if login
         .allowed_origins
         .get(field)
@@ -280,37 +328,43 @@ async fn fill(
     page: &Page,
     login: &AutoLogin,
     field: CredentialField,
-    object_id: &str,
+    element: &Element,
+    filled: &mut Vec<Element>,
 ) -> Result<(), StepError> {
     let value = login
         .credentials
         .get(field)
         .ok_or_else(|| StepError::Failed(format!("no {} was provided", field_name(field))))?;
-    check_origin(page, login, field).await?;
+    check_origin(page, login, field, element).await?;
     // Key events sent to a new document before its first paint were lost in some
     // test runs on a busy host.
-    wait_for_paint(page)
+    wait_for_paint(page, &element.session_id)
         .await
         .context("waiting for the page to paint")?;
 
-    page.call("DOM.focus", json!({ "objectId": object_id }))
-        .await
-        .context("focusing the field")?;
+    page.call_in(
+        &element.session_id,
+        "DOM.focus",
+        json!({ "objectId": element.object_id }),
+    )
+    .await
+    .context("focusing the field")?;
     // Select any existing value so the typed text replaces it.
     call_on(
         page,
-        object_id,
+        element,
         "function() { if (this.select) this.select(); }",
     )
     .await?;
 
     // The page may have navigated since the first check: check the origin and the focus
-    // again right before typing.
-    check_origin(page, login, field).await?;
+    // again right before typing. Key events go to the focused frame, so the field's
+    // frame must have the focus as well as the field within it.
+    check_origin(page, login, field, element).await?;
     let focused = call_on(
         page,
-        object_id,
-        "function() { return this.isConnected && document.activeElement === this; }",
+        element,
+        "function() { return this.isConnected && document.hasFocus() && document.activeElement === this; }",
     )
     .await?;
     if focused != Value::Bool(true) {
@@ -318,13 +372,16 @@ async fn fill(
             "the field lost focus before typing".into(),
         ));
     }
+    // Recorded before the first key, so a field that a failed or timed-out step left
+    // partly typed is cleared too. A field of a rejected origin is left alone.
+    filled.push(element.clone());
     type_text(page, value.expose())
         .await
         .context("typing into the field")?;
 
     // Compare lengths only, so the value does not travel back.
     let expected = value.expose().encode_utf16().count();
-    let length = call_on(page, object_id, "function() { return this.value.length; }").await?;
+    let length = call_on(page, element, "function() { return this.value.length; }").await?;
     if length.as_u64() != Some(expected as u64) {
         return Err(StepError::Failed(format!(
             "the field contains {length} characters after typing, expected {expected}; the page may limit or filter the input"
@@ -348,13 +405,19 @@ const HIT_TEST: &str = "function() { \
 /// Clicks the centre of the element once it can receive the click. The element must be
 /// laid out and uncovered both before and after the page paints, so a click sent
 /// right after a page load is not lost. Otherwise waits until the step's timeout.
-async fn click(page: &Page, object_id: &str) -> anyhow::Result<()> {
+/// An element inside an out-of-process frame is hit-tested within its frame, and the
+/// frame's offset in the page moves the click to page coordinates.
+///
+/// NOTE: the hit test does not see the page around a frame, so an element of the
+/// outer page that covers the frame receives the click.
+async fn click(page: &Page, element: &Element) -> anyhow::Result<()> {
     let (x, y) = loop {
-        if call_on(page, object_id, HIT_TEST).await?.is_array() {
-            wait_for_paint(page).await?;
-            let center = call_on(page, object_id, HIT_TEST).await?;
+        if call_on(page, element, HIT_TEST).await?.is_array() {
+            wait_for_paint(page, &element.session_id).await?;
+            let center = call_on(page, element, HIT_TEST).await?;
             if let (Some(x), Some(y)) = (center[0].as_f64(), center[1].as_f64()) {
-                break (x, y);
+                let (left, top) = page.frame_offset(&element.session_id).await?;
+                break (x + left, y + top);
             }
         }
         tokio::time::sleep(POLL_INTERVAL).await;
@@ -370,11 +433,11 @@ async fn click(page: &Page, object_id: &str) -> anyhow::Result<()> {
 }
 
 /// Empties fields that still exist; fields of a page that navigated away are gone.
-async fn clear_fields(page: &Page, object_ids: &[String]) -> anyhow::Result<()> {
-    for object_id in object_ids {
+async fn clear_fields(page: &Page, elements: &[Element]) -> anyhow::Result<()> {
+    for element in elements {
         let _ = call_on(
             page,
-            object_id,
+            element,
             "function() { if (this.isConnected && 'value' in this) { this.value = ''; \
              this.dispatchEvent(new Event('input', {bubbles: true})); } }",
         )
@@ -383,16 +446,25 @@ async fn clear_fields(page: &Page, object_ids: &[String]) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Waits until the page has produced two animation frames, so the screen shows the
-/// current document.
-async fn wait_for_paint(page: &Page) -> anyhow::Result<()> {
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        page.evaluate(
-            "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))",
-        ),
-    )
-    .await
-    .context("timed out")??;
+/// Waits until the frame of session `session_id` has produced two animation frames, so
+/// the screen shows its current document.
+async fn wait_for_paint(page: &Page, session_id: &str) -> anyhow::Result<()> {
+    let painted = page.call_in(
+        session_id,
+        "Runtime.evaluate",
+        json!({
+            "expression": "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))",
+            "awaitPromise": true,
+        }),
+    );
+    let result = tokio::time::timeout(Duration::from_secs(5), painted)
+        .await
+        .context("timed out")??;
+    if let Some(exception) = result.get("exceptionDetails") {
+        bail!(
+            "script failed: {}",
+            exception["text"].as_str().unwrap_or("exception")
+        );
+    }
     Ok(())
 }

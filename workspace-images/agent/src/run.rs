@@ -317,8 +317,11 @@ async fn run_session(
         status = chromium.child.wait() => bail!("Chromium exited during start: {status:?}"),
     };
 
+    let frame_tracker = page.track_frames().await?;
+
     let tasks = tokio_util::task::TaskTracker::new();
     let stop_tasks = CancellationToken::new();
+    tasks.spawn(frame_tracker.run(stop_tasks.clone()));
     tasks.spawn(
         page.clone()
             .follow_navigations(hub.clone(), stop_tasks.clone()),
