@@ -195,7 +195,7 @@ where
 }
 
 fn session_containers(session_id: &str) -> usize {
-    let label = format!("label=io.strongroom.session={session_id}");
+    let label = format!("label=strongroom.session={session_id}");
     let output = Command::new("docker")
         .args(["ps", "-q", "--filter", &label])
         .output()

@@ -323,7 +323,7 @@ impl Stack {
         self.broker.take().unwrap().shutdown().await;
         self.launcher_stop.cancel();
         self.launcher.take().unwrap().await.unwrap().unwrap();
-        let label = format!("label=io.strongroom.instance={}", self.instance_id);
+        let label = format!("label=strongroom.broker={}", self.instance_id);
         assert_eq!(
             docker(&["ps", "-aq", "--filter", &label]),
             "",
@@ -340,7 +340,7 @@ impl Stack {
 impl Drop for Stack {
     /// Removes the instance's containers and networks when a test fails before `stop`.
     fn drop(&mut self) {
-        let label = format!("label=io.strongroom.instance={}", self.instance_id);
+        let label = format!("label=strongroom.broker={}", self.instance_id);
         for (list, remove) in [
             (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
             (

@@ -164,7 +164,7 @@ impl Stack {
 impl Drop for Stack {
     /// Removes the instance's containers and networks, also when a test fails.
     fn drop(&mut self) {
-        let label = format!("label=io.strongroom.instance={}", self.instance_id);
+        let label = format!("label=strongroom.broker={}", self.instance_id);
         for (list, remove) in [
             (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
             (

@@ -147,7 +147,7 @@ impl Drop for Stack {
     /// Removes the instance's containers and networks when a test fails before `stop`,
     /// so that a failure leaves nothing behind.
     fn drop(&mut self) {
-        let label = format!("label=io.strongroom.instance={}", self.instance_id);
+        let label = format!("label=strongroom.broker={}", self.instance_id);
         for (list, remove) in [
             (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
             (
@@ -192,7 +192,7 @@ where
 
 /// Counts the containers and networks labelled with this broker instance.
 async fn count_instance_objects(instance_id: &str) -> (usize, usize) {
-    let label = format!("label=io.strongroom.instance={instance_id}");
+    let label = format!("label=strongroom.broker={instance_id}");
     let count = |kind: &'static str| {
         let label = label.clone();
         async move {
@@ -962,7 +962,7 @@ selector = "#user"
     assert!(finished.details.contains("step 0"), "{}", finished.details);
 
     // The container's configuration and every process's environment and command line.
-    let label = format!("label=io.strongroom.instance={}", stack.instance_id);
+    let label = format!("label=strongroom.broker={}", stack.instance_id);
     let listed = std::process::Command::new("docker")
         .args(["ps", "-q", "--filter", &label])
         .output()

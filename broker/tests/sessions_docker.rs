@@ -804,3 +804,101 @@ async fn failed_launch_frees_the_slot() {
     assert_eq!(count_instance_objects(&harness.instance_id).await, (0, 0));
     harness.finish().await;
 }
+
+/// Gives the demo site a login recipe with one shared credential that only one live
+/// session may use at a time.
+async fn make_credential_exclusive(harness: &Harness) {
+    use broker::sites::{CredentialSourceKind, LoginRecipe, RecipeStep};
+
+    let mut site = broker::sites::get(&harness.database.db, SITE)
+        .await
+        .unwrap()
+        .unwrap()
+        .definition;
+    site.login.recipe = Some(LoginRecipe {
+        steps: vec![RecipeStep::WaitFor {
+            selector: "#user".to_owned(),
+            timeout_secs: Some(5),
+        }],
+    });
+    site.login.credential_source = CredentialSourceKind::Shared;
+    site.login.exclusive_use = true;
+    broker::sites::upsert(&harness.database.db, &site, 0)
+        .await
+        .unwrap();
+}
+
+async fn exclusive_credential_race(backend: TestBackend) {
+    let harness = Harness::new(Options {
+        backend,
+        ..Options::default()
+    })
+    .await;
+    harness.grant("alice").await;
+    harness.grant("bob").await;
+    make_credential_exclusive(&harness).await;
+    let service = &harness.service;
+    let counts = &harness.launcher().counts;
+    let (alice, bob) = (person("alice"), person("bob"));
+
+    let (first, second) = tokio::join!(
+        service.launch(&alice, SITE, None),
+        service.launch(&bob, SITE, None)
+    );
+
+    let (winner, winner_id, loser) = match (first, second) {
+        (Ok(launched), Err(error)) => (alice.clone(), launched.session.id, (bob.clone(), error)),
+        (Err(error), Ok(launched)) => (bob.clone(), launched.session.id, (alice.clone(), error)),
+        (first, second) => panic!(
+            "exactly one launch must win: {:?} / {:?}",
+            first.map(|launched| launched.session.id),
+            second.map(|launched| launched.session.id)
+        ),
+    };
+    let (loser, error) = loser;
+    assert!(
+        matches!(&error, LaunchError::CredentialUnavailable { message } if message.contains("in use")),
+        "{error}"
+    );
+    assert_eq!(counts.workspaces_created.load(Ordering::SeqCst), 1);
+    assert_eq!(counts.networks_created.load(Ordering::SeqCst), 1);
+    assert_eq!(count_instance_objects(&harness.instance_id).await, (1, 1));
+    assert_eq!(
+        harness.live_count(&loser.user_id).await,
+        0,
+        "the refused launch frees its slot"
+    );
+
+    // Ending the holder releases the credential; a launch that fails after its claim
+    // releases it too.
+    service.end_by(&winner, winner_id).await.unwrap();
+    counts.unknown_image_once.store(true, Ordering::SeqCst);
+    let error = service
+        .launch(&loser, SITE, None)
+        .await
+        .expect_err("the workspace image is missing");
+    assert!(
+        matches!(error, LaunchError::WorkspaceFailed { .. }),
+        "{error}"
+    );
+    assert_eq!(harness.live_count(&loser.user_id).await, 0);
+
+    let launched = service
+        .launch(&winner, SITE, None)
+        .await
+        .expect("the credential is free after the failed launch");
+    assert_eq!(counts.workspaces_created.load(Ordering::SeqCst), 3);
+    service.end_by(&winner, launched.session.id).await.unwrap();
+    assert_eq!(count_instance_objects(&harness.instance_id).await, (0, 0));
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exclusive_credential_admits_one_launch() {
+    exclusive_credential_race(TestBackend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exclusive_credential_admits_one_launch_on_postgres() {
+    exclusive_credential_race(TestBackend::Postgres).await;
+}

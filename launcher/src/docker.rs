@@ -73,6 +73,54 @@ impl DockerRuntime {
     pub fn client(&self) -> &Docker {
         &self.docker
     }
+
+    /// Lists containers in any state that carry the `label` filter value `KEY=VALUE`.
+    async fn list_containers(&self, label: &str) -> Result<Vec<OwnedContainer>, RuntimeError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(label_filter(label.to_owned())),
+            ..Default::default()
+        };
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(failed("list containers"))?;
+        Ok(summaries
+            .into_iter()
+            .map(|summary| OwnedContainer {
+                id: summary.id.unwrap_or_default(),
+                name: summary
+                    .names
+                    .and_then(|names| names.into_iter().next())
+                    .map(|name| name.trim_start_matches('/').to_owned())
+                    .unwrap_or_default(),
+                state: summary_state(summary.state, summary.status.as_deref()),
+                labels: summary.labels.unwrap_or_default().into_iter().collect(),
+            })
+            .collect())
+    }
+
+    /// Lists networks that carry the `label` filter value `KEY=VALUE`.
+    async fn list_networks(&self, label: &str) -> Result<Vec<OwnedNetwork>, RuntimeError> {
+        let options = ListNetworksOptions {
+            filters: Some(label_filter(label.to_owned())),
+        };
+        let networks = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(failed("list networks"))?;
+        Ok(networks
+            .into_iter()
+            .map(|network| OwnedNetwork {
+                subnet: network_subnets(network.ipam.as_ref()).into_iter().next(),
+                id: network.id.unwrap_or_default(),
+                name: network.name.unwrap_or_default(),
+                labels: network.labels.unwrap_or_default().into_iter().collect(),
+            })
+            .collect())
+    }
 }
 
 /// Replaces any `/vX.Y` prefix of the request path with `prefix`, or adds it.
@@ -152,11 +200,8 @@ fn to_hash_map(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
     labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn instance_filter(instance_id: &str) -> HashMap<String, Vec<String>> {
-    HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{}={instance_id}", labels::INSTANCE)],
-    )])
+fn label_filter(label: String) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_owned(), vec![label])])
 }
 
 /// Converts a byte count to the `i64` Docker expects, saturating.
@@ -394,47 +439,21 @@ impl Runtime for DockerRuntime {
     }
 
     async fn list_owned(&self, instance_id: &str) -> Result<OwnedObjects, RuntimeError> {
-        let container_options = ListContainersOptions {
-            all: true,
-            filters: Some(instance_filter(instance_id)),
-            ..Default::default()
-        };
-        let summaries = self
-            .docker
-            .list_containers(Some(container_options))
-            .await
-            .map_err(failed("list containers"))?;
-        let network_options = ListNetworksOptions {
-            filters: Some(instance_filter(instance_id)),
-        };
-        let networks = self
-            .docker
-            .list_networks(Some(network_options))
-            .await
-            .map_err(failed("list networks"))?;
-
-        let containers = summaries
-            .into_iter()
-            .map(|summary| OwnedContainer {
-                id: summary.id.unwrap_or_default(),
-                name: summary
-                    .names
-                    .and_then(|names| names.into_iter().next())
-                    .map(|name| name.trim_start_matches('/').to_owned())
-                    .unwrap_or_default(),
-                state: summary_state(summary.state, summary.status.as_deref()),
-                labels: summary.labels.unwrap_or_default().into_iter().collect(),
-            })
-            .collect();
-        let networks = networks
-            .into_iter()
-            .map(|network| OwnedNetwork {
-                subnet: network_subnets(network.ipam.as_ref()).into_iter().next(),
-                id: network.id.unwrap_or_default(),
-                name: network.name.unwrap_or_default(),
-                labels: network.labels.unwrap_or_default().into_iter().collect(),
-            })
-            .collect();
+        let mut containers: Vec<OwnedContainer> = Vec::new();
+        let mut networks: Vec<OwnedNetwork> = Vec::new();
+        // One listing per label form; an object carrying both appears in both.
+        for filter in labels::instance_filters(instance_id) {
+            for container in self.list_containers(&filter).await? {
+                if !containers.iter().any(|known| known.id == container.id) {
+                    containers.push(container);
+                }
+            }
+            for network in self.list_networks(&filter).await? {
+                if !networks.iter().any(|known| known.id == network.id) {
+                    networks.push(network);
+                }
+            }
+        }
         Ok(OwnedObjects {
             containers,
             networks,
@@ -485,7 +504,9 @@ impl Runtime for DockerRuntime {
         instance_id: &str,
         since: Option<SystemTime>,
     ) -> BoxStream<'static, Result<ExitEvent, RuntimeError>> {
-        let mut filters = instance_filter(instance_id);
+        // Only the current label form: an upgrade's restart ends every session of the
+        // previous process and removes the legacy-labelled workspaces.
+        let mut filters = label_filter(format!("{}={instance_id}", labels::INSTANCE));
         filters.insert("type".to_owned(), vec!["container".to_owned()]);
         filters.insert("event".to_owned(), vec!["die".to_owned()]);
         // The engine takes Unix seconds with an optional fraction.

@@ -605,9 +605,7 @@ impl Launcher {
 }
 
 fn session_label(labels: &BTreeMap<String, String>) -> Option<Uuid> {
-    labels
-        .get(labels::SESSION)
-        .and_then(|id| Uuid::parse_str(id).ok())
+    labels::session_of(labels)
 }
 
 /// Groups a listing into one entry per session; sessions with only a network are

@@ -54,13 +54,9 @@ pub fn plan(
     in_flight: &HashSet<Uuid>,
 ) -> Plan {
     let mine = |labels: &std::collections::BTreeMap<String, String>| {
-        labels.get(labels::INSTANCE).map(String::as_str) == Some(instance_id)
+        labels::instance_of(labels) == Some(instance_id)
     };
-    let session_of = |labels: &std::collections::BTreeMap<String, String>| {
-        labels
-            .get(labels::SESSION)
-            .and_then(|id| Uuid::parse_str(id).ok())
-    };
+    let session_of = labels::session_of;
 
     let mut removals = Vec::new();
     let mut network_removals = Vec::new();
@@ -234,6 +230,59 @@ mod tests {
         );
         let plan = plan(&objects, ME, &HashSet::new(), &HashSet::new());
         assert!(plan.actions.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn own_legacy_labelled_orphans_are_removed() {
+        let orphan = Uuid::new_v4();
+        let legacy = BTreeMap::from([
+            (labels::LEGACY_INSTANCE.to_owned(), ME.to_owned()),
+            (labels::LEGACY_SESSION.to_owned(), orphan.to_string()),
+        ]);
+        let theirs = BTreeMap::from([
+            (labels::LEGACY_INSTANCE.to_owned(), "other".to_owned()),
+            (labels::LEGACY_SESSION.to_owned(), Uuid::new_v4().to_string()),
+        ]);
+        let objects = OwnedObjects {
+            containers: vec![
+                OwnedContainer {
+                    id: "mine".to_owned(),
+                    name: "mine".to_owned(),
+                    labels: legacy.clone(),
+                    state: WorkloadState::Running,
+                },
+                OwnedContainer {
+                    id: "theirs".to_owned(),
+                    name: "theirs".to_owned(),
+                    labels: theirs,
+                    state: WorkloadState::Running,
+                },
+            ],
+            networks: vec![OwnedNetwork {
+                id: "mine-net".to_owned(),
+                name: "mine-net".to_owned(),
+                labels: legacy,
+                subnet: None,
+            }],
+        };
+
+        let plan = plan(&objects, ME, &HashSet::new(), &HashSet::new());
+
+        assert_eq!(
+            plan.actions,
+            vec![
+                Action::RemoveContainer {
+                    session_id: Some(orphan),
+                    id: "mine".to_owned(),
+                    name: "mine".to_owned(),
+                },
+                Action::RemoveNetwork {
+                    session_id: Some(orphan),
+                    id: "mine-net".to_owned(),
+                    name: "mine-net".to_owned(),
+                },
+            ]
+        );
     }
 
     #[test]

@@ -488,6 +488,154 @@ async fn reconcile_removes_only_own_orphans() {
     theirs.finish().await;
 }
 
+/// A container and network labelled the way launchers before the `strongroom.` prefix
+/// labelled them.
+struct LegacySession {
+    session_id: Uuid,
+    container: String,
+    network: String,
+}
+
+/// Creates a session network and a running container that carry only the legacy
+/// `io.strongroom.*` labels of `instance`.
+async fn create_legacy_session(instance: &TestInstance) -> LegacySession {
+    use bollard::models::{ContainerCreateBody, HostConfig};
+    use bollard::query_parameters::CreateContainerOptions;
+
+    let session_id = Uuid::new_v4();
+    let legacy_labels = std::collections::BTreeMap::from([
+        (
+            labels::LEGACY_INSTANCE.to_owned(),
+            instance.instance_id.clone(),
+        ),
+        (labels::LEGACY_SESSION.to_owned(), session_id.to_string()),
+        ("io.strongroom.owner".to_owned(), "alice@example.org".to_owned()),
+        ("io.strongroom.role".to_owned(), "workspace".to_owned()),
+    ]);
+
+    // Another test may take the chosen subnet first; choose again then.
+    let runtime = docker_runtime();
+    let network_name = format!("strongroom-s-{session_id}");
+    let mut network = None;
+    for _ in 0..8 {
+        let used = runtime.used_subnets().await.unwrap();
+        let subnet =
+            launcher::subnet::pick_free_subnet(instance.config.subnet_range, 28, &used)
+                .expect("a free /28 in the test subnet range");
+        let spec = NetworkSpec {
+            name: network_name.clone(),
+            subnet,
+            gateway: launcher::docker::gateway_of(subnet),
+            labels: legacy_labels.clone(),
+        };
+        match runtime.create_session_network(&spec).await {
+            Ok(created) => {
+                network = Some(created);
+                break;
+            }
+            Err(RuntimeError::SubnetInUse { .. }) => continue,
+            Err(error) => panic!("creating the legacy network failed: {error}"),
+        }
+    }
+    let network = network.expect("a legacy network within 8 subnet choices");
+
+    let container = format!("strongroom-w-{session_id}");
+    let body = ContainerCreateBody {
+        image: Some(instance.config.image.clone()),
+        labels: Some(legacy_labels.into_iter().collect()),
+        host_config: Some(HostConfig {
+            network_mode: Some(network.name.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let options = CreateContainerOptions {
+        name: Some(container.clone()),
+        platform: String::new(),
+    };
+    let docker = docker();
+    docker.create_container(Some(options), body).await.unwrap();
+    docker.start_container(&container, None).await.unwrap();
+
+    LegacySession {
+        session_id,
+        container,
+        network: network.name,
+    }
+}
+
+#[tokio::test]
+async fn reconcile_removes_own_objects_with_legacy_labels() {
+    let mine = TestInstance::new().await;
+    let theirs = TestInstance::new().await;
+    let launcher = mine.launcher();
+    let current = launch_request("current");
+    let current_launch = launcher.launch(&current).await.unwrap();
+    let own_legacy = create_legacy_session(&mine).await;
+    let their_legacy = create_legacy_session(&theirs).await;
+
+    let listed = launcher.list().await.unwrap();
+    let listed_ids: HashSet<Uuid> = listed.iter().map(|session| session.session_id).collect();
+    assert_eq!(
+        listed_ids,
+        HashSet::from([current.session_id, own_legacy.session_id]),
+        "the listing has this instance's sessions in both label forms and no other"
+    );
+
+    let report = launcher
+        .reconcile(&HashSet::from([current.session_id]))
+        .await
+        .unwrap();
+    assert_eq!(report.removed_containers, vec![own_legacy.container.clone()]);
+    assert_eq!(report.removed_networks, vec![own_legacy.network.clone()]);
+    assert!(report.failures.is_empty(), "{report:?}");
+
+    let docker = docker();
+    assert!(
+        docker
+            .inspect_container(&own_legacy.container, None)
+            .await
+            .is_err(),
+        "own legacy container removed"
+    );
+    assert!(
+        docker
+            .inspect_network(&own_legacy.network, None)
+            .await
+            .is_err(),
+        "own legacy network removed"
+    );
+    assert!(
+        docker
+            .inspect_container(&current_launch.container_name, None)
+            .await
+            .is_ok(),
+        "live session kept"
+    );
+    assert!(
+        docker
+            .inspect_container(&their_legacy.container, None)
+            .await
+            .is_ok(),
+        "other instance's legacy container kept"
+    );
+    assert!(
+        docker
+            .inspect_network(&their_legacy.network, None)
+            .await
+            .is_ok(),
+        "other instance's legacy network kept"
+    );
+    assert_eq!(common::count_instance_objects(&mine.instance_id).await, (1, 1));
+    assert_eq!(
+        common::count_instance_objects(&theirs.instance_id).await,
+        (1, 1)
+    );
+
+    mine.finish().await;
+    theirs.finish().await;
+}
+
 #[tokio::test]
 async fn killed_workspace_is_reported_dead() {
     let instance = TestInstance::new().await;

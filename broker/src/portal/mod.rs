@@ -155,6 +155,7 @@ async fn launch_refused(
         LaunchError::QuotaReached { .. }
         | LaunchError::SiteLimitReached { .. }
         | LaunchError::HostCapacityReached { .. } => StatusCode::TOO_MANY_REQUESTS,
+        LaunchError::CredentialUnavailable { .. } => StatusCode::CONFLICT,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     let sites = crate::sites::list(&state.db).await?;

@@ -11,6 +11,8 @@ use super::store::{self, Placement, Reservation, ReserveOutcome};
 use super::{AgentSecret, EndReason, LaunchedSession, RecorderPreflight, SessionService};
 use crate::audit::{Action, Actor, EventBuilder, Outcome};
 use crate::auth::Principal;
+use crate::secrets::CredentialRef;
+use crate::secrets::usage::{self, ClaimRejected};
 use crate::sites::{self, Site};
 
 /// Why a launch did not produce a running session. Refusals (quota, limits, grants)
@@ -33,6 +35,8 @@ pub enum LaunchError {
     HostCapacityReached { limit: u32 },
     #[error("recordings cannot be written, so no session may start: {reason}")]
     RecorderUnavailable { reason: String },
+    #[error("{message}")]
+    CredentialUnavailable { message: String },
     #[error("the browser workspace could not be started: {reason}")]
     WorkspaceFailed { reason: String },
     #[error("the session was ended while it was starting ({reason})")]
@@ -55,6 +59,7 @@ impl LaunchError {
             LaunchError::SiteLimitReached { .. } => "site_limit_reached",
             LaunchError::HostCapacityReached { .. } => "host_capacity_reached",
             LaunchError::RecorderUnavailable { .. } => "recorder_unavailable",
+            LaunchError::CredentialUnavailable { .. } => "credential_unavailable",
             LaunchError::WorkspaceFailed { .. } => "workspace_failed",
             LaunchError::EndedDuringLaunch { .. } => "ended_during_launch",
             LaunchError::ShuttingDown => "shutting_down",
@@ -152,7 +157,21 @@ impl SessionService {
         }
         tracing::debug!("Session slot reserved");
 
-        // From here on, every failure must end the session to free its slot.
+        // From here on, every failure must end the session to free its slot. Ending it
+        // also releases the credential claim, which counts only for a session that has
+        // not ended.
+        if let Err(error) = self.claim_exclusive_credential(session_id, &site).await {
+            self.fail_launch(
+                session_id,
+                EndReason::LaunchFailed {
+                    detail: error.to_string(),
+                },
+                &actor,
+                false,
+            )
+            .await;
+            return Err(error);
+        }
         if let Err(reason) = self.recorder_preflight().await {
             self.audit_recorder_unavailable(session_id, site_name, &reason)
                 .await;
@@ -293,6 +312,45 @@ impl SessionService {
                 Some(LaunchError::HostCapacityReached { limit })
             }
         })
+    }
+
+    /// Claims the site's exclusive shared credential for the session, so that of two
+    /// launches racing for it only one creates a container. Auto-login claims it again
+    /// for the same session, which succeeds.
+    async fn claim_exclusive_credential(
+        &self,
+        session_id: Uuid,
+        site: &Site,
+    ) -> Result<(), LaunchError> {
+        let login = &site.login;
+        let exclusive = login.recipe.is_some()
+            && login.exclusive_use
+            && login.credential_source == sites::CredentialSourceKind::Shared;
+        if !exclusive {
+            return Ok(());
+        }
+        let reference = CredentialRef::shared(&site.name)
+            .map_err(|error| LaunchError::Storage(anyhow::anyhow!("{error}")))?;
+        let claimed = usage::claim(
+            &self.deps().db,
+            &reference,
+            session_id,
+            true,
+            self.now_ms(),
+        )
+        .await
+        .map_err(LaunchError::Storage)?;
+        match claimed {
+            Ok(()) => Ok(()),
+            Err(ClaimRejected::InUse { .. }) => Err(LaunchError::CredentialUnavailable {
+                message: "the bank login is in use by another session; try again when it has ended"
+                    .to_owned(),
+            }),
+            Err(ClaimRejected::Locked { .. }) => Err(LaunchError::CredentialUnavailable {
+                message: "auto-login for this bank is locked after failed attempts; ask an administrator"
+                    .to_owned(),
+            }),
+        }
     }
 
     /// Audits a refusal made before any slot was taken and returns the error.

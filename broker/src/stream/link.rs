@@ -323,9 +323,7 @@ impl Link {
                 }));
             }
             AgentControl::BrowserExited { code, signal } => {
-                return Some(LinkEnd::Failed(format!(
-                    "the browser exited (code {code:?}, signal {signal:?})"
-                )));
+                return Some(LinkEnd::Failed(browser_exit_reason(code, signal)));
             }
             AgentControl::Error { message } => {
                 tracing::warn!(
@@ -460,5 +458,32 @@ impl Link {
                 .await;
             }
         }
+    }
+}
+
+/// Describes a Chromium exit for the person's end screen and the audit trail.
+fn browser_exit_reason(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (_, Some(signal)) => format!("the browser exited: it was killed by signal {signal}"),
+        (Some(code), None) => format!("the browser exited with code {code}"),
+        (None, None) => "the browser exited".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod browser_exit_tests {
+    use super::browser_exit_reason;
+
+    #[test]
+    fn browser_exit_reason_names_signal_or_code() {
+        assert_eq!(
+            browser_exit_reason(None, Some(9)),
+            "the browser exited: it was killed by signal 9"
+        );
+        assert_eq!(
+            browser_exit_reason(Some(1), None),
+            "the browser exited with code 1"
+        );
+        assert_eq!(browser_exit_reason(None, None), "the browser exited");
     }
 }

@@ -261,6 +261,8 @@ pub struct Options {
     pub site_max_sessions: Option<u32>,
     /// Replaces the recordings directory (for an unwritable one).
     pub recordings_dir: Option<PathBuf>,
+    /// Runs this image with the shipped seccomp profile instead of the busybox image.
+    pub workspace_image: Option<String>,
 }
 
 impl Default for Options {
@@ -271,6 +273,7 @@ impl Default for Options {
             host_max_sessions: 8,
             site_max_sessions: None,
             recordings_dir: None,
+            workspace_image: None,
         }
     }
 }
@@ -285,11 +288,31 @@ pub struct ServedLauncher {
 
 impl ServedLauncher {
     pub async fn start(instance_id: &str, dir: &Path) -> ServedLauncher {
-        let seccomp = dir.join("seccomp.json");
-        std::fs::write(&seccomp, SECCOMP_PROFILE).unwrap();
+        ServedLauncher::start_with_image(instance_id, dir, None).await
+    }
+
+    /// Starts a launcher of `workspace_image` with the shipped seccomp profile, or of
+    /// the busybox test image when `None`.
+    pub async fn start_with_image(
+        instance_id: &str,
+        dir: &Path,
+        workspace_image: Option<&str>,
+    ) -> ServedLauncher {
+        let (image, seccomp) = match workspace_image {
+            Some(image) => (
+                image.to_owned(),
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../workspace-images/seccomp/workspace.json"),
+            ),
+            None => {
+                let seccomp = dir.join("seccomp.json");
+                std::fs::write(&seccomp, SECCOMP_PROFILE).unwrap();
+                (test_image().await, seccomp)
+            }
+        };
         let config = LauncherConfig {
             instance_id: instance_id.to_owned(),
-            image: test_image().await,
+            image,
             seccomp_profile: seccomp,
             socket_path: dir.join("launcher.sock"),
             subnet_range: SUBNET_RANGE.parse().unwrap(),
@@ -424,7 +447,12 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let instance_id = format!("test-{}", Uuid::new_v4().simple());
         let cleanup = InstanceCleanup(instance_id.clone());
-        let launcher = ServedLauncher::start(&instance_id, dir.path()).await;
+        let launcher = ServedLauncher::start_with_image(
+            &instance_id,
+            dir.path(),
+            options.workspace_image.as_deref(),
+        )
+        .await;
 
         import_demo_site(&database, options.site_max_sessions).await;
         let clock = Arc::new(ManualClock::new(chrono::Utc::now()));

@@ -216,25 +216,45 @@ impl Drop for TestInstance {
     }
 }
 
-fn label_filter(instance_id: &str) -> HashMap<String, Vec<String>> {
-    HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{}={instance_id}", labels::INSTANCE)],
-    )])
+fn label_filter(label: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_owned(), vec![label.to_owned()])])
 }
 
+/// Lists the ids of the instance's containers and networks in both label forms.
+async fn instance_object_ids(instance_id: &str) -> (Vec<String>, Vec<String>) {
+    let docker = docker();
+    let mut containers = Vec::new();
+    let mut networks = Vec::new();
+    for filter in labels::instance_filters(instance_id) {
+        let listed = docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(label_filter(&filter)),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        containers.extend(listed.into_iter().filter_map(|container| container.id));
+        let listed = docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(label_filter(&filter)),
+            }))
+            .await
+            .unwrap();
+        networks.extend(listed.into_iter().filter_map(|network| network.id));
+    }
+    containers.sort();
+    containers.dedup();
+    networks.sort();
+    networks.dedup();
+    (containers, networks)
+}
+
+/// Removes every container and network labelled with `instance_id`, in either label form.
 pub async fn remove_instance_objects(instance_id: &str) {
     let docker = docker();
-    let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(label_filter(instance_id)),
-            ..Default::default()
-        }))
-        .await
-        .unwrap_or_default();
-    for container in containers {
-        let id = container.id.unwrap_or_default();
+    let (containers, networks) = instance_object_ids(instance_id).await;
+    for id in containers {
         let options = RemoveContainerOptions {
             force: true,
             v: true,
@@ -244,36 +264,16 @@ pub async fn remove_instance_objects(instance_id: &str) {
             eprintln!("cleanup: removing container {id} failed: {error}");
         }
     }
-    let networks = docker
-        .list_networks(Some(ListNetworksOptions {
-            filters: Some(label_filter(instance_id)),
-        }))
-        .await
-        .unwrap_or_default();
-    for network in networks {
-        let id = network.id.unwrap_or_default();
+    for id in networks {
         if let Err(error) = docker.remove_network(&id).await {
             eprintln!("cleanup: removing network {id} failed: {error}");
         }
     }
 }
 
+/// Counts the containers and networks labelled with `instance_id`, in either label form.
 pub async fn count_instance_objects(instance_id: &str) -> (usize, usize) {
-    let docker = docker();
-    let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(label_filter(instance_id)),
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
-    let networks = docker
-        .list_networks(Some(ListNetworksOptions {
-            filters: Some(label_filter(instance_id)),
-        }))
-        .await
-        .unwrap();
+    let (containers, networks) = instance_object_ids(instance_id).await;
     (containers.len(), networks.len())
 }
 
