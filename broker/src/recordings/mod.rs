@@ -5,6 +5,7 @@ pub mod catalogue;
 pub mod evidence;
 pub mod keys_check;
 pub mod markers;
+pub mod mux;
 pub mod replay;
 pub mod retention;
 
@@ -116,7 +117,9 @@ pub async fn verify(
         .context("cannot verify the recording")
 }
 
-/// Writes a WebM file of a recording whose segments all match the audit chain.
+/// Writes a WebM file of a recording whose segments all match the audit chain. This
+/// process decrypts and authenticates the segments; an unprivileged child process
+/// without keys muxes the packets ([`mux`]).
 pub async fn export(
     config: &Config,
     audit: &AuditLog,
@@ -125,13 +128,25 @@ pub async fn export(
 ) -> anyhow::Result<recorder::ExportSummary> {
     let hashes = segment_hashes(audit, recording).await?;
     let (storage, keys) = stores(config)?;
+    let settings = mux::MuxSettings::from_config(config)?;
     let output = output.to_owned();
-    tokio::task::spawn_blocking(move || {
-        recorder::export_webm(storage, keys.as_ref(), recording, Some(hashes), &output)
+    let summary = tokio::task::spawn_blocking(move || {
+        let mut reader = recorder::RecordingReader::open(storage, keys.as_ref(), recording)
+            .context("cannot open the recording")?;
+        reader
+            .require_hashes(hashes)
+            .context("the recording does not match the audit chain")?;
+        mux::export_to_file(&reader, &settings, &output)
     })
     .await
-    .context("export task failed")?
-    .context("cannot export the recording")
+    .context("export task failed")??;
+    tracing::info!(
+        recording.id = %recording,
+        packets = summary.packets,
+        duration_ms = summary.duration.as_millis() as u64,
+        "Exported recording to WebM"
+    );
+    Ok(summary)
 }
 
 /// Fails when a kept recording has lost every key that could decrypt it, and adds the
