@@ -1,7 +1,7 @@
 //! WebM muxing: writes the packets of a [`MuxReader`] stream into a WebM file with
 //! FFmpeg, without re-encoding. The broker runs this in a separate unprivileged
 //! process (`strongroom recording mux`) that receives only packets, so no C library
-//! parses recording data in a process that holds keys.
+//! parses recording data in a process that has keys.
 
 use std::io::{Read, Seek, Write};
 

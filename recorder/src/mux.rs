@@ -2,7 +2,7 @@
 //! unprivileged process that muxes it into a WebM file.
 //!
 //! The decrypting side authenticates every segment, then sends only the stream
-//! configuration and the encoded packets, so the muxing process never sees a key, a
+//! configuration and the encoded packets, so the muxing process never receives a key, a
 //! segment file or a hash. All integers are big-endian:
 //!
 //! ```text
@@ -124,7 +124,7 @@ pub(crate) fn check_codec(codec: &str) -> Result<(), ExportError> {
 /// so no process is started for an empty recording or an unsupported codec. Every
 /// segment is authenticated (and checked against the hashes given to
 /// [`RecordingReader::require_hashes`]) before its packets are sent; a failure stops
-/// the stream before the end frame, so the muxing process sees truncated input.
+/// the stream before the end frame, so the muxing process reads truncated input.
 pub fn send_recording<W: Write>(
     reader: &RecordingReader,
     connect: impl FnOnce() -> Result<W, ExportError>,
@@ -270,7 +270,7 @@ impl<R: Read> MuxReader<R> {
         })
     }
 
-    /// The stream configuration sent first.
+    /// Returns the stream configuration sent first.
     pub fn config(&self) -> &StreamConfig {
         &self.config
     }

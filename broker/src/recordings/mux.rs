@@ -4,9 +4,9 @@
 //! `strongroom recording mux` and writes only the stream configuration and the encoded
 //! packets to its stdin ([`recorder::MuxWriter`]). The child writes the WebM file to its
 //! stdout, which is the export's temporary file opened by the parent, so the child needs
-//! no path, no key, no database and no environment. When the parent is root the child
-//! runs as `sessions.export_mux_uid`/`export_mux_gid` with no supplementary groups; in
-//! every case it gets `PR_SET_NO_NEW_PRIVS`, an empty environment, `/` as working
+//! no path, no key, no database and no environment. When the parent is root, the child
+//! runs as `sessions.export_mux_uid`/`export_mux_gid` with no supplementary groups.
+//! In every case it gets `PR_SET_NO_NEW_PRIVS`, an empty environment, `/` as working
 //! directory and no file descriptors besides stdin, stdout and stderr.
 
 use std::fs::{self, File, OpenOptions};
@@ -36,7 +36,8 @@ pub struct MuxSettings {
 }
 
 impl MuxSettings {
-    /// The settings of `config`; without `sessions.export_mux_program`, the running binary.
+    /// Reads the settings from `config`. Without `sessions.export_mux_program`, the
+    /// program is the running binary.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let program = match &config.sessions.export_mux_program {
             Some(program) => program.clone(),
@@ -102,7 +103,7 @@ impl MuxChild {
         })
     }
 
-    /// The child's process id.
+    /// Returns the child's process id.
     pub fn id(&self) -> u32 {
         self.child.id()
     }
@@ -245,6 +246,8 @@ fn mux_into(
         return Err(sent.expect_err("a successful send started the child"))
             .context("cannot export the recording");
     };
+    // NOTE: there is no timeout: a child that stops reading blocks the export until
+    // it is killed.
     match sent {
         Ok(summary) => {
             child.wait()?;
@@ -265,8 +268,8 @@ fn mux_into(
             )),
         },
         Err(error) => {
-            // The recording failed mid-way. The child then sees truncated input and
-            // exits without writing a trailer.
+            // The recording failed mid-way. The child is killed before it reads the
+            // truncated input, and no trailer is written.
             drop(child);
             Err(error).context("cannot export the recording")
         }
