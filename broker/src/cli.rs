@@ -176,7 +176,8 @@ pub enum RecordingCommand {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Re-wrap every recording's data key under a new key of its retention period and
-    /// destroy the old period keys. Video files are not touched.
+    /// every held recording's data key under a new hold key, then destroy the old
+    /// period and hold keys. Video files are not touched.
     Rotate,
 }
 

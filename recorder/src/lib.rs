@@ -42,13 +42,13 @@ pub use error::{KeyError, RecorderError, SegmentFault, StorageError};
 #[cfg(feature = "export")]
 pub use export::mux_webm;
 pub use format::{SEAL_NAME, SealManifest, SegmentStored};
-pub use keys::{KekId, KeyStore, LocalKeyStore, SecretKey, WrappedKey};
+pub use keys::{KekId, KeyStore, LocalKeyStore, SecretKey, WrappedKey, current_hold_key};
 pub use mux::{
     ExportError, ExportSummary, MAX_PACKET_BYTES, MuxReader, MuxWriter, send_recording,
 };
 pub use metadata::{PeriodLength, RecordingMetadata, RetentionPeriod};
 pub use reader::{RecordingReader, Records, SegmentEntry};
-pub use rotation::{RotationReport, rotate_period_keys};
+pub use rotation::{RotationReport, rotate_keys};
 pub use retention::{RetentionReport, ended_periods, place_hold, sweep_retention};
 #[cfg(feature = "s3")]
 pub use s3::{S3Config, S3Storage};
@@ -70,7 +70,7 @@ pub fn check_writable(
 ) -> Result<(), RecorderError> {
     config.validate()?;
     storage.check_writable(config.recording_byte_budget)?;
-    keys.create_if_missing(&KekId::hold())?;
+    keys::current_hold_key(keys)?;
     Ok(())
 }
 

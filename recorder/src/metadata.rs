@@ -141,11 +141,9 @@ impl RecordingMetadata {
         now >= self.expires_at
     }
 
-    /// Reports whether the data key is wrapped under the hold key.
+    /// Reports whether the data key is wrapped under a hold key of any generation.
     pub fn has_hold_wrap(&self) -> bool {
-        self.wrapped_keys
-            .iter()
-            .any(|w| w.kek_id.as_str() == KekId::HOLD)
+        self.wrapped_keys.iter().any(|w| w.kek_id.is_hold())
     }
 
     /// Reads a recording's metadata object. It is not encrypted: it holds dates and

@@ -167,14 +167,15 @@ pub async fn check_keys_at_start(
     Ok(readiness)
 }
 
-/// `strongroom keys rotate`: re-wraps every data key under a new period key, destroys
-/// the old keys and audits the rotation. Returns the exit code.
+/// `strongroom keys rotate`: re-wraps every data key under a new period key and every
+/// hold wrap under a new hold key, destroys the old keys and audits the rotation.
+/// Returns the exit code.
 pub async fn rotate_keys_command(config: &Config, db: &crate::db::Database) -> i32 {
     let audit = AuditLog::new(db.clone(), Arc::new(crate::clock::SystemClock));
     let result = async {
         let (storage, keys) = stores(config)?;
         let report = tokio::task::spawn_blocking(move || {
-            recorder::rotate_period_keys(storage.as_ref(), keys.as_ref(), chrono::Utc::now())
+            recorder::rotate_keys(storage.as_ref(), keys.as_ref(), chrono::Utc::now())
         })
         .await
         .context("key rotation task failed")?
@@ -185,6 +186,7 @@ pub async fn rotate_keys_command(config: &Config, db: &crate::db::Database) -> i
         )
         .target("recording-keys")
         .detail("rewrapped", report.rewrapped.len())
+        .detail("hold_rewrapped", report.hold_rewrapped.len())
         .detail(
             "new_keys",
             report
@@ -209,8 +211,9 @@ pub async fn rotate_keys_command(config: &Config, db: &crate::db::Database) -> i
     match result {
         Ok(report) => {
             println!(
-                "re-wrapped {} recordings under {} new keys; destroyed {} old keys",
+                "re-wrapped {} recordings under new period keys and {} held recordings under a new hold key; created {} keys, destroyed {} old keys",
                 report.rewrapped.len(),
+                report.hold_rewrapped.len(),
                 report.new_keys.len(),
                 report.destroyed_keys.len()
             );
