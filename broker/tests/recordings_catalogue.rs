@@ -254,9 +254,13 @@ async fn unrecoverable_recording_is_marked_failed_body(database: TestDatabase) {
     let keys: Arc<dyn KeyStore> =
         Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap());
 
-    // A row whose files never reached the store.
+    // A row whose stored metadata is not JSON.
     let new = entry("alice", "demo-bank", "i1", Utc::now().timestamp_millis());
     catalogue::insert(db, &new).await.unwrap();
+    storage.create_recording(new.id).unwrap();
+    storage
+        .put(new.id, recorder::METADATA_NAME, b"{ not json")
+        .unwrap();
 
     let results = catalogue::seal_interrupted(&audit, storage, keys, &[new.id]).await;
     assert!(
@@ -319,4 +323,89 @@ async fn missing_key_fails_readiness_body(database: TestDatabase) {
     let reason = check.check().await.unwrap_err();
     assert!(reason.contains(&new.id.to_string()), "{reason}");
     assert!(reason.contains("restore"), "{reason}");
+}
+
+both_backends!(
+    interrupted_start_is_sealed_or_removed,
+    interrupted_start_is_sealed_or_removed_body
+);
+async fn interrupted_start_is_sealed_or_removed_body(database: TestDatabase) {
+    let db = &database.db;
+    let audit = AuditLog::new(db.clone(), Arc::new(SystemClock));
+    let storage: Arc<dyn Storage> =
+        Arc::new(LocalDirStorage::open(database.dir.path().join("recordings")).unwrap());
+    let keys: Arc<dyn KeyStore> =
+        Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap());
+    let now = Utc::now().timestamp_millis();
+
+    // The start inserts the catalogue row, then creates the recording's directory, then
+    // stores its metadata. Each recording here stops at one of those points.
+    let row_only = entry("alice", "demo-bank", "i1", now);
+    catalogue::insert(db, &row_only).await.unwrap();
+
+    let directory_only = entry("alice", "demo-bank", "i1", now + 1);
+    catalogue::insert(db, &directory_only).await.unwrap();
+    storage.create_recording(directory_only.id).unwrap();
+
+    let metadata_stored = entry("alice", "demo-bank", "i1", now + 2);
+    catalogue::insert(db, &metadata_stored).await.unwrap();
+    let writer = RecordingWriter::create(
+        storage.clone(),
+        keys.as_ref(),
+        RecorderConfig::default(),
+        NewRecording {
+            id: metadata_stored.id,
+            created_at: metadata_stored.started_at,
+            expires_at: metadata_stored.expires_at,
+            stream: None,
+        },
+    )
+    .unwrap();
+    drop(writer);
+
+    // Start-up recovery finds every one of them.
+    let unsealed = catalogue::unsealed(db, "i1").await.unwrap();
+    assert_eq!(
+        unsealed,
+        [row_only.id, directory_only.id, metadata_stored.id]
+    );
+    let results = catalogue::seal_interrupted(&audit, storage.clone(), keys, &unsealed).await;
+    assert_eq!(
+        results,
+        [
+            (row_only.id, catalogue::Recovered::Removed),
+            (directory_only.id, catalogue::Recovered::Removed),
+            (
+                metadata_stored.id,
+                catalogue::Recovered::Sealed { segment_count: 0 }
+            ),
+        ]
+    );
+
+    // The two without metadata are gone from the catalogue and the store.
+    for id in [row_only.id, directory_only.id] {
+        assert!(catalogue::get(db, id).await.unwrap().is_none());
+        assert!(!storage.exists(id).unwrap());
+    }
+    let removed: Vec<String> = audit
+        .list(0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.action == "recording.failed")
+        .filter_map(|event| event.target)
+        .collect();
+    assert_eq!(
+        removed,
+        [
+            format!("recording:{}", row_only.id),
+            format!("recording:{}", directory_only.id)
+        ]
+    );
+
+    // The one with metadata is sealed, empty, and nothing is left to recover.
+    let sealed = catalogue::get(db, metadata_stored.id).await.unwrap().unwrap();
+    assert_eq!(sealed.state, catalogue::RecordingState::Sealed);
+    assert!(storage.exists(metadata_stored.id).unwrap());
+    assert!(catalogue::unsealed(db, "i1").await.unwrap().is_empty());
 }

@@ -46,7 +46,7 @@ pub use keys::{KekId, KeyStore, LocalKeyStore, SecretKey, WrappedKey, current_ho
 pub use mux::{
     ExportError, ExportSummary, MAX_PACKET_BYTES, MuxReader, MuxWriter, send_recording,
 };
-pub use metadata::{PeriodLength, RecordingMetadata, RetentionPeriod};
+pub use metadata::{METADATA_NAME, PeriodLength, RecordingMetadata, RetentionPeriod};
 pub use reader::{RecordingReader, Records, SegmentEntry};
 pub use rotation::{RotationReport, rotate_keys};
 pub use retention::{RetentionReport, ended_periods, place_hold, sweep_retention};

@@ -10,7 +10,9 @@ use crate::keys::{KekId, KeyStore, SecretKey, WrappedKey};
 use crate::storage::Storage;
 use crate::types::StreamConfig;
 
-pub(crate) const METADATA_NAME: &str = "recording.json";
+/// Name of the object that contains a recording's metadata and wrapped data keys. The
+/// writer stores it before any segment.
+pub const METADATA_NAME: &str = "recording.json";
 pub(crate) const METADATA_VERSION: u16 = 1;
 
 /// Length of a retention period. All recordings that expire within one period share its
