@@ -409,3 +409,83 @@ async fn interrupted_start_is_sealed_or_removed_body(database: TestDatabase) {
     assert!(storage.exists(metadata_stored.id).unwrap());
     assert!(catalogue::unsealed(db, "i1").await.unwrap().is_empty());
 }
+
+both_backends!(
+    segment_hashes_come_from_indexed_lookup,
+    segment_hashes_come_from_indexed_lookup_body
+);
+async fn segment_hashes_come_from_indexed_lookup_body(database: TestDatabase) {
+    let db = &database.db;
+    let audit = AuditLog::new(db.clone(), Arc::new(SystemClock));
+    let (wanted, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let segment = |id: Uuid, index: u64, byte: u8| {
+        EventBuilder::new(Actor::System("recorder"), Action::RecordingSegmentStored)
+            .target(format!("recording:{id}"))
+            .detail("index", index)
+            .detail("sha256", hex::encode([byte; 32]))
+            .build()
+    };
+
+    // Events of two recordings interleave, out of index order, with another action on
+    // the same target in between.
+    audit.append(segment(wanted, 1, 0xb1)).await.unwrap();
+    audit.append(segment(other, 0, 0xc0)).await.unwrap();
+    audit
+        .append(
+            EventBuilder::new(Actor::System("recorder"), Action::RecordingSealed)
+                .target(format!("recording:{wanted}"))
+                .detail("segment_count", 2)
+                .build(),
+        )
+        .await
+        .unwrap();
+    audit.append(segment(wanted, 0, 0xb0)).await.unwrap();
+
+    let hashes = recordings::segment_hashes(&audit, wanted).await.unwrap();
+    assert_eq!(hashes, [[0xb0; 32], [0xb1; 32]]);
+    let hashes = recordings::segment_hashes(&audit, other).await.unwrap();
+    assert_eq!(hashes, [[0xc0; 32]]);
+
+    // A gap in the indexes is an error naming the missing segment.
+    let gapped = Uuid::new_v4();
+    audit.append(segment(gapped, 1, 0xd1)).await.unwrap();
+    let error = recordings::segment_hashes(&audit, gapped)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("no hash for segment 0"),
+        "{error:#}"
+    );
+
+    // The lookup can use the target index. PostgreSQL prefers a sequential scan of a
+    // table this small, so the plan is read with sequential scans turned off.
+    let mut connection = db.pool().acquire().await.unwrap();
+    const LOOKUP: &str = "SELECT seq FROM audit_events \
+                 WHERE target = 'recording:x' AND action = 'recording.segment.stored' ORDER BY seq";
+    let plan: Vec<String> = match db.backend_name() {
+        "sqlite" => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {LOOKUP}")))
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| sqlx::Row::try_get::<String, _>(row, 3).unwrap())
+            .collect(),
+        _ => {
+            sqlx::query("SET enable_seqscan = off")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {LOOKUP}")))
+                .fetch_all(&mut *connection)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| sqlx::Row::try_get::<String, _>(row, 0).unwrap())
+                .collect()
+        }
+    };
+    assert!(
+        plan.iter().any(|line| line.contains("audit_events_target")),
+        "{plan:?}"
+    );
+}

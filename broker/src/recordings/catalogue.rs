@@ -514,24 +514,17 @@ pub async fn discard_unstarted(
     Ok(())
 }
 
-/// Indexes of the recording's segments whose hashes the audit trail holds.
+/// Indexes of the recording's segments whose hashes the audit trail contains.
 async fn audited_segments(audit: &AuditLog, id: Uuid) -> anyhow::Result<BTreeSet<u64>> {
-    let target = format!("recording:{id}");
+    let events = audit
+        .list_for_target(&format!("recording:{id}"), Action::RecordingSegmentStored)
+        .await?;
     let mut indexes = BTreeSet::new();
-    let mut after = 0;
-    loop {
-        let events = audit.list(after, 10_000).await?;
-        let Some(last) = events.last() else { break };
-        after = last.seq;
-        for event in events.iter().filter(|event| {
-            event.action == Action::RecordingSegmentStored.as_str()
-                && event.target.as_deref() == Some(&target)
-        }) {
-            let details: serde_json::Value =
-                serde_json::from_str(&event.details).context("invalid segment event details")?;
-            if let Some(index) = details["index"].as_u64() {
-                indexes.insert(index);
-            }
+    for event in &events {
+        let details: serde_json::Value =
+            serde_json::from_str(&event.details).context("invalid segment event details")?;
+        if let Some(index) = details["index"].as_u64() {
+            indexes.insert(index);
         }
     }
     Ok(indexes)

@@ -18,38 +18,28 @@ use uuid::Uuid;
 use crate::audit::AuditLog;
 use crate::config::Config;
 
-/// Audit events read per page while collecting segment hashes.
-const PAGE: i64 = 10_000;
-
 /// The segment hashes of a recording, in index order, from `recording.segment.stored`
 /// events. A missing index is an error: the chain must name every segment.
 pub async fn segment_hashes(audit: &AuditLog, recording: Uuid) -> anyhow::Result<Vec<[u8; 32]>> {
     let target = format!("recording:{recording}");
+    let events = audit
+        .list_for_target(&target, crate::audit::Action::RecordingSegmentStored)
+        .await?;
     let mut indexed: Vec<(u64, [u8; 32])> = Vec::new();
-    let mut after = 0;
-    loop {
-        let events = audit.list(after, PAGE).await?;
-        let Some(last) = events.last() else { break };
-        after = last.seq;
-        for event in events.iter().filter(|event| {
-            event.action == "recording.segment.stored" && event.target.as_deref() == Some(&target)
-        }) {
-            let details: serde_json::Value =
-                serde_json::from_str(&event.details).context("invalid segment event details")?;
-            let index = details["index"]
-                .as_u64()
-                .context("segment event without an index")?;
-            let hash = details["sha256"]
-                .as_str()
-                .context("segment event without a hash")?;
-            let hash: [u8; 32] = hex::decode(hash)
-                .ok()
-                .and_then(|bytes| bytes.try_into().ok())
-                .with_context(|| {
-                    format!("segment {index} has an invalid hash in event {}", event.seq)
-                })?;
-            indexed.push((index, hash));
-        }
+    for event in &events {
+        let details: serde_json::Value =
+            serde_json::from_str(&event.details).context("invalid segment event details")?;
+        let index = details["index"]
+            .as_u64()
+            .context("segment event without an index")?;
+        let hash = details["sha256"]
+            .as_str()
+            .context("segment event without a hash")?;
+        let hash: [u8; 32] = hex::decode(hash)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .with_context(|| format!("segment {index} has an invalid hash in event {}", event.seq))?;
+        indexed.push((index, hash));
     }
     indexed.sort_by_key(|(index, _)| *index);
     for (position, (index, _)) in indexed.iter().enumerate() {
