@@ -404,7 +404,10 @@ async fn interrupted_start_is_sealed_or_removed_body(database: TestDatabase) {
     );
 
     // The one with metadata is sealed, empty, and nothing is left to recover.
-    let sealed = catalogue::get(db, metadata_stored.id).await.unwrap().unwrap();
+    let sealed = catalogue::get(db, metadata_stored.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(sealed.state, catalogue::RecordingState::Sealed);
     assert!(storage.exists(metadata_stored.id).unwrap());
     assert!(catalogue::unsealed(db, "i1").await.unwrap().is_empty());

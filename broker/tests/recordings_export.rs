@@ -311,17 +311,32 @@ fn mux_child_holds_no_keys_or_privileges() {
         String::from_utf8_lossy(&environment)
     );
     let arguments = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let arguments: Vec<&[u8]> = arguments.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+    let arguments: Vec<&[u8]> = arguments
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
     assert_eq!(
         arguments,
-        [env!("CARGO_BIN_EXE_strongroom").as_bytes(), b"recording", b"mux"]
+        [
+            env!("CARGO_BIN_EXE_strongroom").as_bytes(),
+            b"recording",
+            b"mux"
+        ]
     );
     // The C library may open a file for a moment while the child starts, so the check
     // waits until only stdio is open; a descriptor the child keeps fails it.
     let descriptors = || {
         let mut descriptors: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .map(|entry| {
+                entry
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
             .collect();
         descriptors.sort();
         descriptors
@@ -335,7 +350,10 @@ fn mux_child_holds_no_keys_or_privileges() {
         std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap(),
         output_path
     );
-    assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), Path::new("/"));
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        Path::new("/")
+    );
     assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
     if nix::unistd::geteuid().is_root() {
         assert_eq!(proc_status(pid, "Uid"), "65534 65534 65534 65534");
@@ -398,7 +416,10 @@ async fn mux_crash_fails_export_without_output_body(database: TestDatabase) {
         .unwrap()
         .map(|entry| entry.unwrap().file_name())
         .collect();
-    assert!(left.is_empty(), "files left in the export directory: {left:?}");
+    assert!(
+        left.is_empty(),
+        "files left in the export directory: {left:?}"
+    );
     let exported = audit
         .list(0, 10_000)
         .await

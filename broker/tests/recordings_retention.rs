@@ -369,7 +369,10 @@ async fn held_recording_plays_after_hold_key_rotation_body(database: TestDatabas
     assert!(report.destroyed_keys.iter().any(|id| id.as_str() == "hold"));
     assert!(!key_ids(&fixture).contains(&"hold".to_owned()));
     assert!(key_ids(&fixture).contains(&new_hold));
-    assert!(!old_hold_file.exists(), "the old hold key file is destroyed");
+    assert!(
+        !old_hold_file.exists(),
+        "the old hold key file is destroyed"
+    );
 
     // The held recording plays under the new hold key alone.
     assert_eq!(play(&fixture, held).unwrap(), 30);
@@ -411,7 +414,12 @@ async fn held_recording_plays_after_hold_key_rotation_body(database: TestDatabas
     let mut expected = vec![held, kept];
     expected.sort();
     assert_eq!(rewrapped, expected);
-    assert!(report.destroyed_keys.iter().any(|id| id.as_str() == new_hold));
+    assert!(
+        report
+            .destroyed_keys
+            .iter()
+            .any(|id| id.as_str() == new_hold)
+    );
     assert_eq!(play(&fixture, held).unwrap(), 30);
     assert_eq!(play(&fixture, kept).unwrap(), 30);
 }

@@ -39,7 +39,15 @@ const SOURCE: &str = "testsrc=size=1280x1440:rate=30:duration=1,loop=loop=-1:siz
 fn encode(dir: &Path, seconds: u64) -> PathBuf {
     let path = dir.join("live.ivf");
     let output = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
         .arg(SOURCE)
         .args(["-t", &seconds.to_string()])
         .args([
@@ -78,7 +86,12 @@ impl IvfReader {
         let mut input = BufReader::new(File::open(path).unwrap());
         let mut header = [0u8; 32];
         input.read_exact(&mut header).unwrap();
-        assert_eq!(&header[..4], b"DKIF", "{} is not an IVF file", path.display());
+        assert_eq!(
+            &header[..4],
+            b"DKIF",
+            "{} is not an IVF file",
+            path.display()
+        );
         let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
         IvfReader {
             input,
@@ -189,7 +202,10 @@ fn main() {
     // Creating and sealing belong to the session too, outside the paced loop.
     recording.cpu += create_cpu + (thread_cpu() - cpu_before_seal);
 
-    for (name, run) in [("read only (baseline)", &baseline), ("read + record", &recording)] {
+    for (name, run) in [
+        ("read only (baseline)", &baseline),
+        ("read + record", &recording),
+    ] {
         println!(
             "{name:<22} {} packets in {:.1} s wall, {:.3} s CPU: {:.2} % of one core",
             run.packets,

@@ -248,8 +248,8 @@ impl<R: Read> MuxReader<R> {
         }
         let mut codec = vec![0u8; usize::from(head[1])];
         inner.read_exact(&mut codec)?;
-        let codec = String::from_utf8(codec)
-            .map_err(|_| invalid("codec name is not UTF-8".to_owned()))?;
+        let codec =
+            String::from_utf8(codec).map_err(|_| invalid("codec name is not UTF-8".to_owned()))?;
         let width = read_u32(&mut inner)?;
         let height = read_u32(&mut inner)?;
         for (name, value) in [("width", width), ("height", height)] {

@@ -278,15 +278,15 @@ impl Storage for S3Storage {
     fn get_prefix(&self, recording: Uuid, name: &str, len: usize) -> Result<Vec<u8>, StorageError> {
         let path = self.object_path(recording, name)?;
         self.run(async {
-                let size = self.store.head(&path).await?.size;
-                let end = size.min(len as u64);
-                if end == 0 {
-                    return Ok(bytes::Bytes::new());
-                }
-                self.store.get_range(&path, 0..end).await
-            })
-            .map(|bytes| bytes.to_vec())
-            .map_err(|error| self.map_read_error(recording, name, &path, error))
+            let size = self.store.head(&path).await?.size;
+            let end = size.min(len as u64);
+            if end == 0 {
+                return Ok(bytes::Bytes::new());
+            }
+            self.store.get_range(&path, 0..end).await
+        })
+        .map(|bytes| bytes.to_vec())
+        .map_err(|error| self.map_read_error(recording, name, &path, error))
     }
 
     fn list(&self, recording: Uuid) -> Result<Vec<ObjectInfo>, StorageError> {

@@ -156,7 +156,8 @@ impl Drop for MuxChild {
 /// own exec-error pipe keeps working until then.
 fn close_inherited_descriptors() -> io::Result<()> {
     // SAFETY: close_range takes plain integers and touches no memory.
-    let result = unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) };
+    let result =
+        unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) };
     if result == 0 {
         Ok(())
     } else {
@@ -201,9 +202,8 @@ pub fn export_to_file(
     let result = mux_into(reader, settings, &temporary);
     match result {
         Ok(summary) => {
-            fs::rename(&temporary, output).with_context(|| {
-                format!("cannot move the export to {}", output.display())
-            })?;
+            fs::rename(&temporary, output)
+                .with_context(|| format!("cannot move the export to {}", output.display()))?;
             Ok(summary)
         }
         Err(error) => {
@@ -230,13 +230,9 @@ fn mux_into(
         .with_context(|| format!("cannot create {}", temporary.display()))?;
     let mut child = None;
     let sent = recorder::send_recording(reader, || {
-        let child_output = file
-            .try_clone()
-            .map_err(recorder::ExportError::Output)?;
-        let mut started =
-            MuxChild::spawn(settings, child_output).map_err(|error| {
-                recorder::ExportError::Send(io::Error::other(format!("{error:#}")))
-            })?;
+        let child_output = file.try_clone().map_err(recorder::ExportError::Output)?;
+        let mut started = MuxChild::spawn(settings, child_output)
+            .map_err(|error| recorder::ExportError::Send(io::Error::other(format!("{error:#}"))))?;
         let stdin = started.take_stdin();
         child = Some(started);
         Ok(stdin)
@@ -303,7 +299,10 @@ fn run_child_inner(uid: u32, gid: u32) -> anyhow::Result<recorder::ExportSummary
     // SAFETY: this process never writes through `std::io::stdout`, so the returned
     // `File` is the only owner of descriptor 1.
     let output = unsafe { File::from_raw_fd(1) };
-    let file_type = output.metadata().context("cannot inspect stdout")?.file_type();
+    let file_type = output
+        .metadata()
+        .context("cannot inspect stdout")?
+        .file_type();
     anyhow::ensure!(
         file_type.is_file(),
         "stdout is not a regular file; redirect it to the output file, because WebM needs a seekable output"
