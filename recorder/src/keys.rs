@@ -384,7 +384,8 @@ fn sync_dir(dir: &Path) -> Result<(), KeyError> {
         .map_err(|source| io_error("fsync directory", dir, source))
 }
 
-/// Returns the hold key that new holds wrap under: the newest generation in `keys`.
+/// Returns the hold key that wraps the data keys of new holds: the newest generation
+/// in `keys`.
 /// Creates the first hold key when the store has none.
 pub fn current_hold_key(keys: &dyn KeyStore) -> Result<KekId, KeyError> {
     let newest = keys

@@ -2,7 +2,7 @@
 //! a recording by person, site and time without opening the recording store, and so
 //! that recovery and retention know which recordings exist.
 //!
-//! The row is inserted before the recording is created in the store; the stream task
+//! The row is inserted before the recording is created in the store. The stream task
 //! adds each stored segment to the counts and marks the row sealed or failed at the
 //! end. A row that a crashed broker left in `recording` is sealed by
 //! [`seal_interrupted`] at the next start of the same instance, or removed when the

@@ -51,7 +51,7 @@ pub struct RecordingSettings {
 /// Adds a recording's catalogue row, then creates the recording in the store and starts
 /// its thread. In this order a crash at any point leaves either nothing or a catalogue
 /// row in state `recording`, which start-up recovery seals (when the recording's
-/// metadata was stored) or removes with whatever the store holds of it
+/// metadata was stored) or removes with whatever the store contains of it
 /// ([`catalogue::seal_interrupted`]). When creating the recording fails, the row and any
 /// stored objects are removed at once.
 pub async fn start_catalogued(
