@@ -303,7 +303,23 @@ fn mux_child_holds_no_keys_or_privileges() {
     let mut child = recordings::mux::MuxChild::spawn(&settings, output).unwrap();
     let pid = child.id();
 
-    // The child blocks on its stdin here, with its start-up finished.
+    // Everything below is read once the child waits in read(2) on stdin, its start-up
+    // finished: /proc/PID/syscall then starts with the read system call's number and
+    // descriptor 0.
+    #[cfg(target_arch = "x86_64")]
+    const READ_ON_STDIN: &str = "0 0x0 ";
+    #[cfg(target_arch = "aarch64")]
+    const READ_ON_STDIN: &str = "63 0x0 ";
+    let reading_stdin = || {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .is_ok_and(|syscall| syscall.starts_with(READ_ON_STDIN))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !reading_stdin() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(reading_stdin(), "the mux child never waited on its stdin");
+
     let environment = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     assert!(
         environment.is_empty(),
@@ -323,29 +339,20 @@ fn mux_child_holds_no_keys_or_privileges() {
             b"mux"
         ]
     );
-    // The C library may open a file for a moment while the child starts, so the check
-    // waits until only stdio is open; a descriptor the child keeps fails it.
-    let descriptors = || {
-        let mut descriptors: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .map(|entry| {
-                entry
-                    .unwrap()
-                    .file_name()
-                    .to_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
-        descriptors.sort();
-        descriptors
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while descriptors() != [0, 1, 2] && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(descriptors(), [0, 1, 2]);
+    let mut descriptors: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|entry| {
+            entry
+                .unwrap()
+                .file_name()
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    descriptors.sort();
+    assert_eq!(descriptors, [0, 1, 2]);
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap(),
         output_path
