@@ -161,6 +161,7 @@ impl Fixture {
                 recording_id: Uuid::new_v4(),
                 recording_expires_at: chrono::Utc::now() + chrono::Duration::days(1),
             })
+            .await
             .expect("stream starts")
     }
 

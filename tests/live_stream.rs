@@ -119,6 +119,7 @@ async fn start(fixture: &Fixture) -> (Uuid, Uuid, Arc<broker::stream::LiveStream
             recording_id,
             recording_expires_at: Utc::now() + chrono::Duration::days(30),
         })
+        .await
         .expect("stream starts");
     (session_id, recording_id, stream)
 }

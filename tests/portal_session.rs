@@ -707,12 +707,26 @@ async fn session_streams_from_container_to_viewer_and_recording() {
         .trim_start_matches("recording:")
         .parse()
         .unwrap();
+    // The export's muxing child is the strongroom binary of this build:
+    // target/<profile>/deps/portal_session-<hash> has it in target/<profile>.
+    let strongroom = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("strongroom");
     let config = broker::config::load(
         None,
-        [(
-            "STRONGROOM_DATA_DIR".to_owned(),
-            stack.dir.path().display().to_string(),
-        )],
+        [
+            (
+                "STRONGROOM_DATA_DIR".to_owned(),
+                stack.dir.path().display().to_string(),
+            ),
+            (
+                "STRONGROOM_SESSIONS__EXPORT_MUX_PROGRAM".to_owned(),
+                strongroom.display().to_string(),
+            ),
+        ],
     )
     .unwrap();
     let report = broker::recordings::verify(&config, audit_log, recording)

@@ -173,12 +173,24 @@ pub enum RecordingCommand {
     Hold { id: uuid::Uuid },
     /// Release a recording from legal hold; retention deletes it once it has expired.
     Release { id: uuid::Uuid },
+    /// Internal: the unprivileged muxing process of `export`. Reads the packet stream
+    /// on stdin and writes WebM to stdout, which must be a file.
+    #[command(hide = true)]
+    Mux {
+        /// User id to switch to when started as root.
+        #[arg(long, default_value_t = 65534)]
+        uid: u32,
+        /// Group id to switch to when started as root.
+        #[arg(long, default_value_t = 65534)]
+        gid: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Re-wrap every recording's data key under a new key of its retention period and
-    /// destroy the old period keys. Video files are not touched.
+    /// every held recording's data key under a new hold key, then destroy the old
+    /// period and hold keys. Video files are not touched.
     Rotate,
 }
 
@@ -203,6 +215,14 @@ pub enum ImageCommand {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+
+    // The muxing child reads no configuration, opens no database and starts no runtime.
+    if let Command::Recording {
+        command: RecordingCommand::Mux { uid, gid },
+    } = cli.command
+    {
+        return crate::recordings::mux::run_child(uid, gid);
+    }
 
     let config = match config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
@@ -557,6 +577,7 @@ async fn recording(config: &Config, db: &Database, command: RecordingCommand) ->
         RecordingCommand::Release { id } => {
             crate::recordings::retention::run_hold_command(config, &audit, id, false).await
         }
+        RecordingCommand::Mux { .. } => unreachable!("handled before the configuration loads"),
         RecordingCommand::Export { id, dir } => {
             match crate::recordings::evidence::export(config, &audit, id, &dir).await {
                 Ok(manifest) => {

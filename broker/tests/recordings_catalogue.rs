@@ -254,9 +254,13 @@ async fn unrecoverable_recording_is_marked_failed_body(database: TestDatabase) {
     let keys: Arc<dyn KeyStore> =
         Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap());
 
-    // A row whose files never reached the store.
+    // A row whose stored metadata is not JSON.
     let new = entry("alice", "demo-bank", "i1", Utc::now().timestamp_millis());
     catalogue::insert(db, &new).await.unwrap();
+    storage.create_recording(new.id).unwrap();
+    storage
+        .put(new.id, recorder::METADATA_NAME, b"{ not json")
+        .unwrap();
 
     let results = catalogue::seal_interrupted(&audit, storage, keys, &[new.id]).await;
     assert!(
@@ -319,4 +323,172 @@ async fn missing_key_fails_readiness_body(database: TestDatabase) {
     let reason = check.check().await.unwrap_err();
     assert!(reason.contains(&new.id.to_string()), "{reason}");
     assert!(reason.contains("restore"), "{reason}");
+}
+
+both_backends!(
+    interrupted_start_is_sealed_or_removed,
+    interrupted_start_is_sealed_or_removed_body
+);
+async fn interrupted_start_is_sealed_or_removed_body(database: TestDatabase) {
+    let db = &database.db;
+    let audit = AuditLog::new(db.clone(), Arc::new(SystemClock));
+    let storage: Arc<dyn Storage> =
+        Arc::new(LocalDirStorage::open(database.dir.path().join("recordings")).unwrap());
+    let keys: Arc<dyn KeyStore> =
+        Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap());
+    let now = Utc::now().timestamp_millis();
+
+    // The start inserts the catalogue row, then creates the recording's directory, then
+    // stores its metadata. Each recording here stops at one of those points.
+    let row_only = entry("alice", "demo-bank", "i1", now);
+    catalogue::insert(db, &row_only).await.unwrap();
+
+    let directory_only = entry("alice", "demo-bank", "i1", now + 1);
+    catalogue::insert(db, &directory_only).await.unwrap();
+    storage.create_recording(directory_only.id).unwrap();
+
+    let metadata_stored = entry("alice", "demo-bank", "i1", now + 2);
+    catalogue::insert(db, &metadata_stored).await.unwrap();
+    let writer = RecordingWriter::create(
+        storage.clone(),
+        keys.as_ref(),
+        RecorderConfig::default(),
+        NewRecording {
+            id: metadata_stored.id,
+            created_at: metadata_stored.started_at,
+            expires_at: metadata_stored.expires_at,
+            stream: None,
+        },
+    )
+    .unwrap();
+    drop(writer);
+
+    // Start-up recovery finds every one of them.
+    let unsealed = catalogue::unsealed(db, "i1").await.unwrap();
+    assert_eq!(
+        unsealed,
+        [row_only.id, directory_only.id, metadata_stored.id]
+    );
+    let results = catalogue::seal_interrupted(&audit, storage.clone(), keys, &unsealed).await;
+    assert_eq!(
+        results,
+        [
+            (row_only.id, catalogue::Recovered::Removed),
+            (directory_only.id, catalogue::Recovered::Removed),
+            (
+                metadata_stored.id,
+                catalogue::Recovered::Sealed { segment_count: 0 }
+            ),
+        ]
+    );
+
+    // The two without metadata are gone from the catalogue and the store.
+    for id in [row_only.id, directory_only.id] {
+        assert!(catalogue::get(db, id).await.unwrap().is_none());
+        assert!(!storage.exists(id).unwrap());
+    }
+    let removed: Vec<String> = audit
+        .list(0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.action == "recording.failed")
+        .filter_map(|event| event.target)
+        .collect();
+    assert_eq!(
+        removed,
+        [
+            format!("recording:{}", row_only.id),
+            format!("recording:{}", directory_only.id)
+        ]
+    );
+
+    // The one with metadata is sealed, empty, and nothing is left to recover.
+    let sealed = catalogue::get(db, metadata_stored.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sealed.state, catalogue::RecordingState::Sealed);
+    assert!(storage.exists(metadata_stored.id).unwrap());
+    assert!(catalogue::unsealed(db, "i1").await.unwrap().is_empty());
+}
+
+both_backends!(
+    segment_hashes_come_from_indexed_lookup,
+    segment_hashes_come_from_indexed_lookup_body
+);
+async fn segment_hashes_come_from_indexed_lookup_body(database: TestDatabase) {
+    let db = &database.db;
+    let audit = AuditLog::new(db.clone(), Arc::new(SystemClock));
+    let (wanted, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let segment = |id: Uuid, index: u64, byte: u8| {
+        EventBuilder::new(Actor::System("recorder"), Action::RecordingSegmentStored)
+            .target(format!("recording:{id}"))
+            .detail("index", index)
+            .detail("sha256", hex::encode([byte; 32]))
+            .build()
+    };
+
+    // Events of two recordings interleave, out of index order, with another action on
+    // the same target in between.
+    audit.append(segment(wanted, 1, 0xb1)).await.unwrap();
+    audit.append(segment(other, 0, 0xc0)).await.unwrap();
+    audit
+        .append(
+            EventBuilder::new(Actor::System("recorder"), Action::RecordingSealed)
+                .target(format!("recording:{wanted}"))
+                .detail("segment_count", 2)
+                .build(),
+        )
+        .await
+        .unwrap();
+    audit.append(segment(wanted, 0, 0xb0)).await.unwrap();
+
+    let hashes = recordings::segment_hashes(&audit, wanted).await.unwrap();
+    assert_eq!(hashes, [[0xb0; 32], [0xb1; 32]]);
+    let hashes = recordings::segment_hashes(&audit, other).await.unwrap();
+    assert_eq!(hashes, [[0xc0; 32]]);
+
+    // A gap in the indexes is an error naming the missing segment.
+    let gapped = Uuid::new_v4();
+    audit.append(segment(gapped, 1, 0xd1)).await.unwrap();
+    let error = recordings::segment_hashes(&audit, gapped)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("no hash for segment 0"),
+        "{error:#}"
+    );
+
+    // The lookup can use the target index. PostgreSQL prefers a sequential scan of a
+    // table this small, so the plan is read with sequential scans turned off.
+    let mut connection = db.pool().acquire().await.unwrap();
+    const LOOKUP: &str = "SELECT seq FROM audit_events \
+                 WHERE target = 'recording:x' AND action = 'recording.segment.stored' ORDER BY seq";
+    let plan: Vec<String> = match db.backend_name() {
+        "sqlite" => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {LOOKUP}")))
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| sqlx::Row::try_get::<String, _>(row, 3).unwrap())
+            .collect(),
+        _ => {
+            sqlx::query("SET enable_seqscan = off")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {LOOKUP}")))
+                .fetch_all(&mut *connection)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| sqlx::Row::try_get::<String, _>(row, 0).unwrap())
+                .collect()
+        }
+    };
+    assert!(
+        plan.iter().any(|line| line.contains("audit_events_target")),
+        "{plan:?}"
+    );
 }

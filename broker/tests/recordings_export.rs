@@ -20,7 +20,17 @@ use uuid::Uuid;
 const SECONDS: u32 = 6;
 
 fn config(dir: &Path) -> broker::config::Config {
-    let env = [("STRONGROOM_DATA_DIR".to_owned(), dir.display().to_string())];
+    config_with_mux(dir, Path::new(env!("CARGO_BIN_EXE_strongroom")))
+}
+
+fn config_with_mux(dir: &Path, mux_program: &Path) -> broker::config::Config {
+    let env = [
+        ("STRONGROOM_DATA_DIR".to_owned(), dir.display().to_string()),
+        (
+            "STRONGROOM_SESSIONS__EXPORT_MUX_PROGRAM".to_owned(),
+            mux_program.display().to_string(),
+        ),
+    ];
     broker::config::load(None, env).expect("test configuration is valid")
 }
 
@@ -267,4 +277,162 @@ async fn interrupted_recording_exports_after_recovery_body(database: TestDatabas
     evidence::write_public_key(&config, &key_file).unwrap();
     let public_key = evidence::read_public_key(&key_file).unwrap();
     evidence::verify(&dir, &public_key).unwrap();
+}
+
+/// Reads `/proc/PID/status` field `name`, such as `Uid`.
+fn proc_status(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn mux_child_holds_no_keys_or_privileges() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let frames = synthetic_vp8(dir.path());
+    let settings = recordings::mux::MuxSettings::from_config(&config).unwrap();
+    let output_path = dir.path().join("direct.webm");
+    let output = std::fs::File::create(&output_path).unwrap();
+
+    let mut child = recordings::mux::MuxChild::spawn(&settings, output).unwrap();
+    let pid = child.id();
+
+    // Everything below is read once the child waits in read(2) on stdin, its start-up
+    // finished: /proc/PID/syscall then starts with the read system call's number and
+    // descriptor 0.
+    #[cfg(target_arch = "x86_64")]
+    const READ_ON_STDIN: &str = "0 0x0 ";
+    #[cfg(target_arch = "aarch64")]
+    const READ_ON_STDIN: &str = "63 0x0 ";
+    let reading_stdin = || {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .is_ok_and(|syscall| syscall.starts_with(READ_ON_STDIN))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !reading_stdin() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(reading_stdin(), "the mux child never waited on its stdin");
+
+    let environment = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environment.is_empty(),
+        "environment: {}",
+        String::from_utf8_lossy(&environment)
+    );
+    let arguments = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let arguments: Vec<&[u8]> = arguments
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
+    assert_eq!(
+        arguments,
+        [
+            env!("CARGO_BIN_EXE_strongroom").as_bytes(),
+            b"recording",
+            b"mux"
+        ]
+    );
+    let mut descriptors: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|entry| {
+            entry
+                .unwrap()
+                .file_name()
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    descriptors.sort();
+    assert_eq!(descriptors, [0, 1, 2]);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap(),
+        output_path
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        Path::new("/")
+    );
+    assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(proc_status(pid, "Uid"), "65534 65534 65534 65534");
+        assert_eq!(proc_status(pid, "Gid"), "65534 65534 65534 65534");
+        assert_eq!(proc_status(pid, "Groups"), "");
+        assert_eq!(proc_status(pid, "CapEff"), "0000000000000000");
+    }
+
+    // The same child muxes the stream into a file that ffprobe reads.
+    let stream_config = StreamConfig {
+        codec: "vp8".into(),
+        width: 160,
+        height: 120,
+    };
+    let mut stream = recorder::MuxWriter::start(child.take_stdin(), &stream_config).unwrap();
+    for (pts_us, keyframe, data) in frames {
+        let packet = Packet {
+            pts_us,
+            keyframe,
+            data: Bytes::from(data),
+        };
+        stream.packet(&packet).unwrap();
+    }
+    drop(stream.finish().unwrap());
+    child.wait().unwrap();
+    let duration = ffprobe_duration(&output_path);
+    assert!(
+        (duration - f64::from(SECONDS)).abs() <= 0.15,
+        "ffprobe duration {duration} s"
+    );
+}
+
+both_backends!(
+    mux_crash_fails_export_without_output,
+    mux_crash_fails_export_without_output_body
+);
+async fn mux_crash_fails_export_without_output_body(database: TestDatabase) {
+    use std::os::unix::fs::PermissionsExt;
+
+    // A mux program that reads part of the stream and then dies of SIGSEGV. Its
+    // directory is world-readable, so the child can run it after dropping to nobody.
+    let programs = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(programs.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let crash = programs.path().join("crashing-mux");
+    std::fs::write(&crash, "#!/bin/sh\nhead -c 100 >/dev/null\nkill -SEGV $$\n").unwrap();
+    std::fs::set_permissions(&crash, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = config_with_mux(database.dir.path(), &crash);
+    let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
+    let id = record(&config, &audit, false).await;
+
+    let dir = database.dir.path().join("export");
+    let error = evidence::export(&config, &audit, id, &dir)
+        .await
+        .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("mux process"), "{message}");
+    assert!(message.contains("killed by signal 11"), "{message}");
+
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "files left in the export directory: {left:?}"
+    );
+    let exported = audit
+        .list(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.action == "recording.exported")
+        .count();
+    assert_eq!(exported, 0);
 }

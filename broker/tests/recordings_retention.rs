@@ -287,7 +287,7 @@ async fn key_rotation_keeps_recordings_playable_body(database: TestDatabase) {
     let before = record(&fixture, "demo-bank", at(2030, 1, 31, 0)).await;
     let old_key_file = std::fs::read(database.dir.path().join("keys/period-2030-01.kek")).unwrap();
 
-    let report = recorder::rotate_period_keys(
+    let report = recorder::rotate_keys(
         fixture.storage.as_ref(),
         fixture.keys.as_ref(),
         fixture.clock.now(),
@@ -332,4 +332,94 @@ async fn key_rotation_keeps_recordings_playable_body(database: TestDatabase) {
     expected_keys.sort();
     assert_eq!(destroyed, expected_keys);
     assert!(key_ids(&fixture).is_empty());
+}
+
+both_backends!(
+    held_recording_plays_after_hold_key_rotation,
+    held_recording_plays_after_hold_key_rotation_body
+);
+async fn held_recording_plays_after_hold_key_rotation_body(database: TestDatabase) {
+    let fixture = fixture(&database);
+    let held = record(&fixture, "demo-bank", at(2030, 1, 31, 0)).await;
+    let kept = record(&fixture, "long-bank", at(2031, 2, 5, 0)).await;
+    fixture
+        .retention
+        .set_hold(held, true, Actor::System("test"))
+        .await
+        .unwrap();
+
+    // Once January has ended, only the hold key can decrypt the held recording.
+    fixture.clock.advance(chrono::Duration::days(40));
+    let report = fixture.retention.sweep(false).await.unwrap();
+    assert_eq!(report.destroyed_keys, ["period-2030-01"]);
+    assert_eq!(play(&fixture, held).unwrap(), 30);
+    let old_hold_file = database.dir.path().join("keys/hold.kek");
+    assert!(old_hold_file.exists());
+
+    let report = recorder::rotate_keys(
+        fixture.storage.as_ref(),
+        fixture.keys.as_ref(),
+        fixture.clock.now(),
+    )
+    .unwrap();
+    let new_hold = format!("hold-r{}", fixture.clock.now().timestamp_millis());
+    assert_eq!(report.hold_rewrapped, [held]);
+    assert_eq!(report.rewrapped, [kept]);
+    assert!(report.new_keys.iter().any(|id| id.as_str() == new_hold));
+    assert!(report.destroyed_keys.iter().any(|id| id.as_str() == "hold"));
+    assert!(!key_ids(&fixture).contains(&"hold".to_owned()));
+    assert!(key_ids(&fixture).contains(&new_hold));
+    assert!(
+        !old_hold_file.exists(),
+        "the old hold key file is destroyed"
+    );
+
+    // The held recording plays under the new hold key alone.
+    assert_eq!(play(&fixture, held).unwrap(), 30);
+    let metadata = recorder::RecordingMetadata::read(fixture.storage.as_ref(), held).unwrap();
+    let wrapping: Vec<&str> = metadata
+        .wrapped_keys
+        .iter()
+        .map(|wrapped| wrapped.kek_id.as_str())
+        .collect();
+    assert!(wrapping.contains(&new_hold.as_str()), "{wrapping:?}");
+    assert!(!wrapping.contains(&"hold"), "{wrapping:?}");
+    assert_eq!(play(&fixture, kept).unwrap(), 30);
+
+    // A hold placed after the rotation wraps under the new hold key, not a new `hold`.
+    fixture
+        .retention
+        .set_hold(kept, true, Actor::System("test"))
+        .await
+        .unwrap();
+    let metadata = recorder::RecordingMetadata::read(fixture.storage.as_ref(), kept).unwrap();
+    assert!(
+        metadata
+            .wrapped_keys
+            .iter()
+            .any(|wrapped| wrapped.kek_id.as_str() == new_hold)
+    );
+    assert!(!key_ids(&fixture).contains(&"hold".to_owned()));
+
+    // A second rotation replaces that generation too, and both held recordings play.
+    fixture.clock.advance(chrono::Duration::seconds(1));
+    let report = recorder::rotate_keys(
+        fixture.storage.as_ref(),
+        fixture.keys.as_ref(),
+        fixture.clock.now(),
+    )
+    .unwrap();
+    let mut rewrapped = report.hold_rewrapped.clone();
+    rewrapped.sort();
+    let mut expected = vec![held, kept];
+    expected.sort();
+    assert_eq!(rewrapped, expected);
+    assert!(
+        report
+            .destroyed_keys
+            .iter()
+            .any(|id| id.as_str() == new_hold)
+    );
+    assert_eq!(play(&fixture, held).unwrap(), 30);
+    assert_eq!(play(&fixture, kept).unwrap(), 30);
 }

@@ -524,6 +524,7 @@ async fn create_legacy_session(instance: &TestInstance) -> LegacySession {
                 .expect("a free /28 in the test subnet range");
         let spec = NetworkSpec {
             name: network_name.clone(),
+            bridge_name: launcher::spec::bridge_name("srs-", &network_name),
             subnet,
             gateway: launcher::docker::gateway_of(subnet),
             labels: legacy_labels.clone(),

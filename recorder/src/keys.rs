@@ -40,9 +40,33 @@ impl KekId {
         }
     }
 
-    /// Returns the hold key's id.
+    /// Returns the first hold key's id. `strongroom keys rotate` replaces it with
+    /// generations `hold-r<ms>`; [`current_hold_key`] finds the one in use.
     pub fn hold() -> Self {
         KekId(Self::HOLD.to_owned())
+    }
+
+    /// Returns the hold key of generation `generation`, `hold-r<generation>`.
+    pub fn hold_generation(generation: i64) -> Self {
+        KekId(format!("{}-r{}", Self::HOLD, generation.max(0)))
+    }
+
+    /// Returns the generation of a hold key: 0 for `hold`, `n` for `hold-r<n>`, and
+    /// `None` for any other key.
+    pub fn hold_key_generation(&self) -> Option<u64> {
+        if self.0 == Self::HOLD {
+            return Some(0);
+        }
+        let digits = self.0.strip_prefix("hold-r")?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    /// Reports whether this is a hold key of any generation.
+    pub fn is_hold(&self) -> bool {
+        self.hold_key_generation().is_some()
     }
 
     /// Returns the id as a string.
@@ -358,4 +382,48 @@ fn sync_dir(dir: &Path) -> Result<(), KeyError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| io_error("fsync directory", dir, source))
+}
+
+/// Returns the hold key that wraps the data keys of new holds: the newest generation
+/// in `keys`.
+/// Creates the first hold key when the store has none.
+pub fn current_hold_key(keys: &dyn KeyStore) -> Result<KekId, KeyError> {
+    let newest = keys
+        .list()?
+        .into_iter()
+        .filter_map(|id| id.hold_key_generation().map(|generation| (generation, id)))
+        .max();
+    match newest {
+        Some((_, id)) => Ok(id),
+        None => {
+            let hold = KekId::hold();
+            keys.create_if_missing(&hold)?;
+            Ok(hold)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_key_generations_parse() {
+        let cases = [
+            ("hold", Some(0)),
+            ("hold-r1733390000000", Some(1_733_390_000_000)),
+            ("hold-r", None),
+            ("hold-rx1", None),
+            ("period-2030-01", None),
+            ("holdings", None),
+        ];
+        for (id, generation) in cases {
+            assert_eq!(
+                KekId::new(id).unwrap().hold_key_generation(),
+                generation,
+                "{id}"
+            );
+        }
+        assert_eq!(KekId::hold_generation(5).as_str(), "hold-r5");
+    }
 }

@@ -15,7 +15,8 @@
 //! [`RecordingReader`] authenticates and replays a recording and seeks by time;
 //! [`verify_recording`] compares the stored segments with the audit trail's hashes;
 //! [`recover_recording`] and [`seal_recovered`] finish a recording whose writer
-//! crashed. With the `export` feature, `export_webm` remuxes a recording into WebM.
+//! crashed. [`send_recording`] streams a verified recording's packets to a separate
+//! muxing process, which with the `export` feature writes them into WebM (`mux_webm`).
 //!
 //! Everything here blocks on file I/O; async callers run it on blocking threads.
 
@@ -26,6 +27,7 @@ mod export;
 mod format;
 mod keys;
 mod metadata;
+mod mux;
 mod reader;
 mod retention;
 mod rotation;
@@ -38,12 +40,15 @@ mod writer;
 
 pub use error::{KeyError, RecorderError, SegmentFault, StorageError};
 #[cfg(feature = "export")]
-pub use export::{ExportError, ExportSummary, export_webm};
+pub use export::mux_webm;
 pub use format::{SEAL_NAME, SealManifest, SegmentStored};
-pub use keys::{KekId, KeyStore, LocalKeyStore, SecretKey, WrappedKey};
-pub use metadata::{PeriodLength, RecordingMetadata, RetentionPeriod};
+pub use keys::{KekId, KeyStore, LocalKeyStore, SecretKey, WrappedKey, current_hold_key};
+pub use mux::{
+    ExportError, ExportSummary, MAX_PACKET_BYTES, MuxReader, MuxWriter, send_recording,
+};
+pub use metadata::{METADATA_NAME, PeriodLength, RecordingMetadata, RetentionPeriod};
 pub use reader::{RecordingReader, Records, SegmentEntry};
-pub use rotation::{RotationReport, rotate_period_keys};
+pub use rotation::{RotationReport, rotate_keys};
 pub use retention::{RetentionReport, ended_periods, place_hold, sweep_retention};
 #[cfg(feature = "s3")]
 pub use s3::{S3Config, S3Storage};
@@ -65,7 +70,7 @@ pub fn check_writable(
 ) -> Result<(), RecorderError> {
     config.validate()?;
     storage.check_writable(config.recording_byte_budget)?;
-    keys.create_if_missing(&KekId::hold())?;
+    keys::current_hold_key(keys)?;
     Ok(())
 }
 

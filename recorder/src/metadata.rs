@@ -10,7 +10,9 @@ use crate::keys::{KekId, KeyStore, SecretKey, WrappedKey};
 use crate::storage::Storage;
 use crate::types::StreamConfig;
 
-pub(crate) const METADATA_NAME: &str = "recording.json";
+/// Name of the object that contains a recording's metadata and wrapped data keys. The
+/// writer stores it before any segment.
+pub const METADATA_NAME: &str = "recording.json";
 pub(crate) const METADATA_VERSION: u16 = 1;
 
 /// Length of a retention period. All recordings that expire within one period share its
@@ -141,11 +143,9 @@ impl RecordingMetadata {
         now >= self.expires_at
     }
 
-    /// Reports whether the data key is wrapped under the hold key.
+    /// Reports whether the data key is wrapped under a hold key of any generation.
     pub fn has_hold_wrap(&self) -> bool {
-        self.wrapped_keys
-            .iter()
-            .any(|w| w.kek_id.as_str() == KekId::HOLD)
+        self.wrapped_keys.iter().any(|w| w.kek_id.is_hold())
     }
 
     /// Reads a recording's metadata object. It is not encrypted: it holds dates and

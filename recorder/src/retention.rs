@@ -22,8 +22,7 @@ pub fn place_hold(
     if metadata.has_hold_wrap() {
         return Ok(false);
     }
-    let hold = KekId::hold();
-    keys.create_if_missing(&hold)?;
+    let hold = crate::keys::current_hold_key(keys)?;
     let dek = metadata::unwrap_dek(keys, &metadata)?;
     let aad = metadata::dek_aad(recording, &hold, metadata.expires_at);
     let wrapped = keys.wrap(&hold, &dek, &aad)?;

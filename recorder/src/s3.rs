@@ -6,11 +6,15 @@
 //! and a crash leaves no partial object behind.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
 use uuid::Uuid;
 
 use crate::error::StorageError;
@@ -38,6 +42,18 @@ pub struct S3Config {
     pub secret_access_key: String,
     /// Allows a plain `http://` endpoint, for a store on loopback.
     pub allow_http: bool,
+    /// Maximum time of one storage operation, retries included. A write that does not
+    /// finish in time fails, and the live session freezes.
+    pub operation_timeout: Duration,
+    /// Retries of a failed request within `operation_timeout`.
+    pub max_retries: usize,
+}
+
+impl S3Config {
+    /// Default of [`S3Config::operation_timeout`].
+    pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default of [`S3Config::max_retries`].
+    pub const DEFAULT_MAX_RETRIES: usize = 3;
 }
 
 impl fmt::Debug for S3Config {
@@ -50,6 +66,8 @@ impl fmt::Debug for S3Config {
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
             .field("allow_http", &self.allow_http)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("max_retries", &self.max_retries)
             .finish()
     }
 }
@@ -61,6 +79,7 @@ pub struct S3Storage {
     runtime: Option<tokio::runtime::Runtime>,
     bucket: String,
     prefix: String,
+    operation_timeout: Duration,
 }
 
 impl fmt::Debug for S3Storage {
@@ -74,13 +93,34 @@ impl fmt::Debug for S3Storage {
 
 impl S3Storage {
     /// Builds the client without making a request. [`Storage::check_writable`] checks that
-    /// the bucket accepts writes.
-    // NOTE: object_store's default retry policy retries a failed request up to 10 times
-    // within 3 minutes, so a write to an unreachable endpoint blocks that long.
+    /// the bucket accepts writes. Every operation, retries included, fails after
+    /// `config.operation_timeout`; object_store's own default would retry for up to
+    /// 3 minutes (object_store 0.14 `RetryConfig::default`).
     pub fn open(config: &S3Config) -> Result<Self, StorageError> {
         let prefix = config.prefix.trim_matches('/').to_owned();
         let location = format!("s3://{}/{}", config.bucket, prefix);
+        if config.operation_timeout.is_zero() {
+            return Err(remote(
+                "configure",
+                &location,
+                std::io::Error::other("the operation timeout is zero; use at least one second"),
+            ));
+        }
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: (config.operation_timeout / 4).max(Duration::from_millis(100)),
+                base: 2.0,
+            },
+            max_retries: config.max_retries,
+            retry_timeout: config.operation_timeout,
+        };
+        let client = ClientOptions::new()
+            .with_timeout(config.operation_timeout)
+            .with_connect_timeout(config.operation_timeout.min(Duration::from_secs(5)));
         let store = AmazonS3Builder::new()
+            .with_retry(retry)
+            .with_client_options(client)
             .with_endpoint(&config.endpoint)
             .with_region(&config.region)
             .with_bucket_name(&config.bucket)
@@ -100,6 +140,7 @@ impl S3Storage {
             runtime: Some(runtime),
             bucket: config.bucket.clone(),
             prefix,
+            operation_timeout: config.operation_timeout,
         })
     }
 
@@ -107,6 +148,27 @@ impl S3Storage {
         self.runtime
             .as_ref()
             .expect("the runtime is only taken when the storage is dropped")
+    }
+
+    /// Runs one storage operation on the runtime, failing it after the operation timeout
+    /// even when a request is still in flight.
+    fn run<T>(
+        &self,
+        operation: impl Future<Output = Result<T, object_store::Error>>,
+    ) -> Result<T, object_store::Error> {
+        let timeout = self.operation_timeout;
+        self.runtime()
+            .block_on(async { tokio::time::timeout(timeout, operation).await })
+            .unwrap_or_else(|_| {
+                Err(object_store::Error::Generic {
+                    store: "S3",
+                    source: format!(
+                        "timed out after {} s; the endpoint is unreachable or too slow",
+                        timeout.as_secs_f64()
+                    )
+                    .into(),
+                })
+            })
     }
 
     fn recording_path(&self, recording: Uuid) -> Path {
@@ -133,14 +195,13 @@ impl S3Storage {
 
     fn put_object(&self, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
         let payload = PutPayload::from(bytes.to_vec());
-        self.runtime()
-            .block_on(self.store.put(path, payload))
+        self.run(self.store.put(path, payload))
             .map(|_| ())
             .map_err(|error| remote("put", &self.describe(path), error))
     }
 
     fn head_exists(&self, path: &Path) -> Result<bool, StorageError> {
-        match self.runtime().block_on(self.store.head(path)) {
+        match self.run(self.store.head(path)) {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(error) => Err(remote("head", &self.describe(path), error)),
@@ -165,8 +226,7 @@ impl S3Storage {
 
     fn list_paths(&self, recording: Uuid) -> Result<Vec<object_store::ObjectMeta>, StorageError> {
         let prefix = self.recording_path(recording);
-        self.runtime()
-            .block_on(self.store.list_with_delimiter(Some(&prefix)))
+        self.run(self.store.list_with_delimiter(Some(&prefix)))
             .map(|listing| listing.objects)
             .map_err(|error| remote("list", &self.describe(&prefix), error))
     }
@@ -210,25 +270,23 @@ impl Storage for S3Storage {
 
     fn get(&self, recording: Uuid, name: &str) -> Result<Vec<u8>, StorageError> {
         let path = self.object_path(recording, name)?;
-        self.runtime()
-            .block_on(async { self.store.get(&path).await?.bytes().await })
+        self.run(async { self.store.get(&path).await?.bytes().await })
             .map(|bytes| bytes.to_vec())
             .map_err(|error| self.map_read_error(recording, name, &path, error))
     }
 
     fn get_prefix(&self, recording: Uuid, name: &str, len: usize) -> Result<Vec<u8>, StorageError> {
         let path = self.object_path(recording, name)?;
-        self.runtime()
-            .block_on(async {
-                let size = self.store.head(&path).await?.size;
-                let end = size.min(len as u64);
-                if end == 0 {
-                    return Ok(bytes::Bytes::new());
-                }
-                self.store.get_range(&path, 0..end).await
-            })
-            .map(|bytes| bytes.to_vec())
-            .map_err(|error| self.map_read_error(recording, name, &path, error))
+        self.run(async {
+            let size = self.store.head(&path).await?.size;
+            let end = size.min(len as u64);
+            if end == 0 {
+                return Ok(bytes::Bytes::new());
+            }
+            self.store.get_range(&path, 0..end).await
+        })
+        .map(|bytes| bytes.to_vec())
+        .map_err(|error| self.map_read_error(recording, name, &path, error))
     }
 
     fn list(&self, recording: Uuid) -> Result<Vec<ObjectInfo>, StorageError> {
@@ -256,8 +314,7 @@ impl Storage for S3Storage {
     fn list_recordings(&self) -> Result<Vec<Uuid>, StorageError> {
         let root = self.root_path();
         let listing = self
-            .runtime()
-            .block_on(self.store.list_with_delimiter(root.as_ref()))
+            .run(self.store.list_with_delimiter(root.as_ref()))
             .map_err(|error| {
                 let location = format!("s3://{}/{}", self.bucket, self.prefix);
                 remote("list", &location, error)
@@ -284,11 +341,10 @@ impl Storage for S3Storage {
             if meta.location == marker {
                 continue;
             }
-            self.runtime()
-                .block_on(self.store.delete(&meta.location))
+            self.run(self.store.delete(&meta.location))
                 .map_err(|error| remote("delete", &self.describe(&meta.location), error))?;
         }
-        match self.runtime().block_on(self.store.delete(&marker)) {
+        match self.run(self.store.delete(&marker)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(error) => Err(remote("delete", &self.describe(&marker), error)),
         }
@@ -303,8 +359,7 @@ impl Storage for S3Storage {
             None => Path::from(name.as_str()),
         };
         self.put_object(&probe, b"strongroom write probe\n")?;
-        self.runtime()
-            .block_on(self.store.delete(&probe))
+        self.run(self.store.delete(&probe))
             .map_err(|error| remote("delete", &self.describe(&probe), error))
     }
 }

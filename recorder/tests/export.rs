@@ -1,4 +1,6 @@
 //! WebM export of real VP8 packets, checked with ffprobe. Run with `--features export`.
+//! Both halves run in this process here: the decrypting side writes the mux stream into
+//! memory and the muxing side reads it from there.
 #![cfg(feature = "export")]
 
 mod common;
@@ -8,7 +10,12 @@ use std::process::Command;
 use bytes::Bytes;
 use common::*;
 use ffmpeg_next as ffmpeg;
-use recorder::{ExportError, Packet, StreamConfig, export_webm};
+use recorder::{
+    ExportError, ExportSummary, KeyStore, MuxWriter, Packet, RecordingReader, Storage,
+    StreamConfig, mux_webm, send_recording,
+};
+use std::sync::Arc;
+use uuid::Uuid;
 
 const WIDTH: u32 = 320;
 const HEIGHT: u32 = 240;
@@ -97,6 +104,20 @@ fn ffprobe_duration(path: &std::path::Path) -> f64 {
         .unwrap()
 }
 
+/// Decrypts and verifies the recording into a mux stream in memory.
+fn send(
+    storage: Arc<dyn Storage>,
+    keys: &dyn KeyStore,
+    id: Uuid,
+    hashes: Vec<[u8; 32]>,
+) -> Result<(ExportSummary, Vec<u8>), ExportError> {
+    let mut reader = RecordingReader::open(storage, keys, id)?;
+    reader.require_hashes(hashes)?;
+    let mut stream = Vec::new();
+    let summary = send_recording(&reader, || Ok(&mut stream))?;
+    Ok((summary, stream))
+}
+
 #[test]
 fn export_has_real_duration() {
     let packets = encode_vp8(10 * i64::from(FPS));
@@ -119,14 +140,9 @@ fn export_has_real_duration() {
     assert!(stored.len() >= 4, "several segments: {}", stored.len());
 
     let output = fx.dir.path().join("export.webm");
-    let summary = export_webm(
-        fx.storage.clone(),
-        &fx.keys,
-        id,
-        Some(hashes(&stored)),
-        &output,
-    )
-    .unwrap();
+    let (summary, stream) = send(fx.storage.clone(), &fx.keys, id, hashes(&stored)).unwrap();
+    let muxed = mux_webm(stream.as_slice(), std::fs::File::create(&output).unwrap()).unwrap();
+    assert_eq!(muxed, summary);
     assert_eq!(summary.packets, 300);
     // 300 frames at 33 333 us each plus the last frame's duration: 10 s within rounding.
     let expected = std::time::Duration::from_secs(10);
@@ -167,26 +183,39 @@ fn export_refuses_tampered_recording() {
     file[at] ^= 0x04;
     std::fs::write(&path, file).unwrap();
 
-    let output = fx.dir.path().join("tampered.webm");
-    let error = export_webm(
-        fx.storage.clone(),
-        &fx.keys,
-        id,
-        Some(hashes(&stored)),
-        &output,
-    )
-    .unwrap_err();
+    // The tampered segment is the second one, so the stream had started and stops
+    // without its end frame.
+    let mut reader = RecordingReader::open(fx.storage.clone(), &fx.keys, id).unwrap();
+    reader.require_hashes(hashes(&stored)).unwrap();
+    let mut stream = Vec::new();
+    let error = send_recording(&reader, || Ok(&mut stream)).unwrap_err();
     assert!(matches!(error, ExportError::Recording(_)), "{error}");
-    assert!(!output.exists(), "no output after a failed export");
-    let partial: Vec<_> = std::fs::read_dir(fx.dir.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .contains("partial")
+    assert!(!stream.is_empty(), "the first segment was sent");
+
+    let output = fx.dir.path().join("tampered.webm");
+    let error = mux_webm(stream.as_slice(), std::fs::File::create(&output).unwrap()).unwrap_err();
+    assert!(matches!(error, ExportError::Input(_)), "{error}");
+}
+
+#[test]
+fn mux_rejects_unsupported_codec() {
+    let config = StreamConfig {
+        codec: "h264".into(),
+        width: WIDTH,
+        height: HEIGHT,
+    };
+    let mut writer = MuxWriter::start(Vec::new(), &config).unwrap();
+    writer
+        .packet(&Packet {
+            pts_us: 0,
+            keyframe: true,
+            data: Bytes::from_static(b"not video"),
         })
-        .collect();
-    assert!(partial.is_empty());
+        .unwrap();
+    let stream = writer.finish().unwrap();
+
+    let fx = Fixture::new();
+    let output = std::fs::File::create(fx.dir.path().join("h264.webm")).unwrap();
+    let error = mux_webm(stream.as_slice(), output).unwrap_err();
+    assert!(matches!(error, ExportError::UnsupportedCodec(_)), "{error}");
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::Duration as ChronoDuration;
 use common::*;
 use recorder::{
-    LocalKeyStore, RecordingReader, RecordingWriter, RetentionPeriod, S3Config, S3Storage, Storage,
-    StorageError, sweep_retention, verify_recording,
+    LocalKeyStore, RecorderError, RecordingReader, RecordingWriter, RetentionPeriod, S3Config,
+    S3Storage, Storage, StorageError, sweep_retention, verify_recording,
 };
 use uuid::Uuid;
 
@@ -83,6 +83,10 @@ impl Moto {
     }
 
     fn storage(&self, prefix: &str) -> Arc<S3Storage> {
+        self.storage_with_timeout(prefix, S3Config::DEFAULT_OPERATION_TIMEOUT)
+    }
+
+    fn storage_with_timeout(&self, prefix: &str, operation_timeout: Duration) -> Arc<S3Storage> {
         let bucket = format!("rec-{}", Uuid::new_v4().simple());
         let status = self
             .request("PUT", &format!("/{bucket}"))
@@ -96,6 +100,8 @@ impl Moto {
             access_key_id: "testing".into(),
             secret_access_key: "testing".into(),
             allow_http: true,
+            operation_timeout,
+            max_retries: S3Config::DEFAULT_MAX_RETRIES,
         };
         Arc::new(S3Storage::open(&config).expect("S3 storage"))
     }
@@ -240,4 +246,74 @@ fn s3_retention_deletes_only_expired_recordings() {
     assert_eq!(report.deleted, vec![kept]);
     assert_eq!(report.destroyed_keys, vec![period.kek_id]);
     assert!(storage.list_recordings().unwrap().is_empty());
+}
+
+/// Sends `signal` (a `kill` signal name such as `STOP`) to the moto server.
+fn signal(moto: &Moto, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(moto.child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+#[test]
+fn s3_write_fails_within_timeout_when_endpoint_stops() {
+    let moto = Moto::start();
+    let storage = moto.storage_with_timeout("", Duration::from_secs(2));
+    let dir = tempfile::tempdir().unwrap();
+    let keys = LocalKeyStore::open(dir.path().join("keys")).unwrap();
+    let mut writer = RecordingWriter::create(
+        storage.clone(),
+        &keys,
+        test_config(),
+        new_recording(default_expiry()),
+    )
+    .unwrap();
+    let mut packets = synthetic_packets(600, 10, 10);
+
+    // Segments of two seconds reach the store while it answers.
+    let mut stored = 0;
+    for packet in packets.by_ref() {
+        if writer.push_packet(packet).unwrap().is_some() {
+            stored += 1;
+            if stored == 2 {
+                break;
+            }
+        }
+    }
+
+    // A stopped server accepts connections and never answers, like an endpoint behind
+    // a dead link. The next segment write fails within the operation timeout plus one
+    // segment of packets, not after object_store's 3-minute default.
+    signal(&moto, "STOP");
+    let stopped = Instant::now();
+    let error = packets
+        .find_map(|packet| writer.push_packet(packet).err())
+        .expect("a segment write fails while the server is stopped");
+    let elapsed = stopped.elapsed();
+    signal(&moto, "CONT");
+
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "the write failed only after {elapsed:?}"
+    );
+    assert!(
+        matches!(
+            error,
+            RecorderError::Storage(StorageError::Remote {
+                operation: "put",
+                ..
+            })
+        ),
+        "{error:?}"
+    );
+    // Either the operation timeout or the HTTP client's request timeout, both set to
+    // the same two seconds, ends the write.
+    let description = format!("{error:?}").to_lowercase();
+    assert!(
+        description.contains("timed out") || description.contains("timeout"),
+        "{error:?}"
+    );
 }

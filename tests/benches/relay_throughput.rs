@@ -139,6 +139,8 @@ async fn relayed(agent: &HostAgent, secret: &SessionSecret, duration: Duration) 
     };
     let hub = StreamHub::new(StreamSettings::default(), recording, audit, tasks.clone());
     let session_id = Uuid::new_v4();
+    // The hub adds the recording's catalogue row from the session's row.
+    strongroom_tests::reserve_session_row(&database.db, session_id, "bench").await;
     let stream = hub
         .start(StreamStart {
             session_id,
@@ -148,6 +150,7 @@ async fn relayed(agent: &HostAgent, secret: &SessionSecret, duration: Duration) 
             recording_id: Uuid::new_v4(),
             recording_expires_at: chrono::Utc::now() + chrono::Duration::days(1),
         })
+        .await
         .expect("stream starts");
 
     let app = axum::Router::new()

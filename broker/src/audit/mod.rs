@@ -383,6 +383,28 @@ impl AuditLog {
         Ok(stored)
     }
 
+    /// Reads every event with `action` on `target`, in chain order, through the
+    /// `audit_events_target` index.
+    pub async fn list_for_target(
+        &self,
+        target: &str,
+        action: Action,
+    ) -> anyhow::Result<Vec<StoredEvent>> {
+        let query = format!(
+            "SELECT {SELECT_COLUMNS} FROM audit_events WHERE target = $1 AND action = $2 ORDER BY seq"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(query))
+            .bind(target.to_owned())
+            .bind(action.as_str())
+            .fetch_all(self.db.pool())
+            .await
+            .with_context(|| format!("cannot read the audit events of {target}"))?;
+        rows.iter()
+            .map(StoredEvent::from_row)
+            .collect::<Result<_, _>>()
+            .context("cannot decode an audit event")
+    }
+
     /// Reads events in chain order, `limit` at a time from `after_seq`.
     pub async fn list(&self, after_seq: i64, limit: i64) -> anyhow::Result<Vec<StoredEvent>> {
         let query = format!(

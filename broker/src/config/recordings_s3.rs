@@ -24,6 +24,13 @@ pub struct RawRecordingsS3 {
     pub access_key_id: Option<Lenient<String>>,
     /// `secret_access_key`: secret reference to the secret access key.
     pub secret_access_key: Option<Lenient<String>>,
+    /// `operation_timeout_seconds`: maximum time of one storage operation, retries
+    /// included, from 1 to 300. A segment write that takes longer fails, and the live
+    /// session freezes. Default 10.
+    pub operation_timeout_seconds: Option<Lenient<u64>>,
+    /// `max_retries`: retries of a failed request within the operation timeout, from 0
+    /// to 10. Default 3.
+    pub max_retries: Option<Lenient<u64>>,
 }
 
 /// Validated `[sessions.recordings_s3]` section.
@@ -35,6 +42,8 @@ pub struct RecordingsS3Config {
     pub prefix: String,
     pub access_key_id: SecretRef,
     pub secret_access_key: SecretRef,
+    pub operation_timeout: std::time::Duration,
+    pub max_retries: usize,
 }
 
 impl RecordingsS3Config {
@@ -60,6 +69,8 @@ impl RecordingsS3Config {
             access_key_id: access_key_id.expose_secret().to_owned(),
             secret_access_key: secret_access_key.expose_secret().to_owned(),
             allow_http: is_loopback_http(&self.endpoint),
+            operation_timeout: self.operation_timeout,
+            max_retries: self.max_retries,
         })
     }
 }
@@ -149,6 +160,21 @@ pub fn validate_recordings_s3(
     .to_owned();
     let access_key_id = secret(&raw.access_key_id, "access_key_id", problems);
     let secret_access_key = secret(&raw.secret_access_key, "secret_access_key", problems);
+    let default_timeout = recorder::S3Config::DEFAULT_OPERATION_TIMEOUT.as_secs();
+    let operation_timeout_seconds = bounded(
+        &raw.operation_timeout_seconds,
+        "operation_timeout_seconds",
+        (1, 300, "seconds"),
+        default_timeout,
+        problems,
+    );
+    let max_retries = bounded(
+        &raw.max_retries,
+        "max_retries",
+        (0, 10, "retries"),
+        recorder::S3Config::DEFAULT_MAX_RETRIES as u64,
+        problems,
+    );
 
     if problems.len() > before {
         return None;
@@ -160,7 +186,29 @@ pub fn validate_recordings_s3(
         prefix,
         access_key_id: access_key_id?,
         secret_access_key: secret_access_key?,
+        operation_timeout: std::time::Duration::from_secs(operation_timeout_seconds),
+        max_retries: max_retries as usize,
     })
+}
+
+/// Reads a whole number in `min..=max`, recording a problem naming the key if it is
+/// out of range.
+fn bounded(
+    leaf: &Option<Lenient<u64>>,
+    key: &str,
+    (min, max, unit): (u64, u64, &str),
+    default: u64,
+    problems: &mut Vec<ConfigProblem>,
+) -> u64 {
+    let full = format!("{SECTION}.{key}");
+    let value = take(leaf, &full, "a whole number", problems).unwrap_or(default);
+    if !(min..=max).contains(&value) {
+        problems.push(ConfigProblem {
+            key: full,
+            message: format!("{value} is out of range; use {min} to {max} {unit}"),
+        });
+    }
+    value
 }
 
 #[cfg(test)]
@@ -185,6 +233,32 @@ mod tests {
         assert_eq!(config.prefix, "site-a");
         assert_eq!(config.region, "us-east-1");
         assert_eq!(config.access_key_id, SecretRef::Env("S3_KEY".into()));
+        assert_eq!(config.operation_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(config.max_retries, 3);
+    }
+
+    #[test]
+    fn s3_section_bounds_timeout_and_retries() {
+        let base = "endpoint = \"https://s3.example.test\"\nbucket = \"rec\"\n\
+                    access_key_id = \"env:S3_KEY\"\nsecret_access_key = \"env:S3_SECRET\"\n";
+        let (config, problems) =
+            validate(&format!("{base}operation_timeout_seconds = 3\nmax_retries = 0\n"));
+        assert!(problems.is_empty(), "{problems:?}");
+        let config = config.unwrap();
+        assert_eq!(config.operation_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(config.max_retries, 0);
+
+        let (config, problems) =
+            validate(&format!("{base}operation_timeout_seconds = 0\nmax_retries = 11\n"));
+        assert!(config.is_none());
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "sessions.recordings_s3.operation_timeout_seconds",
+                "sessions.recordings_s3.max_retries"
+            ]
+        );
     }
 
     #[test]

@@ -24,6 +24,8 @@ const DEFAULT_EGRESS_MAX_CONNECTIONS: u32 = 64;
 const DEFAULT_EGRESS_IDLE_TIMEOUT_SECONDS: u64 = 300;
 /// Lowest per-session egress rate accepted: 16 KiB per second.
 const MIN_EGRESS_BYTES_PER_SECOND: u64 = 16 * 1024;
+/// `nobody` and `nogroup` on Debian.
+const DEFAULT_EXPORT_MUX_ID: u32 = 65534;
 
 /// Raw mirror of `[sessions]`.
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +79,16 @@ pub struct RawSessions {
     /// `[sessions.recordings_s3]`: stores recordings in an S3-compatible bucket in place
     /// of `recordings_dir`.
     pub recordings_s3: Option<super::recordings_s3::RawRecordingsS3>,
+    /// `sessions.export_mux_program`: the `strongroom` binary that runs the unprivileged
+    /// WebM muxing process of `strongroom recording export`, an absolute path. Default:
+    /// the running binary. It must be executable by `export_mux_uid`.
+    pub export_mux_program: Option<Lenient<PathBuf>>,
+    /// `sessions.export_mux_uid`: user id the muxing process runs as when the exporting
+    /// process is root. Default 65534 (`nobody`); 0 is rejected.
+    pub export_mux_uid: Option<Lenient<u32>>,
+    /// `sessions.export_mux_gid`: group id the muxing process runs as when the
+    /// exporting process is root. Default 65534 (`nogroup`); 0 is rejected.
+    pub export_mux_gid: Option<Lenient<u32>>,
 }
 
 /// Validated `[sessions]` section.
@@ -100,6 +112,10 @@ pub struct SessionsConfig {
     pub recording_keys_dir: PathBuf,
     /// Set when recordings go to an S3-compatible bucket.
     pub recordings_s3: Option<super::recordings_s3::RecordingsS3Config>,
+    /// `None` runs the current executable.
+    pub export_mux_program: Option<PathBuf>,
+    pub export_mux_uid: u32,
+    pub export_mux_gid: u32,
 }
 
 impl SessionsConfig {
@@ -124,6 +140,9 @@ impl SessionsConfig {
             recordings_dir: data_dir.join("recordings"),
             recording_keys_dir: data_dir.join("recording-keys"),
             recordings_s3: None,
+            export_mux_program: None,
+            export_mux_uid: DEFAULT_EXPORT_MUX_ID,
+            export_mux_gid: DEFAULT_EXPORT_MUX_ID,
         }
     }
 }
@@ -383,6 +402,40 @@ pub fn validate_sessions(
         .as_ref()
         .and_then(|raw| super::recordings_s3::validate_recordings_s3(raw, problems));
 
+    let export_mux_program = take(
+        &raw.export_mux_program,
+        "sessions.export_mux_program",
+        "a file path",
+        problems,
+    );
+    if let Some(program) = &export_mux_program
+        && program.is_relative()
+    {
+        problem(
+            problems,
+            "sessions.export_mux_program",
+            format!(
+                "{} is relative; use an absolute path to the strongroom binary",
+                program.display()
+            ),
+        );
+    }
+    let [export_mux_uid, export_mux_gid] = [
+        (&raw.export_mux_uid, "sessions.export_mux_uid"),
+        (&raw.export_mux_gid, "sessions.export_mux_gid"),
+    ]
+    .map(|(value, key)| {
+        let id = take(value, key, "a numeric id", problems).unwrap_or(DEFAULT_EXPORT_MUX_ID);
+        if id == 0 {
+            problem(
+                problems,
+                key,
+                "0 is root; use an unprivileged id such as 65534".to_owned(),
+            );
+        }
+        id
+    });
+
     if problems.len() > before {
         return None;
     }
@@ -402,6 +455,9 @@ pub fn validate_sessions(
         recordings_dir,
         recording_keys_dir,
         recordings_s3,
+        export_mux_program,
+        export_mux_uid,
+        export_mux_gid,
     })
 }
 

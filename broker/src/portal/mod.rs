@@ -116,7 +116,7 @@ async fn launch(
         recording_id: Uuid::new_v4(),
         recording_expires_at: chrono::Utc::now() + chrono::Duration::days(retention_days),
     };
-    let stream = match portal.hub.start(start) {
+    let stream = match portal.hub.start(start).await {
         Ok(stream) => stream,
         Err(error) => {
             let reason = crate::sessions::EndReason::RecorderFailed {

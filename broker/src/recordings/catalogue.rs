@@ -2,10 +2,11 @@
 //! a recording by person, site and time without opening the recording store, and so
 //! that recovery and retention know which recordings exist.
 //!
-//! The stream task inserts the row before the first segment is stored, adds each
-//! stored segment to the counts, and marks the row sealed or failed at the end. A row
-//! that a crashed broker left in `recording` is sealed by [`seal_interrupted`] at the
-//! next start of the same instance.
+//! The row is inserted before the recording is created in the store. The stream task
+//! adds each stored segment to the counts and marks the row sealed or failed at the
+//! end. A row that a crashed broker left in `recording` is sealed by
+//! [`seal_interrupted`] at the next start of the same instance, or removed when the
+//! crash came before the recording's metadata was stored.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -325,6 +326,9 @@ pub enum Recovered {
     Sealed { segment_count: u64 },
     /// Recovery failed; the row is marked failed with this reason.
     Failed(String),
+    /// The start was interrupted before the recording's metadata was stored, so nothing
+    /// in it was readable: its objects and its row were removed.
+    Removed,
 }
 
 /// Seals recordings that a crash interrupted: removes partial files, authenticates every
@@ -340,9 +344,7 @@ pub async fn seal_interrupted(
     let mut results = Vec::new();
     for &id in recordings {
         let result = match seal_one(audit, storage.clone(), keys.clone(), id).await {
-            Ok(count) => Recovered::Sealed {
-                segment_count: count,
-            },
+            Ok(recovered) => recovered,
             Err(error) => {
                 let reason = format!("{error:#}");
                 tracing::error!(recording.id = %id, error = reason.as_str(), "Cannot seal an interrupted recording");
@@ -371,10 +373,26 @@ async fn seal_one(
     storage: Arc<dyn recorder::Storage>,
     keys: Arc<dyn recorder::KeyStore>,
     id: Uuid,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Recovered> {
     let entry = get(audit.database(), id)
         .await?
         .with_context(|| format!("recording {id} is not in the catalogue"))?;
+
+    if !metadata_stored(storage.clone(), id).await? {
+        discard_unstarted(audit.database(), storage, id).await?;
+        let event = EventBuilder::new(Actor::System("reconciler"), Action::RecordingFailed)
+            .session(entry.session_id)
+            .target(format!("recording:{id}"))
+            .outcome(Outcome::Failure)
+            .detail(
+                "reason",
+                "the broker stopped before the recording's metadata was stored; its catalogue row and objects were removed",
+            )
+            .build();
+        audit.append(event).await?;
+        tracing::warn!(recording.id = %id, "Removed a recording whose start was interrupted");
+        return Ok(Recovered::Removed);
+    }
 
     let sealed = tokio::task::spawn_blocking(move || {
         let report = recorder::recover_recording(storage.as_ref(), keys.as_ref(), id)?;
@@ -447,27 +465,66 @@ async fn seal_one(
         .build();
     audit.append(event).await?;
     tracing::info!(recording.id = %id, segments = segment_count, "Sealed an interrupted recording");
-    Ok(segment_count)
+    Ok(Recovered::Sealed { segment_count })
 }
 
-/// Indexes of the recording's segments whose hashes the audit trail holds.
+/// Reports whether the store has the recording's metadata object, which the writer
+/// stores before any segment.
+async fn metadata_stored(storage: Arc<dyn recorder::Storage>, id: Uuid) -> anyhow::Result<bool> {
+    tokio::task::spawn_blocking(move || {
+        if !storage.exists(id)? {
+            return Ok(false);
+        }
+        match storage.get(id, recorder::METADATA_NAME) {
+            Ok(_) => Ok(true),
+            Err(recorder::StorageError::NotFound { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    })
+    .await
+    .context("storage task failed")?
+    .with_context(|| format!("cannot read the metadata of recording {id}"))
+}
+
+/// Removes a recording whose start did not store its metadata: whatever the store has
+/// of it, then its catalogue row while that is still unsealed. Without the metadata its
+/// data key is lost, so none of its objects is readable.
+pub async fn discard_unstarted(
+    db: &Database,
+    storage: Arc<dyn recorder::Storage>,
+    id: Uuid,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        if storage.exists(id)? {
+            storage.delete_recording(id)?;
+        }
+        Ok::<_, recorder::StorageError>(())
+    })
+    .await
+    .context("storage task failed")?
+    .with_context(|| format!("cannot delete the objects of recording {id}"))?;
+    sqlx::query(
+        "DELETE FROM recordings WHERE id = $1 AND state IN ('recording', 'failed') \
+         AND seal_sha256 IS NULL",
+    )
+    .bind(id.to_string())
+    .execute(db.pool())
+    .await
+    .with_context(|| format!("cannot remove recording {id} from the catalogue"))?;
+    Ok(())
+}
+
+/// Indexes of the recording's segments whose hashes the audit trail contains.
 async fn audited_segments(audit: &AuditLog, id: Uuid) -> anyhow::Result<BTreeSet<u64>> {
-    let target = format!("recording:{id}");
+    let events = audit
+        .list_for_target(&format!("recording:{id}"), Action::RecordingSegmentStored)
+        .await?;
     let mut indexes = BTreeSet::new();
-    let mut after = 0;
-    loop {
-        let events = audit.list(after, 10_000).await?;
-        let Some(last) = events.last() else { break };
-        after = last.seq;
-        for event in events.iter().filter(|event| {
-            event.action == Action::RecordingSegmentStored.as_str()
-                && event.target.as_deref() == Some(&target)
-        }) {
-            let details: serde_json::Value =
-                serde_json::from_str(&event.details).context("invalid segment event details")?;
-            if let Some(index) = details["index"].as_u64() {
-                indexes.insert(index);
-            }
+    for event in &events {
+        let details: serde_json::Value =
+            serde_json::from_str(&event.details).context("invalid segment event details")?;
+        if let Some(index) = details["index"].as_u64() {
+            indexes.insert(index);
         }
     }
     Ok(indexes)

@@ -5,6 +5,7 @@ pub mod catalogue;
 pub mod evidence;
 pub mod keys_check;
 pub mod markers;
+pub mod mux;
 pub mod replay;
 pub mod retention;
 
@@ -17,38 +18,28 @@ use uuid::Uuid;
 use crate::audit::AuditLog;
 use crate::config::Config;
 
-/// Audit events read per page while collecting segment hashes.
-const PAGE: i64 = 10_000;
-
 /// The segment hashes of a recording, in index order, from `recording.segment.stored`
 /// events. A missing index is an error: the chain must name every segment.
 pub async fn segment_hashes(audit: &AuditLog, recording: Uuid) -> anyhow::Result<Vec<[u8; 32]>> {
     let target = format!("recording:{recording}");
+    let events = audit
+        .list_for_target(&target, crate::audit::Action::RecordingSegmentStored)
+        .await?;
     let mut indexed: Vec<(u64, [u8; 32])> = Vec::new();
-    let mut after = 0;
-    loop {
-        let events = audit.list(after, PAGE).await?;
-        let Some(last) = events.last() else { break };
-        after = last.seq;
-        for event in events.iter().filter(|event| {
-            event.action == "recording.segment.stored" && event.target.as_deref() == Some(&target)
-        }) {
-            let details: serde_json::Value =
-                serde_json::from_str(&event.details).context("invalid segment event details")?;
-            let index = details["index"]
-                .as_u64()
-                .context("segment event without an index")?;
-            let hash = details["sha256"]
-                .as_str()
-                .context("segment event without a hash")?;
-            let hash: [u8; 32] = hex::decode(hash)
-                .ok()
-                .and_then(|bytes| bytes.try_into().ok())
-                .with_context(|| {
-                    format!("segment {index} has an invalid hash in event {}", event.seq)
-                })?;
-            indexed.push((index, hash));
-        }
+    for event in &events {
+        let details: serde_json::Value =
+            serde_json::from_str(&event.details).context("invalid segment event details")?;
+        let index = details["index"]
+            .as_u64()
+            .context("segment event without an index")?;
+        let hash = details["sha256"]
+            .as_str()
+            .context("segment event without a hash")?;
+        let hash: [u8; 32] = hex::decode(hash)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .with_context(|| format!("segment {index} has an invalid hash in event {}", event.seq))?;
+        indexed.push((index, hash));
     }
     indexed.sort_by_key(|(index, _)| *index);
     for (position, (index, _)) in indexed.iter().enumerate() {
@@ -116,7 +107,9 @@ pub async fn verify(
         .context("cannot verify the recording")
 }
 
-/// Writes a WebM file of a recording whose segments all match the audit chain.
+/// Writes a WebM file of a recording whose segments all match the audit chain. This
+/// process decrypts and authenticates the segments; an unprivileged child process
+/// without keys muxes the packets ([`mux`]).
 pub async fn export(
     config: &Config,
     audit: &AuditLog,
@@ -125,13 +118,25 @@ pub async fn export(
 ) -> anyhow::Result<recorder::ExportSummary> {
     let hashes = segment_hashes(audit, recording).await?;
     let (storage, keys) = stores(config)?;
+    let settings = mux::MuxSettings::from_config(config)?;
     let output = output.to_owned();
-    tokio::task::spawn_blocking(move || {
-        recorder::export_webm(storage, keys.as_ref(), recording, Some(hashes), &output)
+    let summary = tokio::task::spawn_blocking(move || {
+        let mut reader = recorder::RecordingReader::open(storage, keys.as_ref(), recording)
+            .context("cannot open the recording")?;
+        reader
+            .require_hashes(hashes)
+            .context("the recording does not match the audit chain")?;
+        mux::export_to_file(&reader, &settings, &output)
     })
     .await
-    .context("export task failed")?
-    .context("cannot export the recording")
+    .context("export task failed")??;
+    tracing::info!(
+        recording.id = %recording,
+        packets = summary.packets,
+        duration_ms = summary.duration.as_millis() as u64,
+        "Exported recording to WebM"
+    );
+    Ok(summary)
 }
 
 /// Fails when a kept recording has lost every key that could decrypt it, and adds the
@@ -152,14 +157,15 @@ pub async fn check_keys_at_start(
     Ok(readiness)
 }
 
-/// `strongroom keys rotate`: re-wraps every data key under a new period key, destroys
-/// the old keys and audits the rotation. Returns the exit code.
+/// `strongroom keys rotate`: re-wraps every data key under a new period key and every
+/// hold wrap under a new hold key, destroys the old keys and audits the rotation.
+/// Returns the exit code.
 pub async fn rotate_keys_command(config: &Config, db: &crate::db::Database) -> i32 {
     let audit = AuditLog::new(db.clone(), Arc::new(crate::clock::SystemClock));
     let result = async {
         let (storage, keys) = stores(config)?;
         let report = tokio::task::spawn_blocking(move || {
-            recorder::rotate_period_keys(storage.as_ref(), keys.as_ref(), chrono::Utc::now())
+            recorder::rotate_keys(storage.as_ref(), keys.as_ref(), chrono::Utc::now())
         })
         .await
         .context("key rotation task failed")?
@@ -170,6 +176,7 @@ pub async fn rotate_keys_command(config: &Config, db: &crate::db::Database) -> i
         )
         .target("recording-keys")
         .detail("rewrapped", report.rewrapped.len())
+        .detail("hold_rewrapped", report.hold_rewrapped.len())
         .detail(
             "new_keys",
             report
@@ -194,8 +201,9 @@ pub async fn rotate_keys_command(config: &Config, db: &crate::db::Database) -> i
     match result {
         Ok(report) => {
             println!(
-                "re-wrapped {} recordings under {} new keys; destroyed {} old keys",
+                "re-wrapped {} recordings under new period keys and {} held recordings under a new hold key; created {} keys, destroyed {} old keys",
                 report.rewrapped.len(),
+                report.hold_rewrapped.len(),
                 report.new_keys.len(),
                 report.destroyed_keys.len()
             );

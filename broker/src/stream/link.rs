@@ -30,8 +30,6 @@ pub(super) struct Link {
     pub hub: StreamHub,
     pub stream: Arc<LiveStream>,
     pub recording: RecordingHandle,
-    pub recording_started_at: chrono::DateTime<chrono::Utc>,
-    pub recording_expires_at: chrono::DateTime<chrono::Utc>,
     pub from_broker: mpsc::Receiver<BrokerMessage>,
     pub agent_addr: SocketAddr,
     pub secret: SessionSecret,
@@ -52,13 +50,9 @@ impl Link {
         self.audit_recording(Action::RecordingStarted, Outcome::Success, |event| event)
             .await;
 
-        // Without a catalogue row, recovery could not find the recording after a crash.
-        let end = match self.add_to_catalogue().await {
-            Err(error) => LinkEnd::Failed(format!("recording could not start: {error:#}")),
-            Ok(()) => match self.connect().await {
-                Ok(socket) => self.relay(socket).await,
-                Err(error) => LinkEnd::Failed(format!("workspace agent unreachable: {error:#}")),
-            },
+        let end = match self.connect().await {
+            Ok(socket) => self.relay(socket).await,
+            Err(error) => LinkEnd::Failed(format!("workspace agent unreachable: {error:#}")),
         };
         // A session that the lifecycle is already ending loses its workspace next. The
         // agent's closed connection follows from that, so viewers get the lifecycle's reason.
@@ -98,27 +92,6 @@ impl Link {
             }
         }
         self.stream.publish(ViewerEvent::Ended { reason });
-    }
-
-    async fn add_to_catalogue(&self) -> anyhow::Result<()> {
-        let db = self.hub.audit().database();
-        let session_id = self.stream.session_id;
-        let session = crate::sessions::store::get(db, session_id)
-            .await?
-            .with_context(|| format!("session {session_id} is not in the database"))?;
-        catalogue::insert(
-            db,
-            &catalogue::NewEntry {
-                id: self.recording.id(),
-                session_id,
-                user_id: session.user_id,
-                site: session.site,
-                instance_id: session.instance_id,
-                started_at: self.recording_started_at,
-                expires_at: self.recording_expires_at,
-            },
-        )
-        .await
     }
 
     /// Dials the agent until it accepts the connection or the connect timeout passes, then

@@ -294,14 +294,15 @@ impl StreamHub {
 
     /// Starts the recording and the agent link of a session. The recording is created
     /// before anything connects, so a failing store refuses the stream at once.
-    pub fn start(&self, start: StreamStart) -> anyhow::Result<Arc<LiveStream>> {
-        let started_at = Utc::now();
-        let recording = recording::RecordingHandle::start(
+    pub async fn start(&self, start: StreamStart) -> anyhow::Result<Arc<LiveStream>> {
+        let recording = recording::start_catalogued(
             &self.inner.recording,
+            self.inner.audit.database(),
+            start.session_id,
             start.recording_id,
-            started_at,
             start.recording_expires_at,
-        )?;
+        )
+        .await?;
 
         let (to_agent, from_broker) = mpsc::channel(256);
         let (events, _) = broadcast::channel(self.inner.settings.viewer_buffer.max(2));
@@ -326,8 +327,6 @@ impl StreamHub {
             hub: self.clone(),
             stream: stream.clone(),
             recording,
-            recording_started_at: started_at,
-            recording_expires_at: start.recording_expires_at,
             from_broker,
             agent_addr: start.agent_addr,
             secret: start.secret,

@@ -17,6 +17,8 @@ use recorder::{
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::recordings::catalogue;
+
 /// Request to the recorder thread.
 enum Command {
     Config(StreamConfig, oneshot::Sender<Result<(), RecorderError>>),
@@ -44,6 +46,56 @@ pub struct RecordingSettings {
     pub storage: Arc<dyn Storage>,
     pub keys: Arc<dyn KeyStore>,
     pub config: RecorderConfig,
+}
+
+/// Adds a recording's catalogue row, then creates the recording in the store and starts
+/// its thread. In this order a crash at any point leaves either nothing or a catalogue
+/// row in state `recording`, which start-up recovery seals (when the recording's
+/// metadata was stored) or removes with whatever the store contains of it
+/// ([`catalogue::seal_interrupted`]). When creating the recording fails, the row and any
+/// stored objects are removed at once.
+pub async fn start_catalogued(
+    settings: &RecordingSettings,
+    db: &crate::db::Database,
+    session_id: Uuid,
+    recording_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> anyhow::Result<RecordingHandle> {
+    let session = crate::sessions::store::get(db, session_id)
+        .await?
+        .with_context(|| format!("session {session_id} is not in the database"))?;
+    let started_at = Utc::now();
+    catalogue::insert(
+        db,
+        &catalogue::NewEntry {
+            id: recording_id,
+            session_id,
+            user_id: session.user_id,
+            site: session.site,
+            instance_id: session.instance_id,
+            started_at,
+            expires_at,
+        },
+    )
+    .await?;
+
+    let blocking_settings = settings.clone();
+    let created = tokio::task::spawn_blocking(move || {
+        RecordingHandle::start(&blocking_settings, recording_id, started_at, expires_at)
+    })
+    .await
+    .context("recording start task failed")
+    .and_then(|result| result);
+    match created {
+        Ok(handle) => Ok(handle),
+        Err(error) => {
+            let storage = settings.storage.clone();
+            if let Err(cleanup) = catalogue::discard_unstarted(db, storage, recording_id).await {
+                tracing::error!(recording.id = %recording_id, error = format!("{cleanup:#}"), "Cannot remove a recording that failed to start; start-up recovery removes it");
+            }
+            Err(error)
+        }
+    }
 }
 
 /// Handle to a recording thread. Dropping it without sealing lets the thread exit and
