@@ -736,10 +736,10 @@ async fn crashed_renderer_stops_page_reports() {
     assert!(!renderers.is_empty(), "no renderer process in {container}");
     for pid in renderers {
         // A renderer may exit on its own once another one is gone.
-        drop(nix::sys::signal::kill(
+        let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
-        ));
+        );
     }
     let killed = Instant::now();
 
