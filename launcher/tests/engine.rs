@@ -973,8 +973,10 @@ async fn api_version_prefix_is_sent() {
     );
     runtime.list_owned("test-prefix").await.unwrap();
 
+    // Subnets, the image, and the containers and networks under the current and the
+    // legacy instance label.
     let lines = proxy.request_lines();
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines.len(), 6, "{lines:?}");
     for line in &lines {
         let path = line.split(' ').nth(1).unwrap();
         assert!(
