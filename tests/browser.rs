@@ -190,6 +190,30 @@ impl Browser {
         }
     }
 
+    /// Sets the browser window's outer size in CSS pixels.
+    pub async fn set_window_size(&self, width: u32, height: u32) {
+        self.command(
+            reqwest::Method::POST,
+            "/window/rect",
+            serde_json::json!({ "width": width, "height": height }),
+        )
+        .await;
+    }
+
+    /// Returns the cookies of the current page as one `Cookie` header value.
+    pub async fn cookie_header(&self) -> String {
+        let cookies = self
+            .command(reqwest::Method::GET, "/cookie", serde_json::json!({}))
+            .await;
+        cookies
+            .as_array()
+            .expect("WebDriver returns a cookie list")
+            .iter()
+            .map(|cookie| format!("{}={}", cookie["name"].as_str().unwrap(), cookie["value"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub async fn quit(mut self) {
         let _ = self
             .try_command(reqwest::Method::DELETE, "", serde_json::json!({}))

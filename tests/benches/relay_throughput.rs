@@ -147,6 +147,7 @@ async fn relayed(agent: &HostAgent, secret: &SessionSecret, duration: Duration) 
             secret: secret.clone(),
             recording_id: Uuid::new_v4(),
             recording_expires_at: chrono::Utc::now() + chrono::Duration::days(1),
+            clipboard: Default::default(),
         })
         .expect("stream starts");
 

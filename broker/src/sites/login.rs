@@ -321,12 +321,24 @@ pub enum ClipboardPolicy {
     Both,
 }
 
+impl ClipboardPolicy {
+    /// Returns whether the person may paste text into the workspace.
+    pub fn allows_paste_in(self) -> bool {
+        matches!(self, ClipboardPolicy::PasteIn | ClipboardPolicy::Both)
+    }
+
+    /// Returns whether text copied in the workspace may reach the person's clipboard.
+    pub fn allows_copy_out(self) -> bool {
+        matches!(self, ClipboardPolicy::CopyOut | ClipboardPolicy::Both)
+    }
+}
+
 /// Session policies of a site.
 ///
-/// NOTE: downloads and clipboard are stored and validated, but not applied yet. Every
-/// workspace blocks downloads (Chromium's `DownloadRestrictions` policy in the image)
-/// and the viewer has no clipboard channel. Extra CA certificates reach the session's
-/// Chromium as its `CACertificates` policy.
+/// NOTE: downloads are stored and validated, but not applied yet: every workspace
+/// blocks downloads (Chromium's `DownloadRestrictions` policy in the image). The stream
+/// hub enforces the clipboard policy on the live view's paste and copy messages. Extra
+/// CA certificates reach the session's Chromium as its `CACertificates` policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionPolicy {

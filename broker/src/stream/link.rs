@@ -327,6 +327,18 @@ impl Link {
                     "the browser exited (code {code:?}, signal {signal:?})"
                 )));
             }
+            AgentControl::ClipboardChanged { text } => {
+                // INVARIANT: the workspace is untrusted, so its copies reach the
+                // person only where the site allows copying out.
+                if self.stream.clipboard.allows_copy_out() {
+                    self.stream.publish(ViewerEvent::Clipboard { text });
+                } else {
+                    tracing::debug!(
+                        text.len = text.len(),
+                        "Dropped workspace clipboard text: the site's policy does not allow copying out"
+                    );
+                }
+            }
             AgentControl::Error { message } => {
                 tracing::warn!(
                     agent.message = message.as_str(),
