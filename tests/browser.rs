@@ -190,6 +190,23 @@ impl Browser {
         }
     }
 
+    /// Turns the mouse wheel over the centre of the element matching `css` by
+    /// `delta_y` CSS pixels (positive scrolls down), through WebDriver's wheel actions.
+    pub async fn wheel(&self, css: &str, delta_y: i64) {
+        let element = self.element(css).await;
+        let origin = serde_json::json!({ "element-6066-11e4-a52e-4f735466cecf": element });
+        self.command(
+            reqwest::Method::POST,
+            "/actions",
+            serde_json::json!({ "actions": [{
+                "type": "wheel",
+                "id": "wheel",
+                "actions": [{ "type": "scroll", "x": 0, "y": 0, "deltaX": 0, "deltaY": delta_y, "origin": origin }],
+            }]}),
+        )
+        .await;
+    }
+
     /// Sets the browser window's outer size in CSS pixels.
     pub async fn set_window_size(&self, width: u32, height: u32) {
         self.command(

@@ -775,7 +775,7 @@ document.addEventListener('copy', () => fetch('/copied'));
 </script></body></html>"#;
 
 /// A session of the signed-in person whose stream comes from an agent on the test host
-/// showing [`CLIPBOARD_PAGE`], with `policy` as the site's clipboard policy.
+/// showing `page`, with `policy` as the site's clipboard policy.
 struct HostSession {
     session_id: Uuid,
     pages: strongroom_tests::pages::PageServer,
@@ -787,9 +787,10 @@ impl HostSession {
         stack: &Stack,
         owner: &str,
         policy: broker::sites::ClipboardPolicy,
+        page: &str,
     ) -> HostSession {
         let pages = strongroom_tests::pages::PageServer::start(std::collections::HashMap::from([
-            ("/", CLIPBOARD_PAGE.to_owned()),
+            ("/", page.to_owned()),
         ]))
         .await;
         let secret = protocol::SessionSecret::new(format!(
@@ -969,7 +970,7 @@ async fn clipboard_follows_site_policy() {
 
     // Both ways: the paste reaches the workspace's field byte for byte, and the
     // workspace's copy reaches the owner's viewers.
-    let session = HostSession::start(&stack, &owner, ClipboardPolicy::Both).await;
+    let session = HostSession::start(&stack, &owner, ClipboardPolicy::Both, CLIPBOARD_PAGE).await;
     open_and_focus_field(&browser, &stack, &session).await;
     let mut socket = viewer_socket(&stack, &browser, session.session_id).await;
     let policy = status_of_type(&mut socket, "clipboard_policy", Duration::from_secs(30)).await;
@@ -1000,7 +1001,7 @@ async fn clipboard_follows_site_policy() {
 
     // Off: the viewer does not send a paste, the broker refuses one sent anyway, and a
     // copy in the workspace does not leave it.
-    let session = HostSession::start(&stack, &owner, ClipboardPolicy::Blocked).await;
+    let session = HostSession::start(&stack, &owner, ClipboardPolicy::Blocked, CLIPBOARD_PAGE).await;
     open_and_focus_field(&browser, &stack, &session).await;
     let mut socket = viewer_socket(&stack, &browser, session.session_id).await;
     let policy = status_of_type(&mut socket, "clipboard_policy", Duration::from_secs(30)).await;
@@ -1051,6 +1052,69 @@ async fn clipboard_follows_site_policy() {
     drop(socket);
     drop(session);
 
+    browser.quit().await;
+    stack.stop().await;
+}
+
+/// A page five screens tall that reports its scroll position.
+const SCROLL_PAGE: &str = r#"<!doctype html><html><body style="margin:0;height:5000px;background:linear-gradient(#fff,#36c)">
+<script>
+addEventListener('scroll', () => fetch('/scroll?y=' + Math.round(scrollY)));
+</script></body></html>"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_wheel_scrolls_workspace_page() {
+    let stack = Stack::start(&[]).await;
+    let browser = Browser::start().await;
+    let owner = sign_in_browser(&stack, &browser, "alice").await;
+    let session = HostSession::start(
+        &stack,
+        &owner,
+        broker::sites::ClipboardPolicy::Blocked,
+        SCROLL_PAGE,
+    )
+    .await;
+    browser
+        .open(&format!("{}/sessions/{}", stack.base, session.session_id))
+        .await;
+    browser.element("#screen").await;
+    wait_for_picture(&browser).await;
+    let positions = || {
+        session
+            .pages
+            .requests()
+            .iter()
+            .filter_map(|target| target.strip_prefix("/scroll?y="))
+            .map(|y| y.parse::<u64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    // Wheel down until the page reports a position below the top: the first turns
+    // may arrive before the workspace window has the pointer.
+    let down = wait_for(Duration::from_secs(60), || async {
+        browser.wheel("#screen", 300).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        positions().into_iter().max().filter(|y| *y > 0)
+    })
+    .await;
+
+    // Wheel up: the page scrolls back to the top. Reports travel on separate
+    // connections and may arrive out of order, so any report of 0 counts.
+    let before_up = positions().len();
+    wait_for(Duration::from_secs(60), || async {
+        browser.wheel("#screen", -3 * down as i64 - 300).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        positions()[before_up..].contains(&0).then_some(())
+    })
+    .await;
+
+    stack
+        .broker()
+        .state
+        .portal
+        .hub
+        .stop(session.session_id, "test finished");
+    drop(session);
     browser.quit().await;
     stack.stop().await;
 }
