@@ -717,8 +717,8 @@ for (let i = 0; i < data.length; i += 4 * 101) { if (data[i] || data[i + 1] || d
 const status = document.getElementById('status');
 return { canvas: c.width + 'x' + c.height, frame: document.getElementById('viewer').dataset.frameSize || '', stage: [s.clientWidth, s.clientHeight], lit, status: status.hidden ? '' : status.textContent };";
 
-/// The workspace screen size the agent makes of a stage size in CSS pixels: each side
-/// clamped to the protocol's bounds and rounded down to an even number.
+/// Returns the workspace screen size the agent makes of a stage size in CSS pixels,
+/// each side clamped to the protocol's bounds and rounded down to an even number.
 fn screen_size_for(stage: &serde_json::Value) -> String {
     let side = |index: usize| (stage[index].as_u64().unwrap().clamp(64, 4096) as u32) & !1;
     format!("{}x{}", side(0), side(1))

@@ -612,3 +612,22 @@ mod tests {
         assert_eq!(problems[0].field, "policy.extra_ca_certs[0]");
     }
 }
+
+#[cfg(test)]
+mod clipboard_policy_tests {
+    use super::ClipboardPolicy;
+
+    #[test]
+    fn clipboard_policy_directions() {
+        let cases = [
+            (ClipboardPolicy::Blocked, false, false),
+            (ClipboardPolicy::PasteIn, true, false),
+            (ClipboardPolicy::CopyOut, false, true),
+            (ClipboardPolicy::Both, true, true),
+        ];
+        for (policy, paste_in, copy_out) in cases {
+            assert_eq!(policy.allows_paste_in(), paste_in, "{policy:?} paste in");
+            assert_eq!(policy.allows_copy_out(), copy_out, "{policy:?} copy out");
+        }
+    }
+}

@@ -14,10 +14,11 @@
 //! watching socket gets an `input_refused` status for each message it sends, and while
 //! any admin watches, every viewer gets a `watchers` status with the count.
 //!
-//! The site's clipboard policy is enforced here: the owner's viewer learns it from a
-//! `clipboard_policy` status, a `paste` is forwarded only where pasting in is allowed
-//! (otherwise it gets `input_refused`), and text copied in the workspace reaches only
-//! the owner's viewer, as a `clipboard` status, only where copying out is allowed.
+//! The site's clipboard policy is enforced here, and the owner's viewer learns it from
+//! a `clipboard_policy` status. A `paste` is forwarded only where pasting in is
+//! allowed, and gets `input_refused` otherwise. Text copied in the workspace reaches
+//! only the owner's viewers, as a `clipboard` status, and only where copying out is
+//! allowed.
 //!
 //! A viewer that falls behind loses buffered events, skips to the next keyframe and
 //! asks the agent for one, so memory per viewer stays bounded by the broadcast buffer.
@@ -236,7 +237,7 @@ enum StatusMessage<'a> {
     ResizeRejected {
         reason: &'a str,
     },
-    /// What the site's clipboard policy lets the owner's viewer do.
+    /// The directions of the site's clipboard policy, for the owner's viewer.
     ClipboardPolicy {
         paste_in: bool,
         copy_out: bool,
@@ -554,6 +555,78 @@ mod tests {
         assert_eq!(tickets.redeem(&ticket), Some(grant));
         assert_eq!(tickets.redeem(&ticket), None);
         assert_eq!(tickets.redeem("unknown"), None);
+    }
+}
+
+#[cfg(test)]
+mod parser_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parser_never_panics_on_any_text(text in any::<String>()) {
+            let _ = ViewerInput::parse(&text);
+        }
+
+        #[test]
+        fn parser_never_panics_on_mutated_messages(
+            index in 0usize..6,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<char>()), 1..6),
+        ) {
+            let samples = [
+                r#"{"type":"key","code":"KeyQ","key":"é","pressed":true}"#,
+                r#"{"type":"mouse_move","x":10,"y":20}"#,
+                r#"{"type":"mouse_button","button":"left","pressed":true,"x":3,"y":4}"#,
+                r#"{"type":"wheel","x":1,"y":1,"delta_x":0,"delta_y":120}"#,
+                r#"{"type":"resize","width":800,"height":600,"device_pixel_ratio":2}"#,
+                r#"{"type":"paste","text":"pässwörd€ 日本 Ö{}"}"#,
+            ];
+            let mut chars: Vec<char> = samples[index].chars().collect();
+            for (position, replacement) in edits {
+                let at = position.index(chars.len());
+                chars[at] = replacement;
+            }
+            let text: String = chars.into_iter().collect();
+            if let Some(input) = ViewerInput::parse(&text) {
+                // Whatever parses either reaches the agent's decoder intact or is
+                // rejected there; it never panics on the way.
+                let _ = agent_accepts(&input.into_broker_message());
+            }
+        }
+
+        #[test]
+        fn paste_text_reaches_agent_exactly(text in any::<String>()) {
+            let message = serde_json::json!({ "type": "paste", "text": text }).to_string();
+            let parsed = ViewerInput::parse(&message);
+            let fits = !text.is_empty() && text.len() <= protocol::limits::MAX_CLIPBOARD_LEN;
+            prop_assert_eq!(parsed.is_some(), fits);
+            if let Some(input) = parsed {
+                let forwarded = input.into_broker_message();
+                prop_assert!(agent_accepts(&forwarded).is_ok());
+                prop_assert_eq!(forwarded, BrokerMessage::Paste { text });
+            }
+        }
+    }
+
+    #[test]
+    fn largest_escaped_paste_fits_a_viewer_message() {
+        let text = "\u{1}".repeat(protocol::limits::MAX_CLIPBOARD_LEN);
+        let message = serde_json::json!({ "type": "paste", "text": text }).to_string();
+
+        assert!(message.len() <= MAX_VIEWER_MESSAGE, "{} bytes", message.len());
+        assert!(ViewerInput::parse(&message).is_some());
+    }
+
+    #[test]
+    fn oversize_paste_is_rejected() {
+        let text = "x".repeat(protocol::limits::MAX_CLIPBOARD_LEN + 1);
+        let message = serde_json::json!({ "type": "paste", "text": text }).to_string();
+
+        assert_eq!(ViewerInput::parse(&message), None);
     }
 }
 

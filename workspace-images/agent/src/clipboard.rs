@@ -1,7 +1,7 @@
 //! The workspace's X clipboard (the `CLIPBOARD` selection), on its own thread.
 //!
 //! Pasting in: the thread takes ownership of `CLIPBOARD` with the viewer's text and
-//! serves it to every program that asks, as `UTF8_STRING` (or `TEXT`), until another
+//! serves it to every program that requests it, as `UTF8_STRING` (or `TEXT`), until another
 //! program takes the selection.
 //!
 //! Copying out: XFixes reports every change of the selection's owner. When a program
@@ -160,7 +160,7 @@ impl Clipboard {
                     && change.owner != self.window
                     && change.owner != x11rb::NONE =>
             {
-                // Ask the new owner for its text; the answer arrives as SelectionNotify.
+                // Request the new owner's text, which arrives as a SelectionNotify event.
                 self.conn.convert_selection(
                     self.window,
                     self.atoms.CLIPBOARD,
@@ -178,7 +178,7 @@ impl Clipboard {
         }
     }
 
-    /// Answers another program's request for the text this thread owns.
+    /// Serves another program's request for the text this thread owns.
     fn serve(&self, request: &SelectionRequestEvent) -> anyhow::Result<()> {
         // Clients older than ICCCM 2.0 send no property; the target names one then.
         let property = if request.property == x11rb::NONE {

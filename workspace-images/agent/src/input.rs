@@ -196,7 +196,7 @@ impl Injector {
         Ok(())
     }
 
-    /// Presses Control+V, or only V when the viewer holds Control already.
+    /// Presses Control+V, or only V when the viewer's Control key is down already.
     fn press_paste_shortcut(&mut self) -> anyhow::Result<()> {
         let (v, _) = *self
             .keymap
@@ -526,7 +526,7 @@ fn paste(
         .send(ClipboardCommand::Set { text, done })
         .map_err(|_| anyhow::anyhow!("the clipboard thread has stopped"))?;
     set.recv_timeout(CLIPBOARD_SET_TIMEOUT)
-        .context("the clipboard thread did not answer")??;
+        .context("the clipboard thread did not respond within 2 s")??;
     injector.press_paste_shortcut()
 }
 

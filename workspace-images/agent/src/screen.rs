@@ -3,7 +3,7 @@
 //! Xvfb (xorg-server 21.1.7 in Debian 12) offers RandR 1.2 with one output and one
 //! CRTC, and accepts any screen size from 1x1 up to the size it was started with. The
 //! agent therefore starts Xvfb at its largest size ([`MaxSize`]) and sets the size the
-//! viewer needs: it adds a mode of that size to the output, turns the CRTC off, sets
+//! viewer needs. It adds a mode of that size to the output, turns the CRTC off, sets
 //! the screen size and turns the CRTC on with the new mode. Xvfb keeps the memory of
 //! the largest framebuffer reserved, but only the part in use is ever written.
 //!
