@@ -728,19 +728,34 @@ fn screen_size_for(stage: &serde_json::Value) -> String {
 async fn viewer_resize_reaches_workspace_screen() {
     let stack = Stack::start(&[]).await;
     let browser = Browser::start().await;
-    sign_in_browser(&stack, &browser, "alice").await;
-    browser.click("#launch-demo").await;
+    let owner = sign_in_browser(&stack, &browser, "alice").await;
+    let session = HostSession::start(
+        &stack,
+        &owner,
+        broker::sites::ClipboardPolicy::Blocked,
+        SCROLL_PAGE,
+    )
+    .await;
+    browser
+        .open(&format!("{}/sessions/{}", stack.base, session.session_id))
+        .await;
     browser.element("#screen").await;
     wait_for_picture(&browser).await;
 
     // The viewer sends its stage size when it connects; the workspace screen follows.
-    let first = wait_for(Duration::from_secs(120), || async {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let first = loop {
         let probe = browser.script(SIZE_PROBE).await;
         let expected = screen_size_for(&probe["stage"]);
-        (probe["canvas"] == expected.as_str() && probe["frame"] == expected.as_str())
-            .then_some(probe)
-    })
-    .await;
+        if probe["canvas"] == expected.as_str() && probe["frame"] == expected.as_str() {
+            break probe;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the screen never took the stage's size {expected}: {probe}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
 
     // A smaller window: the stage shrinks, the viewer sends the new size, and frames of
     // that size arrive and show the page.
@@ -760,6 +775,13 @@ async fn viewer_resize_reaches_workspace_screen() {
         assert_ne!(probe["canvas"], first["canvas"], "{probe} after {first}");
     }
 
+    stack
+        .broker()
+        .state
+        .portal
+        .hub
+        .stop(session.session_id, "test finished");
+    drop(session);
     browser.quit().await;
     stack.stop().await;
 }
