@@ -160,6 +160,7 @@ impl Fixture {
                 secret: self.secret.clone(),
                 recording_id: Uuid::new_v4(),
                 recording_expires_at: chrono::Utc::now() + chrono::Duration::days(1),
+                clipboard: Default::default(),
             })
             .await
             .expect("stream starts")

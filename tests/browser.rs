@@ -190,6 +190,47 @@ impl Browser {
         }
     }
 
+    /// Turns the mouse wheel over the centre of the element matching `css` by
+    /// `delta_y` CSS pixels (positive scrolls down), through WebDriver's wheel actions.
+    pub async fn wheel(&self, css: &str, delta_y: i64) {
+        let element = self.element(css).await;
+        let origin = serde_json::json!({ "element-6066-11e4-a52e-4f735466cecf": element });
+        self.command(
+            reqwest::Method::POST,
+            "/actions",
+            serde_json::json!({ "actions": [{
+                "type": "wheel",
+                "id": "wheel",
+                "actions": [{ "type": "scroll", "x": 0, "y": 0, "deltaX": 0, "deltaY": delta_y, "origin": origin }],
+            }]}),
+        )
+        .await;
+    }
+
+    /// Sets the browser window's outer size in CSS pixels.
+    pub async fn set_window_size(&self, width: u32, height: u32) {
+        self.command(
+            reqwest::Method::POST,
+            "/window/rect",
+            serde_json::json!({ "width": width, "height": height }),
+        )
+        .await;
+    }
+
+    /// Returns the cookies of the current page as one `Cookie` header value.
+    pub async fn cookie_header(&self) -> String {
+        let cookies = self
+            .command(reqwest::Method::GET, "/cookie", serde_json::json!({}))
+            .await;
+        cookies
+            .as_array()
+            .expect("WebDriver returns a cookie list")
+            .iter()
+            .map(|cookie| format!("{}={}", cookie["name"].as_str().unwrap(), cookie["value"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub async fn quit(mut self) {
         let _ = self
             .try_command(reqwest::Method::DELETE, "", serde_json::json!({}))

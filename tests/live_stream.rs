@@ -118,6 +118,7 @@ async fn start(fixture: &Fixture) -> (Uuid, Uuid, Arc<broker::stream::LiveStream
             secret: fixture.secret.clone(),
             recording_id,
             recording_expires_at: Utc::now() + chrono::Duration::days(30),
+            clipboard: Default::default(),
         })
         .await
         .expect("stream starts");

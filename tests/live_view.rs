@@ -667,3 +667,476 @@ async fn dropped_viewer_reconnects_to_same_session() {
     drop(relay);
     stack.stop().await;
 }
+
+/// Creates an account with a fresh TOTP secret, grants it the demo site and signs it
+/// in through the portal's sign-in form in `browser`. Returns the account's id.
+async fn sign_in_browser(stack: &Stack, browser: &Browser, username: &str) -> String {
+    let db = stack.db();
+    let key = TotpKey::load_or_create(stack.dir.path()).unwrap();
+    let id = Uuid::new_v4().to_string();
+    let totp = TotpSecret::generate();
+    let sealed = key.seal(&id, totp.as_bytes()).unwrap();
+    let hash = broker::auth::password::hash(PASSWORD).unwrap();
+    let roles = BTreeSet::from([Role::User]);
+    let now = chrono::Utc::now().timestamp_millis();
+    let user = users::NewLocalUser {
+        id: &id,
+        username,
+        display_name: username,
+        password_hash: &hash,
+        sealed_totp: Some(&sealed),
+        roles: &roles,
+    };
+    users::create_local(&db, user, now).await.unwrap();
+    broker::sites::grant(&db, &id, "demo", "system:test", now)
+        .await
+        .unwrap();
+
+    browser.open(&format!("{}/", stack.base)).await;
+    browser.type_into("input[name=username]", username).await;
+    browser.type_into("input[name=password]", PASSWORD).await;
+    browser
+        .type_into(
+            "input[name=code]",
+            &totp.code_at(chrono::Utc::now().timestamp() as u64),
+        )
+        .await;
+    browser.click("button[type=submit]").await;
+    browser.element("#launch-demo").await;
+    id
+}
+
+/// Reads the viewer's canvas size, the size of the last decoded frame and of the
+/// stage, and how many sampled pixels are lit.
+const SIZE_PROBE: &str = "const c = document.getElementById('screen');
+const s = document.getElementById('stage');
+if (!c || !s) return null;
+const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let lit = 0;
+for (let i = 0; i < data.length; i += 4 * 101) { if (data[i] || data[i + 1] || data[i + 2]) lit++; }
+const status = document.getElementById('status');
+return { canvas: c.width + 'x' + c.height, frame: document.getElementById('viewer').dataset.frameSize || '', stage: [s.clientWidth, s.clientHeight], lit, status: status.hidden ? '' : status.textContent };";
+
+/// Returns the workspace screen size the agent makes of a stage size in CSS pixels,
+/// each side clamped to the protocol's bounds and rounded down to an even number.
+fn screen_size_for(stage: &serde_json::Value) -> String {
+    let side = |index: usize| (stage[index].as_u64().unwrap().clamp(64, 4096) as u32) & !1;
+    format!("{}x{}", side(0), side(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_resize_reaches_workspace_screen() {
+    let stack = Stack::start(&[]).await;
+    let browser = Browser::start().await;
+    let owner = sign_in_browser(&stack, &browser, "alice").await;
+    let session = HostSession::start(
+        &stack,
+        &owner,
+        broker::sites::ClipboardPolicy::Blocked,
+        SCROLL_PAGE,
+    )
+    .await;
+    browser
+        .open(&format!("{}/sessions/{}", stack.base, session.session_id))
+        .await;
+    browser.element("#screen").await;
+    wait_for_picture(&browser).await;
+
+    // The viewer sends its stage size when it connects; the workspace screen follows.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let first = loop {
+        let probe = browser.script(SIZE_PROBE).await;
+        let expected = screen_size_for(&probe["stage"]);
+        if probe["canvas"] == expected.as_str() && probe["frame"] == expected.as_str() {
+            break probe;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the screen never took the stage's size {expected}: {probe}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // A smaller window: the stage shrinks, the viewer sends the new size, and frames of
+    // that size arrive and show the page.
+    for (width, height) in [(900u32, 700u32), (1300, 950)] {
+        browser.set_window_size(width, height).await;
+        let probe = wait_for(Duration::from_secs(120), || async {
+            let probe = browser.script(SIZE_PROBE).await;
+            assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
+            let expected = screen_size_for(&probe["stage"]);
+            (probe["stage"] != first["stage"]
+                && probe["canvas"] == expected.as_str()
+                && probe["frame"] == expected.as_str()
+                && probe["lit"].as_u64().unwrap_or(0) > 0)
+                .then_some(probe)
+        })
+        .await;
+        assert_ne!(probe["canvas"], first["canvas"], "{probe} after {first}");
+    }
+
+    stack
+        .broker()
+        .state
+        .portal
+        .hub
+        .stop(session.session_id, "test finished");
+    drop(session);
+    browser.quit().await;
+    stack.stop().await;
+}
+
+/// A text field that fills the page and reports its value and every copy to the page
+/// server.
+const CLIPBOARD_PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8"></head><body style="margin:0">
+<input id="t" autocomplete="off" style="position:fixed;left:0;top:0;width:100%;height:100%;font-size:32px;box-sizing:border-box">
+<script>
+const t = document.getElementById('t');
+t.addEventListener('input', () => fetch('/report?v=' + encodeURIComponent(t.value)));
+document.addEventListener('copy', () => fetch('/copied'));
+</script></body></html>"#;
+
+/// A session of the signed-in person whose stream comes from an agent on the test host
+/// showing `page`, with `policy` as the site's clipboard policy.
+struct HostSession {
+    session_id: Uuid,
+    pages: strongroom_tests::pages::PageServer,
+    _agent: strongroom_tests::agent::HostAgent,
+}
+
+impl HostSession {
+    async fn start(
+        stack: &Stack,
+        owner: &str,
+        policy: broker::sites::ClipboardPolicy,
+        page: &str,
+    ) -> HostSession {
+        let pages = strongroom_tests::pages::PageServer::start(std::collections::HashMap::from([
+            ("/", page.to_owned()),
+        ]))
+        .await;
+        let secret = protocol::SessionSecret::new(format!(
+            "{}{}",
+            Uuid::new_v4().simple(),
+            Uuid::new_v4().simple()
+        ));
+        let agent =
+            strongroom_tests::agent::HostAgent::start(&secret.sha256_hex(), &pages.url("/")).await;
+        let session_id = Uuid::new_v4();
+        strongroom_tests::reserve_session_row(&stack.db(), session_id, owner).await;
+        stack
+            .broker()
+            .state
+            .portal
+            .hub
+            .start(broker::stream::StreamStart {
+                session_id,
+                owner: owner.to_owned(),
+                agent_addr: agent.address,
+                secret,
+                recording_id: Uuid::new_v4(),
+                recording_expires_at: chrono::Utc::now() + chrono::Duration::days(1),
+                clipboard: policy,
+            })
+            .unwrap();
+        HostSession {
+            session_id,
+            pages,
+            _agent: agent,
+        }
+    }
+
+    /// Returns whether the page's field reported a value for which `matches` holds.
+    /// The page's reports travel on separate connections and can arrive out of order,
+    /// so every report counts, not only the last one.
+    fn field_reported(&self, matches: impl Fn(&str) -> bool) -> bool {
+        self.pages
+            .requests()
+            .iter()
+            .filter_map(|target| target.strip_prefix("/report?v="))
+            .map(|value| {
+                String::from_utf8(percent_decode(value.as_bytes())).expect("UTF-8 field value")
+            })
+            .any(|value| matches(&value))
+    }
+
+    fn copies(&self) -> usize {
+        self.pages
+            .requests()
+            .iter()
+            .filter(|target| *target == "/copied")
+            .count()
+    }
+}
+
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%' && i + 2 < input.len() {
+            let hex = std::str::from_utf8(&input[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(input[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// WebDriver key codes: Control, and the null key that releases held modifiers.
+const CONTROL: char = '\u{E009}';
+const RELEASE_MODIFIERS: char = '\u{E000}';
+
+/// Opens the session's viewer page and focuses the remote text field: clicks the
+/// canvas and types a probe character until the page reports it, then clears the
+/// field. The workspace window may not have focus yet when the page has loaded.
+async fn open_and_focus_field(browser: &Browser, stack: &Stack, session: &HostSession) {
+    browser
+        .open(&format!("{}/sessions/{}", stack.base, session.session_id))
+        .await;
+    browser.element("#screen").await;
+    wait_for_picture(browser).await;
+    wait_for(Duration::from_secs(60), || async {
+        browser.click("#screen").await;
+        browser.type_into("#screen", "q").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            if session.field_reported(|value| value.ends_with('q')) {
+                return Some(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    })
+    .await;
+    browser
+        .type_into("#screen", &format!("{CONTROL}a{RELEASE_MODIFIERS}\u{E017}"))
+        .await;
+    wait_for(Duration::from_secs(30), || async {
+        session.field_reported(str::is_empty).then_some(())
+    })
+    .await;
+}
+
+/// Fires a paste of `text` at the viewer's canvas, as the browser does for Control+V.
+async fn paste_in_viewer(browser: &Browser, text: &str) {
+    let script = format!(
+        "const c = document.getElementById('screen'); c.focus();
+const data = new DataTransfer(); data.setData('text/plain', {});
+c.dispatchEvent(new ClipboardEvent('paste', {{ clipboardData: data, bubbles: true, cancelable: true }}));
+return true;",
+        serde_json::to_string(text).unwrap()
+    );
+    browser.script(&script).await;
+}
+
+/// Opens a second viewer socket of the browser's portal session, which receives the
+/// same status messages as the page.
+async fn viewer_socket(stack: &Stack, browser: &Browser, session_id: Uuid) -> Socket {
+    let cookie = browser.cookie_header().await;
+    let client = reqwest::Client::new();
+    let answer: serde_json::Value = client
+        .post(format!("{}/sessions/{session_id}/ticket", stack.base))
+        .header("origin", &stack.base)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!(
+        "{}{}",
+        stack.base.replacen("http", "ws", 1),
+        answer["socket"].as_str().unwrap()
+    );
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", stack.base.parse().unwrap());
+    request
+        .headers_mut()
+        .insert("cookie", cookie.parse().unwrap());
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("viewer socket opens");
+    socket
+}
+
+/// Reads status messages for `window` and returns those of type `kind`.
+async fn statuses_within(socket: &mut Socket, kind: &str, window: Duration) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + window;
+    let mut found = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, socket.next()).await {
+        if let Message::Text(text) = message.expect("viewer socket healthy") {
+            let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if status["type"] == kind {
+                found.push(status);
+            }
+        }
+    }
+    found
+}
+
+const UNICODE_TEXT: &str = "pässwörd€ 日本 Ö{}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clipboard_follows_site_policy() {
+    use broker::sites::ClipboardPolicy;
+
+    let stack = Stack::start(&[]).await;
+    let browser = Browser::start().await;
+    let owner = sign_in_browser(&stack, &browser, "alice").await;
+
+    // Both ways: the paste reaches the workspace's field byte for byte, and the
+    // workspace's copy reaches the owner's viewers.
+    let session = HostSession::start(&stack, &owner, ClipboardPolicy::Both, CLIPBOARD_PAGE).await;
+    open_and_focus_field(&browser, &stack, &session).await;
+    let mut socket = viewer_socket(&stack, &browser, session.session_id).await;
+    let policy = status_of_type(&mut socket, "clipboard_policy", Duration::from_secs(30)).await;
+    assert_eq!(policy["paste_in"], true, "{policy}");
+    assert_eq!(policy["copy_out"], true, "{policy}");
+    paste_in_viewer(&browser, UNICODE_TEXT).await;
+    wait_for(Duration::from_secs(60), || async {
+        session
+            .field_reported(|value| value == UNICODE_TEXT)
+            .then_some(())
+    })
+    .await;
+    browser
+        .type_into("#screen", &format!("{CONTROL}a{RELEASE_MODIFIERS}{CONTROL}c{RELEASE_MODIFIERS}"))
+        .await;
+    let copied = status_of_type(&mut socket, "clipboard", Duration::from_secs(60)).await;
+    assert_eq!(copied["text"], UNICODE_TEXT, "{copied}");
+    let received = browser
+        .wait_for_script(
+            "const n = Number(document.getElementById('viewer').dataset.clipboardReceived); return n > 0 ? n : null;",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(received.as_u64() >= Some(1), "{received}");
+    stack.broker().state.portal.hub.stop(session.session_id, "test finished");
+    drop(socket);
+    drop(session);
+
+    // Off: the viewer does not send a paste, the broker refuses one sent anyway, and a
+    // copy in the workspace does not leave it.
+    let session = HostSession::start(&stack, &owner, ClipboardPolicy::Blocked, CLIPBOARD_PAGE).await;
+    open_and_focus_field(&browser, &stack, &session).await;
+    let mut socket = viewer_socket(&stack, &browser, session.session_id).await;
+    let policy = status_of_type(&mut socket, "clipboard_policy", Duration::from_secs(30)).await;
+    assert_eq!(policy["paste_in"], false, "{policy}");
+    assert_eq!(policy["copy_out"], false, "{policy}");
+    paste_in_viewer(&browser, UNICODE_TEXT).await;
+    let shown = browser
+        .wait_for_script(
+            "const s = document.getElementById('status'); return s.hidden ? null : s.textContent;",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(shown.as_str().unwrap().contains("does not allow pasting"), "{shown}");
+    let paste = serde_json::json!({ "type": "paste", "text": UNICODE_TEXT }).to_string();
+    socket.send(Message::text(paste)).await.unwrap();
+    let refused = status_of_type(&mut socket, "input_refused", Duration::from_secs(30)).await;
+    assert!(refused["reason"].as_str().unwrap().contains("pasting"), "{refused}");
+
+    // Typed text reaches the field, which shows that input flows while pastes do not.
+    browser.type_into("#screen", "ok").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !session.field_reported(|value| value == "ok") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "typed text did not reach the field: {:?}",
+            session.pages.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser
+        .type_into("#screen", &format!("{CONTROL}a{RELEASE_MODIFIERS}{CONTROL}c{RELEASE_MODIFIERS}"))
+        .await;
+    wait_for(Duration::from_secs(60), || async {
+        (session.copies() > 0).then_some(())
+    })
+    .await;
+    // The workspace copied; with the policy off the copy must not arrive. In the run
+    // above a permitted copy arrived well within this window.
+    let leaked = statuses_within(&mut socket, "clipboard", Duration::from_secs(5)).await;
+    assert!(leaked.is_empty(), "copied text left the session: {leaked:?}");
+    assert_eq!(
+        browser
+            .script("return document.getElementById('viewer').dataset.clipboardReceived;")
+            .await,
+        "0"
+    );
+    stack.broker().state.portal.hub.stop(session.session_id, "test finished");
+    drop(socket);
+    drop(session);
+
+    browser.quit().await;
+    stack.stop().await;
+}
+
+/// A page five screens tall that reports its scroll position.
+const SCROLL_PAGE: &str = r#"<!doctype html><html><body style="margin:0;height:5000px;background:linear-gradient(#fff,#36c)">
+<script>
+addEventListener('scroll', () => fetch('/scroll?y=' + Math.round(scrollY)));
+</script></body></html>"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_wheel_scrolls_workspace_page() {
+    let stack = Stack::start(&[]).await;
+    let browser = Browser::start().await;
+    let owner = sign_in_browser(&stack, &browser, "alice").await;
+    let session = HostSession::start(
+        &stack,
+        &owner,
+        broker::sites::ClipboardPolicy::Blocked,
+        SCROLL_PAGE,
+    )
+    .await;
+    browser
+        .open(&format!("{}/sessions/{}", stack.base, session.session_id))
+        .await;
+    browser.element("#screen").await;
+    wait_for_picture(&browser).await;
+    let positions = || {
+        session
+            .pages
+            .requests()
+            .iter()
+            .filter_map(|target| target.strip_prefix("/scroll?y="))
+            .map(|y| y.parse::<u64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    // Wheel down until the page reports a position below the top: the first turns
+    // may arrive before the workspace window has the pointer.
+    let down = wait_for(Duration::from_secs(60), || async {
+        browser.wheel("#screen", 300).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        positions().into_iter().max().filter(|y| *y > 0)
+    })
+    .await;
+
+    // Wheel up: the page scrolls back to the top. Reports travel on separate
+    // connections and may arrive out of order, so any report of 0 counts.
+    let before_up = positions().len();
+    wait_for(Duration::from_secs(60), || async {
+        browser.wheel("#screen", -3 * down as i64 - 300).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        positions()[before_up..].contains(&0).then_some(())
+    })
+    .await;
+
+    stack
+        .broker()
+        .state
+        .portal
+        .hub
+        .stop(session.session_id, "test finished");
+    drop(session);
+    browser.quit().await;
+    stack.stop().await;
+}

@@ -1,5 +1,7 @@
 // Strongroom live view: decodes the workspace's VP8 stream with WebCodecs onto a
-// canvas and sends the person's keyboard, mouse, wheel and resize events back.
+// canvas and sends the person's keyboard, mouse, wheel, paste and resize events back.
+// The workspace's screen follows the size of the #stage element; the canvas takes the
+// stream's size and shrinks to fit the stage.
 // Frames: binary 0x01, flags (bit 0 keyframe), pts (u64 little-endian, microseconds),
 // VP8 data. Status: JSON text with a `type`.
 // A dropped socket reconnects with exponential backoff and a fresh one-time ticket
@@ -10,6 +12,7 @@
 (function () {
   const root = document.getElementById("viewer");
   const canvas = document.getElementById("screen");
+  const stage = document.getElementById("stage");
   const status = document.getElementById("status");
   const placeholder = document.getElementById("placeholder");
   const endScreen = document.getElementById("ended");
@@ -40,6 +43,13 @@
   let waitingForKeyframe = true;
   let ended = false;
   let idleWarningShown = false;
+  // The site's clipboard policy, from the broker's `clipboard_policy` status.
+  let clipboardPolicy = { paste_in: false, copy_out: false };
+  // Screen bounds of the agent protocol, and the largest paste in UTF-8 bytes.
+  const minDimension = 64;
+  const maxDimension = 4096;
+  const maxClipboardBytes = 8192;
+  root.dataset.clipboardReceived = "0";
 
   function closeDecoder() {
     if (decoder && decoder.state !== "closed") {
@@ -61,6 +71,7 @@
     decoder = new VideoDecoder({
       output: (frame) => {
         context.drawImage(frame, 0, 0, canvas.width, canvas.height);
+        root.dataset.frameSize = frame.displayWidth + "x" + frame.displayHeight;
         frame.close();
       },
       error: () => {
@@ -116,12 +127,34 @@
         watched.hidden = message.count === 0;
         break;
       case "input_refused":
-        show(status, "Read-only view: " + message.reason + ".");
+        show(status, (mode === "watch" ? "Read-only view: " : "Not sent: ") + message.reason + ".");
+        break;
+      case "resize_rejected":
+        show(status, "The session's screen keeps its size: " + message.reason + ".");
+        break;
+      case "clipboard_policy":
+        clipboardPolicy = { paste_in: message.paste_in === true, copy_out: message.copy_out === true };
+        break;
+      case "clipboard":
+        copyToLocalClipboard(message.text);
         break;
       case "ended":
         finish("Session ended: " + message.reason);
         break;
     }
+  }
+
+  // Writes text copied in the workspace to the person's clipboard. Browsers allow this
+  // only while the page has focus.
+  function copyToLocalClipboard(text) {
+    root.dataset.clipboardReceived = String(Number(root.dataset.clipboardReceived) + 1);
+    if (!navigator.clipboard || !navigator.clipboard.writeText) {
+      show(status, "Text was copied in the session, but this browser does not let the page write to your clipboard.");
+      return;
+    }
+    navigator.clipboard.writeText(text).catch(() => {
+      show(status, "Text was copied in the session, but your browser did not allow writing it to your clipboard. Click the session and copy again.");
+    });
   }
 
   function finish(text) {
@@ -191,8 +224,18 @@
     }
   }
 
+  // Sends the stage's size in CSS pixels, within the protocol's bounds.
   function sendSize() {
-    send({ type: "resize", width: Math.round(canvas.clientWidth), height: Math.round(canvas.clientHeight), device_pixel_ratio: window.devicePixelRatio || 1 });
+    const fit = (value) => Math.max(minDimension, Math.min(maxDimension, Math.floor(value)));
+    const ratio = Math.min(4, Math.max(0.25, window.devicePixelRatio || 1));
+    send({ type: "resize", width: fit(stage.clientWidth), height: fit(stage.clientHeight), device_pixel_ratio: ratio });
+  }
+
+  // Window resizes come in bursts; the workspace follows once they settle.
+  let resizeTimer = null;
+  function scheduleSize() {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(sendSize, 250);
   }
 
   function send(message) {
@@ -222,13 +265,43 @@
   const buttons = ["left", "middle", "right"];
   canvas.tabIndex = 0;
   canvas.addEventListener("contextmenu", (event) => event.preventDefault());
+  // Where the site allows pasting in, Control+V (Command+V) is left to the browser,
+  // whose paste event then sends the text; the agent presses Control+V remotely.
+  function isPasteShortcut(event) {
+    return clipboardPolicy.paste_in && (event.ctrlKey || event.metaKey) && event.code === "KeyV";
+  }
   canvas.addEventListener("keydown", (event) => {
+    if (isPasteShortcut(event)) {
+      return;
+    }
     event.preventDefault();
     send({ type: "key", code: event.code, key: event.key, pressed: true });
   });
   canvas.addEventListener("keyup", (event) => {
+    if (isPasteShortcut(event)) {
+      return;
+    }
     event.preventDefault();
     send({ type: "key", code: event.code, key: event.key, pressed: false });
+  });
+  document.addEventListener("paste", (event) => {
+    if (document.activeElement !== canvas) {
+      return;
+    }
+    event.preventDefault();
+    if (!clipboardPolicy.paste_in) {
+      show(status, "This bank's policy does not allow pasting into the session.");
+      return;
+    }
+    const text = event.clipboardData ? event.clipboardData.getData("text/plain") : "";
+    if (text === "") {
+      return;
+    }
+    if (new TextEncoder().encode(text).length > maxClipboardBytes) {
+      show(status, "Not pasted: the text is longer than " + maxClipboardBytes + " bytes.");
+      return;
+    }
+    send({ type: "paste", text });
   });
   let pendingMove = null;
   canvas.addEventListener("mousemove", (event) => {
@@ -254,5 +327,5 @@
     send(Object.assign({ type: "wheel", delta_x: event.deltaX, delta_y: event.deltaY }, position(event)));
   }, { passive: false });
 
-  window.addEventListener("resize", sendSize);
+  window.addEventListener("resize", scheduleSize);
 })();

@@ -64,6 +64,10 @@ pub mod limits {
     pub const MAX_DEVICE_PIXEL_RATIO: f32 = 4.0;
     /// Maximum absolute wheel delta in CSS pixels per event.
     pub const MAX_WHEEL_DELTA: f32 = 10_000.0;
+    /// Maximum length in bytes of clipboard text, in either direction. JSON escapes a
+    /// control character as six bytes, so a paste of this size always fits in a
+    /// broker frame.
+    pub const MAX_CLIPBOARD_LEN: usize = 8192;
 }
 
 pub use limits::{MAX_AGENT_FRAME_LEN, MAX_BROKER_FRAME_LEN};
@@ -235,6 +239,10 @@ pub enum AgentControl {
         code: Option<i32>,
         signal: Option<i32>,
     },
+    /// Text that a program in the workspace put on the X clipboard (`CLIPBOARD`
+    /// selection). The broker passes it on only where the site's policy allows copying
+    /// out of the session.
+    ClipboardChanged { text: String },
     /// An error the agent handled; the session may continue.
     Error { message: String },
 }
@@ -291,6 +299,9 @@ pub enum BrokerMessage {
         height: u32,
         device_pixel_ratio: f32,
     },
+    /// Put `text` on the workspace's clipboard and press Control+V, as the viewer's
+    /// paste. The broker sends it only where the site's policy allows pasting in.
+    Paste { text: String },
     /// Encode the next frame as a keyframe.
     RequestKeyframe,
     /// Fill the site's login form with credentials.
@@ -555,6 +566,14 @@ fn check_coordinate(name: &str, value: u32) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// Checks clipboard text: at most [`limits::MAX_CLIPBOARD_LEN`] bytes and not empty.
+pub fn check_clipboard_text(text: &str) -> Result<(), DecodeError> {
+    if text.is_empty() {
+        return Err(invalid("clipboard text is empty"));
+    }
+    check_string("clipboard text", text, limits::MAX_CLIPBOARD_LEN)
+}
+
 fn validate_agent_control(message: &AgentControl) -> Result<(), DecodeError> {
     match message {
         AgentControl::StreamConfig {
@@ -589,6 +608,7 @@ fn validate_agent_control(message: &AgentControl) -> Result<(), DecodeError> {
             None => Ok(()),
         },
         AgentControl::BrowserExited { .. } => Ok(()),
+        AgentControl::ClipboardChanged { text } => check_clipboard_text(text),
         AgentControl::Error { message } => {
             check_string("message", message, limits::MAX_MESSAGE_LEN)
         }
@@ -649,6 +669,7 @@ fn validate_broker_message(message: &BrokerMessage) -> Result<(), DecodeError> {
             }
             Ok(())
         }
+        BrokerMessage::Paste { text } => check_clipboard_text(text),
         BrokerMessage::RequestKeyframe | BrokerMessage::End => Ok(()),
         BrokerMessage::AutoLogin(login) => validate_auto_login(login),
     }

@@ -73,6 +73,9 @@ fn sample_broker_messages() -> Vec<BrokerMessage> {
             height: 720,
             device_pixel_ratio: 1.5,
         },
+        BrokerMessage::Paste {
+            text: "pässwörd€ 日本 Ö{}\n\"x\"".into(),
+        },
         BrokerMessage::RequestKeyframe,
         BrokerMessage::AutoLogin(sample_login()),
         BrokerMessage::End,
@@ -116,6 +119,9 @@ fn sample_agent_messages() -> Vec<AgentMessage> {
         AgentMessage::Control(AgentControl::BrowserExited {
             code: None,
             signal: Some(9),
+        }),
+        AgentMessage::Control(AgentControl::ClipboardChanged {
+            text: "IBAN DE89 3704 0044 0532 0130 00 – 日本".into(),
         }),
         AgentMessage::Control(AgentControl::Error {
             message: "x".into(),
@@ -271,6 +277,45 @@ fn out_of_range_values_rejected() {
 }
 
 #[test]
+fn clipboard_text_is_bounded_and_non_empty() {
+    let largest = "€".repeat(limits::MAX_CLIPBOARD_LEN / 3);
+    let paste = BrokerMessage::Paste {
+        text: largest.clone(),
+    };
+    assert_eq!(
+        decode_broker_message(&encode_broker_message(&paste)).unwrap(),
+        paste
+    );
+
+    // The largest paste of control characters, which JSON escapes to six bytes each,
+    // still fits in one broker frame.
+    let escaped = BrokerMessage::Paste {
+        text: "\u{1}".repeat(limits::MAX_CLIPBOARD_LEN),
+    };
+    assert!(encode_broker_message(&escaped).len() <= MAX_BROKER_FRAME_LEN);
+    assert!(decode_broker_message(&encode_broker_message(&escaped)).is_ok());
+
+    let too_long = "x".repeat(limits::MAX_CLIPBOARD_LEN + 1);
+    for rejected in [
+        encode_broker_message(&BrokerMessage::Paste {
+            text: too_long.clone(),
+        })
+        .to_vec(),
+        encode_broker_message(&BrokerMessage::Paste { text: String::new() }).to_vec(),
+    ] {
+        assert!(matches!(
+            decode_broker_message(&rejected),
+            Err(DecodeError::InvalidValue(_))
+        ));
+    }
+    let copied = AgentControl::ClipboardChanged { text: too_long };
+    assert!(matches!(
+        decode_agent_message(&encode_agent_control(&copied)),
+        Err(DecodeError::InvalidValue(_))
+    ));
+}
+
+#[test]
 fn secret_hash_matches_only_same_secret() {
     let hash = parse_sha256_hex(&secret().sha256_hex()).unwrap();
     assert!(secret().matches_sha256(&hash));
@@ -317,8 +362,19 @@ proptest! {
     }
 
     #[test]
+    fn clipboard_text_round_trips_exactly(text in any::<String>().prop_filter("non-empty", |t| !t.is_empty())) {
+        let paste = BrokerMessage::Paste { text: text.clone() };
+        prop_assert_eq!(decode_broker_message(&encode_broker_message(&paste)).unwrap(), paste);
+        let copied = AgentControl::ClipboardChanged { text };
+        prop_assert_eq!(
+            decode_agent_message(&encode_agent_control(&copied)).unwrap(),
+            AgentMessage::Control(copied)
+        );
+    }
+
+    #[test]
     fn decoders_never_panic_on_mutated_frames(
-        index in 0usize..19,
+        index in 0usize..64,
         edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
     ) {

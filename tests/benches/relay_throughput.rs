@@ -1,5 +1,11 @@
-//! Relay throughput: one workspace agent on loopback, read for the same time directly
-//! (the baseline) and through the broker's stream hub, recorder and viewer WebSocket.
+//! Relay throughput and latency: one workspace agent on loopback, read for the same
+//! time directly (the baseline) and through the broker's stream hub, recorder and
+//! viewer WebSocket.
+//!
+//! Latency: each frame's arrival time minus its presentation time is the agent's
+//! capture-to-arrival delay plus a constant, because the agent counts presentation
+//! times from one start for its whole life and the bench reads arrival times from one
+//! clock. The difference of the two paths' medians is the delay the relay adds.
 //!
 //! Run with `cargo bench -p strongroom-tests --bench relay_throughput`. Needs Xvfb and
 //! Chromium on the host, as the host-agent tests do. `STRONGROOM_BENCH_SECONDS` sets
@@ -44,6 +50,15 @@ struct Measured {
     frames: u64,
     bytes: u64,
     elapsed: Duration,
+    /// Per frame: microseconds since the bench started at arrival, minus the frame's
+    /// presentation time.
+    offsets_us: Vec<i64>,
+}
+
+/// One received video frame: its VP8 length and presentation time.
+struct Frame {
+    len: usize,
+    pts_us: u64,
 }
 
 impl Measured {
@@ -54,22 +69,33 @@ impl Measured {
     fn frames_per_second(&self) -> f64 {
         self.frames as f64 / self.elapsed.as_secs_f64()
     }
+
+    fn median_offset_ms(&self) -> f64 {
+        let mut offsets = self.offsets_us.clone();
+        offsets.sort_unstable();
+        offsets[offsets.len() / 2] as f64 / 1000.0
+    }
 }
 
-/// Counts video frames until `duration` has passed since the first one.
-async fn count_frames<F>(duration: Duration, mut next_frame_len: F) -> Measured
+/// Counts video frames until `duration` has passed since the first one, and records
+/// each frame's arrival against `epoch`.
+async fn count_frames<F>(epoch: Instant, duration: Duration, mut next_frame: F) -> Measured
 where
-    F: AsyncFnMut() -> usize,
+    F: AsyncFnMut() -> Frame,
 {
-    let first = next_frame_len().await;
+    let offset = |frame: &Frame| epoch.elapsed().as_micros() as i64 - frame.pts_us as i64;
+    let first = next_frame().await;
     let started = Instant::now();
     let mut measured = Measured {
         frames: 1,
-        bytes: first as u64,
+        bytes: first.len as u64,
         elapsed: Duration::ZERO,
+        offsets_us: vec![offset(&first)],
     };
     while started.elapsed() < duration {
-        measured.bytes += next_frame_len().await as u64;
+        let frame = next_frame().await;
+        measured.offsets_us.push(offset(&frame));
+        measured.bytes += frame.len as u64;
         measured.frames += 1;
     }
     measured.elapsed = started.elapsed();
@@ -77,7 +103,12 @@ where
 }
 
 /// Reads the agent's WebSocket directly, as the broker's link does.
-async fn direct(agent: &HostAgent, secret: &SessionSecret, duration: Duration) -> Measured {
+async fn direct(
+    agent: &HostAgent,
+    secret: &SessionSecret,
+    epoch: Instant,
+    duration: Duration,
+) -> Measured {
     let url = format!("ws://{}/", agent.address);
     let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
@@ -89,7 +120,7 @@ async fn direct(agent: &HostAgent, secret: &SessionSecret, duration: Duration) -
         .send(Message::binary(auth.to_vec()))
         .await
         .expect("auth sent");
-    let measured = count_frames(duration, async || {
+    let measured = count_frames(epoch, duration, async || {
         loop {
             let message = socket
                 .next()
@@ -98,7 +129,10 @@ async fn direct(agent: &HostAgent, secret: &SessionSecret, duration: Duration) -
                 .expect("agent connection healthy");
             if let Message::Binary(frame) = message {
                 if let Ok(AgentMessage::Video(packet)) = protocol::decode_agent_message(&frame) {
-                    return packet.data.len();
+                    return Frame {
+                        len: packet.data.len(),
+                        pts_us: packet.pts_us,
+                    };
                 }
             }
         }
@@ -124,7 +158,12 @@ async fn upgrade(State(stream): State<Arc<LiveStream>>, upgrade: WebSocketUpgrad
 
 /// Reads the same agent through the stream hub (every packet recorded first) and the
 /// broker's viewer WebSocket.
-async fn relayed(agent: &HostAgent, secret: &SessionSecret, duration: Duration) -> Measured {
+async fn relayed(
+    agent: &HostAgent,
+    secret: &SessionSecret,
+    epoch: Instant,
+    duration: Duration,
+) -> Measured {
     let database = TestDatabase::new(TestBackend::Sqlite).await;
     let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
     let storage: Arc<dyn Storage> =
@@ -149,6 +188,7 @@ async fn relayed(agent: &HostAgent, secret: &SessionSecret, duration: Duration) 
             secret: secret.clone(),
             recording_id: Uuid::new_v4(),
             recording_expires_at: chrono::Utc::now() + chrono::Duration::days(1),
+            clipboard: Default::default(),
         })
         .await
         .expect("stream starts");
@@ -163,16 +203,21 @@ async fn relayed(agent: &HostAgent, secret: &SessionSecret, duration: Duration) 
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/live"))
         .await
         .expect("viewer socket opens");
-    let measured = count_frames(duration, async || {
+    let measured = count_frames(epoch, duration, async || {
         loop {
             let message = socket
                 .next()
                 .await
                 .expect("viewer socket open")
                 .expect("viewer socket healthy");
-            // Binary messages are video: a 10-byte header, then the VP8 frame.
+            // Binary messages are video: 0x01, flags, the presentation time as a
+            // little-endian u64, then the VP8 frame.
             if let Message::Binary(frame) = message {
-                return frame.len().saturating_sub(10);
+                let pts: [u8; 8] = frame[2..10].try_into().expect("video header");
+                return Frame {
+                    len: frame.len().saturating_sub(10),
+                    pts_us: u64::from_le_bytes(pts),
+                };
             }
         }
     })
@@ -197,8 +242,9 @@ async fn main() {
     let secret = SessionSecret::new(hex::encode(Uuid::new_v4().as_bytes().repeat(2)));
     let agent = HostAgent::start(&secret.sha256_hex(), &pages.url("/")).await;
 
-    let baseline = direct(&agent, &secret, duration).await;
-    let relay = relayed(&agent, &secret, duration).await;
+    let epoch = Instant::now();
+    let baseline = direct(&agent, &secret, epoch, duration).await;
+    let relay = relayed(&agent, &secret, epoch, duration).await;
 
     println!("relay throughput, {seconds} s each, same agent and page");
     println!("| path | frames/s | MiB/s |");
@@ -217,5 +263,28 @@ async fn main() {
         "| ratio (relay / direct) | {:.3} | {:.3} |",
         relay.frames_per_second() / baseline.frames_per_second(),
         relay.mib_per_second() / baseline.mib_per_second()
+    );
+
+    println!();
+    println!("| path | median capture-to-arrival offset |");
+    println!("| --- | --- |");
+    println!(
+        "| direct to the agent (baseline) | {:.2} ms |",
+        baseline.median_offset_ms()
+    );
+    println!(
+        "| through hub, recorder and viewer WebSocket | {:.2} ms |",
+        relay.median_offset_ms()
+    );
+    println!(
+        "| latency the relay adds per frame (difference) | {:.2} ms |",
+        relay.median_offset_ms() - baseline.median_offset_ms()
+    );
+    // The offsets contain an unknown constant, so the added delay is set against the
+    // direct path's frame interval rather than against an offset.
+    println!(
+        "| ratio (added latency / direct frame interval) | {:.3} |",
+        (relay.median_offset_ms() - baseline.median_offset_ms())
+            / (1000.0 / baseline.frames_per_second())
     );
 }

@@ -115,6 +115,10 @@ async fn launch(
         secret: launched.agent_secret.session_secret(),
         recording_id: Uuid::new_v4(),
         recording_expires_at: chrono::Utc::now() + chrono::Duration::days(retention_days),
+        clipboard: site
+            .as_ref()
+            .map(|site| site.policy.clipboard)
+            .unwrap_or_default(),
     };
     let stream = match portal.hub.start(start).await {
         Ok(stream) => stream,

@@ -98,7 +98,7 @@ pub fn viewer(record: &SessionRecord, ticket: &str, mode: ViewerMode) -> Respons
          <p id=\"status\" role=\"status\" hidden></p>\n\
          <p id=\"placeholder\" hidden>Signing you in to the bank. The screen is hidden while credentials are typed.</p>\n\
          <p id=\"ended\" role=\"alert\" hidden></p>\n\
-         <canvas id=\"screen\" width=\"1280\" height=\"720\" style=\"width:100%;max-width:1280px;border:1px solid #888\"></canvas>\n\
+         <div id=\"stage\" style=\"width:100%;height:75vh;min-height:240px\"><canvas id=\"screen\" width=\"1280\" height=\"720\" style=\"display:block;max-width:100%;max-height:100%;outline:1px solid #888\"></canvas></div>\n\
          <form method=\"post\" action=\"/sessions/{id}/end\"><button type=\"submit\">End session</button></form>\n\
          <p><a href=\"/\">Back to the portal</a></p>\n</div>\n\
          <script src=\"/assets/viewer.js\"></script>",

@@ -321,12 +321,24 @@ pub enum ClipboardPolicy {
     Both,
 }
 
+impl ClipboardPolicy {
+    /// Returns whether the person may paste text into the workspace.
+    pub fn allows_paste_in(self) -> bool {
+        matches!(self, ClipboardPolicy::PasteIn | ClipboardPolicy::Both)
+    }
+
+    /// Returns whether text copied in the workspace may reach the person's clipboard.
+    pub fn allows_copy_out(self) -> bool {
+        matches!(self, ClipboardPolicy::CopyOut | ClipboardPolicy::Both)
+    }
+}
+
 /// Session policies of a site.
 ///
-/// NOTE: downloads and clipboard are stored and validated, but not applied yet. Every
-/// workspace blocks downloads (Chromium's `DownloadRestrictions` policy in the image)
-/// and the viewer has no clipboard channel. Extra CA certificates reach the session's
-/// Chromium as its `CACertificates` policy.
+/// NOTE: downloads are stored and validated, but not applied yet: every workspace
+/// blocks downloads (Chromium's `DownloadRestrictions` policy in the image). The stream
+/// hub enforces the clipboard policy on the live view's paste and copy messages. Extra
+/// CA certificates reach the session's Chromium as its `CACertificates` policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionPolicy {
@@ -598,5 +610,24 @@ mod tests {
 
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].field, "policy.extra_ca_certs[0]");
+    }
+}
+
+#[cfg(test)]
+mod clipboard_policy_tests {
+    use super::ClipboardPolicy;
+
+    #[test]
+    fn clipboard_policy_directions() {
+        let cases = [
+            (ClipboardPolicy::Blocked, false, false),
+            (ClipboardPolicy::PasteIn, true, false),
+            (ClipboardPolicy::CopyOut, false, true),
+            (ClipboardPolicy::Both, true, true),
+        ];
+        for (policy, paste_in, copy_out) in cases {
+            assert_eq!(policy.allows_paste_in(), paste_in, "{policy:?} paste in");
+            assert_eq!(policy.allows_copy_out(), copy_out, "{policy:?} copy out");
+        }
     }
 }

@@ -298,6 +298,18 @@ impl Link {
             AgentControl::BrowserExited { code, signal } => {
                 return Some(LinkEnd::Failed(browser_exit_reason(code, signal)));
             }
+            AgentControl::ClipboardChanged { text } => {
+                // INVARIANT: the workspace is untrusted, so its copies reach the
+                // person only where the site allows copying out.
+                if self.stream.clipboard.allows_copy_out() {
+                    self.stream.publish(ViewerEvent::Clipboard { text });
+                } else {
+                    tracing::debug!(
+                        text.len = text.len(),
+                        "Dropped workspace clipboard text: the site's policy does not allow copying out"
+                    );
+                }
+            }
             AgentControl::Error { message } => {
                 tracing::warn!(
                     agent.message = message.as_str(),

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::audit::AuditLog;
+use crate::sites::ClipboardPolicy;
 use crate::tasks::TaskRegistry;
 pub use recording::RecordingSettings;
 
@@ -66,6 +67,11 @@ pub enum ViewerEvent {
     /// banner while it is above zero.
     Watchers {
         count: usize,
+    },
+    /// Text copied in the workspace, sent only where the site's clipboard policy allows
+    /// copying out, and only to the owner's viewer.
+    Clipboard {
+        text: String,
     },
 }
 
@@ -111,6 +117,8 @@ pub struct StreamStart {
     pub secret: SessionSecret,
     pub recording_id: Uuid,
     pub recording_expires_at: DateTime<Utc>,
+    /// The site's clipboard policy, enforced on pastes and copies of this stream.
+    pub clipboard: ClipboardPolicy,
 }
 
 /// The latest state a joining viewer needs.
@@ -130,6 +138,7 @@ pub struct LiveStream {
     pub session_id: Uuid,
     pub owner: String,
     pub recording_id: Uuid,
+    pub clipboard: ClipboardPolicy,
     to_agent: mpsc::Sender<BrokerMessage>,
     events: broadcast::Sender<ViewerEvent>,
     snapshot: Mutex<Snapshot>,
@@ -310,6 +319,7 @@ impl StreamHub {
             session_id: start.session_id,
             owner: start.owner.clone(),
             recording_id: start.recording_id,
+            clipboard: start.clipboard,
             to_agent,
             events,
             snapshot: Mutex::new(Snapshot::default()),

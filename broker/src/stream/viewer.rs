@@ -4,14 +4,21 @@
 //! with bit 0 set for a keyframe, the presentation time in microseconds as a
 //! little-endian u64, then the VP8 frame. Text messages are JSON status objects with
 //! a `type` of `config`, `placeholder`, `recording_failed`, `idle_warning`, `notice`,
-//! `watchers`, `input_refused` or `ended`.
+//! `watchers`, `input_refused`, `resize_rejected`, `clipboard_policy`, `clipboard`
+//! or `ended`.
 //!
 //! Browser to broker: text messages, each one JSON input event ([`ViewerInput`]).
 //! Input is forwarded only from the session's owner, never while the auto-login
 //! placeholder is up, and each accepted event counts as person activity for the idle
-//! timer. Pings, pongs, invalid messages and reconnects do not. An admin's watching
-//! socket gets an `input_refused` status for each message it sends, and while any
-//! admin watches, every viewer gets a `watchers` status with the count.
+//! timer. Pings, pongs, resizes, invalid messages and reconnects do not. An admin's
+//! watching socket gets an `input_refused` status for each message it sends, and while
+//! any admin watches, every viewer gets a `watchers` status with the count.
+//!
+//! The site's clipboard policy is enforced here, and the owner's viewer learns it from
+//! a `clipboard_policy` status. A `paste` is forwarded only where pasting in is
+//! allowed, and gets `input_refused` otherwise. Text copied in the workspace reaches
+//! only the owner's viewers, as a `clipboard` status, and only where copying out is
+//! allowed.
 //!
 //! A viewer that falls behind loses buffered events, skips to the next keyframe and
 //! asks the agent for one, so memory per viewer stays bounded by the broadcast buffer.
@@ -31,8 +38,10 @@ use uuid::Uuid;
 
 use super::{LiveStream, SessionHooks, ViewerEvent};
 
-/// Largest input message accepted from a viewer, in bytes.
-pub const MAX_VIEWER_MESSAGE: usize = 4096;
+/// Largest input message accepted from a viewer, in bytes: a paste of
+/// [`protocol::limits::MAX_CLIPBOARD_LEN`] bytes of text with every character escaped
+/// as six bytes of JSON, and room for the rest of the message.
+pub const MAX_VIEWER_MESSAGE: usize = 6 * protocol::limits::MAX_CLIPBOARD_LEN + 1024;
 
 /// How long a viewer ticket stays valid.
 pub const TICKET_LIFETIME: Duration = Duration::from_secs(30);
@@ -115,6 +124,10 @@ pub enum ViewerInput {
         height: u32,
         device_pixel_ratio: f32,
     },
+    /// Text from the person's clipboard, pasted into the workspace.
+    Paste {
+        text: String,
+    },
 }
 
 impl ViewerInput {
@@ -137,6 +150,9 @@ impl ViewerInput {
                 height,
                 device_pixel_ratio,
             } => *width <= 16384 && *height <= 16384 && device_pixel_ratio.is_finite(),
+            ViewerInput::Paste { text } => {
+                !text.is_empty() && text.len() <= protocol::limits::MAX_CLIPBOARD_LEN
+            }
         };
         valid.then_some(input)
     }
@@ -183,6 +199,7 @@ impl ViewerInput {
                 height,
                 device_pixel_ratio,
             },
+            ViewerInput::Paste { text } => BrokerMessage::Paste { text },
         }
     }
 }
@@ -215,6 +232,18 @@ enum StatusMessage<'a> {
     },
     InputRefused {
         reason: &'a str,
+    },
+    /// A resize outside the protocol's bounds; `reason` names the value and the bound.
+    ResizeRejected {
+        reason: &'a str,
+    },
+    /// The directions of the site's clipboard policy, for the owner's viewer.
+    ClipboardPolicy {
+        paste_in: bool,
+        copy_out: bool,
+    },
+    Clipboard {
+        text: &'a str,
     },
 }
 
@@ -249,6 +278,16 @@ pub async fn serve(
     let mut waiting_for_keyframe = true;
     stream.send_to_agent(BrokerMessage::RequestKeyframe);
 
+    if mode == ViewerMode::Control {
+        let policy = status(&StatusMessage::ClipboardPolicy {
+            paste_in: stream.clipboard.allows_paste_in(),
+            copy_out: stream.clipboard.allows_copy_out(),
+        });
+        if sender.send(policy).await.is_err() {
+            return;
+        }
+    }
+
     for event in initial {
         if send_event(&mut sender, &event, &mut waiting_for_keyframe)
             .await
@@ -263,6 +302,8 @@ pub async fn serve(
     loop {
         tokio::select! {
             event = events.recv() => match event {
+                // Copied text is for the person only, never for a watching admin.
+                Ok(ViewerEvent::Clipboard { .. }) if mode == ViewerMode::Watch => {}
                 Ok(event) => {
                     let ended = matches!(event, ViewerEvent::Ended { .. });
                     if send_event(&mut sender, &event, &mut waiting_for_keyframe).await.is_err() || ended {
@@ -278,7 +319,13 @@ pub async fn serve(
             },
             incoming = receiver.next() => match incoming {
                 Some(Ok(Message::Text(text))) => match mode {
-                    ViewerMode::Control => forward_input(&stream, hooks.as_deref(), text.as_str()),
+                    ViewerMode::Control => {
+                        if let Some(reply) = forward_input(&stream, hooks.as_deref(), text.as_str())
+                            && sender.send(reply).await.is_err()
+                        {
+                            break;
+                        }
+                    }
                     ViewerMode::Watch => {
                         let refused = status(&StatusMessage::InputRefused {
                             reason: "an administrator's view is read-only",
@@ -309,21 +356,38 @@ pub async fn serve(
     let _ = sender.close().await;
 }
 
-fn forward_input(stream: &LiveStream, hooks: Option<&dyn SessionHooks>, text: &str) {
+/// Forwards one viewer message to the agent. Returns a status for the viewer when the
+/// message is refused for a reason the person can act on.
+fn forward_input(
+    stream: &LiveStream,
+    hooks: Option<&dyn SessionHooks>,
+    text: &str,
+) -> Option<Message> {
     let Some(input) = ViewerInput::parse(text) else {
         tracing::debug!(session.id = %stream.session_id, "Ignored an invalid viewer message");
-        return;
+        return None;
     };
     // INVARIANT: while credentials are typed, person input could disturb the fill or
     // reveal the field, so it is dropped here and again in the agent.
     if stream.placeholder_active() {
-        return;
+        return None;
     }
+    if matches!(input, ViewerInput::Paste { .. }) && !stream.clipboard.allows_paste_in() {
+        tracing::info!(session.id = %stream.session_id, "Refused a paste: the site's policy does not allow pasting in");
+        return Some(status(&StatusMessage::InputRefused {
+            reason: "this bank's policy does not allow pasting into the session",
+        }));
+    }
+    let resize = matches!(input, ViewerInput::Resize { .. });
     let activity = input.is_person_activity();
     let message = input.into_broker_message();
-    if !agent_accepts(&message) {
-        tracing::debug!(session.id = %stream.session_id, "Ignored viewer input outside the protocol's limits");
-        return;
+    if let Err(error) = agent_accepts(&message) {
+        tracing::debug!(session.id = %stream.session_id, error = %error, "Ignored viewer input outside the protocol's limits");
+        return resize.then(|| {
+            status(&StatusMessage::ResizeRejected {
+                reason: &error.to_string(),
+            })
+        });
     }
     if stream.send_to_agent(message) && activity {
         stream.clear_idle_warning();
@@ -331,13 +395,14 @@ fn forward_input(stream: &LiveStream, hooks: Option<&dyn SessionHooks>, text: &s
             hooks.person_input(stream.session_id);
         }
     }
+    None
 }
 
-/// Returns whether the agent's decoder accepts this message. Input it would reject,
-/// such as a coordinate beyond the largest screen, is neither sent nor counted as
-/// person activity.
-fn agent_accepts(message: &BrokerMessage) -> bool {
-    protocol::decode_broker_message(&protocol::encode_broker_message(message)).is_ok()
+/// Checks that the agent's decoder accepts this message. Input it would reject, such
+/// as a coordinate beyond the largest screen, is neither sent nor counted as person
+/// activity.
+fn agent_accepts(message: &BrokerMessage) -> Result<(), protocol::DecodeError> {
+    protocol::decode_broker_message(&protocol::encode_broker_message(message)).map(|_| ())
 }
 
 async fn send_event<S>(
@@ -389,6 +454,7 @@ where
         ViewerEvent::Notice { message } => status(&StatusMessage::Notice { message }),
         ViewerEvent::Ended { reason } => status(&StatusMessage::Ended { reason }),
         ViewerEvent::Watchers { count } => status(&StatusMessage::Watchers { count: *count }),
+        ViewerEvent::Clipboard { text } => status(&StatusMessage::Clipboard { text }),
     };
     sender.send(message).await
 }
@@ -469,9 +535,10 @@ mod tests {
         )
         .unwrap();
 
-        assert!(agent_accepts(&inside.into_broker_message()));
-        assert!(!agent_accepts(&outside.into_broker_message()));
-        assert!(!agent_accepts(&tiny.into_broker_message()));
+        assert!(agent_accepts(&inside.into_broker_message()).is_ok());
+        assert!(agent_accepts(&outside.into_broker_message()).is_err());
+        let rejected = agent_accepts(&tiny.into_broker_message()).unwrap_err();
+        assert!(rejected.to_string().contains("width 10"), "{rejected}");
     }
 
     #[test]
@@ -488,6 +555,78 @@ mod tests {
         assert_eq!(tickets.redeem(&ticket), Some(grant));
         assert_eq!(tickets.redeem(&ticket), None);
         assert_eq!(tickets.redeem("unknown"), None);
+    }
+}
+
+#[cfg(test)]
+mod parser_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parser_never_panics_on_any_text(text in any::<String>()) {
+            let _ = ViewerInput::parse(&text);
+        }
+
+        #[test]
+        fn parser_never_panics_on_mutated_messages(
+            index in 0usize..6,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<char>()), 1..6),
+        ) {
+            let samples = [
+                r#"{"type":"key","code":"KeyQ","key":"é","pressed":true}"#,
+                r#"{"type":"mouse_move","x":10,"y":20}"#,
+                r#"{"type":"mouse_button","button":"left","pressed":true,"x":3,"y":4}"#,
+                r#"{"type":"wheel","x":1,"y":1,"delta_x":0,"delta_y":120}"#,
+                r#"{"type":"resize","width":800,"height":600,"device_pixel_ratio":2}"#,
+                r#"{"type":"paste","text":"pässwörd€ 日本 Ö{}"}"#,
+            ];
+            let mut chars: Vec<char> = samples[index].chars().collect();
+            for (position, replacement) in edits {
+                let at = position.index(chars.len());
+                chars[at] = replacement;
+            }
+            let text: String = chars.into_iter().collect();
+            if let Some(input) = ViewerInput::parse(&text) {
+                // Whatever parses either reaches the agent's decoder intact or is
+                // rejected there; it never panics on the way.
+                let _ = agent_accepts(&input.into_broker_message());
+            }
+        }
+
+        #[test]
+        fn paste_text_reaches_agent_exactly(text in any::<String>()) {
+            let message = serde_json::json!({ "type": "paste", "text": text }).to_string();
+            let parsed = ViewerInput::parse(&message);
+            let fits = !text.is_empty() && text.len() <= protocol::limits::MAX_CLIPBOARD_LEN;
+            prop_assert_eq!(parsed.is_some(), fits);
+            if let Some(input) = parsed {
+                let forwarded = input.into_broker_message();
+                prop_assert!(agent_accepts(&forwarded).is_ok());
+                prop_assert_eq!(forwarded, BrokerMessage::Paste { text });
+            }
+        }
+    }
+
+    #[test]
+    fn largest_escaped_paste_fits_a_viewer_message() {
+        let text = "\u{1}".repeat(protocol::limits::MAX_CLIPBOARD_LEN);
+        let message = serde_json::json!({ "type": "paste", "text": text }).to_string();
+
+        assert!(message.len() <= MAX_VIEWER_MESSAGE, "{} bytes", message.len());
+        assert!(ViewerInput::parse(&message).is_some());
+    }
+
+    #[test]
+    fn oversize_paste_is_rejected() {
+        let text = "x".repeat(protocol::limits::MAX_CLIPBOARD_LEN + 1);
+        let message = serde_json::json!({ "type": "paste", "text": text }).to_string();
+
+        assert_eq!(ViewerInput::parse(&message), None);
     }
 }
 

@@ -41,13 +41,17 @@ impl Capturer {
         let (conn, screen_num) = x11rb::connect(Some(display))
             .with_context(|| format!("connecting to X display {display}"))?;
         let screen = &conn.setup().roots[screen_num];
-        let (root, width, height) = (screen.root, screen.width_in_pixels, screen.height_in_pixels);
+        let root = screen.root;
         if screen.root_depth != 24 {
             bail!(
                 "X screen depth is {}, expected 24; start Xvfb with -screen 0 WxHx24",
                 screen.root_depth
             );
         }
+        // The size in the connection setup is the one Xvfb started with; RandR may have
+        // changed it since.
+        let geometry = conn.get_geometry(root)?.reply()?;
+        let (width, height) = (geometry.width, geometry.height);
 
         let mut capturer = Self {
             conn,
@@ -76,6 +80,37 @@ impl Capturer {
 
     pub fn uses_shm(&self) -> bool {
         self.shm.is_some()
+    }
+
+    /// Sets the screen size through RandR, fits the top-level windows to it and
+    /// replaces the shared memory segment with one of the new size. After an error the
+    /// capturer still matches the screen, whatever size it has then.
+    pub fn resize(&mut self, width: u32, height: u32) -> anyhow::Result<()> {
+        let result = crate::screen::set_screen_size(&self.conn, self.root, width, height);
+        let geometry = self.conn.get_geometry(self.root)?.reply()?;
+        if (geometry.width, geometry.height) != (self.width, self.height) {
+            if let Some(segment) = self.shm.take() {
+                self.conn.shm_detach(segment.seg)?;
+            }
+            self.width = geometry.width;
+            self.height = geometry.height;
+            match self.create_shm() {
+                Ok(segment) => self.shm = Some(segment),
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "MIT-SHM unavailable, capturing with GetImage")
+                }
+            }
+        }
+        result?;
+
+        let windows = crate::screen::fit_top_level_windows(
+            &self.conn,
+            self.root,
+            self.width(),
+            self.height(),
+        )?;
+        tracing::debug!(width, height, windows, "Fitted top-level windows to the screen");
+        Ok(())
     }
 
     fn create_shm(&self) -> anyhow::Result<ShmSegment> {

@@ -89,6 +89,11 @@ impl Vp8Encoder {
         })
     }
 
+    /// Returns the frame size in pixels.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
     /// Encodes one BGRX screen (`width * 4` bytes per row) and returns the packets the
     /// encoder produced; with `lag-in-frames 0` that is one packet per frame.
     pub fn encode(

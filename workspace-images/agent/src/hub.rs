@@ -23,6 +23,8 @@ struct State {
     next_connection: u64,
     placeholder: Option<u64>,
     stream: Option<(u32, u32)>,
+    /// The latest screen size requested by the broker and not applied yet.
+    pending_resize: Option<(u32, u32)>,
 }
 
 /// Shared state between the capture thread, the login driver and the connection.
@@ -94,6 +96,16 @@ impl Hub {
             height,
         };
         Self::send_locked(&mut state, protocol::encode_agent_control(&config));
+    }
+
+    /// Asks the capture thread to change the screen size. A later request replaces
+    /// one that was not applied yet, so a burst of resizes costs one change.
+    pub fn request_resize(&self, width: u32, height: u32) {
+        self.lock().pending_resize = Some((width, height));
+    }
+
+    pub fn take_resize_request(&self) -> Option<(u32, u32)> {
+        self.lock().pending_resize.take()
     }
 
     pub fn request_keyframe(&self) {

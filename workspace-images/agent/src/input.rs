@@ -9,6 +9,7 @@
 //! a keycode through the server's keymap.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use protocol::{KeyEvent, MouseButton};
@@ -16,6 +17,8 @@ use x11rb::connection::{Connection, RequestConnection as _};
 use x11rb::protocol::xproto::{ConnectionExt as _, Keycode, Keysym, Window};
 use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::RustConnection;
+
+use crate::clipboard::ClipboardCommand;
 
 const KEY_PRESS: u8 = 2;
 const KEY_RELEASE: u8 = 3;
@@ -56,6 +59,8 @@ pub enum InputCommand {
         delta_x: f32,
         delta_y: f32,
     },
+    /// Puts text on the clipboard and presses Control+V.
+    Paste { text: String },
     /// Releases every key and button the viewer holds down.
     ReleaseAll,
 }
@@ -63,8 +68,6 @@ pub enum InputCommand {
 pub struct Injector {
     conn: RustConnection,
     root: Window,
-    width: u32,
-    height: u32,
     min_keycode: Keycode,
     keysyms_per_keycode: u8,
     /// keysym → (keycode, column) for columns 0 (plain) and 1 (shifted).
@@ -90,12 +93,7 @@ impl Injector {
         {
             bail!("the X server has no XTEST extension");
         }
-        let screen = &conn.setup().roots[screen_num];
-        let (root, width, height) = (
-            screen.root,
-            u32::from(screen.width_in_pixels),
-            u32::from(screen.height_in_pixels),
-        );
+        let root = conn.setup().roots[screen_num].root;
         let min_keycode = conn.setup().min_keycode;
         let max_keycode = conn.setup().max_keycode;
 
@@ -123,8 +121,6 @@ impl Injector {
         Ok(Self {
             conn,
             root,
-            width,
-            height,
             min_keycode,
             keysyms_per_keycode: mapping.keysyms_per_keycode,
             keymap,
@@ -194,6 +190,35 @@ impl Injector {
                 }
                 self.typed_codes.clear();
             }
+            InputCommand::Paste { .. } => bail!("a paste needs the clipboard thread"),
+        }
+        self.conn.flush()?;
+        Ok(())
+    }
+
+    /// Presses Control+V, or only V when the viewer's Control key is down already.
+    fn press_paste_shortcut(&mut self) -> anyhow::Result<()> {
+        let (v, _) = *self
+            .keymap
+            .get(&Keysym::from(b'v'))
+            .context("the X keymap has no V key")?;
+        let control_held = self.modifier_held(&[XK_CONTROL_L, XK_CONTROL_R]);
+        let control = match control_held {
+            true => None,
+            false => Some(
+                self.keymap
+                    .get(&XK_CONTROL_L)
+                    .context("the X keymap has no Control key")?
+                    .0,
+            ),
+        };
+        if let Some(control) = control {
+            self.fake(KEY_PRESS, control)?;
+        }
+        self.fake(KEY_PRESS, v)?;
+        self.fake(KEY_RELEASE, v)?;
+        if let Some(control) = control {
+            self.fake(KEY_RELEASE, control)?;
         }
         self.conn.flush()?;
         Ok(())
@@ -214,9 +239,11 @@ impl Injector {
         Ok(())
     }
 
+    /// Moves the pointer. The screen size changes with resizes, so the X server clamps
+    /// the position to the screen.
     fn motion(&self, x: u32, y: u32) -> anyhow::Result<()> {
-        let x = x.min(self.width.saturating_sub(1)) as i16;
-        let y = y.min(self.height.saturating_sub(1)) as i16;
+        let x = x.min(protocol::limits::MAX_DIMENSION) as i16;
+        let y = y.min(protocol::limits::MAX_DIMENSION) as i16;
         self.conn
             .xtest_fake_input(MOTION_NOTIFY, 0, x11rb::CURRENT_TIME, self.root, x, y, 0)?;
         Ok(())
@@ -466,15 +493,41 @@ fn code_to_keysym(code: &str) -> Option<Keysym> {
     Some(keysym)
 }
 
-/// Runs the input thread until the channel closes.
-pub fn run(display: &str, commands: std::sync::mpsc::Receiver<InputCommand>) -> anyhow::Result<()> {
+/// How long a paste waits for the clipboard thread to own the text.
+const CLIPBOARD_SET_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs the input thread until the channel closes. A paste goes through `clipboard`
+/// and then presses Control+V, in order with the viewer's other input.
+pub fn run(
+    display: &str,
+    commands: std::sync::mpsc::Receiver<InputCommand>,
+    clipboard: std::sync::mpsc::Sender<ClipboardCommand>,
+) -> anyhow::Result<()> {
     let mut injector = Injector::connect(display)?;
     while let Ok(command) = commands.recv() {
-        if let Err(error) = injector.apply(command) {
+        let result = match command {
+            InputCommand::Paste { text } => paste(&mut injector, &clipboard, text),
+            command => injector.apply(command),
+        };
+        if let Err(error) = result {
             tracing::warn!(error = %format!("{error:#}"), "Applying input failed");
         }
     }
     Ok(())
+}
+
+fn paste(
+    injector: &mut Injector,
+    clipboard: &std::sync::mpsc::Sender<ClipboardCommand>,
+    text: String,
+) -> anyhow::Result<()> {
+    let (done, set) = std::sync::mpsc::sync_channel(1);
+    clipboard
+        .send(ClipboardCommand::Set { text, done })
+        .map_err(|_| anyhow::anyhow!("the clipboard thread has stopped"))?;
+    set.recv_timeout(CLIPBOARD_SET_TIMEOUT)
+        .context("the clipboard thread did not respond within 2 s")??;
+    injector.press_paste_shortcut()
 }
 
 #[cfg(test)]

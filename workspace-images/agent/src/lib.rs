@@ -8,12 +8,14 @@
 
 pub mod browser;
 pub mod capture;
+pub mod clipboard;
 pub mod cdp;
 pub mod encoder;
 pub mod hub;
 pub mod input;
 pub mod login;
 pub mod processes;
+pub mod screen;
 pub mod server;
 pub mod stream;
 

@@ -58,7 +58,8 @@ pub struct Xvfb {
     pub display: String,
 }
 
-/// Starts Xvfb on a free display (`-displayfd`) with a `width`x`height`x24 screen.
+/// Starts Xvfb on a free display (`-displayfd`) with a `width`x`height`x24 screen, the
+/// largest size RandR can set later.
 pub async fn start_xvfb(binary: &Path, width: u32, height: u32) -> anyhow::Result<Xvfb> {
     let (read_end, write_end) = pipe()?;
     let write_raw = write_end.as_raw_fd();
@@ -73,6 +74,8 @@ pub async fn start_xvfb(binary: &Path, width: u32, height: u32) -> anyhow::Resul
             "MIT-SHM",
             "+extension",
             "XTEST",
+            "+extension",
+            "RANDR",
             "-noreset",
         ])
         .stdin(Stdio::null())

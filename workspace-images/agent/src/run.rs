@@ -48,6 +48,14 @@ pub struct Args {
     /// Screen height in pixels (even, 64 to 4096).
     #[arg(long, default_value_t = 720)]
     pub height: u32,
+    /// Width in pixels of the largest screen a viewer's resize can make (even, at
+    /// least --width, at most 4096). Xvfb starts with a framebuffer of this size.
+    #[arg(long, default_value_t = 3840)]
+    pub max_width: u32,
+    /// Height in pixels of the largest screen a viewer's resize can make (even, at
+    /// least --height, at most 4096).
+    #[arg(long, default_value_t = 2160)]
+    pub max_height: u32,
     /// Chromium's device scale factor.
     #[arg(long, default_value_t = 1.0)]
     pub device_scale_factor: f32,
@@ -105,6 +113,19 @@ impl Args {
                 || value % 2 != 0
             {
                 bail!("{name} {value} must be even and between 64 and 4096");
+            }
+        }
+        for (name, value, screen) in [
+            ("--max-width", self.max_width, ("--width", self.width)),
+            ("--max-height", self.max_height, ("--height", self.height)),
+        ] {
+            if value > protocol::limits::MAX_DIMENSION || value % 2 != 0 || value < screen.1 {
+                bail!(
+                    "{name} {value} must be even, at most {} and at least {} {}",
+                    protocol::limits::MAX_DIMENSION,
+                    screen.0,
+                    screen.1
+                );
             }
         }
         if !(1..=60).contains(&self.fps) {
@@ -247,8 +268,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             &args.ca_certificates,
         )?;
     }
-    let mut xvfb = processes::start_xvfb(&args.xvfb, args.width, args.height).await?;
+    let mut xvfb = processes::start_xvfb(&args.xvfb, args.max_width, args.max_height).await?;
     tracing::info!(display = %xvfb.display, "Xvfb started");
+    if let Err(error) = crate::screen::set_initial_size(&xvfb.display, args.width, args.height) {
+        processes::stop_child(&mut xvfb.child, STOP_GRACE).await;
+        return Err(error.context("setting the initial screen size"));
+    }
     let profile_dir = create_profile_dir(&args.profile_root)?;
 
     let outcome = run_session(&args, secret_sha256, &xvfb.display, &profile_dir).await;
@@ -268,11 +293,23 @@ async fn run_session(
 ) -> anyhow::Result<u8> {
     let hub = Arc::new(Hub::default());
 
+    let (clipboard_sender, clipboard_receiver) = std::sync::mpsc::channel();
+    let clipboard_thread = {
+        let (hub, display) = (hub.clone(), display.to_owned());
+        std::thread::Builder::new()
+            .name("clipboard".into())
+            .spawn(move || {
+                if let Err(error) = crate::clipboard::run(&display, hub, clipboard_receiver) {
+                    tracing::error!(error = %format!("{error:#}"), "The clipboard thread stopped");
+                }
+            })?
+    };
+
     let (input_sender, input_receiver) = std::sync::mpsc::channel::<InputCommand>();
     let input_display = display.to_owned();
     let input_thread = std::thread::Builder::new()
         .name("input".into())
-        .spawn(move || crate::input::run(&input_display, input_receiver))?;
+        .spawn(move || crate::input::run(&input_display, input_receiver, clipboard_sender))?;
 
     let stop_stream = Arc::new(AtomicBool::new(false));
     let (stream_failed_sender, mut stream_failed) =
@@ -363,6 +400,10 @@ async fn run_session(
         secret_sha256,
         input: input_sender,
         login: login_sender,
+        max_screen: crate::screen::MaxSize {
+            width: args.max_width,
+            height: args.max_height,
+        },
         end: end.clone(),
     });
     tasks.spawn(server::serve(listener, handlers, stop_accepting.clone()));
@@ -412,6 +453,8 @@ async fn run_session(
     let _ = tokio::task::spawn_blocking(move || {
         let _ = stream_thread.join();
         let _ = input_thread.join();
+        // The input thread held the clipboard channel's sender, so this one ends too.
+        let _ = clipboard_thread.join();
     })
     .await;
     Ok(code)

@@ -27,6 +27,8 @@ pub struct Handlers {
     pub secret_sha256: [u8; 32],
     pub input: std::sync::mpsc::Sender<InputCommand>,
     pub login: mpsc::Sender<protocol::AutoLogin>,
+    /// The size Xvfb was started with: the largest screen a resize can make.
+    pub max_screen: crate::screen::MaxSize,
     /// Cancelled when the broker sends `End`.
     pub end: CancellationToken,
 }
@@ -165,6 +167,7 @@ fn dispatch(handlers: &Handlers, message: BrokerMessage) {
             | BrokerMessage::MouseMove { .. }
             | BrokerMessage::MouseButton { .. }
             | BrokerMessage::Wheel { .. }
+            | BrokerMessage::Paste { .. }
     );
     if person_input && handlers.hub.placeholder_active() {
         return;
@@ -203,18 +206,28 @@ fn dispatch(handlers: &Handlers, message: BrokerMessage) {
             height,
             device_pixel_ratio,
         } => {
-            // TODO: Xvfb's RandR maximum is the size given at start (xorg-server 21.1.7),
-            // so resizing needs Xvfb started at the largest size, a RandR mode change, a
-            // new capture segment and encoder, and a Chromium window resize. Until then
-            // the screen keeps the size given at launch.
+            // NOTE: the screen gets the viewer's size in CSS pixels, and Chromium keeps
+            // the device scale factor it was started with (`--device-scale-factor`),
+            // because Chromium cannot change it while running. A viewer with a higher
+            // pixel ratio scales the picture up.
+            let (screen_width, screen_height) = crate::screen::fit_size(
+                width,
+                height,
+                protocol::limits::MIN_DIMENSION,
+                handlers.max_screen,
+            );
             tracing::info!(
                 width,
                 height,
                 device_pixel_ratio,
-                "Ignoring a resize request"
+                screen_width,
+                screen_height,
+                "Resize requested"
             );
+            handlers.hub.request_resize(screen_width, screen_height);
             return;
         }
+        BrokerMessage::Paste { text } => InputCommand::Paste { text },
         BrokerMessage::RequestKeyframe => {
             handlers.hub.request_keyframe();
             return;

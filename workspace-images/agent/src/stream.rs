@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use protocol::VideoPacket;
+use protocol::{AgentControl, VideoPacket};
 
 use crate::capture::Capturer;
 use crate::encoder::{EncoderConfig, Vp8Encoder};
@@ -40,12 +40,13 @@ pub fn run(
     let keyframe_frames = (config.keyframe_interval.as_secs_f64() * f64::from(config.fps))
         .ceil()
         .max(1.0) as u32;
-    let mut encoder = Vp8Encoder::new(EncoderConfig {
+    let encoder_config = |width, height| EncoderConfig {
         width,
         height,
         bitrate: config.bitrate,
         keyframe_interval: keyframe_frames,
-    })?;
+    };
+    let mut encoder = Vp8Encoder::new(encoder_config(width, height))?;
     hub.set_stream(width, height);
     tracing::info!(
         width,
@@ -68,6 +69,29 @@ pub fn run(
             std::thread::sleep(next_tick - now);
         } else {
             next_tick = now;
+        }
+
+        // A resize waits while credentials are typed, because it would move the fields.
+        if !hub.placeholder_active()
+            && let Some((width, height)) = hub.take_resize_request()
+            && (width, height) != (capturer.width(), capturer.height())
+        {
+            if let Err(error) = capturer.resize(width, height) {
+                tracing::warn!(error = %format!("{error:#}"), width, height, "Resizing the screen failed");
+                hub.send_control(&AgentControl::Error {
+                    message: format!("resizing the screen to {width}x{height} failed: {error:#}"),
+                });
+            }
+            let size = (capturer.width(), capturer.height());
+            if size != encoder.size() {
+                // The new encoder starts with a keyframe; the stream configuration goes
+                // out first, so the broker and viewers expect the new size.
+                encoder = Vp8Encoder::new(encoder_config(size.0, size.1))?;
+                hub.set_stream(size.0, size.1);
+                hub.request_keyframe();
+                previous.clear();
+                tracing::info!(width = size.0, height = size.1, "Screen resized");
+            }
         }
 
         // Nothing is encoded while a placeholder is active or nobody is connected; the

@@ -611,3 +611,216 @@ async fn end_message_stops_everything() {
         );
     }
 }
+
+/// A page in one colour that reports its viewport size whenever it changes.
+const SIZE_PAGE: &str = r#"<!doctype html><html><body style="margin:0;background:rgb(200,60,30)">
+<script>
+const report = () => fetch('/size?w=' + innerWidth + '&h=' + innerHeight);
+addEventListener('resize', report);
+report();
+</script></body></html>"#;
+
+/// Sends a resize and returns the decoded frame of the first keyframe after the stream
+/// configuration it causes, checking that the configuration has the expected size.
+async fn resize_and_decode(
+    broker: &mut BrokerClient,
+    requested: (u32, u32),
+    expected: (u32, u32),
+) -> (u32, u32, Vec<u8>) {
+    broker
+        .send(&BrokerMessage::Resize {
+            width: requested.0,
+            height: requested.1,
+            device_pixel_ratio: 1.0,
+        })
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no stream configuration of {expected:?}"
+        );
+        if let Some(AgentMessage::Control(AgentControl::StreamConfig { width, height, .. })) =
+            broker.next(WAIT).await
+        {
+            assert_eq!((width, height), expected, "stream size after a resize");
+            break;
+        }
+    }
+    let mut decoder = Decoder::new();
+    let mut first = true;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no frame of the page at {expected:?}"
+        );
+        let Some(AgentMessage::Video(packet)) = broker.next(WAIT).await else {
+            continue;
+        };
+        if first {
+            assert!(packet.keyframe, "the first packet after a resize is a keyframe");
+            first = false;
+        }
+        let frame = decoder.decode(&packet.data).expect("the packet decodes");
+        assert_eq!((frame.0, frame.1), expected, "decoded frame size");
+        // The page covers the whole new screen, its far corner included, once Chromium
+        // has laid it out again.
+        let corner = pixel(&frame, expected.0 - 4, expected.1 - 4);
+        if is_page_colour(corner) && is_page_colour(pixel(&frame, 4, 4)) {
+            return frame;
+        }
+    }
+}
+
+fn is_page_colour([r, g, b]: [u8; 3]) -> bool {
+    (r as i32 - 200).abs() < 30 && (g as i32 - 60).abs() < 30 && (b as i32 - 30).abs() < 30
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resize_changes_screen_window_and_stream() {
+    let server = HttpServer::start(HashMap::from([("/", SIZE_PAGE.to_owned())])).await;
+    let agent = Agent::start_with_args(
+        &["--max-width", "1280", "--max-height", "800"],
+        &server.url("/"),
+        640,
+        480,
+    )
+    .await;
+    let mut broker = BrokerClient::connect_authenticated(agent.address).await;
+    let first = broker.next(WAIT).await.expect("stream config");
+    assert!(
+        matches!(
+            first,
+            AgentMessage::Control(AgentControl::StreamConfig {
+                width: 640,
+                height: 480,
+                ..
+            })
+        ),
+        "{first:?}"
+    );
+    server.wait_for(WAIT, |r| r.path.starts_with("/size")).await;
+
+    // Larger: the screen, Chromium's viewport and the stream follow.
+    resize_and_decode(&mut broker, (1000, 600), (1000, 600)).await;
+    server
+        .wait_for(WAIT, |r| r.path == "/size?w=1000&h=600")
+        .await;
+
+    // Beyond the largest screen: each side is clamped, and odd sizes become even.
+    resize_and_decode(&mut broker, (3001, 2001), (1280, 800)).await;
+    server
+        .wait_for(WAIT, |r| r.path == "/size?w=1280&h=800")
+        .await;
+
+    // Smaller than the start size.
+    resize_and_decode(&mut broker, (321, 241), (320, 240)).await;
+    server
+        .wait_for(WAIT, |r| r.path == "/size?w=320&h=240")
+        .await;
+
+    // No resize failed along the way.
+    assert!(
+        !agent.log().contains("Resizing the screen failed"),
+        "{}",
+        agent.log()
+    );
+}
+
+/// Clicks into the page's text field and types a probe character until the page
+/// reports it, then clears the field: the window may not be mapped or focused yet when
+/// the page has loaded.
+async fn focus_text_field(broker: &mut BrokerClient, server: &HttpServer) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the field never received the probe character"
+        );
+        for pressed in [true, false] {
+            broker
+                .send(&BrokerMessage::MouseButton {
+                    button: protocol::MouseButton::Left,
+                    pressed,
+                    x: 100,
+                    y: 30,
+                })
+                .await;
+        }
+        for event in key_events("q") {
+            broker.send(&event).await;
+        }
+        let probe = tokio::time::timeout(
+            Duration::from_secs(2),
+            server.wait_for(WAIT, |r| {
+                query_param(&r.path, "v").is_some_and(|v| v.ends_with('q'))
+            }),
+        )
+        .await;
+        if probe.is_ok() {
+            break;
+        }
+    }
+    select_all(broker).await;
+    broker.send(&key("Delete", "Delete", true)).await;
+    broker.send(&key("Delete", "Delete", false)).await;
+    server
+        .wait_for(WAIT, |r| query_param(&r.path, "v").as_deref() == Some(""))
+        .await;
+}
+
+async fn select_all(broker: &mut BrokerClient) {
+    broker.send(&key("ControlLeft", "Control", true)).await;
+    broker.send(&key("KeyA", "a", true)).await;
+    broker.send(&key("KeyA", "a", false)).await;
+    broker.send(&key("ControlLeft", "Control", false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paste_and_copy_keep_unicode_exact() {
+    let server = HttpServer::start(HashMap::from([("/", INPUT_PAGE.to_owned())])).await;
+    let agent = Agent::start(&server.url("/"), 640, 480).await;
+    let mut broker = BrokerClient::connect_authenticated(agent.address).await;
+    server.wait_for(WAIT, |r| r.path == "/").await;
+    focus_text_field(&mut broker, &server).await;
+
+    // The paste reaches the field byte for byte.
+    let pasted = "pässwörd€ 日本 Ö{}";
+    broker
+        .send(&BrokerMessage::Paste {
+            text: pasted.into(),
+        })
+        .await;
+    server
+        .wait_for(WAIT, |r| query_param(&r.path, "v").as_deref() == Some(pasted))
+        .await;
+
+    // Chromium's copy of the edited field comes back as the clipboard's new text.
+    for event in key_events("Z") {
+        broker.send(&event).await;
+    }
+    let edited = format!("{pasted}Z");
+    server
+        .wait_for(WAIT, |r| {
+            query_param(&r.path, "v").as_deref() == Some(edited.as_str())
+        })
+        .await;
+    select_all(&mut broker).await;
+    broker.send(&key("ControlLeft", "Control", true)).await;
+    broker.send(&key("KeyC", "c", true)).await;
+    broker.send(&key("KeyC", "c", false)).await;
+    broker.send(&key("ControlLeft", "Control", false)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let copied = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no clipboard change arrived"
+        );
+        if let Some(AgentMessage::Control(AgentControl::ClipboardChanged { text })) =
+            broker.next(WAIT).await
+        {
+            break text;
+        }
+    };
+    assert_eq!(copied, edited);
+}
