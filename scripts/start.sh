@@ -41,7 +41,13 @@ cargo build --release --quiet -p broker -p strongroom-agent -p strongroom-demo-b
 bin=target/release/strongroom
 
 echo "Building the workspace and demo bank images from Debian packages (skipped when unchanged)..."
-"$bin" image build
+workspace_image=$("$bin" image build | tee /dev/stderr | sed -n 's/^image ready: //p')
+if [ -z "$workspace_image" ]; then
+    echo "error: the workspace image build printed no image reference" >&2
+    exit 1
+fi
+# Sessions run the image built from this checkout, even when the engine holds newer ones.
+export STRONGROOM_LAUNCHER__IMAGE="\"$workspace_image\""
 bank_image=$("$bin" image build --recipe demo-bank | sed -n 's/^image ready: //p')
 if [ -z "$bank_image" ]; then
     echo "error: the demo bank image build printed no image reference" >&2

@@ -838,6 +838,7 @@ impl HostSession {
                 recording_expires_at: chrono::Utc::now() + chrono::Duration::days(1),
                 clipboard: policy,
             })
+            .await
             .unwrap();
         HostSession {
             session_id,

@@ -127,9 +127,12 @@ pub async fn supervise_child(config_path: Option<PathBuf>, shutdown: Cancellatio
         if let Some(path) = &config_path {
             command.arg("--config").arg(path);
         }
+        // In its own process group, a Ctrl-C in the terminal reaches only the broker,
+        // which ends the live sessions through the launcher before it stops the launcher.
         command
             .arg("launcher")
             .stdin(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true);
         stop_with_parent(&mut command);
 

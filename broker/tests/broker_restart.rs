@@ -39,21 +39,35 @@ struct ServeProcess {
 
 impl ServeProcess {
     fn start(env: &[(String, String)], log: PathBuf) -> ServeProcess {
+        Self::spawn(env, log, false)
+    }
+
+    /// Starts the broker as the leader of its own process group, as a shell starts a
+    /// terminal job.
+    fn start_as_job(env: &[(String, String)], log: PathBuf) -> ServeProcess {
+        Self::spawn(env, log, true)
+    }
+
+    fn spawn(env: &[(String, String)], log: PathBuf, own_group: bool) -> ServeProcess {
+        use std::os::unix::process::CommandExt;
         let output = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_strongroom"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+        command
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .expect("start strongroom serve");
+            .stderr(output);
+        if own_group {
+            command.process_group(0);
+        }
+        let child = command.spawn().expect("start strongroom serve");
         ServeProcess { child, log }
     }
 
@@ -400,4 +414,73 @@ async fn killed_broker_restart_removes_its_workspaces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_broker_restart_removes_its_workspaces_on_postgres() {
     killed_broker_restart(TestBackend::Postgres).await;
+}
+
+/// A Ctrl-C in the terminal sends SIGINT to the whole foreground process group. The
+/// broker then ends its live sessions through its launcher child, which must still be
+/// running for that, and stops with nothing left on the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_to_process_group_ends_every_session() {
+    let database = TestDatabase::new(TestBackend::Sqlite).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let instance_id = broker::instance::load_or_create(data_dir.path()).unwrap();
+    let _cleanup = InstanceCleanup(instance_id.to_string());
+    let image = test_image().await;
+    let database_url = format!("sqlite://{}", database.dir.path().join("test.db").display());
+    let env = serve_env(data_dir.path(), &database_url, &image);
+    let config = broker::config::load(None, env.clone()).expect("test configuration is valid");
+    import_demo_site(&database, None).await;
+    broker::sites::grant(&database.db, "alice", SITE, "user:test-admin", 0)
+        .await
+        .unwrap();
+    let (service, _audit) = session_service(&config, &database, instance_id);
+
+    // The marker tells when the broker's start-up recovery has run.
+    let marker = reserve_interrupted(&database, "carol", instance_id).await;
+    let mut serve = ServeProcess::start_as_job(&env, data_dir.path().join("serve.log"));
+    let group = serve.pid();
+    assert_eq!(
+        wait_for_end(&database, marker, &serve).await,
+        "interrupted_by_restart"
+    );
+
+    let alice = person("alice");
+    let session = service
+        .launch(&alice, SITE, None)
+        .await
+        .unwrap_or_else(|error| panic!("launch failed: {error}; broker output:\n{}", serve.output()));
+    assert_eq!(running_containers(&instance_id.to_string()).await.len(), 1);
+    let launchers = children_of(group);
+    let _launchers_guard = KillOnDrop(launchers.clone());
+
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(group),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker did not stop within {WAIT:?} of SIGINT; output:\n{}",
+            serve.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "broker exit {status}; output:\n{}", serve.output());
+
+    assert_eq!(
+        count_instance_objects(&instance_id.to_string()).await,
+        (0, 0),
+        "objects left after Ctrl-C; broker output:\n{}",
+        serve.output()
+    );
+    let reason = end_reason(&database, session.session.id).await;
+    assert!(reason.is_some(), "session still live after Ctrl-C");
+    for pid in launchers {
+        assert!(!process_alive(pid), "launcher {pid} outlived the broker");
+    }
 }
