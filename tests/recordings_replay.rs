@@ -22,7 +22,8 @@ use broker::server::{self, RunningBroker};
 use bytes::Bytes;
 use chrono::Utc;
 use recorder::{NewRecording, Packet, RecorderConfig, RecordingWriter, StreamConfig};
-use strongroom_tests::browser::{Browser, DEFAULT_WAIT};
+use strongroom_tests::browser::Browser;
+use strongroom_tests::player::{seek_script, seek_to, wait_player};
 use uuid::Uuid;
 
 const PASSWORD: &str = "a long test passphrase";
@@ -245,48 +246,6 @@ async fn sign_in(browser: &Browser, base: &str, username: &str, totp: &TotpSecre
     browser.element("form[action='/auth/logout']").await;
 }
 
-/// Reads the state of the player into `r`: whether it is ready, the shown frame's offset, how many sampled
-/// pixels are lit, and the status and error lines.
-const PLAYER_PROBE: &str = "const c = document.getElementById('screen');
-const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-let lit = 0;
-for (let i = 0; i < data.length; i += 4 * 97) { if (data[i] || data[i + 1] || data[i + 2]) lit++; }
-const error = document.getElementById('error');
-const r = { ready: document.getElementById('player').dataset.ready === 'true',
-  position: c.dataset.positionUs === '' ? null : Number(c.dataset.positionUs),
-  lit, width: c.width, height: c.height,
-  status: document.getElementById('status').hidden ? '' : document.getElementById('status').textContent,
-  error: error.hidden ? '' : error.textContent };";
-
-/// Polls the player state until `condition` (JavaScript over `r`, the state from
-/// [`PLAYER_PROBE`]) holds, and returns the state.
-async fn wait_player(browser: &Browser, condition: &str) -> serde_json::Value {
-    // Until the player page has loaded, the probe returns no state.
-    let script = format!(
-        "if (!document.getElementById('player')) return {{ done: false, r: null }};\n{PLAYER_PROBE}\nreturn {{ done: !!({condition}), r }};"
-    );
-    let deadline = tokio::time::Instant::now() + DEFAULT_WAIT;
-    loop {
-        let result = browser.script(&script).await;
-        if result["done"] == true {
-            return result["r"].clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "player did not reach `{condition}` within {DEFAULT_WAIT:?}; last state {}",
-            result["r"]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Moves the seek bar to `seconds` as a person dragging it would.
-fn seek_script(seconds: f64) -> String {
-    format!(
-        "const s = document.getElementById('seek'); s.value = '{seconds}'; s.dispatchEvent(new Event('change')); return true;"
-    )
-}
-
 async fn replay_events(broker: &RunningBroker, recording: Uuid) -> usize {
     let target = format!("recording:{recording}");
     broker
@@ -341,10 +300,8 @@ async fn auditor_plays_seeks_and_sees_tampering() {
     // A seek shows the frame of that time: the last frame at or before it, within a
     // second.
     for target in [450.0, 27.35, 3.0, 599.85] {
-        browser.script(&seek_script(target)).await;
+        let probe = seek_to(&browser, target, Duration::from_secs(1)).await;
         let target_us = (target * 1e6) as i64;
-        let probe = wait_player(&browser, &format!("r.error || (r.position !== null && r.position <= {target_us} && r.position > {target_us} - 1000000 && r.status.indexOf('Seeking') < 0)")).await;
-        assert_eq!(probe["error"], "", "seek to {target} s failed: {probe}");
         let position = probe["position"].as_i64().unwrap();
         assert!(
             position <= target_us && target_us - position < 1_000_000,

@@ -179,6 +179,15 @@ async fn export_verifies_offline_body(database: TestDatabase) {
         .count();
     assert_eq!(exported, 1);
 
+    // The evidence shows a banking session: only the exporting account may read it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "export directory");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+
     // ffprobe reads a duration within a frame of the recording's length.
     let duration = ffprobe_duration(&dir.join(evidence::VIDEO_FILE));
     assert!(

@@ -6,6 +6,7 @@
 //! (the hex-encoded Ed25519 signature of the exact bytes of `manifest.json`). The
 //! manifest names the WebM file's SHA-256, so the signature covers the video too.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
@@ -75,6 +76,8 @@ pub async fn export(
     let key = signing_key(config)?;
     let video = dir.join(VIDEO_FILE);
     let summary = super::export(config, audit, id, &video).await?;
+    std::fs::set_permissions(&video, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict access to {}", video.display()))?;
     let hashes = super::segment_hashes(audit, id).await?;
     let entry = catalogue::get(audit.database(), id).await?;
 
@@ -129,14 +132,28 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the export directory {}", dir.display())),
+        // The evidence shows a banking session, so only its owner may read it.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create the export directory {}", dir.display()))
+        }
         Err(error) => Err(error).with_context(|| format!("cannot read {}", dir.display())),
     }
 }
 
+/// Writes a new file that only its owner may read.
 fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(bytes))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Reads a public key file: 64 hex digits, surrounding whitespace allowed.

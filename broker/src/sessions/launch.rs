@@ -17,6 +17,15 @@ use crate::sites::{self, Site};
 
 /// Why a launch did not produce a running session. Refusals (quota, limits, grants)
 /// come back at once, before any Docker call.
+/// Tells the person why a launch over their quota was refused and what to do.
+fn quota_message(limit: u32) -> String {
+    if limit == 0 {
+        "your quota allows no live sessions; ask an administrator to raise it".to_owned()
+    } else {
+        format!("you already have {limit} live session(s), the most your quota allows; end one first")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("this account has no role that may launch sessions")]
@@ -27,7 +36,7 @@ pub enum LaunchError {
     SiteDisabled { site: String },
     #[error("site {site:?} is not granted to this account; ask an administrator for access")]
     NotGranted { site: String },
-    #[error("you already have {limit} live session(s), the most your quota allows; end one first")]
+    #[error("{}", quota_message(*limit))]
     QuotaReached { limit: u32 },
     #[error("site {site:?} already runs its maximum of {limit} session(s); try again later")]
     SiteLimitReached { site: String, limit: u32 },
@@ -568,5 +577,25 @@ impl SessionService {
         };
         tracing::info!(reason = %reason, "Session ended while it was launching");
         LaunchError::EndedDuringLaunch { reason }
+    }
+}
+
+#[cfg(test)]
+mod quota_message_tests {
+    use super::LaunchError;
+
+    #[test]
+    fn zero_quota_asks_for_an_administrator() {
+        let message = LaunchError::QuotaReached { limit: 0 }.to_string();
+        assert_eq!(
+            message,
+            "your quota allows no live sessions; ask an administrator to raise it"
+        );
+    }
+
+    #[test]
+    fn reached_quota_names_the_limit() {
+        let message = LaunchError::QuotaReached { limit: 2 }.to_string();
+        assert!(message.starts_with("you already have 2 live session(s)"), "{message}");
     }
 }
