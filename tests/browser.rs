@@ -18,23 +18,36 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver on a free loopback port and opens a headless session.
     pub async fn start() -> Browser {
-        let mut driver = tokio::process::Command::new("chromedriver")
-            .arg("--port=0")
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("chromedriver starts (Debian package chromium-driver)");
-        let stdout = driver.stdout.take().unwrap();
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-        let port = loop {
-            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-                .await
-                .expect("chromedriver prints its port within 30 s")
-                .unwrap()
-                .expect("chromedriver output");
-            if let Some(rest) = line.strip_prefix("ChromeDriver was started successfully on port ")
-            {
-                break rest.trim_end_matches('.').to_owned();
+        // With `--port=0` chromedriver picks a port free on IPv4 and exits when another
+        // program holds it on IPv6; a new start picks another port.
+        let mut attempts = 0;
+        let (driver, mut lines, port) = loop {
+            attempts += 1;
+            let mut driver = tokio::process::Command::new("chromedriver")
+                .arg("--port=0")
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("chromedriver starts (Debian package chromium-driver)");
+            let stdout = driver.stdout.take().unwrap();
+            let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+            let port = loop {
+                let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                    .await
+                    .expect("chromedriver prints its port within 30 s")
+                    .unwrap();
+                let Some(line) = line else {
+                    break None;
+                };
+                if let Some(rest) =
+                    line.strip_prefix("ChromeDriver was started successfully on port ")
+                {
+                    break Some(rest.trim_end_matches('.').to_owned());
+                }
+            };
+            match port {
+                Some(port) => break (driver, lines, port),
+                None => assert!(attempts < 5, "chromedriver exited before listening, {attempts} times"),
             }
         };
         // Keep reading so that chromedriver never blocks on a full pipe.
