@@ -46,7 +46,7 @@ if [ -z "$workspace_image" ]; then
     echo "error: the workspace image build printed no image reference" >&2
     exit 1
 fi
-# Sessions run the image built from this checkout, even when the engine holds newer ones.
+# Sessions run the image built from this checkout, even when the engine has newer ones.
 export STRONGROOM_LAUNCHER__IMAGE="\"$workspace_image\""
 bank_image=$("$bin" image build --recipe demo-bank | sed -n 's/^image ready: //p')
 if [ -z "$bank_image" ]; then

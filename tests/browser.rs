@@ -18,8 +18,8 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver on a free loopback port and opens a headless session.
     pub async fn start() -> Browser {
-        // With `--port=0` chromedriver picks a port free on IPv4 and exits when another
-        // program holds it on IPv6; a new start picks another port.
+        // With `--port=0` chromedriver picks a port that is free on IPv4, and it exits when
+        // another program uses that port on IPv6. A new start picks another port.
         let mut attempts = 0;
         let (driver, mut lines, port) = loop {
             attempts += 1;

@@ -768,7 +768,7 @@ fn ffprobe_duration(path: &std::path::Path) -> f64 {
         .unwrap_or_else(|_| panic!("ffprobe printed no duration for {}: {text:?}", path.display()))
 }
 
-/// Checks the recording as an auditor sees it. The auditor signs in, finds the person's
+/// Checks the recording from an auditor's account. The auditor signs in, finds the person's
 /// recording in the list, plays it and seeks in it. The recording exports as evidence
 /// that verifies offline against the pinned public key. A retention sweep with the
 /// clock past the site's retention deletes it, and the player then says so.

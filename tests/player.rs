@@ -51,9 +51,9 @@ pub fn seek_script(seconds: f64) -> String {
 }
 
 /// Seeks to `seconds` and waits until the shown frame is at or before that time and less
-/// than `tolerance` before it; returns the player state. A recording of a synthetic
-/// stream has a frame every fraction of a second; a live session's has one at least
-/// every keyframe interval, since the agent sends nothing new for an unchanged screen.
+/// than `tolerance` before it, and returns the player state. A synthetic recording has
+/// a frame every fraction of a second. A live session's recording has one at least every
+/// keyframe interval, because the agent sends nothing new for an unchanged screen.
 pub async fn seek_to(browser: &Browser, seconds: f64, tolerance: Duration) -> serde_json::Value {
     browser.script(&seek_script(seconds)).await;
     let target_us = (seconds * 1e6) as i64;

@@ -435,7 +435,7 @@ async fn ctrl_c_to_process_group_ends_every_session() {
         .unwrap();
     let (service, _audit) = session_service(&config, &database, instance_id);
 
-    // The marker tells when the broker's start-up recovery has run.
+    // The broker's start-up recovery ends this marker session, which shows that it ran.
     let marker = reserve_interrupted(&database, "carol", instance_id).await;
     let mut serve = ServeProcess::start_as_job(&env, data_dir.path().join("serve.log"));
     let group = serve.pid();
