@@ -415,7 +415,7 @@ async fn kms_retention_destroys_key_body(database: TestDatabase) {
     let report = retention.sweep(false).await.unwrap();
     let deleted: Vec<Uuid> = report.deleted.iter().map(|entry| entry.id).collect();
     assert_eq!(deleted, [id]);
-    assert_eq!(report.destroyed_keys, [period_key.clone()]);
+    assert_eq!(report.destroyed_keys, std::slice::from_ref(&period_key));
     assert!(!setup.fake.kms_key_names().contains(&period_key));
     assert_eq!(setup.fake.deleted_kms_keys(), [period_key]);
 }

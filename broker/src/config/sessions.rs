@@ -27,7 +27,7 @@ const MIN_EGRESS_BYTES_PER_SECOND: u64 = 16 * 1024;
 /// `nobody` and `nogroup` on Debian.
 const DEFAULT_EXPORT_MUX_ID: u32 = 65534;
 /// Muxing copies packets without decoding them, so even a recording of the maximum
-/// lifetime finishes far within ten minutes; a child still running then is hung.
+/// lifetime finishes far within ten minutes. A child still running then is hung.
 const DEFAULT_EXPORT_MUX_TIMEOUT_SECONDS: u64 = 600;
 
 /// Raw mirror of `[sessions]`.
@@ -84,8 +84,8 @@ pub struct RawSessions {
     /// (Infisical KMS keys that never leave Infisical, reached with the connection and
     /// machine identity of `[secrets.infisical]`).
     pub recording_keys: Option<Lenient<String>>,
-    /// `sessions.recording_keys_project_id`: id of the Infisical KMS project that holds
-    /// the keys. Required when `recording_keys = "infisical"`.
+    /// `sessions.recording_keys_project_id`: id of the Infisical KMS project that
+    /// contains the keys. Required when `recording_keys = "infisical"`.
     pub recording_keys_project_id: Option<Lenient<String>>,
     /// `[sessions.recordings_s3]`: stores recordings in an S3-compatible bucket in place
     /// of `recordings_dir`.

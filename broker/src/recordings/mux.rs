@@ -70,7 +70,7 @@ pub struct MuxChild {
     program: PathBuf,
     stderr: Option<JoinHandle<Vec<u8>>>,
     timeout: Duration,
-    /// Dropping it tells the watchdog that the child ended.
+    /// Dropping the sender stops the watchdog before it kills anything.
     watchdog: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     timed_out: Arc<AtomicBool>,
 }

@@ -242,9 +242,9 @@ enum Reply {
 }
 
 /// An authenticated connection to Infisical, shared by the credential source and the
-/// recording key store: Universal Auth login, the cached access token and its renewal,
-/// one fresh login after a rejected token, bounded retries after 429, timeouts and the
-/// extra certificate authority.
+/// recording key store. It logs in with Universal Auth, caches and renews the access
+/// token, logs in once more after a rejected token and retries a bounded number of
+/// times after 429, with the configured timeouts and extra certificate authority.
 pub struct InfisicalClient {
     http: reqwest::Client,
     config: InfisicalConfig,

@@ -656,6 +656,21 @@ async fn delete_kms_key(
     }
 }
 
+/// Decodes the base64 string `field` of a JSON body, or returns Infisical's validation
+/// error for it.
+fn base64_field(body: &Option<Json<Value>>, field: &str) -> Result<Vec<u8>, Response> {
+    body.as_ref()
+        .and_then(|Json(body)| body[field].as_str())
+        .and_then(|text| BASE64.decode(text).ok())
+        .ok_or_else(|| {
+            error_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ValidationFailure",
+                &format!("{field} must be base64 encoded"),
+            )
+        })
+}
+
 async fn kms_encrypt(
     State(state): State<Shared>,
     Path(key_id): Path<String>,
@@ -666,16 +681,9 @@ async fn kms_encrypt(
     if let Some(response) = kms_gate(&mut state, &headers) {
         return response;
     }
-    let Some(plaintext) = body
-        .as_ref()
-        .and_then(|Json(body)| body["plaintext"].as_str())
-        .and_then(|text| BASE64.decode(text).ok())
-    else {
-        return error_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ValidationFailure",
-            "plaintext must be base64 encoded",
-        );
+    let plaintext = match base64_field(&body, "plaintext") {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
     };
     let Some(key) = state.kms_keys.get(&key_id) else {
         return key_not_found(&key_id);
@@ -702,16 +710,9 @@ async fn kms_decrypt(
     if let Some(response) = kms_gate(&mut state, &headers) {
         return response;
     }
-    let Some(ciphertext) = body
-        .as_ref()
-        .and_then(|Json(body)| body["ciphertext"].as_str())
-        .and_then(|text| BASE64.decode(text).ok())
-    else {
-        return error_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ValidationFailure",
-            "ciphertext must be base64 encoded",
-        );
+    let ciphertext = match base64_field(&body, "ciphertext") {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
     };
     let Some(key) = state.kms_keys.get(&key_id) else {
         return key_not_found(&key_id);
