@@ -658,16 +658,16 @@ async fn delete_kms_key(
 
 /// Decodes the base64 string `field` of a JSON body, or returns Infisical's validation
 /// error for it.
-fn base64_field(body: &Option<Json<Value>>, field: &str) -> Result<Vec<u8>, Response> {
+fn base64_field(body: &Option<Json<Value>>, field: &str) -> Result<Vec<u8>, Box<Response>> {
     body.as_ref()
         .and_then(|Json(body)| body[field].as_str())
         .and_then(|text| BASE64.decode(text).ok())
         .ok_or_else(|| {
-            error_response(
+            Box::new(error_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "ValidationFailure",
                 &format!("{field} must be base64 encoded"),
-            )
+            ))
         })
 }
 
@@ -683,7 +683,7 @@ async fn kms_encrypt(
     }
     let plaintext = match base64_field(&body, "plaintext") {
         Ok(bytes) => bytes,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(key) = state.kms_keys.get(&key_id) else {
         return key_not_found(&key_id);
@@ -712,7 +712,7 @@ async fn kms_decrypt(
     }
     let ciphertext = match base64_field(&body, "ciphertext") {
         Ok(bytes) => bytes,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(key) = state.kms_keys.get(&key_id) else {
         return key_not_found(&key_id);
