@@ -78,7 +78,13 @@ struct Frame {
 /// Encodes `seconds` of ffmpeg's test pattern (a running clock on colour bars) at ten
 /// frames a second with a keyframe every second, and returns the frames.
 fn synthetic_vp8(dir: &Path, seconds: u32) -> (u32, u32, Vec<Frame>) {
-    let path = dir.join("synthetic.ivf");
+    synthetic_vp8_sized(dir, "synthetic", "160x120", seconds)
+}
+
+/// Encodes the test pattern as [`synthetic_vp8`] does, at picture size `size`
+/// (`WIDTHxHEIGHT`), into `dir/NAME.ivf`.
+fn synthetic_vp8_sized(dir: &Path, name: &str, size: &str, seconds: u32) -> (u32, u32, Vec<Frame>) {
+    let path = dir.join(format!("{name}.ivf"));
     let output = std::process::Command::new("ffmpeg")
         .args([
             "-hide_banner",
@@ -89,7 +95,7 @@ fn synthetic_vp8(dir: &Path, seconds: u32) -> (u32, u32, Vec<Frame>) {
             "lavfi",
             "-i",
         ])
-        .arg(format!("testsrc=duration={seconds}:size=160x120:rate=10"))
+        .arg(format!("testsrc=duration={seconds}:size={size}:rate=10"))
         .args([
             "-c:v",
             "libvpx",
@@ -148,6 +154,22 @@ async fn record(
     height: u32,
     frames: Vec<Frame>,
 ) -> Uuid {
+    let config = StreamConfig {
+        codec: "vp8".into(),
+        width,
+        height,
+    };
+    record_parts(broker, user_id, vec![(config, frames)]).await
+}
+
+/// Writes a recording as [`record`] does from parts that each start with a stream
+/// configuration, as a resize of the workspace display sends one before the keyframe
+/// of the new size.
+async fn record_parts(
+    broker: &RunningBroker,
+    user_id: &str,
+    parts: Vec<(StreamConfig, Vec<Frame>)>,
+) -> Uuid {
     let id = Uuid::new_v4();
     let session_id = Uuid::new_v4();
     let settings = broker.state.portal.hub.recording_settings().clone();
@@ -177,11 +199,7 @@ async fn record(
             id,
             created_at: started_at,
             expires_at,
-            stream: Some(StreamConfig {
-                codec: "vp8".into(),
-                width,
-                height,
-            }),
+            stream: Some(parts[0].0.clone()),
         };
         let mut writer = RecordingWriter::create(
             settings.storage.clone(),
@@ -191,13 +209,18 @@ async fn record(
         )
         .unwrap();
         let mut segments = Vec::new();
-        for frame in frames {
-            let packet = Packet {
-                pts_us: frame.pts_us,
-                keyframe: frame.keyframe,
-                data: Bytes::from(frame.data),
-            };
-            segments.extend(writer.push_packet(packet).unwrap());
+        for (number, (stream, frames)) in parts.into_iter().enumerate() {
+            if number > 0 {
+                writer.push_config(stream).unwrap();
+            }
+            for frame in frames {
+                let packet = Packet {
+                    pts_us: frame.pts_us,
+                    keyframe: frame.keyframe,
+                    data: Bytes::from(frame.data),
+                };
+                segments.extend(writer.push_packet(packet).unwrap());
+            }
         }
         let sealed = writer.seal().unwrap();
         segments.extend(sealed.final_segment.clone());
@@ -503,4 +526,72 @@ async fn replay_shows_session_events_on_seek_bar() {
 
     browser.quit().await;
     broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_follows_a_resize() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let base = broker.base_url();
+    let (_, totp) = add_user(&broker, dir.path(), "audrey", Role::Auditor).await;
+    let (alice_id, _) = add_user(&broker, dir.path(), "alice", Role::User).await;
+
+    // Ten seconds at 160x120, then the display is resized and ten seconds at 320x240
+    // follow, with timestamps that go on from the first part.
+    let (small_width, small_height, small) =
+        synthetic_vp8_sized(dir.path(), "small", "160x120", 10);
+    let (large_width, large_height, mut large) =
+        synthetic_vp8_sized(dir.path(), "large", "320x240", 10);
+    assert!(large[0].keyframe);
+    for frame in &mut large {
+        frame.pts_us += 10_000_000;
+    }
+    let stream = |width, height| StreamConfig {
+        codec: "vp8".into(),
+        width,
+        height,
+    };
+    let recording = record_parts(
+        &broker,
+        &alice_id,
+        vec![
+            (stream(small_width, small_height), small),
+            (stream(large_width, large_height), large),
+        ],
+    )
+    .await;
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &base, "audrey", &totp).await;
+    browser
+        .open(&format!("{base}/recordings/{recording}"))
+        .await;
+    let ready = wait_player(&browser, "r.ready || r.error").await;
+    assert_eq!(ready["error"], "", "player failed: {ready}");
+    assert_eq!(ready["width"], small_width);
+    assert_eq!(ready["height"], small_height);
+
+    // A seek after the resize shows a frame of the new size on a canvas of that size,
+    // and a seek back before it returns to the old size.
+    let after = seek_to(&browser, 15.0, Duration::from_secs(1)).await;
+    assert_eq!(after["width"], large_width, "{after}");
+    assert_eq!(after["height"], large_height, "{after}");
+    assert!(after["lit"].as_u64().unwrap() > 0, "{after}");
+    let before = seek_to(&browser, 5.0, Duration::from_secs(1)).await;
+    assert_eq!(before["width"], small_width, "{before}");
+    assert!(before["lit"].as_u64().unwrap() > 0, "{before}");
+
+    // Playing across the resize goes on at the new size without a decoding error.
+    browser.script(&seek_script(8.0)).await;
+    wait_player(
+        &browser,
+        "r.position !== null && r.position <= 8000000 && r.position > 7000000",
+    )
+    .await;
+    browser.click("#play").await;
+    let played = wait_player(&browser, "r.error || r.position >= 12000000").await;
+    assert_eq!(played["error"], "", "playback failed: {played}");
+    assert_eq!(played["width"], large_width, "{played}");
+    assert_eq!(played["height"], large_height, "{played}");
+    browser.click("#play").await;
 }

@@ -119,11 +119,26 @@
     return found;
   }
 
+  // Applies a non-packet record: a placeholder marker, or a stream configuration.
+  // A new picture size resizes the canvas and reconfigures the decoder; the keyframe
+  // of the new size follows the configuration.
   function applyMarker(record) {
     if (record.kind === 1) {
       placeholder.hidden = false;
     } else if (record.kind === 2) {
       placeholder.hidden = true;
+    } else if (record.kind === 3) {
+      const config = JSON.parse(new TextDecoder().decode(record.data));
+      if (config.width === decoderConfig.codedWidth && config.height === decoderConfig.codedHeight && config.codec === decoderConfig.codec) {
+        return;
+      }
+      decoderConfig = { codec: config.codec, codedWidth: config.width, codedHeight: config.height };
+      canvas.width = config.width;
+      canvas.height = config.height;
+      canvas.dataset.streamSize = config.width + "x" + config.height;
+      if (decoder && decoder.state !== "closed") {
+        decoder.configure(decoderConfig);
+      }
     }
   }
 
@@ -239,6 +254,7 @@
     }
     canvas.width = index.width;
     canvas.height = index.height;
+    canvas.dataset.streamSize = index.width + "x" + index.height;
     seekBar.max = String(index.duration_us / 1e6);
     seekBar.disabled = false;
     playButton.disabled = false;

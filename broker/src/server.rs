@@ -183,13 +183,21 @@ fn start_sessions(
             )));
     let listeners = crate::lifecycle::EgressListeners::new(proxy, tasks.clone());
 
+    let keys = crate::recordings::open_key_store(config)?;
+    let mut preflight = RecorderPreflight::from_config(&config.sessions);
+    if !matches!(
+        config.sessions.recording_keys,
+        crate::config::sessions::RecordingKeysBackend::Local
+    ) {
+        preflight.shared_keys = Some(keys.clone());
+    }
     let sessions = SessionService::new(SessionDeps {
         db: db.clone(),
         audit: audit.clone(),
         clock: clock.clone(),
         launcher: launcher::LauncherClient::new(config.sessions.launcher_socket.clone()),
         egress: registry,
-        recorder: RecorderPreflight::from_config(&config.sessions),
+        recorder: preflight,
         config: config.sessions.clone(),
         instance_id: instance_id.to_string(),
     });
@@ -198,16 +206,9 @@ fn start_sessions(
         &config.sessions.recordings_dir,
         config.sessions.recordings_s3.as_ref(),
     )?;
-    let keys =
-        recorder::LocalKeyStore::open(&config.sessions.recording_keys_dir).with_context(|| {
-            format!(
-                "cannot open the recording key directory {}",
-                config.sessions.recording_keys_dir.display()
-            )
-        })?;
     let recording = crate::stream::RecordingSettings {
         storage,
-        keys: Arc::new(keys),
+        keys,
         config: recorder::RecorderConfig::default(),
     };
     let hub = crate::stream::StreamHub::new(

@@ -305,6 +305,7 @@ async fn missing_key_fails_readiness_body(database: TestDatabase) {
         db: db.clone(),
         storage: storage.clone(),
         keys: keys.clone(),
+        fix: "restore the key files".to_owned(),
     };
     assert_eq!(check.name(), "recording_keys");
     assert_eq!(check.check().await, Ok(()));

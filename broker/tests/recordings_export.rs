@@ -24,20 +24,40 @@ fn config(dir: &Path) -> broker::config::Config {
 }
 
 fn config_with_mux(dir: &Path, mux_program: &Path) -> broker::config::Config {
-    let env = [
+    config_with_mux_timeout(dir, mux_program, None)
+}
+
+fn config_with_mux_timeout(
+    dir: &Path,
+    mux_program: &Path,
+    timeout_seconds: Option<u64>,
+) -> broker::config::Config {
+    let mut env = vec![
         ("STRONGROOM_DATA_DIR".to_owned(), dir.display().to_string()),
         (
             "STRONGROOM_SESSIONS__EXPORT_MUX_PROGRAM".to_owned(),
             mux_program.display().to_string(),
         ),
     ];
+    if let Some(seconds) = timeout_seconds {
+        env.push((
+            "STRONGROOM_SESSIONS__EXPORT_MUX_TIMEOUT_SECONDS".to_owned(),
+            seconds.to_string(),
+        ));
+    }
     broker::config::load(None, env).expect("test configuration is valid")
 }
 
 /// Encodes ffmpeg's test pattern to VP8 at ten frames a second, a keyframe each second,
 /// and returns `(pts_us, keyframe, data)` per frame from the IVF file.
 fn synthetic_vp8(dir: &Path) -> Vec<(u64, bool, Vec<u8>)> {
-    let path = dir.join("synthetic.ivf");
+    synthetic_vp8_sized(dir, "synthetic", "160x120")
+}
+
+/// Encodes the test pattern as [`synthetic_vp8`] does, at picture size `size`
+/// (`WIDTHxHEIGHT`), into `dir/NAME.ivf`.
+fn synthetic_vp8_sized(dir: &Path, name: &str, size: &str) -> Vec<(u64, bool, Vec<u8>)> {
+    let path = dir.join(format!("{name}.ivf"));
     let output = std::process::Command::new("ffmpeg")
         .args([
             "-hide_banner",
@@ -48,7 +68,7 @@ fn synthetic_vp8(dir: &Path) -> Vec<(u64, bool, Vec<u8>)> {
             "lavfi",
             "-i",
         ])
-        .arg(format!("testsrc=duration={SECONDS}:size=160x120:rate=10"))
+        .arg(format!("testsrc=duration={SECONDS}:size={size}:rate=10"))
         .args([
             "-c:v",
             "libvpx",
@@ -428,14 +448,9 @@ async fn mux_crash_fails_export_without_output_body(database: TestDatabase) {
     assert!(message.contains("mux process"), "{message}");
     assert!(message.contains("killed by signal 11"), "{message}");
 
-    let left: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name())
-        .collect();
-    assert!(
-        left.is_empty(),
-        "files left in the export directory: {left:?}"
-    );
+    // The export created the directory, so it removed it again.
+    assert!(!dir.exists(), "the failed export left {}", dir.display());
+    assert_eq!(export_failures(&audit, id).await.len(), 1);
     let exported = audit
         .list(0, 10_000)
         .await
@@ -444,4 +459,221 @@ async fn mux_crash_fails_export_without_output_body(database: TestDatabase) {
         .filter(|event| event.action == "recording.exported")
         .count();
     assert_eq!(exported, 0);
+}
+
+/// Returns the `reason` of each `recording.export.failed` event of recording `id`.
+async fn export_failures(audit: &AuditLog, id: Uuid) -> Vec<String> {
+    audit
+        .list_for_target(&format!("recording:{id}"), Action::RecordingExportFailed)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| {
+            let details: serde_json::Value = serde_json::from_str(&event.details).unwrap();
+            details["reason"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// Lists the processes of process group `group` that are not zombies.
+fn live_group_members(group: i32) -> Vec<String> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap() {
+        let entry = entry.unwrap();
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state, ppid, pgrp, ...
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, rest)| rest) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[2] == group.to_string() && fields[0] != "Z" {
+            members.push(stat.trim().to_owned());
+        }
+    }
+    members
+}
+
+both_backends!(
+    hung_mux_times_out_without_output,
+    hung_mux_times_out_without_output_body
+);
+async fn hung_mux_times_out_without_output_body(database: TestDatabase) {
+    use std::os::unix::fs::PermissionsExt;
+
+    // A mux program that records its process id, starts a grandchild and never reads
+    // or exits. The directory is writable by everyone, because the child may run as
+    // nobody.
+    let programs = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(programs.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pid_file = programs.path().join("mux.pid");
+    let hung = programs.path().join("hung-mux");
+    std::fs::write(
+        &hung,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nsleep 3600 &\nsleep 3600\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hung, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = config_with_mux_timeout(database.dir.path(), &hung, Some(2));
+    let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
+    let id = record(&config, &audit, false).await;
+
+    let dir = database.dir.path().join("export");
+    let started = std::time::Instant::now();
+    let error = evidence::export(&config, &audit, id, &dir)
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+
+    let message = format!("{error:#}");
+    assert!(message.contains("did not finish within 2 s"), "{message}");
+    assert!(
+        message.contains("sessions.export_mux_timeout_seconds"),
+        "{message}"
+    );
+    assert!(elapsed < Duration::from_secs(60), "took {elapsed:?}");
+    assert!(!dir.exists(), "the failed export left {}", dir.display());
+    let reasons = export_failures(&audit, id).await;
+    assert_eq!(reasons.len(), 1);
+    assert!(reasons[0].contains("did not finish"), "{reasons:?}");
+
+    let group: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the hung program wrote its process id")
+        .trim()
+        .parse()
+        .unwrap();
+    let left = live_group_members(group);
+    assert!(left.is_empty(), "processes left: {left:?}");
+}
+
+/// Records the synthetic stream at 160x120, then a resize to 320x240 and the stream at
+/// that size with timestamps that go on from the first part, and audits the segment
+/// hashes.
+async fn record_resized(config: &broker::config::Config, audit: &AuditLog) -> Uuid {
+    let (storage, keys) = recordings::stores(config).unwrap();
+    let small = synthetic_vp8_sized(&config.data_dir, "small", "160x120");
+    let large = synthetic_vp8_sized(&config.data_dir, "large", "320x240");
+    let offset_us = u64::from(SECONDS) * 1_000_000;
+    let id = Uuid::new_v4();
+    let now = Utc::now();
+    let stream = |width, height| StreamConfig {
+        codec: "vp8".into(),
+        width,
+        height,
+    };
+    let segments = tokio::task::spawn_blocking(move || {
+        let recorder_config = RecorderConfig {
+            target_segment_duration: Duration::from_secs(2),
+            ..RecorderConfig::default()
+        };
+        let new = NewRecording {
+            id,
+            created_at: now,
+            expires_at: now + chrono::Duration::days(90),
+            stream: Some(stream(160, 120)),
+        };
+        let mut writer =
+            RecordingWriter::create(storage, keys.as_ref(), recorder_config, new).unwrap();
+        let mut segments = Vec::new();
+        for (pts_us, keyframe, data) in small {
+            let packet = Packet {
+                pts_us,
+                keyframe,
+                data: Bytes::from(data),
+            };
+            segments.extend(writer.push_packet(packet).unwrap());
+        }
+        writer.push_config(stream(320, 240)).unwrap();
+        for (pts_us, keyframe, data) in large {
+            let packet = Packet {
+                pts_us: pts_us + offset_us,
+                keyframe,
+                data: Bytes::from(data),
+            };
+            segments.extend(writer.push_packet(packet).unwrap());
+        }
+        segments.extend(writer.seal().unwrap().final_segment);
+        segments
+    })
+    .await
+    .unwrap();
+    for segment in &segments {
+        let event = EventBuilder::new(Actor::System("recorder"), Action::RecordingSegmentStored)
+            .target(format!("recording:{id}"))
+            .detail("index", segment.index)
+            .detail("sha256", hex::encode(segment.sha256))
+            .build();
+        audit.append(event).await.unwrap();
+    }
+    id
+}
+
+/// Returns `WIDTHxHEIGHT` of every frame that ffprobe decodes from `path`.
+fn ffprobe_frame_sizes(path: &Path) -> Vec<String> {
+    let output = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=width,height",
+            "-of",
+            "csv=p=0:s=x",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs (Debian package ffmpeg)");
+    assert!(
+        output.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "ffprobe reported decoding errors: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.trim().to_owned())
+        .filter(|line| !line.is_empty())
+        .collect()
+}
+
+both_backends!(resized_recording_exports, resized_recording_exports_body);
+async fn resized_recording_exports_body(database: TestDatabase) {
+    let config = config(database.dir.path());
+    let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
+    let id = record_resized(&config, &audit).await;
+
+    let dir = database.dir.path().join("export");
+    let manifest = evidence::export(&config, &audit, id, &dir).await.unwrap();
+
+    let video = dir.join(evidence::VIDEO_FILE);
+    let duration = ffprobe_duration(&video);
+    assert!(
+        (duration - f64::from(2 * SECONDS)).abs() <= 0.15,
+        "ffprobe duration {duration} s"
+    );
+    assert!(
+        manifest.duration_ms.abs_diff(u64::from(2 * SECONDS) * 1000) <= 150,
+        "manifest duration {} ms",
+        manifest.duration_ms
+    );
+    let sizes = ffprobe_frame_sizes(&video);
+    let frames = (SECONDS * 10) as usize;
+    assert_eq!(sizes.len(), 2 * frames, "every frame decodes");
+    assert!(
+        sizes[..frames].iter().all(|size| size == "160x120"),
+        "{sizes:?}"
+    );
+    assert!(
+        sizes[frames..].iter().all(|size| size == "320x240"),
+        "{sizes:?}"
+    );
 }

@@ -98,6 +98,23 @@ pub enum KeyError {
     /// The operating system's random number generator failed.
     #[error("random number generator failed: {0}")]
     Random(String),
+    /// A request to the key management service that holds the key failed. The message
+    /// names the service, the operation and what to check.
+    #[error("key management service request to {operation} key {key} failed: {message}")]
+    Service {
+        operation: &'static str,
+        key: String,
+        message: String,
+    },
+    /// A wrapped data key was made by another kind of key store than the one configured.
+    #[error(
+        "data key wrapped under key-encryption key {kek_id} was made by {wrapped_by}, but the configured key store is {configured}; configure the key store that made it"
+    )]
+    WrongStore {
+        kek_id: KekId,
+        wrapped_by: String,
+        configured: &'static str,
+    },
 }
 
 /// Reason a stored segment cannot be used, reported by the reader, recovery and

@@ -129,12 +129,18 @@ impl fmt::Debug for SecretKey {
 pub struct WrappedKey {
     /// The key-encryption key that wrapped it.
     pub kek_id: KekId,
-    /// AES-GCM nonce, hex in JSON.
+    /// AES-GCM nonce, hex in JSON. All zeros in a wrap made by a key management
+    /// service, which keeps its own nonce inside `ciphertext`.
     #[serde(with = "hex::serde")]
     pub nonce: [u8; 12],
     /// Encrypted data key with its tag, hex in JSON.
     #[serde(with = "hex::serde")]
     pub ciphertext: Vec<u8>,
+    /// The key management service's own id of the key that made this wrap, such as an
+    /// Infisical KMS key id. Absent in wraps made by [`LocalKeyStore`], so their JSON is
+    /// unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_key_id: Option<String>,
 }
 
 /// Source of key-encryption keys. The wrapping happens inside the store so that an
@@ -331,10 +337,18 @@ impl KeyStore for LocalKeyStore {
             kek_id: id.clone(),
             nonce,
             ciphertext,
+            service_key_id: None,
         })
     }
 
     fn unwrap(&self, wrapped: &WrappedKey, aad: &[u8]) -> Result<SecretKey, KeyError> {
+        if let Some(service_key_id) = &wrapped.service_key_id {
+            return Err(KeyError::WrongStore {
+                kek_id: wrapped.kek_id.clone(),
+                wrapped_by: format!("a key management service (key id {service_key_id})"),
+                configured: "the local key directory",
+            });
+        }
         let kek = self.load(&wrapped.kek_id)?;
         let plain = crypto::open(
             &crypto::cipher(kek.expose_secret()),

@@ -625,15 +625,15 @@ async fn image_age(config: &Config) -> HealthCheck {
 async fn recording_store(config: &Config) -> HealthCheck {
     let recordings = config.sessions.recordings_dir.clone();
     let s3 = config.sessions.recordings_s3.clone();
-    let keys = config.sessions.recording_keys_dir.clone();
+    let config = config.clone();
     let checked = tokio::task::spawn_blocking(move || {
         let storage = crate::recordings::open_storage(&recordings, s3.as_ref())
             .map_err(|error| format!("{error:#}"))?;
-        let key_store = recorder::LocalKeyStore::open(&keys)
-            .map_err(|error| format!("cannot open {}: {error}", keys.display()))?;
+        let key_store =
+            crate::recordings::open_key_store(&config).map_err(|error| format!("{error:#}"))?;
         recorder::check_writable(
             storage.as_ref(),
-            &key_store,
+            key_store.as_ref(),
             &recorder::RecorderConfig::default(),
         )
         .map_err(|error| error.to_string())?;

@@ -74,6 +74,7 @@ actions! {
     RecordingFailed => "recording.failed",
     RecordingReplayed => "recording.replayed",
     RecordingExported => "recording.exported",
+    RecordingExportFailed => "recording.export.failed",
     RecordingHoldChanged => "recording.hold.changed",
     RecordingDeleted => "recording.deleted",
 }

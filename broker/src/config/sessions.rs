@@ -26,6 +26,9 @@ const DEFAULT_EGRESS_IDLE_TIMEOUT_SECONDS: u64 = 300;
 const MIN_EGRESS_BYTES_PER_SECOND: u64 = 16 * 1024;
 /// `nobody` and `nogroup` on Debian.
 const DEFAULT_EXPORT_MUX_ID: u32 = 65534;
+/// Muxing copies packets without decoding them, so even a recording of the maximum
+/// lifetime finishes far within ten minutes. A child still running then is hung.
+const DEFAULT_EXPORT_MUX_TIMEOUT_SECONDS: u64 = 600;
 
 /// Raw mirror of `[sessions]`.
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +79,14 @@ pub struct RawSessions {
     /// `sessions.recording_keys_dir`: directory of the local recording key store.
     /// Default `DATA_DIR/recording-keys`.
     pub recording_keys_dir: Option<Lenient<PathBuf>>,
+    /// `sessions.recording_keys`: where the recording key-encryption keys are kept:
+    /// `"local"` (key files in `recording_keys_dir`, the default) or `"infisical"`
+    /// (Infisical KMS keys that never leave Infisical, reached with the connection and
+    /// machine identity of `[secrets.infisical]`).
+    pub recording_keys: Option<Lenient<String>>,
+    /// `sessions.recording_keys_project_id`: id of the Infisical KMS project that
+    /// contains the keys. Required when `recording_keys = "infisical"`.
+    pub recording_keys_project_id: Option<Lenient<String>>,
     /// `[sessions.recordings_s3]`: stores recordings in an S3-compatible bucket in place
     /// of `recordings_dir`.
     pub recordings_s3: Option<super::recordings_s3::RawRecordingsS3>,
@@ -89,6 +100,9 @@ pub struct RawSessions {
     /// `sessions.export_mux_gid`: group id the muxing process runs as when the
     /// exporting process is root. Default 65534 (`nogroup`); 0 is rejected.
     pub export_mux_gid: Option<Lenient<u32>>,
+    /// `sessions.export_mux_timeout_seconds`: an export whose muxing process runs longer
+    /// than this is stopped and fails, from 1 to 86400. Default 600.
+    pub export_mux_timeout_seconds: Option<Lenient<u64>>,
 }
 
 /// Validated `[sessions]` section.
@@ -110,12 +124,23 @@ pub struct SessionsConfig {
     pub egress_bytes_per_second: Option<std::num::NonZeroU64>,
     pub recordings_dir: PathBuf,
     pub recording_keys_dir: PathBuf,
+    pub recording_keys: RecordingKeysBackend,
     /// Set when recordings go to an S3-compatible bucket.
     pub recordings_s3: Option<super::recordings_s3::RecordingsS3Config>,
     /// `None` runs the current executable.
     pub export_mux_program: Option<PathBuf>,
     pub export_mux_uid: u32,
     pub export_mux_gid: u32,
+    pub export_mux_timeout: Duration,
+}
+
+/// Where the recording key-encryption keys are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordingKeysBackend {
+    /// Key files in `recording_keys_dir`.
+    Local,
+    /// Keys of an Infisical KMS project, reached through `[secrets.infisical]`.
+    Infisical { project_id: String },
 }
 
 impl SessionsConfig {
@@ -139,10 +164,12 @@ impl SessionsConfig {
             egress_bytes_per_second: None,
             recordings_dir: data_dir.join("recordings"),
             recording_keys_dir: data_dir.join("recording-keys"),
+            recording_keys: RecordingKeysBackend::Local,
             recordings_s3: None,
             export_mux_program: None,
             export_mux_uid: DEFAULT_EXPORT_MUX_ID,
             export_mux_gid: DEFAULT_EXPORT_MUX_ID,
+            export_mux_timeout: Duration::from_secs(DEFAULT_EXPORT_MUX_TIMEOUT_SECONDS),
         }
     }
 }
@@ -397,6 +424,7 @@ pub fn validate_sessions(
         problems,
     )
     .unwrap_or(defaults.recording_keys_dir);
+    let recording_keys = validate_recording_keys(raw, problems);
     let recordings_s3 = raw
         .recordings_s3
         .as_ref()
@@ -435,6 +463,21 @@ pub fn validate_sessions(
         }
         id
     });
+    let export_mux_timeout = take(
+        &raw.export_mux_timeout_seconds,
+        "sessions.export_mux_timeout_seconds",
+        "a whole number of seconds",
+        problems,
+    )
+    .unwrap_or(DEFAULT_EXPORT_MUX_TIMEOUT_SECONDS);
+    in_range(
+        export_mux_timeout,
+        1,
+        86_400,
+        "sessions.export_mux_timeout_seconds",
+        "seconds",
+        problems,
+    );
 
     if problems.len() > before {
         return None;
@@ -454,11 +497,64 @@ pub fn validate_sessions(
         egress_bytes_per_second: std::num::NonZeroU64::new(egress_bytes_per_second),
         recordings_dir,
         recording_keys_dir,
+        recording_keys: recording_keys?,
         recordings_s3,
         export_mux_program,
         export_mux_uid,
         export_mux_gid,
+        export_mux_timeout: Duration::from_secs(export_mux_timeout),
     })
+}
+
+/// Validates `sessions.recording_keys` and `sessions.recording_keys_project_id`.
+fn validate_recording_keys(
+    raw: &RawSessions,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<RecordingKeysBackend> {
+    let backend = take(
+        &raw.recording_keys,
+        "sessions.recording_keys",
+        "one of \"local\", \"infisical\"",
+        problems,
+    );
+    let project_id = take(
+        &raw.recording_keys_project_id,
+        "sessions.recording_keys_project_id",
+        "an Infisical project id",
+        problems,
+    );
+    match (backend.as_deref().unwrap_or("local"), project_id) {
+        ("local", None) => Some(RecordingKeysBackend::Local),
+        ("local", Some(_)) => {
+            problem(
+                problems,
+                "sessions.recording_keys_project_id",
+                "is set but sessions.recording_keys is \"local\"; set sessions.recording_keys = \"infisical\" or remove the project id".to_owned(),
+            );
+            None
+        }
+        ("infisical", Some(project_id)) if !project_id.trim().is_empty() => {
+            Some(RecordingKeysBackend::Infisical {
+                project_id: project_id.trim().to_owned(),
+            })
+        }
+        ("infisical", _) => {
+            problem(
+                problems,
+                "sessions.recording_keys_project_id",
+                "missing; sessions.recording_keys is \"infisical\", so set it to the id of the Infisical KMS project that holds the recording keys".to_owned(),
+            );
+            None
+        }
+        (other, _) => {
+            problem(
+                problems,
+                "sessions.recording_keys",
+                format!("unknown key store {other:?}; use \"local\" or \"infisical\""),
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -481,6 +577,55 @@ mod tests {
             config,
             Some(SessionsConfig::defaults(Path::new("/var/lib/strongroom")))
         );
+    }
+
+    #[test]
+    fn recording_keys_store_is_validated() {
+        let (config, problems) = validate_toml(
+            "recording_keys = \"infisical\"\nrecording_keys_project_id = \"kms-project\"\nexport_mux_timeout_seconds = 30",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let config = config.unwrap();
+        assert_eq!(
+            config.recording_keys,
+            RecordingKeysBackend::Infisical {
+                project_id: "kms-project".to_owned()
+            }
+        );
+        assert_eq!(config.export_mux_timeout, Duration::from_secs(30));
+
+        let cases = [
+            (
+                "recording_keys = \"infisical\"",
+                "sessions.recording_keys_project_id",
+                "missing",
+            ),
+            (
+                "recording_keys_project_id = \"p\"",
+                "sessions.recording_keys_project_id",
+                "is set but",
+            ),
+            (
+                "recording_keys = \"vault\"",
+                "sessions.recording_keys",
+                "unknown key store \"vault\"",
+            ),
+            (
+                "export_mux_timeout_seconds = 0",
+                "sessions.export_mux_timeout_seconds",
+                "out of range",
+            ),
+        ];
+        for (text, key, message) in cases {
+            let (config, problems) = validate_toml(text);
+            assert!(config.is_none(), "{text}");
+            assert_eq!(problems.len(), 1, "{text}: {problems:?}");
+            assert_eq!(problems[0].key, key, "{text}");
+            assert!(
+                problems[0].message.contains(message),
+                "{text}: {problems:?}"
+            );
+        }
     }
 
     #[test]

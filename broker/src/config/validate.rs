@@ -40,6 +40,9 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Con
         problems,
     );
     let secrets = super::secrets::validate_secrets(&raw.secrets, problems);
+    if let (Some(sessions), Some(secrets)) = (&sessions, &secrets) {
+        check_recording_keys_connection(sessions, secrets, problems);
+    }
     let sites = super::sites::validate_sites(&raw.sites, problems);
     let egress = super::egress::validate_egress(&raw.egress, problems);
     let audit = super::audit::validate_audit(&raw.audit, problems);
@@ -363,4 +366,23 @@ fn validate_shutdown(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Opti
     Some(ShutdownConfig {
         grace: Duration::from_secs(grace),
     })
+}
+
+/// Infisical recording keys use the connection and machine identity of
+/// `[secrets.infisical]`, so that section must be in use.
+fn check_recording_keys_connection(
+    sessions: &super::SessionsConfig,
+    secrets: &super::secrets::SecretsConfig,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let infisical_keys = matches!(
+        sessions.recording_keys,
+        super::sessions::RecordingKeysBackend::Infisical { .. }
+    );
+    if infisical_keys && !matches!(secrets, super::secrets::SecretsConfig::Infisical(_)) {
+        problems.push(ConfigProblem {
+            key: "sessions.recording_keys".to_owned(),
+            message: "\"infisical\" reaches Infisical through [secrets.infisical]; set secrets.source = \"infisical\" and fill [secrets.infisical], or use \"local\"".to_owned(),
+        });
+    }
 }

@@ -66,13 +66,56 @@ pub fn write_public_key(config: &Config, output: &Path) -> anyhow::Result<String
 
 /// Exports recording `id` into `dir`, which must not exist or be empty. Only a recording
 /// whose every segment matches the audit trail is exported.
+///
+/// A failed export removes the files it wrote and the directory if it created it, so
+/// nothing is left that looks like an export, and is audited as
+/// `recording.export.failed` with the reason.
 pub async fn export(
     config: &Config,
     audit: &AuditLog,
     id: Uuid,
     dir: &Path,
 ) -> anyhow::Result<Manifest> {
-    prepare_dir(dir)?;
+    let created = prepare_dir(dir)?;
+    let result = export_into(config, audit, id, dir).await;
+    let Err(error) = result else {
+        return result;
+    };
+
+    remove_partial_export(dir, created);
+    let event = EventBuilder::new(Actor::System("cli"), Action::RecordingExportFailed)
+        .target(format!("recording:{id}"))
+        .outcome(crate::audit::Outcome::Failure)
+        .detail("directory", dir.display().to_string())
+        .detail("reason", format!("{error:#}"))
+        .build();
+    if let Err(audit_error) = audit.append(event).await {
+        tracing::error!(recording.id = %id, error = %audit_error, "Cannot audit a failed export");
+    }
+    Err(error)
+}
+
+/// Removes what a failed export wrote into `dir`, and `dir` itself when `created`.
+fn remove_partial_export(dir: &Path, created: bool) {
+    for name in [VIDEO_FILE, MANIFEST_FILE, SIGNATURE_FILE] {
+        let path = dir.join(name);
+        if let Err(error) = std::fs::remove_file(&path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %error, "Cannot remove a file of a failed export");
+        }
+    }
+    if created && let Err(error) = std::fs::remove_dir(dir) {
+        tracing::warn!(path = %dir.display(), error = %error, "Cannot remove the directory of a failed export");
+    }
+}
+
+async fn export_into(
+    config: &Config,
+    audit: &AuditLog,
+    id: Uuid,
+    dir: &Path,
+) -> anyhow::Result<Manifest> {
     let key = signing_key(config)?;
     let video = dir.join(VIDEO_FILE);
     let summary = super::export(config, audit, id, &video).await?;
@@ -122,7 +165,8 @@ pub async fn export(
     Ok(manifest)
 }
 
-fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+/// Checks that `dir` is empty or creates it. Returns whether it was created.
+fn prepare_dir(dir: &Path) -> anyhow::Result<bool> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             ensure!(
@@ -130,7 +174,7 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
                 "export directory {} is not empty; choose a new or empty directory",
                 dir.display()
             );
-            Ok(())
+            Ok(false)
         }
         // The evidence shows a banking session, so only its owner may read it.
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -138,7 +182,8 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .with_context(|| format!("cannot create the export directory {}", dir.display()))
+                .with_context(|| format!("cannot create the export directory {}", dir.display()))?;
+            Ok(true)
         }
         Err(error) => Err(error).with_context(|| format!("cannot read {}", dir.display())),
     }

@@ -72,8 +72,21 @@ pub async fn missing_keys(
     .context("key check task failed")?
 }
 
-/// Describes missing keys for people: the first few recordings and what to do.
-pub fn describe(missing: &[MissingKey]) -> String {
+/// Returns what an operator does when keys are missing from the configured key store.
+pub fn restore_hint(config: &crate::config::Config) -> String {
+    match &config.sessions.recording_keys {
+        crate::config::sessions::RecordingKeysBackend::Local => format!(
+            "restore the key files from backup or mount the key directory (sessions.recording_keys_dir = {})",
+            config.sessions.recording_keys_dir.display()
+        ),
+        crate::config::sessions::RecordingKeysBackend::Infisical { project_id } => format!(
+            "restore the KMS keys in Infisical project {project_id} (sessions.recording_keys_project_id) or point the broker at the project that holds them"
+        ),
+    }
+}
+
+/// Describes missing keys for people: the first few recordings and `fix`, what to do.
+pub fn describe(missing: &[MissingKey], fix: &str) -> String {
     let shown: Vec<String> = missing
         .iter()
         .take(3)
@@ -91,7 +104,7 @@ pub fn describe(missing: &[MissingKey]) -> String {
         String::new()
     };
     format!(
-        "{}{more}, missing from the recording key store; restore the key files from backup or mount the key directory (sessions.recording_keys_dir)",
+        "{}{more}, missing from the recording key store; {fix}",
         shown.join("; ")
     )
 }
@@ -101,6 +114,8 @@ pub struct RecordingKeysCheck {
     pub db: Database,
     pub storage: Arc<dyn recorder::Storage>,
     pub keys: Arc<dyn recorder::KeyStore>,
+    /// What to do when keys are missing, from [`restore_hint`].
+    pub fix: String,
 }
 
 impl ReadinessCheck for RecordingKeysCheck {
@@ -112,7 +127,7 @@ impl ReadinessCheck for RecordingKeysCheck {
         Box::pin(async move {
             match missing_keys(&self.db, self.storage.clone(), self.keys.clone()).await {
                 Ok(missing) if missing.is_empty() => Ok(()),
-                Ok(missing) => Err(describe(&missing)),
+                Ok(missing) => Err(describe(&missing, &self.fix)),
                 Err(error) => Err(format!("{error:#}")),
             }
         })

@@ -4,6 +4,7 @@
 pub mod catalogue;
 pub mod evidence;
 pub mod keys_check;
+pub mod kms;
 pub mod markers;
 pub mod mux;
 pub mod replay;
@@ -85,14 +86,37 @@ pub fn stores(
         &config.sessions.recordings_dir,
         config.sessions.recordings_s3.as_ref(),
     )?;
-    let keys =
-        recorder::LocalKeyStore::open(&config.sessions.recording_keys_dir).with_context(|| {
-            format!(
-                "cannot open the recording key directory {}",
-                config.sessions.recording_keys_dir.display()
+    Ok((storage, open_key_store(config)?))
+}
+
+/// Opens the configured store of recording key-encryption keys: the local key
+/// directory, or the Infisical KMS project reached through `[secrets.infisical]`.
+pub fn open_key_store(config: &Config) -> anyhow::Result<Arc<dyn recorder::KeyStore>> {
+    use crate::config::secrets::SecretsConfig;
+    use crate::config::sessions::RecordingKeysBackend;
+
+    match (&config.sessions.recording_keys, &config.secrets) {
+        (RecordingKeysBackend::Local, _) => {
+            let dir = &config.sessions.recording_keys_dir;
+            let keys = recorder::LocalKeyStore::open(dir).with_context(|| {
+                format!("cannot open the recording key directory {}", dir.display())
+            })?;
+            Ok(Arc::new(keys))
+        }
+        (RecordingKeysBackend::Infisical { project_id }, SecretsConfig::Infisical(infisical)) => {
+            let client = crate::secrets::InfisicalClient::new(infisical)
+                .context("cannot build the Infisical client for recording keys")?;
+            let keys = kms::InfisicalKeyStore::new(client, project_id)?;
+            Ok(Arc::new(keys))
+        }
+        // INVARIANT: configuration validation rejects Infisical keys without
+        // `[secrets.infisical]`.
+        (RecordingKeysBackend::Infisical { .. }, SecretsConfig::Local) => {
+            anyhow::bail!(
+                "sessions.recording_keys is \"infisical\" but secrets.source is not; set secrets.source = \"infisical\""
             )
-        })?;
-    Ok((storage, Arc::new(keys)))
+        }
+    }
 }
 
 /// Checks every segment file of a recording against the hashes in the audit chain.
@@ -148,11 +172,17 @@ pub async fn check_keys_at_start(
 ) -> anyhow::Result<Vec<Arc<dyn crate::http::health::ReadinessCheck>>> {
     let (storage, keys) = stores(config)?;
     let missing = keys_check::missing_keys(db, storage.clone(), keys.clone()).await?;
-    anyhow::ensure!(missing.is_empty(), "{}", keys_check::describe(&missing));
+    let fix = keys_check::restore_hint(config);
+    anyhow::ensure!(
+        missing.is_empty(),
+        "{}",
+        keys_check::describe(&missing, &fix)
+    );
     readiness.push(Arc::new(keys_check::RecordingKeysCheck {
         db: db.clone(),
         storage,
         keys,
+        fix,
     }));
     Ok(readiness)
 }

@@ -8,6 +8,10 @@
 //! runs as `sessions.export_mux_uid`/`export_mux_gid` with no supplementary groups.
 //! In every case it gets `PR_SET_NO_NEW_PRIVS`, an empty environment, `/` as working
 //! directory and no file descriptors besides stdin, stdout and stderr.
+//!
+//! The child leads its own process group. A watchdog kills that group when the child
+//! runs longer than `sessions.export_mux_timeout_seconds`, so a hung child, or one that
+//! stopped reading its stdin while the parent writes to it, cannot hold the export.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -16,7 +20,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -33,6 +41,8 @@ pub struct MuxSettings {
     /// User and group the child runs as when the parent is root.
     pub uid: u32,
     pub gid: u32,
+    /// The child's process group is killed when it runs longer than this.
+    pub timeout: Duration,
 }
 
 impl MuxSettings {
@@ -48,6 +58,7 @@ impl MuxSettings {
             program,
             uid: config.sessions.export_mux_uid,
             gid: config.sessions.export_mux_gid,
+            timeout: config.sessions.export_mux_timeout,
         })
     }
 }
@@ -58,6 +69,10 @@ pub struct MuxChild {
     child: Child,
     program: PathBuf,
     stderr: Option<JoinHandle<Vec<u8>>>,
+    timeout: Duration,
+    /// Dropping the sender stops the watchdog before it kills anything.
+    watchdog: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    timed_out: Arc<AtomicBool>,
 }
 
 impl MuxChild {
@@ -70,7 +85,9 @@ impl MuxChild {
             .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::from(output))
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // Its own process group, so that the watchdog also kills what it started.
+            .process_group(0);
         if nix::unistd::geteuid().is_root() {
             // Std calls setgroups(0, NULL) before setuid when the parent is root.
             command.uid(settings.uid).gid(settings.gid);
@@ -96,10 +113,23 @@ impl MuxChild {
             .name("mux-stderr".to_owned())
             .spawn(move || read_tail(&mut stderr))
             .context("cannot start the thread that reads the mux process's errors")?;
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let watchdog = start_watchdog(child.id(), settings.timeout, timed_out.clone());
+        let watchdog = match watchdog {
+            Ok(watchdog) => watchdog,
+            Err(error) => {
+                kill_group(child.id());
+                let _ = child.wait();
+                return Err(error);
+            }
+        };
         Ok(MuxChild {
             child,
             program: settings.program.clone(),
             stderr: Some(stderr),
+            timeout: settings.timeout,
+            watchdog: Some(watchdog),
+            timed_out,
         })
     }
 
@@ -121,11 +151,19 @@ impl MuxChild {
             .child
             .wait()
             .context("cannot wait for the mux process")?;
+        self.stop_watchdog();
         let stderr = self
             .stderr
             .take()
             .and_then(|reader| reader.join().ok())
             .unwrap_or_default();
+        if self.timed_out.load(Ordering::SeqCst) {
+            bail!(
+                "the mux process {} did not finish within {} s and was killed with its process group; raise sessions.export_mux_timeout_seconds if the recording is very long, or check the program",
+                self.program.display(),
+                self.timeout.as_secs()
+            );
+        }
         if status.success() {
             return Ok(());
         }
@@ -142,13 +180,62 @@ impl MuxChild {
     }
 }
 
+impl MuxChild {
+    /// Ends the watchdog thread and waits for it, so that it cannot signal a process
+    /// group id that the system reuses later.
+    fn stop_watchdog(&mut self) {
+        if let Some((stop, thread)) = self.watchdog.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Drop for MuxChild {
     fn drop(&mut self) {
-        // A child that is still running when the export gave up is not left behind.
+        // A child that is still running when the export gave up is not left behind,
+        // nor is anything it started.
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
+            kill_group(self.child.id());
             let _ = self.child.wait();
         }
+        self.stop_watchdog();
+    }
+}
+
+/// Starts the thread that kills the child's process group `pid` after `timeout`,
+/// unless the returned sender is dropped first.
+fn start_watchdog(
+    pid: u32,
+    timeout: Duration,
+    timed_out: Arc<AtomicBool>,
+) -> anyhow::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("mux-watchdog".to_owned())
+        .spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(timeout) {
+                timed_out.store(true, Ordering::SeqCst);
+                tracing::error!(
+                    mux.pid = pid,
+                    timeout_s = timeout.as_secs(),
+                    "The mux process did not finish in time; killing its process group"
+                );
+                kill_group(pid);
+            }
+        })
+        .context("cannot start the mux process's watchdog thread")?;
+    Ok((stop, thread))
+}
+
+/// Sends SIGKILL to the process group led by `pid`. The group exists until the child
+/// is reaped, because the leader's id keeps the group id in use.
+fn kill_group(pid: u32) {
+    let group = nix::unistd::Pid::from_raw(pid as i32);
+    if let Err(error) = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL)
+        && error != nix::errno::Errno::ESRCH
+    {
+        tracing::warn!(mux.pid = pid, error = %error, "Cannot kill the mux process group");
     }
 }
 
@@ -242,8 +329,8 @@ fn mux_into(
         return Err(sent.expect_err("a successful send started the child"))
             .context("cannot export the recording");
     };
-    // NOTE: there is no timeout: a child that stops reading blocks the export until
-    // it is killed.
+    // A child that stops reading blocks `send_recording` until the watchdog kills it;
+    // the write then fails and `wait` reports the timeout.
     match sent {
         Ok(summary) => {
             child.wait()?;

@@ -33,6 +33,10 @@ const PLAYER_CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'se
 const KIND_PACKET: u8 = 0;
 const KIND_PLACEHOLDER_STARTED: u8 = 1;
 const KIND_PLACEHOLDER_ENDED: u8 = 2;
+/// A stream configuration, its data `{"codec", "width", "height"}` as JSON. Every
+/// segment starts with one, and a resize of the workspace display adds one before
+/// the keyframe of the new size.
+const KIND_CONFIG: u8 = 3;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -395,7 +399,9 @@ async fn index(
 }
 
 /// Serves one decrypted segment: for each record a kind byte, the pts (u64), a keyframe
-/// flag byte, the data length (u32) and the data, all big-endian.
+/// flag byte, the data length (u32) and the data, all big-endian. A configuration
+/// record has no pts of its own, so it carries the pts of the packet after it (or of
+/// the packet before it at the end of a segment).
 async fn segment(
     State(state): State<AppState>,
     CurrentSession { principal, .. }: CurrentSession,
@@ -415,7 +421,14 @@ async fn segment(
     };
 
     let mut body = Vec::new();
-    for record in records {
+    let packet_pts: Vec<Option<u64>> = records
+        .iter()
+        .map(|record| match record {
+            recorder::Record::Packet(packet) => Some(packet.pts_us),
+            _ => None,
+        })
+        .collect();
+    for (position, record) in records.into_iter().enumerate() {
         let (kind, pts_us, keyframe, data) = match record {
             recorder::Record::Packet(packet) => {
                 (KIND_PACKET, packet.pts_us, packet.keyframe, packet.data)
@@ -426,7 +439,20 @@ async fn segment(
             recorder::Record::Marker(recorder::Marker::PlaceholderEnded { pts_us }) => {
                 (KIND_PLACEHOLDER_ENDED, pts_us, false, Default::default())
             }
-            recorder::Record::Config(_) => continue,
+            recorder::Record::Config(config) => {
+                let pts_us = packet_pts[position..]
+                    .iter()
+                    .chain(packet_pts[..position].iter().rev())
+                    .find_map(|pts| *pts)
+                    .unwrap_or(0);
+                let data = serde_json::to_vec(&serde_json::json!({
+                    "codec": config.codec,
+                    "width": config.width,
+                    "height": config.height,
+                }))
+                .context("cannot encode a stream configuration")?;
+                (KIND_CONFIG, pts_us, false, data.into())
+            }
         };
         body.push(kind);
         body.extend_from_slice(&pts_us.to_be_bytes());

@@ -241,21 +241,38 @@ enum Reply {
     Failed(ApiFailure, Option<String>),
 }
 
-/// Infisical client implementing [`CredentialSource`].
-pub struct InfisicalSource {
+/// An authenticated connection to Infisical, shared by the credential source and the
+/// recording key store. It logs in with Universal Auth, caches and renews the access
+/// token, logs in once more after a rejected token and retries a bounded number of
+/// times after 429, with the configured timeouts and extra certificate authority.
+pub struct InfisicalClient {
     http: reqwest::Client,
     config: InfisicalConfig,
     clock: Arc<dyn Clock>,
     token: tokio::sync::Mutex<Option<AccessToken>>,
 }
 
+impl fmt::Debug for InfisicalClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InfisicalClient")
+            .field("url", &self.config.url)
+            .field("client_id", &self.config.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Infisical client implementing [`CredentialSource`].
+pub struct InfisicalSource {
+    client: InfisicalClient,
+}
+
 impl fmt::Debug for InfisicalSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InfisicalSource")
-            .field("url", &self.config.url)
-            .field("client_id", &self.config.client_id)
-            .field("project_id", &self.config.project_id)
-            .field("environment", &self.config.environment)
+            .field("url", &self.client.config.url)
+            .field("client_id", &self.client.config.client_id)
+            .field("project_id", &self.client.config.project_id)
+            .field("environment", &self.client.config.environment)
             .finish_non_exhaustive()
     }
 }
@@ -270,6 +287,136 @@ impl InfisicalSource {
         config: &InfisicalConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<InfisicalSource, InfisicalError> {
+        Ok(InfisicalSource {
+            client: InfisicalClient::with_clock(config, clock)?,
+        })
+    }
+
+    /// Returns the folder and names of the three secrets of a credential.
+    pub fn locations(&self, reference: &CredentialRef) -> [SecretLocation; 3] {
+        let folder = match reference {
+            CredentialRef::Shared { site } => {
+                format!("{}/{site}", self.client.config.secret_path_prefix)
+            }
+            CredentialRef::Personal { site, user_id } => {
+                format!(
+                    "{}/{site}/users/{user_id}",
+                    self.client.config.secret_path_prefix
+                )
+            }
+        };
+        [USERNAME_SECRET, PASSWORD_SECRET, TOTP_SEED_SECRET].map(|name| SecretLocation {
+            path: folder.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    async fn read_credentials(
+        &self,
+        reference: &CredentialRef,
+    ) -> Result<BankCredentials, CredentialError> {
+        let [username_at, password_at, seed_at] = self.locations(reference);
+        let not_found = |location: &SecretLocation, detail: String| CredentialError::NotFound {
+            reference: reference.to_string(),
+            detail: format!(
+                "Infisical has no {location} in environment {} ({detail})",
+                self.client.config.environment
+            ),
+        };
+
+        let username = match self.read_secret(&username_at).await? {
+            Ok(value) => value,
+            Err(detail) => return Err(not_found(&username_at, detail)),
+        };
+        let password = match self.read_secret(&password_at).await? {
+            Ok(value) => value,
+            Err(detail) => return Err(not_found(&password_at, detail)),
+        };
+        let totp_seed = self.read_secret(&seed_at).await?.ok();
+
+        BankCredentials::new(reference, username, password, totp_seed)
+    }
+
+    /// Reads one secret. The inner `Err` is the server's explanation of a 404.
+    #[tracing::instrument(skip_all, fields(infisical.secret = %location.name, infisical.path = %location.path))]
+    async fn read_secret(
+        &self,
+        location: &SecretLocation,
+    ) -> Result<Result<SecretString, String>, InfisicalError> {
+        let what = location.to_string();
+        let url = format!("{}{SECRET_PATH}{}", self.client.config.url, location.name);
+        let query = [
+            ("projectId", self.client.config.project_id.as_str()),
+            ("environment", self.client.config.environment.as_str()),
+            ("secretPath", location.path.as_str()),
+            ("viewSecretValue", "true"),
+            ("expandSecretReferences", "false"),
+            ("include_imports", "false"),
+        ];
+
+        let reply = self
+            .client
+            .send(&url, &what, |http, token| {
+                http.get(&url).query(&query).bearer_auth(token)
+            })
+            .await?;
+        let failure = match reply {
+            Ok(body) => {
+                let response: SecretResponse =
+                    serde_json::from_slice(&body).map_err(|error| InfisicalError::Decode {
+                        what: what.clone(),
+                        error: error.to_string(),
+                    })?;
+                if response.secret.secret_key != location.name {
+                    return Err(InfisicalError::Decode {
+                        what,
+                        error: format!(
+                            "the response carries secret {}",
+                            response.secret.secret_key
+                        ),
+                    });
+                }
+                if response.secret.secret_value_hidden {
+                    return Err(InfisicalError::Hidden {
+                        location: location.clone(),
+                        environment: self.client.config.environment.clone(),
+                    });
+                }
+                return Ok(Ok(response.secret.secret_value));
+            }
+            Err(failure) => failure,
+        };
+        if failure.status == 404 {
+            return Ok(Err(failure.to_string()));
+        }
+        let hint = match failure.status {
+            300..=399 => {
+                "; redirects are not followed, so set secrets.infisical.url to the final address"
+            }
+            400 => "; check secrets.infisical.project_id and environment",
+            401 | 403 => {
+                "; check the machine identity's access to this project, environment and folder"
+            }
+            _ => "",
+        };
+        Err(InfisicalError::Api {
+            location: location.clone(),
+            failure: Box::new(failure),
+            hint,
+        })
+    }
+}
+
+impl InfisicalClient {
+    pub fn new(config: &InfisicalConfig) -> Result<InfisicalClient, InfisicalError> {
+        InfisicalClient::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// Builds the client with a given clock for token expiry.
+    pub fn with_clock(
+        config: &InfisicalConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<InfisicalClient, InfisicalError> {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .redirect(reqwest::redirect::Policy::none())
@@ -302,7 +449,7 @@ impl InfisicalSource {
         let http = builder
             .build()
             .map_err(|error| InfisicalError::Client(error.to_string()))?;
-        Ok(InfisicalSource {
+        Ok(InfisicalClient {
             http,
             config: config.clone(),
             clock,
@@ -310,102 +457,31 @@ impl InfisicalSource {
         })
     }
 
-    /// Returns the folder and names of the three secrets of a credential.
-    pub fn locations(&self, reference: &CredentialRef) -> [SecretLocation; 3] {
-        let folder = match reference {
-            CredentialRef::Shared { site } => format!("{}/{site}", self.config.secret_path_prefix),
-            CredentialRef::Personal { site, user_id } => {
-                format!("{}/{site}/users/{user_id}", self.config.secret_path_prefix)
-            }
-        };
-        [USERNAME_SECRET, PASSWORD_SECRET, TOTP_SEED_SECRET].map(|name| SecretLocation {
-            path: folder.clone(),
-            name: name.to_owned(),
-        })
+    /// Returns the validated `[secrets.infisical]` section the client was built from.
+    pub fn config(&self) -> &InfisicalConfig {
+        &self.config
     }
 
-    async fn read_credentials(
+    /// Sends an authenticated request built by `build` from the HTTP client and an
+    /// access token. A rejected token causes one fresh login and one retry, and a 429
+    /// is retried after the wait the server asks for, a bounded number of times. Returns
+    /// the body of a 2xx response, or the server's failure for the caller to interpret.
+    pub async fn send(
         &self,
-        reference: &CredentialRef,
-    ) -> Result<BankCredentials, CredentialError> {
-        let [username_at, password_at, seed_at] = self.locations(reference);
-        let not_found = |location: &SecretLocation, detail: String| CredentialError::NotFound {
-            reference: reference.to_string(),
-            detail: format!(
-                "Infisical has no {location} in environment {} ({detail})",
-                self.config.environment
-            ),
-        };
-
-        let username = match self.read_secret(&username_at).await? {
-            Ok(value) => value,
-            Err(detail) => return Err(not_found(&username_at, detail)),
-        };
-        let password = match self.read_secret(&password_at).await? {
-            Ok(value) => value,
-            Err(detail) => return Err(not_found(&password_at, detail)),
-        };
-        let totp_seed = self.read_secret(&seed_at).await?.ok();
-
-        BankCredentials::new(reference, username, password, totp_seed)
-    }
-
-    /// Reads one secret. The inner `Err` is the server's explanation of a 404.
-    #[tracing::instrument(skip_all, fields(infisical.secret = %location.name, infisical.path = %location.path))]
-    async fn read_secret(
-        &self,
-        location: &SecretLocation,
-    ) -> Result<Result<SecretString, String>, InfisicalError> {
-        let what = location.to_string();
-        let url = format!("{}{SECRET_PATH}{}", self.config.url, location.name);
-        let query = [
-            ("projectId", self.config.project_id.as_str()),
-            ("environment", self.config.environment.as_str()),
-            ("secretPath", location.path.as_str()),
-            ("viewSecretValue", "true"),
-            ("expandSecretReferences", "false"),
-            ("include_imports", "false"),
-        ];
-
+        url: &str,
+        what: &str,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<Result<Vec<u8>, ApiFailure>, InfisicalError> {
         let mut logged_in_again = false;
         let mut attempts = 0;
         loop {
             attempts += 1;
             let token = self.access_token().await?;
-            let request = self
-                .http
-                .get(&url)
-                .query(&query)
-                .bearer_auth(token.expose());
+            let request = build(&self.http, token.expose());
             drop(token);
 
-            match self.exchange(request, &url, &what).await? {
-                Reply::Ok(body) => {
-                    let response: SecretResponse =
-                        serde_json::from_slice(&body).map_err(|error| InfisicalError::Decode {
-                            what: what.clone(),
-                            error: error.to_string(),
-                        })?;
-                    if response.secret.secret_key != location.name {
-                        return Err(InfisicalError::Decode {
-                            what,
-                            error: format!(
-                                "the response carries secret {}",
-                                response.secret.secret_key
-                            ),
-                        });
-                    }
-                    if response.secret.secret_value_hidden {
-                        return Err(InfisicalError::Hidden {
-                            location: location.clone(),
-                            environment: self.config.environment.clone(),
-                        });
-                    }
-                    return Ok(Ok(response.secret.secret_value));
-                }
-                Reply::Failed(failure, _) if failure.status == 404 => {
-                    return Ok(Err(failure.to_string()));
-                }
+            match self.exchange(request, url, what).await? {
+                Reply::Ok(body) => return Ok(Ok(body)),
                 Reply::Failed(failure, _) if failure.is_token_error() && !logged_in_again => {
                     tracing::info!(
                         status = failure.status,
@@ -416,26 +492,10 @@ impl InfisicalSource {
                     *self.token.lock().await = None;
                 }
                 Reply::Failed(failure, retry_after) if failure.status == 429 => {
-                    self.wait_after_rate_limit(&what, attempts, &failure, retry_after.as_deref())
+                    self.wait_after_rate_limit(what, attempts, &failure, retry_after.as_deref())
                         .await?;
                 }
-                Reply::Failed(failure, _) => {
-                    let hint = match failure.status {
-                        300..=399 => {
-                            "; redirects are not followed, so set secrets.infisical.url to the final address"
-                        }
-                        400 => "; check secrets.infisical.project_id and environment",
-                        401 | 403 => {
-                            "; check the machine identity's access to this project, environment and folder"
-                        }
-                        _ => "",
-                    };
-                    return Err(InfisicalError::Api {
-                        location: location.clone(),
-                        failure: Box::new(failure),
-                        hint,
-                    });
-                }
+                Reply::Failed(failure, _) => return Ok(Err(failure)),
             }
         }
     }

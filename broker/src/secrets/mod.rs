@@ -32,7 +32,9 @@ use crate::config::Config;
 use crate::config::secrets::SecretsConfig;
 use crate::db::Database;
 
-pub use infisical::{InfisicalError, InfisicalSource, SecretLocation, rate_limit_wait};
+pub use infisical::{
+    ApiFailure, InfisicalClient, InfisicalError, InfisicalSource, SecretLocation, rate_limit_wait,
+};
 pub use local::{CredentialEntry, CredentialKey, KEY_FILE_NAME, LocalStore};
 pub use totp::TotpSeed;
 

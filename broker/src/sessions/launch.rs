@@ -399,13 +399,18 @@ impl SessionService {
             let storage =
                 crate::recordings::open_storage(&preflight.recordings_dir, preflight.s3.as_ref())
                     .map_err(|error| format!("{error:#}"))?;
-            let keys = recorder::LocalKeyStore::open(&preflight.keys_dir).map_err(|error| {
-                format!(
-                    "recording key directory {}: {error}",
-                    preflight.keys_dir.display()
-                )
-            })?;
-            recorder::check_writable(storage.as_ref(), &keys, &preflight.config)
+            let keys: Arc<dyn recorder::KeyStore> = match preflight.shared_keys {
+                Some(keys) => keys,
+                None => Arc::new(recorder::LocalKeyStore::open(&preflight.keys_dir).map_err(
+                    |error| {
+                        format!(
+                            "recording key directory {}: {error}",
+                            preflight.keys_dir.display()
+                        )
+                    },
+                )?),
+            };
+            recorder::check_writable(storage.as_ref(), keys.as_ref(), &preflight.config)
                 .map_err(|error| error.to_string())
         })
         .await;

@@ -204,6 +204,9 @@ pub struct RecorderPreflight {
     pub config: recorder::RecorderConfig,
     /// Set when recordings go to an S3-compatible bucket in place of `recordings_dir`.
     pub s3: Option<crate::config::recordings_s3::RecordingsS3Config>,
+    /// A key store kept open across checks, such as Infisical KMS whose client keeps
+    /// its access token. `None` opens the local key directory `keys_dir` on each check.
+    pub shared_keys: Option<Arc<dyn recorder::KeyStore>>,
 }
 
 impl RecorderPreflight {
@@ -214,6 +217,7 @@ impl RecorderPreflight {
             keys_dir: config.recording_keys_dir.clone(),
             config: recorder::RecorderConfig::default(),
             s3: config.recordings_s3.clone(),
+            shared_keys: None,
         }
     }
 }

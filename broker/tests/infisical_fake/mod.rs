@@ -1,9 +1,12 @@
 //! A fake Infisical server on loopback that follows the documented API: Universal Auth
-//! login, the v4 single-secret route with its query parameters, and error bodies of the
-//! form `{reqId, statusCode, message, error}`.
+//! login, the v4 single-secret route with its query parameters, the KMS key routes
+//! under `/api/v1/kms/keys` (create, get by name, list, encrypt, decrypt, delete), and
+//! error bodies of the form `{reqId, statusCode, message, error}`.
 //!
 //! Switches let a test expire every issued token, respond to the next requests with 429,
-//! hide secret values, and count logins and secret reads.
+//! hide secret values, make the KMS routes fail with 503, and count logins, secret reads
+//! and KMS calls. KMS keys encrypt with real AES-256-GCM under key material that never
+//! leaves the fake.
 
 // Each test binary uses a different part of the fake.
 #![allow(dead_code)]
@@ -13,11 +16,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -42,6 +49,19 @@ struct FakeState {
     secret_reads: u32,
     rate_limited: u32,
     last_query: HashMap<String, String>,
+    /// KMS keys by id.
+    kms_keys: HashMap<String, FakeKmsKey>,
+    /// Names of the KMS keys deleted, in order.
+    deleted_kms_keys: Vec<String>,
+    kms_unavailable: bool,
+    kms_encrypts: u32,
+    kms_decrypts: u32,
+}
+
+struct FakeKmsKey {
+    name: String,
+    project_id: String,
+    material: [u8; 32],
 }
 
 type Shared = Arc<Mutex<FakeState>>;
@@ -78,6 +98,14 @@ impl FakeInfisical {
         let app = Router::new()
             .route("/api/v1/auth/universal-auth/login", post(login))
             .route("/api/v4/secrets/{secret_name}", get(read_secret))
+            .route("/api/v1/kms/keys", post(create_kms_key).get(list_kms_keys))
+            .route("/api/v1/kms/keys/key-name/{key_name}", get(kms_key_by_name))
+            .route(
+                "/api/v1/kms/keys/{key_id}",
+                axum::routing::delete(delete_kms_key),
+            )
+            .route("/api/v1/kms/keys/{key_id}/encrypt", post(kms_encrypt))
+            .route("/api/v1/kms/keys/{key_id}/decrypt", post(kms_decrypt))
             .fallback(not_found_route)
             .with_state(state.clone());
 
@@ -190,6 +218,46 @@ impl FakeInfisical {
     pub fn last_query(&self) -> HashMap<String, String> {
         self.state().last_query.clone()
     }
+
+    /// Names of the KMS keys that exist, sorted.
+    pub fn kms_key_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .state()
+            .kms_keys
+            .values()
+            .map(|key| key.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Names of the KMS keys deleted through the API, in order.
+    pub fn deleted_kms_keys(&self) -> Vec<String> {
+        self.state().deleted_kms_keys.clone()
+    }
+
+    /// Deletes a KMS key behind the client's back, as an operator could.
+    pub fn remove_kms_key(&self, name: &str) {
+        self.state().kms_keys.retain(|_, key| key.name != name);
+    }
+
+    /// Makes every KMS route respond with 503 while `unavailable` is true.
+    pub fn set_kms_unavailable(&self, unavailable: bool) {
+        self.state().kms_unavailable = unavailable;
+    }
+
+    pub fn kms_encrypts(&self) -> u32 {
+        self.state().kms_encrypts
+    }
+
+    pub fn kms_decrypts(&self) -> u32 {
+        self.state().kms_decrypts
+    }
+
+    /// Stops the server; later requests fail to connect.
+    pub fn stop(&self) {
+        self.handle.shutdown();
+    }
 }
 
 impl Drop for FakeInfisical {
@@ -283,27 +351,8 @@ async fn read_secret(
         return response;
     }
 
-    let bearer = headers
-        .get("authorization")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    let Some(token) = bearer else {
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            "UnauthorizedError",
-            "Missing authorization header",
-        );
-    };
-    match state.tokens.get(token) {
-        Some(false) => {}
-        Some(true) => {
-            return error_response(
-                StatusCode::FORBIDDEN,
-                "TokenError",
-                "Your token has expired. Please re-authenticate.",
-            );
-        }
-        None => return error_response(StatusCode::FORBIDDEN, "TokenError", "Invalid token"),
+    if let Some(response) = reject_token(&state, &headers) {
+        return response;
     }
 
     state.secret_reads += 1;
@@ -361,6 +410,330 @@ async fn read_secret(
         }
     }))
     .into_response()
+}
+
+/// Returns the error response for a missing, expired or unknown access token.
+fn reject_token(state: &FakeState, headers: &HeaderMap) -> Option<Response> {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let Some(token) = bearer else {
+        return Some(error_response(
+            StatusCode::UNAUTHORIZED,
+            "UnauthorizedError",
+            "Missing authorization header",
+        ));
+    };
+    match state.tokens.get(token) {
+        Some(false) => None,
+        Some(true) => Some(error_response(
+            StatusCode::FORBIDDEN,
+            "TokenError",
+            "Your token has expired. Please re-authenticate.",
+        )),
+        None => Some(error_response(
+            StatusCode::FORBIDDEN,
+            "TokenError",
+            "Invalid token",
+        )),
+    }
+}
+
+/// Applies the switches shared by every KMS route: 429, 503 and the token check.
+fn kms_gate(state: &mut FakeState, headers: &HeaderMap) -> Option<Response> {
+    if let Some(response) = rate_limit(state) {
+        return Some(response);
+    }
+    if state.kms_unavailable {
+        return Some(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "KMS is unavailable",
+        ));
+    }
+    reject_token(state, headers)
+}
+
+fn kms_key_json(id: &str, key: &FakeKmsKey) -> Value {
+    json!({
+        "id": id,
+        "orgId": "fake-org",
+        "name": key.name,
+        "description": "",
+        "isDisabled": false,
+        "projectId": key.project_id,
+        "keyUsage": "encrypt-decrypt",
+        "encryptionAlgorithm": "aes-256-gcm",
+        "version": 1,
+        "createdAt": "2026-01-01T00:00:00.000Z",
+        "updatedAt": "2026-01-01T00:00:00.000Z",
+    })
+}
+
+/// Infisical's slug rule for key names: lowercase letters, digits and `-`, 1 to 32.
+fn valid_key_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn key_not_found(key_id: &str) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "NotFoundError",
+        &format!("Key with ID {key_id} not found"),
+    )
+}
+
+async fn create_kms_key(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let mut state = state.lock().expect("fake state lock");
+    if let Some(response) = kms_gate(&mut state, &headers) {
+        return response;
+    }
+    let Some(Json(body)) = body else {
+        return error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ValidationFailure",
+            "[{\"message\":\"Expected object\"}]",
+        );
+    };
+    let (Some(project_id), Some(name)) = (body["projectId"].as_str(), body["name"].as_str()) else {
+        return error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ValidationFailure",
+            "[{\"path\":[\"name\"],\"message\":\"Required\"}]",
+        );
+    };
+    if !valid_key_name(name) {
+        return error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ValidationFailure",
+            "[{\"path\":[\"name\"],\"message\":\"Name must be a valid slug\"}]",
+        );
+    }
+    let algorithm = body["encryptionAlgorithm"]
+        .as_str()
+        .unwrap_or("aes-256-gcm");
+    let usage = body["keyUsage"].as_str().unwrap_or("encrypt-decrypt");
+    if algorithm != "aes-256-gcm" || usage != "encrypt-decrypt" {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequestError",
+            "This fake supports only aes-256-gcm encrypt-decrypt keys",
+        );
+    }
+    if project_id != PROJECT_ID {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "NotFoundError",
+            &format!("Project with ID '{project_id}' not found"),
+        );
+    }
+    if state
+        .kms_keys
+        .values()
+        .any(|key| key.project_id == project_id && key.name == name)
+    {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequestError",
+            &format!("Key with name \"{name}\" already exists"),
+        );
+    }
+    let mut material = [0u8; 32];
+    rand::fill(&mut material);
+    let id = Uuid::new_v4().to_string();
+    let key = FakeKmsKey {
+        name: name.to_owned(),
+        project_id: project_id.to_owned(),
+        material,
+    };
+    let response = Json(json!({ "key": kms_key_json(&id, &key) })).into_response();
+    state.kms_keys.insert(id, key);
+    response
+}
+
+async fn kms_key_by_name(
+    State(state): State<Shared>,
+    Path(key_name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut state = state.lock().expect("fake state lock");
+    if let Some(response) = kms_gate(&mut state, &headers) {
+        return response;
+    }
+    let Some(project_id) = query.get("projectId") else {
+        return error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ValidationFailure",
+            "Project ID is required",
+        );
+    };
+    match state
+        .kms_keys
+        .iter()
+        .find(|(_, key)| &key.project_id == project_id && key.name == key_name)
+    {
+        Some((id, key)) => Json(json!({ "key": kms_key_json(id, key) })).into_response(),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "NotFoundError",
+            &format!("Key with name \"{key_name}\" not found"),
+        ),
+    }
+}
+
+async fn list_kms_keys(
+    State(state): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut state = state.lock().expect("fake state lock");
+    if let Some(response) = kms_gate(&mut state, &headers) {
+        return response;
+    }
+    let Some(project_id) = query.get("projectId") else {
+        return error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ValidationFailure",
+            "Project ID is required",
+        );
+    };
+    let offset: usize = query
+        .get("offset")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = query
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    if !(1..=100).contains(&limit) {
+        return error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ValidationFailure",
+            "limit must be between 1 and 100",
+        );
+    }
+    let mut keys: Vec<(&String, &FakeKmsKey)> = state
+        .kms_keys
+        .iter()
+        .filter(|(_, key)| &key.project_id == project_id)
+        .collect();
+    keys.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+    let total = keys.len();
+    let page: Vec<Value> = keys
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(id, key)| kms_key_json(id, key))
+        .collect();
+    Json(json!({ "keys": page, "totalCount": total })).into_response()
+}
+
+async fn delete_kms_key(
+    State(state): State<Shared>,
+    Path(key_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut state = state.lock().expect("fake state lock");
+    if let Some(response) = kms_gate(&mut state, &headers) {
+        return response;
+    }
+    match state.kms_keys.remove(&key_id) {
+        Some(key) => {
+            let body = json!({ "key": kms_key_json(&key_id, &key) });
+            state.deleted_kms_keys.push(key.name);
+            Json(body).into_response()
+        }
+        None => key_not_found(&key_id),
+    }
+}
+
+/// Decodes the base64 string `field` of a JSON body, or returns Infisical's validation
+/// error for it.
+fn base64_field(body: &Option<Json<Value>>, field: &str) -> Result<Vec<u8>, Box<Response>> {
+    body.as_ref()
+        .and_then(|Json(body)| body[field].as_str())
+        .and_then(|text| BASE64.decode(text).ok())
+        .ok_or_else(|| {
+            Box::new(error_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ValidationFailure",
+                &format!("{field} must be base64 encoded"),
+            ))
+        })
+}
+
+async fn kms_encrypt(
+    State(state): State<Shared>,
+    Path(key_id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let mut state = state.lock().expect("fake state lock");
+    if let Some(response) = kms_gate(&mut state, &headers) {
+        return response;
+    }
+    let plaintext = match base64_field(&body, "plaintext") {
+        Ok(bytes) => bytes,
+        Err(response) => return *response,
+    };
+    let Some(key) = state.kms_keys.get(&key_id) else {
+        return key_not_found(&key_id);
+    };
+    let mut nonce = [0u8; 12];
+    rand::fill(&mut nonce);
+    let cipher = Aes256Gcm::new(&key.material.into());
+    let sealed = cipher
+        .encrypt(&Nonce::from(nonce), plaintext.as_slice())
+        .expect("small plaintext");
+    let mut ciphertext = nonce.to_vec();
+    ciphertext.extend_from_slice(&sealed);
+    state.kms_encrypts += 1;
+    Json(json!({ "ciphertext": BASE64.encode(ciphertext) })).into_response()
+}
+
+async fn kms_decrypt(
+    State(state): State<Shared>,
+    Path(key_id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let mut state = state.lock().expect("fake state lock");
+    if let Some(response) = kms_gate(&mut state, &headers) {
+        return response;
+    }
+    let ciphertext = match base64_field(&body, "ciphertext") {
+        Ok(bytes) => bytes,
+        Err(response) => return *response,
+    };
+    let Some(key) = state.kms_keys.get(&key_id) else {
+        return key_not_found(&key_id);
+    };
+    let cipher = Aes256Gcm::new(&key.material.into());
+    let opened = (ciphertext.len() > 12)
+        .then(|| {
+            let (nonce, sealed) = ciphertext.split_at(12);
+            let nonce: [u8; 12] = nonce.try_into().expect("12 bytes");
+            cipher.decrypt(&Nonce::from(nonce), sealed).ok()
+        })
+        .flatten();
+    let Some(plaintext) = opened else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequestError",
+            "Failed to decrypt data",
+        );
+    };
+    state.kms_decrypts += 1;
+    Json(json!({ "plaintext": BASE64.encode(plaintext) })).into_response()
 }
 
 async fn not_found_route() -> Response {

@@ -475,6 +475,7 @@ impl Harness {
                 ..recorder::RecorderConfig::default()
             },
             s3: None,
+            shared_keys: None,
         };
         let egress = Arc::new(egress::Registry::new());
         let service = build_service(
