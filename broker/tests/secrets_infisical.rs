@@ -211,6 +211,53 @@ async fn endless_rate_limit_gives_up_after_bounded_attempts() {
 }
 
 #[tokio::test]
+async fn server_errors_are_retried_then_succeed() {
+    let setup = setup().await;
+    let source = InfisicalSource::new(&setup.config).unwrap();
+    source.fetch(&shared()).await.unwrap();
+
+    setup.fake.fail_next(1, 500);
+    source.fetch(&shared()).await.unwrap();
+    setup.fake.fail_next(2, 503);
+    let credentials = source.fetch(&shared()).await.unwrap();
+
+    assert_eq!(credentials.password.expose(), "<p&ss>'\"$");
+    assert_eq!(setup.fake.server_errors(), 3);
+}
+
+#[tokio::test]
+async fn login_server_error_is_retried() {
+    let setup = setup().await;
+    setup.fake.fail_next(1, 502);
+    let source = InfisicalSource::new(&setup.config).unwrap();
+
+    source.fetch(&shared()).await.unwrap();
+
+    assert_eq!(setup.fake.server_errors(), 1);
+    assert_eq!(setup.fake.logins(), 1);
+}
+
+#[tokio::test]
+async fn endless_server_errors_give_up_with_the_server_message() {
+    let setup = setup().await;
+    let mut config = setup.config.clone();
+    config.rate_limit_retries = 2;
+    let source = InfisicalSource::new(&config).unwrap();
+    source.fetch(&shared()).await.unwrap();
+
+    setup.fake.fail_next(u32::MAX, 500);
+    let error = source.fetch(&shared()).await.unwrap_err();
+
+    assert_eq!(setup.fake.server_errors(), 3);
+    let message = error.to_string();
+    assert!(message.contains("Something went wrong"), "{message}");
+    assert!(
+        message.contains("secret USERNAME in folder /strongroom/demo-bank"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn hidden_value_is_an_error() {
     let setup = setup().await;
     setup.fake.set_hide_values(true);

@@ -55,11 +55,11 @@ pub struct RawInfisical {
     pub ca_cert: Option<Lenient<PathBuf>>,
     /// `secrets.infisical.timeout_seconds`: limit on each request. Default 10.
     pub timeout_seconds: Option<Lenient<u64>>,
-    /// `secrets.infisical.rate_limit_retries`: how often a request that gets a 429 response is
-    /// retried before giving up. Default 3.
+    /// `secrets.infisical.rate_limit_retries`: how often a request that gets a 429 or a
+    /// 5xx response is retried before giving up. Default 3.
     pub rate_limit_retries: Option<Lenient<u32>>,
     /// `secrets.infisical.max_retry_wait_seconds`: cap on the wait before a retry after
-    /// 429, whatever wait the server requests. Default 30.
+    /// 429 or a 5xx, whatever wait the server requests. Default 30.
     pub max_retry_wait_seconds: Option<Lenient<u64>>,
 }
 

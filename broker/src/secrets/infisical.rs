@@ -11,7 +11,8 @@
 //! token until `renew margin` before its `expiresIn`, and reads single secrets through
 //! `GET /api/v4/secrets/{name}`. An expired or revoked token (401, or 403 with
 //! `TokenError`) causes one fresh login and one retry. A 429 is retried a bounded number
-//! of times after the wait the server asks for, capped. Redirects are not followed.
+//! of times after the wait the server asks for, capped; a 5xx response is retried the
+//! same number of times with exponential backoff. Redirects are not followed.
 
 use std::fmt;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ const TOTP_SEED_SECRET: &str = "TOTP_SEED";
 const MAX_MESSAGE_CHARS: usize = 300;
 /// Wait before retrying a 429 that names no wait.
 const DEFAULT_RETRY_WAIT: Duration = Duration::from_secs(1);
+/// Wait before the first retry after a 5xx response; each further retry doubles it.
+const SERVER_ERROR_FIRST_WAIT: Duration = Duration::from_millis(250);
 
 /// A secret's folder and name in the configured project and environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +112,10 @@ impl ApiFailure {
 
     fn is_token_error(&self) -> bool {
         self.status == 401 || (self.status == 403 && self.error.as_deref() == Some("TokenError"))
+    }
+
+    fn is_server_error(&self) -> bool {
+        (500..600).contains(&self.status)
     }
 }
 
@@ -495,6 +502,11 @@ impl InfisicalClient {
                     self.wait_after_rate_limit(what, attempts, &failure, retry_after.as_deref())
                         .await?;
                 }
+                Reply::Failed(failure, retry_after)
+                    if failure.is_server_error()
+                        && self
+                            .wait_after_server_error(what, attempts, &failure, retry_after.as_deref())
+                            .await => {}
                 Reply::Failed(failure, _) => return Ok(Err(failure)),
             }
         }
@@ -532,6 +544,38 @@ impl InfisicalClient {
         );
         tokio::time::sleep(wait).await;
         Ok(())
+    }
+
+    /// Sleeps before retrying a request that got a 5xx response and returns true, or
+    /// returns false once the attempts are used up, so that the caller reports the
+    /// server's own error. The wait doubles with each attempt from a quarter second, up
+    /// to the configured cap; a `Retry-After` in seconds replaces it, also capped.
+    async fn wait_after_server_error(
+        &self,
+        what: &str,
+        attempts: u32,
+        failure: &ApiFailure,
+        retry_after: Option<&str>,
+    ) -> bool {
+        if attempts > self.config.rate_limit_retries {
+            return false;
+        }
+        let cap = self.config.max_retry_wait;
+        let wait = retry_after
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .unwrap_or_else(|| SERVER_ERROR_FIRST_WAIT.saturating_mul(1 << (attempts - 1).min(16)))
+            .min(cap);
+        tracing::warn!(
+            attempt = attempts,
+            status = failure.status,
+            wait_ms = wait.as_millis() as u64,
+            request_id = failure.req_id.as_deref(),
+            request = what,
+            "Infisical answered with a server error; retrying"
+        );
+        tokio::time::sleep(wait).await;
+        true
     }
 
     /// Returns a valid access token, logging in when there is none or it is due for
@@ -587,6 +631,11 @@ impl InfisicalClient {
                     self.wait_after_rate_limit(&what, attempts, &failure, retry_after.as_deref())
                         .await?;
                 }
+                Reply::Failed(failure, retry_after)
+                    if failure.is_server_error()
+                        && self
+                            .wait_after_server_error(&what, attempts, &failure, retry_after.as_deref())
+                            .await => {}
                 Reply::Failed(failure, _) => {
                     return Err(InfisicalError::Login {
                         client_id: self.config.client_id.clone(),

@@ -3,8 +3,9 @@
 //! under `/api/v1/kms/keys` (create, get by name, list, encrypt, decrypt, delete), and
 //! error bodies of the form `{reqId, statusCode, message, error}`.
 //!
-//! Switches let a test expire every issued token, respond to the next requests with 429,
-//! hide secret values, make the KMS routes fail with 503, and count logins, secret reads
+//! Switches let a test expire every issued token, respond to the next requests with 429
+//! or with a server error (Infisical's own 500 body, or a reverse proxy's plain-text
+//! 502 to 504), hide secret values, make the KMS routes fail with 503, and count logins, secret reads
 //! and KMS calls. KMS keys encrypt with real AES-256-GCM under key material that never
 //! leaves the fake.
 
@@ -44,6 +45,10 @@ struct FakeState {
     /// Requests that still get a 429 response; `u32::MAX` means all of them.
     rate_limited_requests: u32,
     rate_limit_seconds: u32,
+    /// Requests that still get a server error, and its status.
+    failing_requests: u32,
+    failure_status: u16,
+    server_errors: u32,
     logins: u32,
     failed_logins: u32,
     secret_reads: u32,
@@ -194,6 +199,20 @@ impl FakeInfisical {
         state.rate_limit_seconds = wait_seconds;
     }
 
+    /// Responds to the next `count` requests (any route) with `status`, a 5xx: 500
+    /// carries Infisical's JSON error body, any other status the plain text that a
+    /// reverse proxy in front of Infisical sends.
+    pub fn fail_next(&self, count: u32, status: u16) {
+        let mut state = self.state();
+        state.failing_requests = count;
+        state.failure_status = status;
+    }
+
+    /// Returns how many server errors the switch above has sent.
+    pub fn server_errors(&self) -> u32 {
+        self.state().server_errors
+    }
+
     pub fn set_hide_values(&self, hide: bool) {
         self.state().hide_values = hide;
     }
@@ -277,8 +296,24 @@ fn error_response(status: StatusCode, error: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Returns a 429 response when the rate-limit switch is on, counting it.
+/// Returns a 429 response when the rate-limit switch is on, or a server error when that
+/// switch is on, counting it.
 fn rate_limit(state: &mut FakeState) -> Option<Response> {
+    if state.failing_requests > 0 {
+        state.failing_requests -= 1;
+        state.server_errors += 1;
+        let status =
+            StatusCode::from_u16(state.failure_status).expect("the test sets a valid status");
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            return Some(error_response(
+                status,
+                "InternalServerError",
+                "Something went wrong",
+            ));
+        }
+        let reason = status.canonical_reason().unwrap_or("Server Error");
+        return Some((status, format!("{} {reason}\n", status.as_u16())).into_response());
+    }
     if state.rate_limited_requests == 0 {
         return None;
     }
