@@ -25,9 +25,9 @@
 //! Login, token renewal, the retry after a rejected token and the retries after 429
 //! come from [`InfisicalClient`].
 //!
-//! NOTE: a 5xx response or an unreachable server fails the operation at once, without
-//! a retry, as it does for bank credentials. The recorder pre-flight then refuses a
-//! launch, and a replay or export fails with the error.
+//! A 5xx response is retried with backoff a bounded number of times, as for bank
+//! credentials; an unreachable server fails the operation at once. The recorder
+//! pre-flight then refuses a launch, and a replay or export fails with the error.
 
 use std::collections::HashMap;
 use std::fmt;
