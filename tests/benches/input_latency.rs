@@ -149,6 +149,7 @@ async fn relayed(agent: &HostAgent, secret: &SessionSecret, presses: usize) -> V
             recording_expires_at: chrono::Utc::now() + chrono::Duration::days(1),
             clipboard: Default::default(),
         })
+        .await
         .expect("stream starts");
     let app = axum::Router::new()
         .route("/live", axum::routing::get(upgrade))
