@@ -2,11 +2,11 @@
 //! stays still and the same page scrolling without pause.
 //!
 //! The bench starts the broker, the launcher and the egress proxy in-process, as the
-//! heavy-page test does, and launches each page as a session from the portal: the
-//! workspace image with the production container settings (the site catalogue's
-//! default limits of one CPU and 2 GiB, the shipped seccomp profile, the session
-//! network), reaching an HTTPS server of the bench on 127.0.0.1 through the egress
-//! proxy. The agent runs with its defaults: 1280x720, 15 frames a second, 2 Mbit/s,
+//! heavy-page test does, and launches each page as a session from the portal. Each
+//! session runs the workspace image with the production container settings (the site
+//! catalogue's default limits of one CPU and 2 GiB, the shipped seccomp profile, the
+//! session network), and Chromium reaches an HTTPS server of the bench on 127.0.0.1
+//! through the egress proxy. The agent runs with its defaults: 1280x720, 15 frames a second, 2 Mbit/s,
 //! a keyframe every 3 seconds.
 //!
 //! After the page reports that it has loaded, the bench waits for the next keyframe and
@@ -60,11 +60,12 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(240);
 /// Time between the page's load report and the start of the window, so that the
 /// first paint and Chromium's start-up work are over.
 const SETTLE: Duration = Duration::from_secs(3);
-/// The agent's keyframe interval (its default) and the most a keyframe can be late.
+/// Longest wait for a keyframe; the agent sends one every 3 s by default.
 const KEYFRAME_WAIT: Duration = Duration::from_secs(10);
 
-/// A long statement page. `SCROLL` is replaced by `true` for the scrolling page, which
-/// scrolls by 240 CSS pixels a second and starts again at the top at the end.
+/// A long statement page. [`page`] replaces `SCROLL` with `true` for the scrolling
+/// page, which scrolls by 240 CSS pixels a second and starts again at the top at the
+/// end, and `PAGE_NAME` with the name the page reports its load under.
 const PAGE: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>Statement</title>
 <style>
@@ -100,7 +101,7 @@ if (SCROLL) {
   };
   requestAnimationFrame(step);
 }
-addEventListener("load", () => fetch(`/ready?page=${PAGE_NAME}`, { cache: "no-store" }));
+addEventListener("load", () => fetch(`/ready?page=PAGE_NAME`, { cache: "no-store" }));
 </script>
 </body></html>
 "#;
