@@ -302,7 +302,18 @@ impl Link {
                 // INVARIANT: the workspace is untrusted, so its copies reach the
                 // person only where the site allows copying out.
                 if self.stream.clipboard.allows_copy_out() {
-                    self.stream.publish(ViewerEvent::Clipboard { text });
+                    match self
+                        .stream
+                        .audit_clipboard(super::ClipboardDirection::CopyOut, &text)
+                        .await
+                    {
+                        Ok(()) => self.stream.publish(ViewerEvent::Clipboard { text }),
+                        Err(error) => tracing::error!(
+                            error = format!("{error:#}"),
+                            text.len = text.len(),
+                            "Dropped workspace clipboard text: the audit trail could not record it"
+                        ),
+                    }
                 } else {
                     tracing::debug!(
                         text.len = text.len(),
