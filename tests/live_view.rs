@@ -622,6 +622,11 @@ async fn dropped_viewer_reconnects_to_same_session() {
     browser.element("#screen").await;
     let first = wait_for_picture(&browser).await;
     assert_eq!(first["reconnects"], 0);
+    // The indicator shows once the recorder has taken the stream's configuration.
+    let recorded = browser
+        .script("return !document.getElementById('recorded').hidden;")
+        .await;
+    assert_eq!(recorded, true, "the viewer does not show that it records");
     let session_id: Uuid = first["path"]
         .as_str()
         .unwrap()
