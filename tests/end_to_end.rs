@@ -845,7 +845,10 @@ async fn auditor_replays_exports_and_retention_deletes(
         .await
         .as_f64()
         .unwrap();
-    assert!(frames <= duration, "frames span {frames} s, the recording {duration} s");
+    assert!(
+        frames <= duration,
+        "frames span {frames} s, the recording {duration} s"
+    );
     let video_duration = ffprobe_duration(&export_dir.join("recording.webm"));
     assert!(
         (video_duration - frames).abs() < 0.5,

@@ -373,7 +373,10 @@ async fn unreachable_agent_leaves_nothing_recorded() {
     // The stream seals the recording, then asks the lifecycle to end the session.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while hooks.ended.lock().unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the session was not ended");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session was not ended"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let entry = catalogue::get(&database.db, recording_id)

@@ -337,7 +337,10 @@ return true;",
     .await;
     assert_eq!(settled["error"], "", "quick seeks failed: {settled}");
     browser
-        .script(&format!("{} document.getElementById('play').click(); return true;", seek_script(60.0).trim_end_matches("return true;")))
+        .script(&format!(
+            "{} document.getElementById('play').click(); return true;",
+            seek_script(60.0).trim_end_matches("return true;")
+        ))
         .await;
     let playing = wait_player(
         &browser,

@@ -28,7 +28,10 @@ fn second_start_is_refused() {
 
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("a Strongroom demo is already running"), "{stderr}");
+    assert!(
+        stderr.contains("a Strongroom demo is already running"),
+        "{stderr}"
+    );
     assert!(stderr.contains("Ctrl-C"), "{stderr}");
     assert!(!stderr.contains("install-deps"), "{stderr}");
 }

@@ -23,7 +23,11 @@ pub struct InputError(pub String);
 /// Returns the exit code of a failed command: 2 when the cause is an [`InputError`],
 /// otherwise 1.
 pub fn exit_code_of(error: &anyhow::Error) -> i32 {
-    if error.downcast_ref::<InputError>().is_some() { 2 } else { 1 }
+    if error.downcast_ref::<InputError>().is_some() {
+        2
+    } else {
+        1
+    }
 }
 
 #[derive(Debug, Parser)]

@@ -30,8 +30,12 @@ pub fn load_or_create(
     match create(path) {
         Ok(key) => {
             match kind {
-                KeyKind::Encryption => tracing::info!(path = %path.display(), key.purpose = purpose, "Created an encryption key file"),
-                KeyKind::Signing => tracing::info!(path = %path.display(), key.purpose = purpose, "Created a signing key file"),
+                KeyKind::Encryption => {
+                    tracing::info!(path = %path.display(), key.purpose = purpose, "Created an encryption key file")
+                }
+                KeyKind::Signing => {
+                    tracing::info!(path = %path.display(), key.purpose = purpose, "Created a signing key file")
+                }
             }
             return Ok(key);
         }
@@ -124,7 +128,12 @@ mod tests {
     fn new_key_message_names_its_kind() {
         let dir = tempfile::tempdir().unwrap();
         let signing = captured_log(|| {
-            load_or_create(&dir.path().join("sign.key"), "audit signing", KeyKind::Signing).unwrap();
+            load_or_create(
+                &dir.path().join("sign.key"),
+                "audit signing",
+                KeyKind::Signing,
+            )
+            .unwrap();
         });
         assert!(signing.contains("Created a signing key file"), "{signing}");
         assert!(!signing.contains("encryption"), "{signing}");
@@ -132,7 +141,10 @@ mod tests {
         let encryption = captured_log(|| {
             load_or_create(&dir.path().join("enc.key"), "TOTP", KeyKind::Encryption).unwrap();
         });
-        assert!(encryption.contains("Created an encryption key file"), "{encryption}");
+        assert!(
+            encryption.contains("Created an encryption key file"),
+            "{encryption}"
+        );
 
         let again = captured_log(|| {
             load_or_create(&dir.path().join("enc.key"), "TOTP", KeyKind::Encryption).unwrap();

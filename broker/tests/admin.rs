@@ -1358,7 +1358,10 @@ async fn replay_errors_body(database: TestDatabase) {
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
         assert!(content_type(&response).starts_with("text/html"), "{path}");
         let body = response.text().await.unwrap();
-        assert!(body.contains("<p id=\"error\" role=\"alert\">No such recording"), "{path}: {body}");
+        assert!(
+            body.contains("<p id=\"error\" role=\"alert\">No such recording"),
+            "{path}: {body}"
+        );
         assert!(body.contains("href=\"/\""), "{path}: {body}");
         assert!(!body.to_lowercase().contains("uuid"), "{path}: {body}");
     }
@@ -1405,7 +1408,9 @@ async fn list_length_body(database: TestDatabase) {
         seal_sha256,
         detail: None,
     };
-    catalogue::mark_sealed(db, recording, &sealed).await.unwrap();
+    catalogue::mark_sealed(db, recording, &sealed)
+        .await
+        .unwrap();
     let empty = stored_recording(&harness, &admin_id, "demo-bank", started).await;
     let nothing = catalogue::SealedEntry {
         segment_count: 0,
@@ -1421,13 +1426,18 @@ async fn list_length_body(database: TestDatabase) {
         .await
         .unwrap();
     let row = |id: uuid::Uuid| {
-        let start = list.find(&format!("data-recording=\"{id}\"")).map(|at| list[..at].rfind("<tr>").unwrap());
+        let start = list
+            .find(&format!("data-recording=\"{id}\""))
+            .map(|at| list[..at].rfind("<tr>").unwrap());
         start.map(|start| list[start..].split("</tr>").next().unwrap().to_owned())
     };
     let played = row(recording).expect("the recording is listed with a Play link");
     assert!(played.contains("<td>0:01:30</td>"), "{played}");
     assert!(list.contains("id=\"length-note\""), "{list}");
-    assert!(row(empty).is_none(), "an empty recording has no Play link: {list}");
+    assert!(
+        row(empty).is_none(),
+        "an empty recording has no Play link: {list}"
+    );
     let empty_row = list
         .split("</tr>")
         .find(|row| row.contains("nothing recorded"))
@@ -1435,7 +1445,12 @@ async fn list_length_body(database: TestDatabase) {
     assert!(!empty_row.contains("sealed"), "{empty_row}");
 
     let index: Value = harness
-        .send(&admin, Method::GET, &format!("/recordings/{recording}/index"), None)
+        .send(
+            &admin,
+            Method::GET,
+            &format!("/recordings/{recording}/index"),
+            None,
+        )
         .await
         .json()
         .await

@@ -182,7 +182,9 @@ fn list_html(principal: &Principal, query: &ListQuery, entries: &[CatalogueEntry
 /// it does not change, so this is longer than the span of the frames.
 fn recording_length_us(entry: &CatalogueEntry) -> Option<u64> {
     let end = entry.ended_at?;
-    let length = (end - entry.started_at).num_microseconds().unwrap_or(i64::MAX);
+    let length = (end - entry.started_at)
+        .num_microseconds()
+        .unwrap_or(i64::MAX);
     Some(length.max(0) as u64)
 }
 

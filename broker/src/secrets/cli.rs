@@ -175,7 +175,9 @@ async fn check_site_exists(db: &Database, site: &str) -> anyhow::Result<()> {
         .map(|site| site.definition.name)
         .collect();
     let message = if known.is_empty() {
-        format!("no site named {site:?}; the catalogue is empty, import sites with `strongroom site import FILE`")
+        format!(
+            "no site named {site:?}; the catalogue is empty, import sites with `strongroom site import FILE`"
+        )
     } else {
         format!("no site named {site:?}; known sites: {}", known.join(", "))
     };

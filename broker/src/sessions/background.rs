@@ -321,13 +321,19 @@ mod tests {
     #[tokio::test]
     async fn unreachable_launcher_at_start_is_expected() {
         let error = launcher_not_listening().await;
-        assert!(launcher_still_starting(&error, Duration::from_secs(2)), "{error:#}");
+        assert!(
+            launcher_still_starting(&error, Duration::from_secs(2)),
+            "{error:#}"
+        );
     }
 
     #[tokio::test]
     async fn unreachable_launcher_after_grace_warns() {
         let error = launcher_not_listening().await;
-        assert!(!launcher_still_starting(&error, LAUNCHER_START_GRACE), "{error:#}");
+        assert!(
+            !launcher_still_starting(&error, LAUNCHER_START_GRACE),
+            "{error:#}"
+        );
     }
 
     #[test]

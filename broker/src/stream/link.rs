@@ -414,8 +414,8 @@ impl Link {
                 // A stream that ended before its first frame, such as one whose
                 // workspace never answered, leaves a valid but empty recording. Its row
                 // says so, and the recordings list shows it as nothing recorded.
-                let detail = (summary.segment_count == 0)
-                    .then(|| catalogue::NOTHING_RECORDED.to_owned());
+                let detail =
+                    (summary.segment_count == 0).then(|| catalogue::NOTHING_RECORDED.to_owned());
                 let sealed = catalogue::SealedEntry {
                     ended_at: chrono::Utc::now(),
                     segment_count: summary.segment_count,

@@ -186,12 +186,15 @@ impl LiveStream {
         direction: ClipboardDirection,
         text: &str,
     ) -> anyhow::Result<()> {
-        let event = EventBuilder::new(Actor::Person(self.owner.clone()), Action::ClipboardTransferred)
-            .session(self.session_id)
-            .target(self.site.clone())
-            .detail("direction", direction.as_str())
-            .detail("bytes", text.len())
-            .build();
+        let event = EventBuilder::new(
+            Actor::Person(self.owner.clone()),
+            Action::ClipboardTransferred,
+        )
+        .session(self.session_id)
+        .target(self.site.clone())
+        .detail("direction", direction.as_str())
+        .detail("bytes", text.len())
+        .build();
         self.audit.append(event).await.map(|_| ())
     }
 

@@ -255,7 +255,11 @@ mod tests {
     #[test]
     fn resize_target_uses_css_pixels_at_any_ratio() {
         for ratio in [0.5, 1.0, 1.5, 2.0, 4.0] {
-            assert_eq!(resize_target(1200, 800, ratio, 64, MAX), (1200, 800), "{ratio}");
+            assert_eq!(
+                resize_target(1200, 800, ratio, 64, MAX),
+                (1200, 800),
+                "{ratio}"
+            );
         }
     }
 
