@@ -20,6 +20,16 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
+# One demo per checkout: a second run would replace the running demo bank. The lock
+# lives as long as this script and the broker it starts.
+mkdir -p data
+exec {start_lock}>data/start.lock
+if ! flock --nonblock "$start_lock"; then
+    echo "error: a Strongroom demo is already running from this checkout (container" >&2
+    echo "strongroom-demo-bank); stop it with Ctrl-C in its terminal first" >&2
+    exit 1
+fi
+
 scripts/install-deps.sh
 
 listen=${STRONGROOM_SERVER__LISTEN:-127.0.0.1:8080}
@@ -35,6 +45,16 @@ bank_port=8443
 network=strongroom-demo-bank
 container=strongroom-demo-bank
 bank_dir=$PWD/data/demo-bank
+
+# The demo bank's names are fixed, so a demo started from another checkout holds them
+# while its script runs. A container whose script has gone is replaced further down.
+owner_pid=$(docker inspect --format '{{ index .Config.Labels "org.strongroom.demo.pid" }}' \
+    "$container" 2>/dev/null || true)
+if [ -n "$owner_pid" ] && [ "$owner_pid" != "$$" ] && kill -0 "$owner_pid" 2>/dev/null; then
+    echo "error: a Strongroom demo is already running (container $container, started by" >&2
+    echo "process $owner_pid); stop it with Ctrl-C in its terminal first" >&2
+    exit 1
+fi
 
 echo "Building strongroom, strongroom-agent and strongroom-demo-bank (release)..."
 cargo build --release --quiet -p broker -p strongroom-agent -p strongroom-demo-bank
@@ -90,7 +110,7 @@ if ! docker network create --internal --subnet "$subnet" \
     exit 1
 fi
 docker run --detach --name "$container" --network "$network" --ip "$bank_ip" \
-    --label org.strongroom.demo=bank \
+    --label org.strongroom.demo=bank --label "org.strongroom.demo.pid=$$" \
     --read-only --cap-drop ALL --security-opt no-new-privileges \
     --memory 256m --cpus 0.5 --pids-limit 128 \
     --volume "$bank_dir:/run/demo-bank:ro" \

@@ -839,10 +839,20 @@ async fn auditor_replays_exports_and_retention_deletes(
         ],
     );
     assert!(verified.contains("verified"), "{verified}");
+    // The export spans the frames; the player's length runs on to the recording's end.
+    let frames = browser
+        .script("return Number(document.getElementById('seek').dataset.framesUs) / 1e6;")
+        .await
+        .as_f64()
+        .unwrap();
+    assert!(
+        frames <= duration,
+        "frames span {frames} s, the recording {duration} s"
+    );
     let video_duration = ffprobe_duration(&export_dir.join("recording.webm"));
     assert!(
-        (video_duration - duration).abs() < 0.5,
-        "exported video lasts {video_duration} s, the recording {duration} s"
+        (video_duration - frames).abs() < 0.5,
+        "exported video lasts {video_duration} s, its frames {frames} s"
     );
 
     // Retention with the clock past the site's 30 days deletes the recording, and the

@@ -330,3 +330,63 @@ async fn recorder_failure_freezes_stream_and_ends_session() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_agent_leaves_nothing_recorded() {
+    use broker::recordings::catalogue;
+
+    let database = TestDatabase::new(TestBackend::Sqlite).await;
+    let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
+    let recording = RecordingSettings {
+        storage: Arc::new(LocalDirStorage::open(database.dir.path().join("recordings")).unwrap()),
+        keys: Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap()),
+        config: RecorderConfig::default(),
+    };
+    let settings = StreamSettings {
+        agent_connect_timeout: Duration::from_secs(1),
+        ..StreamSettings::default()
+    };
+    let tasks = TaskRegistry::new();
+    let hub = StreamHub::new(settings, recording, audit.clone(), tasks.clone());
+    let hooks = Arc::new(RecordedHooks::default());
+    hub.set_hooks(hooks.clone());
+    // Nothing listens on a port of a listener that is closed again.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let agent_addr = closed.local_addr().unwrap();
+    drop(closed);
+
+    let session_id = Uuid::new_v4();
+    let recording_id = Uuid::new_v4();
+    strongroom_tests::reserve_session_row(&database.db, session_id, "alice").await;
+    hub.start(StreamStart {
+        session_id,
+        owner: "alice".into(),
+        agent_addr,
+        secret: SessionSecret::new(hex::encode(rand_bytes())),
+        recording_id,
+        recording_expires_at: Utc::now() + chrono::Duration::days(30),
+        clipboard: Default::default(),
+    })
+    .await
+    .expect("stream starts");
+
+    // The stream seals the recording, then asks the lifecycle to end the session.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while hooks.ended.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session was not ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let entry = catalogue::get(&database.db, recording_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry.segment_count, 0);
+    assert_eq!(entry.detail.as_deref(), Some(catalogue::NOTHING_RECORDED));
+    let ended = hooks.ended.lock().unwrap().clone();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert!(ended[0].1.contains("unreachable"), "{ended:?}");
+    tasks.shutdown(Duration::from_secs(10)).await;
+}

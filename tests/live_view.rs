@@ -622,6 +622,11 @@ async fn dropped_viewer_reconnects_to_same_session() {
     browser.element("#screen").await;
     let first = wait_for_picture(&browser).await;
     assert_eq!(first["reconnects"], 0);
+    // The indicator shows once the recorder has taken the stream's configuration.
+    let recorded = browser
+        .script("return !document.getElementById('recorded').hidden;")
+        .await;
+    assert_eq!(recorded, true, "the viewer does not show that it records");
     let session_id: Uuid = first["path"]
         .as_str()
         .unwrap()
@@ -983,6 +988,25 @@ async fn statuses_within(socket: &mut Socket, kind: &str, window: Duration) -> V
 
 const UNICODE_TEXT: &str = "pässwörd€ 日本 Ö{}";
 
+/// Returns the session's clipboard audit events with their parsed details.
+async fn clipboard_audit(
+    stack: &Stack,
+    session_id: Uuid,
+) -> Vec<(broker::audit::StoredEvent, serde_json::Value)> {
+    let events = stack.broker().state.audit.list(0, 100_000).await.unwrap();
+    events
+        .into_iter()
+        .filter(|event| {
+            event.action == "session.clipboard.transferred"
+                && event.session_id.as_deref() == Some(session_id.to_string().as_str())
+        })
+        .map(|event| {
+            let details = serde_json::from_str(&event.details).unwrap();
+            (event, details)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clipboard_follows_site_policy() {
     use broker::sites::ClipboardPolicy;
@@ -1018,6 +1042,21 @@ async fn clipboard_follows_site_policy() {
         )
         .await;
     assert!(received.as_u64() >= Some(1), "{received}");
+    // Each transfer is audited with its owner, session, site, direction and length,
+    // never its text.
+    let transfers = clipboard_audit(&stack, session.session_id).await;
+    let directions: Vec<&str> = transfers
+        .iter()
+        .map(|(_, details)| details["direction"].as_str().unwrap())
+        .collect();
+    assert!(directions.contains(&"paste_in"), "{transfers:?}");
+    assert!(directions.contains(&"copy_out"), "{transfers:?}");
+    for (event, details) in &transfers {
+        assert_eq!(event.actor, format!("user:{owner}"));
+        assert_eq!(event.target.as_deref(), Some("demo-bank"));
+        assert_eq!(details["bytes"], UNICODE_TEXT.len(), "{details}");
+        assert!(!event.details.contains("pässwörd"), "{}", event.details);
+    }
     stack.broker().state.portal.hub.stop(session.session_id, "test finished");
     drop(socket);
     drop(session);
@@ -1065,6 +1104,8 @@ async fn clipboard_follows_site_policy() {
     // above a permitted copy arrived well within this window.
     let leaked = statuses_within(&mut socket, "clipboard", Duration::from_secs(5)).await;
     assert!(leaked.is_empty(), "copied text left the session: {leaked:?}");
+    let transfers = clipboard_audit(&stack, session.session_id).await;
+    assert!(transfers.is_empty(), "blocked transfers audited: {transfers:?}");
     assert_eq!(
         browser
             .script("return document.getElementById('viewer').dataset.clipboardReceived;")

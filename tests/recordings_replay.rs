@@ -344,6 +344,35 @@ async fn auditor_plays_seeks_and_sees_tampering() {
     assert_eq!(played["error"], "", "playback failed: {played}");
     browser.click("#play").await;
 
+    // Seeks in quick succession, and Play pressed while a seek runs, leave neither a
+    // "Seeking to" status nor an error behind.
+    browser
+        .script(
+            "const s = document.getElementById('seek');
+for (const v of ['100', '200', '300']) { s.value = v; s.dispatchEvent(new Event('change')); }
+return true;",
+        )
+        .await;
+    let settled = wait_player(
+        &browser,
+        "r.error || (r.status.indexOf('Seeking') < 0 && r.position !== null && r.position <= 300000000 && r.position > 299000000)",
+    )
+    .await;
+    assert_eq!(settled["error"], "", "quick seeks failed: {settled}");
+    browser
+        .script(&format!(
+            "{} document.getElementById('play').click(); return true;",
+            seek_script(60.0).trim_end_matches("return true;")
+        ))
+        .await;
+    let playing = wait_player(
+        &browser,
+        "r.error || (r.status.indexOf('Seeking') < 0 && r.position !== null && r.position > 300500000)",
+    )
+    .await;
+    assert_eq!(playing["error"], "", "play during a seek failed: {playing}");
+    browser.click("#play").await;
+
     // A flipped byte in segment 3 (seconds 12 to 16) is reported with its index and its
     // frames are never drawn.
     let segment = dir

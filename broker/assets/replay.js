@@ -3,7 +3,8 @@
 // fetched one at a time, so memory stays bounded however long the recording is.
 //
 // The canvas's data-position-us attribute is the offset from the recording's start
-// of the frame on screen, in microseconds.
+// of the frame on screen, in microseconds. The seek bar spans the recording's length as
+// the recordings list shows it; its data-frames-us attribute is the span of the frames.
 "use strict";
 
 (function () {
@@ -143,7 +144,8 @@
   }
 
   // Shows the last frame at or before `offsetUs`: decodes from the keyframe that starts
-  // its segment up to the target, so the target frame is drawn last.
+  // its segment up to the target, so the target frame is drawn last. The "Seeking to"
+  // status lasts until this seek ends, or until a later seek or playback replaces it.
   async function seek(offsetUs) {
     const mine = ++generation;
     playing = false;
@@ -152,40 +154,71 @@
     const number = segmentAt(target);
     status.textContent = "Seeking to " + clock(offsetUs);
     status.hidden = false;
-    const records = await fetchSegment(number);
-    if (mine !== generation) {
-      return;
-    }
-    newDecoder();
-    drawLimitUs = target;
-    placeholder.hidden = true;
+    try {
+      const records = await fetchSegment(number);
+      if (mine !== generation) {
+        return;
+      }
+      newDecoder();
+      drawLimitUs = target;
+      placeholder.hidden = true;
 
-    for (const record of records) {
-      if (record.pts > target) {
-        break;
+      for (const record of records) {
+        if (record.pts > target) {
+          break;
+        }
+        if (record.kind !== 0) {
+          applyMarker(record);
+          continue;
+        }
+        decoder.decode(new EncodedVideoChunk({ type: record.keyframe ? "key" : "delta", timestamp: record.pts, data: record.data }));
       }
-      if (record.kind !== 0) {
-        applyMarker(record);
-        continue;
+      await decoder.flush();
+    } catch (e) {
+      // A later seek or playback closed this seek's decoder; it owns the status now.
+      if (mine !== generation) {
+        return;
       }
-      decoder.decode(new EncodedVideoChunk({ type: record.keyframe ? "key" : "delta", timestamp: record.pts, data: record.data }));
+      throw e;
+    } finally {
+      if (mine === generation) {
+        drawLimitUs = Infinity;
+        clearSeekStatus();
+      }
     }
-    await decoder.flush();
-    drawLimitUs = Infinity;
-    if (mine === generation) {
+  }
+
+  function clearSeekStatus() {
+    if (status.textContent.startsWith("Seeking to")) {
+      status.textContent = "";
       status.hidden = true;
     }
   }
 
+  // Stops playback or a seek. A seek's status goes with it.
   function stop() {
     generation++;
     playing = false;
     playButton.textContent = "Play";
+    clearSeekStatus();
   }
 
-  // Plays from the frame on screen, fetching one segment ahead.
+  // Plays from the frame on screen. A failure after a later seek or pause replaced
+  // this playback, such as its closed decoder, is not shown.
   async function play() {
-    const mine = ++generation;
+    const mine = generation + 1;
+    try {
+      await playFrom(mine);
+    } catch (e) {
+      if (mine === generation) {
+        throw e;
+      }
+    }
+  }
+
+  // Plays as generation `mine` from the frame on screen, fetching one segment ahead.
+  async function playFrom(mine) {
+    generation = mine;
     playing = true;
     playButton.textContent = "Pause";
     const startPts = index.first_pts_us + positionUs;
@@ -234,6 +267,21 @@
     }
     if (mine === generation) {
       await decoder.flush();
+    }
+    // The screen sent no frame after its last change, so the clock runs on to the
+    // recording's end with the last frame shown.
+    const endPts = index.first_pts_us + index.duration_us;
+    while (mine === generation) {
+      const mediaNow = mediaStart + (performance.now() - wallStart) * 1000 * speed;
+      if (mediaNow >= endPts) {
+        break;
+      }
+      timeLabel.textContent = clock(Math.max(positionUs, mediaNow - index.first_pts_us));
+      await new Promise((resolve) => setTimeout(resolve, Math.min(250, (endPts - mediaNow) / 1000 / speed)));
+    }
+    if (mine === generation) {
+      timeLabel.textContent = clock(index.duration_us);
+      seekBar.value = String(index.duration_us / 1e6);
       stop();
       status.textContent = "End of the recording";
       status.hidden = false;
@@ -256,6 +304,7 @@
     canvas.height = index.height;
     canvas.dataset.streamSize = index.width + "x" + index.height;
     seekBar.max = String(index.duration_us / 1e6);
+    seekBar.dataset.framesUs = String(index.frames_duration_us);
     seekBar.disabled = false;
     playButton.disabled = false;
     durationLabel.textContent = clock(index.duration_us);

@@ -18,6 +18,9 @@
   const endScreen = document.getElementById("ended");
   const connection = document.getElementById("connection");
   const watched = document.getElementById("watched");
+  // Shown once the recorder has accepted the stream's configuration, so a session whose
+  // workspace never started does not claim to be recorded.
+  const recorded = document.getElementById("recorded");
   const mode = root.dataset.mode;
   const context = canvas.getContext("2d", { desynchronized: true });
 
@@ -106,6 +109,7 @@
   function onStatus(message) {
     switch (message.type) {
       case "config":
+        recorded.hidden = false;
         configure(message);
         break;
       case "placeholder":
@@ -120,6 +124,7 @@
         show(status, message.message);
         break;
       case "recording_failed":
+        recorded.hidden = true;
         show(status, "The recording stopped, so the session is frozen and ending: " + message.reason);
         break;
       case "watchers":

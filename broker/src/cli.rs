@@ -9,11 +9,33 @@ use crate::db::Database;
 use crate::server::{self, StartupError};
 use crate::telemetry;
 
+/// Exit codes of every command, shown at the end of `--help`.
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 an operation failed (database, Docker, \
+network, files); 2 the input was rejected (configuration, an unknown person, site or \
+recording, or an invalid value), and the message names it.";
+
+/// Input that a command rejects: an unknown person or site, or an invalid value. Its
+/// message names the value and the fix, and the command exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+/// Returns the exit code of a failed command: 2 when the cause is an [`InputError`],
+/// otherwise 1.
+pub fn exit_code_of(error: &anyhow::Error) -> i32 {
+    if error.downcast_ref::<InputError>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "strongroom",
     version,
-    about = "Isolated banking session broker with recording"
+    about = "Isolated banking session broker with recording",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     /// Configuration file (TOML). Without it, embedded defaults apply.

@@ -42,6 +42,38 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Renders the error for a page request: the portal's error page when the request
+    /// asks for HTML, as a browser does, and the JSON error body otherwise.
+    pub fn into_page_response(self, headers: &axum::http::HeaderMap) -> Response {
+        if !crate::auth::wants_html(headers) {
+            return self.into_response();
+        }
+        self.log();
+        let mut text = self.public.to_owned();
+        if let Some(first) = text.get(..1) {
+            text.replace_range(..1, &first.to_uppercase());
+        }
+        let body = format!(
+            "<p id=\"error\" role=\"alert\">{}.</p><p><a href=\"/\">Back to the portal</a></p>",
+            crate::auth::pages::escape(&text)
+        );
+        let title = self.status.canonical_reason().unwrap_or("Request failed");
+        crate::auth::pages::page(self.status, title, &body, "")
+    }
+
+    /// Logs an internal failure's chain once; expected refusals are not logged.
+    fn log(&self) {
+        if let Some(error) = &self.internal {
+            tracing::error!(
+                error = format!("{error:#}"),
+                status = self.status.as_u16(),
+                "Request failed"
+            );
+        }
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> ApiError {
         ApiError::internal(error)
@@ -50,13 +82,7 @@ impl From<anyhow::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Some(error) = &self.internal {
-            tracing::error!(
-                error = format!("{error:#}"),
-                status = self.status.as_u16(),
-                "Request failed"
-            );
-        }
+        self.log();
         (self.status, Json(ErrorBody { error: self.public })).into_response()
     }
 }

@@ -1,6 +1,6 @@
-//! 256-bit keys kept in files under the data directory (the embedded default's TOTP
-//! and credential keys): created once with mode 0600, and refused when other users
-//! can read them or their size is wrong.
+//! 256-bit keys kept in files under the data directory (the TOTP and credential
+//! encryption keys, and the audit and export signing seeds): created once with mode
+//! 0600, and refused when other users can read them or their size is wrong.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -11,12 +11,32 @@ use zeroize::Zeroizing;
 
 pub const KEY_LEN: usize = 32;
 
+/// Kind of key a file contains, which the start-up message of a new file names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A symmetric key that encrypts stored secrets.
+    Encryption,
+    /// The seed of an Ed25519 signing key.
+    Signing,
+}
+
 /// Reads the key at `path`, creating it when the file does not exist. `purpose` names
 /// the key in messages, such as "TOTP".
-pub fn load_or_create(path: &Path, purpose: &str) -> anyhow::Result<Zeroizing<[u8; KEY_LEN]>> {
+pub fn load_or_create(
+    path: &Path,
+    purpose: &str,
+    kind: KeyKind,
+) -> anyhow::Result<Zeroizing<[u8; KEY_LEN]>> {
     match create(path) {
         Ok(key) => {
-            tracing::info!(path = %path.display(), key.purpose = purpose, "Created an encryption key file");
+            match kind {
+                KeyKind::Encryption => {
+                    tracing::info!(path = %path.display(), key.purpose = purpose, "Created an encryption key file")
+                }
+                KeyKind::Signing => {
+                    tracing::info!(path = %path.display(), key.purpose = purpose, "Created a signing key file")
+                }
+            }
             return Ok(key);
         }
         Err(error) if error.kind() == ErrorKind::AlreadyExists => {}
@@ -70,4 +90,65 @@ fn read(path: &Path, purpose: &str) -> anyhow::Result<Zeroizing<[u8; KEY_LEN]>> 
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     key.copy_from_slice(&bytes);
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::{KeyKind, load_or_create};
+
+    /// Runs `create` under a subscriber that writes to a buffer, and returns the text.
+    fn captured_log(create: impl FnOnce()) -> String {
+        let buffer = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || WriteTo(writer.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, create);
+        let bytes = buffer.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    struct WriteTo(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for WriteTo {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn new_key_message_names_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let signing = captured_log(|| {
+            load_or_create(
+                &dir.path().join("sign.key"),
+                "audit signing",
+                KeyKind::Signing,
+            )
+            .unwrap();
+        });
+        assert!(signing.contains("Created a signing key file"), "{signing}");
+        assert!(!signing.contains("encryption"), "{signing}");
+
+        let encryption = captured_log(|| {
+            load_or_create(&dir.path().join("enc.key"), "TOTP", KeyKind::Encryption).unwrap();
+        });
+        assert!(
+            encryption.contains("Created an encryption key file"),
+            "{encryption}"
+        );
+
+        let again = captured_log(|| {
+            load_or_create(&dir.path().join("enc.key"), "TOTP", KeyKind::Encryption).unwrap();
+        });
+        assert!(!again.contains("Created"), "{again}");
+    }
 }

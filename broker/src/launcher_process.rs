@@ -148,7 +148,7 @@ pub async fn supervise_child(config_path: Option<PathBuf>, shutdown: Cancellatio
 
         tokio::select! {
             status = child.wait() => {
-                tracing::error!(status = ?status, "Launcher process exited; starting it again");
+                tracing::error!(status = %exit_status(&status), "Launcher process exited; starting it again");
                 if started.elapsed() > RESTART_BACKOFF.1 {
                     backoff = RESTART_BACKOFF.0;
                 }
@@ -188,6 +188,14 @@ fn stop_with_parent(command: &mut Command) {
     }
 }
 
+/// Describes a child's exit for a log field, such as "exit status: 1".
+fn exit_status(status: &std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(status) => status.to_string(),
+        Err(error) => format!("unknown ({error})"),
+    }
+}
+
 async fn stop_child(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
         let pid = nix::unistd::Pid::from_raw(pid as i32);
@@ -196,7 +204,7 @@ async fn stop_child(child: &mut tokio::process::Child) {
         }
     }
     match tokio::time::timeout(CHILD_STOP_GRACE, child.wait()).await {
-        Ok(status) => tracing::info!(status = ?status, "Launcher process stopped"),
+        Ok(status) => tracing::info!(status = %exit_status(&status), "Launcher process stopped"),
         Err(_) => {
             tracing::warn!("Launcher process did not stop in time; killing it");
             let _ = child.kill().await;

@@ -1012,16 +1012,32 @@ async fn stored_recording(
     };
     let mut writer =
         RecordingWriter::create(storage, keys.as_ref(), RecorderConfig::default(), new).unwrap();
+    let mut segments = Vec::new();
     for frame in 0..5u64 {
-        writer
-            .push_packet(Packet {
-                pts_us: frame * 100_000,
-                keyframe: frame == 0,
-                data: bytes::Bytes::from(vec![frame as u8; 100]),
-            })
-            .unwrap();
+        segments.extend(
+            writer
+                .push_packet(Packet {
+                    pts_us: frame * 100_000,
+                    keyframe: frame == 0,
+                    data: bytes::Bytes::from(vec![frame as u8; 100]),
+                })
+                .unwrap(),
+        );
     }
     let sealed = writer.seal().unwrap();
+    segments.extend(sealed.final_segment.clone());
+    // The player serves only segments whose hashes the audit trail holds.
+    for segment in &segments {
+        let event = broker::audit::EventBuilder::new(
+            broker::audit::Actor::System("recorder"),
+            broker::audit::Action::RecordingSegmentStored,
+        )
+        .target(format!("recording:{id}"))
+        .detail("index", segment.index)
+        .detail("sha256", hex::encode(segment.sha256))
+        .build();
+        state.audit.append(event).await.unwrap();
+    }
     catalogue::mark_sealed(
         &state.db,
         id,
@@ -1320,5 +1336,126 @@ async fn fuzz_body(database: TestDatabase) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    harness.stop().await;
+}
+
+broker::both_backends!(replay_page_errors_are_portal_pages, replay_errors_body);
+async fn replay_errors_body(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let (_, person) = harness.signed_in("pia", &[Role::User]).await;
+    let page = |path: String| {
+        let request = person
+            .get(harness.url(&path))
+            .header("accept", "text/html,application/xhtml+xml");
+        async move { request.send().await.unwrap() }
+    };
+
+    for path in [
+        "/recordings/not-a-uuid".to_owned(),
+        format!("/recordings/{}", uuid::Uuid::new_v4()),
+    ] {
+        let response = page(path.clone()).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        assert!(content_type(&response).starts_with("text/html"), "{path}");
+        let body = response.text().await.unwrap();
+        assert!(
+            body.contains("<p id=\"error\" role=\"alert\">No such recording"),
+            "{path}: {body}"
+        );
+        assert!(body.contains("href=\"/\""), "{path}: {body}");
+        assert!(!body.to_lowercase().contains("uuid"), "{path}: {body}");
+    }
+
+    let filter = page("/recordings?from=yesterday".to_owned()).await;
+    assert_eq!(filter.status(), StatusCode::BAD_REQUEST);
+    assert!(content_type(&filter).starts_with("text/html"));
+    assert!(filter.text().await.unwrap().contains("id=\"error\""));
+
+    // A client that does not ask for HTML keeps the JSON error body.
+    let api = harness
+        .send(
+            &person,
+            Method::GET,
+            &format!("/recordings/{}", uuid::Uuid::new_v4()),
+            None,
+        )
+        .await;
+    assert_eq!(api.status(), StatusCode::NOT_FOUND);
+    let body: Value = api.json().await.unwrap();
+    assert_eq!(body["error"], "no such recording");
+    harness.stop().await;
+}
+
+broker::both_backends!(recordings_list_and_player_agree, list_length_body);
+async fn list_length_body(database: TestDatabase) {
+    use broker::recordings::catalogue;
+    use chrono::TimeZone;
+    let harness = Harness::start(database).await;
+    let (admin_id, admin) = harness.signed_in("ada", &[Role::Admin]).await;
+    let started = chrono::Utc.with_ymd_and_hms(2030, 2, 1, 12, 0, 0).unwrap();
+    let recording = stored_recording(&harness, &admin_id, "demo-bank", started).await;
+    // The session ran 90 s; its five frames span 0.4 s.
+    let db = &harness.broker().state.db;
+    let entry = catalogue::get(db, recording).await.unwrap().unwrap();
+    let seal_sha256: [u8; 32] = hex::decode(entry.seal_sha256.unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let sealed = catalogue::SealedEntry {
+        ended_at: started + chrono::Duration::seconds(90),
+        segment_count: entry.segment_count,
+        bytes: entry.bytes,
+        seal_sha256,
+        detail: None,
+    };
+    catalogue::mark_sealed(db, recording, &sealed)
+        .await
+        .unwrap();
+    let empty = stored_recording(&harness, &admin_id, "demo-bank", started).await;
+    let nothing = catalogue::SealedEntry {
+        segment_count: 0,
+        detail: Some(catalogue::NOTHING_RECORDED.to_owned()),
+        ..sealed
+    };
+    catalogue::mark_sealed(db, empty, &nothing).await.unwrap();
+
+    let list = harness
+        .send(&admin, Method::GET, "/recordings", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let row = |id: uuid::Uuid| {
+        let start = list
+            .find(&format!("data-recording=\"{id}\""))
+            .map(|at| list[..at].rfind("<tr>").unwrap());
+        start.map(|start| list[start..].split("</tr>").next().unwrap().to_owned())
+    };
+    let played = row(recording).expect("the recording is listed with a Play link");
+    assert!(played.contains("<td>0:01:30</td>"), "{played}");
+    assert!(list.contains("id=\"length-note\""), "{list}");
+    assert!(
+        row(empty).is_none(),
+        "an empty recording has no Play link: {list}"
+    );
+    let empty_row = list
+        .split("</tr>")
+        .find(|row| row.contains("nothing recorded"))
+        .expect("the empty recording is listed as nothing recorded");
+    assert!(!empty_row.contains("sealed"), "{empty_row}");
+
+    let index: Value = harness
+        .send(
+            &admin,
+            Method::GET,
+            &format!("/recordings/{recording}/index"),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(index["duration_us"], 90_000_000, "{index}");
+    assert_eq!(index["frames_duration_us"], 400_000, "{index}");
     harness.stop().await;
 }

@@ -67,7 +67,7 @@ async fn user_commands_manage_local_accounts() {
         &["user", "add", "weak", "--role", "user"],
         "alllowercase\n",
     );
-    assert_eq!(weak.status.code(), Some(1));
+    assert_eq!(weak.status.code(), Some(2));
     assert!(
         stderr(&weak).contains("password rejected"),
         "{}",
@@ -151,7 +151,7 @@ async fn user_commands_manage_local_accounts() {
         stdout(&unlock)
     );
     let unknown = strongroom(&config, &["user", "unlock", "nobody"], "");
-    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(unknown.status.code(), Some(2));
     assert!(
         stderr(&unknown).contains("user list"),
         "{}",

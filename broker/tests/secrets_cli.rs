@@ -184,7 +184,7 @@ async fn two_line_password_file_is_rejected() {
     );
     let list = strongroom(&config, &["secrets", "list"], "");
 
-    assert_eq!(set.status.code(), Some(1));
+    assert_eq!(set.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&set.stderr);
     assert!(
         stderr.contains("password") && stderr.contains("contains a line break"),
@@ -204,7 +204,7 @@ async fn infisical_source_refuses_local_commands() {
 
     let list = strongroom(&config, &["secrets", "list"], "");
 
-    assert_eq!(list.status.code(), Some(1));
+    assert_eq!(list.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&list.stderr).contains("manage credentials in Infisical"),
         "{}",
@@ -224,7 +224,7 @@ async fn unknown_site_is_rejected_with_known_sites() {
         "alice\npass\n",
     );
 
-    assert_eq!(set.status.code(), Some(1));
+    assert_eq!(set.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&set.stderr);
     assert!(stderr.contains("no site named \"demo-bnak\""), "{stderr}");
     assert!(stderr.contains("known sites: demo-bank"), "{stderr}");
@@ -259,7 +259,7 @@ async fn locked_credential_is_listed_and_unlocked() {
         String::from_utf8_lossy(&unlock.stderr)
     );
     assert!(String::from_utf8_lossy(&after.stdout).trim().is_empty());
-    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("is not locked"));
 }
 

@@ -71,10 +71,10 @@ pub enum DenyReason {
     MethodNotAllowed,
     /// The CONNECT target is not `host:port`, or the host is not a valid name.
     MalformedTarget,
-    /// The site does not allow the host.
-    HostNotAllowed,
-    /// The site does not allow the port.
-    PortNotAllowed,
+    /// The site does not allow the host, whatever the port.
+    HostNotAllowed { host: String },
+    /// The site allows the host but not the port.
+    PortNotAllowed { port: u16 },
     /// The target is an IP literal that the site does not list.
     IpLiteralNotAllowed,
     /// DNS resolution failed or returned no address.
@@ -107,8 +107,8 @@ impl DenyReason {
             Self::RequestHeadTimedOut => "request_head_timed_out",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::MalformedTarget => "malformed_target",
-            Self::HostNotAllowed => "host_not_allowed",
-            Self::PortNotAllowed => "port_not_allowed",
+            Self::HostNotAllowed { .. } => "host_not_allowed",
+            Self::PortNotAllowed { .. } => "port_not_allowed",
             Self::IpLiteralNotAllowed => "ip_literal_not_allowed",
             Self::ResolutionFailed => "resolution_failed",
             Self::AddressNotAllowed { .. } => "address_not_allowed",
@@ -139,8 +139,12 @@ impl fmt::Display for DenyReason {
             Self::RequestHeadTimedOut => formatter.write_str("request head did not arrive in time"),
             Self::MethodNotAllowed => formatter.write_str("method is not CONNECT"),
             Self::MalformedTarget => formatter.write_str("CONNECT target is not a valid host:port"),
-            Self::HostNotAllowed => formatter.write_str("host is not allowed for this site"),
-            Self::PortNotAllowed => formatter.write_str("port is not allowed for this site"),
+            Self::HostNotAllowed { host } => {
+                write!(formatter, "host {host} is not allowed for this site")
+            }
+            Self::PortNotAllowed { port } => {
+                write!(formatter, "port {port} is not allowed for this site")
+            }
             Self::IpLiteralNotAllowed => {
                 formatter.write_str("IP-literal target is not allowed for this site")
             }

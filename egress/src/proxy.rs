@@ -456,31 +456,24 @@ impl Connection {
         let config = &self.proxy.shared.config;
         let deadline = Instant::now() + config.connect_timeout;
 
+        // The host is checked before the port, so that a denial of a host the site
+        // does not list names the host whatever port was requested.
+        if !policy.allows_host(host) {
+            let reason = match host {
+                TargetHost::Ip(_) => DenyReason::IpLiteralNotAllowed,
+                TargetHost::Name(name) => DenyReason::HostNotAllowed { host: name.clone() },
+            };
+            return Err(Denial::new(reason, StatusCode::FORBIDDEN));
+        }
         if !policy.allows_port(port) {
             return Err(Denial::new(
-                DenyReason::PortNotAllowed,
+                DenyReason::PortNotAllowed { port },
                 StatusCode::FORBIDDEN,
             ));
         }
         let resolved = match host {
-            TargetHost::Ip(ip) => {
-                if !policy.allows_host(host) {
-                    return Err(Denial::new(
-                        DenyReason::IpLiteralNotAllowed,
-                        StatusCode::FORBIDDEN,
-                    ));
-                }
-                vec![*ip]
-            }
-            TargetHost::Name(name) => {
-                if !policy.allows_host(host) {
-                    return Err(Denial::new(
-                        DenyReason::HostNotAllowed,
-                        StatusCode::FORBIDDEN,
-                    ));
-                }
-                self.resolve(name, deadline).await?
-            }
+            TargetHost::Ip(ip) => vec![*ip],
+            TargetHost::Name(name) => self.resolve(name, deadline).await?,
         };
 
         let candidates = self.check_addresses(&resolved)?;

@@ -528,7 +528,7 @@ async fn workspace_tunnels_through_firewalled_proxy() {
     assert_eq!(
         denied.outcome,
         egress::Outcome::Denied {
-            reason: egress::DenyReason::PortNotAllowed
+            reason: egress::DenyReason::PortNotAllowed { port: bank_port }
         }
     );
 

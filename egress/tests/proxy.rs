@@ -319,11 +319,37 @@ async fn host_not_allowed_is_refused() {
         assert_eq!(body, b"403 Forbidden\n", "{host}");
 
         let event = harness.next_event().await;
-        assert_eq!(denied_reason(&event), &DenyReason::HostNotAllowed, "{host}");
+        assert_eq!(
+            denied_reason(&event),
+            &DenyReason::HostNotAllowed {
+                host: host.to_owned()
+            },
+            "{host}"
+        );
         assert_eq!(event.host.as_deref(), Some(host));
         assert_eq!(event.resolved_ip, None);
     }
     assert_eq!(harness.bank.connections.load(Ordering::SeqCst), 0);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn host_not_allowed_on_other_port_names_host() {
+    let mut harness = Harness::start(ProxyConfig::default()).await;
+    let (_stream, status) = harness.connect_request("other.example:80").await;
+    assert_eq!(status, 403);
+
+    let reason = denied_reason(&harness.next_event().await).clone();
+    assert_eq!(
+        reason,
+        DenyReason::HostNotAllowed {
+            host: "other.example".to_owned()
+        }
+    );
+    assert_eq!(
+        reason.to_string(),
+        "host other.example is not allowed for this site"
+    );
     harness.stop().await;
 }
 
@@ -556,7 +582,7 @@ async fn ip_literal_and_port_are_checked() {
     assert_eq!(status, 403);
     assert_eq!(
         denied_reason(&harness.next_event().await),
-        &DenyReason::PortNotAllowed
+        &DenyReason::PortNotAllowed { port: 443 }
     );
 
     let (_stream, status) = harness.connect_request("bank.example").await;
@@ -1120,7 +1146,12 @@ async fn denial_log_lines_are_rate_limited() {
     }
     for _ in 0..attempts {
         let event = harness.next_event().await;
-        assert_eq!(denied_reason(&event), &DenyReason::HostNotAllowed);
+        assert_eq!(
+            denied_reason(&event),
+            &DenyReason::HostNotAllowed {
+                host: "other.example".to_owned()
+            }
+        );
     }
 
     let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();

@@ -512,7 +512,7 @@ impl Launcher {
                 id,
                 name,
             } => {
-                tracing::warn!(container.name = %name, session.id = ?session_id, "Removing an orphan workspace");
+                tracing::warn!(container.name = %name, session.id = session_id.map(|id| id.to_string()), "Removing an orphan workspace");
                 if let Some(session_id) = session_id {
                     self.state().sessions.remove(&session_id);
                 }
@@ -527,7 +527,7 @@ impl Launcher {
                 id,
                 name,
             } => {
-                tracing::warn!(network.name = %name, session.id = ?session_id, "Removing an orphan network");
+                tracing::warn!(network.name = %name, session.id = session_id.map(|id| id.to_string()), "Removing an orphan network");
                 if self.remove_network_or_queue(&id, session_id).await {
                     report.removed_networks.push(name);
                 } else {

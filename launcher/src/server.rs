@@ -313,7 +313,7 @@ async fn watch_exits(launcher: Launcher, shutdown: CancellationToken) {
             match next {
                 Some(Ok(exit)) => {
                     let session = exit.labels.get(labels::SESSION).map_or("", String::as_str);
-                    tracing::warn!(session.id = %session, container.id = %exit.container_id, exit_code = ?exit.exit_code, "Workspace exited");
+                    tracing::warn!(session.id = %session, container.id = %exit.container_id, exit_code = exit.exit_code, "Workspace exited");
                     if let Ok(session_id) = uuid::Uuid::parse_str(session) {
                         let reason = match exit.exit_code {
                             Some(code) => format!("workspace exited with code {code}"),

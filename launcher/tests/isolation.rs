@@ -535,7 +535,9 @@ async fn workspace_reaches_only_its_proxy() {
     assert_eq!(
         event.outcome,
         Outcome::Denied {
-            reason: DenyReason::HostNotAllowed
+            reason: DenyReason::HostNotAllowed {
+                host: "other.test".to_owned()
+            }
         }
     );
     let output = connect_through(ws, proxy_b, "bank.test", bank_port).await;

@@ -49,6 +49,7 @@ actions! {
     SessionIdleWarned => "session.idle.warned",
     SiteAccessed => "session.site.accessed",
     ViewerAttached => "session.viewer.attached",
+    ClipboardTransferred => "session.clipboard.transferred",
     CredentialRetrieved => "credential.retrieved",
     AutoLoginAttempted => "credential.auto_login.attempted",
     AutoLoginFinished => "credential.auto_login.finished",

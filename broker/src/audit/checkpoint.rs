@@ -41,7 +41,11 @@ impl std::fmt::Debug for AuditSigningKey {
 impl AuditSigningKey {
     /// Reads `DATA_DIR/audit-signing.key`, creating it (mode 0600) when missing.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<AuditSigningKey> {
-        let seed = crate::keyfile::load_or_create(&key_path(data_dir), "audit signing")?;
+        let seed = crate::keyfile::load_or_create(
+            &key_path(data_dir),
+            "audit signing",
+            crate::keyfile::KeyKind::Signing,
+        )?;
         Ok(AuditSigningKey(SigningKey::from_bytes(&seed)))
     }
 

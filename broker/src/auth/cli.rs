@@ -7,7 +7,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -17,6 +17,7 @@ use super::secret_key::TotpKey;
 use super::totp::TotpSecret;
 use super::{Role, policy, users};
 use crate::audit::{Action, Actor, AuditLog, EventBuilder};
+use crate::cli::InputError;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::db::Database;
@@ -99,7 +100,7 @@ pub async fn run(config: &Config, db: &Database, command: UserCommand) -> i32 {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("error: {error:#}");
-            1
+            crate::cli::exit_code_of(&error)
         }
     }
 }
@@ -162,7 +163,10 @@ fn read_password(file: Option<&Path>, username: &str) -> anyhow::Result<Zeroizin
         text.pop();
     }
     if let Err(problem) = policy::check_new_password(&text, username) {
-        bail!("password rejected: {problem}; choose another or use --generate-password");
+        return Err(InputError(format!(
+            "password rejected: {problem}; choose another or use --generate-password"
+        ))
+        .into());
     }
     Ok(text)
 }
@@ -261,8 +265,11 @@ fn print_enrolment(secret: &TotpSecret, username: &str) {
 }
 
 async fn find(db: &Database, name: &str) -> anyhow::Result<users::UserRecord> {
-    users::find(db, name).await?.with_context(|| {
-        format!("no user named {name:?}; `strongroom user list` shows every person")
+    users::find(db, name).await?.ok_or_else(|| {
+        InputError(format!(
+            "no user named {name:?}; `strongroom user list` shows every person"
+        ))
+        .into()
     })
 }
 
@@ -301,7 +308,10 @@ async fn set_roles(
 async fn unlock(db: &Database, audit: &AuditLog, now_ms: i64, name: &str) -> anyhow::Result<()> {
     let user = find(db, name).await?;
     let Some(username) = user.username.clone().filter(|_| user.source == "local") else {
-        bail!("{name:?} signs in through OIDC; the identity provider handles their lockout");
+        return Err(InputError(format!(
+            "{name:?} signs in through OIDC; the identity provider handles their lockout"
+        ))
+        .into());
     };
     let was_locked =
         super::unlock_local_account(db, audit, &username, &user.id, Actor::System("cli"), now_ms)
@@ -316,9 +326,10 @@ async fn unlock(db: &Database, audit: &AuditLog, now_ms: i64, name: &str) -> any
 async fn reset_mfa(db: &Database, audit: &AuditLog, now_ms: i64, name: &str) -> anyhow::Result<()> {
     let user = find(db, name).await?;
     let Some(username) = user.username.clone().filter(|_| user.source == "local") else {
-        bail!(
+        return Err(InputError(format!(
             "{name:?} signs in through OIDC; their second factor is managed at the identity provider"
-        );
+        ))
+        .into());
     };
     users::clear_totp(db, &user.id, now_ms).await?;
     audit

@@ -98,7 +98,8 @@ impl IntoResponse for AuthRejection {
     }
 }
 
-fn wants_html(headers: &HeaderMap) -> bool {
+/// Tells whether a request asks for an HTML page, as browsers do, rather than JSON.
+pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok())

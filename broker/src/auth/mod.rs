@@ -44,6 +44,7 @@ use crate::db::Database;
 use crate::http::AppState;
 
 pub use csrf::{origin_allowed, require_same_origin};
+pub(crate) use extract::wants_html;
 pub use extract::{
     AuthRejection, CurrentSession, CurrentUser, RequireAdmin, RequireAuditor, RequireUser,
 };

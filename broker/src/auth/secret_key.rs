@@ -42,7 +42,8 @@ impl TotpKey {
     /// A key file that other users can read is rejected rather than used.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<TotpKey> {
         let path = data_dir.join(KEY_FILE_NAME);
-        let key = crate::keyfile::load_or_create(&path, "TOTP")?;
+        let key =
+            crate::keyfile::load_or_create(&path, "TOTP", crate::keyfile::KeyKind::Encryption)?;
         Ok(TotpKey { key, path })
     }
 

@@ -236,3 +236,32 @@ fn every_bad_launcher_key_is_named() {
         assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
     }
 }
+
+#[test]
+fn log_level_outside_levels_is_rejected() {
+    for bad in ["verbose", "warning", "broker=loud", ""] {
+        let error = load_text(&format!("[log]\nlevel = {bad:?}\n"), &[]).unwrap_err();
+        assert_eq!(keys(&error), vec!["log.level"], "{bad}");
+        let message = &error.problems[0].message;
+        assert!(
+            message.contains("trace, debug, info, warn, error, off"),
+            "{message}"
+        );
+    }
+    let error = load_text("[log]\nlevel = \"verbose\"\n", &[]).unwrap_err();
+    assert!(
+        error.problems[0].message.contains("\"verbose\""),
+        "{}",
+        error.problems[0].message
+    );
+
+    for good in [
+        "info",
+        "WARN",
+        "broker=debug,info",
+        "broker::stream=trace, warn",
+    ] {
+        let config = load_text(&format!("[log]\nlevel = {good:?}\n"), &[]);
+        assert!(config.is_ok(), "{good}: {config:?}");
+    }
+}

@@ -303,6 +303,34 @@ fn url_has_password(url: &str) -> bool {
     }
 }
 
+/// Levels that `log.level` accepts alone or after `TARGET=` in a directive.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a `log.level` value: comma-separated directives, each a level or
+/// `TARGET=LEVEL`. A bare word that is not a level parses as a tracing target
+/// directive, which would silence everything else, so it is rejected.
+fn check_log_level(level: &str) -> Result<(), String> {
+    let accepted = format!(
+        "use one of {} or directives such as \"broker=debug,info\"",
+        LOG_LEVELS.join(", ")
+    );
+    for directive in level.split(',').map(str::trim) {
+        let level_part = match directive.rsplit_once('=') {
+            Some((_, level_part)) => level_part,
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&level_part.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "invalid level {level_part:?} in {level:?}; {accepted}"
+            ));
+        }
+    }
+    if tracing_subscriber::EnvFilter::try_new(level).is_err() {
+        return Err(format!("invalid filter directive {level:?}; {accepted}"));
+    }
+    Ok(())
+}
+
 fn validate_log(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<LogConfig> {
     let level = take(
         &raw.log.level,
@@ -311,14 +339,8 @@ fn validate_log(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Lo
         problems,
     )
     .unwrap_or_else(|| "info".to_owned());
-    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        problem(
-            problems,
-            "log.level",
-            format!(
-                "invalid filter directive {level:?}; use a level such as \"info\" or \"broker=debug,info\""
-            ),
-        );
+    if let Err(message) = check_log_level(&level) {
+        problem(problems, "log.level", message);
     }
 
     let format_text = take(

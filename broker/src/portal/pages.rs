@@ -92,7 +92,7 @@ pub fn viewer(record: &SessionRecord, ticket: &str, mode: ViewerMode) -> Respons
     };
     let body = format!(
         "<div id=\"viewer\" data-socket=\"{socket}\" data-ticket-url=\"/sessions/{id}/ticket\" data-mode=\"{mode_name}\">\n\
-         <p><span id=\"recorded\" style=\"color:#b00\">&#9679; Recorded</span> {site}</p>{notice}\n\
+         <p><span id=\"recorded\" style=\"color:#b00\" hidden>&#9679; Recorded</span> {site}</p>{notice}\n\
          <p id=\"watched\" role=\"alert\" style=\"background:#fe3;padding:4px\" hidden></p>\n\
          <p id=\"connection\" role=\"status\" hidden></p>\n\
          <p id=\"status\" role=\"status\" hidden></p>\n\

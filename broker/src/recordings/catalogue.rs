@@ -183,6 +183,11 @@ pub async fn add_segment(db: &Database, id: Uuid, index: u64, bytes: u64) -> any
     Ok(())
 }
 
+/// Detail of a sealed recording without a single frame: its session ended, or its launch
+/// failed, before the screen reached the recorder.
+pub const NOTHING_RECORDED: &str =
+    "nothing recorded: the session ended before its screen reached the recorder";
+
 /// Outcome of sealing a recording.
 #[derive(Debug, Clone)]
 pub struct SealedEntry {

@@ -52,7 +52,8 @@ pub struct Manifest {
 /// Loads the export signing key, creating it on first use.
 pub fn signing_key(config: &Config) -> anyhow::Result<SigningKey> {
     let path = config.data_dir.join(SIGNING_KEY_FILE);
-    let secret = crate::keyfile::load_or_create(&path, "export signing")?;
+    let secret =
+        crate::keyfile::load_or_create(&path, "export signing", crate::keyfile::KeyKind::Signing)?;
     Ok(SigningKey::from_bytes(&secret))
 }
 

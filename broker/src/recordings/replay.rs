@@ -11,8 +11,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -75,7 +76,18 @@ fn parse_time(text: &str, end_of_day: bool) -> Option<DateTime<Utc>> {
 async fn list_page(
     State(state): State<AppState>,
     CurrentSession { principal, .. }: CurrentSession,
+    headers: HeaderMap,
     Query(query): Query<ListQuery>,
+) -> Response {
+    list(&state, &principal, &query)
+        .await
+        .unwrap_or_else(|error| error.into_page_response(&headers))
+}
+
+async fn list(
+    state: &AppState,
+    principal: &Principal,
+    query: &ListQuery,
 ) -> Result<Response, ApiError> {
     let mut filter = catalogue::Filter {
         user_id: non_empty(&query.person).map(str::to_owned),
@@ -101,7 +113,7 @@ async fn list_page(
         }
     }
     let entries = catalogue::list(&state.db, &filter).await?;
-    Ok(list_html(&principal, &query, &entries))
+    Ok(list_html(principal, query, &entries))
 }
 
 fn list_html(principal: &Principal, query: &ListQuery, entries: &[CatalogueEntry]) -> Response {
@@ -128,15 +140,19 @@ fn list_html(principal: &Principal, query: &ListQuery, entries: &[CatalogueEntry
          <th>Length</th><th>Segments</th><th>State</th><th>Kept until</th><th></th></tr>\n",
     );
     for entry in entries {
-        let length = entry
-            .ended_at
-            .map(|end| format_duration((end - entry.started_at).num_seconds().max(0)))
+        let length = recording_length_us(entry)
+            .map(|length_us| format_duration((length_us / 1_000_000) as i64))
             .unwrap_or_default();
-        let mut state = entry.state.as_str().to_owned();
+        let nothing_recorded = entry.state == RecordingState::Sealed && entry.segment_count == 0;
+        let mut state = if nothing_recorded {
+            "nothing recorded".to_owned()
+        } else {
+            entry.state.as_str().to_owned()
+        };
         if entry.legal_hold {
             state.push_str(", legal hold");
         }
-        let link = if entry.state == RecordingState::Deleted {
+        let link = if entry.state == RecordingState::Deleted || nothing_recorded {
             String::new()
         } else {
             format!(
@@ -155,11 +171,25 @@ fn list_html(principal: &Principal, query: &ListQuery, entries: &[CatalogueEntry
         ));
     }
     body.push_str("</table>\n");
+    body.push_str(
+        "<p id=\"length-note\">Length is the time from the start of the recording, when its session launched, to its end; the player shows the same length.</p>\n",
+    );
     if entries.is_empty() {
         body.push_str("<p id=\"empty\">No recording matches.</p>\n");
     }
     body.push_str("<p><a href=\"/\">Back to the portal</a></p>\n");
     page(StatusCode::OK, "Recordings", &body, "")
+}
+
+/// The recording's length in microseconds: from its start, when its session launched,
+/// to its end. `None` while it is still being written. The screen sends no frame while
+/// it does not change, so this is longer than the span of the frames.
+fn recording_length_us(entry: &CatalogueEntry) -> Option<u64> {
+    let end = entry.ended_at?;
+    let length = (end - entry.started_at)
+        .num_microseconds()
+        .unwrap_or(i64::MAX);
+    Some(length.max(0) as u64)
 }
 
 fn format_duration(seconds: i64) -> String {
@@ -198,12 +228,26 @@ fn deleted_message(entry: &CatalogueEntry) -> String {
     )
 }
 
+/// The player page. Its errors, an id that is not a UUID included, are the portal's
+/// error page for a browser and the JSON error body for other clients.
 async fn player_page(
     State(state): State<AppState>,
     CurrentSession { principal, .. }: CurrentSession,
-    Path(id): Path<Uuid>,
-) -> Result<Response, ApiError> {
-    let entry = replayable(&state, &principal, id).await?;
+    headers: HeaderMap,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Response {
+    let result = match id {
+        Ok(Path(id)) => player(&state, &principal, id).await,
+        Err(_) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such recording; the address does not end in a recording id, so open it from the recordings list",
+        )),
+    };
+    result.unwrap_or_else(|error| error.into_page_response(&headers))
+}
+
+async fn player(state: &AppState, principal: &Principal, id: Uuid) -> Result<Response, ApiError> {
+    let entry = replayable(state, principal, id).await?;
     if entry.state == RecordingState::Deleted {
         let body = format!(
             "<p id=\"error\" role=\"alert\">{}</p><p><a href=\"/recordings\">Back to the recordings</a></p>",
@@ -232,7 +276,7 @@ async fn player_page(
          <span style=\"position:relative;display:inline-block;width:60%\">\
          <input type=\"range\" id=\"seek\" min=\"0\" max=\"0\" step=\"any\" value=\"0\" style=\"width:100%\" disabled>\
          <span id=\"markers\" style=\"position:absolute;left:0;right:0;top:-10px;height:10px\"></span></span> \
-         <span id=\"time\">0:00:00</span> / <span id=\"duration\">0:00:00</span> \
+         <span id=\"time\">0:00:00</span> / <span id=\"duration\" title=\"From the start of the recording to its end, as in the recordings list\">0:00:00</span> \
          <label>Speed <select id=\"speed\"><option value=\"0.5\">0.5×</option><option value=\"1\" selected>1×</option>\
          <option value=\"2\">2×</option><option value=\"4\">4×</option><option value=\"8\">8×</option></select></label></div>\n\
          <p><a href=\"/recordings\">Back to the recordings</a></p>\n</div>\n\
@@ -255,7 +299,11 @@ struct IndexBody {
     width: u32,
     height: u32,
     first_pts_us: u64,
+    /// The recording's length, as the recordings list shows it: from its start to its
+    /// end, or the span of its frames when that is longer or it has not ended.
     duration_us: u64,
+    /// Time from the first frame to the last, which is the length of an export.
+    frames_duration_us: u64,
     sealed: bool,
     segments: Vec<SegmentBody>,
     markers: Vec<super::markers::TimelineMarker>,
@@ -366,7 +414,10 @@ async fn index(
         ));
     };
     let first_pts_us = reader.first_pts_us().unwrap_or(0);
-    let duration_us = reader.duration().as_micros() as u64;
+    let frames_duration_us = reader.duration().as_micros() as u64;
+    let duration_us = recording_length_us(&entry).map_or(frames_duration_us, |length_us| {
+        length_us.max(frames_duration_us)
+    });
     let markers = super::markers::timeline_markers(
         &state.audit,
         entry.session_id,
@@ -382,6 +433,7 @@ async fn index(
         height: stream.height,
         first_pts_us,
         duration_us,
+        frames_duration_us,
         sealed: reader.is_sealed(),
         segments: reader
             .segments()

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 use super::{BankCredentials, CredentialKey, CredentialRef, LocalStore};
 use crate::audit::{Action, Actor, AuditLog, EventBuilder};
+use crate::cli::InputError;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::config::secrets::SecretsConfig;
@@ -73,7 +74,7 @@ pub async fn run(config: &Config, db: &Database, command: CredentialCommand) -> 
         Ok(()) => 0,
         Err(error) => {
             eprintln!("error: {error:#}");
-            1
+            crate::cli::exit_code_of(&error)
         }
     }
 }
@@ -90,9 +91,11 @@ async fn execute(config: &Config, db: &Database, command: CredentialCommand) -> 
         CredentialCommand::List => {}
     }
     if let SecretsConfig::Infisical(_) = config.secrets {
-        bail!(
+        return Err(InputError(
             "secrets.source is \"infisical\": manage credentials in Infisical, not with `strongroom secrets`"
-        );
+                .to_owned(),
+        )
+        .into());
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let key = CredentialKey::load_or_create(&config.data_dir)?;
@@ -119,7 +122,8 @@ async fn execute(config: &Config, db: &Database, command: CredentialCommand) -> 
                 (None, true) => None,
                 (None, false) => optional_line(&mut stdin, prompting)?,
             };
-            let credentials = BankCredentials::new(&reference, username, password, totp_seed)?;
+            let credentials = BankCredentials::new(&reference, username, password, totp_seed)
+                .map_err(|error| InputError(error.to_string()))?;
             set(&store, &audit, actor, &reference, &credentials).await?;
             println!("stored {reference}");
             Ok(())
@@ -127,9 +131,10 @@ async fn execute(config: &Config, db: &Database, command: CredentialCommand) -> 
         CredentialCommand::Delete { site, user } => {
             let reference = reference(&site, user.as_deref())?;
             if !store.delete(&reference).await? {
-                bail!(
+                return Err(InputError(format!(
                     "nothing is stored for {reference}; `strongroom secrets list` shows what is"
-                );
+                ))
+                .into());
             }
             let event = EventBuilder::new(actor, Action::SecretAccessed)
                 .target(reference.audit_target())
@@ -169,13 +174,14 @@ async fn check_site_exists(db: &Database, site: &str) -> anyhow::Result<()> {
         .into_iter()
         .map(|site| site.definition.name)
         .collect();
-    if known.is_empty() {
-        bail!("no site named {site:?}; the catalogue is empty, import sites with `strongroom site import FILE`");
-    }
-    bail!(
-        "no site named {site:?}; known sites: {}",
-        known.join(", ")
-    );
+    let message = if known.is_empty() {
+        format!(
+            "no site named {site:?}; the catalogue is empty, import sites with `strongroom site import FILE`"
+        )
+    } else {
+        format!("no site named {site:?}; known sites: {}", known.join(", "))
+    };
+    Err(InputError(message).into())
 }
 
 async fn list_locked(db: &Database) -> anyhow::Result<()> {
@@ -199,7 +205,10 @@ async fn unlock(db: &Database, site: &str, user: Option<&str>) -> anyhow::Result
     let reference = reference(site, user)?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     if !super::usage::unlock(db, &reference, now_ms).await? {
-        bail!("{reference} is not locked; `strongroom secrets locked` lists the locked ones");
+        return Err(InputError(format!(
+            "{reference} is not locked; `strongroom secrets locked` lists the locked ones"
+        ))
+        .into());
     }
     let audit = AuditLog::new(db.clone(), Arc::new(SystemClock));
     let event = EventBuilder::new(Actor::System("cli"), Action::SecretAccessed)
@@ -236,10 +245,11 @@ pub async fn set(
 }
 
 fn reference(site: &str, user: Option<&str>) -> anyhow::Result<CredentialRef> {
-    Ok(match user {
-        Some(user) => CredentialRef::personal(site, user)?,
-        None => CredentialRef::shared(site)?,
-    })
+    let reference = match user {
+        Some(user) => CredentialRef::personal(site, user),
+        None => CredentialRef::shared(site),
+    };
+    reference.map_err(|error| InputError(error.to_string()).into())
 }
 
 /// Reads a value from a file, or else one line of standard input.

@@ -51,7 +51,11 @@ impl CredentialKey {
     /// file that other users can read, or of the wrong size, is rejected.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<CredentialKey> {
         let path = data_dir.join(KEY_FILE_NAME);
-        let key = crate::keyfile::load_or_create(&path, "credential")?;
+        let key = crate::keyfile::load_or_create(
+            &path,
+            "credential",
+            crate::keyfile::KeyKind::Encryption,
+        )?;
         Ok(CredentialKey { key, path })
     }
 

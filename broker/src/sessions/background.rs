@@ -13,6 +13,19 @@ use crate::tasks::TaskRegistry;
 
 /// Wait between failed recovery attempts at start.
 const RECOVERY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Time after start during which a launcher that refuses connections is expected,
+/// because the embedded launcher child is still starting, and recovery retries quietly.
+const LAUNCHER_START_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Tells whether a recovery failure is the expected one of a start: within
+/// [`LAUNCHER_START_GRACE`], the launcher does not accept connections yet.
+fn launcher_still_starting(error: &anyhow::Error, elapsed: std::time::Duration) -> bool {
+    elapsed < LAUNCHER_START_GRACE
+        && matches!(
+            error.downcast_ref::<launcher::ClientError>(),
+            Some(launcher::ClientError::Connect { .. })
+        )
+}
 
 /// What one reaper pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,12 +71,20 @@ impl SessionService {
         tasks.spawn("sessions-reconciler", async move {
             // Recovery is retried sooner than the reconciliation interval, because the
             // embedded launcher child may still be starting.
+            let started = std::time::Instant::now();
             loop {
                 match service.recover().await {
                     Ok(report) => {
                         tracing::info!(ended = report.ended.len(), "Session recovery finished");
                         service.inner.recovered.send_replace(true);
                         break;
+                    }
+                    Err(error) if launcher_still_starting(&error, started.elapsed()) => {
+                        tracing::debug!(
+                            error = format!("{error:#}"),
+                            retry_ms = millis(RECOVERY_RETRY),
+                            "Session recovery waits for the launcher to listen"
+                        );
                     }
                     Err(error) => {
                         tracing::warn!(
@@ -282,4 +303,42 @@ impl SessionService {
 
 fn millis(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{LAUNCHER_START_GRACE, launcher_still_starting};
+
+    /// Returns the error of a recovery against a launcher socket that nothing listens on.
+    async fn launcher_not_listening() -> anyhow::Error {
+        let dir = tempfile::tempdir().unwrap();
+        let client = launcher::LauncherClient::new(dir.path().join("launcher.sock"));
+        anyhow::Error::from(client.list_sessions().await.unwrap_err())
+    }
+
+    #[tokio::test]
+    async fn unreachable_launcher_at_start_is_expected() {
+        let error = launcher_not_listening().await;
+        assert!(
+            launcher_still_starting(&error, Duration::from_secs(2)),
+            "{error:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_launcher_after_grace_warns() {
+        let error = launcher_not_listening().await;
+        assert!(
+            !launcher_still_starting(&error, LAUNCHER_START_GRACE),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn other_failure_at_start_warns() {
+        let error = anyhow::anyhow!("cannot list live sessions");
+        assert!(!launcher_still_starting(&error, Duration::ZERO));
+    }
 }

@@ -302,7 +302,18 @@ impl Link {
                 // INVARIANT: the workspace is untrusted, so its copies reach the
                 // person only where the site allows copying out.
                 if self.stream.clipboard.allows_copy_out() {
-                    self.stream.publish(ViewerEvent::Clipboard { text });
+                    match self
+                        .stream
+                        .audit_clipboard(super::ClipboardDirection::CopyOut, &text)
+                        .await
+                    {
+                        Ok(()) => self.stream.publish(ViewerEvent::Clipboard { text }),
+                        Err(error) => tracing::error!(
+                            error = format!("{error:#}"),
+                            text.len = text.len(),
+                            "Dropped workspace clipboard text: the audit trail could not record it"
+                        ),
+                    }
                 } else {
                     tracing::debug!(
                         text.len = text.len(),
@@ -400,12 +411,17 @@ impl Link {
                         );
                     }
                 }
+                // A stream that ended before its first frame, such as one whose
+                // workspace never answered, leaves a valid but empty recording. Its row
+                // says so, and the recordings list shows it as nothing recorded.
+                let detail =
+                    (summary.segment_count == 0).then(|| catalogue::NOTHING_RECORDED.to_owned());
                 let sealed = catalogue::SealedEntry {
                     ended_at: chrono::Utc::now(),
                     segment_count: summary.segment_count,
                     bytes: summary.stored_bytes,
                     seal_sha256: summary.seal_sha256,
-                    detail: None,
+                    detail,
                 };
                 if let Err(error) =
                     catalogue::mark_sealed(self.hub.audit().database(), self.recording.id(), &sealed)

@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::audit::AuditLog;
+use crate::audit::{Action, Actor, AuditLog, EventBuilder};
 use crate::sites::ClipboardPolicy;
 use crate::tasks::TaskRegistry;
 pub use recording::RecordingSettings;
@@ -137,8 +137,11 @@ struct Snapshot {
 pub struct LiveStream {
     pub session_id: Uuid,
     pub owner: String,
+    /// The session's site, which clipboard audit events name.
+    pub site: String,
     pub recording_id: Uuid,
     pub clipboard: ClipboardPolicy,
+    audit: AuditLog,
     to_agent: mpsc::Sender<BrokerMessage>,
     events: broadcast::Sender<ViewerEvent>,
     snapshot: Mutex<Snapshot>,
@@ -173,6 +176,26 @@ impl LiveStream {
             _ = self.stop.cancelled() => return None,
         };
         result.ok().and_then(|result| result.clone())
+    }
+
+    /// Audits a clipboard transfer that the site's policy allowed: the owner, the
+    /// session, the site, the direction and the text's length in UTF-8 bytes, never the
+    /// text. The caller passes the text on only when this succeeds.
+    pub async fn audit_clipboard(
+        &self,
+        direction: ClipboardDirection,
+        text: &str,
+    ) -> anyhow::Result<()> {
+        let event = EventBuilder::new(
+            Actor::Person(self.owner.clone()),
+            Action::ClipboardTransferred,
+        )
+        .session(self.session_id)
+        .target(self.site.clone())
+        .detail("direction", direction.as_str())
+        .detail("bytes", text.len())
+        .build();
+        self.audit.append(event).await.map(|_| ())
     }
 
     /// Subscribes a viewer: the current state first, then every later event.
@@ -253,6 +276,24 @@ impl LiveStream {
     }
 }
 
+/// Direction of a clipboard transfer, named as in the site's clipboard policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipboardDirection {
+    /// The person's paste into the workspace.
+    PasteIn,
+    /// Text copied in the workspace, sent to the owner's viewers.
+    CopyOut,
+}
+
+impl ClipboardDirection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClipboardDirection::PasteIn => "paste_in",
+            ClipboardDirection::CopyOut => "copy_out",
+        }
+    }
+}
+
 /// All live streams of this broker.
 #[derive(Clone)]
 pub struct StreamHub {
@@ -304,6 +345,10 @@ impl StreamHub {
     /// Starts the recording and the agent link of a session. The recording is created
     /// before anything connects, so a failing store refuses the stream at once.
     pub async fn start(&self, start: StreamStart) -> anyhow::Result<Arc<LiveStream>> {
+        let site = crate::sessions::store::get(self.inner.audit.database(), start.session_id)
+            .await?
+            .map(|session| session.site)
+            .unwrap_or_default();
         let recording = recording::start_catalogued(
             &self.inner.recording,
             self.inner.audit.database(),
@@ -318,8 +363,10 @@ impl StreamHub {
         let stream = Arc::new(LiveStream {
             session_id: start.session_id,
             owner: start.owner.clone(),
+            site,
             recording_id: start.recording_id,
             clipboard: start.clipboard,
+            audit: self.inner.audit.clone(),
             to_agent,
             events,
             snapshot: Mutex::new(Snapshot::default()),

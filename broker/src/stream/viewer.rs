@@ -320,7 +320,7 @@ pub async fn serve(
             incoming = receiver.next() => match incoming {
                 Some(Ok(Message::Text(text))) => match mode {
                     ViewerMode::Control => {
-                        if let Some(reply) = forward_input(&stream, hooks.as_deref(), text.as_str())
+                        if let Some(reply) = forward_input(&stream, hooks.as_deref(), text.as_str()).await
                             && sender.send(reply).await.is_err()
                         {
                             break;
@@ -356,9 +356,9 @@ pub async fn serve(
     let _ = sender.close().await;
 }
 
-/// Forwards one viewer message to the agent. Returns a status for the viewer when the
-/// message is refused for a reason the person can act on.
-fn forward_input(
+/// Forwards one viewer message to the agent, after auditing a paste. Returns a status
+/// for the viewer when the message is refused for a reason the person can act on.
+async fn forward_input(
     stream: &LiveStream,
     hooks: Option<&dyn SessionHooks>,
     text: &str,
@@ -388,6 +388,16 @@ fn forward_input(
                 reason: &error.to_string(),
             })
         });
+    }
+    if let BrokerMessage::Paste { text } = &message
+        && let Err(error) = stream
+            .audit_clipboard(super::ClipboardDirection::PasteIn, text)
+            .await
+    {
+        tracing::error!(session.id = %stream.session_id, error = format!("{error:#}"), "Refused a paste: the audit trail could not record it");
+        return Some(status(&StatusMessage::InputRefused {
+            reason: "the paste could not be recorded in the audit trail",
+        }));
     }
     if stream.send_to_agent(message) && activity {
         stream.clear_idle_warning();

@@ -34,6 +34,30 @@ pub fn fit_size(width: u32, height: u32, min: u32, max: MaxSize) -> (u32, u32) {
     (fit(width, max.width), fit(height, max.height))
 }
 
+/// Returns the screen size for a viewer's resize request of `width`x`height` CSS
+/// pixels at `device_pixel_ratio`.
+///
+/// The screen has the viewer's size in CSS pixels whatever the ratio. Chromium draws
+/// pages at the device scale factor it was started with (`--force-device-scale-factor`,
+/// the agent's `--device-scale-factor`), so a screen of `ratio` times as many pixels
+/// would show pages at `1 / ratio` of their size, and would multiply the encoder's work
+/// by `ratio²`. The viewer's browser scales the picture up by its ratio instead: at
+/// ratio 2 each screen pixel covers 2×2 device pixels, so the layout matches the
+/// viewer's window and the picture is as sharp as on a ratio-1 display, not sharper.
+///
+/// TODO: a sharp picture at ratio 2 needs the scale factor to follow the viewer, for
+/// example through DevTools' `Emulation.setDeviceMetricsOverride`; it is not built.
+pub fn resize_target(
+    width: u32,
+    height: u32,
+    device_pixel_ratio: f32,
+    min: u32,
+    max: MaxSize,
+) -> (u32, u32) {
+    let _ = device_pixel_ratio;
+    fit_size(width, height, min, max)
+}
+
 /// Sets the size of the screen of `root` to `width`x`height` pixels. Returns early
 /// when the screen has that size already.
 pub fn set_screen_size(
@@ -226,6 +250,17 @@ mod tests {
     #[test]
     fn fit_size_rounds_down_to_even() {
         assert_eq!(fit_size(801, 601, 64, MAX), (800, 600));
+    }
+
+    #[test]
+    fn resize_target_uses_css_pixels_at_any_ratio() {
+        for ratio in [0.5, 1.0, 1.5, 2.0, 4.0] {
+            assert_eq!(
+                resize_target(1200, 800, ratio, 64, MAX),
+                (1200, 800),
+                "{ratio}"
+            );
+        }
     }
 
     #[test]

@@ -206,13 +206,12 @@ fn dispatch(handlers: &Handlers, message: BrokerMessage) {
             height,
             device_pixel_ratio,
         } => {
-            // NOTE: the screen gets the viewer's size in CSS pixels, and Chromium keeps
-            // the device scale factor it was started with (`--device-scale-factor`),
-            // because Chromium cannot change it while running. A viewer with a higher
-            // pixel ratio scales the picture up.
-            let (screen_width, screen_height) = crate::screen::fit_size(
+            // NOTE: the screen gets the viewer's size in CSS pixels whatever its pixel
+            // ratio; `resize_target` says why.
+            let (screen_width, screen_height) = crate::screen::resize_target(
                 width,
                 height,
+                device_pixel_ratio,
                 protocol::limits::MIN_DIMENSION,
                 handlers.max_screen,
             );
