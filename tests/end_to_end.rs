@@ -417,57 +417,18 @@ async fn bank_received(bank: &DemoBank) -> serde_json::Value {
         .unwrap()
 }
 
-/// Writes the demo bank's site: its CA, the login recipe (username and password, then
-/// the TOTP step) and the origin the credentials may be typed into.
+/// The demo bank's site, which `scripts/start.sh` imports too: its CA, the login recipe
+/// (username and password, then the TOTP step) and the origin the credentials may be
+/// typed into. Writes it with the bank network's subnet and the bank's CA beside it.
 fn site_file(dir: &std::path::Path, bank: &DemoBank, ca_pem: &str) -> std::path::PathBuf {
-    std::fs::write(dir.join("bank-ca.pem"), ca_pem).unwrap();
+    let template = include_str!("demo-bank/site.toml");
+    assert!(
+        template.contains(&format!("start_url = \"https://{BANK_HOST}:{BANK_PORT}/login\"")),
+        "tests/demo-bank/site.toml names the bank this test starts"
+    );
+    std::fs::write(dir.join("demo-bank-ca.pem"), ca_pem).unwrap();
     let path = dir.join("sites.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r##"
-[[site]]
-name = "demo-bank"
-display_name = "Demo Bank"
-start_url = "https://{BANK_HOST}:{BANK_PORT}/login"
-allowed_hosts = ["{BANK_HOST}"]
-allowed_ports = [{BANK_PORT}]
-allowed_private_ranges = ["{}"]
-recording_retention_days = 30
-[site.login]
-credential_source = "shared"
-credential_origins = ["https://{BANK_HOST}:{BANK_PORT}"]
-[[site.login.steps]]
-action = "wait_for"
-selector = "#username"
-timeout_secs = 60
-[[site.login.steps]]
-action = "type_username"
-selector = "#username"
-[[site.login.steps]]
-action = "type_password"
-selector = "#password"
-[[site.login.steps]]
-action = "click"
-selector = "#sign-in"
-[[site.login.steps]]
-action = "type_totp"
-selector = "#code"
-timeout_secs = 30
-[[site.login.steps]]
-action = "click"
-selector = "#verify"
-[[site.login.steps]]
-action = "wait_success"
-selector = "#account-title"
-timeout_secs = 30
-[site.policy]
-extra_ca_certs = ["bank-ca.pem"]
-"##,
-            bank.subnet
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, template.replace("@SUBNET@", &bank.subnet)).unwrap();
     path
 }
 
