@@ -38,6 +38,23 @@ async fn sign_in(stack: &Stack) -> Person {
     stack.person("alice", &[Role::User], &["demo"]).await
 }
 
+/// Imports the unreachable demo site with a login recipe whose first step waits
+/// `wait_secs` for `#user`, which never appears; `more_steps` follow it.
+async fn import_demo_login(stack: &Stack, wait_secs: u32, more_steps: &str) {
+    let site = format!(
+        r##"{UNREACHABLE_DEMO_SITE}
+[site.login]
+credential_origins = ["https://bank.invalid"]
+
+[[site.login.steps]]
+action = "wait_for"
+selector = "#user"
+timeout_secs = {wait_secs}
+{more_steps}"##
+    );
+    stack.import_sites("login-site.toml", &site).await;
+}
+
 /// Stores the demo site's shared credential: alice with `password`, without TOTP.
 /// Returns the credential's reference.
 async fn store_demo_credential(stack: &Stack, password: &str) -> broker::secrets::CredentialRef {
@@ -593,31 +610,16 @@ async fn marker_password_stays_out_of_container() {
 
     // A site with a recipe whose form never appears: bank.invalid does not resolve, so
     // the step times out after the agent received the credential.
-    stack
-        .import_sites(
-            "login-site.toml",
-            r##"
-[[site]]
-name = "demo"
-display_name = "Demo Bank"
-start_url = "https://bank.invalid/login"
-allowed_hosts = ["bank.invalid"]
-recording_retention_days = 30
-
-[site.login]
-credential_origins = ["https://bank.invalid"]
-
-[[site.login.steps]]
-action = "wait_for"
-selector = "#user"
-timeout_secs = 5
-
+    import_demo_login(
+        &stack,
+        5,
+        r##"
 [[site.login.steps]]
 action = "type_password"
 selector = "#user"
 "##,
-        )
-        .await;
+    )
+    .await;
     let reference = store_demo_credential(&stack, &marker).await;
 
     let (session_id, location) = person.launch("demo").await;
@@ -751,32 +753,17 @@ async fn session_end_runs_logout_recipe() {
     let person = sign_in(&stack).await;
     // The logout button never appears (bank.invalid does not resolve), so the agent's
     // step times out after 2 s and reports that before the workspace is removed.
-    stack
-        .import_sites(
-            "logout-site.toml",
-            r##"
-[[site]]
-name = "demo"
-display_name = "Demo Bank"
-start_url = "https://bank.invalid/login"
-allowed_hosts = ["bank.invalid"]
-recording_retention_days = 30
-
-[site.login]
-credential_origins = ["https://bank.invalid"]
-
-[[site.login.steps]]
-action = "wait_for"
-selector = "#user"
-timeout_secs = 2
-
+    import_demo_login(
+        &stack,
+        2,
+        r##"
 [[site.login.logout_steps]]
 action = "click"
 selector = "#logout"
 timeout_secs = 2
 "##,
-        )
-        .await;
+    )
+    .await;
     store_demo_credential(&stack, "Mk-unused").await;
     let (session_id, _) = person.launch("demo").await;
     let audit_log = broker::audit::AuditLog::new(db.clone(), Arc::new(broker::clock::SystemClock));
