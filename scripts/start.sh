@@ -139,45 +139,8 @@ fi
 # through the host's resolver.
 export STRONGROOM_EGRESS__HOSTS="{ \"$bank_host\" = [\"$bank_ip\"] }"
 
-cat > data/demo-site.toml <<EOF
-[[site]]
-name = "demo-bank"
-display_name = "Demo Bank"
-start_url = "https://$bank_host:$bank_port/login"
-allowed_hosts = ["$bank_host"]
-allowed_ports = [$bank_port]
-allowed_private_ranges = ["$subnet"]
-recording_retention_days = 30
-[site.login]
-credential_source = "shared"
-credential_origins = ["https://$bank_host:$bank_port"]
-[[site.login.steps]]
-action = "wait_for"
-selector = "#username"
-timeout_secs = 60
-[[site.login.steps]]
-action = "type_username"
-selector = "#username"
-[[site.login.steps]]
-action = "type_password"
-selector = "#password"
-[[site.login.steps]]
-action = "click"
-selector = "#sign-in"
-[[site.login.steps]]
-action = "type_totp"
-selector = "#code"
-timeout_secs = 30
-[[site.login.steps]]
-action = "click"
-selector = "#verify"
-[[site.login.steps]]
-action = "wait_success"
-selector = "#account-title"
-timeout_secs = 30
-[site.policy]
-extra_ca_certs = ["demo-bank-ca.pem"]
-EOF
+# The site file is shared with the end-to-end test; only the subnet is filled in here.
+sed "s|@SUBNET@|$subnet|" tests/demo-bank/site.toml > data/demo-site.toml
 "$bin" site import data/demo-site.toml
 "$bin" credential set demo-bank \
     --username-file "$bank_dir/account/username" \

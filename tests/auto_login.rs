@@ -25,11 +25,23 @@ use strongroom_tests::agent::HostAgent;
 use strongroom_tests::pages::PageServer;
 use uuid::Uuid;
 
+/// Adds the script function `sha256Hex(text)` to `page`, which returns the text's
+/// SHA-256 as lowercase hex: the login pages report passwords by this digest only.
+fn reporting(page: &str) -> String {
+    let function = r#"<script>
+async function sha256Hex(text) {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest)).map(b => b.toString(16).padStart(2, "0")).join("");
+}
+</script>"#;
+    format!("{function}{page}")
+}
+
 /// Returns a login page whose form appears `delay_ms` after load. Each click on "Sign in" reports
 /// the username and the password's SHA-256, clears the fields, and adds
 /// `#welcome-N` for the Nth sign-in.
 fn login_page(delay_ms: u32) -> String {
-    format!(
+    reporting(&format!(
         r#"<html><body style="background:#fff">
 <div id="slot"></div>
 <script>
@@ -40,8 +52,7 @@ setTimeout(() => {{
   document.getElementById("go").addEventListener("click", async () => {{
     const user = document.getElementById("user").value;
     const pass = document.getElementById("pass").value;
-    const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(pass));
-    const hex = Array.from(new Uint8Array(digest)).map(b => b.toString(16).padStart(2, "0")).join("");
+    const hex = await sha256Hex(pass);
     document.getElementById("user").value = "";
     document.getElementById("pass").value = "";
     await fetch("/received?user=" + encodeURIComponent(user) + "&sha256=" + hex);
@@ -50,7 +61,7 @@ setTimeout(() => {{
   }});
 }}, {delay_ms});
 </script></body></html>"#
-    )
+    ))
 }
 
 /// Returns the two pages of a login that asks for the username first and the
@@ -71,8 +82,7 @@ requestAnimationFrame(() => requestAnimationFrame(() => {
 document.addEventListener("click", async (event) => {
   if (event.target.id !== "go") return;
   const pass = document.getElementById("pass").value;
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(pass));
-  const hex = Array.from(new Uint8Array(digest)).map(b => b.toString(16).padStart(2, "0")).join("");
+  const hex = await sha256Hex(pass);
   await fetch("/received?sha256=" + hex);
   document.body.insertAdjacentHTML("beforeend", '<div id="welcome-1">Welcome</div>');
 });
@@ -82,7 +92,7 @@ requestAnimationFrame(() => requestAnimationFrame(() => {
 </script></head><body></body></html>"#;
     HashMap::from([
         ("/login", first.to_owned()),
-        ("/password", second.to_owned()),
+        ("/password", reporting(second)),
     ])
 }
 
@@ -326,15 +336,7 @@ async fn awkward_passwords_arrive_byte_exact() {
         "a credential value reached the agent log"
     );
 
-    fixture.hub.stop(stream.session_id, "test finished");
-    assert!(
-        fixture
-            .tasks
-            .shutdown(Duration::from_secs(20))
-            .await
-            .is_empty()
-    );
-    drop(fixture.database);
+    finish(fixture, &stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,24 +386,16 @@ async fn foreign_origin_rejected_and_failures_lock() {
     assert_eq!(locked.len(), 1);
     assert!(!fixture.audit_text().await.contains("Mk-"));
 
-    fixture.hub.stop(stream.session_id, "test finished");
-    assert!(
-        fixture
-            .tasks
-            .shutdown(Duration::from_secs(20))
-            .await
-            .is_empty()
-    );
+    finish(fixture, &stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_step_login_succeeds() {
-    let fixture = fixture_with(two_step_pages()).await;
-    let stream = fixture.start_stream().await;
-    fixture.store_password("Mk-two step").await;
-    let mut login = settings(vec![fixture.pages.origin()], "#welcome-1", 3);
-    login.recipe = Some(LoginRecipe {
-        steps: vec![
+    // A step of its own waits for the username field before it is typed into.
+    let mut recipe = two_step_recipe();
+    recipe.steps.splice(
+        0..1,
+        [
             RecipeStep::WaitFor {
                 selector: "#user".into(),
                 timeout_secs: Some(30),
@@ -410,25 +404,24 @@ async fn two_step_login_succeeds() {
                 selector: "#user".into(),
                 timeout_secs: None,
             },
-            RecipeStep::Click {
-                selector: "#next".into(),
-                timeout_secs: None,
-            },
-            RecipeStep::TypePassword {
-                selector: "#pass".into(),
-                timeout_secs: Some(30),
-            },
-            RecipeStep::Click {
-                selector: "#go".into(),
-                timeout_secs: None,
-            },
-            RecipeStep::WaitSuccess {
-                url_prefix: None,
-                selector: Some("#welcome-1".into()),
-                timeout_secs: Some(20),
-            },
         ],
-    });
+    );
+    two_step_signs_in(two_step_pages(), recipe, "Mk-two step").await;
+}
+
+/// Runs `recipe` on the two-step login `pages` and checks that it signs in, that the
+/// username reached the first page and that the second page received exactly
+/// `password`.
+async fn two_step_signs_in(
+    pages: HashMap<&'static str, String>,
+    recipe: LoginRecipe,
+    password: &str,
+) {
+    let fixture = fixture_with(pages).await;
+    let stream = fixture.start_stream().await;
+    fixture.store_password(password).await;
+    let mut login = settings(vec![fixture.pages.origin()], "#welcome-1", 3);
+    login.recipe = Some(recipe);
 
     let outcome = run(&fixture, &stream, &login).await;
 
@@ -445,17 +438,10 @@ async fn two_step_login_succeeds() {
     );
     assert_eq!(
         fixture.received(),
-        [format!("/received?sha256={}", sha256_hex("Mk-two step"))]
+        [format!("/received?sha256={}", sha256_hex(password))]
     );
 
-    fixture.hub.stop(stream.session_id, "test finished");
-    assert!(
-        fixture
-            .tasks
-            .shutdown(Duration::from_secs(20))
-            .await
-            .is_empty()
-    );
+    finish(fixture, &stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,14 +489,7 @@ async fn hand_over_leaves_rest_to_person() {
     );
     assert!(fixture.received().is_empty(), "the password was typed");
 
-    fixture.hub.stop(stream.session_id, "test finished");
-    assert!(
-        fixture
-            .tasks
-            .shutdown(Duration::from_secs(20))
-            .await
-            .is_empty()
-    );
+    finish(fixture, &stream).await;
 }
 
 /// Returns the two pages of a login whose forms are in the initial HTML, so the agent's
@@ -536,77 +515,21 @@ pass.addEventListener("input", () => {
   keyDown = false;
 });
 document.getElementById("go").addEventListener("click", async () => {
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(pass.value));
-  const hex = Array.from(new Uint8Array(digest)).map(b => b.toString(16).padStart(2, "0")).join("");
+  const hex = await sha256Hex(pass.value);
   await fetch("/received?sha256=" + hex);
   document.body.insertAdjacentHTML("beforeend", '<div id="welcome-1">Welcome</div>');
 });
 </script></body></html>"#;
     HashMap::from([
         ("/login", first.to_owned()),
-        ("/password", second.to_owned()),
+        ("/password", reporting(second)),
     ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_clicks_right_after_load_and_types_with_key_presses() {
-    let fixture = fixture_with(key_checked_two_step_pages()).await;
-    let stream = fixture.start_stream().await;
     let password = "Mk-keys <p&ss>'\"$ pässwörd€ ";
-    fixture.store_password(password).await;
-    let mut login = settings(vec![fixture.pages.origin()], "#welcome-1", 3);
-    login.recipe = Some(LoginRecipe {
-        steps: vec![
-            RecipeStep::TypeUsername {
-                selector: "#user".into(),
-                timeout_secs: Some(30),
-            },
-            RecipeStep::Click {
-                selector: "#next".into(),
-                timeout_secs: None,
-            },
-            RecipeStep::TypePassword {
-                selector: "#pass".into(),
-                timeout_secs: Some(30),
-            },
-            RecipeStep::Click {
-                selector: "#go".into(),
-                timeout_secs: None,
-            },
-            RecipeStep::WaitSuccess {
-                url_prefix: None,
-                selector: Some("#welcome-1".into()),
-                timeout_secs: Some(20),
-            },
-        ],
-    });
-
-    let outcome = run(&fixture, &stream, &login).await;
-
-    assert_eq!(
-        outcome,
-        AutoLoginOutcome::Succeeded,
-        "agent log:\n{}",
-        fixture.agent.log()
-    );
-    let requests = fixture.pages.requests();
-    assert!(
-        requests.contains(&"/password?user=alice".to_owned()),
-        "{requests:?}"
-    );
-    assert_eq!(
-        fixture.received(),
-        [format!("/received?sha256={}", sha256_hex(password))]
-    );
-
-    fixture.hub.stop(stream.session_id, "test finished");
-    assert!(
-        fixture
-            .tasks
-            .shutdown(Duration::from_secs(20))
-            .await
-            .is_empty()
-    );
+    two_step_signs_in(key_checked_two_step_pages(), two_step_recipe(), password).await;
 }
 
 /// Returns a login page that shows the password: a toggle switches the field between
@@ -682,33 +605,25 @@ async fn failed_login_clears_revealed_password() {
         "{mirror:?}"
     );
 
-    fixture.hub.stop(stream.session_id, "test finished");
-    assert!(
-        fixture
-            .tasks
-            .shutdown(Duration::from_secs(20))
-            .await
-            .is_empty()
-    );
+    finish(fixture, &stream).await;
 }
 
 /// Returns the login form that the cross-origin frame shows: username, password and a
 /// button that reports the username and the password's SHA-256 to the frame's own
 /// server, then shows `#welcome-1` inside the frame.
 fn framed_form_page() -> String {
-    r#"<html><body style="margin:0">
+    let page = r#"<html><body style="margin:0">
 <input id="user" autocomplete="off"><input id="pass" type="password"><button id="go" type="button">Sign in</button>
 <script>
 document.getElementById("go").addEventListener("click", async () => {
   const user = document.getElementById("user").value;
   const pass = document.getElementById("pass").value;
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(pass));
-  const hex = Array.from(new Uint8Array(digest)).map(b => b.toString(16).padStart(2, "0")).join("");
+  const hex = await sha256Hex(pass);
   await fetch("/received?user=" + encodeURIComponent(user) + "&sha256=" + hex);
   document.body.insertAdjacentHTML("beforeend", '<div id="welcome-1">Welcome</div>');
 });
-</script></body></html>"#
-        .to_owned()
+</script></body></html>"#;
+    reporting(page)
 }
 
 /// Starts the server of the framed login form. Its origin uses the host name
@@ -758,6 +673,7 @@ async fn finished_reasons(fixture: &Fixture) -> Vec<String> {
         .collect()
 }
 
+/// Ends the session and checks that every task of the fixture stops within 20 s.
 async fn finish(fixture: Fixture, stream: &LiveStream) {
     fixture.hub.stop(stream.session_id, "test finished");
     assert!(
@@ -789,7 +705,10 @@ async fn login_form_in_cross_origin_frame() {
     );
     assert_eq!(
         reports(&frame),
-        [format!("/received?user=alice&sha256={}", sha256_hex(password))]
+        [format!(
+            "/received?user=alice&sha256={}",
+            sha256_hex(password)
+        )]
     );
     assert!(
         fixture.received().is_empty(),
@@ -835,7 +754,10 @@ async fn foreign_frame_origin_rejected() {
     assert!(audited[0].contains(&expected), "{audited:?}");
     assert!(reports(&frame).is_empty(), "the frame received a report");
     assert!(
-        !frame.requests().iter().any(|target| target.contains("alice")),
+        !frame
+            .requests()
+            .iter()
+            .any(|target| target.contains("alice")),
         "{:?}",
         frame.requests()
     );
@@ -849,9 +771,15 @@ async fn foreign_frame_origin_rejected() {
 fn hard_login_launches() -> usize {
     match std::env::var("STRONGROOM_TEST_HARD_LOGIN_LAUNCHES") {
         Err(_) => 3,
-        Ok(value) => value.parse().ok().filter(|count| *count > 0).unwrap_or_else(|| {
-            panic!("STRONGROOM_TEST_HARD_LOGIN_LAUNCHES={value:?} is invalid; set a positive count")
-        }),
+        Ok(value) => value
+            .parse()
+            .ok()
+            .filter(|count| *count > 0)
+            .unwrap_or_else(|| {
+                panic!(
+                    "STRONGROOM_TEST_HARD_LOGIN_LAUNCHES={value:?} is invalid; set a positive count"
+                )
+            }),
     }
 }
 
@@ -941,7 +869,9 @@ async fn launch_hard_form_repeatedly(form: HardForm) {
         };
         let full = sha256_hex(password);
         assert!(
-            reports.iter().all(|report| report.ends_with(&format!("sha256={full}"))),
+            reports
+                .iter()
+                .all(|report| report.ends_with(&format!("sha256={full}"))),
             "launch {launch}: the page received another value than the password: {reports:?}"
         );
         assert!(
@@ -963,7 +893,10 @@ async fn launch_hard_form_repeatedly(form: HardForm) {
             AutoLoginOutcome::Failed { reason } => {
                 assert!(reason.starts_with("step "), "launch {launch}: {reason}");
                 assert_eq!(audited.len(), 1, "launch {launch}: {audited:?}");
-                assert!(audited[0].starts_with("step "), "launch {launch}: {audited:?}");
+                assert!(
+                    audited[0].starts_with("step "),
+                    "launch {launch}: {audited:?}"
+                );
                 failures.push(format!("launch {launch}: {reason}"));
             }
             other => panic!(
@@ -1063,8 +996,7 @@ async fn logout_recipe_gives_up_at_limit() {
 
     // The button never appears, and the steps would wait 30 s each.
     let started = std::time::Instant::now();
-    let outcome =
-        broker::sites::logout::run(&stream, &logout_recipe("#missing", 30), limit).await;
+    let outcome = broker::sites::logout::run(&stream, &logout_recipe("#missing", 30), limit).await;
     let elapsed = started.elapsed();
 
     let Err(reason) = outcome else {

@@ -16,20 +16,14 @@
 //! the one built from the `strongroom-agent` binary beside the test binary (its SHA-256
 //! is in the image's labels), never merely the newest one.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use broker::auth::Role;
-use broker::auth::secret_key::TotpKey;
-use broker::auth::totp::TotpSecret;
-use broker::auth::users;
-use broker::server::{self, RunningBroker};
-use tokio_util::sync::CancellationToken;
 use strongroom_tests::browser::Browser;
+use strongroom_tests::stack::{Stack, wait_for};
 use uuid::Uuid;
 
-const PASSWORD: &str = "a long test passphrase";
 const BANK_HOST: &str = "demo-bank.test";
 const BANK_PORT: u16 = 8443;
 /// The demo bank's plain-HTTP port for `/received` and `/ca.pem`.
@@ -225,162 +219,23 @@ fn rand_octet() -> u8 {
     Uuid::new_v4().as_bytes()[0]
 }
 
-struct Stack {
-    broker: Option<RunningBroker>,
-    launcher_stop: CancellationToken,
-    launcher: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    instance_id: Uuid,
-    dir: tempfile::TempDir,
-    base: String,
-}
-
-impl Stack {
-    async fn start(bank: &DemoBank, overrides: &[(&str, String)]) -> Stack {
-        let dir = tempfile::tempdir().unwrap();
-        let instance_id = broker::instance::load_or_create(dir.path()).unwrap();
-        let image = format!("\"{}\"", workspace_image_of_this_build());
-        let env = [
-            ("STRONGROOM_LAUNCHER__IMAGE", image),
-            ("STRONGROOM_DATA_DIR", dir.path().display().to_string()),
-            ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-            ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
-            (
-                "STRONGROOM_LAUNCHER__SUBNET_RANGE",
-                format!("\"{SUBNET_RANGE}\""),
-            ),
-            (
-                "STRONGROOM_EGRESS__HOSTS",
-                format!("{{ \"{BANK_HOST}\" = [\"{}\"] }}", bank.address),
-            ),
-        ]
-        .into_iter()
-        .chain(overrides.iter().cloned())
-        .map(|(name, value)| (name.to_owned(), value));
-        let config = broker::config::load(None, env).expect("test configuration is valid");
-        assert_eq!(config.egress.hosts[BANK_HOST], vec![bank.address]);
-        let image_from_build = config.launcher.image_from_build;
-
-        let launcher_config =
-            broker::launcher_process::resolved_config(&config, instance_id).unwrap();
-        let launcher_stop = CancellationToken::new();
-        let launcher = tokio::spawn(broker::launcher_process::run_standalone(
-            launcher_config,
-            image_from_build,
-            launcher_stop.clone(),
-        ));
-        let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone());
-        let health = wait_for(Duration::from_secs(30), || async {
-            client.health().await.ok()
-        })
-        .await;
-        assert_eq!(
-            health.image_present,
-            Some(true),
-            "workspace image missing: run `strongroom image build` ({health:?})"
-        );
-
-        let broker = server::start(config).await.expect("broker starts");
-        let base = broker.base_url();
-        Stack {
-            broker: Some(broker),
-            launcher_stop,
-            launcher: Some(launcher),
-            instance_id,
-            dir,
-            base,
-        }
-    }
-
-    fn broker(&self) -> &RunningBroker {
-        self.broker.as_ref().unwrap()
-    }
-
-    async fn add_user(&self, username: &str, roles: BTreeSet<Role>) -> (String, TotpSecret) {
-        let key = TotpKey::load_or_create(self.dir.path()).unwrap();
-        let id = Uuid::new_v4().to_string();
-        let secret = TotpSecret::generate();
-        let sealed = key.seal(&id, secret.as_bytes()).unwrap();
-        let hash = broker::auth::password::hash(PASSWORD).unwrap();
-        let user = users::NewLocalUser {
-            id: &id,
-            username,
-            display_name: username,
-            password_hash: &hash,
-            sealed_totp: Some(&sealed),
-            roles: &roles,
-        };
-        users::create_local(
-            &self.broker().state.db,
-            user,
-            chrono::Utc::now().timestamp_millis(),
+/// Starts a stack that runs the workspace image of this build and whose egress proxy
+/// resolves the bank's name to its container; `overrides` come last.
+async fn start_stack(bank: &DemoBank, overrides: &[(&str, String)]) -> Stack {
+    let address = bank.address;
+    Stack::builder(SUBNET_RANGE)
+        .env(
+            "STRONGROOM_LAUNCHER__IMAGE",
+            format!("\"{}\"", workspace_image_of_this_build()),
         )
+        .env(
+            "STRONGROOM_EGRESS__HOSTS",
+            format!("{{ \"{BANK_HOST}\" = [\"{address}\"] }}"),
+        )
+        .envs(overrides)
+        .check_config(move |config| assert_eq!(config.egress.hosts[BANK_HOST], vec![address]))
+        .start()
         .await
-        .unwrap();
-        (id, secret)
-    }
-
-    async fn stop(mut self) {
-        self.broker.take().unwrap().shutdown().await;
-        self.launcher_stop.cancel();
-        self.launcher.take().unwrap().await.unwrap().unwrap();
-        let label = format!("label=strongroom.broker={}", self.instance_id);
-        assert_eq!(
-            docker(&["ps", "-aq", "--filter", &label]),
-            "",
-            "containers left behind"
-        );
-        assert_eq!(
-            docker(&["network", "ls", "-q", "--filter", &label]),
-            "",
-            "networks left behind"
-        );
-    }
-}
-
-impl Drop for Stack {
-    /// Removes the instance's containers and networks when a test fails before `stop`.
-    fn drop(&mut self) {
-        let label = format!("label=strongroom.broker={}", self.instance_id);
-        for (list, remove) in [
-            (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
-            (
-                vec!["network", "ls", "-q", "--filter", &label],
-                vec!["network", "rm"],
-            ),
-        ] {
-            let Ok(output) = std::process::Command::new("docker").args(&list).output() else {
-                continue;
-            };
-            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(&remove)
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
-}
-
-async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Fetches the CA certificate the demo bank generated at start from its plain-HTTP port.
@@ -390,7 +245,7 @@ async fn bank_ca_pem(bank: &DemoBank) -> String {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    wait_for(Duration::from_secs(60), || async {
+    wait_for("the demo bank's CA", Duration::from_secs(60), || async {
         let response = client.get(&url).send().await.ok()?;
         if !response.status().is_success() {
             return None;
@@ -417,58 +272,18 @@ async fn bank_received(bank: &DemoBank) -> serde_json::Value {
         .unwrap()
 }
 
-/// Writes the demo bank's site: its CA, the login recipe (username and password, then
-/// the TOTP step) and the origin the credentials may be typed into.
-fn site_file(dir: &std::path::Path, bank: &DemoBank, ca_pem: &str) -> std::path::PathBuf {
-    std::fs::write(dir.join("bank-ca.pem"), ca_pem).unwrap();
-    let path = dir.join("sites.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r##"
-[[site]]
-name = "demo-bank"
-display_name = "Demo Bank"
-start_url = "https://{BANK_HOST}:{BANK_PORT}/login"
-allowed_hosts = ["{BANK_HOST}"]
-allowed_ports = [{BANK_PORT}]
-allowed_private_ranges = ["{}"]
-recording_retention_days = 30
-[site.login]
-credential_source = "shared"
-credential_origins = ["https://{BANK_HOST}:{BANK_PORT}"]
-[[site.login.steps]]
-action = "wait_for"
-selector = "#username"
-timeout_secs = 60
-[[site.login.steps]]
-action = "type_username"
-selector = "#username"
-[[site.login.steps]]
-action = "type_password"
-selector = "#password"
-[[site.login.steps]]
-action = "click"
-selector = "#sign-in"
-[[site.login.steps]]
-action = "type_totp"
-selector = "#code"
-timeout_secs = 30
-[[site.login.steps]]
-action = "click"
-selector = "#verify"
-[[site.login.steps]]
-action = "wait_success"
-selector = "#account-title"
-timeout_secs = 30
-[site.policy]
-extra_ca_certs = ["bank-ca.pem"]
-"##,
-            bank.subnet
-        ),
-    )
-    .unwrap();
-    path
+/// The demo bank's site, which `scripts/start.sh` imports too: the login recipe
+/// (username and password, then the TOTP step), the origin the credentials may be typed
+/// into and the bank's CA, which the caller writes beside it as demo-bank-ca.pem.
+fn demo_site(bank: &DemoBank) -> String {
+    let template = include_str!("demo-bank/site.toml");
+    assert!(
+        template.contains(&format!(
+            "start_url = \"https://{BANK_HOST}:{BANK_PORT}/login\""
+        )),
+        "tests/demo-bank/site.toml names the bank this test starts"
+    );
+    template.replace("@SUBNET@", &bank.subnet)
 }
 
 /// Counts lit pixels of the viewer canvas (sampled) and reads the viewer's status lines;
@@ -549,10 +364,8 @@ async fn set_bank_credential(stack: &Stack) {
 /// credential.
 async fn add_bank_site(stack: &Stack, bank: &DemoBank) {
     let ca_pem = bank_ca_pem(bank).await;
-    let db = stack.broker().state.db.clone();
-    broker::sites::import_file(&db, &site_file(stack.dir.path(), bank, &ca_pem))
-        .await
-        .unwrap();
+    std::fs::write(stack.dir.path().join("demo-bank-ca.pem"), ca_pem).unwrap();
+    stack.import_sites("sites.toml", &demo_site(bank)).await;
     set_bank_credential(stack).await;
 }
 
@@ -570,14 +383,18 @@ async fn bank_through_the_live_view(
 
     // The workspace's screen reaches the canvas once auto-login ends (the viewer shows
     // a notice while the screen is hidden for it).
-    wait_for(Duration::from_secs(180), || async {
-        let probe = browser.script(CANVAS_PROBE).await;
-        if probe.is_null() {
-            return None;
-        }
-        assert_eq!(probe["ended"], "", "session ended early: {probe}");
-        (probe["lit"].as_u64().unwrap_or(0) > 0).then_some(())
-    })
+    wait_for(
+        "the bank on the viewer canvas",
+        Duration::from_secs(180),
+        || async {
+            let probe = browser.script(CANVAS_PROBE).await;
+            if probe.is_null() {
+                return None;
+            }
+            assert_eq!(probe["ended"], "", "session ended early: {probe}");
+            (probe["lit"].as_u64().unwrap_or(0) > 0).then_some(())
+        },
+    )
     .await;
     let sessions = broker::sessions::store::list_for_user(&db, person, 10)
         .await
@@ -589,14 +406,18 @@ async fn bank_through_the_live_view(
     // resolved the bank's name from egress.hosts to the bank's container.
     let audit_log = &stack.broker().state.audit;
     let target = format!("{BANK_HOST}:{BANK_PORT}");
-    let accessed = wait_for(Duration::from_secs(60), || async {
-        let events = audit_log.list(0, 100_000).await.unwrap();
-        events.into_iter().find(|event| {
-            event.action == "session.site.accessed"
-                && event.session_id.as_deref() == Some(session_id.as_str())
-                && event.target.as_deref() == Some(target.as_str())
-        })
-    })
+    let accessed = wait_for(
+        "the credential access in the audit log",
+        Duration::from_secs(60),
+        || async {
+            let events = audit_log.list(0, 100_000).await.unwrap();
+            events.into_iter().find(|event| {
+                event.action == "session.site.accessed"
+                    && event.session_id.as_deref() == Some(session_id.as_str())
+                    && event.target.as_deref() == Some(target.as_str())
+            })
+        },
+    )
     .await;
     assert_eq!(accessed.outcome, "success", "{accessed:?}");
     let details: serde_json::Value = serde_json::from_str(&accessed.details).unwrap();
@@ -651,10 +472,14 @@ async fn bank_through_the_live_view(
     assert_eq!(received["totp"], serde_json::json!([true]), "{received}");
 
     // The canvas shows the account page with its statement.
-    wait_for(Duration::from_secs(60), || async {
-        let rules = browser.script(STATEMENT_PROBE).await.as_u64().unwrap_or(0);
-        (rules >= 8).then_some(())
-    })
+    wait_for(
+        "the statement on the viewer canvas",
+        Duration::from_secs(60),
+        || async {
+            let rules = browser.script(STATEMENT_PROBE).await.as_u64().unwrap_or(0);
+            (rules >= 8).then_some(())
+        },
+    )
     .await;
 
     // The person types a note through the live view: Tab moves from the top of the
@@ -662,7 +487,7 @@ async fn bank_through_the_live_view(
     let note = "note-42 from the live view";
     let keys = format!("\u{E004}\u{E004}\u{E004}{note}\u{E007}");
     browser.type_into("#screen", &keys).await;
-    let received = wait_for(Duration::from_secs(60), || async {
+    let received = wait_for("the note at the bank", Duration::from_secs(60), || async {
         let received = bank_received(bank).await;
         (received["notes"]
             .as_array()
@@ -680,7 +505,7 @@ async fn bank_through_the_live_view(
         let before = browser.script(CANVAS_HASH).await;
         let delta_y = if turns % 4 < 2 { 240 } else { -240 };
         browser.script(&wheel_script(delta_y)).await;
-        wait_for(Duration::from_secs(30), || async {
+        wait_for("the canvas to change", Duration::from_secs(30), || async {
             let now = browser.script(CANVAS_HASH).await;
             (now != before).then_some(())
         })
@@ -691,13 +516,17 @@ async fn bank_through_the_live_view(
     // Ending the session from the viewer seals its recording, which verifies against the
     // audit chain.
     browser.click("form[action$='/end'] button").await;
-    let sealed = wait_for(Duration::from_secs(60), || async {
-        let events = audit_log.list(0, 100_000).await.unwrap();
-        events.into_iter().find(|event| {
-            event.action == "recording.sealed"
-                && event.session_id.as_deref() == Some(session_id.as_str())
-        })
-    })
+    let sealed = wait_for(
+        "the sealed recording in the audit log",
+        Duration::from_secs(60),
+        || async {
+            let events = audit_log.list(0, 100_000).await.unwrap();
+            events.into_iter().find(|event| {
+                event.action == "recording.sealed"
+                    && event.session_id.as_deref() == Some(session_id.as_str())
+            })
+        },
+    )
     .await;
     let recording: Uuid = sealed
         .target
@@ -752,7 +581,14 @@ fn strongroom_cli(stack: &Stack, args: &[&str]) -> String {
 /// Reads the duration of a media file with ffprobe, in seconds.
 fn ffprobe_duration(path: &std::path::Path) -> f64 {
     let output = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe runs (Debian package ffmpeg)");
@@ -763,9 +599,12 @@ fn ffprobe_duration(path: &std::path::Path) -> f64 {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = String::from_utf8_lossy(&output.stdout);
-    text.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("ffprobe printed no duration for {}: {text:?}", path.display()))
+    text.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "ffprobe printed no duration for {}: {text:?}",
+            path.display()
+        )
+    })
 }
 
 /// Checks the recording from an auditor's account. The auditor signs in, finds the person's
@@ -778,16 +617,9 @@ async fn auditor_replays_exports_and_retention_deletes(
     recording: Uuid,
 ) {
     use strongroom_tests::player::{seek_to, wait_player};
-    let (_, totp) = stack
-        .add_user("auditor", BTreeSet::from([Role::Auditor]))
-        .await;
+    let (_, totp) = stack.add_user("auditor", &[Role::Auditor]).await;
     let browser = Browser::start().await;
-    browser.open(&format!("{}/", stack.base)).await;
-    browser.type_into("input[name=username]", "auditor").await;
-    browser.type_into("input[name=password]", PASSWORD).await;
-    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
-    browser.type_into("input[name=code]", &code).await;
-    browser.click("button[type=submit]").await;
+    stack.sign_in_browser(&browser, "auditor", &totp).await;
     browser.element("form[action='/auth/logout']").await;
 
     browser
@@ -798,7 +630,10 @@ async fn auditor_replays_exports_and_retention_deletes(
         .await;
     let ready = wait_player(&browser, "r.ready || r.error").await;
     assert_eq!(ready["error"], "", "player failed: {ready}");
-    assert!(ready["lit"].as_u64().unwrap() > 0, "first frame not drawn: {ready}");
+    assert!(
+        ready["lit"].as_u64().unwrap() > 0,
+        "first frame not drawn: {ready}"
+    );
     let duration = ready["duration"].as_f64().unwrap();
     assert!(duration >= 4.0, "recording of {duration} s: {ready}");
 
@@ -820,7 +655,12 @@ async fn auditor_replays_exports_and_retention_deletes(
     let export_dir = export.path().join("evidence");
     let printed = strongroom_cli(
         stack,
-        &["recording", "export", &recording.to_string(), export_dir.to_str().unwrap()],
+        &[
+            "recording",
+            "export",
+            &recording.to_string(),
+            export_dir.to_str().unwrap(),
+        ],
     );
     assert!(printed.contains(&recording.to_string()), "{printed}");
     let public_key = export.path().join("export-key.pub");
@@ -891,28 +731,14 @@ async fn auditor_replays_exports_and_retention_deletes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_bank_session_from_local_sign_in_to_recording() {
     let bank = DemoBank::start();
-    let stack = Stack::start(&bank, &[]).await;
-    let db = stack.broker().state.db.clone();
-    let (person, totp) = stack.add_user("person", BTreeSet::from([Role::User])).await;
+    let stack = start_stack(&bank, &[]).await;
+    let (person, totp) = stack.add_user("person", &[Role::User]).await;
     add_bank_site(&stack, &bank).await;
-    broker::sites::grant(
-        &db,
-        &person,
-        "demo-bank",
-        "system:test",
-        chrono::Utc::now().timestamp_millis(),
-    )
-    .await
-    .unwrap();
+    stack.grant(&person, "demo-bank").await;
     let browser = Browser::start().await;
 
     // Local sign-in with password and TOTP.
-    browser.open(&format!("{}/", stack.base)).await;
-    browser.type_into("input[name=username]", "person").await;
-    browser.type_into("input[name=password]", PASSWORD).await;
-    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
-    browser.type_into("input[name=code]", &code).await;
-    browser.click("button[type=submit]").await;
+    stack.sign_in_browser(&browser, "person", &totp).await;
 
     let recording = bank_through_the_live_view(&stack, &bank, &browser, &person).await;
     browser.quit().await;
@@ -1007,7 +833,7 @@ async fn demo_bank_session_from_oidc_sign_in_with_mfa_to_recording() {
             "[\"staff\"]".to_owned(),
         ),
     ];
-    let stack = Stack::start(&bank, &overrides).await;
+    let stack = start_stack(&bank, &overrides).await;
     let db = stack.broker().state.db.clone();
     add_bank_site(&stack, &bank).await;
     let now = chrono::Utc::now().timestamp();
@@ -1029,22 +855,14 @@ async fn demo_bank_session_from_oidc_sign_in_with_mfa_to_recording() {
     browser.click("#sso").await;
     browser.type_into("input[name=sub]", "grace").await;
     browser.click("form button[type=submit]").await;
-    let person = wait_for(Duration::from_secs(60), || async {
+    let person = wait_for("the OIDC account", Duration::from_secs(60), || async {
         broker::auth::users::find_oidc(&db, &provider.issuer, "grace")
             .await
             .unwrap()
     })
     .await
     .id;
-    broker::sites::grant(
-        &db,
-        &person,
-        "demo-bank",
-        "system:test",
-        chrono::Utc::now().timestamp_millis(),
-    )
-    .await
-    .unwrap();
+    stack.grant(&person, "demo-bank").await;
     // The portal lists the site once it is granted.
     browser.open(&format!("{}/", stack.base)).await;
 

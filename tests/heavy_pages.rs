@@ -26,7 +26,7 @@
 //! for the full run). The workspace image is `STRONGROOM_TEST_WORKSPACE_IMAGE` when set,
 //! otherwise the launcher's default.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,18 +35,13 @@ use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use broker::auth::Role;
-use broker::auth::secret_key::TotpKey;
-use broker::auth::totp::TotpSecret;
-use broker::auth::users;
-use broker::server::{self, RunningBroker};
 use futures::{SinkExt, StreamExt};
 use reqwest::cookie::CookieStore;
+use strongroom_tests::stack::{Person, Stack, wait_for};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const PASSWORD: &str = "a long test passphrase";
 const HOST: &str = "heavy-pages.test";
 /// Session subnets of this test, apart from the other tests' ranges.
 const SUBNET_RANGE: &str = "172.24.0.0/16";
@@ -211,138 +206,21 @@ impl Drop for HeavySite {
     }
 }
 
-struct Stack {
-    broker: Option<RunningBroker>,
-    launcher_stop: CancellationToken,
-    launcher: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    instance_id: Uuid,
-    dir: tempfile::TempDir,
-    base: String,
-}
-
-impl Stack {
-    async fn start() -> Stack {
-        let dir = tempfile::tempdir().unwrap();
-        let instance_id = broker::instance::load_or_create(dir.path()).unwrap();
-        let mut env = vec![
-            ("STRONGROOM_DATA_DIR", dir.path().display().to_string()),
-            ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-            ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
-            (
-                "STRONGROOM_LAUNCHER__SUBNET_RANGE",
-                format!("\"{SUBNET_RANGE}\""),
-            ),
-            (
-                "STRONGROOM_EGRESS__HOSTS",
-                format!("{{ \"{HOST}\" = [\"127.0.0.1\"] }}"),
-            ),
-            (
-                "STRONGROOM_SESSIONS__DEFAULT_QUOTA",
-                PARALLEL_SESSIONS.to_string(),
-            ),
-        ];
-        if let Ok(image) = std::env::var("STRONGROOM_TEST_WORKSPACE_IMAGE")
-            && !image.is_empty()
-        {
-            env.push(("STRONGROOM_LAUNCHER__IMAGE", format!("\"{image}\"")));
-        }
-        let env = env
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), value));
-        let config = broker::config::load(None, env).expect("test configuration is valid");
-
-        let launcher_config =
-            broker::launcher_process::resolved_config(&config, instance_id).unwrap();
-        let launcher_stop = CancellationToken::new();
-        let launcher = tokio::spawn(broker::launcher_process::run_standalone(
-            launcher_config,
-            config.launcher.image_from_build,
-            launcher_stop.clone(),
-        ));
-        let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone());
-        let health = wait_for("the launcher to answer", Duration::from_secs(30), || async {
-            client.health().await.ok()
-        })
-        .await;
-        assert_eq!(
-            health.image_present,
-            Some(true),
-            "workspace image missing: run `strongroom image build` ({health:?})"
-        );
-
-        let broker = server::start(config).await.expect("broker starts");
-        let base = broker.base_url();
-        Stack {
-            broker: Some(broker),
-            launcher_stop,
-            launcher: Some(launcher),
-            instance_id,
-            dir,
-            base,
-        }
-    }
-
-    fn broker(&self) -> &RunningBroker {
-        self.broker.as_ref().unwrap()
-    }
-
-    /// Stops the broker and the launcher and checks that nothing of the instance is left.
-    async fn stop(mut self) {
-        self.broker.take().unwrap().shutdown().await;
-        self.launcher_stop.cancel();
-        self.launcher.take().unwrap().await.unwrap().unwrap();
-        assert_eq!(
-            count_instance_objects(&self.instance_id.to_string()).await,
-            (0, 0),
-            "containers or networks left behind"
-        );
-    }
-}
-
-impl Drop for Stack {
-    /// Removes the instance's containers and networks when a test fails before `stop`.
-    fn drop(&mut self) {
-        let label = format!("label=strongroom.broker={}", self.instance_id);
-        for (list, remove) in [
-            (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
-            (
-                vec!["network", "ls", "-q", "--filter", &label],
-                vec!["network", "rm"],
-            ),
-        ] {
-            let Ok(output) = std::process::Command::new("docker").args(&list).output() else {
-                continue;
-            };
-            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(&remove)
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Starts a stack whose egress proxy resolves the heavy site's name to loopback and
+/// whose people may each run `PARALLEL_SESSIONS` sessions.
+async fn start_stack() -> Stack {
+    Stack::builder(SUBNET_RANGE)
+        .env(
+            "STRONGROOM_EGRESS__HOSTS",
+            format!("{{ \"{HOST}\" = [\"127.0.0.1\"] }}"),
+        )
+        .env(
+            "STRONGROOM_SESSIONS__DEFAULT_QUOTA",
+            PARALLEL_SESSIONS.to_string(),
+        )
+        .workspace_image_from_env()
+        .start()
+        .await
 }
 
 /// Runs `docker` with `args` and returns its standard output, or panics with its error.
@@ -360,55 +238,25 @@ async fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// Counts the containers and networks labelled with this broker instance.
-async fn count_instance_objects(instance_id: &str) -> (usize, usize) {
-    let label = format!("label=strongroom.broker={instance_id}");
-    let containers = docker(&["ps", "-aq", "--filter", &label]).await;
-    let networks = docker(&["network", "ls", "-q", "--filter", &label]).await;
-    (containers.lines().count(), networks.lines().count())
-}
-
 /// The workspace container of a session.
 async fn container_of(session_id: Uuid) -> String {
     let label = format!("label=strongroom.session={session_id}");
     let name = docker(&["ps", "-a", "--filter", &label, "--format", "{{.Names}}"]).await;
-    assert_eq!(name.lines().count(), 1, "one container of {session_id}: {name:?}");
+    assert_eq!(
+        name.lines().count(),
+        1,
+        "one container of {session_id}: {name:?}"
+    );
     name
 }
 
-/// A signed-in portal client of a person granted the heavy site.
-struct Person {
-    user_id: String,
-    client: reqwest::Client,
-    jar: Arc<reqwest::cookie::Jar>,
-}
-
+/// Imports the heavy site with its CA, then creates alice, grants her the site and
+/// signs her in.
 async fn sign_in(stack: &Stack, site: &HeavySite) -> Person {
-    let db = stack.broker().state.db.clone();
-    let key = TotpKey::load_or_create(stack.dir.path()).unwrap();
-    let user_id = Uuid::new_v4().to_string();
-    let totp = TotpSecret::generate();
-    let sealed = key.seal(&user_id, totp.as_bytes()).unwrap();
-    let hash = broker::auth::password::hash(PASSWORD).unwrap();
-    let roles = BTreeSet::from([Role::User]);
-    let user = users::NewLocalUser {
-        id: &user_id,
-        username: "alice",
-        display_name: "alice",
-        password_hash: &hash,
-        sealed_totp: Some(&sealed),
-        roles: &roles,
-    };
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    users::create_local(&db, user, now_ms).await.unwrap();
-
     std::fs::write(stack.dir.path().join("heavy-ca.pem"), &site.ca_pem).unwrap();
-    let sites = stack.dir.path().join("sites.toml");
     let port = site.address.port();
-    std::fs::write(
-        &sites,
-        format!(
-            r#"
+    let sites = format!(
+        r#"
 [[site]]
 name = "heavy"
 display_name = "Heavy pages"
@@ -420,69 +268,18 @@ recording_retention_days = 30
 [site.policy]
 extra_ca_certs = ["heavy-ca.pem"]
 "#
-        ),
-    )
-    .unwrap();
-    broker::sites::import_file(&db, &sites).await.unwrap();
-    broker::sites::grant(&db, &user_id, "heavy", "system:test", now_ms)
-        .await
-        .unwrap();
-
-    let jar = Arc::new(reqwest::cookie::Jar::default());
-    let client = reqwest::Client::builder()
-        .cookie_provider(jar.clone())
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
-    let signed_in = client
-        .post(format!("{}/auth/login", stack.base))
-        .header("origin", &stack.base)
-        .form(&[
-            ("username", "alice"),
-            ("password", PASSWORD),
-            ("code", code.as_str()),
-            ("next", "/"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        signed_in.status().is_redirection(),
-        "sign-in failed: {}",
-        signed_in.status()
     );
-    Person {
-        user_id,
-        client,
-        jar,
-    }
+    stack.import_sites("sites.toml", &sites).await;
+    stack.person("alice", &[Role::User], &["heavy"]).await
 }
 
 /// Launches the heavy site from the portal form; returns the session id.
-async fn launch(stack: &Stack, person: &Person) -> Uuid {
-    let launched = person
-        .client
-        .post(format!("{}/sessions", stack.base))
-        .header("origin", &stack.base)
-        .form(&[("site", "heavy")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        launched.status(),
-        reqwest::StatusCode::SEE_OTHER,
-        "{}",
-        launched.text().await.unwrap()
-    );
-    let location = launched.headers()["location"].to_str().unwrap().to_owned();
-    location.trim_start_matches("/sessions/").parse().unwrap()
+async fn launch(person: &Person) -> Uuid {
+    person.launch("heavy").await.0
 }
 
 type ViewerSink = futures::stream::SplitSink<
-    tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     Message,
 >;
 
@@ -531,8 +328,7 @@ impl Viewer {
         let reader = tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
                 if let Message::Text(text) = message {
-                    let status: serde_json::Value =
-                        serde_json::from_str(&text).unwrap_or_default();
+                    let status: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                     if status["type"] == "ended" {
                         let reason = status["reason"].as_str().unwrap_or_default().to_owned();
                         *ended_by_reader.lock().unwrap() = Some(reason);
@@ -572,7 +368,11 @@ impl Drop for Viewer {
 async fn assert_shm_size(session_id: Uuid) {
     let container = container_of(session_id).await;
     let spec = docker(&["inspect", "--format", "{{.HostConfig.ShmSize}}", &container]).await;
-    assert_eq!(spec, DEFAULT_SHM_BYTES.to_string(), "ShmSize of {container}");
+    assert_eq!(
+        spec,
+        DEFAULT_SHM_BYTES.to_string(),
+        "ShmSize of {container}"
+    );
     let mounts = docker(&["exec", &container, "cat", "/proc/mounts"]).await;
     let shm = mounts
         .lines()
@@ -602,7 +402,7 @@ async fn every_page_reports_after(site: &HeavySite, since: Instant) -> bool {
 /// them for [`scroll_duration`], checks that every tab survived, and ends them.
 async fn heavy_round(stack: &Stack, person: &Person, site: &HeavySite, count: usize) {
     site.reports.clear();
-    let launches = (0..count).map(|_| launch(stack, person));
+    let launches = (0..count).map(|_| launch(person));
     let sessions: Vec<Uuid> = futures::future::join_all(launches).await;
     for session_id in &sessions {
         assert_shm_size(*session_id).await;
@@ -664,17 +464,15 @@ async fn heavy_round(stack: &Stack, person: &Person, site: &HeavySite, count: us
             .unwrap();
         assert!(ended.status().is_redirection(), "{}", ended.status());
     }
-    let instance = stack.instance_id.to_string();
-    wait_for("the round's workspaces to be removed", Duration::from_secs(60), || async {
-        (count_instance_objects(&instance).await == (0, 0)).then_some(())
-    })
-    .await;
+    stack
+        .wait_until_cleaned("the round's workspaces to be removed")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn heavy_pages_keep_tabs_alive() {
     let site = HeavySite::start().await;
-    let stack = Stack::start().await;
+    let stack = start_stack().await;
     let person = sign_in(&stack, &site).await;
 
     heavy_round(&stack, &person, &site, 1).await;
@@ -723,9 +521,9 @@ async fn renderer_pids(container: &str) -> Vec<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_renderer_stops_page_reports() {
     let site = HeavySite::start().await;
-    let stack = Stack::start().await;
+    let stack = start_stack().await;
     let person = sign_in(&stack, &site).await;
-    let session_id = launch(&stack, &person).await;
+    let session_id = launch(&person).await;
     wait_for("the page to report", LOAD_TIMEOUT, || async {
         (!site.reports.snapshot().is_empty()).then_some(())
     })
@@ -756,11 +554,9 @@ async fn crashed_renderer_stops_page_reports() {
         .await
         .unwrap();
     assert!(ended.status().is_redirection(), "{}", ended.status());
-    let instance = stack.instance_id.to_string();
-    wait_for("the workspace to be removed", Duration::from_secs(60), || async {
-        (count_instance_objects(&instance).await == (0, 0)).then_some(())
-    })
-    .await;
+    stack
+        .wait_until_cleaned("the workspace to be removed")
+        .await;
     stack.stop().await;
 }
 
@@ -769,9 +565,9 @@ async fn crashed_renderer_stops_page_reports() {
 /// slot and leaves no container or network. Returns the end detail.
 async fn killed_process_ends_session(process: &str) -> String {
     let site = HeavySite::start().await;
-    let stack = Stack::start().await;
+    let stack = start_stack().await;
     let person = sign_in(&stack, &site).await;
-    let session_id = launch(&stack, &person).await;
+    let session_id = launch(&person).await;
     let viewer = Viewer::open(&stack, &person, session_id).await;
     wait_for("the page to report", LOAD_TIMEOUT, || async {
         (!site.reports.snapshot().is_empty()).then_some(())
@@ -829,11 +625,9 @@ async fn killed_process_ends_session(process: &str) -> String {
             .await
             .unwrap();
     assert_eq!(live, 0, "the quota slot is free");
-    let instance = stack.instance_id.to_string();
-    wait_for("the workspace to be removed", Duration::from_secs(60), || async {
-        (count_instance_objects(&instance).await == (0, 0)).then_some(())
-    })
-    .await;
+    stack
+        .wait_until_cleaned("the workspace to be removed")
+        .await;
 
     drop(viewer);
     stack.stop().await;

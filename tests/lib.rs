@@ -4,6 +4,7 @@ pub mod agent;
 pub mod browser;
 pub mod pages;
 pub mod player;
+pub mod stack;
 
 use broker::db::Database;
 use broker::sessions::store::{self, Reservation, ReserveOutcome};

@@ -5,256 +5,48 @@
 //!
 //! Needs the workspace image (`strongroom image build`).
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use broker::auth::Role;
-use broker::auth::secret_key::TotpKey;
-use broker::auth::totp::TotpSecret;
-use broker::auth::users;
-use broker::server::{self, RunningBroker};
 use futures::{SinkExt, StreamExt};
+use strongroom_tests::browser::Browser;
+use strongroom_tests::stack::{Person, Stack, UNREACHABLE_DEMO_SITE, sign_in_browser_at, wait_for};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use strongroom_tests::browser::Browser;
 use uuid::Uuid;
-
-const PASSWORD: &str = "a long test passphrase";
 
 /// Session subnets of this test file, apart from those of the other test files.
 const SUBNET_RANGE: &str = "172.25.0.0/16";
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-struct Stack {
-    broker: Option<RunningBroker>,
-    launcher_stop: CancellationToken,
-    launcher: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    instance_id: Uuid,
-    dir: tempfile::TempDir,
-    base: String,
-}
-
-impl Stack {
-    async fn start(overrides: &[(&str, &str)]) -> Stack {
-        let dir = tempfile::tempdir().unwrap();
-        let instance_id = broker::instance::load_or_create(dir.path()).unwrap();
-        let env = [
-            ("STRONGROOM_DATA_DIR", dir.path().display().to_string()),
-            ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-            ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
-            (
-                "STRONGROOM_LAUNCHER__SUBNET_RANGE",
-                format!("\"{SUBNET_RANGE}\""),
-            ),
-        ]
-        .map(|(name, value)| (name.to_owned(), value));
-        let extra = overrides
-            .iter()
-            .map(|(name, value)| (name.to_string(), value.to_string()));
-        let config = broker::config::load(None, env.into_iter().chain(extra))
-            .expect("test configuration is valid");
-        let image_from_build = config.launcher.image_from_build;
-
-        let launcher_config =
-            broker::launcher_process::resolved_config(&config, instance_id).unwrap();
-        let launcher_stop = CancellationToken::new();
-        let launcher = tokio::spawn(broker::launcher_process::run_standalone(
-            launcher_config,
-            image_from_build,
-            launcher_stop.clone(),
-        ));
-        let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone());
-        let health = wait_for(Duration::from_secs(30), || async {
-            client.health().await.ok()
-        })
+/// Starts a stack with these configuration overrides and the unreachable demo site.
+async fn start_stack(overrides: &[(&str, &str)]) -> Stack {
+    let stack = Stack::builder(SUBNET_RANGE).envs(overrides).start().await;
+    stack
+        .import_sites("sites.toml", UNREACHABLE_DEMO_SITE)
         .await;
-        assert_eq!(
-            health.image_present,
-            Some(true),
-            "workspace image missing: run `strongroom image build` ({health:?})"
-        );
-
-        let broker = server::start(config).await.expect("broker starts");
-        let base = broker.base_url();
-        broker::sites::import_file(&broker.state.db, &site_file(dir.path()))
-            .await
-            .unwrap();
-        Stack {
-            broker: Some(broker),
-            launcher_stop,
-            launcher: Some(launcher),
-            instance_id,
-            dir,
-            base,
-        }
-    }
-
-    fn broker(&self) -> &RunningBroker {
-        self.broker.as_ref().unwrap()
-    }
-
-    fn db(&self) -> broker::db::Database {
-        self.broker().state.db.clone()
-    }
-
-    /// Creates an account with these roles, grants it the demo site and signs it in.
-    async fn sign_in(&self, username: &str, role: Role) -> Person {
-        let key = TotpKey::load_or_create(self.dir.path()).unwrap();
-        let id = Uuid::new_v4().to_string();
-        let totp = TotpSecret::generate();
-        let sealed = key.seal(&id, totp.as_bytes()).unwrap();
-        let hash = broker::auth::password::hash(PASSWORD).unwrap();
-        let roles = BTreeSet::from([role]);
-        let now = chrono::Utc::now().timestamp_millis();
-        let user = users::NewLocalUser {
-            id: &id,
-            username,
-            display_name: username,
-            password_hash: &hash,
-            sealed_totp: Some(&sealed),
-            roles: &roles,
-        };
-        users::create_local(&self.db(), user, now).await.unwrap();
-        broker::sites::grant(&self.db(), &id, "demo", "system:test", now)
-            .await
-            .unwrap();
-
-        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
-        let client = reqwest::Client::builder()
-            .cookie_provider(jar.clone())
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
-        let signed_in = client
-            .post(format!("{}/auth/login", self.base))
-            .header("origin", &self.base)
-            .form(&[
-                ("username", username),
-                ("password", PASSWORD),
-                ("code", code.as_str()),
-                ("next", "/"),
-            ])
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            signed_in.status().is_redirection(),
-            "{username} cannot sign in: {}",
-            signed_in.status()
-        );
-        Person {
-            client,
-            jar,
-            base: self.base.clone(),
-        }
-    }
-
-    async fn stop(mut self) {
-        self.broker.take().unwrap().shutdown().await;
-        self.launcher_stop.cancel();
-        self.launcher.take().unwrap().await.unwrap().unwrap();
-    }
+    stack
 }
 
-impl Drop for Stack {
-    /// Removes the instance's containers and networks, also when a test fails.
-    fn drop(&mut self) {
-        let label = format!("label=strongroom.broker={}", self.instance_id);
-        for (list, remove) in [
-            (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
-            (
-                vec!["network", "ls", "-q", "--filter", &label],
-                vec!["network", "rm"],
-            ),
-        ] {
-            let Ok(output) = std::process::Command::new("docker").args(&list).output() else {
-                continue;
-            };
-            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(&remove)
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
+/// Creates an account with this role, grants it the demo site and signs it in.
+async fn sign_in(stack: &Stack, username: &str, role: Role) -> Person {
+    stack.person(username, &[role], &["demo"]).await
 }
 
-fn site_file(dir: &std::path::Path) -> std::path::PathBuf {
-    // No bank listens: the workspace shows the browser's error page, which is enough
-    // for a stream to watch.
-    let path = dir.join("sites.toml");
-    std::fs::write(
-        &path,
-        r#"
-[[site]]
-name = "demo"
-display_name = "Demo Bank"
-start_url = "https://bank.invalid/login"
-allowed_hosts = ["bank.invalid"]
-recording_retention_days = 30
-"#,
-    )
-    .unwrap();
-    path
+/// The live view through a person's portal client.
+trait LiveView {
+    async fn launch_demo(&self) -> Uuid;
+    async fn ticket(&self, session_id: Uuid, origin: &str) -> reqwest::Response;
+    async fn view(&self, session_id: Uuid) -> Socket;
 }
 
-async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// A signed-in portal client.
-struct Person {
-    client: reqwest::Client,
-    jar: std::sync::Arc<reqwest::cookie::Jar>,
-    base: String,
-}
-
-impl Person {
-    async fn launch(&self) -> Uuid {
-        let launched = self
-            .client
-            .post(format!("{}/sessions", self.base))
-            .header("origin", &self.base)
-            .form(&[("site", "demo")])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            launched.status(),
-            reqwest::StatusCode::SEE_OTHER,
-            "{}",
-            launched.text().await.unwrap()
-        );
-        launched.headers()["location"]
-            .to_str()
-            .unwrap()
-            .trim_start_matches("/sessions/")
-            .parse()
-            .unwrap()
+impl LiveView for Person {
+    async fn launch_demo(&self) -> Uuid {
+        self.launch("demo").await.0
     }
 
     /// Asks the portal for a fresh viewer ticket, as the viewer script does when its
@@ -343,18 +135,18 @@ async fn last_input_ms(db: &broker::db::Database, session_id: Uuid) -> i64 {
 /// gets real input stays alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timer_counts_only_real_input() {
-    let stack = Stack::start(&[
+    let mut stack = start_stack(&[
         ("STRONGROOM_SESSIONS__IDLE_TIMEOUT_MINUTES", "2"),
         ("STRONGROOM_SESSIONS__IDLE_WARNING_MINUTES", "1"),
         ("STRONGROOM_SESSIONS__REAPER_INTERVAL_SECONDS", "1"),
     ])
     .await;
     let db = stack.db();
-    let idle_person = stack.sign_in("alice", Role::User).await;
-    let busy_person = stack.sign_in("bob", Role::User).await;
-    let admin = stack.sign_in("ada", Role::Admin).await;
-    let idle_session = idle_person.launch().await;
-    let busy_session = busy_person.launch().await;
+    let idle_person = sign_in(&stack, "alice", Role::User).await;
+    let busy_person = sign_in(&stack, "bob", Role::User).await;
+    let admin = sign_in(&stack, "ada", Role::Admin).await;
+    let idle_session = idle_person.launch_demo().await;
+    let busy_session = busy_person.launch_demo().await;
 
     // A ticket is not handed to a foreign origin, nor to another person.
     let foreign = idle_person
@@ -463,17 +255,21 @@ async fn idle_timer_counts_only_real_input() {
     assert_eq!(record.last_input_at_ms, idle_since);
     // The end is audited once the workspace is removed, shortly after viewers learn it.
     let audit_log = stack.broker().state.audit.clone();
-    let audited = wait_for(Duration::from_secs(30), || async {
-        audit_log
-            .list(0, 100_000)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|event| {
-                event.action == "session.ended"
-                    && event.session_id == Some(idle_session.to_string())
-            })
-    })
+    let audited = wait_for(
+        "the idle end in the audit log",
+        Duration::from_secs(30),
+        || async {
+            audit_log
+                .list(0, 100_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|event| {
+                    event.action == "session.ended"
+                        && event.session_id == Some(idle_session.to_string())
+                })
+        },
+    )
     .await;
     assert!(
         audited.details.contains("idle_timeout"),
@@ -492,7 +288,7 @@ async fn idle_timer_counts_only_real_input() {
     assert!(chrono::Utc::now().timestamp_millis() - busy_record.last_input_at_ms < 30_000);
     drop(busy_viewer);
 
-    stack.stop().await;
+    stack.shut_down().await;
 }
 
 /// A loopback TCP relay in front of the broker whose open connections the test can
@@ -564,15 +360,19 @@ c.getContext('2d').clearRect(0, 0, c.width, c.height); return true;";
 
 /// Waits until the viewer shows decoded frames, failing on an end or a problem.
 async fn wait_for_picture(browser: &Browser) -> serde_json::Value {
-    wait_for(Duration::from_secs(120), || async {
-        let probe = browser.script(VIEWER_PROBE).await;
-        if probe.is_null() {
-            return None;
-        }
-        assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
-        assert_eq!(probe["ended"], "", "session ended: {probe}");
-        (probe["lit"].as_u64().unwrap_or(0) > 0 && probe["connection"] == "").then_some(probe)
-    })
+    wait_for(
+        "the viewer's first picture",
+        Duration::from_secs(120),
+        || async {
+            let probe = browser.script(VIEWER_PROBE).await;
+            if probe.is_null() {
+                return None;
+            }
+            assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
+            assert_eq!(probe["ended"], "", "session ended: {probe}");
+            (probe["lit"].as_u64().unwrap_or(0) > 0 && probe["connection"] == "").then_some(probe)
+        },
+    )
     .await
 }
 
@@ -582,42 +382,17 @@ async fn dropped_viewer_reconnects_to_same_session() {
     // portal's public URL, so the viewer socket's Origin matches.
     let (mut relay, listener) = CuttableRelay::bind().await;
     let public_url = format!("\"http://{}\"", relay.address);
-    let stack = Stack::start(&[("STRONGROOM_SERVER__PUBLIC_URL", public_url.as_str())]).await;
+    let mut stack = start_stack(&[("STRONGROOM_SERVER__PUBLIC_URL", public_url.as_str())]).await;
     let upstream: std::net::SocketAddr = stack.base.trim_start_matches("http://").parse().unwrap();
     relay.start(listener, upstream);
     let db = stack.db();
 
-    let key = TotpKey::load_or_create(stack.dir.path()).unwrap();
-    let id = Uuid::new_v4().to_string();
-    let totp = TotpSecret::generate();
-    let sealed = key.seal(&id, totp.as_bytes()).unwrap();
-    let hash = broker::auth::password::hash(PASSWORD).unwrap();
-    let roles = BTreeSet::from([Role::User]);
-    let now = chrono::Utc::now().timestamp_millis();
-    let user = users::NewLocalUser {
-        id: &id,
-        username: "alice",
-        display_name: "alice",
-        password_hash: &hash,
-        sealed_totp: Some(&sealed),
-        roles: &roles,
-    };
-    users::create_local(&db, user, now).await.unwrap();
-    broker::sites::grant(&db, &id, "demo", "system:test", now)
-        .await
-        .unwrap();
+    let (id, totp) = stack.add_user("alice", &[Role::User]).await;
+    stack.grant(&id, "demo").await;
 
     let browser = Browser::start().await;
-    browser.open(&format!("http://{}/", relay.address)).await;
-    browser.type_into("input[name=username]", "alice").await;
-    browser.type_into("input[name=password]", PASSWORD).await;
-    browser
-        .type_into(
-            "input[name=code]",
-            &totp.code_at(chrono::Utc::now().timestamp() as u64),
-        )
-        .await;
-    browser.click("button[type=submit]").await;
+    let portal = format!("http://{}", relay.address);
+    sign_in_browser_at(&browser, &portal, "alice", &totp).await;
     browser.click("#launch-demo").await;
     browser.element("#screen").await;
     let first = wait_for_picture(&browser).await;
@@ -640,14 +415,18 @@ async fn dropped_viewer_reconnects_to_same_session() {
     for drop_number in 1..=2u64 {
         assert!(relay.cut() > 0, "the viewer had no open connection");
         browser.script(BLANK_CANVAS).await;
-        let probe = wait_for(Duration::from_secs(60), || async {
-            let probe = browser.script(VIEWER_PROBE).await;
-            if probe.is_null() {
-                return None;
-            }
-            assert_eq!(probe["ended"], "", "session ended after a drop: {probe}");
-            (probe["reconnects"].as_u64() >= Some(drop_number)).then_some(probe)
-        })
+        let probe = wait_for(
+            "the picture after the reconnect",
+            Duration::from_secs(60),
+            || async {
+                let probe = browser.script(VIEWER_PROBE).await;
+                if probe.is_null() {
+                    return None;
+                }
+                assert_eq!(probe["ended"], "", "session ended after a drop: {probe}");
+                (probe["reconnects"].as_u64() >= Some(drop_number)).then_some(probe)
+            },
+        )
         .await;
         assert_eq!(probe["path"], first["path"]);
         let probe = wait_for_picture(&browser).await;
@@ -670,43 +449,15 @@ async fn dropped_viewer_reconnects_to_same_session() {
 
     browser.quit().await;
     drop(relay);
-    stack.stop().await;
+    stack.shut_down().await;
 }
 
 /// Creates an account with a fresh TOTP secret, grants it the demo site and signs it
 /// in through the portal's sign-in form in `browser`. Returns the account's id.
 async fn sign_in_browser(stack: &Stack, browser: &Browser, username: &str) -> String {
-    let db = stack.db();
-    let key = TotpKey::load_or_create(stack.dir.path()).unwrap();
-    let id = Uuid::new_v4().to_string();
-    let totp = TotpSecret::generate();
-    let sealed = key.seal(&id, totp.as_bytes()).unwrap();
-    let hash = broker::auth::password::hash(PASSWORD).unwrap();
-    let roles = BTreeSet::from([Role::User]);
-    let now = chrono::Utc::now().timestamp_millis();
-    let user = users::NewLocalUser {
-        id: &id,
-        username,
-        display_name: username,
-        password_hash: &hash,
-        sealed_totp: Some(&sealed),
-        roles: &roles,
-    };
-    users::create_local(&db, user, now).await.unwrap();
-    broker::sites::grant(&db, &id, "demo", "system:test", now)
-        .await
-        .unwrap();
-
-    browser.open(&format!("{}/", stack.base)).await;
-    browser.type_into("input[name=username]", username).await;
-    browser.type_into("input[name=password]", PASSWORD).await;
-    browser
-        .type_into(
-            "input[name=code]",
-            &totp.code_at(chrono::Utc::now().timestamp() as u64),
-        )
-        .await;
-    browser.click("button[type=submit]").await;
+    let (id, totp) = stack.add_user(username, &[Role::User]).await;
+    stack.grant(&id, "demo").await;
+    stack.sign_in_browser(browser, username, &totp).await;
     browser.element("#launch-demo").await;
     id
 }
@@ -731,7 +482,7 @@ fn screen_size_for(stage: &serde_json::Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_resize_reaches_workspace_screen() {
-    let stack = Stack::start(&[]).await;
+    let mut stack = start_stack(&[]).await;
     let browser = Browser::start().await;
     let owner = sign_in_browser(&stack, &browser, "alice").await;
     let session = HostSession::start(
@@ -766,16 +517,20 @@ async fn viewer_resize_reaches_workspace_screen() {
     // that size arrive and show the page.
     for (width, height) in [(900u32, 700u32), (1300, 950)] {
         browser.set_window_size(width, height).await;
-        let probe = wait_for(Duration::from_secs(120), || async {
-            let probe = browser.script(SIZE_PROBE).await;
-            assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
-            let expected = screen_size_for(&probe["stage"]);
-            (probe["stage"] != first["stage"]
-                && probe["canvas"] == expected.as_str()
-                && probe["frame"] == expected.as_str()
-                && probe["lit"].as_u64().unwrap_or(0) > 0)
-                .then_some(probe)
-        })
+        let probe = wait_for(
+            "the screen to follow the viewer's size",
+            Duration::from_secs(120),
+            || async {
+                let probe = browser.script(SIZE_PROBE).await;
+                assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
+                let expected = screen_size_for(&probe["stage"]);
+                (probe["stage"] != first["stage"]
+                    && probe["canvas"] == expected.as_str()
+                    && probe["frame"] == expected.as_str()
+                    && probe["lit"].as_u64().unwrap_or(0) > 0)
+                    .then_some(probe)
+            },
+        )
         .await;
         assert_ne!(probe["canvas"], first["canvas"], "{probe} after {first}");
     }
@@ -788,7 +543,7 @@ async fn viewer_resize_reaches_workspace_screen() {
         .stop(session.session_id, "test finished");
     drop(session);
     browser.quit().await;
-    stack.stop().await;
+    stack.shut_down().await;
 }
 
 /// A text field that fills the page and reports its value and every copy to the page
@@ -816,10 +571,12 @@ impl HostSession {
         policy: broker::sites::ClipboardPolicy,
         page: &str,
     ) -> HostSession {
-        let pages = strongroom_tests::pages::PageServer::start(std::collections::HashMap::from([
-            ("/", page.to_owned()),
-        ]))
-        .await;
+        let pages =
+            strongroom_tests::pages::PageServer::start(std::collections::HashMap::from([(
+                "/",
+                page.to_owned(),
+            )]))
+            .await;
         let secret = protocol::SessionSecret::new(format!(
             "{}{}",
             Uuid::new_v4().simple(),
@@ -904,25 +661,31 @@ async fn open_and_focus_field(browser: &Browser, stack: &Stack, session: &HostSe
         .await;
     browser.element("#screen").await;
     wait_for_picture(browser).await;
-    wait_for(Duration::from_secs(60), || async {
-        browser.click("#screen").await;
-        browser.type_into("#screen", "q").await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while tokio::time::Instant::now() < deadline {
-            if session.field_reported(|value| value.ends_with('q')) {
-                return Some(());
+    wait_for(
+        "the workspace field to take focus",
+        Duration::from_secs(60),
+        || async {
+            browser.click("#screen").await;
+            browser.type_into("#screen", "q").await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while tokio::time::Instant::now() < deadline {
+                if session.field_reported(|value| value.ends_with('q')) {
+                    return Some(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
-    })
+            None
+        },
+    )
     .await;
     browser
         .type_into("#screen", &format!("{CONTROL}a{RELEASE_MODIFIERS}\u{E017}"))
         .await;
-    wait_for(Duration::from_secs(30), || async {
-        session.field_reported(str::is_empty).then_some(())
-    })
+    wait_for(
+        "the field to report its value",
+        Duration::from_secs(30),
+        || async { session.field_reported(str::is_empty).then_some(()) },
+    )
     .await;
 }
 
@@ -972,7 +735,11 @@ async fn viewer_socket(stack: &Stack, browser: &Browser, session_id: Uuid) -> So
 }
 
 /// Reads status messages for `window` and returns those of type `kind`.
-async fn statuses_within(socket: &mut Socket, kind: &str, window: Duration) -> Vec<serde_json::Value> {
+async fn statuses_within(
+    socket: &mut Socket,
+    kind: &str,
+    window: Duration,
+) -> Vec<serde_json::Value> {
     let deadline = tokio::time::Instant::now() + window;
     let mut found = Vec::new();
     while let Ok(Some(message)) = tokio::time::timeout_at(deadline, socket.next()).await {
@@ -1011,7 +778,7 @@ async fn clipboard_audit(
 async fn clipboard_follows_site_policy() {
     use broker::sites::ClipboardPolicy;
 
-    let stack = Stack::start(&[]).await;
+    let mut stack = start_stack(&[]).await;
     let browser = Browser::start().await;
     let owner = sign_in_browser(&stack, &browser, "alice").await;
 
@@ -1024,14 +791,21 @@ async fn clipboard_follows_site_policy() {
     assert_eq!(policy["paste_in"], true, "{policy}");
     assert_eq!(policy["copy_out"], true, "{policy}");
     paste_in_viewer(&browser, UNICODE_TEXT).await;
-    wait_for(Duration::from_secs(60), || async {
-        session
-            .field_reported(|value| value == UNICODE_TEXT)
-            .then_some(())
-    })
+    wait_for(
+        "the pasted text in the field",
+        Duration::from_secs(60),
+        || async {
+            session
+                .field_reported(|value| value == UNICODE_TEXT)
+                .then_some(())
+        },
+    )
     .await;
     browser
-        .type_into("#screen", &format!("{CONTROL}a{RELEASE_MODIFIERS}{CONTROL}c{RELEASE_MODIFIERS}"))
+        .type_into(
+            "#screen",
+            &format!("{CONTROL}a{RELEASE_MODIFIERS}{CONTROL}c{RELEASE_MODIFIERS}"),
+        )
         .await;
     let copied = status_of_type(&mut socket, "clipboard", Duration::from_secs(60)).await;
     assert_eq!(copied["text"], UNICODE_TEXT, "{copied}");
@@ -1063,7 +837,8 @@ async fn clipboard_follows_site_policy() {
 
     // Off: the viewer does not send a paste, the broker refuses one sent anyway, and a
     // copy in the workspace does not leave it.
-    let session = HostSession::start(&stack, &owner, ClipboardPolicy::Blocked, CLIPBOARD_PAGE).await;
+    let session =
+        HostSession::start(&stack, &owner, ClipboardPolicy::Blocked, CLIPBOARD_PAGE).await;
     open_and_focus_field(&browser, &stack, &session).await;
     let mut socket = viewer_socket(&stack, &browser, session.session_id).await;
     let policy = status_of_type(&mut socket, "clipboard_policy", Duration::from_secs(30)).await;
@@ -1076,11 +851,17 @@ async fn clipboard_follows_site_policy() {
             Duration::from_secs(30),
         )
         .await;
-    assert!(shown.as_str().unwrap().contains("does not allow pasting"), "{shown}");
+    assert!(
+        shown.as_str().unwrap().contains("does not allow pasting"),
+        "{shown}"
+    );
     let paste = serde_json::json!({ "type": "paste", "text": UNICODE_TEXT }).to_string();
     socket.send(Message::text(paste)).await.unwrap();
     let refused = status_of_type(&mut socket, "input_refused", Duration::from_secs(30)).await;
-    assert!(refused["reason"].as_str().unwrap().contains("pasting"), "{refused}");
+    assert!(
+        refused["reason"].as_str().unwrap().contains("pasting"),
+        "{refused}"
+    );
 
     // Typed text reaches the field, which shows that input flows while pastes do not.
     browser.type_into("#screen", "ok").await;
@@ -1094,11 +875,16 @@ async fn clipboard_follows_site_policy() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     browser
-        .type_into("#screen", &format!("{CONTROL}a{RELEASE_MODIFIERS}{CONTROL}c{RELEASE_MODIFIERS}"))
+        .type_into(
+            "#screen",
+            &format!("{CONTROL}a{RELEASE_MODIFIERS}{CONTROL}c{RELEASE_MODIFIERS}"),
+        )
         .await;
-    wait_for(Duration::from_secs(60), || async {
-        (session.copies() > 0).then_some(())
-    })
+    wait_for(
+        "a copy in the workspace",
+        Duration::from_secs(60),
+        || async { (session.copies() > 0).then_some(()) },
+    )
     .await;
     // The workspace copied; with the policy off the copy must not arrive. In the run
     // above a permitted copy arrived well within this window.
@@ -1112,12 +898,17 @@ async fn clipboard_follows_site_policy() {
             .await,
         "0"
     );
-    stack.broker().state.portal.hub.stop(session.session_id, "test finished");
+    stack
+        .broker()
+        .state
+        .portal
+        .hub
+        .stop(session.session_id, "test finished");
     drop(socket);
     drop(session);
 
     browser.quit().await;
-    stack.stop().await;
+    stack.shut_down().await;
 }
 
 /// A page five screens tall that reports its scroll position.
@@ -1128,7 +919,7 @@ addEventListener('scroll', () => fetch('/scroll?y=' + Math.round(scrollY)));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_wheel_scrolls_workspace_page() {
-    let stack = Stack::start(&[]).await;
+    let mut stack = start_stack(&[]).await;
     let browser = Browser::start().await;
     let owner = sign_in_browser(&stack, &browser, "alice").await;
     let session = HostSession::start(
@@ -1155,21 +946,29 @@ async fn viewer_wheel_scrolls_workspace_page() {
 
     // Wheel down until the page reports a position below the top: the first turns
     // may arrive before the workspace window has the pointer.
-    let down = wait_for(Duration::from_secs(60), || async {
-        browser.wheel("#screen", 300).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        positions().into_iter().max().filter(|y| *y > 0)
-    })
+    let down = wait_for(
+        "the page to scroll down",
+        Duration::from_secs(60),
+        || async {
+            browser.wheel("#screen", 300).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            positions().into_iter().max().filter(|y| *y > 0)
+        },
+    )
     .await;
 
     // Wheel up: the page scrolls back to the top. Reports travel on separate
     // connections and may arrive out of order, so any report of 0 counts.
     let before_up = positions().len();
-    wait_for(Duration::from_secs(60), || async {
-        browser.wheel("#screen", -3 * down as i64 - 300).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        positions()[before_up..].contains(&0).then_some(())
-    })
+    wait_for(
+        "the page to scroll back up",
+        Duration::from_secs(60),
+        || async {
+            browser.wheel("#screen", -3 * down as i64 - 300).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            positions()[before_up..].contains(&0).then_some(())
+        },
+    )
     .await;
 
     stack
@@ -1180,5 +979,5 @@ async fn viewer_wheel_scrolls_workspace_page() {
         .stop(session.session_id, "test finished");
     drop(session);
     browser.quit().await;
-    stack.stop().await;
+    stack.shut_down().await;
 }

@@ -11,309 +11,75 @@ use std::time::Duration;
 
 use broker::audit;
 use broker::auth::Role;
-use broker::auth::secret_key::TotpKey;
-use broker::auth::totp::TotpSecret;
 use broker::auth::users;
-use broker::server::{self, RunningBroker};
 use futures::{SinkExt, StreamExt};
 use reqwest::cookie::CookieStore;
+use strongroom_tests::browser::Browser;
+use strongroom_tests::stack::{Person, Stack, StackBuilder, UNREACHABLE_DEMO_SITE, wait_for};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_util::sync::CancellationToken;
-use strongroom_tests::browser::Browser;
 use uuid::Uuid;
-
-const PASSWORD: &str = "a long test passphrase";
 
 /// Session subnets of this test, apart from the launcher's and the session tests'.
 const SUBNET_RANGE: &str = "172.30.0.0/16";
 
-struct Stack {
-    broker: Option<RunningBroker>,
-    launcher_stop: CancellationToken,
-    launcher: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    instance_id: Uuid,
-    dir: tempfile::TempDir,
-    base: String,
+/// This file's stack; the workspace image check applies only when `launcher.image` is
+/// not overridden.
+fn stack() -> StackBuilder {
+    Stack::builder(SUBNET_RANGE).image_check_only_when_built()
 }
 
-impl Stack {
-    async fn start() -> Stack {
-        Stack::start_with(&[]).await
-    }
-
-    /// Starts with extra configuration overrides; the workspace image check applies only
-    /// when `launcher.image` is not overridden.
-    async fn start_with(overrides: &[(&str, &str)]) -> Stack {
-        let dir = tempfile::tempdir().unwrap();
-        let instance_id = broker::instance::load_or_create(dir.path()).unwrap();
-        let env = [
-            ("STRONGROOM_DATA_DIR", dir.path().display().to_string()),
-            ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-            ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
-            (
-                "STRONGROOM_LAUNCHER__SUBNET_RANGE",
-                format!("\"{SUBNET_RANGE}\""),
-            ),
-        ]
-        .map(|(name, value)| (name.to_owned(), value));
-        let extra = overrides
-            .iter()
-            .map(|(name, value)| (name.to_string(), value.to_string()));
-        let config = broker::config::load(None, env.into_iter().chain(extra))
-            .expect("test configuration is valid");
-        let image_from_build = config.launcher.image_from_build;
-
-        // The launcher runs in this process here; `strongroom serve` runs it as a child.
-        let launcher_config =
-            broker::launcher_process::resolved_config(&config, instance_id).unwrap();
-        let launcher_stop = CancellationToken::new();
-        let launcher = tokio::spawn(broker::launcher_process::run_standalone(
-            launcher_config,
-            image_from_build,
-            launcher_stop.clone(),
-        ));
-        let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone());
-        let health = wait_for(Duration::from_secs(30), || async {
-            client.health().await.ok()
-        })
-        .await;
-        if image_from_build {
-            assert_eq!(
-                health.image_present,
-                Some(true),
-                "workspace image missing: run `strongroom image build` ({health:?})"
-            );
-        }
-
-        let broker = server::start(config).await.expect("broker starts");
-        let base = broker.base_url();
-        Stack {
-            broker: Some(broker),
-            launcher_stop,
-            launcher: Some(launcher),
-            instance_id,
-            dir,
-            base,
-        }
-    }
-
-    fn broker(&self) -> &RunningBroker {
-        self.broker.as_ref().unwrap()
-    }
-
-    async fn add_user(&self, username: &str) -> (String, TotpSecret) {
-        let key = TotpKey::load_or_create(self.dir.path()).unwrap();
-        let id = Uuid::new_v4().to_string();
-        let secret = TotpSecret::generate();
-        let sealed = key.seal(&id, secret.as_bytes()).unwrap();
-        let hash = broker::auth::password::hash(PASSWORD).unwrap();
-        let roles = BTreeSet::from([Role::User]);
-        let user = users::NewLocalUser {
-            id: &id,
-            username,
-            display_name: username,
-            password_hash: &hash,
-            sealed_totp: Some(&sealed),
-            roles: &roles,
-        };
-        users::create_local(
-            &self.broker().state.db,
-            user,
-            chrono::Utc::now().timestamp_millis(),
-        )
-        .await
-        .unwrap();
-        (id, secret)
-    }
-
-    /// Stops the broker and the launcher, checks that nothing of the instance is left,
-    /// and returns the data directory for inspection.
-    async fn stop(mut self) -> tempfile::TempDir {
-        self.broker.take().unwrap().shutdown().await;
-        self.launcher_stop.cancel();
-        let launcher = self.launcher.take().unwrap();
-        launcher.await.unwrap().unwrap();
-        assert_eq!(
-            count_instance_objects(&self.instance_id.to_string()).await,
-            (0, 0),
-            "containers or networks left behind"
-        );
-        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
-    }
-}
-
-impl Drop for Stack {
-    /// Removes the instance's containers and networks when a test fails before `stop`,
-    /// so that a failure leaves nothing behind.
-    fn drop(&mut self) {
-        let label = format!("label=strongroom.broker={}", self.instance_id);
-        for (list, remove) in [
-            (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
-            (
-                vec!["network", "ls", "-q", "--filter", &label],
-                vec!["network", "rm"],
-            ),
-        ] {
-            let Ok(output) = std::process::Command::new("docker").args(&list).output() else {
-                continue;
-            };
-            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(&remove)
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
-}
-
-async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Counts the containers and networks labelled with this broker instance.
-async fn count_instance_objects(instance_id: &str) -> (usize, usize) {
-    let label = format!("label=strongroom.broker={instance_id}");
-    let count = |kind: &'static str| {
-        let label = label.clone();
-        async move {
-            let output = tokio::process::Command::new("docker")
-                .args([kind, "ls", "-aq", "--filter", &label])
-                .output()
-                .await
-                .unwrap();
-            String::from_utf8_lossy(&output.stdout).lines().count()
-        }
-    };
-    // `docker network ls` has no -a; list networks separately.
-    let containers = count("container").await;
-    let output = tokio::process::Command::new("docker")
-        .args(["network", "ls", "-q", "--filter", &label])
-        .output()
-        .await
-        .unwrap();
-    (
-        containers,
-        String::from_utf8_lossy(&output.stdout).lines().count(),
-    )
-}
-
-fn site_file(dir: &std::path::Path) -> std::path::PathBuf {
-    // No bank listens: the workspace's page load goes through the egress proxy, which
-    // refuses or fails it, and the browser shows its error page. The stream is what
-    // this test is about.
-    let path = dir.join("sites.toml");
-    std::fs::write(
-        &path,
-        r#"
-[[site]]
-name = "demo"
-display_name = "Demo Bank"
-start_url = "https://bank.invalid/login"
-allowed_hosts = ["bank.invalid"]
-recording_retention_days = 30
-"#,
-    )
-    .unwrap();
-    path
-}
-
-/// A signed-in portal client of a person granted the demo site.
-struct Person {
-    client: reqwest::Client,
-    jar: Arc<reqwest::cookie::Jar>,
-}
-
+/// Imports the unreachable demo site, then creates alice, grants her the site and signs
+/// her in.
 async fn sign_in(stack: &Stack) -> Person {
-    let db = stack.broker().state.db.clone();
-    let (alice, totp) = stack.add_user("alice").await;
-    broker::sites::import_file(&db, &site_file(stack.dir.path()))
-        .await
-        .unwrap();
-    broker::sites::grant(
-        &db,
-        &alice,
-        "demo",
-        "system:test",
-        chrono::Utc::now().timestamp_millis(),
-    )
-    .await
-    .unwrap();
-
-    let jar = Arc::new(reqwest::cookie::Jar::default());
-    let client = reqwest::Client::builder()
-        .cookie_provider(jar.clone())
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
-    let signed_in = client
-        .post(format!("{}/auth/login", stack.base))
-        .header("origin", &stack.base)
-        .form(&[
-            ("username", "alice"),
-            ("password", PASSWORD),
-            ("code", code.as_str()),
-            ("next", "/"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        signed_in.status().is_redirection(),
-        "sign-in failed: {}",
-        signed_in.status()
-    );
-    Person { client, jar }
+    stack
+        .import_sites("sites.toml", UNREACHABLE_DEMO_SITE)
+        .await;
+    stack.person("alice", &[Role::User], &["demo"]).await
 }
 
-/// Launches the demo site from the portal form and returns the viewer page's path.
-async fn launch(stack: &Stack, person: &Person) -> (Uuid, String) {
-    let launched = person
-        .client
-        .post(format!("{}/sessions", stack.base))
-        .header("origin", &stack.base)
-        .form(&[("site", "demo")])
-        .send()
+/// Imports the unreachable demo site with a login recipe whose first step waits
+/// `wait_secs` for `#user`, which never appears; `more_steps` follow it.
+async fn import_demo_login(stack: &Stack, wait_secs: u32, more_steps: &str) {
+    let site = format!(
+        r##"{UNREACHABLE_DEMO_SITE}
+[site.login]
+credential_origins = ["https://bank.invalid"]
+
+[[site.login.steps]]
+action = "wait_for"
+selector = "#user"
+timeout_secs = {wait_secs}
+{more_steps}"##
+    );
+    stack.import_sites("login-site.toml", &site).await;
+}
+
+/// Stores the demo site's shared credential: alice with `password`, without TOTP.
+/// Returns the credential's reference.
+async fn store_demo_credential(stack: &Stack, password: &str) -> broker::secrets::CredentialRef {
+    let key = broker::secrets::CredentialKey::load_or_create(stack.dir.path()).unwrap();
+    let store = broker::secrets::LocalStore::new(
+        stack.db(),
+        Arc::new(key),
+        Arc::new(broker::clock::SystemClock),
+    );
+    let reference = broker::secrets::CredentialRef::shared("demo").unwrap();
+    let credentials =
+        broker::secrets::BankCredentials::new(&reference, "alice".into(), password.into(), None)
+            .unwrap();
+    store
+        .save(&reference, &credentials, "system:test")
         .await
         .unwrap();
-    assert_eq!(
-        launched.status(),
-        reqwest::StatusCode::SEE_OTHER,
-        "{}",
-        launched.text().await.unwrap()
-    );
-    let location = launched.headers()["location"].to_str().unwrap().to_owned();
-    (
-        location.trim_start_matches("/sessions/").parse().unwrap(),
-        location,
-    )
+    reference
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stop_ends_live_sessions() {
-    let stack = Stack::start().await;
+    let stack = stack().start().await;
     let person = sign_in(&stack).await;
-    let (session_id, _) = launch(&stack, &person).await;
+    let (session_id, _) = person.launch("demo").await;
 
     // `stop` asserts that no container or network of the instance is left.
     let dir = stack.stop().await;
@@ -333,40 +99,13 @@ async fn broker_stop_ends_live_sessions() {
     assert_eq!(record.end_reason.as_deref(), Some("broker_stopped"));
 }
 
-/// Signs in an existing account and returns its browser.
-async fn sign_in_existing(stack: &Stack, username: &str, totp: &TotpSecret) -> reqwest::Client {
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
-    let signed_in = client
-        .post(format!("{}/auth/login", stack.base))
-        .header("origin", &stack.base)
-        .form(&[
-            ("username", username),
-            ("password", PASSWORD),
-            ("code", &code),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        signed_in.status(),
-        reqwest::StatusCode::SEE_OTHER,
-        "{username} signs in"
-    );
-    client
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_person_cannot_view_or_end_a_session() {
-    let stack = Stack::start().await;
+    let stack = stack().start().await;
     let owner = sign_in(&stack).await;
-    let (session_id, location) = launch(&stack, &owner).await;
-    let (_, bob_totp) = stack.add_user("bob").await;
-    let (carol, carol_totp) = stack.add_user("carol").await;
+    let (session_id, location) = owner.launch("demo").await;
+    let (_, bob_totp) = stack.add_user("bob", &[Role::User]).await;
+    let (carol, carol_totp) = stack.add_user("carol", &[Role::User]).await;
     users::set_roles(
         &stack.broker().state.db,
         &carol,
@@ -375,8 +114,8 @@ async fn another_person_cannot_view_or_end_a_session() {
     )
     .await
     .unwrap();
-    let bob = sign_in_existing(&stack, "bob", &bob_totp).await;
-    let auditor = sign_in_existing(&stack, "carol", &carol_totp).await;
+    let bob = stack.sign_in("bob", &bob_totp).await.client;
+    let auditor = stack.sign_in("carol", &carol_totp).await.client;
     let page = format!("{}{location}", stack.base);
     let end = format!("{}/sessions/{session_id}/end", stack.base);
 
@@ -422,58 +161,13 @@ async fn another_person_cannot_view_or_end_a_session() {
     stack.stop().await;
 }
 
-/// Signs in a new admin account and returns a client carrying its portal cookie.
-async fn sign_in_admin(stack: &Stack) -> (String, reqwest::Client) {
-    let key = TotpKey::load_or_create(stack.dir.path()).unwrap();
-    let id = Uuid::new_v4().to_string();
-    let secret = TotpSecret::generate();
-    let sealed = key.seal(&id, secret.as_bytes()).unwrap();
-    let hash = broker::auth::password::hash(PASSWORD).unwrap();
-    let roles = BTreeSet::from([Role::Admin]);
-    let user = users::NewLocalUser {
-        id: &id,
-        username: "ada",
-        display_name: "ada",
-        password_hash: &hash,
-        sealed_totp: Some(&sealed),
-        roles: &roles,
-    };
-    users::create_local(
-        &stack.broker().state.db,
-        user,
-        chrono::Utc::now().timestamp_millis(),
-    )
-    .await
-    .unwrap();
-
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let code = secret.code_at(chrono::Utc::now().timestamp() as u64);
-    let signed_in = client
-        .post(format!("{}/auth/login", stack.base))
-        .header("origin", &stack.base)
-        .form(&[
-            ("username", "ada"),
-            ("password", PASSWORD),
-            ("code", code.as_str()),
-            ("next", "/"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert!(signed_in.status().is_redirection(), "admin sign-in failed");
-    (id, client)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_terminates_live_session_with_reason() {
-    let stack = Stack::start().await;
+    let stack = stack().start().await;
     let person = sign_in(&stack).await;
-    let (session_id, _) = launch(&stack, &person).await;
-    let (admin_id, admin) = sign_in_admin(&stack).await;
+    let (session_id, _) = person.launch("demo").await;
+    let ada = stack.person("ada", &[Role::Admin], &[]).await;
+    let (admin_id, admin) = (ada.user_id, ada.client);
 
     let live: serde_json::Value = admin
         .get(format!("{}/api/v1/sessions", stack.base))
@@ -519,11 +213,9 @@ async fn admin_terminates_live_session_with_reason() {
         .unwrap();
     assert_eq!(again.status(), reqwest::StatusCode::CONFLICT);
 
-    let instance = stack.instance_id.to_string();
-    wait_for(Duration::from_secs(60), || async {
-        (count_instance_objects(&instance).await == (0, 0)).then_some(())
-    })
-    .await;
+    stack
+        .wait_until_cleaned("the instance's containers and networks to go")
+        .await;
     let events = stack.broker().state.audit.list(0, 10_000).await.unwrap();
     let reason = events
         .iter()
@@ -553,11 +245,11 @@ async fn admin_terminates_live_session_with_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_streams_from_container_to_viewer_and_recording() {
-    let stack = Stack::start().await;
+    let stack = stack().start().await;
     let db = stack.broker().state.db.clone();
     let person = sign_in(&stack).await;
     let (client, jar) = (&person.client, &person.jar);
-    let (session_id, location) = launch(&stack, &person).await;
+    let (session_id, location) = person.launch("demo").await;
 
     // The viewer page carries a one-time ticket for the WebSocket.
     let page = client
@@ -667,17 +359,21 @@ async fn session_streams_from_container_to_viewer_and_recording() {
     assert!(!reason.is_empty());
 
     let audit_log = &stack.broker().state.audit;
-    let sealed = wait_for(Duration::from_secs(30), || async {
-        let events = audit_log.list(0, 100_000).await.unwrap();
-        let sealed: Vec<_> = events
-            .into_iter()
-            .filter(|event| {
-                event.action == "recording.sealed"
-                    && event.session_id.as_deref() == Some(&session_id.to_string())
-            })
-            .collect();
-        (!sealed.is_empty()).then_some(sealed)
-    })
+    let sealed = wait_for(
+        "the sealed recording in the audit log",
+        Duration::from_secs(30),
+        || async {
+            let events = audit_log.list(0, 100_000).await.unwrap();
+            let sealed: Vec<_> = events
+                .into_iter()
+                .filter(|event| {
+                    event.action == "recording.sealed"
+                        && event.session_id.as_deref() == Some(&session_id.to_string())
+                })
+                .collect();
+            (!sealed.is_empty()).then_some(sealed)
+        },
+    )
     .await;
     assert_eq!(sealed.len(), 1);
     let events = audit_log.list(0, 100_000).await.unwrap();
@@ -763,7 +459,10 @@ async fn session_streams_from_container_to_viewer_and_recording() {
 async fn missing_image_is_reported_and_refused() {
     let tag = format!("strongroom/workspace:missing-{}", Uuid::new_v4().simple());
     let quoted = format!("\"{tag}\"");
-    let stack = Stack::start_with(&[("STRONGROOM_LAUNCHER__IMAGE", quoted.as_str())]).await;
+    let stack = stack()
+        .env("STRONGROOM_LAUNCHER__IMAGE", quoted.as_str())
+        .start()
+        .await;
     let person = sign_in(&stack).await;
 
     // `/readyz` names the missing image and the command that builds it.
@@ -813,46 +512,33 @@ return { width: c.width, height: c.height, lit, status: status.hidden ? '' : sta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_signs_in_launches_and_sees_the_workspace() {
-    let stack = Stack::start().await;
+    let stack = stack().start().await;
     let db = stack.broker().state.db.clone();
-    let (alice, totp) = stack.add_user("alice").await;
-    broker::sites::import_file(&db, &site_file(stack.dir.path()))
-        .await
-        .unwrap();
-    broker::sites::grant(
-        &db,
-        &alice,
-        "demo",
-        "system:test",
-        chrono::Utc::now().timestamp_millis(),
-    )
-    .await
-    .unwrap();
+    stack
+        .import_sites("sites.toml", UNREACHABLE_DEMO_SITE)
+        .await;
+    let (alice, totp) = stack.add_user("alice", &[Role::User]).await;
+    stack.grant(&alice, "demo").await;
     let browser = Browser::start().await;
 
-    browser.open(&format!("{}/", stack.base)).await;
-    browser.type_into("input[name=username]", "alice").await;
-    browser.type_into("input[name=password]", PASSWORD).await;
-    browser
-        .type_into(
-            "input[name=code]",
-            &totp.code_at(chrono::Utc::now().timestamp() as u64),
-        )
-        .await;
-    browser.click("button[type=submit]").await;
+    stack.sign_in_browser(&browser, "alice", &totp).await;
     browser.click("#launch-demo").await;
     browser.element("#screen").await;
 
     // The viewer script decodes the workspace's VP8 stream onto the canvas.
-    let probe = wait_for(Duration::from_secs(120), || async {
-        let probe = browser.script(CANVAS_PROBE).await;
-        if probe.is_null() {
-            return None;
-        }
-        assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
-        assert_eq!(probe["ended"], "", "session ended early: {probe}");
-        (probe["lit"].as_u64().unwrap_or(0) > 0).then_some(probe)
-    })
+    let probe = wait_for(
+        "the workspace on the viewer canvas",
+        Duration::from_secs(120),
+        || async {
+            let probe = browser.script(CANVAS_PROBE).await;
+            if probe.is_null() {
+                return None;
+            }
+            assert_eq!(probe["status"], "", "viewer reported a problem: {probe}");
+            assert_eq!(probe["ended"], "", "session ended early: {probe}");
+            (probe["lit"].as_u64().unwrap_or(0) > 0).then_some(probe)
+        },
+    )
     .await;
     // The stream starts at 1280x720 and then follows the viewer's area, which the
     // 1400x1000 browser window bounds.
@@ -868,7 +554,7 @@ async fn browser_signs_in_launches_and_sees_the_workspace() {
         .await
         .unwrap();
     assert_eq!(sessions.len(), 1);
-    wait_for(Duration::from_secs(30), || async {
+    wait_for("the session to end", Duration::from_secs(30), || async {
         let record = broker::sessions::store::get(&db, sessions[0].id)
             .await
             .unwrap()
@@ -917,66 +603,37 @@ fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::Path
 async fn marker_password_stays_out_of_container() {
     let debug_log = tempfile::NamedTempFile::new().unwrap();
     capture_debug_log(debug_log.reopen().unwrap());
-    let stack = Stack::start().await;
+    let stack = stack().start().await;
     let db = stack.broker().state.db.clone();
     let person = sign_in(&stack).await;
     let marker = format!("Mk-{}", Uuid::new_v4().simple());
 
     // A site with a recipe whose form never appears: bank.invalid does not resolve, so
     // the step times out after the agent received the credential.
-    let path = stack.dir.path().join("login-site.toml");
-    std::fs::write(
-        &path,
+    import_demo_login(
+        &stack,
+        5,
         r##"
-[[site]]
-name = "demo"
-display_name = "Demo Bank"
-start_url = "https://bank.invalid/login"
-allowed_hosts = ["bank.invalid"]
-recording_retention_days = 30
-
-[site.login]
-credential_origins = ["https://bank.invalid"]
-
-[[site.login.steps]]
-action = "wait_for"
-selector = "#user"
-timeout_secs = 5
-
 [[site.login.steps]]
 action = "type_password"
 selector = "#user"
 "##,
     )
-    .unwrap();
-    broker::sites::import_file(&db, &path).await.unwrap();
-    let key = broker::secrets::CredentialKey::load_or_create(stack.dir.path()).unwrap();
-    let store = broker::secrets::LocalStore::new(
-        db.clone(),
-        Arc::new(key),
-        Arc::new(broker::clock::SystemClock),
-    );
-    let reference = broker::secrets::CredentialRef::shared("demo").unwrap();
-    let credentials = broker::secrets::BankCredentials::new(
-        &reference,
-        "alice".into(),
-        marker.as_str().into(),
-        None,
-    )
-    .unwrap();
-    store
-        .save(&reference, &credentials, "system:test")
-        .await
-        .unwrap();
+    .await;
+    let reference = store_demo_credential(&stack, &marker).await;
 
-    let (session_id, location) = launch(&stack, &person).await;
+    let (session_id, location) = person.launch("demo").await;
     let audit_log = broker::audit::AuditLog::new(db.clone(), Arc::new(broker::clock::SystemClock));
-    let finished = wait_for(Duration::from_secs(90), || async {
-        let events = audit_log.list(0, 100_000).await.unwrap();
-        events
-            .into_iter()
-            .find(|event| event.action == "credential.auto_login.finished")
-    })
+    let finished = wait_for(
+        "the login's audit events",
+        Duration::from_secs(90),
+        || async {
+            let events = audit_log.list(0, 100_000).await.unwrap();
+            events
+                .into_iter()
+                .find(|event| event.action == "credential.auto_login.finished")
+        },
+    )
     .await;
     assert_eq!(finished.outcome, "failure", "{}", finished.details);
     assert!(finished.details.contains("step 0"), "{}", finished.details);
@@ -1072,7 +729,10 @@ selector = "#user"
         "the debug log was not captured: {} bytes",
         log.len()
     );
-    assert!(!log.contains(&marker), "the marker is in the broker's debug log");
+    assert!(
+        !log.contains(&marker),
+        "the marker is in the broker's debug log"
+    );
     let recordings = std::fs::read_dir(data_dir.path().join("recordings"))
         .map(|entries| entries.count())
         .unwrap_or(0);
@@ -1088,53 +748,24 @@ selector = "#user"
 async fn session_end_runs_logout_recipe() {
     let debug_log = tempfile::NamedTempFile::new().unwrap();
     capture_debug_log(debug_log.reopen().unwrap());
-    let stack = Stack::start().await;
+    let stack = stack().start().await;
     let db = stack.broker().state.db.clone();
     let person = sign_in(&stack).await;
     // The logout button never appears (bank.invalid does not resolve), so the agent's
     // step times out after 2 s and reports that before the workspace is removed.
-    let path = stack.dir.path().join("logout-site.toml");
-    std::fs::write(
-        &path,
+    import_demo_login(
+        &stack,
+        2,
         r##"
-[[site]]
-name = "demo"
-display_name = "Demo Bank"
-start_url = "https://bank.invalid/login"
-allowed_hosts = ["bank.invalid"]
-recording_retention_days = 30
-
-[site.login]
-credential_origins = ["https://bank.invalid"]
-
-[[site.login.steps]]
-action = "wait_for"
-selector = "#user"
-timeout_secs = 2
-
 [[site.login.logout_steps]]
 action = "click"
 selector = "#logout"
 timeout_secs = 2
 "##,
     )
-    .unwrap();
-    broker::sites::import_file(&db, &path).await.unwrap();
-    let key = broker::secrets::CredentialKey::load_or_create(stack.dir.path()).unwrap();
-    let store = broker::secrets::LocalStore::new(
-        db.clone(),
-        Arc::new(key),
-        Arc::new(broker::clock::SystemClock),
-    );
-    let reference = broker::secrets::CredentialRef::shared("demo").unwrap();
-    let credentials =
-        broker::secrets::BankCredentials::new(&reference, "alice".into(), "Mk-unused".into(), None)
-            .unwrap();
-    store
-        .save(&reference, &credentials, "system:test")
-        .await
-        .unwrap();
-    let (session_id, _) = launch(&stack, &person).await;
+    .await;
+    store_demo_credential(&stack, "Mk-unused").await;
+    let (session_id, _) = person.launch("demo").await;
     let audit_log = broker::audit::AuditLog::new(db.clone(), Arc::new(broker::clock::SystemClock));
     let finished = |events: &[broker::audit::StoredEvent]| -> Vec<usize> {
         events
@@ -1145,10 +776,14 @@ timeout_secs = 2
             .collect()
     };
     // The login fails after 2 s and leaves the session to the person.
-    wait_for(Duration::from_secs(90), || async {
-        let events = audit_log.list(0, 100_000).await.unwrap();
-        (!finished(&events).is_empty()).then_some(())
-    })
+    wait_for(
+        "the logout's audit event",
+        Duration::from_secs(90),
+        || async {
+            let events = audit_log.list(0, 100_000).await.unwrap();
+            (!finished(&events).is_empty()).then_some(())
+        },
+    )
     .await;
 
     let started = std::time::Instant::now();
@@ -1161,7 +796,11 @@ timeout_secs = 2
         .unwrap();
     let elapsed = started.elapsed();
 
-    assert!(ended.status().is_success() || ended.status().is_redirection(), "{}", ended.status());
+    assert!(
+        ended.status().is_success() || ended.status().is_redirection(),
+        "{}",
+        ended.status()
+    );
     assert!(
         elapsed < broker::sites::logout::MAX_LOGOUT_WAIT + Duration::from_secs(30),
         "ending took {elapsed:?}"
@@ -1173,7 +812,12 @@ timeout_secs = 2
         .lines()
         .filter(|line| line.contains("logout recipe") || line.contains("Auto-login"))
         .collect();
-    assert_eq!(results.len(), 2, "the workspace reported no logout result; log:\n{}", log.join("\n"));
+    assert_eq!(
+        results.len(),
+        2,
+        "the workspace reported no logout result; log:\n{}",
+        log.join("\n")
+    );
     let logout = results[1];
     let end = events
         .iter()

@@ -137,6 +137,40 @@ impl Harness {
         request.send().await.unwrap()
     }
 
+    async fn get(&self, client: &reqwest::Client, path: &str) -> reqwest::Response {
+        self.send(client, Method::GET, path, None).await
+    }
+
+    async fn put(&self, client: &reqwest::Client, path: &str, body: Value) -> reqwest::Response {
+        self.send(client, Method::PUT, path, Some(body)).await
+    }
+
+    async fn post(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        body: impl Into<Option<Value>>,
+    ) -> reqwest::Response {
+        self.send(client, Method::POST, path, body.into()).await
+    }
+
+    /// GETs `path` with `client` and parses the JSON answer.
+    async fn get_json(&self, client: &reqwest::Client, path: &str) -> Value {
+        self.get(client, path).await.json().await.unwrap()
+    }
+
+    /// GETs the page at `path` with `client` and returns its text.
+    async fn page(&self, client: &reqwest::Client, path: &str) -> String {
+        client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     async fn actions(&self) -> Vec<broker::audit::StoredEvent> {
         self.broker().state.audit.list(0, 10_000).await.unwrap()
     }
@@ -144,6 +178,18 @@ impl Harness {
     async fn stop(mut self) {
         self.broker.take().unwrap().shutdown().await;
     }
+}
+
+/// Asserts that `response` answers 200 OK and parses its JSON body.
+async fn ok_json(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+/// Asserts that `response` is a problem document with this status.
+fn assert_problem(response: &reqwest::Response, status: StatusCode) {
+    assert_eq!(response.status(), status);
+    assert_eq!(content_type(response), PROBLEM);
 }
 
 fn content_type(response: &reqwest::Response) -> String {
@@ -368,12 +414,7 @@ async fn people_body(database: TestDatabase) {
     let (admin_id, admin) = harness.signed_in("ada", &[Role::Admin]).await;
     let (user_id, _) = harness.signed_in("ursula", &[Role::User]).await;
 
-    let people: Value = harness
-        .send(&admin, Method::GET, "/api/v1/people", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let people: Value = harness.get_json(&admin, "/api/v1/people").await;
     let ursula = people
         .as_array()
         .unwrap()
@@ -384,28 +425,24 @@ async fn people_body(database: TestDatabase) {
     assert_eq!(ursula["quota_is_default"], true);
 
     let quota = harness
-        .send(
+        .put(
             &admin,
-            Method::PUT,
             &format!("/api/v1/people/{user_id}/quota"),
-            Some(json!({"max_sessions": 3})),
+            json!({"max_sessions": 3}),
         )
         .await;
-    assert_eq!(quota.status(), StatusCode::OK);
-    let quota: Value = quota.json().await.unwrap();
+    let quota = ok_json(quota).await;
     assert_eq!(quota["quota"], 3);
     assert_eq!(quota["quota_is_default"], false);
 
     let roles = harness
-        .send(
+        .put(
             &admin,
-            Method::PUT,
             &format!("/api/v1/people/{user_id}/roles"),
-            Some(json!({"roles": ["user", "auditor"]})),
+            json!({"roles": ["user", "auditor"]}),
         )
         .await;
-    assert_eq!(roles.status(), StatusCode::OK);
-    let roles: Value = roles.json().await.unwrap();
+    let roles = ok_json(roles).await;
     assert_eq!(roles["roles"], json!(["user", "auditor"]));
 
     let events = harness.actions().await;
@@ -440,15 +477,13 @@ async fn people_body(database: TestDatabase) {
 
     // Refusals are problem documents that name the bad value.
     let invalid = harness
-        .send(
+        .put(
             &admin,
-            Method::PUT,
             &format!("/api/v1/people/{user_id}/roles"),
-            Some(json!({"roles": ["root"]})),
+            json!({"roles": ["root"]}),
         )
         .await;
-    assert_eq!(invalid.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(content_type(&invalid), PROBLEM);
+    assert_problem(&invalid, StatusCode::UNPROCESSABLE_ENTITY);
     let problem: Value = invalid.json().await.unwrap();
     assert!(
         problem["detail"].as_str().unwrap().contains("\"root\""),
@@ -456,32 +491,28 @@ async fn people_body(database: TestDatabase) {
     );
 
     let too_big = harness
-        .send(
+        .put(
             &admin,
-            Method::PUT,
             &format!("/api/v1/people/{user_id}/quota"),
-            Some(json!({"max_sessions": 1000})),
+            json!({"max_sessions": 1000}),
         )
         .await;
     assert_eq!(too_big.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
     let unknown = harness
-        .send(
+        .put(
             &admin,
-            Method::PUT,
             "/api/v1/people/nobody/quota",
-            Some(json!({"max_sessions": 1})),
+            json!({"max_sessions": 1}),
         )
         .await;
-    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
-    assert_eq!(content_type(&unknown), PROBLEM);
+    assert_problem(&unknown, StatusCode::NOT_FOUND);
 
     let own = harness
-        .send(
+        .put(
             &admin,
-            Method::PUT,
             &format!("/api/v1/people/{admin_id}/roles"),
-            Some(json!({"roles": ["user"]})),
+            json!({"roles": ["user"]}),
         )
         .await;
     assert_eq!(own.status(), StatusCode::CONFLICT);
@@ -494,8 +525,7 @@ async fn people_body(database: TestDatabase) {
         .send()
         .await
         .unwrap();
-    assert_eq!(malformed.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(content_type(&malformed), PROBLEM);
+    assert_problem(&malformed, StatusCode::UNPROCESSABLE_ENTITY);
 
     let cross_origin = admin
         .put(harness.url(&format!("/api/v1/people/{user_id}/quota")))
@@ -522,14 +552,7 @@ async fn people_body(database: TestDatabase) {
         .await
         .unwrap();
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
-    let page = admin
-        .get(harness.url("/admin/people"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = harness.page(&admin, "/admin/people").await;
     assert!(page.contains("value=\"4\""), "{page}");
     assert!(!page.contains("value=\"9\""), "{page}");
 
@@ -543,25 +566,16 @@ async fn audit_body(database: TestDatabase) {
     let (_, auditor) = harness.signed_in("audrey", &[Role::Auditor]).await;
     let before_change = chrono::Utc::now().timestamp_millis();
     harness
-        .send(
+        .put(
             &admin,
-            Method::PUT,
             &format!("/api/v1/people/{admin_id}/quota"),
-            Some(json!({"max_sessions": 2})),
+            json!({"max_sessions": 2}),
         )
         .await;
 
     let page: Value = harness
-        .send(
-            &auditor,
-            Method::GET,
-            "/api/v1/audit/events?action=auth.*",
-            None,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&auditor, "/api/v1/audit/events?action=auth.*")
+        .await;
     let actions: Vec<&str> = page["events"]
         .as_array()
         .unwrap()
@@ -574,17 +588,7 @@ async fn audit_body(database: TestDatabase) {
         "{actions:?}"
     );
 
-    let by_actor: Value = harness
-        .send(
-            &auditor,
-            Method::GET,
-            &format!("/api/v1/audit/events?actor=user:{admin_id}&action=admin.quota.changed&from_ms={before_change}"),
-            None,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let by_actor: Value = harness.get_json(&auditor, &format!("/api/v1/audit/events?actor=user:{admin_id}&action=admin.quota.changed&from_ms={before_change}")).await;
     assert_eq!(
         by_actor["events"].as_array().unwrap().len(),
         1,
@@ -592,50 +596,28 @@ async fn audit_body(database: TestDatabase) {
     );
 
     let future: Value = harness
-        .send(
+        .get_json(
             &auditor,
-            Method::GET,
             &format!("/api/v1/audit/events?from_ms={}", before_change + 3_600_000),
-            None,
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(future["events"], json!([]));
 
     let paged: Value = harness
-        .send(&auditor, Method::GET, "/api/v1/audit/events?limit=1", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&auditor, "/api/v1/audit/events?limit=1")
+        .await;
     assert_eq!(paged["events"].as_array().unwrap().len(), 1);
     assert_eq!(paged["next_after_seq"], paged["events"][0]["seq"]);
 
-    let invalid = harness
-        .send(&auditor, Method::GET, "/api/v1/audit/events?limit=0", None)
-        .await;
-    assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(content_type(&invalid), PROBLEM);
+    let invalid = harness.get(&auditor, "/api/v1/audit/events?limit=0").await;
+    assert_problem(&invalid, StatusCode::BAD_REQUEST);
     let not_a_number = harness
-        .send(
-            &auditor,
-            Method::GET,
-            "/api/v1/audit/events?from_ms=yesterday",
-            None,
-        )
+        .get(&auditor, "/api/v1/audit/events?from_ms=yesterday")
         .await;
-    assert_eq!(not_a_number.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(content_type(&not_a_number), PROBLEM);
+    assert_problem(&not_a_number, StatusCode::BAD_REQUEST);
 
     let export = harness
-        .send(
-            &auditor,
-            Method::GET,
-            "/api/v1/audit/export?action=admin.*",
-            None,
-        )
+        .get(&auditor, "/api/v1/audit/export?action=admin.*")
         .await;
     assert_eq!(export.status(), StatusCode::OK);
     assert_eq!(content_type(&export), "application/x-ndjson");
@@ -666,14 +648,7 @@ async fn audit_body(database: TestDatabase) {
         exported.details
     );
 
-    let html = auditor
-        .get(harness.url("/admin/audit?action=admin.*"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = harness.page(&auditor, "/admin/audit?action=admin.*").await;
     assert!(html.contains("admin.quota.changed"), "{html}");
     assert!(!html.contains("auth.sign_in.succeeded"), "{html}");
     harness.stop().await;
@@ -684,12 +659,7 @@ async fn served_body(database: TestDatabase) {
     let harness = Harness::start(database).await;
     let (_, admin) = harness.signed_in("ada", &[Role::Admin]).await;
 
-    let config: Value = harness
-        .send(&admin, Method::GET, "/api/v1/config", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let config: Value = harness.get_json(&admin, "/api/v1/config").await;
     assert_eq!(config["secrets"]["source"], "local");
     assert_eq!(
         config["database"]["backend"],
@@ -699,12 +669,7 @@ async fn served_body(database: TestDatabase) {
     let totp_key = std::fs::read(harness.dir.path().join("auth-totp.key")).unwrap();
     assert!(!text.contains(&hex::encode(&totp_key)));
 
-    let health: Value = harness
-        .send(&admin, Method::GET, "/api/v1/health", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let health: Value = harness.get_json(&admin, "/api/v1/health").await;
     let names: Vec<&str> = health["checks"]
         .as_array()
         .unwrap()
@@ -743,34 +708,29 @@ async fn served_body(database: TestDatabase) {
     assert_eq!(health["healthy"], false);
 
     let served = harness
-        .send(&admin, Method::GET, "/api/v1/openapi.json", None)
+        .get(&admin, "/api/v1/openapi.json")
         .await
         .text()
         .await
         .unwrap();
     assert_eq!(served, broker::admin::api::openapi_json());
 
-    let missing = harness
-        .send(&admin, Method::GET, "/api/v1/no-such-route", None)
-        .await;
-    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
-    assert_eq!(content_type(&missing), PROBLEM);
+    let missing = harness.get(&admin, "/api/v1/no-such-route").await;
+    assert_problem(&missing, StatusCode::NOT_FOUND);
 
     let terminate = harness
-        .send(
+        .post(
             &admin,
-            Method::POST,
             &format!("/api/v1/sessions/{}/terminate", uuid::Uuid::new_v4()),
-            Some(json!({"reason": "suspicious activity"})),
+            json!({"reason": "suspicious activity"}),
         )
         .await;
     assert_eq!(terminate.status(), StatusCode::NOT_FOUND);
     let no_reason = harness
-        .send(
+        .post(
             &admin,
-            Method::POST,
             &format!("/api/v1/sessions/{}/terminate", uuid::Uuid::new_v4()),
-            Some(json!({"reason": "  "})),
+            json!({"reason": "  "}),
         )
         .await;
     assert_eq!(no_reason.status(), StatusCode::UNPROCESSABLE_ENTITY);
@@ -817,12 +777,7 @@ async fn site_changes_body(database: TestDatabase) {
     let (bob_id, bob) = harness.signed_in("bob", &[Role::Admin]).await;
     let created = hold_site_change(&harness, &ada_id, HELD_SITE).await;
 
-    let listed: Value = harness
-        .send(&bob, Method::GET, "/api/v1/site-changes", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = harness.get_json(&bob, "/api/v1/site-changes").await;
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["id"], created.to_string());
@@ -834,9 +789,8 @@ async fn site_changes_body(database: TestDatabase) {
     // The requester may not decide their own change, either way.
     for decision in ["approve", "reject"] {
         let own = harness
-            .send(
+            .post(
                 &ada,
-                Method::POST,
                 &format!("/api/v1/site-changes/{created}/{decision}"),
                 None,
             )
@@ -866,9 +820,8 @@ async fn site_changes_body(database: TestDatabase) {
     assert!(!page(&ada).await.contains(&approve_form));
     assert!(page(&ada).await.contains("Waiting for a second admin"));
     let own_page = harness
-        .send(
+        .post(
             &ada,
-            Method::POST,
             &format!("/admin/site-changes/{created}/approve"),
             None,
         )
@@ -876,15 +829,13 @@ async fn site_changes_body(database: TestDatabase) {
     assert_eq!(own_page.status(), StatusCode::CONFLICT);
 
     let approved = harness
-        .send(
+        .post(
             &bob,
-            Method::POST,
             &format!("/api/v1/site-changes/{created}/approve"),
             None,
         )
         .await;
-    assert_eq!(approved.status(), StatusCode::OK);
-    let approved: Value = approved.json().await.unwrap();
+    let approved = ok_json(approved).await;
     assert_eq!(approved["decision"], "approved");
     assert_eq!(approved["decided_by"], bob_id);
     assert!(
@@ -894,9 +845,8 @@ async fn site_changes_body(database: TestDatabase) {
             .is_some()
     );
     let again = harness
-        .send(
+        .post(
             &bob,
-            Method::POST,
             &format!("/api/v1/site-changes/{created}/approve"),
             None,
         )
@@ -914,12 +864,7 @@ async fn site_changes_body(database: TestDatabase) {
     )
     .await;
     let rejected = harness
-        .send(
-            &bob,
-            Method::POST,
-            &format!("/admin/site-changes/{widened}/reject"),
-            None,
-        )
+        .post(&bob, &format!("/admin/site-changes/{widened}/reject"), None)
         .await;
     assert_eq!(rejected.status(), StatusCode::SEE_OTHER);
     assert!(
@@ -932,12 +877,7 @@ async fn site_changes_body(database: TestDatabase) {
         .unwrap()
         .unwrap();
     assert_eq!(site.allowed_hosts, ["www.held-bank.example"]);
-    let listed: Value = harness
-        .send(&bob, Method::GET, "/api/v1/site-changes", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = harness.get_json(&bob, "/api/v1/site-changes").await;
     assert_eq!(listed, json!([]));
 
     let decisions: Vec<(String, String, String)> = harness
@@ -1107,42 +1047,24 @@ async fn recordings_body(database: TestDatabase) {
         2
     );
     assert_eq!(list("?limit=1".to_owned()).await, [late]);
-    let invalid = harness
-        .send(&admin, Method::GET, "/api/v1/recordings?limit=0", None)
-        .await;
-    assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(content_type(&invalid), PROBLEM);
-    let nul = harness
-        .send(&admin, Method::GET, "/api/v1/recordings?site=a%00b", None)
-        .await;
+    let invalid = harness.get(&admin, "/api/v1/recordings?limit=0").await;
+    assert_problem(&invalid, StatusCode::BAD_REQUEST);
+    let nul = harness.get(&admin, "/api/v1/recordings?site=a%00b").await;
     assert_eq!(nul.status(), StatusCode::BAD_REQUEST);
 
     let held = harness
-        .send(
-            &admin,
-            Method::POST,
-            &format!("/api/v1/recordings/{early}/hold"),
-            None,
-        )
+        .post(&admin, &format!("/api/v1/recordings/{early}/hold"), None)
         .await;
-    assert_eq!(held.status(), StatusCode::OK);
-    let held: Value = held.json().await.unwrap();
+    let held = ok_json(held).await;
     assert_eq!(held["legal_hold"], true);
     let released = harness
-        .send(
-            &admin,
-            Method::POST,
-            &format!("/api/v1/recordings/{early}/release"),
-            None,
-        )
+        .post(&admin, &format!("/api/v1/recordings/{early}/release"), None)
         .await;
-    assert_eq!(released.status(), StatusCode::OK);
-    let released: Value = released.json().await.unwrap();
+    let released = ok_json(released).await;
     assert_eq!(released["legal_hold"], false);
     let missing = harness
-        .send(
+        .post(
             &admin,
-            Method::POST,
             &format!("/api/v1/recordings/{}/hold", uuid::Uuid::new_v4()),
             None,
         )
@@ -1198,20 +1120,18 @@ async fn event_types_body(database: TestDatabase) {
     assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);
 
     let quota = harness
-        .send(
+        .put(
             &admin,
-            Method::PUT,
             &format!("/api/v1/people/{user_id}/quota"),
-            Some(json!({"max_sessions": 3})),
+            json!({"max_sessions": 3}),
         )
         .await;
     assert_eq!(quota.status(), StatusCode::OK);
     let roles = harness
-        .send(
+        .put(
             &admin,
-            Method::PUT,
             &format!("/api/v1/people/{user_id}/roles"),
-            Some(json!({"roles": ["user", "auditor"]})),
+            json!({"roles": ["user", "auditor"]}),
         )
         .await;
     assert_eq!(roles.status(), StatusCode::OK);
@@ -1219,30 +1139,20 @@ async fn event_types_body(database: TestDatabase) {
     let started = chrono::Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).unwrap();
     let recording = stored_recording(&harness, &user_id, "demo-bank", started).await;
     let hold = harness
-        .send(
+        .post(
             &admin,
-            Method::POST,
             &format!("/api/v1/recordings/{recording}/hold"),
             None,
         )
         .await;
     assert_eq!(hold.status(), StatusCode::OK);
     let replay = harness
-        .send(
-            &admin,
-            Method::GET,
-            &format!("/recordings/{recording}"),
-            None,
-        )
+        .get(&admin, &format!("/recordings/{recording}"))
         .await;
     assert_eq!(replay.status(), StatusCode::OK);
-    let export = harness
-        .send(&admin, Method::GET, "/api/v1/audit/export", None)
-        .await;
+    let export = harness.get(&admin, "/api/v1/audit/export").await;
     assert_eq!(export.status(), StatusCode::OK);
-    let logout = harness
-        .send(&admin, Method::POST, "/auth/logout", None)
-        .await;
+    let logout = harness.post(&admin, "/auth/logout", None).await;
     assert_eq!(logout.status(), StatusCode::SEE_OTHER);
 
     let events = harness.actions().await;
