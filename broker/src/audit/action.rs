@@ -76,6 +76,11 @@ actions! {
     RecordingExported => "recording.exported",
     RecordingHoldChanged => "recording.hold.changed",
     RecordingDeleted => "recording.deleted",
+    // Files downloaded in a workspace.
+    DownloadDelivered => "download.delivered",
+    DownloadRefused => "download.refused",
+    DownloadFetched => "download.fetched",
+    DownloadDeleted => "download.deleted",
 }
 
 #[cfg(test)]

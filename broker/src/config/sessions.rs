@@ -24,6 +24,8 @@ const DEFAULT_EGRESS_MAX_CONNECTIONS: u32 = 64;
 const DEFAULT_EGRESS_IDLE_TIMEOUT_SECONDS: u64 = 300;
 /// Lowest per-session egress rate accepted: 16 KiB per second.
 const MIN_EGRESS_BYTES_PER_SECOND: u64 = 16 * 1024;
+/// Largest delivered download by default: 64 MiB, enough for statements and exports.
+const DEFAULT_DOWNLOAD_MAX_FILE_BYTES: u64 = 64 << 20;
 /// `nobody` and `nogroup` on Debian.
 const DEFAULT_EXPORT_MUX_ID: u32 = 65534;
 
@@ -89,6 +91,11 @@ pub struct RawSessions {
     /// `sessions.export_mux_gid`: group id the muxing process runs as when the
     /// exporting process is root. Default 65534 (`nogroup`); 0 is rejected.
     pub export_mux_gid: Option<Lenient<u32>>,
+    /// `sessions.download_max_file_bytes`: largest file a session of a site with
+    /// `policy.downloads = "deliver"` delivers to the person, in bytes; a larger one is
+    /// refused and audited. 1 to 1073741824; the launcher refuses to launch such a
+    /// session when it is above its `downloads_size_bytes`. Default 67108864 (64 MiB).
+    pub download_max_file_bytes: Option<Lenient<u64>>,
 }
 
 /// Validated `[sessions]` section.
@@ -116,6 +123,8 @@ pub struct SessionsConfig {
     pub export_mux_program: Option<PathBuf>,
     pub export_mux_uid: u32,
     pub export_mux_gid: u32,
+    /// Largest delivered download in bytes.
+    pub download_max_file_bytes: u64,
 }
 
 impl SessionsConfig {
@@ -143,6 +152,7 @@ impl SessionsConfig {
             export_mux_program: None,
             export_mux_uid: DEFAULT_EXPORT_MUX_ID,
             export_mux_gid: DEFAULT_EXPORT_MUX_ID,
+            download_max_file_bytes: DEFAULT_DOWNLOAD_MAX_FILE_BYTES,
         }
     }
 }
@@ -436,6 +446,22 @@ pub fn validate_sessions(
         id
     });
 
+    let download_max_file_bytes = take(
+        &raw.download_max_file_bytes,
+        "sessions.download_max_file_bytes",
+        "a whole number of bytes",
+        problems,
+    )
+    .unwrap_or(DEFAULT_DOWNLOAD_MAX_FILE_BYTES);
+    in_range(
+        download_max_file_bytes,
+        1,
+        protocol::limits::MAX_DOWNLOAD_SIZE,
+        "sessions.download_max_file_bytes",
+        "bytes",
+        problems,
+    );
+
     if problems.len() > before {
         return None;
     }
@@ -458,6 +484,7 @@ pub fn validate_sessions(
         export_mux_program,
         export_mux_uid,
         export_mux_gid,
+        download_max_file_bytes,
     })
 }
 

@@ -1,0 +1,358 @@
+//! Download delivery: files Chromium finished saving go to the broker in chunks.
+//!
+//! Chromium saves into the download tmpfs under a GUID name (CDP
+//! `Browser.setDownloadBehavior` with `allowAndName`), so a page cannot choose the file
+//! name on disk. The agent acts only on `Browser.downloadProgress` events whose state
+//! is `completed`; a partial file (`.crdownload` or the GUID while it grows) is never
+//! read. A download that grows past the size cap is cancelled and reported as refused.
+//! Every file is deleted from the tmpfs once it was sent or refused.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use protocol::{AgentControl, DownloadChunk};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cdp::Cdp;
+use crate::hub::{Hub, Outbound};
+
+/// Free slots kept in the broker channel for video and control frames while a file is
+/// sent, so a large download never starves the screen or fills the channel.
+const RESERVED_SLOTS: usize = 32;
+/// Interval at which a sender waiting for channel room checks again.
+const ROOM_POLL: Duration = Duration::from_millis(5);
+/// Time a finished download waits for a broker connection before it is dropped.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where Chromium saves downloads and the largest file the agent sends.
+#[derive(Debug, Clone)]
+pub struct DownloadSettings {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+/// A download Chromium finished.
+#[derive(Debug)]
+struct Finished {
+    name: String,
+    path: PathBuf,
+}
+
+/// Lets Chromium save downloads into `settings.dir` under GUID names and report them as
+/// CDP events. Call [`run`] with a receiver subscribed before this call.
+pub async fn enable(cdp: &Cdp, settings: &DownloadSettings) -> anyhow::Result<()> {
+    cdp.call(
+        "Browser.setDownloadBehavior",
+        json!({
+            "behavior": "allowAndName",
+            "downloadPath": settings.dir,
+            "eventsEnabled": true,
+        }),
+        None,
+    )
+    .await
+    .context("enabling downloads over CDP")?;
+    tracing::info!(dir = %settings.dir.display(), max_bytes = settings.max_bytes, "Download delivery enabled");
+    Ok(())
+}
+
+/// Follows download events until `stop` is cancelled, and sends every finished file to
+/// the broker, one file at a time.
+pub async fn run(
+    cdp: Arc<Cdp>,
+    mut events: tokio::sync::broadcast::Receiver<crate::cdp::Event>,
+    hub: Arc<Hub>,
+    settings: DownloadSettings,
+    stop: CancellationToken,
+) {
+    let (finished_sender, finished_receiver) = mpsc::unbounded_channel();
+    let sender = tokio::spawn(send_finished(
+        hub.clone(),
+        settings.clone(),
+        finished_receiver,
+        stop.clone(),
+    ));
+    // Suggested names by download GUID, from `Browser.downloadWillBegin`.
+    let mut names: HashMap<String, String> = HashMap::new();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => break,
+            event = events.recv() => match event {
+                Ok(event) => event,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                    tracing::warn!(skipped, "Missed CDP events; a download may go unreported");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+        };
+        if event.session_id.is_some() {
+            continue;
+        }
+        match event.method.as_str() {
+            "Browser.downloadWillBegin" => {
+                let Some(guid) = event.params["guid"].as_str() else {
+                    continue;
+                };
+                let name = event.params["suggestedFilename"]
+                    .as_str()
+                    .unwrap_or_default();
+                names.insert(guid.to_owned(), name.to_owned());
+            }
+            "Browser.downloadProgress" => {
+                let Some(guid) = event.params["guid"].as_str().map(str::to_owned) else {
+                    continue;
+                };
+                match event.params["state"].as_str() {
+                    Some("inProgress") => {
+                        let size = progress_size(&event.params);
+                        if size > settings.max_bytes
+                            && let Some(name) = names.remove(&guid)
+                        {
+                            cancel_oversized(&cdp, &hub, &settings, &guid, name, size).await;
+                        }
+                    }
+                    Some("completed") => {
+                        let path = completed_path(&settings.dir, &guid, &event.params);
+                        match names.remove(&guid) {
+                            Some(name) => {
+                                let _ = finished_sender.send(Finished { name, path });
+                            }
+                            // Refused while in progress, but finished before the cancel.
+                            None => remove(&path),
+                        }
+                    }
+                    Some("canceled") => {
+                        names.remove(&guid);
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    drop(finished_sender);
+    if let Err(error) = sender.await {
+        tracing::warn!(error = %error, "The download sender stopped abnormally");
+    }
+}
+
+/// The larger of the announced and the received size of a download in progress.
+fn progress_size(params: &Value) -> u64 {
+    let number = |key: &str| params[key].as_f64().unwrap_or(0.0).max(0.0) as u64;
+    number("totalBytes").max(number("receivedBytes"))
+}
+
+/// Returns where Chromium saved a completed download: the `filePath` of the event when
+/// it lies directly in the download directory, otherwise the GUID name there.
+fn completed_path(dir: &Path, guid: &str, params: &Value) -> PathBuf {
+    params["filePath"]
+        .as_str()
+        .map(PathBuf::from)
+        .filter(|path| path.parent() == Some(dir))
+        .unwrap_or_else(|| dir.join(guid))
+}
+
+async fn cancel_oversized(
+    cdp: &Cdp,
+    hub: &Hub,
+    settings: &DownloadSettings,
+    guid: &str,
+    name: String,
+    size: u64,
+) {
+    tracing::warn!(size, max_bytes = settings.max_bytes, "Cancelling a download above the size cap");
+    if let Err(error) = cdp
+        .call("Browser.cancelDownload", json!({ "guid": guid }), None)
+        .await
+    {
+        tracing::warn!(error = %error, "Cancelling the download failed");
+    }
+    hub.send_control(&AgentControl::DownloadRefused {
+        name: truncate_name(&name),
+        size: Some(size),
+        reason: too_large(settings.max_bytes),
+    });
+    // Chromium removes a cancelled download's partial file itself; this covers a file
+    // that was already complete when the cancel arrived.
+    remove(&settings.dir.join(guid));
+}
+
+fn too_large(max_bytes: u64) -> String {
+    format!("the file is larger than the maximum of {max_bytes} bytes")
+}
+
+async fn send_finished(
+    hub: Arc<Hub>,
+    settings: DownloadSettings,
+    mut finished: mpsc::UnboundedReceiver<Finished>,
+    stop: CancellationToken,
+) {
+    let mut next_id: u64 = 1;
+    while let Some(file) = finished.recv().await {
+        let download_id = next_id;
+        next_id += 1;
+        if let Err(error) = send_file(&hub, &settings, download_id, &file, &stop).await {
+            tracing::warn!(error = %format!("{error:#}"), "A download was not delivered");
+        }
+        remove(&file.path);
+    }
+}
+
+/// Sends one file as `download_start`, chunks and `download_end` over one broker
+/// connection, or a `download_refused` when it is above the cap.
+async fn send_file(
+    hub: &Hub,
+    settings: &DownloadSettings,
+    download_id: u64,
+    file: &Finished,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let metadata = std::fs::symlink_metadata(&file.path)
+        .with_context(|| format!("inspecting {}", file.path.display()))?;
+    if !metadata.is_file() {
+        bail!("{} is not a regular file", file.path.display());
+    }
+    let name = truncate_name(&file.name);
+    let size = metadata.len();
+    if size > settings.max_bytes {
+        hub.send_control(&AgentControl::DownloadRefused {
+            name,
+            size: Some(size),
+            reason: too_large(settings.max_bytes),
+        });
+        return Ok(());
+    }
+
+    let sink = wait_for_broker(hub, stop).await?;
+    let mut reader = std::fs::File::open(&file.path)
+        .with_context(|| format!("opening {}", file.path.display()))?;
+    let start = AgentControl::DownloadStart {
+        version: protocol::DOWNLOAD_PROTOCOL_VERSION,
+        download_id,
+        name,
+        size,
+    };
+    push(&sink, protocol::encode_agent_control(&start), stop).await?;
+
+    let mut hasher = Sha256::new();
+    let mut offset = 0u64;
+    let mut buffer = vec![0u8; protocol::limits::MAX_DOWNLOAD_CHUNK_LEN];
+    while offset < size {
+        let read = reader.read(&mut buffer).context("reading the download")?;
+        if read == 0 {
+            bail!("the download shrank to {offset} bytes while it was sent");
+        }
+        // A file that grew after the size check is sent as announced; the rest is cut.
+        let read = read.min((size - offset) as usize);
+        hasher.update(&buffer[..read]);
+        let chunk = DownloadChunk {
+            download_id,
+            offset,
+            data: buffer[..read].to_vec(),
+        };
+        push(&sink, protocol::encode_download_chunk(&chunk), stop).await?;
+        offset += read as u64;
+    }
+    let end = AgentControl::DownloadEnd {
+        download_id,
+        sha256: hex::encode(hasher.finalize()),
+    };
+    push(&sink, protocol::encode_agent_control(&end), stop).await?;
+    tracing::info!(download.id = download_id, bytes = size, "Download sent to the broker");
+    Ok(())
+}
+
+async fn wait_for_broker(hub: &Hub, stop: &CancellationToken) -> anyhow::Result<Outbound> {
+    let deadline = tokio::time::Instant::now() + ATTACH_TIMEOUT;
+    loop {
+        if let Some(sink) = hub.sink() {
+            return Ok(sink);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("no broker connection within {ATTACH_TIMEOUT:?}");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => bail!("the agent is stopping"),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Queues one frame once the channel has room beyond the reserved slots.
+async fn push(sink: &Outbound, frame: Vec<u8>, stop: &CancellationToken) -> anyhow::Result<()> {
+    while sink.capacity() <= RESERVED_SLOTS {
+        if sink.is_closed() {
+            bail!("the broker connection closed during the download");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => bail!("the agent is stopping"),
+            _ = tokio::time::sleep(ROOM_POLL) => {}
+        }
+    }
+    sink.try_send(frame)
+        .map_err(|_| anyhow::anyhow!("the broker connection closed during the download"))
+}
+
+/// Cuts a name to the protocol's limit at a character boundary; an empty name becomes
+/// `download`.
+fn truncate_name(name: &str) -> String {
+    let max = protocol::limits::MAX_FILE_NAME_LEN;
+    let mut end = name.len().min(max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    match &name[..end] {
+        "" => "download".to_owned(),
+        cut => cut.to_owned(),
+    }
+}
+
+fn remove(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(error = %error, path = %path.display(), "Removing a download failed")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_cut_at_character_boundaries() {
+        assert_eq!(truncate_name(""), "download");
+        assert_eq!(truncate_name("a.pdf"), "a.pdf");
+        let long = "€".repeat(200);
+        let cut = truncate_name(&long);
+        assert!(cut.len() <= protocol::limits::MAX_FILE_NAME_LEN);
+        assert!(cut.chars().all(|c| c == '€'));
+    }
+
+    #[test]
+    fn completed_path_stays_in_the_download_directory() {
+        let dir = Path::new("/downloads");
+        let inside = json!({ "filePath": "/downloads/1234" });
+        assert_eq!(completed_path(dir, "g", &inside), dir.join("1234"));
+        let outside = json!({ "filePath": "/home/strongroom/x" });
+        assert_eq!(completed_path(dir, "g", &outside), dir.join("g"));
+        assert_eq!(completed_path(dir, "g", &json!({})), dir.join("g"));
+    }
+
+    #[test]
+    fn progress_size_takes_the_larger_count() {
+        let params = json!({ "totalBytes": 10.0, "receivedBytes": 25.0 });
+        assert_eq!(progress_size(&params), 25);
+        assert_eq!(progress_size(&json!({ "totalBytes": -1.0 })), 0);
+    }
+}
