@@ -54,7 +54,11 @@ struct Inner {
 impl Downloads {
     /// Opens the store under `data_dir/downloads`, creating the directory (mode 0700)
     /// and the key file when missing, and removes files left incomplete by a crash.
-    pub fn open(data_dir: &Path, audit: AuditLog, max_file_bytes: u64) -> anyhow::Result<Downloads> {
+    pub fn open(
+        data_dir: &Path,
+        audit: AuditLog,
+        max_file_bytes: u64,
+    ) -> anyhow::Result<Downloads> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = data_dir.join("downloads");
         std::fs::DirBuilder::new()
@@ -84,7 +88,7 @@ impl Downloads {
         self.inner.max_file_bytes
     }
 
-    pub(crate) fn audit(&self) -> &AuditLog {
+    pub fn audit(&self) -> &AuditLog {
         &self.inner.audit
     }
 
@@ -105,12 +109,7 @@ impl Downloads {
         let this = self.clone();
         let record = record.clone();
         tokio::task::spawn_blocking(move || {
-            let bytes = sealed::open(
-                this.key(),
-                &this.path(record.id),
-                record.id,
-                record.size,
-            )?;
+            let bytes = sealed::open(this.key(), &this.path(record.id), record.id, record.size)?;
             use sha2::Digest;
             let digest = hex::encode(sha2::Sha256::digest(&bytes));
             anyhow::ensure!(
@@ -187,7 +186,10 @@ fn remove_partial_files(dir: &Path) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.extension().is_some_and(|extension| extension == "part") {
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "part")
+        {
             if let Err(error) = std::fs::remove_file(&path) {
                 tracing::warn!(error = %error, path = %path.display(), "Cannot remove an incomplete download");
             }

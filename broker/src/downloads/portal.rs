@@ -79,15 +79,18 @@ async fn fetch(
     };
     let bytes = downloads.read(&record).await?;
 
-    let event = EventBuilder::new(Actor::Person(principal.user_id.clone()), Action::DownloadFetched)
-        .session(record.session_id)
-        .target(format!("download:{}", record.id))
-        .client(Some(client))
-        .detail("site", record.site.clone())
-        .detail("name", record.name.clone())
-        .detail("size", record.size)
-        .detail("sha256", record.sha256.clone())
-        .build();
+    let event = EventBuilder::new(
+        Actor::Person(principal.user_id.clone()),
+        Action::DownloadFetched,
+    )
+    .session(record.session_id)
+    .target(format!("download:{}", record.id))
+    .client(Some(client))
+    .detail("site", record.site.clone())
+    .detail("name", record.name.clone())
+    .detail("size", record.size)
+    .detail("sha256", record.sha256.clone())
+    .build();
     state.audit.append(event).await?;
 
     let disposition = HeaderValue::from_str(&content_disposition(&record.name))

@@ -28,7 +28,7 @@ const MAX_REFUSED_IDS: usize = 1024;
 /// Days a file is kept when the session's site is gone from the database.
 const FALLBACK_RETENTION_DAYS: i64 = 90;
 
-/// Who receives the files of a session, read once from the database.
+/// Owner, site and download policy of a session, read once from the database.
 #[derive(Debug, Clone)]
 struct Owner {
     user_id: String,
@@ -55,7 +55,7 @@ pub struct DownloadReceiver {
     refused: HashSet<u64>,
 }
 
-/// Why a file was refused, as audited and logged.
+/// Reason and outcome of a refused file, as audited and logged.
 struct Refusal {
     name: String,
     size: Option<u64>,
@@ -80,21 +80,33 @@ impl DownloadReceiver {
     pub async fn start(&mut self, download_id: u64, name: &str, size: u64) {
         let name = clean_name(name);
         if self.open.contains_key(&download_id) || self.refused.contains(&download_id) {
-            self.refuse(download_id, Refusal::failure(name, Some(size), "the agent reused a download id"))
-                .await;
+            self.refuse(
+                download_id,
+                Refusal::failure(name, Some(size), "the agent reused a download id"),
+            )
+            .await;
             return;
         }
         let Some(downloads) = self.downloads.clone() else {
-            self.refuse(download_id, Refusal::denied(name, Some(size), "this broker has no download store"))
-                .await;
+            self.refuse(
+                download_id,
+                Refusal::denied(name, Some(size), "this broker has no download store"),
+            )
+            .await;
             return;
         };
         let owner = match self.owner().await {
             Ok(owner) => owner,
             Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "Cannot read the session's download policy");
-                self.refuse(download_id, Refusal::failure(name, Some(size), "the session's site could not be read"))
-                    .await;
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "Cannot read the session's download policy"
+                );
+                self.refuse(
+                    download_id,
+                    Refusal::failure(name, Some(size), "the session's site could not be read"),
+                )
+                .await;
                 return;
             }
         };
@@ -126,9 +138,15 @@ impl DownloadReceiver {
         let writer = match SealedWriter::create(&downloads.partial_path(id), id) {
             Ok(writer) => writer,
             Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "Cannot create a download file");
-                self.refuse(download_id, Refusal::failure(name, Some(size), "the broker could not store the file"))
-                    .await;
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "Cannot create a download file"
+                );
+                self.refuse(
+                    download_id,
+                    Refusal::failure(name, Some(size), "the broker could not store the file"),
+                )
+                .await;
                 return;
             }
         };
@@ -151,7 +169,10 @@ impl DownloadReceiver {
             return;
         }
         let Some(transfer) = self.open.get_mut(&chunk.download_id) else {
-            tracing::warn!(download.id = chunk.download_id, "Dropped a chunk of an unknown download");
+            tracing::warn!(
+                download.id = chunk.download_id,
+                "Dropped a chunk of an unknown download"
+            );
             return;
         };
         let problem = if chunk.offset != transfer.received {
@@ -181,9 +202,15 @@ impl DownloadReceiver {
             _ => Err(anyhow::anyhow!("the download file is closed")),
         };
         if let Err(error) = written {
-            tracing::error!(error = format!("{error:#}"), "Cannot write a download chunk");
-            self.fail_open(chunk.download_id, "the broker could not store the file".to_owned())
-                .await;
+            tracing::error!(
+                error = format!("{error:#}"),
+                "Cannot write a download chunk"
+            );
+            self.fail_open(
+                chunk.download_id,
+                "the broker could not store the file".to_owned(),
+            )
+            .await;
         }
     }
 
@@ -194,7 +221,10 @@ impl DownloadReceiver {
             return;
         }
         let Some(mut transfer) = self.open.remove(&download_id) else {
-            tracing::warn!(download.id = download_id, "Dropped the end of an unknown download");
+            tracing::warn!(
+                download.id = download_id,
+                "Dropped the end of an unknown download"
+            );
             return;
         };
         let Some(downloads) = self.downloads.clone() else {
@@ -206,13 +236,15 @@ impl DownloadReceiver {
                 "the agent sent {} of {} announced bytes",
                 transfer.received, transfer.size
             );
-            self.discard(download_id, transfer, Refusal::failure_owned(reason)).await;
+            self.discard(download_id, transfer, Refusal::failure_owned(reason))
+                .await;
             return;
         }
         let digest = hex::encode(std::mem::take(&mut transfer.hasher).finalize());
         if digest != sha256 {
             let reason = "the file's SHA-256 differs from the agent's".to_owned();
-            self.discard(download_id, transfer, Refusal::failure_owned(reason)).await;
+            self.discard(download_id, transfer, Refusal::failure_owned(reason))
+                .await;
             return;
         }
 
@@ -220,14 +252,18 @@ impl DownloadReceiver {
             return;
         };
         let stored = async {
-            let mut writer = transfer.writer.take().context("the download file is closed")?;
+            let mut writer = transfer
+                .writer
+                .take()
+                .context("the download file is closed")?;
             if transfer.size == 0 {
                 writer.append(downloads.key(), &[], true)?;
             }
             let final_path = downloads.path(transfer.id);
             tokio::task::spawn_blocking(move || {
                 writer.finish()?;
-                std::fs::rename(&partial, &final_path).context("cannot move the finished download into place")
+                std::fs::rename(&partial, &final_path)
+                    .context("cannot move the finished download into place")
             })
             .await
             .context("the download store task failed")??;
@@ -244,17 +280,22 @@ impl DownloadReceiver {
                 expires_at: now + chrono::Duration::days(owner.retention_days),
             };
             store::insert(downloads.audit().database(), &record).await?;
-            let event = EventBuilder::new(Actor::Person(owner.user_id.clone()), Action::DownloadDelivered)
-                .session(self.session_id)
-                .target(format!("download:{}", record.id))
-                .detail("site", owner.site.clone())
-                .detail("name", record.name.clone())
-                .detail("size", record.size)
-                .detail("sha256", record.sha256.clone())
-                .build();
+            let event = EventBuilder::new(
+                Actor::Person(owner.user_id.clone()),
+                Action::DownloadDelivered,
+            )
+            .session(self.session_id)
+            .target(format!("download:{}", record.id))
+            .detail("site", owner.site.clone())
+            .detail("name", record.name.clone())
+            .detail("size", record.size)
+            .detail("sha256", record.sha256.clone())
+            .build();
             if let Err(error) = downloads.audit().append(event).await {
                 // A file whose delivery is not in the audit trail is not offered.
-                store::delete(downloads.audit().database(), record.id).await.ok();
+                store::delete(downloads.audit().database(), record.id)
+                    .await
+                    .ok();
                 return Err(error.context("cannot record the delivery in the audit trail"));
             }
             anyhow::Ok(record)
@@ -265,7 +306,10 @@ impl DownloadReceiver {
                 tracing::info!(download.id = %record.id, bytes = record.size, "Delivered a download to the person");
             }
             Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "Cannot store a finished download");
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "Cannot store a finished download"
+                );
                 remove_file(&downloads.partial_path(transfer.id)).ok();
                 remove_file(&downloads.path(transfer.id)).ok();
                 let refusal = Refusal::failure(
@@ -280,7 +324,11 @@ impl DownloadReceiver {
 
     /// Handles `download_refused` from the agent.
     pub async fn refused_by_agent(&mut self, name: &str, size: Option<u64>, reason: &str) {
-        let refusal = Refusal::denied(clean_name(name), size, format!("the workspace refused it: {reason}"));
+        let refusal = Refusal::denied(
+            clean_name(name),
+            size,
+            format!("the workspace refused it: {reason}"),
+        );
         self.audit_refusal(refusal).await;
     }
 
@@ -288,14 +336,18 @@ impl DownloadReceiver {
     pub async fn abort_open(&mut self) {
         let open: Vec<u64> = self.open.keys().copied().collect();
         for download_id in open {
-            self.fail_open(download_id, "the session ended before the file was complete".to_owned())
-                .await;
+            self.fail_open(
+                download_id,
+                "the session ended before the file was complete".to_owned(),
+            )
+            .await;
         }
     }
 
     async fn fail_open(&mut self, download_id: u64, reason: String) {
         if let Some(transfer) = self.open.remove(&download_id) {
-            self.discard(download_id, transfer, Refusal::failure_owned(reason)).await;
+            self.discard(download_id, transfer, Refusal::failure_owned(reason))
+                .await;
         }
     }
 
@@ -305,7 +357,10 @@ impl DownloadReceiver {
         if let Some(downloads) = &self.downloads
             && let Err(error) = remove_file(&downloads.partial_path(transfer.id))
         {
-            tracing::warn!(error = format!("{error:#}"), "Cannot remove a refused download");
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "Cannot remove a refused download"
+            );
         }
         refusal.name = transfer.name;
         refusal.size = Some(transfer.size);
@@ -347,7 +402,10 @@ impl DownloadReceiver {
             event = event.detail("site", owner.site.clone());
         }
         if let Err(error) = downloads.audit().append(event.build()).await {
-            tracing::error!(error = format!("{error:#}"), "Cannot record a refused download in the audit trail");
+            tracing::error!(
+                error = format!("{error:#}"),
+                "Cannot record a refused download in the audit trail"
+            );
         }
     }
 
@@ -401,7 +459,7 @@ impl Refusal {
         }
     }
 
-    /// A failure whose name and size [`DownloadReceiver::discard`] fills in.
+    /// Builds a failure whose name and size [`DownloadReceiver::discard`] fills in.
     fn failure_owned(reason: String) -> Refusal {
         Refusal::failure(String::new(), None, reason)
     }

@@ -96,7 +96,12 @@ impl SealedWriter {
     }
 
     /// Encrypts and appends one record of at most one protocol chunk.
-    pub fn append(&mut self, key: &DownloadKey, plaintext: &[u8], last: bool) -> anyhow::Result<()> {
+    pub fn append(
+        &mut self,
+        key: &DownloadKey,
+        plaintext: &[u8],
+        last: bool,
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(
             plaintext.len() <= MAX_RECORD_PLAINTEXT,
             "a record of {} bytes exceeds {MAX_RECORD_PLAINTEXT}",
@@ -124,20 +129,30 @@ impl SealedWriter {
 
     /// Flushes the file to disk.
     pub fn finish(self) -> anyhow::Result<()> {
-        self.file.sync_all().context("cannot flush the download file")
+        self.file
+            .sync_all()
+            .context("cannot flush the download file")
     }
 }
 
 /// Reads and decrypts a whole sealed file. Fails on another key or file id, a changed,
 /// reordered or missing record, or bytes after the last record.
-pub fn open(key: &DownloadKey, path: &Path, file_id: Uuid, max_len: u64) -> anyhow::Result<Vec<u8>> {
+pub fn open(
+    key: &DownloadKey,
+    path: &Path,
+    file_id: Uuid,
+    max_len: u64,
+) -> anyhow::Result<Vec<u8>> {
     let mut file = std::fs::File::open(path)
         .with_context(|| format!("cannot open the download file {}", path.display()))?;
     let mut header = [0u8; 5];
     file.read_exact(&mut header)
         .context("the download file has no header")?;
     if &header[..4] != MAGIC || header[4] != FORMAT_VERSION {
-        bail!("{} is not a version {FORMAT_VERSION} download file", path.display());
+        bail!(
+            "{} is not a version {FORMAT_VERSION} download file",
+            path.display()
+        );
     }
 
     let cipher = key.cipher();
@@ -216,7 +231,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = DownloadKey::load_or_create(dir.path()).unwrap();
         let id = Uuid::new_v4();
-        let path = write(dir.path(), &key, id, &[(b"hello ", false), (b"world", true)]);
+        let path = write(
+            dir.path(),
+            &key,
+            id,
+            &[(b"hello ", false), (b"world", true)],
+        );
         assert_eq!(open(&key, &path, id, 11).unwrap(), b"hello world");
         let raw = std::fs::read(&path).unwrap();
         assert!(!raw.windows(5).any(|window| window == b"hello"));
@@ -238,7 +258,10 @@ mod tests {
         let id = Uuid::new_v4();
         let path = write(dir.path(), &key, id, &[(b"abc", false), (b"def", true)]);
 
-        assert!(open(&key, &path, Uuid::new_v4(), 6).is_err(), "other file id");
+        assert!(
+            open(&key, &path, Uuid::new_v4(), 6).is_err(),
+            "other file id"
+        );
         assert!(open(&key, &path, id, 5).is_err(), "more than recorded");
 
         let raw = std::fs::read(&path).unwrap();

@@ -56,9 +56,8 @@ fn from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<DownloadRecord> {
 }
 
 pub async fn insert(db: &Database, record: &DownloadRecord) -> anyhow::Result<()> {
-    let query = format!(
-        "INSERT INTO downloads ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-    );
+    let query =
+        format!("INSERT INTO downloads ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
     sqlx::query(sqlx::AssertSqlSafe(query))
         .bind(record.id.to_string())
         .bind(record.session_id.to_string())
@@ -85,7 +84,7 @@ pub async fn get(db: &Database, id: Uuid) -> anyhow::Result<Option<DownloadRecor
     row.as_ref().map(from_row).transpose()
 }
 
-/// The newest files of one person first, at most 500.
+/// Lists the files of one person, newest first, at most 500.
 pub async fn list_for_user(db: &Database, user_id: &str) -> anyhow::Result<Vec<DownloadRecord>> {
     let query = format!(
         "SELECT {COLUMNS} FROM downloads WHERE user_id = $1 \

@@ -1,11 +1,13 @@
 //! Download delivery: files Chromium finished saving go to the broker in chunks.
 //!
-//! Chromium saves into the download tmpfs under a GUID name (CDP
-//! `Browser.setDownloadBehavior` with `allowAndName`), so a page cannot choose the file
-//! name on disk. The agent acts only on `Browser.downloadProgress` events whose state
-//! is `completed`; a partial file (`.crdownload` or the GUID while it grows) is never
-//! read. A download that grows past the size cap is cancelled and reported as refused.
-//! Every file is deleted from the tmpfs once it was sent or refused.
+//! Chromium saves into the download tmpfs under the name it derives from the response
+//! (CDP `Browser.setDownloadBehavior` with `allow`), and reports the saved file's path
+//! in the `filePath` of the `Browser.downloadProgress` event whose state is
+//! `completed`. The agent acts only on those events, so a partial file
+//! (`.crdownload`) is never read, and it reads only regular files directly in the
+//! download directory. A download that grows past the size cap is cancelled and
+//! reported as refused. Every file is deleted from the tmpfs once it was sent or
+//! refused.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -31,7 +33,7 @@ const ROOM_POLL: Duration = Duration::from_millis(5);
 /// Time a finished download waits for a broker connection before it is dropped.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Where Chromium saves downloads and the largest file the agent sends.
+/// Download directory of Chromium and the largest file the agent sends.
 #[derive(Debug, Clone)]
 pub struct DownloadSettings {
     pub dir: PathBuf,
@@ -45,13 +47,13 @@ struct Finished {
     path: PathBuf,
 }
 
-/// Lets Chromium save downloads into `settings.dir` under GUID names and report them as
+/// Lets Chromium save downloads into `settings.dir` without a dialog and report them as
 /// CDP events. Call [`run`] with a receiver subscribed before this call.
 pub async fn enable(cdp: &Cdp, settings: &DownloadSettings) -> anyhow::Result<()> {
     cdp.call(
         "Browser.setDownloadBehavior",
         json!({
-            "behavior": "allowAndName",
+            "behavior": "allow",
             "downloadPath": settings.dir,
             "eventsEnabled": true,
         }),
@@ -120,9 +122,21 @@ pub async fn run(
                         }
                     }
                     Some("completed") => {
-                        let path = completed_path(&settings.dir, &guid, &event.params);
-                        match names.remove(&guid) {
-                            Some(name) => {
+                        tracing::debug!(params = %event.params, "Download completed");
+                        let suggested = names.remove(&guid);
+                        let path = completed_path(
+                            &settings.dir,
+                            suggested.as_deref().unwrap_or_default(),
+                            &guid,
+                            &event.params,
+                        );
+                        match suggested {
+                            Some(suggested) => {
+                                let name = path
+                                    .file_name()
+                                    .map(|name| name.to_string_lossy().into_owned())
+                                    .filter(|name| name != &guid)
+                                    .unwrap_or(suggested);
                                 let _ = finished_sender.send(Finished { name, path });
                             }
                             // Refused while in progress, but finished before the cancel.
@@ -144,19 +158,22 @@ pub async fn run(
     }
 }
 
-/// The larger of the announced and the received size of a download in progress.
+/// Returns the larger of the announced and the received size of a download in progress.
 fn progress_size(params: &Value) -> u64 {
     let number = |key: &str| params[key].as_f64().unwrap_or(0.0).max(0.0) as u64;
     number("totalBytes").max(number("receivedBytes"))
 }
 
 /// Returns where Chromium saved a completed download: the `filePath` of the event when
-/// it lies directly in the download directory, otherwise the GUID name there.
-fn completed_path(dir: &Path, guid: &str, params: &Value) -> PathBuf {
+/// it lies directly in the download directory, otherwise the suggested name there, or
+/// the GUID when there is no usable suggested name.
+fn completed_path(dir: &Path, suggested: &str, guid: &str, params: &Value) -> PathBuf {
+    let in_dir = |path: &PathBuf| path.parent() == Some(dir);
     params["filePath"]
         .as_str()
         .map(PathBuf::from)
-        .filter(|path| path.parent() == Some(dir))
+        .filter(in_dir)
+        .or_else(|| Some(dir.join(suggested)).filter(|path| !suggested.is_empty() && in_dir(path)))
         .unwrap_or_else(|| dir.join(guid))
 }
 
@@ -168,7 +185,11 @@ async fn cancel_oversized(
     name: String,
     size: u64,
 ) {
-    tracing::warn!(size, max_bytes = settings.max_bytes, "Cancelling a download above the size cap");
+    tracing::warn!(
+        size,
+        max_bytes = settings.max_bytes,
+        "Cancelling a download above the size cap"
+    );
     if let Err(error) = cdp
         .call("Browser.cancelDownload", json!({ "guid": guid }), None)
         .await
@@ -266,7 +287,11 @@ async fn send_file(
         sha256: hex::encode(hasher.finalize()),
     };
     push(&sink, protocol::encode_agent_control(&end), stop).await?;
-    tracing::info!(download.id = download_id, bytes = size, "Download sent to the broker");
+    tracing::info!(
+        download.id = download_id,
+        bytes = size,
+        "Download sent to the broker"
+    );
     Ok(())
 }
 
@@ -301,7 +326,7 @@ async fn push(sink: &Outbound, frame: Vec<u8>, stop: &CancellationToken) -> anyh
         .map_err(|_| anyhow::anyhow!("the broker connection closed during the download"))
 }
 
-/// Cuts a name to the protocol's limit at a character boundary; an empty name becomes
+/// Cuts a name to the protocol's limit at a character boundary. An empty name becomes
 /// `download`.
 fn truncate_name(name: &str) -> String {
     let max = protocol::limits::MAX_FILE_NAME_LEN;
@@ -342,11 +367,15 @@ mod tests {
     #[test]
     fn completed_path_stays_in_the_download_directory() {
         let dir = Path::new("/downloads");
-        let inside = json!({ "filePath": "/downloads/1234" });
-        assert_eq!(completed_path(dir, "g", &inside), dir.join("1234"));
+        let inside = json!({ "filePath": "/downloads/a b.pdf" });
+        assert_eq!(completed_path(dir, "", "g", &inside), dir.join("a b.pdf"));
         let outside = json!({ "filePath": "/home/strongroom/x" });
-        assert_eq!(completed_path(dir, "g", &outside), dir.join("g"));
-        assert_eq!(completed_path(dir, "g", &json!({})), dir.join("g"));
+        assert_eq!(
+            completed_path(dir, "s.pdf", "g", &outside),
+            dir.join("s.pdf")
+        );
+        assert_eq!(completed_path(dir, "", "g", &json!({})), dir.join("g"));
+        assert_eq!(completed_path(dir, "../x", "g", &json!({})), dir.join("g"));
     }
 
     #[test]
