@@ -1,13 +1,12 @@
 //! Download delivery: files Chromium finished saving go to the broker in chunks.
 //!
 //! Chromium saves into the download tmpfs under the name it derives from the response
-//! (CDP `Browser.setDownloadBehavior` with `allow`), and reports the saved file's path
-//! in the `filePath` of the `Browser.downloadProgress` event whose state is
-//! `completed`. The agent acts only on those events, so a partial file
-//! (`.crdownload`) is never read, and it reads only regular files directly in the
-//! download directory. A download that grows past the size cap is cancelled and
-//! reported as refused. Every file is deleted from the tmpfs once it was sent or
-//! refused.
+//! (CDP `Browser.setDownloadBehavior` with `allow`). It writes a partial file with the
+//! `.crdownload` suffix and renames it when the download completes. Each
+//! `Browser.downloadProgress` event whose state is `completed` makes the agent send
+//! every regular file directly in the download directory, skipping `.crdownload`
+//! partials and hidden files, and delete it once it was sent or refused. A download
+//! that grows past the size cap is cancelled and reported as refused.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -123,25 +122,8 @@ pub async fn run(
                     }
                     Some("completed") => {
                         tracing::debug!(params = %event.params, "Download completed");
-                        let suggested = names.remove(&guid);
-                        let path = completed_path(
-                            &settings.dir,
-                            suggested.as_deref().unwrap_or_default(),
-                            &guid,
-                            &event.params,
-                        );
-                        match suggested {
-                            Some(suggested) => {
-                                let name = path
-                                    .file_name()
-                                    .map(|name| name.to_string_lossy().into_owned())
-                                    .filter(|name| name != &guid)
-                                    .unwrap_or(suggested);
-                                let _ = finished_sender.send(Finished { name, path });
-                            }
-                            // Refused while in progress, but finished before the cancel.
-                            None => remove(&path),
-                        }
+                        names.remove(&guid);
+                        let _ = finished_sender.send(());
                     }
                     Some("canceled") => {
                         names.remove(&guid);
@@ -164,17 +146,26 @@ fn progress_size(params: &Value) -> u64 {
     number("totalBytes").max(number("receivedBytes"))
 }
 
-/// Returns where Chromium saved a completed download: the `filePath` of the event when
-/// it lies directly in the download directory, otherwise the suggested name there, or
-/// the GUID when there is no usable suggested name.
-fn completed_path(dir: &Path, suggested: &str, guid: &str, params: &Value) -> PathBuf {
-    let in_dir = |path: &PathBuf| path.parent() == Some(dir);
-    params["filePath"]
-        .as_str()
-        .map(PathBuf::from)
-        .filter(in_dir)
-        .or_else(|| Some(dir.join(suggested)).filter(|path| !suggested.is_empty() && in_dir(path)))
-        .unwrap_or_else(|| dir.join(guid))
+/// Lists the finished downloads in `dir`, by name: regular files that are neither
+/// `.crdownload` partials nor hidden.
+fn finished_files(dir: &Path) -> Vec<Finished> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<Finished> = entries
+        .flatten()
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_file()))
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let partial = name.ends_with(".crdownload") || name.starts_with('.');
+            (!partial).then(|| Finished {
+                name,
+                path: entry.path(),
+            })
+        })
+        .collect();
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    files
 }
 
 async fn cancel_oversized(
@@ -201,29 +192,31 @@ async fn cancel_oversized(
         size: Some(size),
         reason: too_large(settings.max_bytes),
     });
-    // Chromium removes a cancelled download's partial file itself; this covers a file
-    // that was already complete when the cancel arrived.
-    remove(&settings.dir.join(guid));
+    // Chromium removes a cancelled download's partial file itself. A file that was
+    // complete before the cancel arrived is refused again by its size when it is sent.
 }
 
 fn too_large(max_bytes: u64) -> String {
     format!("the file is larger than the maximum of {max_bytes} bytes")
 }
 
+/// Sends the finished files in the download directory each time a download completes.
 async fn send_finished(
     hub: Arc<Hub>,
     settings: DownloadSettings,
-    mut finished: mpsc::UnboundedReceiver<Finished>,
+    mut completed: mpsc::UnboundedReceiver<()>,
     stop: CancellationToken,
 ) {
     let mut next_id: u64 = 1;
-    while let Some(file) = finished.recv().await {
-        let download_id = next_id;
-        next_id += 1;
-        if let Err(error) = send_file(&hub, &settings, download_id, &file, &stop).await {
-            tracing::warn!(error = %format!("{error:#}"), "A download was not delivered");
+    while completed.recv().await.is_some() {
+        for file in finished_files(&settings.dir) {
+            let download_id = next_id;
+            next_id += 1;
+            if let Err(error) = send_file(&hub, &settings, download_id, &file, &stop).await {
+                tracing::warn!(error = %format!("{error:#}"), "A download was not delivered");
+            }
+            remove(&file.path);
         }
-        remove(&file.path);
     }
 }
 
@@ -365,17 +358,19 @@ mod tests {
     }
 
     #[test]
-    fn completed_path_stays_in_the_download_directory() {
-        let dir = Path::new("/downloads");
-        let inside = json!({ "filePath": "/downloads/a b.pdf" });
-        assert_eq!(completed_path(dir, "", "g", &inside), dir.join("a b.pdf"));
-        let outside = json!({ "filePath": "/home/strongroom/x" });
-        assert_eq!(
-            completed_path(dir, "s.pdf", "g", &outside),
-            dir.join("s.pdf")
-        );
-        assert_eq!(completed_path(dir, "", "g", &json!({})), dir.join("g"));
-        assert_eq!(completed_path(dir, "../x", "g", &json!({})), dir.join("g"));
+    fn finished_files_skip_partials_and_links() {
+        let dir = std::env::temp_dir().join(format!("strongroom-downloads-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for name in ["b.pdf", "a b.pdf", "Unconfirmed 1.crdownload", ".hidden"] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).unwrap();
+        let names: Vec<String> = finished_files(&dir)
+            .into_iter()
+            .map(|file| file.name)
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(names, ["a b.pdf", "b.pdf"]);
     }
 
     #[test]
