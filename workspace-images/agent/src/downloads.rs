@@ -102,10 +102,7 @@ pub async fn run(
                 let Some(guid) = event.params["guid"].as_str() else {
                     continue;
                 };
-                let name = event.params["suggestedFilename"]
-                    .as_str()
-                    .unwrap_or_default();
-                names.insert(guid.to_owned(), name.to_owned());
+                names.insert(guid.to_owned(), announced_name(&event.params));
             }
             "Browser.downloadProgress" => {
                 let Some(guid) = event.params["guid"].as_str().map(str::to_owned) else {
@@ -144,6 +141,19 @@ pub async fn run(
 fn progress_size(params: &Value) -> u64 {
     let number = |key: &str| params[key].as_f64().unwrap_or(0.0).max(0.0) as u64;
     number("totalBytes").max(number("receivedBytes"))
+}
+
+/// Returns the name of a download as `Browser.downloadWillBegin` announces it: the
+/// suggested file name, or the last segment of the URL's path when Chromium suggests
+/// none yet (a link with an empty `download` attribute).
+fn announced_name(params: &Value) -> String {
+    let suggested = params["suggestedFilename"].as_str().unwrap_or_default();
+    if !suggested.is_empty() {
+        return suggested.to_owned();
+    }
+    let url = params["url"].as_str().unwrap_or_default();
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    path.rsplit('/').next().unwrap_or_default().to_owned()
 }
 
 /// Lists the finished downloads in `dir`, by name: regular files that are neither
@@ -371,6 +381,15 @@ mod tests {
             .collect();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(names, ["a b.pdf", "b.pdf"]);
+    }
+
+    #[test]
+    fn announced_name_falls_back_to_the_url() {
+        let suggested = json!({ "suggestedFilename": "a.pdf", "url": "https://b/c.bin" });
+        assert_eq!(announced_name(&suggested), "a.pdf");
+        let empty = json!({ "suggestedFilename": "", "url": "https://b/x/big.bin?y=1#z" });
+        assert_eq!(announced_name(&empty), "big.bin");
+        assert_eq!(announced_name(&json!({})), "");
     }
 
     #[test]
