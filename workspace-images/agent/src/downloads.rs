@@ -1,12 +1,17 @@
 //! Download delivery: files Chromium finished saving go to the broker in chunks.
 //!
-//! Chromium saves into the download tmpfs under the name it derives from the response
-//! (CDP `Browser.setDownloadBehavior` with `allow`). It writes a partial file with the
+//! Chromium saves into the download tmpfs that its `DownloadDirectory` policy names,
+//! under the name it derives from the response. It writes a partial file with the
 //! `.crdownload` suffix and renames it when the download completes. Each
-//! `Browser.downloadProgress` event whose state is `completed` makes the agent send
-//! every regular file directly in the download directory, skipping `.crdownload`
-//! partials and hidden files, and delete it once it was sent or refused. A download
-//! that grows past the size cap is cancelled and reported as refused.
+//! `Browser.downloadProgress` event whose state is `completed`, and a rescan every
+//! second, make the agent send every regular file directly in the download directory,
+//! skipping `.crdownload` partials and hidden files, and delete it once it was sent or
+//! refused. A download that grows past the size cap is cancelled and reported as
+//! refused.
+//!
+//! NOTE: CDP's `allow` behavior made the Chromium of the Debian bookworm image name
+//! every file `download`, so the agent keeps Chromium's `default` behavior and only
+//! turns the download events on.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -27,6 +32,8 @@ use crate::hub::{Hub, Outbound};
 /// Free slots kept in the broker channel for video and control frames while a file is
 /// sent, so a large download never starves the screen or fills the channel.
 const RESERVED_SLOTS: usize = 32;
+/// Interval of the rescan of the download directory, a backstop for missed events.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// Interval at which a sender waiting for channel room checks again.
 const ROOM_POLL: Duration = Duration::from_millis(5);
 /// Time a finished download waits for a broker connection before it is dropped.
@@ -46,14 +53,13 @@ struct Finished {
     path: PathBuf,
 }
 
-/// Lets Chromium save downloads into `settings.dir` without a dialog and report them as
-/// CDP events. Call [`run`] with a receiver subscribed before this call.
+/// Turns on CDP download events; the session policy lets Chromium save into
+/// `settings.dir` without a dialog. Call [`run`] with a receiver subscribed before this call.
 pub async fn enable(cdp: &Cdp, settings: &DownloadSettings) -> anyhow::Result<()> {
     cdp.call(
         "Browser.setDownloadBehavior",
         json!({
-            "behavior": "allow",
-            "downloadPath": settings.dir,
+            "behavior": "default",
             "eventsEnabled": true,
         }),
         None,
@@ -210,7 +216,8 @@ fn too_large(max_bytes: u64) -> String {
     format!("the file is larger than the maximum of {max_bytes} bytes")
 }
 
-/// Sends the finished files in the download directory each time a download completes.
+/// Sends the finished files in the download directory each time a download completes
+/// and at every rescan.
 async fn send_finished(
     hub: Arc<Hub>,
     settings: DownloadSettings,
@@ -218,7 +225,14 @@ async fn send_finished(
     stop: CancellationToken,
 ) {
     let mut next_id: u64 = 1;
-    while completed.recv().await.is_some() {
+    let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            event = completed.recv() => if event.is_none() { break },
+            _ = rescan.tick() => {}
+        }
         for file in finished_files(&settings.dir) {
             let download_id = next_id;
             next_id += 1;

@@ -413,7 +413,11 @@ async fn run_session(
     if let Some(settings) = args.download_settings() {
         // Subscribing first keeps the events of a download that starts at once.
         let events = cdp.subscribe();
-        crate::downloads::enable(&cdp, &settings).await?;
+        // Without the events the rescan still delivers files, but nothing cancels a
+        // download that grows past the cap before it completes.
+        if let Err(error) = crate::downloads::enable(&cdp, &settings).await {
+            tracing::warn!(error = %format!("{error:#}"), "Download events are off");
+        }
         tasks.spawn(crate::downloads::run(
             cdp.clone(),
             events,
