@@ -9,9 +9,10 @@
 //! refused. A download that grows past the size cap is cancelled and reported as
 //! refused.
 //!
-//! NOTE: CDP's `allow` behavior made the Chromium of the Debian bookworm image name
-//! every file `download`, so the agent keeps Chromium's `default` behavior and only
-//! turns the download events on.
+//! NOTE: the Chromium of the Debian bookworm workspace image saved every file as
+//! `download` in the download tests, whatever the link's `download` attribute or the
+//! Content-Disposition named, with CDP's `allow` and `default` behavior alike. The
+//! cause is not known, so the name a person sees can be `download`.
 
 use std::collections::HashMap;
 use std::io::Read;
