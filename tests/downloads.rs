@@ -37,7 +37,7 @@ use uuid::Uuid;
 const PASSWORD: &str = "a long test passphrase";
 const HOST: &str = "downloads.test";
 /// Session subnets of this test, apart from the other tests' ranges.
-const SUBNET_RANGE: &str = "172.25.0.0/16";
+const SUBNET_RANGE: &str = "172.28.0.0/16";
 /// The cap of delivered files in this test.
 const MAX_FILE_BYTES: usize = 1 << 20;
 /// Size of the file that is delivered: more than one protocol chunk.
