@@ -12,6 +12,7 @@ mod cli_quota;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod downloads;
 pub mod egress_hosts;
 mod egress_audit_limit;
 pub mod error;

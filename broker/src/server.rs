@@ -218,6 +218,14 @@ fn start_sessions(
         tasks.clone(),
     );
 
+    let downloads = crate::downloads::Downloads::open(
+        &config.data_dir,
+        audit.clone(),
+        config.sessions.download_max_file_bytes,
+    )?;
+    hub.set_downloads(downloads.clone());
+    crate::downloads::spawn_retention(downloads.clone(), tasks);
+
     crate::lifecycle::connect(&sessions, &hub, &listeners, auth, tasks);
     sessions.spawn_tasks(tasks);
     let vault = crate::secrets::CredentialVault::from_config(config, db, clock.clone())?;
@@ -234,6 +242,7 @@ fn start_sessions(
         egress: listeners,
         default_retention_days: 90,
         auto_login,
+        downloads: Some(downloads),
     })
 }
 

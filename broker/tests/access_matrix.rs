@@ -67,6 +67,9 @@ fn matrix() -> Vec<Row> {
         row(get(), "/recordings/{id}", [401, 404, 404, 404]),
         row(get(), "/recordings/{id}/index", [401, 404, 404, 404]),
         row(get(), "/recordings/{id}/segments/{index}", [401, 404, 404, 404]),
+        // Every role lists only the files of their own sessions; the file does not exist.
+        row(get(), "/files", [401, 200, 200, 200]),
+        row(get(), "/files/{id}", [401, 404, 404, 404]),
         row(get(), "/auth/login", [200, 200, 200, 200]),
         // An empty form is a wrong password for everyone.
         row(post(), "/auth/login", [401, 401, 401, 401]),

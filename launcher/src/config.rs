@@ -51,6 +51,9 @@ pub struct LauncherConfig {
     pub tmp_size_bytes: u64,
     /// Size of the tmpfs mounted at `/home/strongroom`, in bytes.
     pub home_size_bytes: u64,
+    /// Size of the tmpfs mounted at `/downloads` in workspaces whose site delivers
+    /// downloads, in bytes. A request's `max_file_bytes` may not exceed it.
+    pub downloads_size_bytes: u64,
     /// Grace period between SIGTERM and SIGKILL when a workspace is stopped, in seconds.
     pub stop_timeout_secs: u32,
     /// Interval of the sweeper that retries failed removals and looks for dead
@@ -85,6 +88,7 @@ impl Default for LauncherConfig {
             },
             tmp_size_bytes: 256 << 20,
             home_size_bytes: 512 << 20,
+            downloads_size_bytes: 256 << 20,
             stop_timeout_secs: 5,
             sweep_interval_secs: 30,
             max_frame_bytes: 64 * 1024,
@@ -162,9 +166,12 @@ impl LauncherConfig {
         if let Err(problem) = self.max_limits.check_sane() {
             reject("max_limits", problem);
         }
-        if self.tmp_size_bytes < 1 << 20 || self.home_size_bytes < 1 << 20 {
+        if self.tmp_size_bytes < 1 << 20
+            || self.home_size_bytes < 1 << 20
+            || self.downloads_size_bytes < 1 << 20
+        {
             reject(
-                "tmp_size_bytes/home_size_bytes",
+                "tmp_size_bytes/home_size_bytes/downloads_size_bytes",
                 "each tmpfs must be at least 1 MiB".to_owned(),
             );
         }

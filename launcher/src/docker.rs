@@ -215,9 +215,11 @@ pub fn container_body(spec: &WorkspaceSpec) -> ContainerCreateBody {
         .tmpfs
         .iter()
         .map(|(path, size)| {
-            // The home directory must belong to the workspace user, or Chromium
-            // cannot create its cache there.
-            let owner = if path == crate::spec::WORKSPACE_HOME {
+            // The home and download directories must belong to the workspace user,
+            // or Chromium cannot write its cache and the downloads there.
+            let owner = if path == crate::spec::WORKSPACE_HOME
+                || path == crate::spec::WORKSPACE_DOWNLOADS
+            {
                 ",uid=1000,gid=1000,mode=0700"
             } else {
                 ""

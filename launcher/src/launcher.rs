@@ -291,7 +291,16 @@ impl Launcher {
 
     async fn launch_inner(&self, request: &LaunchSession) -> Result<LaunchedSession, LaunchError> {
         spec::validate_fields(request)?;
-        let over = request.limits.exceeded(&self.inner.config.max_limits);
+        let mut over = request.limits.exceeded(&self.inner.config.max_limits);
+        if let Some(downloads) = request.downloads {
+            let room = self.inner.config.downloads_size_bytes;
+            if downloads.max_file_bytes > room {
+                over.push(format!(
+                    "downloads.max_file_bytes {} > downloads_size_bytes {room}",
+                    downloads.max_file_bytes
+                ));
+            }
+        }
         if !over.is_empty() {
             return Err(LaunchError::LimitExceeded { over });
         }

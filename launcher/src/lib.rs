@@ -24,7 +24,7 @@ pub use config::LauncherConfig;
 pub use docker::DockerRuntime;
 pub use launcher::{EndError, LaunchError, Launcher};
 pub use protocol::{
-    DeadSession, EndedSession, ErrorKind, LaunchSession, LaunchedSession, ReconcileReport, Request,
+    DeadSession, DownloadDelivery, EndedSession, ErrorKind, LaunchSession, LaunchedSession, ReconcileReport, Request,
     Response, SessionInfo, SiteLimits, WorkloadState, WorkspaceExit,
 };
 pub use runtime::Runtime;

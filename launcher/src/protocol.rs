@@ -59,6 +59,20 @@ pub struct LaunchSession {
     /// roots (a bank behind a private CA).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_ca_certs: Vec<String>,
+    /// Set when the site delivers downloads to the person: the workspace then gets a
+    /// download tmpfs and Chromium may save files into it. Without it every download
+    /// is blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downloads: Option<DownloadDelivery>,
+}
+
+/// Download delivery of one workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadDelivery {
+    /// Largest file the agent sends, in bytes; it refuses larger ones. At most the
+    /// launcher's `downloads_size_bytes`.
+    pub max_file_bytes: u64,
 }
 
 /// Resource limits of one workspace container.

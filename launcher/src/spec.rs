@@ -17,6 +17,9 @@ use crate::runtime::{NetworkSpec, WorkspaceSpec};
 pub const WORKSPACE_USER: &str = "1000:1000";
 /// Home directory of the workspace user (a tmpfs).
 pub const WORKSPACE_HOME: &str = "/home/strongroom";
+/// Directory Chromium saves downloads into, a tmpfs mounted only where the site
+/// delivers downloads.
+pub const WORKSPACE_DOWNLOADS: &str = "/downloads";
 
 const MAX_NAME_LEN: usize = 256;
 const MAX_URL_LEN: usize = 2048;
@@ -89,6 +92,11 @@ pub fn validate_fields(request: &LaunchSession) -> Result<(), InvalidLaunch> {
     }
     if let Err(problem) = request.limits.check_sane() {
         problems.push(format!("limits: {problem}"));
+    }
+    if let Some(downloads) = request.downloads
+        && downloads.max_file_bytes == 0
+    {
+        problems.push("downloads.max_file_bytes must be at least 1".to_owned());
     }
 
     if problems.is_empty() {
@@ -230,6 +238,19 @@ pub fn workspace_spec(
         ));
     }
 
+    let mut tmpfs = BTreeMap::from([
+        ("/tmp".to_owned(), config.tmp_size_bytes),
+        (WORKSPACE_HOME.to_owned(), config.home_size_bytes),
+    ]);
+    if let Some(downloads) = request.downloads {
+        env.push(format!("STRONGROOM_DOWNLOAD_DIR={WORKSPACE_DOWNLOADS}"));
+        env.push(format!(
+            "STRONGROOM_DOWNLOAD_MAX_BYTES={}",
+            downloads.max_file_bytes
+        ));
+        tmpfs.insert(WORKSPACE_DOWNLOADS.to_owned(), config.downloads_size_bytes);
+    }
+
     WorkspaceSpec {
         name: container_name(request.session_id),
         image: config.image.clone(),
@@ -240,10 +261,7 @@ pub fn workspace_spec(
         limits: request.limits,
         user: WORKSPACE_USER.to_owned(),
         seccomp_profile,
-        tmpfs: BTreeMap::from([
-            ("/tmp".to_owned(), config.tmp_size_bytes),
-            (WORKSPACE_HOME.to_owned(), config.home_size_bytes),
-        ]),
+        tmpfs,
     }
 }
 
@@ -263,6 +281,7 @@ mod tests {
             agent_secret_sha256: "ab".repeat(32),
             allowed_hosts: vec!["bank.example".to_owned(), "*.cdn.bank.example".to_owned()],
             extra_ca_certs: Vec::new(),
+            downloads: None,
         }
     }
 
@@ -329,6 +348,61 @@ mod tests {
         };
         let problems = validate_fields(&bad).unwrap_err().problems;
         assert_eq!(problems, ["extra_ca_certs[0] contains no PEM certificate"]);
+    }
+
+    #[test]
+    fn download_tmpfs_only_for_delivering_sites() {
+        let addresses = SessionAddresses::for_subnet("172.21.0.32/28".parse().unwrap());
+        let config = LauncherConfig::default();
+        let blocked = workspace_spec(
+            &config,
+            Arc::from("{}"),
+            &request(),
+            addresses,
+            BTreeMap::new(),
+        );
+        assert!(!blocked.tmpfs.contains_key(WORKSPACE_DOWNLOADS));
+        assert!(
+            !blocked
+                .env
+                .iter()
+                .any(|entry| entry.starts_with("STRONGROOM_DOWNLOAD"))
+        );
+
+        let delivering = LaunchSession {
+            downloads: Some(crate::protocol::DownloadDelivery {
+                max_file_bytes: 1 << 20,
+            }),
+            ..request()
+        };
+        let spec = workspace_spec(
+            &config,
+            Arc::from("{}"),
+            &delivering,
+            addresses,
+            BTreeMap::new(),
+        );
+        assert_eq!(
+            spec.tmpfs.get(WORKSPACE_DOWNLOADS),
+            Some(&config.downloads_size_bytes)
+        );
+        assert!(
+            spec.env
+                .contains(&"STRONGROOM_DOWNLOAD_DIR=/downloads".to_owned())
+        );
+        assert!(
+            spec.env
+                .contains(&"STRONGROOM_DOWNLOAD_MAX_BYTES=1048576".to_owned())
+        );
+
+        let zero = LaunchSession {
+            downloads: Some(crate::protocol::DownloadDelivery { max_file_bytes: 0 }),
+            ..request()
+        };
+        assert_eq!(
+            validate_fields(&zero).unwrap_err().problems,
+            ["downloads.max_file_bytes must be at least 1"]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! | --- | --- | --- |
 //! | `0x01` | agent → broker | video packet: `flags: u8` (bit 0 = keyframe, other bits zero), `pts_us: u64` little-endian (presentation time in microseconds since the stream started), then the encoded VP8 frame to the end of the message |
 //! | `0x02` | both | control message: one UTF-8 JSON object, `{"type": "...", ...}` ([`AgentControl`] or [`BrokerMessage`]) |
+//! | `0x03` | agent → broker | download chunk: `download_id: u64`, `offset: u64`, both little-endian, then 1 to [`limits::MAX_DOWNLOAD_CHUNK_LEN`] bytes of the file ([`DownloadChunk`]) |
 //!
 //! Sizes are bounded before anything is parsed: an agent frame is at most
 //! [`MAX_AGENT_FRAME_LEN`] bytes and a broker frame at most [`MAX_BROKER_FRAME_LEN`].
@@ -68,6 +69,13 @@ pub mod limits {
     /// control character as six bytes, so a paste of this size always fits in a
     /// broker frame.
     pub const MAX_CLIPBOARD_LEN: usize = 8192;
+    /// Maximum data bytes in one download chunk frame.
+    pub const MAX_DOWNLOAD_CHUNK_LEN: usize = 256 * 1024;
+    /// Maximum size in bytes of one downloaded file that the protocol can carry. The
+    /// broker's configured cap is at most this.
+    pub const MAX_DOWNLOAD_SIZE: u64 = 1 << 30;
+    /// Maximum length in bytes of a downloaded file's name.
+    pub const MAX_FILE_NAME_LEN: usize = 255;
 }
 
 pub use limits::{MAX_AGENT_FRAME_LEN, MAX_BROKER_FRAME_LEN};
@@ -76,6 +84,14 @@ pub use limits::{MAX_AGENT_FRAME_LEN, MAX_BROKER_FRAME_LEN};
 pub const TAG_VIDEO: u8 = 0x01;
 /// Frame tag of a JSON control message.
 pub const TAG_CONTROL: u8 = 0x02;
+/// Frame tag of a download chunk.
+pub const TAG_DOWNLOAD_CHUNK: u8 = 0x03;
+
+/// Version of the download messages (`download_start` and the chunk frame layout). A
+/// `download_start` with another version is a decoding error.
+pub const DOWNLOAD_PROTOCOL_VERSION: u32 = 1;
+
+const DOWNLOAD_CHUNK_HEADER_LEN: usize = 1 + 8 + 8;
 
 const VIDEO_HEADER_LEN: usize = 1 + 1 + 8;
 const FLAG_KEYFRAME: u8 = 0x01;
@@ -97,6 +113,10 @@ pub enum DecodeError {
     UnknownVideoFlags(u8),
     #[error("video frame has no payload")]
     EmptyVideoPayload,
+    #[error("download chunk header is truncated ({0} bytes)")]
+    TruncatedChunkHeader(usize),
+    #[error("download chunk has no data")]
+    EmptyChunk,
     #[error("invalid control message: {0}")]
     InvalidJson(String),
     #[error("invalid value in control message: {0}")]
@@ -206,6 +226,25 @@ impl fmt::Debug for VideoPacket {
     }
 }
 
+/// One piece of a downloaded file, sent between its `download_start` and `download_end`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DownloadChunk {
+    pub download_id: u64,
+    /// Position of the first byte of `data` in the file.
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for DownloadChunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DownloadChunk")
+            .field("download_id", &self.download_id)
+            .field("offset", &self.offset)
+            .field("len", &self.data.len())
+            .finish()
+    }
+}
+
 /// Control messages from the agent to the broker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -243,6 +282,25 @@ pub enum AgentControl {
     /// selection). The broker passes it on only where the site's policy allows copying
     /// out of the session.
     ClipboardChanged { text: String },
+    /// A finished download follows as chunk frames of `size` bytes in total, then
+    /// [`AgentControl::DownloadEnd`]. `name` is the name Chromium suggested; the broker
+    /// cleans it again.
+    DownloadStart {
+        version: u32,
+        download_id: u64,
+        name: String,
+        size: u64,
+    },
+    /// Every chunk of the download was sent; `sha256` is the lower-case hex SHA-256 of
+    /// the whole file.
+    DownloadEnd { download_id: u64, sha256: String },
+    /// The agent did not send a download, for example because it exceeds the size cap.
+    /// `size` is the size known when it stopped (`None` when unknown).
+    DownloadRefused {
+        name: String,
+        size: Option<u64>,
+        reason: String,
+    },
     /// An error the agent handled; the session may continue.
     Error { message: String },
 }
@@ -267,6 +325,7 @@ pub enum StepOutcome {
 pub enum AgentMessage {
     Video(VideoPacket),
     Control(AgentControl),
+    DownloadChunk(DownloadChunk),
 }
 
 /// Messages from the broker to the agent.
@@ -435,6 +494,16 @@ pub fn encode_video(packet: &VideoPacket) -> Vec<u8> {
     out
 }
 
+/// Encodes a download chunk frame.
+pub fn encode_download_chunk(chunk: &DownloadChunk) -> Vec<u8> {
+    let mut out = Vec::with_capacity(DOWNLOAD_CHUNK_HEADER_LEN + chunk.data.len());
+    out.push(TAG_DOWNLOAD_CHUNK);
+    out.extend_from_slice(&chunk.download_id.to_le_bytes());
+    out.extend_from_slice(&chunk.offset.to_le_bytes());
+    out.extend_from_slice(&chunk.data);
+    out
+}
+
 /// Encodes an agent control frame.
 pub fn encode_agent_control(message: &AgentControl) -> Vec<u8> {
     encode_control(message)
@@ -445,6 +514,7 @@ pub fn encode_agent_message(message: &AgentMessage) -> Vec<u8> {
     match message {
         AgentMessage::Video(packet) => encode_video(packet),
         AgentMessage::Control(control) => encode_control(control),
+        AgentMessage::DownloadChunk(chunk) => encode_download_chunk(chunk),
     }
 }
 
@@ -473,6 +543,7 @@ pub fn decode_agent_message(frame: &[u8]) -> Result<AgentMessage, DecodeError> {
             validate_agent_control(&control)?;
             Ok(AgentMessage::Control(control))
         }
+        TAG_DOWNLOAD_CHUNK => decode_download_chunk(frame).map(AgentMessage::DownloadChunk),
         tag => Err(DecodeError::UnknownTag(tag)),
     }
 }
@@ -486,7 +557,7 @@ pub fn decode_broker_message(frame: &[u8]) -> Result<BrokerMessage, DecodeError>
             validate_broker_message(&message)?;
             Ok(message)
         }
-        TAG_VIDEO => Err(DecodeError::WrongDirection(TAG_VIDEO)),
+        TAG_VIDEO | TAG_DOWNLOAD_CHUNK => Err(DecodeError::WrongDirection(frame[0])),
         tag => Err(DecodeError::UnknownTag(tag)),
     }
 }
@@ -521,6 +592,33 @@ fn decode_video(frame: &[u8]) -> Result<VideoPacket, DecodeError> {
     Ok(VideoPacket {
         pts_us: u64::from_le_bytes(pts),
         keyframe: flags & FLAG_KEYFRAME != 0,
+        data: data.to_vec(),
+    })
+}
+
+fn decode_download_chunk(frame: &[u8]) -> Result<DownloadChunk, DecodeError> {
+    if frame.len() < DOWNLOAD_CHUNK_HEADER_LEN {
+        return Err(DecodeError::TruncatedChunkHeader(frame.len()));
+    }
+    let data = &frame[DOWNLOAD_CHUNK_HEADER_LEN..];
+    if data.is_empty() {
+        return Err(DecodeError::EmptyChunk);
+    }
+    if data.len() > limits::MAX_DOWNLOAD_CHUNK_LEN {
+        return Err(invalid(format!(
+            "download chunk of {} bytes exceeds {}",
+            data.len(),
+            limits::MAX_DOWNLOAD_CHUNK_LEN
+        )));
+    }
+    let word = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&frame[at..at + 8]);
+        u64::from_le_bytes(bytes)
+    };
+    Ok(DownloadChunk {
+        download_id: word(1),
+        offset: word(9),
         data: data.to_vec(),
     })
 }
@@ -609,10 +707,53 @@ fn validate_agent_control(message: &AgentControl) -> Result<(), DecodeError> {
         },
         AgentControl::BrowserExited { .. } => Ok(()),
         AgentControl::ClipboardChanged { text } => check_clipboard_text(text),
+        AgentControl::DownloadStart {
+            version,
+            name,
+            size,
+            ..
+        } => {
+            if *version != DOWNLOAD_PROTOCOL_VERSION {
+                return Err(invalid(format!(
+                    "download protocol version {version} is not supported; this build speaks {DOWNLOAD_PROTOCOL_VERSION}"
+                )));
+            }
+            check_file_name(name)?;
+            if *size > limits::MAX_DOWNLOAD_SIZE {
+                return Err(invalid(format!(
+                    "download size {size} exceeds {}",
+                    limits::MAX_DOWNLOAD_SIZE
+                )));
+            }
+            Ok(())
+        }
+        AgentControl::DownloadEnd { sha256, .. } => {
+            if sha256.len() != 64
+                || !sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(invalid("sha256 must be 64 lower-case hex digits"));
+            }
+            Ok(())
+        }
+        AgentControl::DownloadRefused { name, reason, .. } => {
+            check_string("name", name, limits::MAX_FILE_NAME_LEN)?;
+            check_string("reason", reason, limits::MAX_MESSAGE_LEN)
+        }
         AgentControl::Error { message } => {
             check_string("message", message, limits::MAX_MESSAGE_LEN)
         }
     }
+}
+
+/// Checks a file name as sent: 1 to [`limits::MAX_FILE_NAME_LEN`] bytes. The broker
+/// strips paths and control characters itself, so this only bounds the size.
+fn check_file_name(name: &str) -> Result<(), DecodeError> {
+    if name.is_empty() {
+        return Err(invalid("file name is empty"));
+    }
+    check_string("file name", name, limits::MAX_FILE_NAME_LEN)
 }
 
 fn validate_broker_message(message: &BrokerMessage) -> Result<(), DecodeError> {

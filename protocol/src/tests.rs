@@ -126,6 +126,26 @@ fn sample_agent_messages() -> Vec<AgentMessage> {
         AgentMessage::Control(AgentControl::Error {
             message: "x".into(),
         }),
+        AgentMessage::Control(AgentControl::DownloadStart {
+            version: DOWNLOAD_PROTOCOL_VERSION,
+            download_id: 1,
+            name: "Kontoauszug 2026-11 €.pdf".into(),
+            size: 3,
+        }),
+        AgentMessage::DownloadChunk(DownloadChunk {
+            download_id: 1,
+            offset: 0,
+            data: vec![0, 0xff, 7],
+        }),
+        AgentMessage::Control(AgentControl::DownloadEnd {
+            download_id: 1,
+            sha256: "ab".repeat(32),
+        }),
+        AgentMessage::Control(AgentControl::DownloadRefused {
+            name: "big.bin".into(),
+            size: Some(1 << 40),
+            reason: "larger than the cap".into(),
+        }),
     ]
 }
 
@@ -212,6 +232,72 @@ fn garbage_frames_rejected() {
         decode_broker_message(b"\x02\xff\xfe"),
         Err(DecodeError::InvalidJson(_))
     ));
+}
+
+#[test]
+fn download_chunk_layout_is_fixed() {
+    let encoded = encode_download_chunk(&DownloadChunk {
+        download_id: 0x0102,
+        offset: 0x0a0b,
+        data: vec![0xee],
+    });
+    assert_eq!(
+        encoded,
+        vec![
+            0x03, 0x02, 0x01, 0, 0, 0, 0, 0, 0, 0x0b, 0x0a, 0, 0, 0, 0, 0, 0, 0xee
+        ]
+    );
+}
+
+#[test]
+fn bad_download_frames_rejected() {
+    assert_eq!(
+        decode_agent_message(&[TAG_DOWNLOAD_CHUNK, 1, 2, 3]),
+        Err(DecodeError::TruncatedChunkHeader(4))
+    );
+    assert_eq!(
+        decode_agent_message(&[TAG_DOWNLOAD_CHUNK; 17]),
+        Err(DecodeError::EmptyChunk)
+    );
+    let mut oversized = vec![TAG_DOWNLOAD_CHUNK; 17];
+    oversized.resize(17 + limits::MAX_DOWNLOAD_CHUNK_LEN + 1, 0);
+    assert!(matches!(
+        decode_agent_message(&oversized),
+        Err(DecodeError::InvalidValue(_))
+    ));
+    assert_eq!(
+        decode_broker_message(&[TAG_DOWNLOAD_CHUNK; 20]),
+        Err(DecodeError::WrongDirection(TAG_DOWNLOAD_CHUNK))
+    );
+
+    let long_name = "n".repeat(limits::MAX_FILE_NAME_LEN + 1);
+    let cases = [
+        r#"{"type":"download_start","version":2,"download_id":1,"name":"a","size":1}"#.to_owned(),
+        r#"{"type":"download_start","version":1,"download_id":1,"name":"","size":1}"#.to_owned(),
+        format!(
+            r#"{{"type":"download_start","version":1,"download_id":1,"name":"{long_name}","size":1}}"#
+        ),
+        format!(
+            r#"{{"type":"download_start","version":1,"download_id":1,"name":"a","size":{}}}"#,
+            limits::MAX_DOWNLOAD_SIZE + 1
+        ),
+        r#"{"type":"download_end","download_id":1,"sha256":"AB"}"#.to_owned(),
+        format!(
+            r#"{{"type":"download_end","download_id":1,"sha256":"{}"}}"#,
+            "AB".repeat(32)
+        ),
+    ];
+    for case in cases {
+        let mut frame = vec![TAG_CONTROL];
+        frame.extend_from_slice(case.as_bytes());
+        assert!(
+            matches!(
+                decode_agent_message(&frame),
+                Err(DecodeError::InvalidValue(_))
+            ),
+            "{case}"
+        );
+    }
 }
 
 #[test]
@@ -370,6 +456,25 @@ proptest! {
             decode_agent_message(&encode_agent_control(&copied)).unwrap(),
             AgentMessage::Control(copied)
         );
+    }
+
+    #[test]
+    fn download_messages_round_trip_exactly(
+        download_id in any::<u64>(),
+        offset in any::<u64>(),
+        data in proptest::collection::vec(any::<u8>(), 1..4096),
+        name in "\\PC{1,60}",
+        size in 0..=limits::MAX_DOWNLOAD_SIZE,
+    ) {
+        let chunk = AgentMessage::DownloadChunk(DownloadChunk { download_id, offset, data });
+        prop_assert_eq!(decode_agent_message(&encode_agent_message(&chunk)).unwrap(), chunk);
+        let start = AgentMessage::Control(AgentControl::DownloadStart {
+            version: DOWNLOAD_PROTOCOL_VERSION,
+            download_id,
+            name,
+            size,
+        });
+        prop_assert_eq!(decode_agent_message(&encode_agent_message(&start)).unwrap(), start);
     }
 
     #[test]

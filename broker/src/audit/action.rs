@@ -78,6 +78,11 @@ actions! {
     RecordingExportFailed => "recording.export.failed",
     RecordingHoldChanged => "recording.hold.changed",
     RecordingDeleted => "recording.deleted",
+    // Files downloaded in a workspace.
+    DownloadDelivered => "download.delivered",
+    DownloadRefused => "download.refused",
+    DownloadFetched => "download.fetched",
+    DownloadDeleted => "download.deleted",
 }
 
 #[cfg(test)]

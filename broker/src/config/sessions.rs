@@ -24,6 +24,8 @@ const DEFAULT_EGRESS_MAX_CONNECTIONS: u32 = 64;
 const DEFAULT_EGRESS_IDLE_TIMEOUT_SECONDS: u64 = 300;
 /// Lowest per-session egress rate accepted: 16 KiB per second.
 const MIN_EGRESS_BYTES_PER_SECOND: u64 = 16 * 1024;
+/// Largest delivered download by default: 64 MiB, enough for statements and exports.
+const DEFAULT_DOWNLOAD_MAX_FILE_BYTES: u64 = 64 << 20;
 /// `nobody` and `nogroup` on Debian.
 const DEFAULT_EXPORT_MUX_ID: u32 = 65534;
 /// Muxing copies packets without decoding them, so even a recording of the maximum
@@ -103,6 +105,11 @@ pub struct RawSessions {
     /// `sessions.export_mux_timeout_seconds`: an export whose muxing process runs longer
     /// than this is stopped and fails, from 1 to 86400. Default 600.
     pub export_mux_timeout_seconds: Option<Lenient<u64>>,
+    /// `sessions.download_max_file_bytes`: largest file a session of a site with
+    /// `policy.downloads = "deliver"` delivers to the person, in bytes; a larger one is
+    /// refused and audited. 1 to 1073741824; the launcher refuses to launch such a
+    /// session when it is above its `downloads_size_bytes`. Default 67108864 (64 MiB).
+    pub download_max_file_bytes: Option<Lenient<u64>>,
 }
 
 /// Validated `[sessions]` section.
@@ -132,6 +139,8 @@ pub struct SessionsConfig {
     pub export_mux_uid: u32,
     pub export_mux_gid: u32,
     pub export_mux_timeout: Duration,
+    /// Largest delivered download in bytes.
+    pub download_max_file_bytes: u64,
 }
 
 /// Where the recording key-encryption keys are kept.
@@ -170,6 +179,7 @@ impl SessionsConfig {
             export_mux_uid: DEFAULT_EXPORT_MUX_ID,
             export_mux_gid: DEFAULT_EXPORT_MUX_ID,
             export_mux_timeout: Duration::from_secs(DEFAULT_EXPORT_MUX_TIMEOUT_SECONDS),
+            download_max_file_bytes: DEFAULT_DOWNLOAD_MAX_FILE_BYTES,
         }
     }
 }
@@ -479,6 +489,22 @@ pub fn validate_sessions(
         problems,
     );
 
+    let download_max_file_bytes = take(
+        &raw.download_max_file_bytes,
+        "sessions.download_max_file_bytes",
+        "a whole number of bytes",
+        problems,
+    )
+    .unwrap_or(DEFAULT_DOWNLOAD_MAX_FILE_BYTES);
+    in_range(
+        download_max_file_bytes,
+        1,
+        protocol::limits::MAX_DOWNLOAD_SIZE,
+        "sessions.download_max_file_bytes",
+        "bytes",
+        problems,
+    );
+
     if problems.len() > before {
         return None;
     }
@@ -503,6 +529,7 @@ pub fn validate_sessions(
         export_mux_uid,
         export_mux_gid,
         export_mux_timeout: Duration::from_secs(export_mux_timeout),
+        download_max_file_bytes,
     })
 }
 

@@ -81,6 +81,7 @@ pub fn routes() -> Router<AppState> {
         .merge(crate::portal::routes())
         .merge(crate::admin::routes())
         .merge(crate::recordings::replay::routes())
+        .merge(crate::downloads::portal::routes())
 }
 
 /// The path patterns of `router`, such as `/sessions/{id}`, sorted.

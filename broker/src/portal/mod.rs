@@ -34,6 +34,8 @@ pub struct Portal {
     /// Days a recording is kept when the site sets no retention.
     pub default_retention_days: i64,
     pub auto_login: crate::secrets::autologin::AutoLoginService,
+    /// The store of files delivered from workspaces.
+    pub downloads: Option<crate::downloads::Downloads>,
 }
 
 pub fn routes() -> Router<AppState> {

@@ -22,6 +22,7 @@ pub fn home(
     if principal.can_audit() {
         body.push_str("<p><a id=\"console\" href=\"/admin\">Admin console</a></p>\n");
     }
+    body.push_str("<p><a id=\"files\" href=\"/files\">Your files</a></p>\n");
     if let Some(error) = error {
         body.push_str(&format!(
             "<p id=\"error\" role=\"alert\">{}</p>\n",

@@ -457,6 +457,11 @@ impl SessionService {
             agent_secret_sha256: secret.sha256_hex(),
             allowed_hosts: site.allowed_hosts.clone(),
             extra_ca_certs: site.policy.extra_ca_certs.clone(),
+            downloads: (site.policy.downloads == crate::sites::DownloadPolicy::Deliver).then(
+                || launcher::DownloadDelivery {
+                    max_file_bytes: self.config().download_max_file_bytes,
+                },
+            ),
         };
         let launched = match self.deps().launcher.launch_session(request).await {
             Ok(launched) => launched,

@@ -335,10 +335,11 @@ impl ClipboardPolicy {
 
 /// Session policies of a site.
 ///
-/// NOTE: downloads are stored and validated, but not applied yet: every workspace
-/// blocks downloads (Chromium's `DownloadRestrictions` policy in the image). The stream
-/// hub enforces the clipboard policy on the live view's paste and copy messages. Extra
-/// CA certificates reach the session's Chromium as its `CACertificates` policy.
+/// `downloads` decides whether the workspace gets a download tmpfs and Chromium may
+/// save files; the broker reads it again for every file the agent sends
+/// (`crate::downloads`). The stream hub enforces the clipboard policy on the live
+/// view's paste and copy messages. Extra CA certificates reach the session's Chromium
+/// as its `CACertificates` policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionPolicy {

@@ -34,6 +34,8 @@ pub(super) struct Link {
     pub agent_addr: SocketAddr,
     pub secret: SessionSecret,
     pub last_pts_us: u64,
+    /// Files the agent is sending.
+    pub downloads: crate::downloads::DownloadReceiver,
 }
 
 /// Cause of the link's end.
@@ -54,6 +56,7 @@ impl Link {
             Ok(socket) => self.relay(socket).await,
             Err(error) => LinkEnd::Failed(format!("workspace agent unreachable: {error:#}")),
         };
+        self.downloads.abort_open().await;
         // A session that the lifecycle is already ending loses its workspace next. The
         // agent's closed connection follows from that, so viewers get the lifecycle's reason.
         let already_ending = self
@@ -188,6 +191,10 @@ impl Link {
         match decoded {
             AgentMessage::Video(packet) => self.video(packet).await,
             AgentMessage::Control(control) => self.control(control).await,
+            AgentMessage::DownloadChunk(chunk) => {
+                self.downloads.chunk(chunk).await;
+                None
+            }
         }
     }
 
@@ -320,6 +327,19 @@ impl Link {
                         "Dropped workspace clipboard text: the site's policy does not allow copying out"
                     );
                 }
+            }
+            AgentControl::DownloadStart {
+                download_id,
+                name,
+                size,
+                ..
+            } => self.downloads.start(download_id, &name, size).await,
+            AgentControl::DownloadEnd {
+                download_id,
+                sha256,
+            } => self.downloads.end(download_id, &sha256).await,
+            AgentControl::DownloadRefused { name, size, reason } => {
+                self.downloads.refused_by_agent(&name, size, &reason).await
             }
             AgentControl::Error { message } => {
                 tracing::warn!(

@@ -306,6 +306,7 @@ struct HubInner {
     recording: RecordingSettings,
     audit: AuditLog,
     hooks: Mutex<Option<Arc<dyn SessionHooks>>>,
+    downloads: Mutex<Option<crate::downloads::Downloads>>,
     tasks: TaskRegistry,
 }
 
@@ -323,6 +324,7 @@ impl StreamHub {
                 recording,
                 audit,
                 hooks: Mutex::new(None),
+                downloads: Mutex::new(None),
                 tasks,
             }),
         }
@@ -331,6 +333,12 @@ impl StreamHub {
     /// Connects the hub to the session lifecycle. Set once at start-up.
     pub fn set_hooks(&self, hooks: Arc<dyn SessionHooks>) {
         *self.inner.hooks.lock().expect("hooks lock") = Some(hooks);
+    }
+
+    /// Connects the hub to the download store. Set once at start-up; without it every
+    /// download a workspace sends is refused.
+    pub fn set_downloads(&self, downloads: crate::downloads::Downloads) {
+        *self.inner.downloads.lock().expect("downloads lock") = Some(downloads);
     }
 
     pub fn settings(&self) -> &StreamSettings {
@@ -388,6 +396,10 @@ impl StreamHub {
             agent_addr: start.agent_addr,
             secret: start.secret,
             last_pts_us: 0,
+            downloads: crate::downloads::DownloadReceiver::new(
+                self.inner.downloads.lock().expect("downloads lock").clone(),
+                start.session_id,
+            ),
         };
         self.inner.tasks.spawn("stream", link.run());
         Ok(stream)

@@ -297,6 +297,7 @@ pub fn launch_request(secret: &str) -> LaunchSession {
             "*.static.bank.example".to_owned(),
         ],
         extra_ca_certs: Vec::new(),
+        downloads: None,
     }
 }
 

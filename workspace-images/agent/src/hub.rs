@@ -120,6 +120,12 @@ impl Hub {
         self.lock().placeholder.is_some()
     }
 
+    /// Returns the current connection's channel, for a sender that queues a sequence
+    /// of frames which must all reach the same connection.
+    pub fn sink(&self) -> Option<Outbound> {
+        self.lock().sink.as_ref().map(|(_, sink)| sink.clone())
+    }
+
     pub fn is_attached(&self) -> bool {
         self.lock().sink.is_some()
     }

@@ -10,6 +10,7 @@ pub mod browser;
 pub mod capture;
 pub mod clipboard;
 pub mod cdp;
+pub mod downloads;
 pub mod encoder;
 pub mod hub;
 pub mod input;

@@ -94,6 +94,15 @@ pub struct Args {
     /// Chromium's `CACertificates` policy to `--session-policy`.
     #[arg(long, env = "STRONGROOM_CA_CERTIFICATES", value_delimiter = ',')]
     pub ca_certificates: Vec<String>,
+    /// Directory Chromium saves downloads into (a size-limited tmpfs). When given, the
+    /// session policy allows downloads without a save dialog and the agent sends each
+    /// finished file to the broker; without it the policy blocks every download.
+    #[arg(long, env = "STRONGROOM_DOWNLOAD_DIR", requires = "download_max_bytes")]
+    pub download_dir: Option<PathBuf>,
+    /// Largest download the agent sends, in bytes; a larger one is cancelled and
+    /// reported to the broker as refused.
+    #[arg(long, env = "STRONGROOM_DOWNLOAD_MAX_BYTES", requires = "download_dir")]
+    pub download_max_bytes: Option<u64>,
     /// Where the per-session Chromium policy is written; the workspace image links its
     /// managed policy directory to this path.
     #[arg(long, default_value = "/tmp/strongroom-policy/session.json")]
@@ -105,6 +114,14 @@ pub struct Args {
 }
 
 impl Args {
+    /// The download directory and cap when downloads are delivered.
+    fn download_settings(&self) -> Option<crate::downloads::DownloadSettings> {
+        Some(crate::downloads::DownloadSettings {
+            dir: self.download_dir.clone()?,
+            max_bytes: self.download_max_bytes?,
+        })
+    }
+
     fn validate(&self) -> anyhow::Result<[u8; 32]> {
         let hash =
             protocol::parse_sha256_hex(&self.secret_sha256).context("invalid --secret-sha256")?;
@@ -141,6 +158,19 @@ impl Args {
             bail!("--keyframe-interval-secs must be at least 1");
         }
         check_ca_certificates(&self.ca_certificates)?;
+        if let Some(max) = self.download_max_bytes
+            && !(1..=protocol::limits::MAX_DOWNLOAD_SIZE).contains(&max)
+        {
+            bail!(
+                "--download-max-bytes {max} must be between 1 and {}",
+                protocol::limits::MAX_DOWNLOAD_SIZE
+            );
+        }
+        if let Some(dir) = &self.download_dir
+            && !dir.is_absolute()
+        {
+            bail!("--download-dir {} must be an absolute path", dir.display());
+        }
         processes::check_binary(&self.chromium)?;
         processes::check_binary(&self.xvfb)?;
         Ok(hash)
@@ -225,15 +255,36 @@ fn check_ca_certificates(entries: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `{"URLAllowlist": [...], "CACertificates": [...]}` where the image's managed
-/// policy link points. Chromium reads the file at start, so the certificates apply to
-/// this session's browser only.
+/// Chromium's `DownloadRestrictions` value that blocks every download.
+const DOWNLOADS_BLOCKED: u32 = 3;
+/// Chromium's `DownloadRestrictions` value that applies no special restriction.
+const DOWNLOADS_ALLOWED: u32 = 0;
+
+/// Writes the session's Chromium policy where the image's managed policy link points:
+/// `URLAllowlist`, `CACertificates` and the download policies. Chromium reads the file
+/// at start, so these apply to this session's browser only.
+///
+/// INVARIANT: the image's own policy file sets no download policy, because Chromium
+/// gives the file that sorts last precedence and `strongroom.json` sorts after
+/// `session.json`. The agent writes this file before every Chromium start, so
+/// `DownloadRestrictions` is always set here: 3 (blocked) unless `downloads` is given.
 fn write_session_policy(
     path: &std::path::Path,
     hosts: &[String],
     ca_certificates: &[String],
+    downloads: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let mut policy = serde_json::Map::new();
+    match downloads {
+        Some(dir) => {
+            policy.insert("DownloadRestrictions".into(), DOWNLOADS_ALLOWED.into());
+            policy.insert("DownloadDirectory".into(), dir.display().to_string().into());
+            policy.insert("PromptForDownloadLocation".into(), false.into());
+        }
+        None => {
+            policy.insert("DownloadRestrictions".into(), DOWNLOADS_BLOCKED.into());
+        }
+    }
     if !hosts.is_empty() {
         policy.insert("URLAllowlist".into(), url_allowlist(hosts).into());
     }
@@ -250,6 +301,7 @@ fn write_session_policy(
         path = %path.display(),
         hosts = hosts.len(),
         ca_certificates = ca_certificates.len(),
+        downloads = downloads.is_some(),
         "Session policy written"
     );
     Ok(())
@@ -261,13 +313,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let secret_sha256 = args.validate()?;
     harden_process()?;
 
-    if !args.allowed_hosts.is_empty() || !args.ca_certificates.is_empty() {
-        write_session_policy(
-            &args.session_policy,
-            &args.allowed_hosts,
-            &args.ca_certificates,
-        )?;
-    }
+    write_session_policy(
+        &args.session_policy,
+        &args.allowed_hosts,
+        &args.ca_certificates,
+        args.download_dir.as_deref(),
+    )?;
     let mut xvfb = processes::start_xvfb(&args.xvfb, args.max_width, args.max_height).await?;
     tracing::info!(display = %xvfb.display, "Xvfb started");
     if let Err(error) = crate::screen::set_initial_size(&xvfb.display, args.width, args.height) {
@@ -359,6 +410,22 @@ async fn run_session(
     let tasks = tokio_util::task::TaskTracker::new();
     let stop_tasks = CancellationToken::new();
     tasks.spawn(frame_tracker.run(stop_tasks.clone()));
+    if let Some(settings) = args.download_settings() {
+        // Subscribing first keeps the events of a download that starts at once.
+        let events = cdp.subscribe();
+        // Without the events the rescan still delivers files, but nothing cancels a
+        // download that grows past the cap before it completes.
+        if let Err(error) = crate::downloads::enable(&cdp, &settings).await {
+            tracing::warn!(error = %format!("{error:#}"), "Download events are off");
+        }
+        tasks.spawn(crate::downloads::run(
+            cdp.clone(),
+            events,
+            hub.clone(),
+            settings,
+            stop_tasks.clone(),
+        ));
+    }
     tasks.spawn(
         page.clone()
             .follow_navigations(hub.clone(), stop_tasks.clone()),
@@ -488,7 +555,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("strongroom-policy-{}", std::process::id()));
         let path = dir.join("session.json");
         let certificates = vec!["MIIBXzCCAQWgAwIBAgIU".to_owned()];
-        write_session_policy(&path, &["bank.example".to_owned()], &certificates).unwrap();
+        write_session_policy(&path, &["bank.example".to_owned()], &certificates, None).unwrap();
         let written: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -497,8 +564,43 @@ mod tests {
             serde_json::json!({
                 "URLAllowlist": [".bank.example"],
                 "CACertificates": ["MIIBXzCCAQWgAwIBAgIU"],
+                "DownloadRestrictions": 3,
             })
         );
+    }
+
+    #[test]
+    fn session_policy_allows_downloads_only_into_the_download_directory() {
+        let dir = std::env::temp_dir().join(format!(
+            "strongroom-policy-downloads-{}",
+            std::process::id()
+        ));
+        let path = dir.join("session.json");
+        write_session_policy(&path, &[], &[], Some(std::path::Path::new("/downloads"))).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            written,
+            serde_json::json!({
+                "DownloadRestrictions": 0,
+                "DownloadDirectory": "/downloads",
+                "PromptForDownloadLocation": false,
+            })
+        );
+    }
+
+    #[test]
+    fn image_policy_leaves_downloads_to_the_session_policy() {
+        let image: serde_json::Value =
+            serde_json::from_str(include_str!("../../policies/strongroom.json")).unwrap();
+        for key in [
+            "DownloadRestrictions",
+            "DownloadDirectory",
+            "PromptForDownloadLocation",
+        ] {
+            assert!(image.get(key).is_none(), "{key} in strongroom.json would override the session policy");
+        }
     }
 
     #[test]

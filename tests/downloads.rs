@@ -1,0 +1,785 @@
+//! Downloads in real workspaces, through the portal, the launcher, the Docker engine and
+//! the workspace image. The person clicks a download link in the workspace's Chromium
+//! with mouse input over the viewer socket.
+//!
+//! Where the site's `policy.downloads` is `deliver`, the file appears in the person's
+//! portal list and downloads byte-identical, with `download.delivered` and
+//! `download.fetched` in the audit trail, and a file above
+//! `sessions.download_max_file_bytes` is refused with a `download.refused` event that
+//! names the cap. Where the policy is `blocked`, the workspace has no download tmpfs,
+//! its Chromium policy blocks downloads, and nothing arrives.
+//!
+//! The page comes from an HTTPS server that the test starts on 127.0.0.1 with a
+//! generated CA, reached through the egress proxy by `egress.hosts`. The workspace
+//! image is `STRONGROOM_TEST_WORKSPACE_IMAGE` when set, otherwise the launcher's
+//! default; it must contain an agent built from this tree.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::Html;
+use axum::routing::get;
+use broker::auth::Role;
+use broker::auth::secret_key::TotpKey;
+use broker::auth::totp::TotpSecret;
+use broker::auth::users;
+use broker::server::{self, RunningBroker};
+use futures::SinkExt;
+use reqwest::cookie::CookieStore;
+use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const PASSWORD: &str = "a long test passphrase";
+const HOST: &str = "downloads.test";
+/// Session subnets of this test, apart from the other tests' ranges.
+const SUBNET_RANGE: &str = "172.28.0.0/16";
+/// The cap of delivered files in this test.
+const MAX_FILE_BYTES: usize = 1 << 20;
+/// Size of the file that is delivered: more than one protocol chunk.
+const SMALL_FILE_BYTES: usize = 300 * 1024 + 17;
+/// Size of the file above the cap.
+const BIG_FILE_BYTES: usize = 2 * MAX_FILE_BYTES;
+/// Time for a workspace to start and load the page on a busy two-core machine.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(240);
+/// Time for a clicked download to reach the broker.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Two links that fill the page: the upper half downloads the small file, the lower
+/// half the big one. The page reports that it loaded.
+const DOWNLOAD_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>Statements</title></head>
+<body style="margin:0">
+<a id="small" href="/small.bin" download="Kontoauszug März.bin" style="position:fixed;left:0;top:0;width:100%;height:50%;background:#cfc;display:block">small</a>
+<a id="big" href="/big.bin" download style="position:fixed;left:0;top:50%;width:100%;height:50%;background:#fcc;display:block">big</a>
+<script>fetch('/loaded');</script>
+</body></html>"#;
+
+/// Deterministic file content of `len` bytes that is not all one value.
+fn file_bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|index| (index as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+/// The HTTPS server of the download page on 127.0.0.1, stopped on drop. It records the
+/// path of every request.
+struct DownloadSite {
+    address: SocketAddr,
+    ca_pem: String,
+    requests: Arc<Mutex<Vec<String>>>,
+    small: Vec<u8>,
+    handle: axum_server::Handle,
+}
+
+impl DownloadSite {
+    async fn start() -> DownloadSite {
+        drop(rustls::crypto::ring::default_provider().install_default());
+        let tls = strongroom_demo_bank::tls::generate(&[HOST.to_owned()], &[]).unwrap();
+        let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+            tls.chain_pem.into_bytes(),
+            tls.key_pem.into_bytes(),
+        )
+        .await
+        .unwrap();
+
+        let small = file_bytes(SMALL_FILE_BYTES, 0x5a);
+        let big = file_bytes(BIG_FILE_BYTES, 0xa5);
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let disposition =
+            "attachment; filename=\"statement.bin\"; filename*=UTF-8''Kontoauszug%20M%C3%A4rz.bin"
+                .to_owned();
+        let attachment = move |bytes: Vec<u8>, disposition: String| {
+            move || {
+                let bytes = bytes.clone();
+                let disposition = disposition.clone();
+                async move {
+                    (
+                        [
+                            ("content-type", "application/octet-stream".to_owned()),
+                            ("content-disposition", disposition),
+                        ],
+                        bytes,
+                    )
+                }
+            }
+        };
+        let router = axum::Router::new()
+            .route("/page", get(|| async { Html(DOWNLOAD_PAGE) }))
+            .route("/loaded", get(|| async { "" }))
+            .route("/small.bin", get(attachment(small.clone(), disposition)))
+            .route(
+                "/big.bin",
+                get(attachment(
+                    big,
+                    "attachment; filename=\"big.bin\"".to_owned(),
+                )),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                requests.clone(),
+                record_request,
+            ));
+
+        let handle = axum_server::Handle::new();
+        let server = axum_server::bind_rustls("127.0.0.1:0".parse().unwrap(), config)
+            .handle(handle.clone())
+            .serve(router.into_make_service());
+        tokio::spawn(server);
+        let address = handle
+            .listening()
+            .await
+            .expect("download page server listens");
+        DownloadSite {
+            address,
+            ca_pem: tls.ca_pem,
+            requests,
+            small,
+            handle,
+        }
+    }
+
+    fn requested(&self, path: &str) -> bool {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|seen| seen == path)
+    }
+}
+
+async fn record_request(
+    axum::extract::State(requests): axum::extract::State<Arc<Mutex<Vec<String>>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    requests
+        .lock()
+        .unwrap()
+        .push(request.uri().path().to_owned());
+    next.run(request).await
+}
+
+impl Drop for DownloadSite {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+struct Stack {
+    broker: Option<RunningBroker>,
+    launcher_stop: CancellationToken,
+    launcher: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    instance_id: Uuid,
+    dir: tempfile::TempDir,
+    base: String,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let instance_id = broker::instance::load_or_create(dir.path()).unwrap();
+        let mut env = vec![
+            ("STRONGROOM_DATA_DIR", dir.path().display().to_string()),
+            ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
+            ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
+            (
+                "STRONGROOM_LAUNCHER__SUBNET_RANGE",
+                format!("\"{SUBNET_RANGE}\""),
+            ),
+            (
+                "STRONGROOM_EGRESS__HOSTS",
+                format!("{{ \"{HOST}\" = [\"127.0.0.1\"] }}"),
+            ),
+            (
+                "STRONGROOM_SESSIONS__DOWNLOAD_MAX_FILE_BYTES",
+                MAX_FILE_BYTES.to_string(),
+            ),
+        ];
+        if let Ok(image) = std::env::var("STRONGROOM_TEST_WORKSPACE_IMAGE")
+            && !image.is_empty()
+        {
+            env.push(("STRONGROOM_LAUNCHER__IMAGE", format!("\"{image}\"")));
+        }
+        let env = env
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value));
+        let config = broker::config::load(None, env).expect("test configuration is valid");
+
+        let launcher_config =
+            broker::launcher_process::resolved_config(&config, instance_id).unwrap();
+        let launcher_stop = CancellationToken::new();
+        let launcher = tokio::spawn(broker::launcher_process::run_standalone(
+            launcher_config,
+            config.launcher.image_from_build,
+            launcher_stop.clone(),
+        ));
+        let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone());
+        let health = wait_for(
+            "the launcher to answer",
+            Duration::from_secs(30),
+            || async { client.health().await.ok() },
+        )
+        .await;
+        assert_eq!(
+            health.image_present,
+            Some(true),
+            "workspace image missing: run `strongroom image build` ({health:?})"
+        );
+
+        let broker = server::start(config).await.expect("broker starts");
+        let base = broker.base_url();
+        Stack {
+            broker: Some(broker),
+            launcher_stop,
+            launcher: Some(launcher),
+            instance_id,
+            dir,
+            base,
+        }
+    }
+
+    fn broker(&self) -> &RunningBroker {
+        self.broker.as_ref().unwrap()
+    }
+
+    fn db(&self) -> broker::db::Database {
+        self.broker().state.db.clone()
+    }
+
+    /// Stops the broker and the launcher and checks that nothing of the instance is left.
+    async fn stop(mut self) {
+        self.broker.take().unwrap().shutdown().await;
+        self.launcher_stop.cancel();
+        self.launcher.take().unwrap().await.unwrap().unwrap();
+        assert_eq!(
+            count_instance_objects(&self.instance_id.to_string()).await,
+            (0, 0),
+            "containers or networks left behind"
+        );
+    }
+}
+
+impl Drop for Stack {
+    /// Removes the instance's containers and networks when a test fails before `stop`.
+    fn drop(&mut self) {
+        let label = format!("label=strongroom.broker={}", self.instance_id);
+        for (list, remove) in [
+            (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
+            (
+                vec!["network", "ls", "-q", "--filter", &label],
+                vec!["network", "rm"],
+            ),
+        ] {
+            let Ok(output) = std::process::Command::new("docker").args(&list).output() else {
+                continue;
+            };
+            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(&remove)
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `docker` with `args` and returns its standard output, or panics with its error.
+async fn docker(args: &[&str]) -> String {
+    let output = tokio::process::Command::new("docker")
+        .args(args)
+        .output()
+        .await
+        .expect("docker runs");
+    assert!(
+        output.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Counts the containers and networks labelled with this broker instance.
+async fn count_instance_objects(instance_id: &str) -> (usize, usize) {
+    let label = format!("label=strongroom.broker={instance_id}");
+    let containers = docker(&["ps", "-aq", "--filter", &label]).await;
+    let networks = docker(&["network", "ls", "-q", "--filter", &label]).await;
+    (containers.lines().count(), networks.lines().count())
+}
+
+/// The tmpfs mounts of a session's workspace container, as `docker inspect` shows them.
+async fn tmpfs_of(session_id: Uuid) -> serde_json::Value {
+    let label = format!("label=strongroom.session={session_id}");
+    let name = docker(&["ps", "-a", "--filter", &label, "--format", "{{.Names}}"]).await;
+    let tmpfs = docker(&["inspect", "--format", "{{json .HostConfig.Tmpfs}}", &name]).await;
+    serde_json::from_str(&tmpfs).unwrap()
+}
+
+/// Adds a person with `roles` and signs them in; returns their id and portal client.
+async fn sign_in(stack: &Stack, username: &str, roles: BTreeSet<Role>) -> Person {
+    let db = stack.db();
+    let key = TotpKey::load_or_create(stack.dir.path()).unwrap();
+    let user_id = Uuid::new_v4().to_string();
+    let totp = TotpSecret::generate();
+    let sealed = key.seal(&user_id, totp.as_bytes()).unwrap();
+    let hash = broker::auth::password::hash(PASSWORD).unwrap();
+    let user = users::NewLocalUser {
+        id: &user_id,
+        username,
+        display_name: username,
+        password_hash: &hash,
+        sealed_totp: Some(&sealed),
+        roles: &roles,
+    };
+    users::create_local(&db, user, chrono::Utc::now().timestamp_millis())
+        .await
+        .unwrap();
+
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
+    let signed_in = client
+        .post(format!("{}/auth/login", stack.base))
+        .header("origin", &stack.base)
+        .form(&[
+            ("username", username),
+            ("password", PASSWORD),
+            ("code", code.as_str()),
+            ("next", "/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        signed_in.status().is_redirection(),
+        "sign-in of {username} failed: {}",
+        signed_in.status()
+    );
+    Person {
+        user_id,
+        client,
+        jar,
+    }
+}
+
+struct Person {
+    user_id: String,
+    client: reqwest::Client,
+    jar: Arc<reqwest::cookie::Jar>,
+}
+
+/// Imports the site `name` with the download policy `downloads` and grants it to
+/// `person`.
+async fn add_site(
+    stack: &Stack,
+    site: &DownloadSite,
+    person: &Person,
+    name: &str,
+    downloads: &str,
+) {
+    let db = stack.db();
+    std::fs::write(stack.dir.path().join("downloads-ca.pem"), &site.ca_pem).unwrap();
+    let sites = stack.dir.path().join(format!("{name}.toml"));
+    let port = site.address.port();
+    std::fs::write(
+        &sites,
+        format!(
+            r#"
+[[site]]
+name = "{name}"
+display_name = "Downloads {name}"
+start_url = "https://{HOST}:{port}/page"
+allowed_hosts = ["{HOST}"]
+allowed_ports = [{port}]
+allowed_private_ranges = ["127.0.0.1/32"]
+recording_retention_days = 7
+[site.policy]
+downloads = "{downloads}"
+extra_ca_certs = ["downloads-ca.pem"]
+"#
+        ),
+    )
+    .unwrap();
+    broker::sites::import_file(&db, &sites).await.unwrap();
+    broker::sites::grant(
+        &db,
+        &person.user_id,
+        name,
+        "system:test",
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Launches `site` from the portal form; returns the session id.
+async fn launch(stack: &Stack, person: &Person, site: &str) -> Uuid {
+    let launched = person
+        .client
+        .post(format!("{}/sessions", stack.base))
+        .header("origin", &stack.base)
+        .form(&[("site", site)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        launched.status(),
+        reqwest::StatusCode::SEE_OTHER,
+        "{}",
+        launched.text().await.unwrap()
+    );
+    let location = launched.headers()["location"].to_str().unwrap().to_owned();
+    location.trim_start_matches("/sessions/").parse().unwrap()
+}
+
+type ViewerSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the person's viewer socket of a session.
+async fn open_viewer(stack: &Stack, person: &Person, session_id: Uuid) -> ViewerSocket {
+    let page = person
+        .client
+        .get(format!("{}/sessions/{session_id}", stack.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let socket_path = page
+        .split("data-socket=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("viewer page has a socket path");
+    let socket_url = format!(
+        "{}{}",
+        stack.base.replacen("http", "ws", 1),
+        socket_path.replace("&amp;", "&")
+    );
+    let mut request = socket_url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("origin", stack.base.parse().unwrap());
+    let cookies = person.jar.cookies(&stack.base.parse().unwrap()).unwrap();
+    request.headers_mut().insert("cookie", cookies);
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("viewer socket opens");
+    socket
+}
+
+/// Clicks the left mouse button at screen pixel (`x`, `y`) through the viewer socket.
+async fn click(viewer: &mut ViewerSocket, x: u32, y: u32) {
+    for message in [
+        serde_json::json!({"type": "mouse_move", "x": x, "y": y}),
+        serde_json::json!({"type": "mouse_button", "button": "left", "pressed": true, "x": x, "y": y}),
+        serde_json::json!({"type": "mouse_button", "button": "left", "pressed": false, "x": x, "y": y}),
+    ] {
+        viewer
+            .send(Message::text(message.to_string()))
+            .await
+            .expect("viewer input sent");
+    }
+}
+
+/// Clicks at (`x`, `y`) until the page server saw a request for `path`. A click sent
+/// before the page took input is lost, so it is repeated after a few seconds.
+async fn click_until_requested(
+    viewer: &mut ViewerSocket,
+    site: &DownloadSite,
+    x: u32,
+    y: u32,
+    path: &str,
+) {
+    let deadline = tokio::time::Instant::now() + LOAD_TIMEOUT;
+    loop {
+        click(viewer, x, y).await;
+        let retry = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < retry {
+            if site.requested(path) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request for {path} after clicking for {LOAD_TIMEOUT:?}"
+        );
+    }
+}
+
+/// Audit events of a session with `action`, as stored.
+async fn events_of(stack: &Stack, session_id: Uuid, action: &str) -> Vec<serde_json::Value> {
+    let events = stack.broker().state.audit.list(0, 100_000).await.unwrap();
+    events
+        .into_iter()
+        .filter(|event| {
+            event.action == action && event.session_id.as_deref() == Some(&session_id.to_string())
+        })
+        .map(|event| {
+            let mut details: serde_json::Value = serde_json::from_str(&event.details).unwrap();
+            details["actor"] = event.actor.into();
+            details["outcome"] = event.outcome.into();
+            details["target"] = event.target.unwrap_or_default().into();
+            details
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_download_reaches_only_its_owner() {
+    let site = DownloadSite::start().await;
+    let stack = Stack::start().await;
+    let alice = sign_in(&stack, "alice", BTreeSet::from([Role::User])).await;
+    add_site(&stack, &site, &alice, "deliver", "deliver").await;
+
+    let session_id = launch(&stack, &alice, "deliver").await;
+    let tmpfs = tmpfs_of(session_id).await;
+    assert!(
+        tmpfs["/downloads"]
+            .as_str()
+            .is_some_and(|options| options.contains(&format!("size={}", 256 << 20))),
+        "the workspace has a size-limited download tmpfs: {tmpfs}"
+    );
+    let mut viewer = open_viewer(&stack, &alice, session_id).await;
+    wait_for("the download page to load", LOAD_TIMEOUT, || async {
+        site.requested("/loaded").then_some(())
+    })
+    .await;
+
+    // The upper half of the screen is the small file's link.
+    click_until_requested(&mut viewer, &site, 640, 120, "/small.bin").await;
+    let delivered = wait_for("the delivery audit event", DELIVERY_TIMEOUT, || async {
+        events_of(&stack, session_id, "download.delivered")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    let expected_sha256 = hex::encode(Sha256::digest(&site.small));
+    // NOTE: the Chromium of the Debian bookworm workspace image saved every file as
+    // `download`, whatever the `download` attribute or Content-Disposition named, so
+    // the name is checked for consistency between the audit trail, the list and the
+    // response, not against the server's name.
+    let name = delivered["name"].as_str().unwrap().to_owned();
+    assert!(!name.is_empty(), "{delivered}");
+    assert_eq!(delivered["size"], SMALL_FILE_BYTES as u64, "{delivered}");
+    assert_eq!(delivered["sha256"], expected_sha256, "{delivered}");
+    assert_eq!(delivered["site"], "deliver", "{delivered}");
+    assert_eq!(delivered["actor"], format!("user:{}", alice.user_id));
+
+    // The portal lists the file and serves it byte-identical as an attachment.
+    let list = alice
+        .client
+        .get(format!("{}/files", stack.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let file_path = list
+        .split("href=\"/files/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(|id| format!("/files/{id}"))
+        .unwrap_or_else(|| panic!("the files page lists the file: {list}"));
+    assert!(list.contains(&format!(">{name}</a>")), "{list}");
+    let fetched = alice
+        .client
+        .get(format!("{}{file_path}", stack.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), reqwest::StatusCode::OK);
+    let headers = fetched.headers().clone();
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    let disposition = headers["content-disposition"].to_str().unwrap();
+    assert_eq!(
+        disposition,
+        broker::downloads::portal::content_disposition(&name),
+        "{disposition}"
+    );
+    assert!(disposition.starts_with("attachment; "), "{disposition}");
+    let body = fetched.bytes().await.unwrap();
+    assert!(
+        body[..] == site.small[..],
+        "the fetched file differs from the served one"
+    );
+    let fetched_events = events_of(&stack, session_id, "download.fetched").await;
+    assert_eq!(fetched_events.len(), 1, "{fetched_events:?}");
+    assert_eq!(fetched_events[0]["sha256"], expected_sha256);
+
+    // The file is stored encrypted: its bytes do not appear in the data directory.
+    let stored_dir = stack.dir.path().join("downloads");
+    let stored: Vec<_> = std::fs::read_dir(&stored_dir)
+        .unwrap()
+        .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+        .collect();
+    assert!(!stored.is_empty(), "no stored file");
+    for file in &stored {
+        assert!(
+            !file.windows(64).any(|window| window == &site.small[..64]),
+            "the stored file contains plaintext"
+        );
+    }
+
+    // Another person, an auditor and an admin get 404 for the file and see no list entry.
+    for (name, roles) in [
+        ("bob", BTreeSet::from([Role::User])),
+        ("carol", BTreeSet::from([Role::Auditor])),
+        ("ada", BTreeSet::from([Role::Admin])),
+    ] {
+        let other = sign_in(&stack, name, roles).await;
+        let response = other
+            .client
+            .get(format!("{}{file_path}", stack.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::NOT_FOUND, "{name}");
+        let list = other
+            .client
+            .get(format!("{}/files", stack.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !list.contains("/files/"),
+            "{name} sees another person's file: {list}"
+        );
+    }
+
+    // The lower half is the file above the cap: it is refused and audited, not stored.
+    click_until_requested(&mut viewer, &site, 640, 600, "/big.bin").await;
+    let refused = wait_for("the refusal audit event", DELIVERY_TIMEOUT, || async {
+        events_of(&stack, session_id, "download.refused")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert!(
+        refused["size"].as_u64().unwrap() > MAX_FILE_BYTES as u64,
+        "{refused}"
+    );
+    assert_eq!(refused["outcome"], "denied", "{refused}");
+    assert!(
+        refused["reason"].as_str().unwrap().contains(&format!(
+            "larger than the maximum of {MAX_FILE_BYTES} bytes"
+        )),
+        "{refused}"
+    );
+    let delivered_sizes: Vec<u64> = events_of(&stack, session_id, "download.delivered")
+        .await
+        .iter()
+        .map(|event| event["size"].as_u64().unwrap())
+        .collect();
+    assert!(
+        delivered_sizes
+            .iter()
+            .all(|size| *size == SMALL_FILE_BYTES as u64),
+        "the big file was delivered: {delivered_sizes:?}"
+    );
+    let rows = broker::downloads::store::list_for_user(&stack.db(), &alice.user_id)
+        .await
+        .unwrap();
+    assert!(
+        rows.iter().all(|row| row.size == SMALL_FILE_BYTES as u64),
+        "{rows:?}"
+    );
+
+    drop(viewer);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_site_delivers_nothing() {
+    let site = DownloadSite::start().await;
+    let stack = Stack::start().await;
+    let alice = sign_in(&stack, "alice", BTreeSet::from([Role::User])).await;
+    add_site(&stack, &site, &alice, "blocked", "blocked").await;
+
+    let session_id = launch(&stack, &alice, "blocked").await;
+    let tmpfs = tmpfs_of(session_id).await;
+    assert!(
+        tmpfs.get("/downloads").is_none(),
+        "a blocked site's workspace has no download tmpfs: {tmpfs}"
+    );
+    let mut viewer = open_viewer(&stack, &alice, session_id).await;
+    wait_for("the download page to load", LOAD_TIMEOUT, || async {
+        site.requested("/loaded").then_some(())
+    })
+    .await;
+    let label = format!("label=strongroom.session={session_id}");
+    let container = docker(&["ps", "--filter", &label, "--format", "{{.Names}}"]).await;
+    let policy: serde_json::Value = serde_json::from_str(
+        &docker(&[
+            "exec",
+            &container,
+            "cat",
+            "/tmp/strongroom-policy/session.json",
+        ])
+        .await,
+    )
+    .unwrap();
+    assert_eq!(policy["DownloadRestrictions"], 3, "{policy}");
+
+    click(&mut viewer, 640, 120).await;
+    // Nothing can be awaited for a download that never starts, so the broker is
+    // watched for a fixed window as long as a delivery takes in the other test.
+    let window = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < window {
+        for action in ["download.delivered", "download.refused"] {
+            let events = events_of(&stack, session_id, action).await;
+            assert!(events.is_empty(), "{action} on a blocked site: {events:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let rows = broker::downloads::store::list_for_user(&stack.db(), &alice.user_id)
+        .await
+        .unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
+    // Chromium creates its default download directory at start; it stays empty.
+    let listed = docker(&["exec", &container, "ls", "-A", "/home/strongroom/Downloads"]).await;
+    assert!(
+        listed.is_empty(),
+        "a file was saved in the workspace: {listed}"
+    );
+
+    drop(viewer);
+    stack.stop().await;
+}
