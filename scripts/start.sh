@@ -57,11 +57,11 @@ if [ -n "$owner_pid" ] && [ "$owner_pid" != "$$" ] && kill -0 "$owner_pid" 2>/de
 fi
 
 echo "Building strongroom, strongroom-agent and strongroom-demo-bank (release)..."
-cargo build --release --quiet -p broker -p strongroom-agent -p strongroom-demo-bank
+cargo build --release -p broker -p strongroom-agent -p strongroom-demo-bank
 bin=target/release/strongroom
 
 echo "Building the workspace and demo bank images from Debian packages (skipped when unchanged)..."
-workspace_image=$("$bin" image build | tee /dev/stderr | sed -n 's/^image ready: //p')
+workspace_image=$("$bin" image build | tee >(cat >&2) | sed -n 's/^image ready: //p')
 if [ -z "$workspace_image" ]; then
     echo "error: the workspace image build printed no image reference" >&2
     exit 1

@@ -36,7 +36,7 @@ fi
 # also runs the demo bank image, and the compose test the broker image.
 cargo build --quiet -p broker -p strongroom-agent -p strongroom-demo-bank
 # The end-to-end tests run exactly this image, even when other images are newer.
-STRONGROOM_TEST_WORKSPACE_IMAGE=$(target/debug/strongroom image build | tee /dev/stderr | sed -n 's/^image ready: //p')
+STRONGROOM_TEST_WORKSPACE_IMAGE=$(target/debug/strongroom image build | tee >(cat >&2) | sed -n 's/^image ready: //p')
 if [ -z "$STRONGROOM_TEST_WORKSPACE_IMAGE" ]; then
     echo "error: the workspace image build printed no image reference" >&2
     exit 1

@@ -73,6 +73,17 @@ async fn user_commands_manage_local_accounts() {
         "{}",
         stderr(&weak)
     );
+    let spaced = strongroom(
+        &config,
+        &["user", "add", "a b", "--role", "user"],
+        "Correct-Horse-42\n",
+    );
+    assert_eq!(spaced.status.code(), Some(2), "{}", stderr(&spaced));
+    assert!(
+        stderr(&spaced).contains("invalid username \"a b\""),
+        "{}",
+        stderr(&spaced)
+    );
     assert!(
         stderr(&weak).contains("--generate-password"),
         "{}",

@@ -204,7 +204,7 @@ pub async fn add(
     password: Zeroizing<String>,
 ) -> anyhow::Result<()> {
     let username = users::normalize_username(name);
-    users::validate_username(&username).map_err(anyhow::Error::msg)?;
+    users::validate_username(&username).map_err(InputError)?;
     let roles = role_set(roles);
 
     let id = Uuid::new_v4().to_string();
