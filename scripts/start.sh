@@ -20,13 +20,20 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
+# sudo resets PATH, which drops the ~/.cargo/bin that rustup adds to a user's PATH.
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: cargo is not on root's PATH, and this script builds Strongroom from source;" >&2
+    echo "install Rust 1.95 for root with rustup (https://rustup.rs) and run it again" >&2
+    exit 2
+fi
+
 # One demo per checkout: a second run would replace the running demo bank. The lock
 # lives as long as this script and the broker it starts.
 mkdir -p data
 exec {start_lock}>data/start.lock
 if ! flock --nonblock "$start_lock"; then
-    echo "error: a Strongroom demo is already running from this checkout (container" >&2
-    echo "strongroom-demo-bank); stop it with Ctrl-C in its terminal first" >&2
+    echo "error: a Strongroom demo is already running from this checkout, or still building;" >&2
+    echo "stop it with Ctrl-C in its terminal first" >&2
     exit 1
 fi
 
