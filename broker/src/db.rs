@@ -133,6 +133,17 @@ impl Database {
         &self.pool
     }
 
+    /// Starts a transaction that writes. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), waiting up to the busy timeout for another writer: a
+    /// deferred transaction that reads first fails with "database is locked", without
+    /// waiting, when it later tries to write while another connection writes.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -355,3 +355,26 @@ async fn example_site_file_body(database: TestDatabase) {
         .unwrap();
     assert!(site.login.recipe.as_ref().unwrap().needs_totp());
 }
+
+// A site import reads before it writes. While another connection holds the write lock
+// and then commits, the import must wait for it rather than fail with "database is
+// locked".
+both_backends!(import_waits_for_a_concurrent_writer, concurrent_writer_body);
+async fn concurrent_writer_body(database: TestDatabase) {
+    import(&database, SITE_FILE).await.unwrap();
+    for round in 0..5 {
+        let mut writer = database.db.begin_write().await.unwrap();
+        sqlx::query("UPDATE sites SET updated_at_ms = $1 WHERE name = 'demo-bank'")
+            .bind(round as i64)
+            .execute(&mut *writer)
+            .await
+            .unwrap();
+        let importing = import(&database, SITE_FILE);
+        let committing = async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            writer.commit().await.unwrap();
+        };
+        let (imported, ()) = tokio::join!(importing, committing);
+        imported.unwrap_or_else(|error| panic!("round {round}: {error:?}"));
+    }
+}

@@ -157,8 +157,7 @@ pub async fn create_local(
     now_ms: i64,
 ) -> Result<(), CreateUserError> {
     let mut transaction = db
-        .pool()
-        .begin()
+        .begin_write()
         .await
         .context("cannot start a transaction")?;
     let result = sqlx::query(
@@ -234,8 +233,7 @@ pub async fn set_password(
     now_ms: i64,
 ) -> anyhow::Result<bool> {
     let mut transaction = db
-        .pool()
-        .begin()
+        .begin_write()
         .await
         .context("cannot start a transaction")?;
     let updated = sqlx::query("UPDATE users SET password_hash = $1, password_changed_at_ms = $2, password_change_required = $3, updated_at_ms = $2 WHERE id = $4 AND source = 'local'")

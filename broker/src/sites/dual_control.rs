@@ -186,8 +186,7 @@ async fn decide(
     now_ms: i64,
 ) -> Result<PendingChange, DecisionError> {
     let mut transaction = db
-        .pool()
-        .begin()
+        .begin_write()
         .await
         .context("cannot start the site change transaction")?;
     let row = sqlx::query(

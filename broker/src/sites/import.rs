@@ -410,7 +410,7 @@ pub async fn import_file_with(
 
     let mut report = ImportReport::default();
     let stored: anyhow::Result<Vec<bool>> = async {
-        let mut transaction = db.pool().begin().await?;
+        let mut transaction = db.begin_write().await?;
         let created = super::store::upsert_in(&mut transaction, &applied, now_ms).await?;
         for (site, fields) in &pending {
             let id = super::dual_control::submit_in(

@@ -66,8 +66,7 @@ pub(super) async fn upsert_all(
     now_ms: i64,
 ) -> anyhow::Result<Vec<bool>> {
     let mut transaction = db
-        .pool()
-        .begin()
+        .begin_write()
         .await
         .context("cannot start the site import transaction")?;
     let created = upsert_in(&mut transaction, sites, now_ms).await?;
