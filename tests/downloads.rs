@@ -29,6 +29,7 @@ use broker::server::{self, RunningBroker};
 use futures::SinkExt;
 use reqwest::cookie::CookieStore;
 use sha2::{Digest, Sha256};
+use strongroom_tests::stack::wait_for;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
@@ -266,46 +267,7 @@ impl Stack {
 impl Drop for Stack {
     /// Removes the instance's containers and networks when a test fails before `stop`.
     fn drop(&mut self) {
-        let label = format!("label=strongroom.broker={}", self.instance_id);
-        for (list, remove) in [
-            (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
-            (
-                vec!["network", "ls", "-q", "--filter", &label],
-                vec!["network", "rm"],
-            ),
-        ] {
-            let Ok(output) = std::process::Command::new("docker").args(&list).output() else {
-                continue;
-            };
-            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(&remove)
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        strongroom_tests::stack::remove_instance_objects(self.instance_id);
     }
 }
 

@@ -302,7 +302,7 @@ impl Stack {
         .await;
     }
 
-    /// The data directory's path.
+    /// Returns the path of the data directory.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
@@ -310,27 +310,33 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let label = format!("label=strongroom.broker={}", self.instance_id);
-        for (list, remove) in [
-            (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
-            (
-                vec!["network", "ls", "-q", "--filter", &label],
-                vec!["network", "rm"],
-            ),
-        ] {
-            let Ok(output) = std::process::Command::new("docker").args(&list).output() else {
-                continue;
-            };
-            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(&remove)
-                    .args(&ids)
-                    .output();
-            }
+        remove_instance_objects(self.instance_id);
+    }
+}
+
+/// Removes the containers and networks labelled with this broker instance, ignoring
+/// failures, for a test that ends before its own clean-up.
+pub fn remove_instance_objects(instance_id: Uuid) {
+    let label = format!("label=strongroom.broker={}", instance_id);
+    for (list, remove) in [
+        (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
+        (
+            vec!["network", "ls", "-q", "--filter", &label],
+            vec!["network", "rm"],
+        ),
+    ] {
+        let Ok(output) = std::process::Command::new("docker").args(&list).output() else {
+            continue;
+        };
+        let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(&remove)
+                .args(&ids)
+                .output();
         }
     }
 }

@@ -154,7 +154,7 @@ impl Harness {
         self.send(client, Method::POST, path, body.into()).await
     }
 
-    /// GETs `path` with `client` and parses the JSON answer.
+    /// GETs `path` with `client` and parses the JSON response.
     async fn get_json(&self, client: &reqwest::Client, path: &str) -> Value {
         self.get(client, path).await.json().await.unwrap()
     }
@@ -180,7 +180,7 @@ impl Harness {
     }
 }
 
-/// Asserts that `response` answers 200 OK and parses its JSON body.
+/// Asserts that `response` is 200 OK and parses its JSON body.
 async fn ok_json(response: reqwest::Response) -> Value {
     assert_eq!(response.status(), StatusCode::OK);
     response.json().await.unwrap()

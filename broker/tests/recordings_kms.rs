@@ -213,7 +213,7 @@ async fn kms_wrapped_recording_replays() {
     }
     assert!(setup.fake.kms_encrypts() >= 1);
     assert!(setup.fake.kms_decrypts() >= 1);
-    // Infisical's key material never reaches the broker: the store holds no local key file.
+    // Infisical's key material never reaches the broker: the store contains no local key file.
     assert!(!setup.dir.path().join("recording-keys").exists());
 }
 

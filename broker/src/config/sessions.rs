@@ -143,7 +143,7 @@ pub struct SessionsConfig {
     pub download_max_file_bytes: u64,
 }
 
-/// Where the recording key-encryption keys are kept.
+/// Store of the recording key-encryption keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordingKeysBackend {
     /// Key files in `recording_keys_dir`.

@@ -2,9 +2,9 @@
 //!
 //! Where a site's `policy.downloads` is `deliver`, the workspace's Chromium saves files
 //! into a tmpfs and the agent sends each finished file over the agent connection
-//! ([`receive`]). The broker treats every byte and name from the agent as hostile: it
-//! reads the site's policy from its own database, cleans the name, checks sizes and
-//! chunk order against the announcement, and compares the SHA-256 it computed with the
+//! ([`receive`]). The broker treats every byte and name from the agent as hostile. It
+//! reads the site's policy from its own database and cleans the name. It checks sizes
+//! and chunk order against the announcement, and compares its own SHA-256 with the
 //! agent's. A file that passes is stored encrypted ([`sealed`]) under
 //! `DATA_DIR/downloads` with a row in the `downloads` table, and audited as
 //! `download.delivered`; any other outcome is audited as `download.refused`.

@@ -1,10 +1,13 @@
 //! The download messages of one agent connection.
 //!
-//! The agent is hostile: a file is accepted only when the session's site delivers
-//! downloads (read from the broker's own database), its announced size is within the
-//! cap, its chunks arrive in order without gaps or excess, and the SHA-256 the broker
-//! computed equals the agent's. Anything else refuses that file, audits the refusal and
-//! removes what was written; the session goes on.
+//! The agent is hostile, so a file is accepted only when all of these hold:
+//! - the session's site delivers downloads, as the broker's own database records;
+//! - its announced size is within the cap;
+//! - its chunks arrive in order, without gaps or excess;
+//! - the SHA-256 the broker computed equals the agent's.
+//!
+//! Any other file is rejected: the rejection is audited and its written bytes removed.
+//! The session continues.
 
 use std::collections::{HashMap, HashSet};
 

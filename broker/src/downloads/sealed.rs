@@ -198,7 +198,7 @@ pub fn open(
             bail!("record {index} of download file {file_id} fails authentication");
         };
         if plaintext.len() as u64 + bytes.len() as u64 > max_len {
-            bail!("download file {file_id} holds more than the {max_len} bytes recorded");
+            bail!("download file {file_id} contains more than the {max_len} bytes recorded; the file is damaged or was replaced");
         }
         plaintext.extend_from_slice(&bytes);
         index += 1;

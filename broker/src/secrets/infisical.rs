@@ -11,7 +11,7 @@
 //! token until `renew margin` before its `expiresIn`, and reads single secrets through
 //! `GET /api/v4/secrets/{name}`. An expired or revoked token (401, or 403 with
 //! `TokenError`) causes one fresh login and one retry. A 429 is retried a bounded number
-//! of times after the wait the server asks for, capped; a 5xx response is retried the
+//! of times after the wait the server requests, capped; a 5xx response is retried the
 //! same number of times with exponential backoff. Redirects are not followed.
 
 use std::fmt;
@@ -471,7 +471,7 @@ impl InfisicalClient {
 
     /// Sends an authenticated request built by `build` from the HTTP client and an
     /// access token. A rejected token causes one fresh login and one retry, and a 429
-    /// is retried after the wait the server asks for, a bounded number of times. Returns
+    /// is retried after the wait the server requests, a bounded number of times. Returns
     /// the body of a 2xx response, or the server's failure for the caller to interpret.
     pub async fn send(
         &self,

@@ -125,7 +125,7 @@ pub async fn run(
                         }
                     }
                     Some("completed") => {
-                        tracing::debug!(params = %event.params, "Download completed");
+                        tracing::debug!(download.guid = %guid, "Download completed");
                         names.remove(&guid);
                         let _ = finished_sender.send(());
                     }

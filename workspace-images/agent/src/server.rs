@@ -207,7 +207,7 @@ fn dispatch(handlers: &Handlers, message: BrokerMessage) {
             device_pixel_ratio,
         } => {
             // NOTE: the screen gets the viewer's size in CSS pixels whatever its pixel
-            // ratio; `resize_target` says why.
+            // ratio; `resize_target` documents why.
             let (screen_width, screen_height) = crate::screen::resize_target(
                 width,
                 height,
