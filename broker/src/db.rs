@@ -136,7 +136,8 @@ impl Database {
     /// Starts a transaction that writes. On SQLite it takes the write lock at once
     /// (`BEGIN IMMEDIATE`), waiting up to the busy timeout for another writer: a
     /// deferred transaction that reads first fails with "database is locked", without
-    /// waiting, when it later tries to write while another connection writes.
+    /// waiting, when it later tries to write while another connection writes. Dropping
+    /// the transaction without a commit rolls it back.
     pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,

@@ -210,62 +210,38 @@ impl AuditLog {
         key: &AuditSigningKey,
         actor: Actor,
     ) -> anyhow::Result<PruneReport> {
-        let mut connection = self
+        let mut transaction = self
             .db
-            .pool()
-            .acquire()
-            .await
-            .context("cannot get a database connection for pruning")?;
-        let begin = match self.db.backend() {
-            Backend::Sqlite => "BEGIN IMMEDIATE",
-            Backend::Postgres => "BEGIN",
-        };
-        sqlx::query(begin)
-            .execute(&mut *connection)
+            .begin_write()
             .await
             .context("cannot start the pruning transaction")?;
+        let report = self
+            .prune_locked(&mut transaction, before_ms, retained_targets, key)
+            .await?;
+        transaction
+            .commit()
+            .await
+            .context("cannot commit the pruning")?;
 
-        let result = self
-            .prune_locked(&mut connection, before_ms, retained_targets, key)
-            .await;
-        match result {
-            Ok(report) => {
-                sqlx::query("COMMIT")
-                    .execute(&mut *connection)
-                    .await
-                    .context("cannot commit the pruning")?;
-                drop(connection);
-                let event = EventBuilder::new(actor, Action::AuditPruned)
-                    .detail("before_ms", before_ms)
-                    .detail("pruned", report.pruned)
-                    .detail("kept", report.kept)
-                    .detail(
-                        "checkpoint_last_seq",
-                        report
-                            .checkpoint
-                            .as_ref()
-                            .map(|checkpoint| checkpoint.last_seq),
-                    )
-                    .build();
-                self.append(event).await?;
-                Ok(report)
-            }
-            Err(error) => {
-                if sqlx::query("ROLLBACK")
-                    .execute(&mut *connection)
-                    .await
-                    .is_err()
-                {
-                    connection.close_on_drop();
-                }
-                Err(error)
-            }
-        }
+        let event = EventBuilder::new(actor, Action::AuditPruned)
+            .detail("before_ms", before_ms)
+            .detail("pruned", report.pruned)
+            .detail("kept", report.kept)
+            .detail(
+                "checkpoint_last_seq",
+                report
+                    .checkpoint
+                    .as_ref()
+                    .map(|checkpoint| checkpoint.last_seq),
+            )
+            .build();
+        self.append(event).await?;
+        Ok(report)
     }
 
     async fn prune_locked(
         &self,
-        connection: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+        connection: &mut sqlx::AnyConnection,
         before_ms: i64,
         retained_targets: &HashSet<String>,
         key: &AuditSigningKey,
@@ -274,7 +250,7 @@ impl AuditLog {
         if self.db.backend() == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(POSTGRES_APPEND_LOCK)
-                .execute(&mut **connection)
+                .execute(&mut *connection)
                 .await
                 .context("cannot take the audit append lock")?;
         }
@@ -284,7 +260,7 @@ impl AuditLog {
         let boundary: Option<i64> =
             sqlx::query("SELECT MIN(seq) AS seq FROM audit_events WHERE occurred_at_ms >= $1")
                 .bind(before_ms)
-                .fetch_one(&mut **connection)
+                .fetch_one(&mut *connection)
                 .await
                 .context("cannot find the pruning boundary")?
                 .try_get("seq")?;
@@ -292,7 +268,7 @@ impl AuditLog {
             format!("SELECT {SELECT_COLUMNS} FROM audit_events WHERE seq < $1 ORDER BY seq");
         let rows = sqlx::query(sqlx::AssertSqlSafe(query))
             .bind(boundary.unwrap_or(i64::MAX))
-            .fetch_all(&mut **connection)
+            .fetch_all(&mut *connection)
             .await
             .context("cannot read the events to prune")?;
         let old: Vec<StoredEvent> = rows
@@ -325,7 +301,7 @@ impl AuditLog {
 
         let previous_id: i64 =
             sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM audit_checkpoints")
-                .fetch_one(&mut **connection)
+                .fetch_one(&mut *connection)
                 .await
                 .context("cannot read the newest checkpoint")?
                 .try_get("id")?;
@@ -357,14 +333,14 @@ impl AuditLog {
         .bind(&checkpoint.kept_digest)
         .bind(&checkpoint.public_key)
         .bind(&checkpoint.signature)
-        .execute(&mut **connection)
+        .execute(&mut *connection)
         .await
         .context("cannot store the audit checkpoint")?;
 
         for event in &pruned {
             sqlx::query("DELETE FROM audit_events WHERE seq = $1")
                 .bind(event.seq)
-                .execute(&mut **connection)
+                .execute(&mut *connection)
                 .await
                 .with_context(|| format!("cannot delete audit event {}", event.seq))?;
         }

@@ -2,9 +2,10 @@
 //!
 //! Every event stores the SHA-256 of the event before it, computed over a canonical
 //! JSON form of all its fields. Appends are serialised across every broker sharing the
-//! database: PostgreSQL through a transaction-scoped advisory lock, SQLite through
-//! `BEGIN IMMEDIATE`. Sequence numbers are assigned under that lock without gaps, so
-//! [`verify`] finds any edited, deleted, inserted or reordered event.
+//! database: PostgreSQL through a transaction-scoped advisory lock, SQLite through the
+//! write lock that [`Database::begin_write`] takes at `BEGIN IMMEDIATE`. Sequence
+//! numbers are assigned under that lock without gaps, so [`verify`] finds any edited,
+//! deleted, inserted or reordered event.
 //!
 //! Pruning ([`checkpoint`]) deletes old events and leaves an Ed25519-signed checkpoint
 //! from which [`verify`] continues the chain.
@@ -28,8 +29,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use sqlx::AnyConnection;
 use sqlx::Row;
-use sqlx::pool::PoolConnection;
 use uuid::Uuid;
 
 use crate::clock::Clock;
@@ -262,60 +263,36 @@ impl AuditLog {
     /// Appends one event and returns it as stored.
     #[tracing::instrument(skip_all, fields(audit.action = event.action.as_str()))]
     pub async fn append(&self, event: NewEvent) -> anyhow::Result<StoredEvent> {
-        let mut connection = self
+        let mut transaction = self
             .db
-            .pool()
-            .acquire()
-            .await
-            .context("cannot get a database connection for the audit trail")?;
-
-        let begin = match self.db.backend() {
-            Backend::Sqlite => "BEGIN IMMEDIATE",
-            Backend::Postgres => "BEGIN",
-        };
-        sqlx::query(begin)
-            .execute(&mut *connection)
+            .begin_write()
             .await
             .context("cannot start the audit transaction")?;
-
-        match self.append_locked(&mut connection, &event).await {
-            Ok(stored) => {
-                sqlx::query("COMMIT")
-                    .execute(&mut *connection)
-                    .await
-                    .context("cannot commit the audit event")?;
-                metrics::counter!("strongroom_audit_events_total", "action" => event.action.as_str()).increment(1);
-                Ok(stored)
-            }
-            Err(error) => {
-                if sqlx::query("ROLLBACK")
-                    .execute(&mut *connection)
-                    .await
-                    .is_err()
-                {
-                    // A connection in an unknown transaction state must not go back to the pool.
-                    connection.close_on_drop();
-                }
-                Err(error)
-            }
-        }
+        let stored = self.append_locked(&mut transaction, &event).await?;
+        transaction
+            .commit()
+            .await
+            .context("cannot commit the audit event")?;
+        metrics::counter!("strongroom_audit_events_total", "action" => event.action.as_str())
+            .increment(1);
+        Ok(stored)
     }
 
     async fn append_locked(
         &self,
-        connection: &mut PoolConnection<sqlx::Any>,
+        connection: &mut AnyConnection,
         event: &NewEvent,
     ) -> anyhow::Result<StoredEvent> {
         if self.db.backend() == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(POSTGRES_APPEND_LOCK)
-                .execute(&mut **connection)
+                .execute(&mut *connection)
                 .await
                 .context("cannot take the audit append lock")?;
         }
 
         let head = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut **connection)
+            .fetch_optional(&mut *connection)
             .await
             .context("cannot read the audit chain head")?;
         let (mut prev_seq, mut prev_hash) = match head {
@@ -330,7 +307,7 @@ impl AuditLog {
         let checkpoint = sqlx::query(
             "SELECT last_seq, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
         )
-        .fetch_optional(&mut **connection)
+        .fetch_optional(&mut *connection)
         .await
         .context("cannot read the newest audit checkpoint")?;
         if let Some(row) = checkpoint {
@@ -376,7 +353,7 @@ impl AuditLog {
         .bind(&stored.details)
         .bind(&stored.prev_hash)
         .bind(&stored.hash)
-        .execute(&mut **connection)
+        .execute(&mut *connection)
         .await
         .context("cannot insert the audit event")?;
 

@@ -2,14 +2,14 @@
 //!
 //! A session holds a slot from its reservation until it reaches `ended`. Reservation
 //! counts live sessions and inserts the new one inside one serialised transaction:
-//! PostgreSQL through a transaction-scoped advisory lock, SQLite through
-//! `BEGIN IMMEDIATE`. So however many launches arrive at once, the person's quota,
-//! the site limit and the host limit are never exceeded.
+//! PostgreSQL through a transaction-scoped advisory lock, SQLite through the write
+//! lock that [`Database::begin_write`] takes at `BEGIN IMMEDIATE`. So however many
+//! launches arrive at once, the person's quota, the site limit and the host limit are
+//! never exceeded.
 
 use anyhow::Context;
-use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::pool::PoolConnection;
+use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 use crate::db::{Backend, Database};
@@ -162,57 +162,26 @@ pub async fn reserve(
     db: &Database,
     reservation: &Reservation<'_>,
 ) -> anyhow::Result<ReserveOutcome> {
-    let mut connection = db
-        .pool()
-        .acquire()
-        .await
-        .context("cannot get a database connection to reserve a session")?;
-    let begin = match db.backend() {
-        Backend::Sqlite => "BEGIN IMMEDIATE",
-        Backend::Postgres => "BEGIN",
-    };
-    sqlx::query(begin)
-        .execute(&mut *connection)
+    let mut transaction = db
+        .begin_write()
         .await
         .context("cannot start the reservation transaction")?;
-
-    match reserve_locked(db.backend(), &mut connection, reservation).await {
-        Ok(outcome) => {
-            let end = if outcome == ReserveOutcome::Reserved {
-                "COMMIT"
-            } else {
-                "ROLLBACK"
-            };
-            sqlx::query(end)
-                .execute(&mut *connection)
-                .await
-                .context("cannot finish the reservation transaction")?;
-            Ok(outcome)
-        }
-        Err(error) => {
-            if sqlx::query("ROLLBACK")
-                .execute(&mut *connection)
-                .await
-                .is_err()
-            {
-                // A connection in an unknown transaction state must not go back to the pool.
-                connection.close_on_drop();
-            }
-            Err(error)
-        }
-    }
+    let outcome = reserve_locked(db.backend(), &mut transaction, reservation).await?;
+    let finished = if outcome == ReserveOutcome::Reserved {
+        transaction.commit().await
+    } else {
+        transaction.rollback().await
+    };
+    finished.context("cannot finish the reservation transaction")?;
+    Ok(outcome)
 }
 
-async fn count(
-    connection: &mut PoolConnection<sqlx::Any>,
-    column: &str,
-    value: &str,
-) -> anyhow::Result<u32> {
+async fn count(connection: &mut AnyConnection, column: &str, value: &str) -> anyhow::Result<u32> {
     let query =
         format!("SELECT COUNT(*) FROM sessions WHERE {column} = $1 AND state IN {LIVE_STATES}");
     let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
         .bind(value)
-        .fetch_one(&mut **connection)
+        .fetch_one(&mut *connection)
         .await
         .with_context(|| format!("cannot count live sessions by {column}"))?;
     Ok(u32::try_from(count).unwrap_or(u32::MAX))
@@ -220,13 +189,13 @@ async fn count(
 
 async fn reserve_locked(
     backend: Backend,
-    connection: &mut PoolConnection<sqlx::Any>,
+    connection: &mut AnyConnection,
     reservation: &Reservation<'_>,
 ) -> anyhow::Result<ReserveOutcome> {
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(POSTGRES_RESERVE_LOCK)
-            .execute(&mut **connection)
+            .execute(&mut *connection)
             .await
             .context("cannot take the session reservation lock")?;
     }
@@ -234,7 +203,7 @@ async fn reserve_locked(
     let quota: Option<i64> =
         sqlx::query_scalar("SELECT max_sessions FROM session_quotas WHERE user_id = $1")
             .bind(reservation.user_id)
-            .fetch_optional(&mut **connection)
+            .fetch_optional(&mut *connection)
             .await
             .context("cannot read the session quota")?;
     let quota = quota.map_or(reservation.default_quota, |value| {
@@ -265,7 +234,7 @@ async fn reserve_locked(
     .bind(reservation.instance_id)
     .bind(reservation.client_addr.clone())
     .bind(reservation.now_ms)
-    .execute(&mut **connection)
+    .execute(&mut *connection)
     .await
     .context("cannot insert the session reservation")?;
     Ok(ReserveOutcome::Reserved)
