@@ -691,11 +691,21 @@ async fn delete_kms_key(
     }
 }
 
-/// Decodes the base64 string `field` of a JSON body, or returns Infisical's validation
-/// error for it.
-fn base64_field(body: &Option<Json<Value>>, field: &str) -> Result<Vec<u8>, Box<Response>> {
-    body.as_ref()
-        .and_then(|Json(body)| body[field].as_str())
+/// Checks a request to a key's encrypt or decrypt route: the switches of
+/// [`kms_gate`], the base64 string `field` of the body, and the key `key_id`. Returns
+/// the key's cipher and the decoded field, or Infisical's error response.
+fn kms_data_request(
+    state: &mut FakeState,
+    headers: &HeaderMap,
+    key_id: &str,
+    body: Option<Json<Value>>,
+    field: &str,
+) -> Result<(Aes256Gcm, Vec<u8>), Box<Response>> {
+    if let Some(response) = kms_gate(state, headers) {
+        return Err(Box::new(response));
+    }
+    let input = body
+        .and_then(|Json(body)| body[field].as_str().map(str::to_owned))
         .and_then(|text| BASE64.decode(text).ok())
         .ok_or_else(|| {
             Box::new(error_response(
@@ -703,9 +713,16 @@ fn base64_field(body: &Option<Json<Value>>, field: &str) -> Result<Vec<u8>, Box<
                 "ValidationFailure",
                 &format!("{field} must be base64 encoded"),
             ))
-        })
+        })?;
+    let key = state
+        .kms_keys
+        .get(key_id)
+        .ok_or_else(|| Box::new(key_not_found(key_id)))?;
+    Ok((Aes256Gcm::new(&key.material.into()), input))
 }
 
+/// Encrypts with AES-256-GCM under the key's material. The ciphertext is the 12-byte
+/// nonce followed by the sealed bytes.
 async fn kms_encrypt(
     State(state): State<Shared>,
     Path(key_id): Path<String>,
@@ -713,25 +730,18 @@ async fn kms_encrypt(
     body: Option<Json<Value>>,
 ) -> Response {
     let mut state = state.lock().expect("fake state lock");
-    if let Some(response) = kms_gate(&mut state, &headers) {
-        return response;
-    }
-    let plaintext = match base64_field(&body, "plaintext") {
-        Ok(bytes) => bytes,
-        Err(response) => return *response,
-    };
-    let Some(key) = state.kms_keys.get(&key_id) else {
-        return key_not_found(&key_id);
-    };
+    let (cipher, plaintext) =
+        match kms_data_request(&mut state, &headers, &key_id, body, "plaintext") {
+            Ok(request) => request,
+            Err(response) => return *response,
+        };
     let mut nonce = [0u8; 12];
     rand::fill(&mut nonce);
-    let cipher = Aes256Gcm::new(&key.material.into());
     let sealed = cipher
         .encrypt(&Nonce::from(nonce), plaintext.as_slice())
         .expect("small plaintext");
-    let mut ciphertext = nonce.to_vec();
-    ciphertext.extend_from_slice(&sealed);
     state.kms_encrypts += 1;
+    let ciphertext = [nonce.as_slice(), &sealed].concat();
     Json(json!({ "ciphertext": BASE64.encode(ciphertext) })).into_response()
 }
 
@@ -742,24 +752,14 @@ async fn kms_decrypt(
     body: Option<Json<Value>>,
 ) -> Response {
     let mut state = state.lock().expect("fake state lock");
-    if let Some(response) = kms_gate(&mut state, &headers) {
-        return response;
-    }
-    let ciphertext = match base64_field(&body, "ciphertext") {
-        Ok(bytes) => bytes,
-        Err(response) => return *response,
-    };
-    let Some(key) = state.kms_keys.get(&key_id) else {
-        return key_not_found(&key_id);
-    };
-    let cipher = Aes256Gcm::new(&key.material.into());
-    let opened = (ciphertext.len() > 12)
-        .then(|| {
-            let (nonce, sealed) = ciphertext.split_at(12);
-            let nonce: [u8; 12] = nonce.try_into().expect("12 bytes");
-            cipher.decrypt(&Nonce::from(nonce), sealed).ok()
-        })
-        .flatten();
+    let (cipher, ciphertext) =
+        match kms_data_request(&mut state, &headers, &key_id, body, "ciphertext") {
+            Ok(request) => request,
+            Err(response) => return *response,
+        };
+    let opened = ciphertext
+        .split_first_chunk::<12>()
+        .and_then(|(nonce, sealed)| cipher.decrypt(&Nonce::from(*nonce), sealed).ok());
     let Some(plaintext) = opened else {
         return error_response(
             StatusCode::BAD_REQUEST,
