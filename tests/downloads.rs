@@ -14,7 +14,6 @@
 //! image is `STRONGROOM_TEST_WORKSPACE_IMAGE` when set, otherwise the launcher's
 //! default; it must contain an agent built from this tree.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,20 +21,14 @@ use std::time::Duration;
 use axum::response::Html;
 use axum::routing::get;
 use broker::auth::Role;
-use broker::auth::secret_key::TotpKey;
-use broker::auth::totp::TotpSecret;
-use broker::auth::users;
-use broker::server::{self, RunningBroker};
 use futures::SinkExt;
 use reqwest::cookie::CookieStore;
 use sha2::{Digest, Sha256};
-use strongroom_tests::stack::wait_for;
+use strongroom_tests::stack::{Person, Stack, wait_for};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const PASSWORD: &str = "a long test passphrase";
 const HOST: &str = "downloads.test";
 /// Session subnets of this test, apart from the other tests' ranges.
 const SUBNET_RANGE: &str = "172.28.0.0/16";
@@ -170,105 +163,21 @@ impl Drop for DownloadSite {
     }
 }
 
-struct Stack {
-    broker: Option<RunningBroker>,
-    launcher_stop: CancellationToken,
-    launcher: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    instance_id: Uuid,
-    dir: tempfile::TempDir,
-    base: String,
-}
-
-impl Stack {
-    async fn start() -> Stack {
-        let dir = tempfile::tempdir().unwrap();
-        let instance_id = broker::instance::load_or_create(dir.path()).unwrap();
-        let mut env = vec![
-            ("STRONGROOM_DATA_DIR", dir.path().display().to_string()),
-            ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-            ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
-            (
-                "STRONGROOM_LAUNCHER__SUBNET_RANGE",
-                format!("\"{SUBNET_RANGE}\""),
-            ),
-            (
-                "STRONGROOM_EGRESS__HOSTS",
-                format!("{{ \"{HOST}\" = [\"127.0.0.1\"] }}"),
-            ),
-            (
-                "STRONGROOM_SESSIONS__DOWNLOAD_MAX_FILE_BYTES",
-                MAX_FILE_BYTES.to_string(),
-            ),
-        ];
-        if let Ok(image) = std::env::var("STRONGROOM_TEST_WORKSPACE_IMAGE")
-            && !image.is_empty()
-        {
-            env.push(("STRONGROOM_LAUNCHER__IMAGE", format!("\"{image}\"")));
-        }
-        let env = env
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), value));
-        let config = broker::config::load(None, env).expect("test configuration is valid");
-
-        let launcher_config =
-            broker::launcher_process::resolved_config(&config, instance_id).unwrap();
-        let launcher_stop = CancellationToken::new();
-        let launcher = tokio::spawn(broker::launcher_process::run_standalone(
-            launcher_config,
-            config.launcher.image_from_build,
-            launcher_stop.clone(),
-        ));
-        let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone());
-        let health = wait_for(
-            "the launcher to answer",
-            Duration::from_secs(30),
-            || async { client.health().await.ok() },
+/// Starts the broker stack: `downloads.test` resolves to the page server on 127.0.0.1,
+/// and delivered files are capped at [`MAX_FILE_BYTES`].
+async fn start_stack() -> Stack {
+    Stack::builder(SUBNET_RANGE)
+        .workspace_image_from_env()
+        .env(
+            "STRONGROOM_EGRESS__HOSTS",
+            format!("{{ \"{HOST}\" = [\"127.0.0.1\"] }}"),
         )
-        .await;
-        assert_eq!(
-            health.image_present,
-            Some(true),
-            "workspace image missing: run `strongroom image build` ({health:?})"
-        );
-
-        let broker = server::start(config).await.expect("broker starts");
-        let base = broker.base_url();
-        Stack {
-            broker: Some(broker),
-            launcher_stop,
-            launcher: Some(launcher),
-            instance_id,
-            dir,
-            base,
-        }
-    }
-
-    fn broker(&self) -> &RunningBroker {
-        self.broker.as_ref().unwrap()
-    }
-
-    fn db(&self) -> broker::db::Database {
-        self.broker().state.db.clone()
-    }
-
-    /// Stops the broker and the launcher and checks that nothing of the instance is left.
-    async fn stop(mut self) {
-        self.broker.take().unwrap().shutdown().await;
-        self.launcher_stop.cancel();
-        self.launcher.take().unwrap().await.unwrap().unwrap();
-        assert_eq!(
-            count_instance_objects(&self.instance_id.to_string()).await,
-            (0, 0),
-            "containers or networks left behind"
-        );
-    }
-}
-
-impl Drop for Stack {
-    /// Removes the instance's containers and networks when a test fails before `stop`.
-    fn drop(&mut self) {
-        strongroom_tests::stack::remove_instance_objects(self.instance_id);
-    }
+        .env(
+            "STRONGROOM_SESSIONS__DOWNLOAD_MAX_FILE_BYTES",
+            MAX_FILE_BYTES.to_string(),
+        )
+        .start()
+        .await
 }
 
 /// Runs `docker` with `args` and returns its standard output, or panics with its error.
@@ -286,77 +195,12 @@ async fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// Counts the containers and networks labelled with this broker instance.
-async fn count_instance_objects(instance_id: &str) -> (usize, usize) {
-    let label = format!("label=strongroom.broker={instance_id}");
-    let containers = docker(&["ps", "-aq", "--filter", &label]).await;
-    let networks = docker(&["network", "ls", "-q", "--filter", &label]).await;
-    (containers.lines().count(), networks.lines().count())
-}
-
 /// The tmpfs mounts of a session's workspace container, as `docker inspect` shows them.
 async fn tmpfs_of(session_id: Uuid) -> serde_json::Value {
     let label = format!("label=strongroom.session={session_id}");
     let name = docker(&["ps", "-a", "--filter", &label, "--format", "{{.Names}}"]).await;
     let tmpfs = docker(&["inspect", "--format", "{{json .HostConfig.Tmpfs}}", &name]).await;
     serde_json::from_str(&tmpfs).unwrap()
-}
-
-/// Adds a person with `roles` and signs them in; returns their id and portal client.
-async fn sign_in(stack: &Stack, username: &str, roles: BTreeSet<Role>) -> Person {
-    let db = stack.db();
-    let key = TotpKey::load_or_create(stack.dir.path()).unwrap();
-    let user_id = Uuid::new_v4().to_string();
-    let totp = TotpSecret::generate();
-    let sealed = key.seal(&user_id, totp.as_bytes()).unwrap();
-    let hash = broker::auth::password::hash(PASSWORD).unwrap();
-    let user = users::NewLocalUser {
-        id: &user_id,
-        username,
-        display_name: username,
-        password_hash: &hash,
-        sealed_totp: Some(&sealed),
-        roles: &roles,
-    };
-    users::create_local(&db, user, chrono::Utc::now().timestamp_millis())
-        .await
-        .unwrap();
-
-    let jar = Arc::new(reqwest::cookie::Jar::default());
-    let client = reqwest::Client::builder()
-        .cookie_provider(jar.clone())
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
-    let signed_in = client
-        .post(format!("{}/auth/login", stack.base))
-        .header("origin", &stack.base)
-        .form(&[
-            ("username", username),
-            ("password", PASSWORD),
-            ("code", code.as_str()),
-            ("next", "/"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        signed_in.status().is_redirection(),
-        "sign-in of {username} failed: {}",
-        signed_in.status()
-    );
-    Person {
-        user_id,
-        client,
-        jar,
-    }
-}
-
-struct Person {
-    user_id: String,
-    client: reqwest::Client,
-    jar: Arc<reqwest::cookie::Jar>,
 }
 
 /// Imports the site `name` with the download policy `downloads` and grants it to
@@ -368,14 +212,10 @@ async fn add_site(
     name: &str,
     downloads: &str,
 ) {
-    let db = stack.db();
-    std::fs::write(stack.dir.path().join("downloads-ca.pem"), &site.ca_pem).unwrap();
-    let sites = stack.dir.path().join(format!("{name}.toml"));
+    std::fs::write(stack.data_dir().join("downloads-ca.pem"), &site.ca_pem).unwrap();
     let port = site.address.port();
-    std::fs::write(
-        &sites,
-        format!(
-            r#"
+    let sites = format!(
+        r#"
 [[site]]
 name = "{name}"
 display_name = "Downloads {name}"
@@ -388,39 +228,9 @@ recording_retention_days = 7
 downloads = "{downloads}"
 extra_ca_certs = ["downloads-ca.pem"]
 "#
-        ),
-    )
-    .unwrap();
-    broker::sites::import_file(&db, &sites).await.unwrap();
-    broker::sites::grant(
-        &db,
-        &person.user_id,
-        name,
-        "system:test",
-        chrono::Utc::now().timestamp_millis(),
-    )
-    .await
-    .unwrap();
-}
-
-/// Launches `site` from the portal form; returns the session id.
-async fn launch(stack: &Stack, person: &Person, site: &str) -> Uuid {
-    let launched = person
-        .client
-        .post(format!("{}/sessions", stack.base))
-        .header("origin", &stack.base)
-        .form(&[("site", site)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        launched.status(),
-        reqwest::StatusCode::SEE_OTHER,
-        "{}",
-        launched.text().await.unwrap()
     );
-    let location = launched.headers()["location"].to_str().unwrap().to_owned();
-    location.trim_start_matches("/sessions/").parse().unwrap()
+    stack.import_sites(&format!("{name}.toml"), &sites).await;
+    stack.grant(&person.user_id, name).await;
 }
 
 type ViewerSocket =
@@ -520,11 +330,11 @@ async fn events_of(stack: &Stack, session_id: Uuid, action: &str) -> Vec<serde_j
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_download_reaches_only_its_owner() {
     let site = DownloadSite::start().await;
-    let stack = Stack::start().await;
-    let alice = sign_in(&stack, "alice", BTreeSet::from([Role::User])).await;
+    let stack = start_stack().await;
+    let alice = stack.person("alice", &[Role::User], &[]).await;
     add_site(&stack, &site, &alice, "deliver", "deliver").await;
 
-    let session_id = launch(&stack, &alice, "deliver").await;
+    let (session_id, _) = alice.launch("deliver").await;
     let tmpfs = tmpfs_of(session_id).await;
     assert!(
         tmpfs["/downloads"]
@@ -617,12 +427,12 @@ async fn delivered_download_reaches_only_its_owner() {
     }
 
     // Another person, an auditor and an admin get 404 for the file and see no list entry.
-    for (name, roles) in [
-        ("bob", BTreeSet::from([Role::User])),
-        ("carol", BTreeSet::from([Role::Auditor])),
-        ("ada", BTreeSet::from([Role::Admin])),
+    for (name, role) in [
+        ("bob", Role::User),
+        ("carol", Role::Auditor),
+        ("ada", Role::Admin),
     ] {
-        let other = sign_in(&stack, name, roles).await;
+        let other = stack.person(name, &[role], &[]).await;
         let response = other
             .client
             .get(format!("{}{file_path}", stack.base))
@@ -691,11 +501,11 @@ async fn delivered_download_reaches_only_its_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocked_site_delivers_nothing() {
     let site = DownloadSite::start().await;
-    let stack = Stack::start().await;
-    let alice = sign_in(&stack, "alice", BTreeSet::from([Role::User])).await;
+    let stack = start_stack().await;
+    let alice = stack.person("alice", &[Role::User], &[]).await;
     add_site(&stack, &site, &alice, "blocked", "blocked").await;
 
-    let session_id = launch(&stack, &alice, "blocked").await;
+    let (session_id, _) = alice.launch("blocked").await;
     let tmpfs = tmpfs_of(session_id).await;
     assert!(
         tmpfs.get("/downloads").is_none(),

@@ -375,6 +375,22 @@ impl Person {
             location,
         )
     }
+
+    /// Ends a session through the portal form (`POST /sessions/{id}/end`).
+    pub async fn end(&self, session_id: Uuid) {
+        let ended = self
+            .client
+            .post(format!("{}/sessions/{session_id}/end", self.base))
+            .header("origin", &self.base)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            ended.status().is_redirection(),
+            "ending session {session_id} failed: {}",
+            ended.status()
+        );
+    }
 }
 
 /// Signs an existing account in through the sign-in form of the portal at `portal` (a

@@ -1,13 +1,13 @@
 //! The workspace agent's output and CPU in a real workspace container, for a page that
 //! stays still and the same page scrolling without pause.
 //!
-//! The bench starts the broker, the launcher and the egress proxy in-process, as the
-//! heavy-page test does, and launches each page as a session from the portal. Each
-//! session runs the workspace image with the production container settings (the site
-//! catalogue's default limits of one CPU and 2 GiB, the shipped seccomp profile, the
-//! session network), and Chromium reaches an HTTPS server of the bench on 127.0.0.1
-//! through the egress proxy. The agent runs with its defaults: 1280x720, 15 frames a second, 2 Mbit/s,
-//! a keyframe every 3 seconds.
+//! The bench starts the broker, the launcher and the egress proxy in-process with
+//! `Stack::builder`, as the heavy-page test does, and launches each page as a session
+//! from the portal. Each session runs the workspace image with the production
+//! container settings: the site catalogue's default limits of one CPU and 2 GiB, the
+//! shipped seccomp profile and the session network. Chromium reaches an HTTPS server
+//! of the bench on 127.0.0.1 through the egress proxy. The agent runs with its
+//! defaults: 1280x720, 15 frames a second, 2 Mbit/s, a keyframe every 3 seconds.
 //!
 //! After the page reports that it has loaded, the bench waits for the next keyframe and
 //! measures a fixed window from it:
@@ -26,7 +26,7 @@
 //! `STRONGROOM_BENCH_SECONDS` sets the window (default 30). The workspace image is
 //! `STRONGROOM_TEST_WORKSPACE_IMAGE` when set, otherwise the launcher's default.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,21 +37,16 @@ use axum::routing::get;
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptions, StatsOptions};
 use broker::auth::Role;
-use broker::auth::secret_key::TotpKey;
-use broker::auth::totp::TotpSecret;
-use broker::auth::users;
-use broker::server::{self, RunningBroker};
 use broker::stream::ViewerEvent;
 use chrono::{TimeZone, Utc};
 use futures::StreamExt;
 use recorder::{
     LocalDirStorage, LocalKeyStore, NewRecording, Packet, RecorderConfig, RecordingWriter, Storage,
 };
+use strongroom_tests::stack::{Person, Stack, wait_for};
 use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const PASSWORD: &str = "a long test passphrase";
 const HOST: &str = "agent-bench.test";
 /// Session subnets of this bench, apart from the tests' ranges.
 const SUBNET_RANGE: &str = "172.29.0.0/16";
@@ -60,12 +55,12 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(240);
 /// Time between the page's load report and the start of the window, so that the
 /// first paint and Chromium's start-up work are over.
 const SETTLE: Duration = Duration::from_secs(3);
-/// Longest wait for a keyframe; the agent sends one every 3 s by default.
+/// Maximum wait for a keyframe. The agent sends one every 3 s by default.
 const KEYFRAME_WAIT: Duration = Duration::from_secs(10);
 
-/// A long statement page. [`page`] replaces `SCROLL` with `true` for the scrolling
-/// page, which scrolls by 240 CSS pixels a second and starts again at the top at the
-/// end, and `PAGE_NAME` with the name the page reports its load under.
+/// A long statement page. [`page`] replaces `PAGE_NAME` with the name the page reports
+/// its load under, and `SCROLL` with `true` for the scrolling page. That page scrolls
+/// by 240 CSS pixels a second and starts again at the top at the end.
 const PAGE: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>Statement</title>
 <style>
@@ -178,112 +173,24 @@ impl Drop for PageSite {
     }
 }
 
-/// The broker with an in-process launcher, and a signed-in portal client.
-struct Stack {
-    broker: Option<RunningBroker>,
-    launcher_stop: CancellationToken,
-    launcher: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    instance_id: Uuid,
-    dir: tempfile::TempDir,
-    base: String,
-    client: reqwest::Client,
-}
-
-impl Stack {
-    async fn start(site: &PageSite) -> Stack {
-        let dir = tempfile::tempdir().unwrap();
-        let instance_id = broker::instance::load_or_create(dir.path()).unwrap();
-        let mut env = vec![
-            ("STRONGROOM_DATA_DIR", dir.path().display().to_string()),
-            ("STRONGROOM_SERVER__LISTEN", "127.0.0.1:0".to_owned()),
-            ("STRONGROOM_LAUNCHER__MODE", "external".to_owned()),
-            (
-                "STRONGROOM_LAUNCHER__SUBNET_RANGE",
-                format!("\"{SUBNET_RANGE}\""),
-            ),
-            (
-                "STRONGROOM_EGRESS__HOSTS",
-                format!("{{ \"{HOST}\" = [\"127.0.0.1\"] }}"),
-            ),
-        ];
-        if let Ok(image) = std::env::var("STRONGROOM_TEST_WORKSPACE_IMAGE")
-            && !image.is_empty()
-        {
-            env.push(("STRONGROOM_LAUNCHER__IMAGE", format!("\"{image}\"")));
-        }
-        let env = env
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), value));
-        let config = broker::config::load(None, env).expect("bench configuration is valid");
-
-        let launcher_config =
-            broker::launcher_process::resolved_config(&config, instance_id).unwrap();
-        let launcher_stop = CancellationToken::new();
-        let launcher = tokio::spawn(broker::launcher_process::run_standalone(
-            launcher_config,
-            config.launcher.image_from_build,
-            launcher_stop.clone(),
-        ));
-        let launcher_client =
-            launcher::LauncherClient::new(config.sessions.launcher_socket.clone());
-        let health = wait_for(
-            "the launcher to answer",
-            Duration::from_secs(30),
-            || async { launcher_client.health().await.ok() },
+/// Starts the broker stack, with `agent-bench.test` resolving to the page server on
+/// 127.0.0.1, and imports the two page sites.
+async fn start_stack(site: &PageSite) -> Stack {
+    let stack = Stack::builder(SUBNET_RANGE)
+        .workspace_image_from_env()
+        .env(
+            "STRONGROOM_EGRESS__HOSTS",
+            format!("{{ \"{HOST}\" = [\"127.0.0.1\"] }}"),
         )
+        .start()
         .await;
-        assert_eq!(
-            health.image_present,
-            Some(true),
-            "workspace image missing: run `strongroom image build` ({health:?})"
-        );
-
-        let broker = server::start(config).await.expect("broker starts");
-        let base = broker.base_url();
-        let mut stack = Stack {
-            broker: Some(broker),
-            launcher_stop,
-            launcher: Some(launcher),
-            instance_id,
-            dir,
-            base,
-            client: reqwest::Client::new(),
-        };
-        stack.client = stack.sign_in(site).await;
-        stack
-    }
-
-    fn broker(&self) -> &RunningBroker {
-        self.broker.as_ref().unwrap()
-    }
-
-    /// Adds a person granted both page sites and returns their signed-in client.
-    async fn sign_in(&self, site: &PageSite) -> reqwest::Client {
-        let db = self.broker().state.db.clone();
-        let key = TotpKey::load_or_create(self.dir.path()).unwrap();
-        let user_id = Uuid::new_v4().to_string();
-        let totp = TotpSecret::generate();
-        let sealed = key.seal(&user_id, totp.as_bytes()).unwrap();
-        let hash = broker::auth::password::hash(PASSWORD).unwrap();
-        let roles = BTreeSet::from([Role::User]);
-        let user = users::NewLocalUser {
-            id: &user_id,
-            username: "alice",
-            display_name: "alice",
-            password_hash: &hash,
-            sealed_totp: Some(&sealed),
-            roles: &roles,
-        };
-        let now_ms = Utc::now().timestamp_millis();
-        users::create_local(&db, user, now_ms).await.unwrap();
-
-        std::fs::write(self.dir.path().join("bench-ca.pem"), &site.ca_pem).unwrap();
-        let port = site.address.port();
-        let sites: String = ["static", "scrolling"]
-            .iter()
-            .map(|name| {
-                format!(
-                    r#"
+    std::fs::write(stack.data_dir().join("bench-ca.pem"), &site.ca_pem).unwrap();
+    let port = site.address.port();
+    let sites: String = ["static", "scrolling"]
+        .iter()
+        .map(|name| {
+            format!(
+                r#"
 [[site]]
 name = "{name}"
 display_name = "{name} page"
@@ -295,132 +202,11 @@ recording_retention_days = 30
 [site.policy]
 extra_ca_certs = ["bench-ca.pem"]
 "#
-                )
-            })
-            .collect();
-        let sites_file = self.dir.path().join("sites.toml");
-        std::fs::write(&sites_file, sites).unwrap();
-        broker::sites::import_file(&db, &sites_file).await.unwrap();
-        for name in ["static", "scrolling"] {
-            broker::sites::grant(&db, &user_id, name, "system:bench", now_ms)
-                .await
-                .unwrap();
-        }
-
-        let client = reqwest::Client::builder()
-            .cookie_store(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let code = totp.code_at(Utc::now().timestamp() as u64);
-        let signed_in = client
-            .post(format!("{}/auth/login", self.base))
-            .header("origin", &self.base)
-            .form(&[
-                ("username", "alice"),
-                ("password", PASSWORD),
-                ("code", code.as_str()),
-                ("next", "/"),
-            ])
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            signed_in.status().is_redirection(),
-            "sign-in failed: {}",
-            signed_in.status()
-        );
-        client
-    }
-
-    /// Launches `site` from the portal form and returns the session id.
-    async fn launch(&self, site: &str) -> Uuid {
-        let launched = self
-            .client
-            .post(format!("{}/sessions", self.base))
-            .header("origin", &self.base)
-            .form(&[("site", site)])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            launched.status(),
-            reqwest::StatusCode::SEE_OTHER,
-            "{}",
-            launched.text().await.unwrap()
-        );
-        let location = launched.headers()["location"].to_str().unwrap().to_owned();
-        location.trim_start_matches("/sessions/").parse().unwrap()
-    }
-
-    async fn end(&self, session_id: Uuid) {
-        let ended = self
-            .client
-            .post(format!("{}/sessions/{session_id}/end", self.base))
-            .header("origin", &self.base)
-            .send()
-            .await
-            .unwrap();
-        assert!(ended.status().is_redirection(), "{}", ended.status());
-    }
-
-    /// Stops the broker and the launcher and checks that nothing of the instance is left.
-    async fn stop(mut self) {
-        self.broker.take().unwrap().shutdown().await;
-        self.launcher_stop.cancel();
-        self.launcher.take().unwrap().await.unwrap().unwrap();
-        assert_eq!(
-            instance_containers(&self.instance_id).await,
-            Vec::<String>::new(),
-            "containers left behind"
-        );
-    }
-}
-
-impl Drop for Stack {
-    /// Removes the instance's containers and networks when the bench fails before `stop`.
-    fn drop(&mut self) {
-        let label = format!("label=strongroom.broker={}", self.instance_id);
-        for (list, remove) in [
-            (vec!["ps", "-aq", "--filter", &label], vec!["rm", "-f"]),
-            (
-                vec!["network", "ls", "-q", "--filter", &label],
-                vec!["network", "rm"],
-            ),
-        ] {
-            let Ok(output) = std::process::Command::new("docker").args(&list).output() else {
-                continue;
-            };
-            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(&remove)
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            )
+        })
+        .collect();
+    stack.import_sites("sites.toml", &sites).await;
+    stack
 }
 
 fn docker() -> Docker {
@@ -443,10 +229,6 @@ async fn containers_labelled(name: &str, value: &str) -> Vec<String> {
         .collect()
 }
 
-async fn instance_containers(instance_id: &Uuid) -> Vec<String> {
-    containers_labelled("strongroom.broker", &instance_id.to_string()).await
-}
-
 /// CPU time of a container's cgroup, and the time its CPU limit held it back.
 #[derive(Debug, Clone, Copy)]
 struct CgroupCpu {
@@ -465,7 +247,7 @@ async fn cgroup_cpu(container: &str) -> CgroupCpu {
         )
         .next()
         .await
-        .expect("one stats answer")
+        .expect("one stats response")
         .expect("container stats");
     let cpu = stats.cpu_stats.expect("CPU stats");
     CgroupCpu {
@@ -530,7 +312,7 @@ async fn process_ticks(container: &str) -> ProcessTicks {
     ticks
 }
 
-/// CPU seconds per group between two readings; a process that started in between
+/// CPU seconds per group between two readings. A process that started in between
 /// counts from zero.
 fn group_seconds(
     before: &ProcessTicks,
@@ -557,7 +339,7 @@ fn ticks_per_second() -> f64 {
         .expect("CLK_TCK is a number")
 }
 
-/// What one page's window measured.
+/// Measurements of one page's window.
 struct Window {
     elapsed: Duration,
     packets: Vec<Packet>,
@@ -598,9 +380,15 @@ impl Window {
 }
 
 /// Launches the site `name`, waits for its page to load and measures one window.
-async fn measure(stack: &Stack, site: &PageSite, name: &str, window: Duration) -> Window {
+async fn measure(
+    stack: &Stack,
+    person: &Person,
+    site: &PageSite,
+    name: &str,
+    window: Duration,
+) -> Window {
     let loads_before = site.loads.count(name);
-    let session_id = stack.launch(name).await;
+    let (session_id, _) = person.launch(name).await;
     let stream = stack
         .broker()
         .state
@@ -674,7 +462,7 @@ async fn measure(stack: &Stack, site: &PageSite, name: &str, window: Duration) -
     let cpu = cgroup_cpu(&container).await;
     let processes = process_ticks(&container).await;
     assert_eq!(lagged, 0, "the bench fell behind the {name} stream");
-    stack.end(session_id).await;
+    person.end(session_id).await;
 
     let stored_bytes = record(packets.clone());
     Window {
@@ -742,12 +530,15 @@ async fn main() {
         .unwrap_or(30);
     let window = Duration::from_secs(seconds);
     let site = PageSite::start().await;
-    let stack = Stack::start(&site).await;
+    let stack = start_stack(&site).await;
+    let alice = stack
+        .person("alice", &[Role::User], &["static", "scrolling"])
+        .await;
 
     println!("load average before: {}", uptime());
-    let still = measure(&stack, &site, "static", window).await;
+    let still = measure(&stack, &alice, &site, "static", window).await;
     println!("load average after the static page: {}", uptime());
-    let scrolling = measure(&stack, &site, "scrolling", window).await;
+    let scrolling = measure(&stack, &alice, &site, "scrolling", window).await;
     println!("load average after the scrolling page: {}", uptime());
     stack.stop().await;
 
