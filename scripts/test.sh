@@ -45,4 +45,8 @@ export STRONGROOM_TEST_WORKSPACE_IMAGE
 target/debug/strongroom image build --recipe demo-bank
 target/debug/strongroom image build --recipe broker
 
+# Benches run only by hand, so compile them here, in the test profile, to catch one that
+# no longer builds. This reuses the dependencies built for the tests.
+cargo test --workspace --all-features --benches --no-run
+
 cargo nextest run --workspace --all-features --no-fail-fast "$@"
