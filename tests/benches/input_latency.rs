@@ -36,7 +36,7 @@ let n = 0;
 addEventListener('keydown', () => { n++; document.body.style.background = 'hsl(' + (n * 47 % 360) + ',80%,50%)'; });
 </script></body></html>";
 
-/// How long the screen must stay without delta frames before a press is timed.
+/// Time the screen must stay without delta frames before a press is timed.
 const QUIET: Duration = Duration::from_millis(600);
 
 fn key(pressed: bool) -> KeyEvent {

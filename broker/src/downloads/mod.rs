@@ -7,7 +7,7 @@
 //! and chunk order against the announcement, and compares its own SHA-256 with the
 //! agent's. A file that passes is stored encrypted ([`sealed`]) under
 //! `DATA_DIR/downloads` with a row in the `downloads` table, and audited as
-//! `download.delivered`; any other outcome is audited as `download.refused`.
+//! `download.delivered`. Any other outcome is audited as `download.refused`.
 //!
 //! Only the session's owner lists and fetches the file ([`portal`]); each fetch is
 //! audited as `download.fetched`. A file is kept for the site's
@@ -197,16 +197,17 @@ fn remove_partial_files(dir: &Path) {
     }
 }
 
-/// Cleans a file name from the workspace: keeps the part after the last `/` or `\`,
-/// drops control and bidirectional formatting characters, trims spaces and dots at
-/// both ends and cuts it to 255 bytes. An empty result becomes `download`.
+/// Cleans a file name from the workspace. It keeps the part after the last `/` or `\`,
+/// drops control and bidirectional formatting characters, and trims spaces and dots at
+/// both ends. Then it cuts the name to 255 bytes at a character boundary. An empty
+/// result becomes `download`.
 pub fn clean_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
-    let kept: String = base
+    let visible: String = base
         .chars()
         .filter(|c| !c.is_control() && !is_bidi_control(*c))
         .collect();
-    let trimmed = kept.trim_matches(|c: char| c.is_whitespace() || c == '.');
+    let trimmed = visible.trim_matches(|c: char| c.is_whitespace() || c == '.');
     let mut end = trimmed.len().min(protocol::limits::MAX_FILE_NAME_LEN);
     while !trimmed.is_char_boundary(end) {
         end -= 1;
@@ -247,7 +248,7 @@ mod tests {
     }
 
     #[test]
-    fn names_are_cut_to_255_bytes_at_a_character_boundary() {
+    fn long_name_is_cut_at_character_boundary() {
         let cleaned = clean_name(&"ä".repeat(300));
         assert!(cleaned.len() <= 255);
         assert!(cleaned.chars().all(|c| c == 'ä'));

@@ -2,7 +2,7 @@
 //! downloads one.
 //!
 //! Every role sees only the files of their own sessions. A file of another person
-//! answers 404, the same as a file that does not exist, so ids cannot be probed.
+//! returns 404, the same as a file that does not exist, so ids cannot be probed.
 //! Auditors read the delivery's name, size and SHA-256 in the audit trail, not the
 //! file. Each fetch is audited as `download.fetched`.
 
@@ -67,7 +67,7 @@ async fn fetch(
     ClientAddr(client): ClientAddr,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such file");
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "file not found");
     let Some(record) = store::get(&state.db, id).await? else {
         return Err(not_found());
     };
@@ -113,8 +113,9 @@ async fn fetch(
         .into_response())
 }
 
-/// `attachment` with an ASCII `filename` (other characters, quotes and backslashes
-/// become `_`) and the exact name as RFC 5987 `filename*`.
+/// Builds the `Content-Disposition` value of a file: `attachment` with an ASCII
+/// `filename`, where other characters, quotes and backslashes become `_`, and the exact
+/// name as RFC 5987 `filename*`.
 pub fn content_disposition(name: &str) -> String {
     let ascii: String = name
         .chars()

@@ -4,7 +4,7 @@
 //! use, like the credential and TOTP keys). A file is the header `SRDL` and a version
 //! byte, then one record per chunk: the ciphertext length (`u32` big-endian), a fresh
 //! 96-bit nonce and the AES-256-GCM ciphertext with its tag. Each record's associated
-//! data names the file id, the record index and whether it is the last record, so a
+//! data names the file id, the record index and whether it is the last record. So a
 //! record moved to another file or position, a dropped record, or a cut file fails to
 //! open instead of yielding other bytes.
 

@@ -19,15 +19,16 @@
 //!
 //! Infisical's encrypt call takes no associated data, so the plaintext is the SHA-256
 //! of the associated data followed by the data key. Unwrapping fails unless the
-//! decrypted digest matches the associated data of the recording, which binds a wrap
-//! to its recording, key id and expiry as the local key store's AES-GCM tag does.
+//! decrypted digest matches the recording's associated data. That binds a wrap to its
+//! recording, key id and expiry, as the local key store's AES-GCM tag does.
 //!
 //! Login, token renewal, the retry after a rejected token and the retries after 429
 //! come from [`InfisicalClient`].
 //!
-//! A 5xx response is retried with backoff a bounded number of times, as for bank
-//! credentials; an unreachable server fails the operation at once. The recorder
-//! pre-flight then refuses a launch, and a replay or export fails with the error.
+//! A 5xx response is retried with backoff, up to `secrets.infisical.rate_limit_retries`
+//! times, as for bank credentials. An unreachable server fails the operation at once.
+//! The recorder pre-flight then rejects the launch, and a replay or export fails with
+//! the error.
 
 use std::collections::HashMap;
 use std::fmt;
