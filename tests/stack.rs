@@ -33,12 +33,15 @@ allowed_hosts = ["bank.invalid"]
 recording_retention_days = 30
 "#;
 
+/// A check that a test runs on the loaded configuration.
+type ConfigCheck = Box<dyn FnOnce(&broker::config::Config) + Send>;
+
 /// The options in which the test files' stacks differ.
 pub struct StackBuilder {
     subnet_range: String,
     env: Vec<(String, String)>,
     image_check_only_when_built: bool,
-    config_check: Option<Box<dyn FnOnce(&broker::config::Config) + Send>>,
+    config_check: Option<ConfigCheck>,
 }
 
 impl StackBuilder {

@@ -189,10 +189,9 @@ fn remove_partial_files(dir: &Path) {
         if path
             .extension()
             .is_some_and(|extension| extension == "part")
+            && let Err(error) = std::fs::remove_file(&path)
         {
-            if let Err(error) = std::fs::remove_file(&path) {
-                tracing::warn!(error = %error, path = %path.display(), "Cannot remove an incomplete download");
-            }
+            tracing::warn!(error = %error, path = %path.display(), "Cannot remove an incomplete download");
         }
     }
 }
