@@ -250,3 +250,99 @@ fn start_after_first_demo_stopped_passes_lock() {
     assert!(!stderr.contains("already running"), "{stderr}");
     assert!(stderr.contains("install-deps.sh"), "{stderr}");
 }
+
+/// Runs `scripts/install-deps.sh ARGS` with stand-ins that report every package as
+/// missing and record the `apt-get` command lines, and returns the exit code and
+/// the packages that `apt-get install` was given.
+fn install_deps_with(args: &[&str]) -> (Option<i32>, Vec<String>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    let log = dir.path().join("apt-get.log");
+    write_executable(&bin.join("dpkg-query"), "#!/bin/sh\nexit 1\n");
+    write_executable(&bin.join("docker"), "#!/bin/sh\nexit 0\n");
+    write_executable(
+        &bin.join("apt-get"),
+        &format!("#!/bin/sh\necho \"$*\" >> {}\n", log.display()),
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-deps.sh");
+
+    let output = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .env("PATH", format!("{}:{SYSTEM_PATH}", bin.display()))
+        .output()
+        .unwrap();
+
+    let commands = std::fs::read_to_string(&log).unwrap_or_default();
+    let installed = commands
+        .lines()
+        .filter(|line| line.starts_with("install"))
+        .flat_map(|line| line.split_whitespace())
+        .filter(|word| !word.starts_with('-') && *word != "install")
+        .map(str::to_owned)
+        .collect();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), installed, stderr)
+}
+
+#[test]
+fn install_deps_splits_run_and_test_packages() {
+    let (code, run, stderr) = install_deps_with(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for package in ["libclang-dev", "mmdebstrap", "iptables", "curl", "python3"] {
+        assert!(
+            run.iter().any(|p| p == package),
+            "{package} missing from {run:?}"
+        );
+    }
+    for package in [
+        "postgresql",
+        "chromium",
+        "chromium-driver",
+        "ffmpeg",
+        "docker-compose",
+    ] {
+        assert!(!run.iter().any(|p| p == package), "{package} in {run:?}");
+    }
+
+    let (code, deploy, stderr) = install_deps_with(&["--deploy"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(deploy.iter().any(|p| p == "docker-compose"), "{deploy:?}");
+    assert!(!deploy.iter().any(|p| p == "postgresql"), "{deploy:?}");
+
+    let (code, test, stderr) = install_deps_with(&["--test"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for package in run.iter().map(String::as_str).chain([
+        "postgresql",
+        "chromium",
+        "chromium-driver",
+        "xvfb",
+        "ffmpeg",
+        "dpkg-dev",
+        "docker-compose",
+    ]) {
+        assert!(
+            test.iter().any(|p| p == package),
+            "{package} missing from {test:?}"
+        );
+    }
+
+    let (code, installed, stderr) = install_deps_with(&["--tests"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("unknown option '--tests'"), "{stderr}");
+    assert!(installed.is_empty(), "{installed:?}");
+}
+
+#[test]
+fn test_script_installs_test_packages() {
+    let test_script =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test.sh"))
+            .unwrap();
+
+    assert!(
+        test_script
+            .lines()
+            .any(|line| line.trim() == "scripts/install-deps.sh --test"),
+        "scripts/test.sh does not run scripts/install-deps.sh --test"
+    );
+}
