@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Installs the Debian packages Strongroom needs to build, run and test on Debian 12.
-# As root it installs what is missing; otherwise it names what is missing and exits 2.
+# Installs the Debian packages Strongroom needs on Debian 12. As root it installs what
+# is missing; otherwise it names what is missing and exits 2.
+#
+#   scripts/install-deps.sh           build and run (scripts/start.sh)
+#   scripts/install-deps.sh --deploy  also docker-compose (docs/deploy.md)
+#   scripts/install-deps.sh --test    also everything the test suite uses (scripts/test.sh)
 #
 #   build:   pkg-config libclang-dev libavdevice-dev (FFmpeg headers for ffmpeg-next)
 #   images:  mmdebstrap (workspace and bank images from Debian packages, no registry)
 #   run:     docker.io (the engine), iptables iproute2 (host firewall, test namespaces),
-#            curl (start.sh fetches the demo bank's CA)
-#   deploy:  docker-compose (the compose file test runs `docker-compose config`)
+#            curl (start.sh fetches the demo bank's CA), python3 (start.sh checks
+#            DEMO_BANK_SUBNET with its ipaddress module)
+#   deploy:  docker-compose (the compose file; the compose test runs `docker-compose config`)
 #   tests:   postgresql, chromium chromium-driver xvfb xauth (agent and portal tests),
 #            ffmpeg (ffprobe checks exports), dpkg-dev (launcher tests unpack busybox-static)
 set -euo pipefail
@@ -14,11 +19,24 @@ set -euo pipefail
 packages=(
     pkg-config libclang-dev libavdevice-dev
     mmdebstrap
-    iptables iproute2 docker-compose
+    iptables iproute2 ca-certificates curl python3
+)
+deploy_packages=(docker-compose)
+test_packages=(
     postgresql
     chromium chromium-driver xvfb xauth fonts-dejavu-core
-    ffmpeg dpkg-dev ca-certificates curl
+    ffmpeg dpkg-dev
 )
+
+case "${1:-}" in
+    "") ;;
+    --deploy) packages+=("${deploy_packages[@]}") ;;
+    --test) packages+=("${deploy_packages[@]}" "${test_packages[@]}") ;;
+    *)
+        echo "error: unknown option '$1'; use no option (build and run), --deploy or --test" >&2
+        exit 2
+        ;;
+esac
 
 missing=()
 for package in "${packages[@]}"; do

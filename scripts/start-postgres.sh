@@ -10,7 +10,7 @@ fi
 
 version=$(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -n 1)
 if [ -z "$version" ]; then
-    echo "error: PostgreSQL is not installed; run scripts/install-deps.sh first" >&2
+    echo "error: PostgreSQL is not installed; run scripts/install-deps.sh --test first" >&2
     exit 2
 fi
 

@@ -9,8 +9,9 @@
 # Environment:
 #   STRONGROOM_SERVER__LISTEN  portal address (default 127.0.0.1:8080). Any address
 #                              other than loopback gets HTTPS with a generated local CA.
-#   DEMO_BANK_SUBNET           Docker subnet of the demo bank (default 172.31.254.0/24);
-#                              must not overlap launcher.subnet_range (172.21.0.0/16).
+#   DEMO_BANK_SUBNET           Docker subnet of the demo bank (default 172.31.254.0/24):
+#                              an IPv4 range of /28 or larger outside launcher.subnet_range
+#                              (172.21.0.0/16, or STRONGROOM_LAUNCHER__SUBNET_RANGE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +21,21 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-# sudo resets PATH, which drops the ~/.cargo/bin that rustup adds to a user's PATH.
+# sudo resets PATH, which drops the ~/.cargo/bin that rustup adds to a user's PATH. The
+# invoking user's rustup and toolchains then build as root; CARGO_HOME stays root's, so
+# that the crates root downloads do not end up root-owned in that user's home.
+if ! command -v cargo >/dev/null 2>&1 && [ -n "${SUDO_USER:-}" ]; then
+    sudo_home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+    if [ -n "$sudo_home" ] && [ -x "$sudo_home/.cargo/bin/cargo" ]; then
+        echo "Using the Rust toolchain of $SUDO_USER ($sudo_home/.cargo/bin, $sudo_home/.rustup)"
+        export RUSTUP_HOME=${RUSTUP_HOME:-$sudo_home/.rustup}
+        export PATH="$sudo_home/.cargo/bin:$PATH"
+    fi
+fi
 if ! command -v cargo >/dev/null 2>&1; then
-    echo "error: cargo is not on root's PATH, and this script builds Strongroom from source;" >&2
-    echo "install Rust 1.95 for root with rustup (https://rustup.rs) and run it again" >&2
+    echo "error: cargo is not on root's PATH${SUDO_USER:+ nor in ~$SUDO_USER/.cargo/bin}, and this script" >&2
+    echo "builds Strongroom from source; install Rust 1.95 with rustup (https://rustup.rs), or" >&2
+    echo "run: sudo env \"PATH=\$HOME/.cargo/bin:\$PATH\" RUSTUP_HOME=\$HOME/.rustup scripts/start.sh" >&2
     exit 2
 fi
 
@@ -41,12 +53,42 @@ scripts/install-deps.sh
 
 listen=${STRONGROOM_SERVER__LISTEN:-127.0.0.1:8080}
 subnet=${DEMO_BANK_SUBNET:-172.31.254.0/24}
-prefix=${subnet%.*}
-if [ "$prefix" = "$subnet" ] || [ "${subnet##*/}" != "24" ]; then
-    echo "error: DEMO_BANK_SUBNET=$subnet is not an IPv4 /24 such as 172.31.254.0/24" >&2
+# Environment overrides may quote the value as a TOML string.
+launcher_range=${STRONGROOM_LAUNCHER__SUBNET_RANGE:-172.21.0.0/16}
+launcher_range=${launcher_range//\"/}
+# Prints the bank's address, the network's tenth; the gateway takes the first.
+if ! bank_ip=$(python3 - "$subnet" "$launcher_range" <<'EOF'
+import ipaddress
+import sys
+
+subnet, launcher_range = sys.argv[1], sys.argv[2]
+example = "such as 172.31.254.0/24"
+try:
+    network = ipaddress.IPv4Network(subnet)
+except ValueError as error:
+    print(f"error: DEMO_BANK_SUBNET={subnet} is not an IPv4 range in CIDR notation ({error}); "
+          f"write one {example}", file=sys.stderr)
+    sys.exit(2)
+if network.prefixlen > 28:
+    print(f"error: DEMO_BANK_SUBNET={subnet} is smaller than a /28, which the demo bank at its "
+          f"tenth address needs; write a larger range {example}", file=sys.stderr)
+    sys.exit(2)
+try:
+    launcher = ipaddress.IPv4Network(launcher_range)
+except ValueError as error:
+    print(f"error: STRONGROOM_LAUNCHER__SUBNET_RANGE={launcher_range} is not an IPv4 range in "
+          f"CIDR notation ({error}); write one such as 172.21.0.0/16", file=sys.stderr)
+    sys.exit(2)
+if network.overlaps(launcher):
+    print(f"error: DEMO_BANK_SUBNET={subnet} overlaps launcher.subnet_range {launcher}, where "
+          f"the launcher creates session networks; choose a range outside it {example}",
+          file=sys.stderr)
+    sys.exit(2)
+print(network.network_address + 10)
+EOF
+); then
     exit 2
 fi
-bank_ip="$prefix.10"
 bank_host=demo-bank.test
 bank_port=8443
 network=strongroom-demo-bank
@@ -113,7 +155,7 @@ echo "Starting the demo bank at https://$bank_host:$bank_port on $subnet..."
 if ! docker network create --internal --subnet "$subnet" \
     --label org.strongroom.demo=bank "$network" >/dev/null; then
     echo "error: cannot create the Docker network $network on $subnet; if it overlaps" >&2
-    echo "another network, set DEMO_BANK_SUBNET to a free /24 such as 10.213.7.0/24" >&2
+    echo "another network, set DEMO_BANK_SUBNET to a free range such as 10.213.7.0/24" >&2
     exit 1
 fi
 docker run --detach --name "$container" --network "$network" --ip "$bank_ip" \

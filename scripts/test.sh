@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-scripts/install-deps.sh
+scripts/install-deps.sh --test
 # The launcher tests fetch busybox-static with `apt-get download`, which needs package lists.
 [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update -qq
 

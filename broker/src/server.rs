@@ -4,13 +4,14 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use uuid::Uuid;
 
 use crate::audit::{Action, Actor, AuditLog, EventBuilder};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, TlsMode};
+use crate::config::{Config, ListenAddress, TlsMode};
 use crate::db::Database;
 use crate::http::health::DatabaseCheck;
 use crate::http::{self, AppState, ReadinessCheck, TrustedProxies};
@@ -56,10 +57,13 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
 
     instance::prepare_data_dir(&config.data_dir).map_err(StartupError::Config)?;
 
-    let listener = bind(config.server.listen).map_err(StartupError::Config)?;
-    let local_addr = listener
-        .local_addr()
+    let listeners = bind_all(&config.server.listen).map_err(StartupError::Config)?;
+    let local_addrs = listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|error| StartupError::Other(error.into()))?;
+    let local_addr = local_addrs[0];
 
     let db = Database::connect(&config.database)
         .await
@@ -81,7 +85,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
         audit.clone(),
         clock.clone(),
         tls.is_some(),
-        local_addr,
+        &local_addrs,
     )
     .map_err(StartupError::Config)?;
     let mut readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(DatabaseCheck(db.clone()))];
@@ -135,23 +139,16 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
     let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let scheme = if tls.is_some() { "https" } else { "http" };
 
-    let server_handle = handle.clone();
-    match tls {
-        Some(tls) => tasks.spawn("http", async move {
-            let server = axum_server::from_tcp_rustls(listener, tls).handle(server_handle);
-            if let Err(error) = server.serve(app).await {
-                tracing::error!(error = %error, "HTTPS server failed");
-            }
-        }),
-        None => tasks.spawn("http", async move {
-            let server = axum_server::from_tcp(listener).handle(server_handle);
-            if let Err(error) = server.serve(app).await {
-                tracing::error!(error = %error, "HTTP server failed");
-            }
-        }),
+    for listener in listeners {
+        serve_listener(listener, tls.clone(), app.clone(), handle.clone(), &tasks);
     }
 
-    tracing::info!(listen = %local_addr, scheme, instance.id = %instance_id, database = db.backend_name(), "Broker started");
+    let listen = local_addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::info!(listen, scheme, instance.id = %instance_id, database = db.backend_name(), "Broker started");
     Ok(RunningBroker {
         local_addr,
         instance_id,
@@ -246,22 +243,102 @@ fn start_sessions(
     })
 }
 
-fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind(addr).map_err(|error| match error.kind() {
-        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
-            "server.listen: address {addr} is already in use; stop the other program or choose another port"
-        ),
-        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
-            "server.listen: no permission to listen on {addr}; use a port above 1023 or grant CAP_NET_BIND_SERVICE"
-        ),
-        std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!(
-            "server.listen: address {addr} does not belong to this machine; use one of its addresses"
-        ),
-        _ => anyhow::anyhow!("server.listen: cannot listen on {addr}: {error}"),
+/// Serves the portal on one listener until the shared handle shuts it down.
+fn serve_listener(
+    listener: TcpListener,
+    tls: Option<RustlsConfig>,
+    app: IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+    handle: Handle,
+    tasks: &TaskRegistry,
+) {
+    match tls {
+        Some(tls) => tasks.spawn("http", async move {
+            let server = axum_server::from_tcp_rustls(listener, tls).handle(handle);
+            if let Err(error) = server.serve(app).await {
+                tracing::error!(error = %error, "HTTPS server failed");
+            }
+        }),
+        None => tasks.spawn("http", async move {
+            let server = axum_server::from_tcp(listener).handle(handle);
+            if let Err(error) = server.serve(app).await {
+                tracing::error!(error = %error, "HTTP server failed");
+            }
+        }),
+    }
+}
+
+/// Binds every address of `server.listen`. The addresses of a host name share one
+/// port, the first one's when the port is 0. An address of a host name that this
+/// machine lacks, such as `::1` with IPv6 off, is skipped with a warning as long as
+/// another one binds.
+fn bind_all(listen: &ListenAddress) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners: Vec<TcpListener> = Vec::new();
+    let mut port = None;
+    for address in &listen.addresses {
+        let mut address = *address;
+        if let Some(port) = port {
+            address.set_port(port);
+        }
+        match bind(address) {
+            Ok(listener) => {
+                port = Some(
+                    listener
+                        .local_addr()
+                        .context("cannot read the listener's address")?
+                        .port(),
+                );
+                listeners.push(listener);
+            }
+            Err(BindError::Unavailable(error)) if listen.addresses.len() > 1 => {
+                tracing::warn!(listen = %listen, address = %address, error = %error, "Listen address not available on this machine; skipped");
+            }
+            Err(error) => return Err(error.into_anyhow(address)),
+        }
+    }
+    if listeners.is_empty() {
+        anyhow::bail!(
+            "server.listen: none of the addresses of {listen} belongs to this machine; use one of its addresses"
+        );
+    }
+    Ok(listeners)
+}
+
+enum BindError {
+    /// The address does not belong to this machine, or its family is off.
+    Unavailable(std::io::Error),
+    Other(std::io::Error),
+}
+
+impl BindError {
+    fn into_anyhow(self, addr: SocketAddr) -> anyhow::Error {
+        let error = match self {
+            BindError::Unavailable(error) | BindError::Other(error) => error,
+        };
+        match error.kind() {
+            std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+                "server.listen: address {addr} is already in use; stop the other program or choose another port"
+            ),
+            std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+                "server.listen: no permission to listen on {addr}; use a port above 1023 or grant CAP_NET_BIND_SERVICE"
+            ),
+            std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!(
+                "server.listen: address {addr} does not belong to this machine; use one of its addresses"
+            ),
+            _ => anyhow::anyhow!("server.listen: cannot listen on {addr}: {error}"),
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let listener = TcpListener::bind(addr).map_err(|error| {
+        let unavailable = error.kind() == std::io::ErrorKind::AddrNotAvailable
+            || error.raw_os_error() == Some(libc::EAFNOSUPPORT);
+        match unavailable {
+            true => BindError::Unavailable(error),
+            false => BindError::Other(error),
+        }
     })?;
-    listener
-        .set_nonblocking(true)
-        .context("cannot make the listener non-blocking")?;
+    listener.set_nonblocking(true).map_err(BindError::Other)?;
     Ok(listener)
 }
 
@@ -286,7 +363,7 @@ async fn tls_config(
         }
         TlsMode::Generated => {
             let mut names = vec!["localhost".to_owned()];
-            if let Some(host) = config.server.public_url.as_deref().and_then(url_host) {
+            if let Some(host) = config.server.public_url.as_ref().and_then(url_host) {
                 names.push(host);
             }
             let addresses: Vec<_> = [local_addr.ip()]
@@ -307,18 +384,13 @@ async fn tls_config(
     }
 }
 
-fn url_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority
-        .rsplit_once('@')
-        .map(|(_, host)| host)
-        .unwrap_or(authority);
-    let host = match host.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next()?,
-        None => host.split(':').next()?,
-    };
-    (!host.is_empty()).then(|| host.to_owned())
+/// Returns the host of a URL as a certificate names it: an IPv6 address without brackets.
+fn url_host(url: &url::Url) -> Option<String> {
+    match url.host()? {
+        url::Host::Domain(name) => Some(name.to_owned()),
+        url::Host::Ipv4(address) => Some(address.to_string()),
+        url::Host::Ipv6(address) => Some(address.to_string()),
+    }
 }
 
 impl RunningBroker {
@@ -375,14 +447,16 @@ mod tests {
 
     #[test]
     fn url_host_handles_ports_and_brackets() {
+        let host = |text: &str| url_host(&url::Url::parse(text).unwrap());
+
         assert_eq!(
-            url_host("https://portal.bank.example:8443/x").as_deref(),
+            host("https://portal.bank.example:8443/x").as_deref(),
             Some("portal.bank.example")
         );
         assert_eq!(
-            url_host("https://[2001:db8::1]:8443").as_deref(),
+            host("https://[2001:db8::1]:8443").as_deref(),
             Some("2001:db8::1")
         );
-        assert_eq!(url_host("https://"), None);
+        assert_eq!(host("data:text/plain,x"), None);
     }
 }

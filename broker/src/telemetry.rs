@@ -8,12 +8,10 @@ use tracing_subscriber::prelude::*;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `STRONGROOM_LOG` overrides the configured level.
+/// Installs the global subscriber. `level` is the validated directive of
+/// `LogConfig::level`, in which `STRONGROOM_LOG` has already replaced `log.level`.
 pub fn init(level: &str, format: LogFormat) {
-    let filter = std::env::var("STRONGROOM_LOG")
-        .ok()
-        .and_then(|directive| EnvFilter::try_new(directive).ok())
-        .unwrap_or_else(|| EnvFilter::new(level));
+    let filter = EnvFilter::new(level);
 
     let json = match format {
         LogFormat::Json => true,

@@ -35,7 +35,9 @@ pub struct LauncherConfig {
     pub image: String,
     /// Path of the seccomp profile (JSON) applied to every workspace container.
     pub seccomp_profile: PathBuf,
-    /// Range that per-session subnets are allocated from.
+    /// Range that per-session subnets are allocated from, in CIDR notation without
+    /// host bits, such as `172.21.0.0/16`.
+    #[serde(deserialize_with = "deserialize_ipv4_range")]
     pub subnet_range: Ipv4Net,
     /// Prefix length of each session's subnet: 28 or 29.
     pub subnet_prefix_len: u8,
@@ -208,6 +210,31 @@ impl LauncherConfig {
     }
 }
 
+/// Reads an IPv4 range in CIDR notation. The error names the value and the expected
+/// form, because the `ipnet` error alone names neither.
+fn deserialize_ipv4_range<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Ipv4Net, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_ipv4_range(&text).map_err(serde::de::Error::custom)
+}
+
+/// Parses an IPv4 range such as `172.21.0.0/16`; a range with host bits set is
+/// rejected, because its meaning is ambiguous.
+pub fn parse_ipv4_range(text: &str) -> Result<Ipv4Net, String> {
+    const EXPECTED: &str = "write an IPv4 range in CIDR notation, such as \"172.21.0.0/16\"";
+    let range: Ipv4Net = text
+        .parse()
+        .map_err(|_| format!("invalid IPv4 range {text:?}; {EXPECTED}"))?;
+    if range != range.trunc() {
+        return Err(format!(
+            "{text:?} has host bits set; write the range as \"{}\"",
+            range.trunc()
+        ));
+    }
+    Ok(range)
+}
+
 /// Maximum bridge prefix length, which leaves at least 8 characters of the session id in the
 /// 15-character interface name.
 pub const MAX_BRIDGE_PREFIX: usize = 7;
@@ -311,6 +338,31 @@ mod tests {
                 ..valid()
             };
             assert_eq!(config.validate(), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_subnet_range_names_value() {
+        let example = "such as \"172.21.0.0/16\"";
+        for (bad, expected) in [
+            (
+                "10.0.0.0/33",
+                ["invalid IPv4 range \"10.0.0.0/33\"", example],
+            ),
+            ("foo.bar/24", ["invalid IPv4 range \"foo.bar/24\"", example]),
+            ("fd00::/64", ["invalid IPv4 range \"fd00::/64\"", example]),
+            (
+                "10.0.0.1/16",
+                ["\"10.0.0.1/16\" has host bits set", "\"10.0.0.0/16\""],
+            ),
+        ] {
+            let json = serde_json::json!({ "subnet_range": bad });
+            let message = serde_json::from_value::<LauncherConfig>(json)
+                .unwrap_err()
+                .to_string();
+            for part in expected {
+                assert!(message.contains(part), "{bad}: {message}");
+            }
         }
     }
 

@@ -490,7 +490,7 @@ pub fn config_view(config: &Config) -> serde_json::Value {
         "data_dir": config.data_dir.display().to_string(),
         "server": {
             "listen": config.server.listen.to_string(),
-            "public_url": config.server.public_url,
+            "public_url": config.server.public_url.as_ref().map(url::Url::as_str),
             "trusted_proxies": config.server.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
         },
         "database": database,

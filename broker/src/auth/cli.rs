@@ -42,7 +42,8 @@ impl From<RoleArg> for Role {
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Create a local account. The password is read from --password-file, or else
-    /// from the first line of standard input, unless --generate-password is given.
+    /// from the first line of standard input (a terminal does not echo it), unless
+    /// --generate-password is given.
     Add {
         /// Sign-in name: 1 to 64 characters from a-z, 0-9, '.', '_', '-' and '@'.
         name: String,
@@ -149,14 +150,26 @@ fn read_password(file: Option<&Path>, username: &str) -> anyhow::Result<Zeroizin
         }
         None => {
             if std::io::stdin().is_terminal() {
-                // NOTE: the terminal echoes what is typed; pipe the password in or use
-                // --password-file to keep it off the screen.
-                eprintln!("Password (one line; the terminal shows what you type):");
+                // The terminal does not echo what is typed, so the password stays off the
+                // screen and out of its scrollback.
+                let terminal = rpassword::ConfigBuilder::new()
+                    .input_file_path("/dev/stdin")
+                    .output_file_path("/dev/stderr")
+                    .password_feedback_hide()
+                    .build();
+                text = Zeroizing::new(
+                    rpassword::prompt_password_with_config(
+                        "Password (one line, not shown as you type): ",
+                        terminal,
+                    )
+                    .context("cannot read the password from the terminal")?,
+                );
+            } else {
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut text)
+                    .context("cannot read the password from standard input")?;
             }
-            std::io::stdin()
-                .lock()
-                .read_line(&mut text)
-                .context("cannot read the password from standard input")?;
         }
     }
     while text.ends_with('\n') || text.ends_with('\r') {

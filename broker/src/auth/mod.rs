@@ -31,7 +31,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::extract::FromRef;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -90,16 +89,16 @@ impl FromRef<AppState> for AuthService {
 
 impl AuthService {
     /// Builds the service. `https` tells whether the listener serves TLS; the portal
-    /// origin is `server.public_url` when set, otherwise the listener's own address.
+    /// origin is `server.public_url` when set, otherwise the listeners' own addresses.
     pub fn new(
         config: &Config,
         db: Database,
         audit: AuditLog,
         clock: Arc<dyn Clock>,
         https: bool,
-        local_addr: SocketAddr,
+        local_addrs: &[SocketAddr],
     ) -> anyhow::Result<AuthService> {
-        let origins = portal_origins(config.server.public_url.as_deref(), https, local_addr)?;
+        let origins = portal_origins(config.server.public_url.as_ref(), https, local_addrs);
         let secure_cookies = origins[0].starts_with("https://");
         let totp_key = match config.auth.local {
             true => Some(secret_key::TotpKey::load_or_create(&config.data_dir)?),
@@ -225,24 +224,32 @@ impl AuthService {
     }
 }
 
-/// Origins the portal answers on: the public URL's, or the listener's address (plus
+/// Origins the portal answers on: the public URL's, or each listener's address (plus
 /// `localhost` for a loopback listener).
 fn portal_origins(
-    public_url: Option<&str>,
+    public_url: Option<&url::Url>,
     https: bool,
-    local_addr: SocketAddr,
-) -> anyhow::Result<Vec<String>> {
+    local_addrs: &[SocketAddr],
+) -> Vec<String> {
     if let Some(public_url) = public_url {
-        let url = url::Url::parse(public_url)
-            .with_context(|| format!("server.public_url: invalid URL {public_url:?}"))?;
-        return Ok(vec![url.origin().ascii_serialization()]);
+        return vec![public_url.origin().ascii_serialization()];
     }
     let scheme = if https { "https" } else { "http" };
-    let mut origins = vec![format!("{scheme}://{local_addr}")];
-    if local_addr.ip().is_loopback() {
-        origins.push(format!("{scheme}://localhost:{}", local_addr.port()));
+    let mut origins: Vec<String> = local_addrs
+        .iter()
+        .map(|local_addr| format!("{scheme}://{local_addr}"))
+        .collect();
+    let loopback_ports = local_addrs
+        .iter()
+        .filter(|local_addr| local_addr.ip().is_loopback())
+        .map(|local_addr| local_addr.port());
+    for port in loopback_ports {
+        let origin = format!("{scheme}://localhost:{port}");
+        if !origins.contains(&origin) {
+            origins.push(origin);
+        }
     }
-    Ok(origins)
+    origins
 }
 
 #[cfg(test)]
@@ -251,15 +258,33 @@ mod tests {
 
     #[test]
     fn origins_follow_public_url_or_listener() {
-        let listener = "127.0.0.1:8080".parse().unwrap();
+        let listener = ["127.0.0.1:8080".parse().unwrap()];
+        let public_url = url::Url::parse("https://sr.bank.example/portal").unwrap();
 
         assert_eq!(
-            portal_origins(Some("https://sr.bank.example/portal"), true, listener).unwrap(),
+            portal_origins(Some(&public_url), true, &listener),
             ["https://sr.bank.example"]
         );
         assert_eq!(
-            portal_origins(None, false, listener).unwrap(),
+            portal_origins(None, false, &listener),
             ["http://127.0.0.1:8080", "http://localhost:8080"]
+        );
+    }
+
+    #[test]
+    fn origins_cover_every_listener() {
+        let listeners = [
+            "127.0.0.1:8080".parse().unwrap(),
+            "[::1]:8080".parse().unwrap(),
+        ];
+
+        assert_eq!(
+            portal_origins(None, false, &listeners),
+            [
+                "http://127.0.0.1:8080",
+                "http://[::1]:8080",
+                "http://localhost:8080"
+            ]
         );
     }
 }

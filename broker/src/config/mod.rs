@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod egress;
 pub mod launcher;
+mod listen;
 pub mod raw;
 pub mod recordings_s3;
 mod secret;
@@ -24,12 +25,12 @@ pub mod audit;
 mod validate;
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use listen::ListenAddress;
 pub use secret::{SecretRef, SecretRefError};
 pub use sessions::SessionsConfig;
 pub use validate::validate;
@@ -40,8 +41,11 @@ pub const CONFIG_ENV: &str = "STRONGROOM_CONFIG";
 /// Prefix of the environment variables that override single keys.
 pub const ENV_PREFIX: &str = "STRONGROOM_";
 
+/// Environment variable that overrides `log.level`; an empty value counts as unset.
+pub const LOG_ENV: &str = "STRONGROOM_LOG";
+
 /// Environment variables with the prefix that are not key overrides.
-const NON_KEY_ENV: &[&str] = &[CONFIG_ENV, "STRONGROOM_LOG"];
+const NON_KEY_ENV: &[&str] = &[CONFIG_ENV, LOG_ENV];
 
 /// Prefix of variables that configure the test suite, not the broker.
 const TEST_ENV_PREFIX: &str = "STRONGROOM_TEST_";
@@ -67,9 +71,9 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
+    pub listen: ListenAddress,
     /// Externally visible base URL; its origin is the only one the live view accepts.
-    pub public_url: Option<String>,
+    pub public_url: Option<url::Url>,
     /// Peers whose `X-Forwarded-For` header is believed.
     pub trusted_proxies: Vec<IpNet>,
     pub tls: TlsMode,
@@ -116,7 +120,8 @@ impl DatabaseTarget {
 
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    /// A `tracing_subscriber::EnvFilter` directive such as `info` or `broker=debug`.
+    /// A `tracing_subscriber::EnvFilter` directive such as `info` or `broker=debug`:
+    /// `STRONGROOM_LOG` when set, otherwise `log.level`.
     pub level: String,
     pub format: LogFormat,
 }
@@ -202,11 +207,30 @@ pub fn load(
         None => toml::Table::new(),
     };
 
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let log_override = env
+        .iter()
+        .find(|(name, value)| name == LOG_ENV && !value.is_empty())
+        .map(|(_, value)| value.clone());
     let mut problems = Vec::new();
     apply_env_overrides(&mut tree, env, &mut problems);
 
     let raw = raw::RawConfig::from_table(tree, &mut problems);
-    match validate(raw, &mut problems) {
+    let mut config = validate(raw, &mut problems);
+    if let Some(level) = log_override {
+        match validate::check_log_level(&level) {
+            Ok(()) => {
+                if let Some(config) = &mut config {
+                    config.log.level = level;
+                }
+            }
+            Err(message) => problems.push(ConfigProblem {
+                key: LOG_ENV.to_owned(),
+                message: format!("{message}; for example {LOG_ENV}=debug"),
+            }),
+        }
+    }
+    match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(ConfigError {
             source_name,

@@ -68,7 +68,7 @@ pub fn take<T: Clone>(
 #[serde(default)]
 pub struct RawConfig {
     /// `data_dir`: directory for the embedded defaults. Default `data` (relative to the
-    /// working directory).
+    /// working directory). Not under `/proc`, `/sys` or `/dev`, also through a link.
     pub data_dir: Option<Lenient<PathBuf>>,
     pub server: RawServer,
     pub database: RawDatabase,
@@ -91,9 +91,13 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct RawServer {
-    /// `server.listen`: socket address of the portal. Default `127.0.0.1:8080`.
+    /// `server.listen`: address of the portal, an IP address and port or `HOST:PORT`
+    /// with a host name whose addresses are all loopback, such as `localhost:8080`.
+    /// The name is resolved at start and each address bound. Default `127.0.0.1:8080`.
     pub listen: Option<Lenient<String>>,
     /// `server.public_url`: the URL people type, such as `https://strongroom.bank.example`.
+    /// `http://` only when the listener serves plain HTTP; `https://` with a plain
+    /// loopback listener means a TLS-terminating reverse proxy on the same host.
     pub public_url: Option<Lenient<String>>,
     /// `server.trusted_proxies`: addresses or CIDR ranges of reverse proxies whose
     /// `X-Forwarded-For` header is believed. Default none.
@@ -122,7 +126,8 @@ pub struct RawDatabase {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct RawLog {
-    /// `log.level`: a tracing filter directive. Default `info`. `STRONGROOM_LOG` wins.
+    /// `log.level`: a tracing filter directive. Default `info`. `STRONGROOM_LOG` wins
+    /// and is checked the same way; an empty `STRONGROOM_LOG` counts as unset.
     pub level: Option<Lenient<String>>,
     /// `log.format`: `auto` (human on a terminal, JSON otherwise), `human` or `json`.
     pub format: Option<Lenient<String>>,

@@ -76,12 +76,38 @@ impl RecordingsS3Config {
 }
 
 fn is_loopback_http(endpoint: &str) -> bool {
-    let Some(rest) = endpoint.strip_prefix("http://") else {
+    let Ok(url) = url::Url::parse(endpoint) else {
         return false;
     };
-    let host = rest.split(['/', '?']).next().unwrap_or_default();
-    let host = host.rsplit_once(':').map_or(host, |(host, _port)| host);
-    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    };
+    url.scheme() == "http" && loopback
+}
+
+/// Checks that `endpoint` is an `https://` URL with a host and no credentials, or an
+/// `http://` URL on loopback. The message names the value unless it contains credentials.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "such as \"https://s3.eu-central-1.amazonaws.com\"";
+    let url = url::Url::parse(endpoint).map_err(|error| {
+        format!("invalid URL {endpoint:?} ({error}); write the S3 API's URL, {EXAMPLE}")
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "the URL contains credentials; remove them and set {SECTION}.access_key_id and secret_access_key instead"
+        ));
+    }
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if is_loopback_http(endpoint) => Ok(()),
+        "http" => Err(format!(
+            "{endpoint:?} is not an `https://` URL; plain `http://` is accepted only on loopback"
+        )),
+        _ => Err(format!("{endpoint:?} is not an `https://` URL {EXAMPLE}")),
+    }
 }
 
 fn required(
@@ -131,14 +157,11 @@ pub fn validate_recordings_s3(
     let before = problems.len();
     let endpoint = required(&raw.endpoint, "endpoint", "an `https://` URL", problems);
     if let Some(endpoint) = &endpoint
-        && !endpoint.starts_with("https://")
-        && !is_loopback_http(endpoint)
+        && let Err(message) = check_endpoint(endpoint)
     {
         problems.push(ConfigProblem {
             key: format!("{SECTION}.endpoint"),
-            message: format!(
-                "{endpoint:?} is not an `https://` URL; plain `http://` is accepted only on loopback"
-            ),
+            message,
         });
     }
     let region = take(
@@ -288,5 +311,38 @@ mod tests {
         assert!(is_loopback_http("http://localhost/"));
         assert!(!is_loopback_http("http://10.0.0.5:9000"));
         assert!(!is_loopback_http("https://127.0.0.1:9000"));
+        assert!(!is_loopback_http("http://127.0.0.1.example.test/"));
+    }
+
+    #[test]
+    fn s3_endpoint_must_be_a_url() {
+        let base = "bucket = \"rec\"\naccess_key_id = \"env:S3_KEY\"\n\
+                    secret_access_key = \"env:S3_SECRET\"\n";
+        for (endpoint, expected) in [
+            ("https://", "invalid URL \"https://\""),
+            (
+                "https://s3 example.test",
+                "invalid URL \"https://s3 example.test\"",
+            ),
+            ("s3.example.test", "invalid URL \"s3.example.test\""),
+            (
+                "ftp://s3.example.test",
+                "\"ftp://s3.example.test\" is not an `https://` URL",
+            ),
+            (
+                "https://key:hunter2@s3.example.test",
+                "contains credentials",
+            ),
+        ] {
+            let (config, problems) = validate(&format!("endpoint = {endpoint:?}\n{base}"));
+            assert!(config.is_none(), "{endpoint}");
+            assert_eq!(problems.len(), 1, "{endpoint}: {problems:?}");
+            assert_eq!(problems[0].key, "sessions.recordings_s3.endpoint");
+            assert!(
+                problems[0].message.contains(expected),
+                "{endpoint}: {problems:?}"
+            );
+            assert!(!problems[0].message.contains("hunter2"), "{problems:?}");
+        }
     }
 }

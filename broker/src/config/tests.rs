@@ -24,7 +24,10 @@ fn zero_configuration_uses_embedded_defaults() {
     let config = load(None, Vec::new()).unwrap();
 
     assert_eq!(config.data_dir, PathBuf::from("data"));
-    assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(
+        config.server.listen.addresses,
+        vec!["127.0.0.1:8080".parse().unwrap()]
+    );
     assert_eq!(config.server.tls, TlsMode::PlainLoopback);
     assert!(
         matches!(config.database.target, DatabaseTarget::Sqlite { ref path } if path == Path::new("data/strongroom.db"))
@@ -118,7 +121,10 @@ fn env_override_sets_nested_key() {
     )
     .unwrap();
 
-    assert_eq!(config.server.listen, "127.0.0.2:9000".parse().unwrap());
+    assert_eq!(
+        config.server.listen.addresses,
+        vec!["127.0.0.2:9000".parse().unwrap()]
+    );
     assert_eq!(config.shutdown.grace, Duration::from_secs(3));
 }
 
@@ -130,7 +136,7 @@ fn env_override_wins_over_file() {
     )
     .unwrap();
 
-    assert_eq!(config.server.listen.port(), 2000);
+    assert_eq!(config.server.listen.addresses[0].port(), 2000);
 }
 
 #[test]
@@ -264,4 +270,161 @@ fn log_level_outside_levels_is_rejected() {
         let config = load_text(&format!("[log]\nlevel = {good:?}\n"), &[]);
         assert!(config.is_ok(), "{good}: {config:?}");
     }
+}
+
+#[test]
+fn invalid_subnet_range_names_key_value_and_form() {
+    let error = load_text("[launcher]\nsubnet_range = \"10.0.0.0/33\"\n", &[]).unwrap_err();
+
+    assert_eq!(keys(&error), vec!["launcher.subnet_range"]);
+    let message = &error.problems[0].message;
+    assert!(message.contains("\"10.0.0.0/33\""), "{message}");
+    assert!(message.contains("CIDR notation"), "{message}");
+    assert!(message.contains("\"172.21.0.0/16\""), "{message}");
+}
+
+#[test]
+fn localhost_listen_address_is_accepted() {
+    let config = load_text("[server]\nlisten = \"localhost:8080\"\n", &[]).unwrap();
+
+    assert_eq!(config.server.listen.to_string(), "localhost:8080");
+    assert!(!config.server.listen.addresses.is_empty());
+    assert!(config.server.listen.is_loopback());
+    assert_eq!(config.server.tls, TlsMode::PlainLoopback);
+}
+
+#[test]
+fn http_public_url_with_https_listener_is_rejected() {
+    for (server, reason) in [
+        (
+            "listen = \"0.0.0.0:8443\"",
+            "server.listen \"0.0.0.0:8443\" is not a loopback address",
+        ),
+        (
+            "listen = \"0.0.0.0:8443\"\ntls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"",
+            "server.tls_cert and server.tls_key are set",
+        ),
+        (
+            "listen = \"127.0.0.1:8443\"\ntls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"",
+            "server.tls_cert and server.tls_key are set",
+        ),
+    ] {
+        let text = format!("[server]\n{server}\npublic_url = \"http://sr.bank.example:8443/\"\n");
+        let error = load_text(&text, &[]).unwrap_err();
+
+        assert_eq!(keys(&error), vec!["server.public_url"], "{server}");
+        let message = &error.problems[0].message;
+        assert!(
+            message.contains("\"http://sr.bank.example:8443/\""),
+            "{message}"
+        );
+        assert!(message.contains(reason), "{message}");
+        assert!(
+            message.contains("\"https://sr.bank.example:8443/\""),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn public_url_matching_listener_is_accepted() {
+    // Plain HTTP on loopback, opened directly.
+    let config = load_text("[server]\npublic_url = \"http://127.0.0.1:8080\"\n", &[]).unwrap();
+    assert_eq!(
+        config.server.public_url.unwrap().as_str(),
+        "http://127.0.0.1:8080/"
+    );
+
+    // A TLS-terminating reverse proxy in front of a plain loopback listener.
+    let config = load_text(
+        "[server]\nlisten = \"127.0.0.1:8080\"\npublic_url = \"https://sr.bank.example\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.server.tls, TlsMode::PlainLoopback);
+
+    let config = load_text(
+        "[server]\nlisten = \"0.0.0.0:8443\"\npublic_url = \"https://sr.bank.example:8443\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.server.tls, TlsMode::Generated);
+}
+
+#[test]
+fn invalid_public_url_is_named() {
+    for (bad, expected) in [
+        ("https://", "invalid URL \"https://\""),
+        (
+            "strongroom.bank.example",
+            "invalid URL \"strongroom.bank.example\"",
+        ),
+        ("ftp://sr.bank.example", "unsupported scheme \"ftp\""),
+        (
+            "https://admin:hunter2@sr.bank.example",
+            "contains credentials",
+        ),
+    ] {
+        let error = load_text(&format!("[server]\npublic_url = {bad:?}\n"), &[]).unwrap_err();
+
+        assert_eq!(keys(&error), vec!["server.public_url"], "{bad}");
+        let message = &error.problems[0].message;
+        assert!(message.contains(expected), "{bad}: {message}");
+        assert!(
+            message.contains("https://strongroom.bank.example"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+}
+
+#[test]
+fn data_dir_in_kernel_file_system_is_rejected() {
+    for dir in [
+        "/proc/strongroom",
+        "/sys",
+        "/dev/shm/strongroom",
+        "/var/../proc/x",
+    ] {
+        let error = load_text(&format!("data_dir = {dir:?}\n"), &[]).unwrap_err();
+
+        assert_eq!(keys(&error), vec!["data_dir"], "{dir}");
+        let message = &error.problems[0].message;
+        assert!(message.contains(&format!("{dir:?}")), "{message}");
+        assert!(message.contains("\"/var/lib/strongroom\""), "{message}");
+    }
+
+    // A symbolic link that leads there is followed.
+    let link_dir = tempfile::tempdir().unwrap();
+    let link = link_dir.path().join("data");
+    std::os::unix::fs::symlink("/proc/self", &link).unwrap();
+    let error = load_text(&format!("data_dir = {:?}\n", link.join("x")), &[]).unwrap_err();
+    let message = &error.problems[0].message;
+    assert!(
+        message.contains("is under /proc (it resolves to /proc/"),
+        "{message}"
+    );
+
+    let config = load_text("data_dir = \"/var/lib/strongroom\"\n", &[]).unwrap();
+    assert_eq!(config.data_dir, PathBuf::from("/var/lib/strongroom"));
+}
+
+#[test]
+fn log_env_variable_is_validated() {
+    let error = load_text("", &[("STRONGROOM_LOG", "verbose")]).unwrap_err();
+
+    assert_eq!(keys(&error), vec!["STRONGROOM_LOG"]);
+    let message = &error.problems[0].message;
+    assert!(message.contains("\"verbose\""), "{message}");
+    assert!(message.contains("STRONGROOM_LOG=debug"), "{message}");
+
+    let config = load_text(
+        "[log]\nlevel = \"warn\"\n",
+        &[("STRONGROOM_LOG", "broker=debug,info")],
+    )
+    .unwrap();
+    assert_eq!(config.log.level, "broker=debug,info");
+
+    let config = load_text("[log]\nlevel = \"warn\"\n", &[("STRONGROOM_LOG", "")]).unwrap();
+    assert_eq!(config.log.level, "warn");
 }

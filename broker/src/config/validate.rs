@@ -1,15 +1,14 @@
 //! Conversion of the raw mirror into the validated [`Config`].
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
 
 use super::raw::{RawConfig, take};
 use super::{
-    Config, ConfigProblem, DatabaseConfig, DatabaseTarget, LogConfig, LogFormat, SecretRef,
-    ServerConfig, ShutdownConfig, TlsMode,
+    Config, ConfigProblem, DatabaseConfig, DatabaseTarget, ListenAddress, LogConfig, LogFormat,
+    SecretRef, ServerConfig, ShutdownConfig, TlsMode,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -23,6 +22,9 @@ const DEFAULT_GRACE_SECONDS: u64 = 25;
 pub fn validate(raw: RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Config> {
     let data_dir = take(&raw.data_dir, "data_dir", "a directory path", problems)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    if let Err(message) = check_data_dir(&data_dir) {
+        problem(problems, "data_dir", message);
+    }
 
     let server = validate_server(&raw, problems);
     let database = validate_database(&raw, &data_dir, problems);
@@ -79,16 +81,10 @@ fn validate_server(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option
         problems,
     )
     .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-    let listen = match listen_text.parse::<SocketAddr>() {
+    let listen = match ListenAddress::parse(&listen_text) {
         Ok(listen) => Some(listen),
-        Err(_) => {
-            problem(
-                problems,
-                "server.listen",
-                format!(
-                    "invalid socket address {listen_text:?}; write an IP address and port such as \"127.0.0.1:8080\" or \"[::]:8443\""
-                ),
-            );
+        Err(message) => {
+            problem(problems, "server.listen", message);
             None
         }
     };
@@ -98,20 +94,8 @@ fn validate_server(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option
         "server.public_url",
         "a URL string",
         problems,
-    );
-    if let Some(url) = &public_url {
-        let valid = (url.starts_with("https://") || url.starts_with("http://"))
-            && !url.trim_end_matches('/').ends_with("://");
-        if !valid {
-            problem(
-                problems,
-                "server.public_url",
-                format!(
-                    "invalid URL {url:?}; write the address people open, such as \"https://strongroom.bank.example\""
-                ),
-            );
-        }
-    }
+    )
+    .and_then(|text| parse_public_url(&text, problems));
 
     let mut trusted_proxies = Vec::new();
     let proxies = take(
@@ -135,7 +119,7 @@ fn validate_server(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option
 
     let cert = take(&server.tls_cert, "server.tls_cert", "a file path", problems);
     let key = take(&server.tls_key, "server.tls_key", "a file path", problems);
-    let tls = match (cert, key, listen) {
+    let tls = match (cert, key, &listen) {
         (Some(cert), Some(key), _) => Some(TlsMode::Files { cert, key }),
         (Some(_), None, _) => {
             problem(
@@ -153,9 +137,12 @@ fn validate_server(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option
             );
             None
         }
-        (None, None, Some(listen)) if listen.ip().is_loopback() => Some(TlsMode::PlainLoopback),
+        (None, None, Some(listen)) if listen.is_loopback() => Some(TlsMode::PlainLoopback),
         (None, None, _) => Some(TlsMode::Generated),
     };
+    if let (Some(url), Some(tls), Some(listen)) = (&public_url, &tls, &listen) {
+        check_public_url_scheme(url, tls, listen, problems);
+    }
 
     Some(ServerConfig {
         listen: listen?,
@@ -163,6 +150,107 @@ fn validate_server(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option
         trusted_proxies,
         tls: tls?,
     })
+}
+
+/// Parses `server.public_url`: an `http` or `https` URL with a host and without
+/// credentials. Only its origin is used.
+fn parse_public_url(text: &str, problems: &mut Vec<ConfigProblem>) -> Option<url::Url> {
+    const EXAMPLE: &str =
+        "write the address people open, such as \"https://strongroom.bank.example\"";
+    let message = match url::Url::parse(text) {
+        Err(error) => format!("invalid URL {text:?} ({error}); {EXAMPLE}"),
+        Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+            // The value is not echoed: it may contain a password.
+            format!("the URL contains credentials, which a portal address never needs; {EXAMPLE}")
+        }
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            return Some(url);
+        }
+        Ok(url) => format!(
+            "unsupported scheme {:?} in {text:?}; {EXAMPLE}",
+            url.scheme()
+        ),
+    };
+    problem(problems, "server.public_url", message);
+    None
+}
+
+/// Rejects an `http://` public URL when the listener serves HTTPS: browsers would
+/// reach no portal there. The reverse, an `https://` URL with a plain loopback
+/// listener, is a TLS-terminating reverse proxy on the same host and is accepted.
+fn check_public_url_scheme(
+    url: &url::Url,
+    tls: &TlsMode,
+    listen: &ListenAddress,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let reason = match tls {
+        TlsMode::PlainLoopback => return,
+        _ if url.scheme() != "http" => return,
+        TlsMode::Files { .. } => "server.tls_cert and server.tls_key are set".to_owned(),
+        TlsMode::Generated => format!(
+            "server.listen {:?} is not a loopback address, so it gets a generated certificate",
+            listen.text
+        ),
+    };
+    let mut https = url.clone();
+    let fix = match https.set_scheme("https") {
+        Ok(()) => format!("write {:?}", https.as_str()),
+        Err(()) => "write an https:// URL".to_owned(),
+    };
+    problem(
+        problems,
+        "server.public_url",
+        format!(
+            "{:?} uses http://, but the portal serves HTTPS because {reason}; {fix}, or listen on loopback behind a reverse proxy that serves the http:// address",
+            url.as_str()
+        ),
+    );
+}
+
+/// File systems of the kernel: a data directory there would write keys and databases
+/// into kernel interfaces or device nodes.
+const KERNEL_DIRS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// Rejects a data directory under `/proc`, `/sys` or `/dev`, also when a relative
+/// path, `..` or a symbolic link leads there.
+fn check_data_dir(data_dir: &Path) -> Result<(), String> {
+    let resolved = resolve_existing_prefix(data_dir);
+    let Some(kernel_dir) = KERNEL_DIRS
+        .iter()
+        .find(|kernel_dir| resolved.starts_with(kernel_dir))
+    else {
+        return Ok(());
+    };
+    let via = match resolved.as_path() == data_dir {
+        true => String::new(),
+        false => format!(" (it resolves to {})", resolved.display()),
+    };
+    Err(format!(
+        "{:?} is under {kernel_dir}{via}, a kernel file system that cannot hold Strongroom's data; choose a directory on a disk, such as \"/var/lib/strongroom\"",
+        data_dir.display().to_string()
+    ))
+}
+
+/// Makes `path` absolute and resolves the symbolic links and `..` of its longest
+/// existing ancestor. The part that does not exist yet is appended as written.
+fn resolve_existing_prefix(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut existing = absolute.as_path();
+    let mut missing = Vec::new();
+    loop {
+        if let Ok(mut resolved) = existing.canonicalize() {
+            resolved.extend(missing.iter().rev());
+            return resolved;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name);
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
 }
 
 fn parse_net(text: &str) -> Option<IpNet> {
@@ -309,7 +397,7 @@ const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"]
 /// Checks a `log.level` value: comma-separated directives, each a level or
 /// `TARGET=LEVEL`. A bare word that is not a level parses as a tracing target
 /// directive, which would silence everything else, so it is rejected.
-fn check_log_level(level: &str) -> Result<(), String> {
+pub(super) fn check_log_level(level: &str) -> Result<(), String> {
     let accepted = format!(
         "use one of {} or directives such as \"broker=debug,info\"",
         LOG_LEVELS.join(", ")
