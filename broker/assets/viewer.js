@@ -7,6 +7,8 @@
 // A dropped socket reconnects with exponential backoff and a fresh one-time ticket
 // from the portal. Only an `ended` status, or a ticket request that the portal
 // rejects because the session is gone, stops the retries.
+// An `ended` status carries the end reason code. The page's data-end-reasons maps
+// each code of the broker to the sentence that the portal's pages show for it.
 "use strict";
 
 (function () {
@@ -22,7 +24,14 @@
   // workspace never started does not claim to be recorded.
   const recorded = document.getElementById("recorded");
   const mode = root.dataset.mode;
+  const endReasons = JSON.parse(root.dataset.endReasons || "{}");
   const context = canvas.getContext("2d", { desynchronized: true });
+
+  // Returns the sentence for an end reason code. An unknown code, or a sentence from
+  // the stream itself, shows as it came.
+  function describeEnd(reason) {
+    return Object.prototype.hasOwnProperty.call(endReasons, reason) ? endReasons[reason] : reason;
+  }
 
   function show(element, text) {
     element.textContent = text;
@@ -144,7 +153,7 @@
         copyToLocalClipboard(message.text);
         break;
       case "ended":
-        finish("Session ended: " + message.reason);
+        finish(describeEnd(message.reason));
         break;
     }
   }
@@ -221,7 +230,7 @@
       waitingForKeyframe = true;
       connect(body.socket);
     } else if (response.status === 410) {
-      finish("Session ended: " + body.ended);
+      finish(body.ended);
     } else if (response.status === 401 || response.status === 403 || response.status === 404) {
       finish("You can no longer view this session. Sign in to the portal again to reconnect.");
     } else {

@@ -209,12 +209,8 @@ pub fn connect(
                 _ = token.cancelled() => return,
             };
             match notice {
-                Ok(SessionNotice::Ended {
-                    session_id,
-                    message,
-                    ..
-                }) => {
-                    hub.stop(session_id, &message);
+                Ok(SessionNotice::Ended { session_id, reason }) => {
+                    hub.stop(session_id, &reason);
                     stopping.close(session_id);
                 }
                 Ok(SessionNotice::IdleWarning {

@@ -1369,3 +1369,367 @@ async fn list_length_body(database: TestDatabase) {
     assert_eq!(index["frames_duration_us"], 400_000, "{index}");
     harness.stop().await;
 }
+
+/// Splits a page into its table rows, one string per `<tr>`.
+fn table_rows(page: &str) -> Vec<String> {
+    page.split("<tr>").skip(1).map(str::to_owned).collect()
+}
+
+broker::both_backends!(pages_show_people_by_name, shown_names_body);
+async fn shown_names_body(database: TestDatabase) {
+    use chrono::TimeZone;
+    let harness = Harness::start(database).await;
+    let db = harness.broker().state.db.clone();
+    let (ada_id, admin) = harness.signed_in("ada", &[Role::Admin]).await;
+    let (pia_id, pia) = harness.signed_in("pia", &[Role::User]).await;
+    let roles: BTreeSet<Role> = [Role::User].into();
+    let olga = users::upsert_oidc(
+        &db,
+        "https://idp.test",
+        "subject-olga",
+        "Olga Okafor",
+        &roles,
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await
+    .unwrap();
+    // A person whose account was deleted keeps their recordings under their id.
+    let gone_id = uuid::Uuid::new_v4().to_string();
+    let started = chrono::Utc.with_ymd_and_hms(2030, 3, 1, 12, 0, 0).unwrap();
+    let pia_recording = stored_recording(&harness, &pia_id, "demo-bank", started).await;
+    let olga_recording = stored_recording(&harness, &olga.id, "demo-bank", started).await;
+    let gone_recording = stored_recording(&harness, &gone_id, "demo-bank", started).await;
+
+    let list = harness.page(&admin, "/recordings").await;
+    let row_of = |page: &str, id: uuid::Uuid| {
+        table_rows(page)
+            .into_iter()
+            .find(|row| row.contains(&format!("data-recording=\"{id}\"")))
+    };
+    let pia_row = row_of(&list, pia_recording).expect("Pia's recording is listed");
+    assert!(pia_row.contains("<td>pia</td>"), "{pia_row}");
+    assert!(!pia_row.contains(&pia_id), "{pia_row}");
+    let olga_row = row_of(&list, olga_recording).expect("Olga's recording is listed");
+    assert!(olga_row.contains("<td>Olga Okafor</td>"), "{olga_row}");
+    let gone_row = row_of(&list, gone_recording).expect("the deleted person's recording");
+    assert!(
+        gone_row.contains(&format!("<td>{gone_id}</td>")),
+        "{gone_row}"
+    );
+
+    // The person filter takes a username, in any case, or an id.
+    for person in ["pia", "PIA", pia_id.as_str()] {
+        let filtered = harness
+            .page(&admin, &format!("/recordings?person={person}"))
+            .await;
+        assert!(
+            row_of(&filtered, pia_recording).is_some(),
+            "{person}: {filtered}"
+        );
+        assert!(
+            row_of(&filtered, olga_recording).is_none(),
+            "{person}: {filtered}"
+        );
+        assert!(
+            row_of(&filtered, gone_recording).is_none(),
+            "{person}: {filtered}"
+        );
+    }
+    let filtered = harness
+        .page(&admin, &format!("/recordings?person={gone_id}"))
+        .await;
+    assert!(row_of(&filtered, gone_recording).is_some(), "{filtered}");
+    assert!(row_of(&filtered, pia_recording).is_none(), "{filtered}");
+    let nobody = harness.page(&admin, "/recordings?person=nobody").await;
+    assert!(nobody.contains("id=\"empty\""), "{nobody}");
+
+    // The API's user_id filter takes a username too.
+    let listed: Value = harness
+        .get_json(&admin, "/api/v1/recordings?user_id=pia")
+        .await;
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [pia_recording.to_string()]);
+    assert_eq!(listed[0]["user_id"], pia_id, "the API keeps the id");
+
+    // The player names the person; a person sees their own recording the same way.
+    for (client, recording, name) in [
+        (&admin, pia_recording, "pia"),
+        (&admin, olga_recording, "Olga Okafor"),
+        (&admin, gone_recording, gone_id.as_str()),
+        (&pia, pia_recording, "pia"),
+    ] {
+        let player = harness
+            .page(client, &format!("/recordings/{recording}"))
+            .await;
+        assert!(
+            player.contains(&format!(", {name}, started")),
+            "{name}: {player}"
+        );
+        assert!(!player.contains(&pia_id), "{name}: {player}");
+    }
+
+    // The audit view shows actors and targets by name and keeps the stored value as
+    // its title; a search may name the person too.
+    let audit = harness.page(&admin, "/admin/audit").await;
+    assert!(
+        audit.contains(&format!("<span title=\"user:{ada_id}\">user:ada</span>")),
+        "{audit}"
+    );
+    assert!(
+        audit.contains(&format!("<span title=\"user:{pia_id}\">user:pia</span>")),
+        "{audit}"
+    );
+    assert!(!audit.contains(&format!(">user:{ada_id}<")), "{audit}");
+    let by_name = harness
+        .page(
+            &admin,
+            "/admin/audit?actor=user:pia&action=recording.replayed",
+        )
+        .await;
+    assert_eq!(
+        table_rows(&by_name).len(),
+        2,
+        "the header and Pia's one replay: {by_name}"
+    );
+    // The stored events keep ids: the export is unchanged.
+    let export = harness
+        .get(&admin, "/api/v1/audit/export")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        export.contains(&format!("\"actor\":\"user:{pia_id}\"")),
+        "{export}"
+    );
+    assert!(!export.contains("user:pia\""), "{export}");
+
+    // A pending site change names its requester.
+    hold_site_change(&harness, &pia_id, HELD_SITE).await;
+    let changes = harness.page(&admin, "/admin/site-changes").await;
+    assert!(changes.contains("<td>pia</td>"), "{changes}");
+    assert!(!changes.contains(&pia_id), "{changes}");
+    harness.stop().await;
+}
+
+const PORTAL_SITES: &str = r##"
+[[site]]
+name = "open-bank"
+display_name = "Open Bank"
+start_url = "https://www.open-bank.example/login"
+allowed_hosts = ["www.open-bank.example"]
+recording_retention_days = 30
+
+[[site]]
+name = "closed-bank"
+display_name = "Closed Bank"
+start_url = "https://www.closed-bank.example/login"
+allowed_hosts = ["www.closed-bank.example"]
+recording_retention_days = 30
+enabled = false
+
+[[site]]
+name = "secret-bank"
+display_name = "Secret Bank"
+start_url = "https://www.secret-bank.example/login"
+allowed_hosts = ["www.secret-bank.example"]
+recording_retention_days = 30
+
+[[site]]
+name = "other-bank"
+display_name = "Other Bank"
+start_url = "https://www.other-bank.example/login"
+allowed_hosts = ["www.other-bank.example"]
+recording_retention_days = 30
+"##;
+
+broker::both_backends!(refused_launch_shows_only_granted_sites, refused_launch_body);
+async fn refused_launch_body(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let db = harness.broker().state.db.clone();
+    let path = harness.dir.path().join("portal-sites.toml");
+    std::fs::write(&path, PORTAL_SITES).unwrap();
+    broker::sites::import_file(&db, &path).await.unwrap();
+    let (pia_id, pia) = harness.signed_in("pia", &[Role::User]).await;
+    let (_, admin) = harness.signed_in("ada", &[Role::Admin]).await;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for site in ["open-bank", "closed-bank"] {
+        broker::sites::grant(&db, &pia_id, site, "test", now_ms)
+            .await
+            .unwrap();
+    }
+
+    let launch = |client: &reqwest::Client, site: &str| {
+        client
+            .post(harness.url("/sessions"))
+            .header("origin", &harness.base)
+            .form(&[("site", site)])
+            .send()
+    };
+    for (site, status) in [
+        ("secret-bank", StatusCode::FORBIDDEN),
+        ("closed-bank", StatusCode::SERVICE_UNAVAILABLE),
+        ("no-such-bank", StatusCode::NOT_FOUND),
+    ] {
+        let refused = launch(&pia, site).await.unwrap();
+        assert_eq!(refused.status(), status, "{site}");
+        let page = refused.text().await.unwrap();
+        assert!(page.contains("id=\"error\""), "{site}: {page}");
+        assert!(page.contains("id=\"launch-open-bank\""), "{site}: {page}");
+        for hidden in [
+            "launch-closed-bank",
+            "launch-secret-bank",
+            "Secret Bank",
+            "other-bank",
+        ] {
+            assert!(!page.contains(hidden), "{site} shows {hidden}: {page}");
+        }
+    }
+    let home = harness.page(&pia, "/").await;
+    assert!(home.contains("id=\"launch-open-bank\""), "{home}");
+    assert!(!home.contains("Secret Bank"), "{home}");
+
+    // An admin launches only granted sites too, so no other site is offered.
+    let admin_home = harness.page(&admin, "/").await;
+    assert!(!admin_home.contains("id=\"launch-"), "{admin_home}");
+    let refused = launch(&admin, "open-bank").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let page = refused.text().await.unwrap();
+    assert!(!page.contains("id=\"launch-"), "{page}");
+    harness.stop().await;
+}
+
+/// Stores an ended session of `user_id` with this reason code and detail.
+async fn ended_session(
+    harness: &Harness,
+    user_id: &str,
+    reason: &str,
+    detail: Option<&str>,
+) -> uuid::Uuid {
+    use broker::sessions::store;
+    let db = &harness.broker().state.db;
+    let session_id = uuid::Uuid::new_v4();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let reservation = store::Reservation {
+        session_id,
+        user_id,
+        site: "demo-bank",
+        instance_id: "admin-test",
+        client_addr: None,
+        now_ms,
+        default_quota: 100,
+        site_limit: None,
+        host_limit: 100,
+    };
+    let outcome = store::reserve(db, &reservation).await.unwrap();
+    assert_eq!(outcome, store::ReserveOutcome::Reserved);
+    let began = store::begin_ending(db, session_id, reason, detail, "system:test")
+        .await
+        .unwrap();
+    assert!(
+        matches!(began, store::BeginEnding::Began { .. }),
+        "{began:?}"
+    );
+    assert!(store::finish_ending(db, session_id, now_ms).await.unwrap());
+    session_id
+}
+
+broker::both_backends!(portal_words_end_reasons, end_reasons_body);
+async fn end_reasons_body(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let (pia_id, pia) = harness.signed_in("pia", &[Role::User]).await;
+    let ended_by_person = ended_session(&harness, &pia_id, "ended_by_person", None).await;
+    let idle = ended_session(&harness, &pia_id, "idle_timeout", None).await;
+    let browser_exit = "the browser exited: it was killed by signal 9";
+    let failed = ended_session(&harness, &pia_id, "stream_failed", Some(browser_exit)).await;
+    let unknown = ended_session(&harness, &pia_id, "moved_to_mars", None).await;
+
+    // The sessions list: a sentence per reason, the default idle timeout filled in.
+    let home = harness.page(&pia, "/").await;
+    let idle_text = "Ended after 15 minutes without input";
+    let failed_text = format!("The connection to the browser workspace failed: {browser_exit}");
+    for text in [
+        "You ended the session",
+        idle_text,
+        &failed_text,
+        "moved_to_mars",
+    ] {
+        assert!(home.contains(&format!("<td>{text}</td>")), "{text}: {home}");
+    }
+    for code in ["ended_by_person", "idle_timeout", "stream_failed"] {
+        assert!(!home.contains(code), "{code} shows raw: {home}");
+    }
+
+    // The viewer page of an ended session, and the ticket a reconnecting viewer asks for.
+    for (session, text) in [
+        (ended_by_person, "You ended the session"),
+        (idle, idle_text),
+        (failed, failed_text.as_str()),
+        (unknown, "moved_to_mars"),
+    ] {
+        let page = harness.page(&pia, &format!("/sessions/{session}")).await;
+        assert!(
+            page.contains(&format!("<p id=\"ended\">{text}</p>")),
+            "{page}"
+        );
+        let ticket = harness
+            .post(&pia, &format!("/sessions/{session}/ticket"), None)
+            .await;
+        assert_eq!(ticket.status(), StatusCode::GONE);
+        let body: Value = ticket.json().await.unwrap();
+        assert_eq!(body["ended"], text, "{body}");
+    }
+    harness.stop().await;
+}
+
+broker::both_backends!(page_titles_name_the_product_once, page_titles_body);
+async fn page_titles_body(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let (_, admin) = harness.signed_in("ada", &[Role::Admin]).await;
+    let (pia_id, pia) = harness.signed_in("pia", &[Role::User]).await;
+    let recording = stored_recording(&harness, &pia_id, "demo-bank", chrono::Utc::now()).await;
+    let ended = ended_session(&harness, &pia_id, "ended_by_person", None).await;
+    let anonymous = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+
+    let mut pages = vec![(&anonymous, "/auth/login".to_owned())];
+    for path in [
+        "/",
+        "/files",
+        "/recordings",
+        "/admin",
+        "/admin/people",
+        "/admin/sessions",
+        "/admin/audit",
+        "/admin/health",
+        "/admin/site-changes",
+    ] {
+        pages.push((&admin, path.to_owned()));
+    }
+    pages.push((&pia, "/".to_owned()));
+    pages.push((&pia, format!("/recordings/{recording}")));
+    pages.push((&pia, format!("/sessions/{ended}")));
+    for (client, path) in pages {
+        let page = harness.page(client, &path).await;
+        let title = page
+            .split("<title>")
+            .nth(1)
+            .and_then(|rest| rest.split("</title>").next())
+            .unwrap_or_else(|| panic!("{path} has no title: {page}"));
+        assert!(title.ends_with(" - Strongroom"), "{path}: {title}");
+        assert_eq!(title.matches("Strongroom").count(), 1, "{path}: {title}");
+        let heading = title.trim_end_matches(" - Strongroom");
+        assert!(
+            page.contains(&format!("<h1>{heading}</h1>")),
+            "{path}: the heading is not {heading:?}"
+        );
+    }
+    harness.stop().await;
+}

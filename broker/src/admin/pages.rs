@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::views::{self, AdminError, QuotaChange, RolesChange, Termination};
 use crate::audit::AuditQuery;
 use crate::auth::pages::{escape, page};
+use crate::auth::users::{self, ShownNames};
 use crate::auth::{Principal, RequireAdmin, RequireAuditor, Role};
 use crate::http::{AppState, ClientAddr};
 
@@ -70,6 +71,29 @@ fn error_page(error: AdminError) -> Response {
     )
 }
 
+/// Reads the shown names of `ids`, for a page that lists people.
+async fn shown_names<'a>(
+    state: &AppState,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<ShownNames, Response> {
+    ShownNames::load(&state.db, ids)
+        .await
+        .map_err(|error| error_page(AdminError::Internal(error)))
+}
+
+/// Renders an audit actor or target. A `user:ID` shows as `user:NAME` with the stored
+/// value as its title, and other values show as stored.
+fn audit_party(value: &str, names: &ShownNames) -> String {
+    match value.strip_prefix("user:") {
+        Some(id) => format!(
+            "<span title=\"{}\">user:{}</span>",
+            escape(value),
+            escape(names.get(id))
+        ),
+        None => escape(value),
+    }
+}
+
 fn time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|time| time.format("%Y-%m-%d %H:%M:%S UTC").to_string())
@@ -89,7 +113,7 @@ async fn overview(
         escape(&principal.display_name),
         sessions.len()
     ));
-    Ok(page(StatusCode::OK, "Strongroom console", &body, ""))
+    Ok(page(StatusCode::OK, "Admin console", &body, ""))
 }
 
 async fn people(
@@ -193,6 +217,11 @@ async fn sessions(
     let sessions = views::live_sessions(&state)
         .await
         .map_err(|error| error_page(error.into()))?;
+    let names = shown_names(
+        &state,
+        sessions.iter().map(|session| session.user_id.as_str()),
+    )
+    .await?;
     let admin = principal.has(Role::Admin);
     let mut body = nav(&principal);
     if sessions.is_empty() {
@@ -212,7 +241,7 @@ async fn sessions(
         body.push_str(&format!(
             "<tr id=\"session-{id}\"><td>{id}</td><td>{user}</td><td>{site}</td><td>{state}</td><td>{started}</td><td>{actions}</td></tr>\n",
             id = session.id,
-            user = escape(&session.user_id),
+            user = escape(names.get(&session.user_id)),
             site = escape(&session.site),
             state = escape(&session.state),
             started = time(session.started_at_ms.unwrap_or(session.created_at_ms)),
@@ -282,20 +311,41 @@ async fn audit(
     RequireAuditor(principal): RequireAuditor,
     Query(form): Query<AuditForm>,
 ) -> Response {
-    let query = match audit_query(&form) {
+    let mut query = match audit_query(&form) {
         Ok(query) => query,
         Err(error) => return error_page(error),
     };
+    // The page shows people as `user:NAME`, so a search may name them that way too.
+    if let Some(person) = query
+        .actor
+        .as_deref()
+        .and_then(|actor| actor.strip_prefix("user:"))
+    {
+        match users::id_for_filter(&state.db, person).await {
+            Ok(id) => query.actor = Some(format!("user:{id}")),
+            Err(error) => return error_page(AdminError::Internal(error)),
+        }
+    }
     let events = match state.audit.search(&query).await {
         Ok(events) => events,
         Err(error) => return error_page(AdminError::Internal(error)),
+    };
+    let mut people = Vec::new();
+    for event in &events {
+        for party in [Some(event.actor.as_str()), event.target.as_deref()] {
+            people.extend(party.and_then(|party| party.strip_prefix("user:")));
+        }
+    }
+    let names = match shown_names(&state, people).await {
+        Ok(names) => names,
+        Err(page) => return page,
     };
 
     let value = |field: &Option<String>| escape(field.as_deref().unwrap_or(""));
     let mut body = nav(&principal);
     body.push_str(&format!(
         "<form method=\"get\" action=\"/admin/audit\">\
-         <label>Actor <input name=\"actor\" value=\"{actor}\" placeholder=\"user:ID\"></label> \
+         <label>Actor <input name=\"actor\" value=\"{actor}\" placeholder=\"user:NAME\"></label> \
          <label>Action <input name=\"action\" value=\"{action}\" placeholder=\"auth.*\"></label> \
          <label>From <input name=\"from\" value=\"{from}\" placeholder=\"YYYY-MM-DD\"></label> \
          <label>To <input name=\"to\" value=\"{to}\" placeholder=\"YYYY-MM-DD\"></label> \
@@ -312,9 +362,9 @@ async fn audit(
             "<tr><td>{seq}</td><td>{time}</td><td>{actor}</td><td>{action}</td><td>{target}</td><td>{outcome}</td><td><code>{details}</code></td></tr>\n",
             seq = event.seq,
             time = time(event.occurred_at_ms),
-            actor = escape(&event.actor),
+            actor = audit_party(&event.actor, &names),
             action = escape(&event.action),
-            target = escape(event.target.as_deref().unwrap_or("")),
+            target = audit_party(event.target.as_deref().unwrap_or(""), &names),
             outcome = escape(&event.outcome),
             details = escape(&event.details),
         ));
@@ -398,6 +448,11 @@ async fn site_changes(
         body.push_str("<p id=\"no-changes\">No site change waits for approval.</p>\n");
         return Ok(page(StatusCode::OK, "Pending site changes", &body, ""));
     }
+    let names = shown_names(
+        &state,
+        changes.iter().map(|change| change.requested_by.as_str()),
+    )
+    .await?;
     body.push_str(
         "<table><tr><th>Site</th><th>Changed fields</th><th>Requested by</th><th>Requested at</th><th>Decision</th></tr>\n",
     );
@@ -416,7 +471,7 @@ async fn site_changes(
             "<tr id=\"change-{id}\"><td>{site}</td><td>{fields}</td><td>{requester}</td><td>{at}</td><td>{decision}</td></tr>\n",
             site = escape(&change.definition.name),
             fields = escape(&change.changed_fields.join(", ")),
-            requester = escape(&change.requested_by),
+            requester = escape(names.get(&change.requested_by)),
             at = time(change.requested_at_ms),
         ));
     }

@@ -26,7 +26,7 @@ const MAX_LIMIT: u32 = 1000;
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RecordingQuery {
-    /// Person's user id.
+    /// The person: a user id, or a username, which is matched first.
     pub user_id: Option<String>,
     /// Site name.
     pub site: Option<String>,
@@ -122,8 +122,17 @@ pub(super) async fn list(
             ));
         }
     }
+    let internal = |error: anyhow::Error| AdminError::Internal(error).to_problem();
+    let user_id = match query.user_id.as_deref() {
+        Some(person) => Some(
+            crate::auth::users::id_for_filter(&state.db, person)
+                .await
+                .map_err(internal)?,
+        ),
+        None => None,
+    };
     let filter = Filter {
-        user_id: query.user_id,
+        user_id,
         site: query.site,
         started_from: instant("started_from_ms", query.started_from_ms)?,
         started_before: instant("started_before_ms", query.started_before_ms)?,
@@ -131,7 +140,7 @@ pub(super) async fn list(
     };
     let entries = catalogue::list(&state.db, &filter)
         .await
-        .map_err(|error| AdminError::Internal(error).to_problem())?;
+        .map_err(internal)?;
     Ok(Json(entries.into_iter().map(RecordingView::from).collect()))
 }
 

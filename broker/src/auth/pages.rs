@@ -27,12 +27,25 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// Wraps a body in the page layout and adds the security headers.
-pub fn page(status: StatusCode, title: &str, body: &str, extra_head: &str) -> Response {
+/// The product name, which every page title ends with.
+pub const PRODUCT_NAME: &str = "Strongroom";
+
+/// Builds a page's document title: "`heading` - Strongroom".
+fn document_title(heading: &str) -> String {
+    debug_assert!(
+        !heading.contains(PRODUCT_NAME),
+        "the page heading {heading:?} repeats the product name, which the title adds"
+    );
+    format!("{heading} - {PRODUCT_NAME}")
+}
+
+/// Wraps a body in the page layout and adds the security headers. `heading` names
+/// the page without the product name; the document title adds it once.
+pub fn page(status: StatusCode, heading: &str, body: &str, extra_head: &str) -> Response {
     let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">{extra_head}<title>{} - Strongroom</title></head>\n<body><main>\n<h1>{}</h1>\n{body}\n</main></body></html>\n",
-        escape(title),
-        escape(title)
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">{extra_head}<title>{}</title></head>\n<body><main>\n<h1>{}</h1>\n{body}\n</main></body></html>\n",
+        escape(&document_title(heading)),
+        escape(heading)
     );
     let mut response = (status, html).into_response();
     let headers = response.headers_mut();

@@ -59,6 +59,12 @@ impl std::fmt::Debug for UserRecord {
 }
 
 impl UserRecord {
+    /// Returns the name that pages show for this person: the username of a local
+    /// account, the display name of an OIDC person.
+    pub fn shown_name(&self) -> &str {
+        self.username.as_deref().unwrap_or(&self.display_name)
+    }
+
     pub fn principal(&self) -> Principal {
         Principal {
             user_id: self.id.clone(),
@@ -325,6 +331,59 @@ pub async fn find_by_id(db: &Database, id: &str) -> anyhow::Result<Option<UserRe
         .map(from_row)
         .transpose()
         .context("cannot decode the user")
+}
+
+/// The names pages show for a set of user ids ([`UserRecord::shown_name`]). An id
+/// without a row, such as a deleted person's, shows as the id itself.
+#[derive(Debug, Clone, Default)]
+pub struct ShownNames(std::collections::HashMap<String, String>);
+
+impl ShownNames {
+    /// Reads the names of `ids` in one query.
+    pub async fn load<'a>(
+        db: &Database,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> anyhow::Result<ShownNames> {
+        let ids: BTreeSet<&str> = ids.into_iter().collect();
+        if ids.is_empty() {
+            return Ok(ShownNames::default());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let query = format!(
+            "SELECT id, username, display_name FROM users WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(query));
+        for id in &ids {
+            query = query.bind(*id);
+        }
+        let rows = query
+            .fetch_all(db.pool())
+            .await
+            .context("cannot read the names of people")?;
+        let mut names = std::collections::HashMap::new();
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let username: Option<String> = row.try_get("username")?;
+            let display_name: String = row.try_get("display_name")?;
+            names.insert(id, username.unwrap_or(display_name));
+        }
+        Ok(ShownNames(names))
+    }
+
+    /// Returns the shown name of `id`, or `id` when no person has it.
+    pub fn get<'a>(&'a self, id: &'a str) -> &'a str {
+        self.0.get(id).map_or(id, String::as_str)
+    }
+}
+
+/// Resolves a filter's person to a user id: the id of the person with this username
+/// or id, or the text itself when no person matches, so that a deleted person's id
+/// still finds their recordings.
+pub async fn id_for_filter(db: &Database, name_or_id: &str) -> anyhow::Result<String> {
+    Ok(find(db, name_or_id)
+        .await?
+        .map_or_else(|| name_or_id.to_owned(), |user| user.id))
 }
 
 /// Finds a person by username or, failing that, by id.

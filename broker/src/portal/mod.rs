@@ -53,17 +53,44 @@ async fn home(
     State(state): State<AppState>,
     CurrentSession { principal, .. }: CurrentSession,
 ) -> Result<Response, ApiError> {
-    let sites = crate::sites::list(&state.db).await?;
-    let mut openable = Vec::new();
-    for site in sites.into_iter().filter(|site| site.enabled) {
-        if principal.has(crate::auth::Role::Admin)
-            || crate::sites::is_granted(&state.db, &principal.user_id, &site.name).await?
-        {
-            openable.push(site);
-        }
+    home_page(&state, &principal, None).await
+}
+
+/// Renders the portal's home page, with `error` above the sites after a refused launch.
+async fn home_page(
+    state: &AppState,
+    principal: &Principal,
+    error: Option<&str>,
+) -> Result<Response, ApiError> {
+    let sites = launchable_sites(state, principal).await?;
+    let sessions = state.portal.sessions.list_for(principal).await?;
+    Ok(pages::home(
+        principal,
+        &pages::Home {
+            sites: &sites,
+            sessions: &sessions,
+            end_texts: &state.portal.sessions.end_texts(),
+            error,
+        },
+    ))
+}
+
+/// Lists the sites that `principal` may launch: enabled and granted to them, the rule
+/// that [`SessionService::launch`] applies, so that no page names a site outside the
+/// person's grants.
+async fn launchable_sites(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<Vec<crate::sites::Site>, ApiError> {
+    if !principal.can_launch() {
+        return Ok(Vec::new());
     }
-    let sessions = state.portal.sessions.list_for(&principal).await?;
-    Ok(pages::home(&principal, &openable, &sessions, None))
+    let granted = crate::sites::grants_for(&state.db, &principal.user_id).await?;
+    let sites = crate::sites::list(&state.db).await?;
+    Ok(sites
+        .into_iter()
+        .filter(|site| site.enabled && granted.contains(&site.name))
+        .collect())
 }
 
 #[derive(Deserialize)]
@@ -164,9 +191,7 @@ async fn launch_refused(
         LaunchError::CredentialUnavailable { .. } => StatusCode::CONFLICT,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
-    let sites = crate::sites::list(&state.db).await?;
-    let sessions = state.portal.sessions.list_for(principal).await?;
-    let mut page = pages::home(principal, &sites, &sessions, Some(&error.to_string()));
+    let mut page = home_page(state, principal, Some(&error.to_string())).await?;
     *page.status_mut() = status;
     Ok(page)
 }
@@ -229,13 +254,21 @@ async fn viewer_page(
             record,
             ticket,
             mode,
-        } => Ok(pages::viewer(&record, &ticket, mode)),
-        ViewerAccess::Ended(record) => Ok(pages::ended(&record)),
+        } => Ok(pages::viewer(
+            &record,
+            &ticket,
+            mode,
+            &state.portal.sessions.end_texts(),
+        )),
+        ViewerAccess::Ended(record) => {
+            Ok(pages::ended(&record, &state.portal.sessions.end_texts()))
+        }
     }
 }
 
 /// Issues a fresh one-time ticket so that the viewer script can reconnect a dropped
-/// socket to the same session. Returns 410 Gone with the end reason once the session ended.
+/// socket to the same session. Returns 410 Gone with the end reason's sentence once the
+/// session ended.
 async fn new_ticket(
     State(state): State<AppState>,
     CurrentSession { principal, session }: CurrentSession,
@@ -252,7 +285,9 @@ async fn new_ticket(
         ViewerAccess::Ended(record) => Ok((
             StatusCode::GONE,
             [(header::CACHE_CONTROL, "no-store")],
-            axum::Json(serde_json::json!({ "ended": pages::end_reason(&record) })),
+            axum::Json(serde_json::json!({
+                "ended": pages::end_reason(&record, &state.portal.sessions.end_texts()),
+            })),
         )
             .into_response()),
     }

@@ -5,19 +5,28 @@ use axum::response::Response;
 
 use crate::auth::Principal;
 use crate::auth::pages::{escape, page};
-use crate::sessions::SessionRecord;
+use crate::sessions::{EndReasonTexts, SessionRecord};
 use crate::sites::Site;
 use crate::stream::viewer::ViewerMode;
 
 /// The viewer page runs one script from the portal and opens one WebSocket to it.
 const VIEWER_CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-pub fn home(
-    principal: &Principal,
-    sites: &[Site],
-    sessions: &[SessionRecord],
-    error: Option<&str>,
-) -> Response {
+/// Sites the person may open, their sessions and, after a refused launch, the reason.
+pub struct Home<'a> {
+    pub sites: &'a [Site],
+    pub sessions: &'a [SessionRecord],
+    pub end_texts: &'a EndReasonTexts,
+    pub error: Option<&'a str>,
+}
+
+pub fn home(principal: &Principal, view: &Home<'_>) -> Response {
+    let Home {
+        sites,
+        sessions,
+        end_texts,
+        error,
+    } = *view;
     let mut body = format!("<p>Signed in as {}.</p>\n", escape(&principal.display_name));
     if principal.can_audit() {
         body.push_str("<p><a id=\"console\" href=\"/admin\">Admin console</a></p>\n");
@@ -50,13 +59,11 @@ pub fn home(
                 id = session.id
             )
         } else {
-            escape(
-                session
-                    .end_detail
-                    .as_deref()
-                    .or(session.end_reason.as_deref())
-                    .unwrap_or(""),
-            )
+            let reason = session
+                .end_reason
+                .as_deref()
+                .map(|code| end_texts.describe(code, session.end_detail.as_deref()));
+            escape(&reason.unwrap_or_default())
         };
         body.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{action}</td></tr>\n",
@@ -65,7 +72,7 @@ pub fn home(
         ));
     }
     body.push_str("</table>\n<form method=\"post\" action=\"/auth/logout\"><button type=\"submit\">Sign out</button></form>\n");
-    page(StatusCode::OK, "Strongroom", &body, "")
+    page(StatusCode::OK, "Portal", &body, "")
 }
 
 /// Path of the viewer WebSocket with its one-time ticket.
@@ -74,15 +81,19 @@ pub fn socket_path(session_id: uuid::Uuid, ticket: &str) -> String {
 }
 
 /// Why a session is not running, for the person.
-pub fn end_reason(record: &SessionRecord) -> &str {
-    record
-        .end_detail
-        .as_deref()
-        .or(record.end_reason.as_deref())
-        .unwrap_or("the session is not running")
+pub fn end_reason(record: &SessionRecord, end_texts: &EndReasonTexts) -> String {
+    match record.end_reason.as_deref() {
+        Some(code) => end_texts.describe(code, record.end_detail.as_deref()),
+        None => "The session is not running".to_owned(),
+    }
 }
 
-pub fn viewer(record: &SessionRecord, ticket: &str, mode: ViewerMode) -> Response {
+pub fn viewer(
+    record: &SessionRecord,
+    ticket: &str,
+    mode: ViewerMode,
+    end_texts: &EndReasonTexts,
+) -> Response {
     let mode_name = match mode {
         ViewerMode::Control => "control",
         ViewerMode::Watch => "watch",
@@ -92,7 +103,7 @@ pub fn viewer(record: &SessionRecord, ticket: &str, mode: ViewerMode) -> Respons
         ViewerMode::Watch => "<p>You are watching read-only; the person is told.</p>",
     };
     let body = format!(
-        "<div id=\"viewer\" data-socket=\"{socket}\" data-ticket-url=\"/sessions/{id}/ticket\" data-mode=\"{mode_name}\">\n\
+        "<div id=\"viewer\" data-socket=\"{socket}\" data-ticket-url=\"/sessions/{id}/ticket\" data-mode=\"{mode_name}\" data-end-reasons=\"{end_reasons}\">\n\
          <p><span id=\"recorded\" style=\"color:#b00\" hidden>&#9679; Recorded</span> {site}</p>{notice}\n\
          <p id=\"watched\" role=\"alert\" style=\"background:#fe3;padding:4px\" hidden></p>\n\
          <p id=\"connection\" role=\"status\" hidden></p>\n\
@@ -106,6 +117,7 @@ pub fn viewer(record: &SessionRecord, ticket: &str, mode: ViewerMode) -> Respons
         id = record.id,
         socket = escape(&socket_path(record.id, ticket)),
         site = escape(&record.site),
+        end_reasons = escape(&serde_json::json!(end_texts.table()).to_string()),
     );
     let mut response = page(StatusCode::OK, "Live session", &body, "");
     response.headers_mut().insert(
@@ -115,11 +127,10 @@ pub fn viewer(record: &SessionRecord, ticket: &str, mode: ViewerMode) -> Respons
     response
 }
 
-pub fn ended(record: &SessionRecord) -> Response {
-    let reason = end_reason(record);
+pub fn ended(record: &SessionRecord, end_texts: &EndReasonTexts) -> Response {
     let body = format!(
-        "<p id=\"ended\">This session ended: {}.</p><p><a href=\"/\">Back to the portal</a></p>",
-        escape(reason)
+        "<p id=\"ended\">{}</p><p><a href=\"/\">Back to the portal</a></p>",
+        escape(&end_reason(record, end_texts))
     );
     page(StatusCode::OK, "Session ended", &body, "")
 }

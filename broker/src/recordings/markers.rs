@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::audit::search::{AuditQuery, MAX_LIMIT};
 use crate::audit::{Action, AuditLog, StoredEvent};
+use crate::sessions::EndReasonTexts;
 
 /// Events looked up per recording. A session with more events shows markers for the
 /// first ones only.
@@ -22,9 +23,21 @@ pub struct TimelineMarker {
     pub pts_us: u64,
 }
 
+/// The position of a recording on the wall clock and in its own timestamps.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordingSpan {
+    /// Wall-clock start of the recording.
+    pub started_at: DateTime<Utc>,
+    /// Wall-clock end, `None` while it is still being written.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Timestamp of its first packet.
+    pub first_pts_us: u64,
+    pub duration_us: u64,
+}
+
 /// Maps one audit event to a marker kind and label, or `None` for events that are not
 /// shown on the timeline.
-fn classify(event: &StoredEvent) -> Option<(&'static str, String)> {
+fn classify(event: &StoredEvent, end_texts: &EndReasonTexts) -> Option<(&'static str, String)> {
     let action = Action::from_name(&event.action)?;
     match action {
         Action::SessionLaunched => Some(("launch", "Session launched".to_owned())),
@@ -42,26 +55,42 @@ fn classify(event: &StoredEvent) -> Option<(&'static str, String)> {
             Some(("navigation", format!("Opened {host}")))
         }
         Action::SessionIdleWarned => Some(("idle-warning", "Idle warning".to_owned())),
-        Action::SessionEnded => Some(("end", "Session ended".to_owned())),
+        Action::SessionEnded => Some(("end", end_label(event, end_texts))),
         _ => None,
     }
 }
 
-/// Builds markers from a session's events for a recording that started at `started_at`
-/// (wall clock), has its first packet at `first_pts_us` and lasts `duration_us`. An
-/// event's position is its time since `started_at`, clamped to the recording.
+/// Labels the end marker: "Session ended" and the sentence for the audited reason.
+fn end_label(event: &StoredEvent, end_texts: &EndReasonTexts) -> String {
+    let details: serde_json::Value = serde_json::from_str(&event.details).unwrap_or_default();
+    match details["reason"].as_str() {
+        Some(code) => format!(
+            "Session ended: {}",
+            end_texts.describe(code, details["detail"].as_str())
+        ),
+        None => "Session ended".to_owned(),
+    }
+}
+
+/// Builds markers from a session's events for a recording over `span`. An event's
+/// position is its time since the recording's start, clamped to the recording.
 /// Consecutive navigations to the same host become one marker.
 pub fn markers_from_events(
     events: &[StoredEvent],
-    started_at: DateTime<Utc>,
-    first_pts_us: u64,
-    duration_us: u64,
+    span: &RecordingSpan,
+    end_texts: &EndReasonTexts,
 ) -> Vec<TimelineMarker> {
+    let RecordingSpan {
+        started_at,
+        first_pts_us,
+        duration_us,
+        ..
+    } = *span;
     let start_ms = started_at.timestamp_millis();
     let mut markers: Vec<TimelineMarker> = Vec::new();
     let mut last_navigation: Option<String> = None;
     for event in events {
-        let Some((kind, label)) = classify(event) else {
+        let Some((kind, label)) = classify(event, end_texts) else {
             continue;
         };
         if kind == "navigation" {
@@ -85,16 +114,14 @@ pub fn markers_from_events(
 pub async fn timeline_markers(
     audit: &AuditLog,
     session_id: uuid::Uuid,
-    started_at: DateTime<Utc>,
-    ended_at: Option<DateTime<Utc>>,
-    first_pts_us: u64,
-    duration_us: u64,
+    span: &RecordingSpan,
+    end_texts: &EndReasonTexts,
 ) -> anyhow::Result<Vec<TimelineMarker>> {
     // The launch is audited just before the first frame arrives, so the window opens
     // a minute early and the marker is clamped to the start.
-    let from_ms = started_at.timestamp_millis() - 60_000;
+    let from_ms = span.started_at.timestamp_millis() - 60_000;
     // The end is audited just after the recording is sealed.
-    let to_ms = ended_at.map(|at| at.timestamp_millis() + 60_000);
+    let to_ms = span.ended_at.map(|at| at.timestamp_millis() + 60_000);
     let mut events = Vec::new();
     let mut after_seq = 0;
     loop {
@@ -117,12 +144,7 @@ pub async fn timeline_markers(
             break;
         }
     }
-    Ok(markers_from_events(
-        &events,
-        started_at,
-        first_pts_us,
-        duration_us,
-    ))
+    Ok(markers_from_events(&events, span, end_texts))
 }
 
 #[cfg(test)]
@@ -156,7 +178,16 @@ mod tests {
             event(Action::RecordingSegmentStored, 1_003_000),
             event(Action::SessionEnded, 1_090_000),
         ];
-        let markers = markers_from_events(&events, started_at, 5_000, 60_000_000);
+        let span = RecordingSpan {
+            started_at,
+            ended_at: None,
+            first_pts_us: 5_000,
+            duration_us: 60_000_000,
+        };
+        let end_texts = EndReasonTexts::new(&crate::config::SessionsConfig::defaults(
+            std::path::Path::new("/nonexistent"),
+        ));
+        let markers = markers_from_events(&events, &span, &end_texts);
         let positions: Vec<(&str, u64)> = markers.iter().map(|m| (m.kind, m.pts_us)).collect();
         assert_eq!(
             positions,
@@ -166,5 +197,25 @@ mod tests {
                 ("end", 60_005_000)
             ]
         );
+    }
+
+    #[test]
+    fn end_marker_names_the_reason() {
+        let end_texts = EndReasonTexts::new(&crate::config::SessionsConfig::defaults(
+            std::path::Path::new("/nonexistent"),
+        ));
+        let mut ended = event(Action::SessionEnded, 1_000);
+        ended.details = r#"{"reason":"ended_by_person","owner":"u1"}"#.to_owned();
+        assert_eq!(
+            classify(&ended, &end_texts),
+            Some(("end", "Session ended: You ended the session".to_owned()))
+        );
+        ended.details = r#"{"reason":"stream_failed","detail":"the browser exited"}"#.to_owned();
+        assert_eq!(
+            classify(&ended, &end_texts).unwrap().1,
+            "Session ended: The connection to the browser workspace failed: the browser exited"
+        );
+        ended.details = "{}".to_owned();
+        assert_eq!(classify(&ended, &end_texts).unwrap().1, "Session ended");
     }
 }

@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::catalogue::{self, CatalogueEntry, RecordingState};
 use crate::audit::{Action, Actor, EventBuilder};
 use crate::auth::pages::{escape, page};
+use crate::auth::users::{self, ShownNames};
 use crate::auth::{CurrentSession, Principal};
 use crate::error::ApiError;
 use crate::http::AppState;
@@ -50,6 +51,7 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Deserialize, Default)]
 struct ListQuery {
+    /// A username or a user id.
     person: Option<String>,
     site: Option<String>,
     /// Start of the time range: a date (`2026-12-05`) or an RFC 3339 time.
@@ -89,8 +91,12 @@ async fn list(
     principal: &Principal,
     query: &ListQuery,
 ) -> Result<Response, ApiError> {
+    let person = match non_empty(&query.person) {
+        Some(person) => Some(users::id_for_filter(&state.db, person).await?),
+        None => None,
+    };
     let mut filter = catalogue::Filter {
-        user_id: non_empty(&query.person).map(str::to_owned),
+        user_id: person,
         site: non_empty(&query.site).map(str::to_owned),
         limit: Some(500),
         ..Default::default()
@@ -113,16 +119,26 @@ async fn list(
         }
     }
     let entries = catalogue::list(&state.db, &filter).await?;
-    Ok(list_html(principal, query, &entries))
+    let names = ShownNames::load(
+        &state.db,
+        entries.iter().map(|entry| entry.user_id.as_str()),
+    )
+    .await?;
+    Ok(list_html(principal, query, &entries, &names))
 }
 
-fn list_html(principal: &Principal, query: &ListQuery, entries: &[CatalogueEntry]) -> Response {
+fn list_html(
+    principal: &Principal,
+    query: &ListQuery,
+    entries: &[CatalogueEntry],
+    names: &ShownNames,
+) -> Response {
     let value = |field: &Option<String>| escape(non_empty(field).unwrap_or(""));
     let mut body = String::new();
     body.push_str("<form method=\"get\" action=\"/recordings\" id=\"filter\">");
     if principal.can_audit() {
         body.push_str(&format!(
-            "<label>Person <input name=\"person\" value=\"{}\"></label> ",
+            "<label>Person <input name=\"person\" value=\"{}\" placeholder=\"username or id\"></label> ",
             value(&query.person)
         ));
     }
@@ -163,7 +179,7 @@ fn list_html(principal: &Principal, query: &ListQuery, entries: &[CatalogueEntry
         body.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{length}</td><td>{}</td><td>{}</td><td>{}</td><td>{link}</td></tr>\n",
             entry.started_at.format("%Y-%m-%d %H:%M:%S"),
-            escape(&entry.user_id),
+            escape(names.get(&entry.user_id)),
             escape(&entry.site),
             entry.segment_count,
             escape(&state),
@@ -265,6 +281,7 @@ async fn player(state: &AppState, principal: &Principal, id: Uuid) -> Result<Res
     .build();
     state.audit.append(event).await?;
 
+    let names = ShownNames::load(&state.db, [entry.user_id.as_str()]).await?;
     let body = format!(
         "<div id=\"player\" data-recording=\"{id}\">\n\
          <p>{site}, {person}, started {started} UTC</p>\n\
@@ -282,7 +299,7 @@ async fn player(state: &AppState, principal: &Principal, id: Uuid) -> Result<Res
          <p><a href=\"/recordings\">Back to the recordings</a></p>\n</div>\n\
          <script src=\"/assets/replay.js\"></script>",
         site = escape(&entry.site),
-        person = escape(&entry.user_id),
+        person = escape(names.get(&entry.user_id)),
         started = entry.started_at.format("%Y-%m-%d %H:%M:%S"),
     );
     let mut response = page(StatusCode::OK, "Recording", &body, "");
@@ -418,15 +435,15 @@ async fn index(
     let duration_us = recording_length_us(&entry).map_or(frames_duration_us, |length_us| {
         length_us.max(frames_duration_us)
     });
-    let markers = super::markers::timeline_markers(
-        &state.audit,
-        entry.session_id,
-        entry.started_at,
-        entry.ended_at,
+    let span = super::markers::RecordingSpan {
+        started_at: entry.started_at,
+        ended_at: entry.ended_at,
         first_pts_us,
         duration_us,
-    )
-    .await?;
+    };
+    let end_texts = state.portal.sessions.end_texts();
+    let markers =
+        super::markers::timeline_markers(&state.audit, entry.session_id, &span, &end_texts).await?;
     let body = IndexBody {
         codec: stream.codec,
         width: stream.width,

@@ -244,10 +244,7 @@ impl SessionService {
             .unwrap_or_else(|| "unknown".to_owned());
 
         self.run_logout(session_id, &record.site).await;
-        self.stop_stream(
-            session_id,
-            &describe_code(&reason, record.end_detail.as_deref()),
-        );
+        self.stop_stream(session_id, &reason);
         self.deps().egress.unregister(session_id);
         if contact_launcher {
             match self
@@ -295,36 +292,13 @@ impl SessionService {
         }
         self.deps().audit.append(event.build()).await?;
 
-        let message = describe_code(&reason, record.end_detail.as_deref());
         self.notify(SessionNotice::Ended {
             session_id,
             reason: reason.clone(),
-            message,
         });
         super::metrics::record_end(&reason);
         self.record_live_sessions().await;
         tracing::info!(session.id = %session_id, user.id = %record.user_id, site = %record.site, reason = %reason, "Session ended");
         Ok(())
     }
-}
-
-/// The person-facing sentence for a stored reason code.
-fn describe_code(code: &str, detail: Option<&str>) -> String {
-    let detail = detail.unwrap_or_default().to_owned();
-    let reason = match code {
-        "logout" => EndReason::Logout,
-        "ended_by_person" => EndReason::PersonEnded,
-        "terminated_by_admin" => EndReason::AdminTerminated,
-        "idle_timeout" => EndReason::IdleTimeout,
-        "max_lifetime" => EndReason::MaxLifetime,
-        "workspace_exited" => EndReason::WorkspaceExited { detail },
-        "recorder_failed" => EndReason::RecorderFailed { detail },
-        "recorder_unavailable" => EndReason::RecorderUnavailable { detail },
-        "lost_after_restart" => EndReason::LostAfterRestart,
-        "interrupted_by_restart" => EndReason::InterruptedByRestart,
-        "broker_restarted" => EndReason::BrokerRestarted,
-        "stream_failed" => EndReason::StreamFailed { detail },
-        _ => EndReason::LaunchFailed { detail },
-    };
-    reason.describe()
 }

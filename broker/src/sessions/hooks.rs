@@ -35,11 +35,12 @@ impl SessionService {
         let _ = self.inner.streams.set(hub);
     }
 
-    /// Stops a session's live stream, if this broker runs one, with the person-facing
-    /// reason.
-    pub(super) fn stop_stream(&self, session_id: Uuid, message: &str) {
+    /// Stops a session's live stream, if this broker runs one, and sends viewers the
+    /// end reason code. The viewer script shows the code's sentence from
+    /// [`super::EndReasonTexts`].
+    pub(super) fn stop_stream(&self, session_id: Uuid, reason: &str) {
         if let Some(hub) = self.inner.streams.get() {
-            hub.stop(session_id, message);
+            hub.stop(session_id, reason);
         }
     }
 }

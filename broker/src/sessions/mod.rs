@@ -23,6 +23,7 @@
 
 mod background;
 mod end;
+mod end_text;
 mod exits;
 mod hooks;
 mod launch;
@@ -48,6 +49,7 @@ use crate::db::Database;
 
 pub use background::{ReapReport, RecoveryReport};
 pub use end::{EndError, EndOutcome};
+pub use end_text::EndReasonTexts;
 pub use hooks::StreamHooks;
 pub use launch::LaunchError;
 pub use store::{SessionRecord, SessionState};
@@ -163,37 +165,6 @@ impl EndReason {
             _ => None,
         }
     }
-
-    /// A sentence for the person whose session ended.
-    pub fn describe(&self) -> String {
-        match self {
-            EndReason::Logout => "You signed out.".to_owned(),
-            EndReason::PersonEnded => "You ended the session.".to_owned(),
-            EndReason::AdminTerminated => "An administrator ended the session.".to_owned(),
-            EndReason::IdleTimeout => "The session ended because there was no input.".to_owned(),
-            EndReason::MaxLifetime => "The session reached its maximum duration.".to_owned(),
-            EndReason::WorkspaceExited { .. } => {
-                "The browser workspace stopped unexpectedly.".to_owned()
-            }
-            EndReason::RecorderFailed { .. } | EndReason::RecorderUnavailable { .. } => {
-                "The session could not be recorded, so it was ended.".to_owned()
-            }
-            EndReason::LaunchFailed { .. } => {
-                "The browser workspace could not be started.".to_owned()
-            }
-            EndReason::StreamFailed { .. } => {
-                "The connection to the browser workspace failed.".to_owned()
-            }
-            EndReason::LostAfterRestart
-            | EndReason::InterruptedByRestart
-            | EndReason::BrokerRestarted => {
-                "The session was lost when the service restarted.".to_owned()
-            }
-            EndReason::BrokerStopped => {
-                "The service was stopped, which ended the session.".to_owned()
-            }
-        }
-    }
 }
 
 /// Where the recorder pre-flight checks that recordings can be written.
@@ -228,11 +199,7 @@ pub enum SessionNotice {
     /// No input for a while: the session ends at `ends_at_ms` unless the person acts.
     IdleWarning { session_id: Uuid, ends_at_ms: i64 },
     /// The session ended; `reason` is an [`EndReason::code`].
-    Ended {
-        session_id: Uuid,
-        reason: String,
-        message: String,
-    },
+    Ended { session_id: Uuid, reason: String },
 }
 
 /// A session that is running, with what the stream hub needs to reach its agent.
@@ -318,6 +285,11 @@ impl SessionService {
 
     pub fn config(&self) -> &SessionsConfig {
         &self.deps().config
+    }
+
+    /// The sentences that pages and the viewer show for end reasons.
+    pub fn end_texts(&self) -> EndReasonTexts {
+        EndReasonTexts::new(self.config())
     }
 
     /// Notices for the stream hub: idle warnings and ends.

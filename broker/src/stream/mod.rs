@@ -60,6 +60,9 @@ pub enum ViewerEvent {
     Notice {
         message: String,
     },
+    /// The stream ended. `reason` is the session's end reason code (such as
+    /// `idle_timeout`) when the lifecycle stopped the stream, or a sentence when the
+    /// stream failed by itself. The viewer script shows a known code's sentence.
     Ended {
         reason: String,
     },
@@ -415,7 +418,8 @@ impl StreamHub {
     }
 
     /// Ends a session's stream: the agent gets `End`, the recording is sealed and
-    /// viewers get the reason. Does nothing for an unknown session.
+    /// viewers get `reason`, an end reason code or a sentence. Does nothing for an
+    /// unknown session.
     pub fn stop(&self, session_id: Uuid, reason: &str) {
         if let Some(stream) = self.get(session_id) {
             stream.update(|snapshot| {
