@@ -9,6 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
+/// Chromium's character type locale: glibc's built-in UTF-8 locale, which Debian
+/// bookworm's `libc-bin` ships, so it needs no generated locales.
+const CHROMIUM_CTYPE: &str = "C.UTF-8";
+
 /// Time Xvfb has to report its display number.
 const XVFB_START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -203,6 +207,10 @@ pub fn start_chromium(options: &ChromiumOptions<'_>) -> anyhow::Result<Chromium>
             std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()),
         )
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        // Chromium converts file names to the C library's multibyte encoding. Under the
+        // default "C" locale a name with a character outside ASCII fails that
+        // conversion, and Chromium saves the download as `download` instead.
+        .env("LC_CTYPE", CHROMIUM_CTYPE)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
