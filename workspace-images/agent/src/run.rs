@@ -390,6 +390,7 @@ async fn run_session(
         height: args.height,
         device_scale_factor: args.device_scale_factor,
         proxy_server: args.proxy_server.as_deref(),
+        allowed_hosts: &args.allowed_hosts,
         no_sandbox: args.no_sandbox,
         lang: args.lang.as_deref(),
     })?;
@@ -599,7 +600,10 @@ mod tests {
             "DownloadDirectory",
             "PromptForDownloadLocation",
         ] {
-            assert!(image.get(key).is_none(), "{key} in strongroom.json would override the session policy");
+            assert!(
+                image.get(key).is_none(),
+                "{key} in strongroom.json would override the session policy"
+            );
         }
     }
 
