@@ -411,6 +411,12 @@ async fn run_session(
     let tasks = tokio_util::task::TaskTracker::new();
     let stop_tasks = CancellationToken::new();
     tasks.spawn(frame_tracker.run(stop_tasks.clone()));
+    let (device_scale_factor, scale_receiver) = tokio::sync::watch::channel(1.0);
+    tasks.spawn(crate::scale::run(
+        cdp.clone(),
+        scale_receiver,
+        stop_tasks.clone(),
+    ));
     if let Some(settings) = args.download_settings() {
         // Subscribing first keeps the events of a download that starts at once.
         let events = cdp.subscribe();
@@ -472,6 +478,7 @@ async fn run_session(
             width: args.max_width,
             height: args.max_height,
         },
+        device_scale_factor,
         end: end.clone(),
     });
     tasks.spawn(server::serve(listener, handlers, stop_accepting.clone()));
