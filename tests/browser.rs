@@ -18,6 +18,12 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver on a free loopback port and opens a headless session.
     pub async fn start() -> Browser {
+        Browser::start_with_args(&[]).await
+    }
+
+    /// Starts a headless session as [`Browser::start`] does, with `extra_args` added to
+    /// Chromium's command line (for example `--force-device-scale-factor=2`).
+    pub async fn start_with_args(extra_args: &[&str]) -> Browser {
         // With `--port=0` chromedriver picks a port that is free on IPv4, and it exits when
         // another program uses that port on IPv6. A new start picks another port.
         let mut attempts = 0;
@@ -54,9 +60,16 @@ impl Browser {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
         let http = reqwest::Client::new();
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1400,1000",
+        ];
+        args.extend_from_slice(extra_args);
         let capabilities = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
             "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"]
+            "args": args
         }}}});
         let created: serde_json::Value = http
             .post(format!("http://127.0.0.1:{port}/session"))
@@ -215,6 +228,26 @@ impl Browser {
                 "type": "wheel",
                 "id": "wheel",
                 "actions": [{ "type": "scroll", "x": 0, "y": 0, "deltaX": 0, "deltaY": delta_y, "origin": origin }],
+            }]}),
+        )
+        .await;
+    }
+
+    /// Clicks the left mouse button at (`x`, `y`) CSS pixels of the viewport, through
+    /// WebDriver's pointer actions.
+    pub async fn click_at(&self, x: i64, y: i64) {
+        self.command(
+            reqwest::Method::POST,
+            "/actions",
+            serde_json::json!({ "actions": [{
+                "type": "pointer",
+                "id": "mouse",
+                "parameters": { "pointerType": "mouse" },
+                "actions": [
+                    { "type": "pointerMove", "x": x, "y": y, "origin": "viewport" },
+                    { "type": "pointerDown", "button": 0 },
+                    { "type": "pointerUp", "button": 0 },
+                ],
             }]}),
         )
         .await;

@@ -34,8 +34,18 @@ const HOST: &str = "downloads.test";
 const SUBNET_RANGE: &str = "172.28.0.0/16";
 /// The cap of delivered files in this test.
 const MAX_FILE_BYTES: usize = 1 << 20;
-/// Size of the file that is delivered: more than one protocol chunk.
+/// Size of the files that are delivered: more than one protocol chunk.
 const SMALL_FILE_BYTES: usize = 300 * 1024 + 17;
+/// Name of the first delivered file in its response's Content-Disposition. Names
+/// outside ASCII are the ones Chromium saved as `download` under the "C" locale.
+const DISPOSITION_NAME: &str = "Kontoauszug März.bin";
+/// Name of the second delivered file in its link's `download` attribute; its response
+/// names no file.
+const ATTRIBUTE_NAME: &str = "Zahlungsübersicht Mai.bin";
+/// Screen rows of the three links on the 720-pixel-high screen.
+const SMALL_LINK_Y: u32 = 120;
+const NAMED_LINK_Y: u32 = 360;
+const BIG_LINK_Y: u32 = 600;
 /// Size of the file above the cap.
 const BIG_FILE_BYTES: usize = 2 * MAX_FILE_BYTES;
 /// Time for a workspace to start and load the page on a busy two-core machine.
@@ -43,13 +53,15 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(240);
 /// Time for a clicked download to reach the broker.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Two links that fill the page: the upper half downloads the small file, the lower
-/// half the big one. The page reports that it loaded.
+/// Three links that fill the page, each a third of its height: the small file named by
+/// its Content-Disposition, the one named by the `download` attribute, and the big
+/// one. The page reports that it loaded.
 const DOWNLOAD_PAGE: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>Statements</title></head>
 <body style="margin:0">
-<a id="small" href="/small.bin" download="Kontoauszug März.bin" style="position:fixed;left:0;top:0;width:100%;height:50%;background:#cfc;display:block">small</a>
-<a id="big" href="/big.bin" download style="position:fixed;left:0;top:50%;width:100%;height:50%;background:#fcc;display:block">big</a>
+<a id="small" href="/small.bin" style="position:fixed;left:0;top:0;width:100%;height:33%;background:#cfc;display:block">small</a>
+<a id="named" href="/named.bin" download="Zahlungsübersicht Mai.bin" style="position:fixed;left:0;top:34%;width:100%;height:32%;background:#ccf;display:block">named</a>
+<a id="big" href="/big.bin" download style="position:fixed;left:0;top:67%;width:100%;height:33%;background:#fcc;display:block">big</a>
 <script>fetch('/loaded');</script>
 </body></html>"#;
 
@@ -67,6 +79,7 @@ struct DownloadSite {
     ca_pem: String,
     requests: Arc<Mutex<Vec<String>>>,
     small: Vec<u8>,
+    named: Vec<u8>,
     handle: axum_server::Handle,
 }
 
@@ -82,6 +95,7 @@ impl DownloadSite {
         .unwrap();
 
         let small = file_bytes(SMALL_FILE_BYTES, 0x5a);
+        let named = file_bytes(SMALL_FILE_BYTES, 0x3c);
         let big = file_bytes(BIG_FILE_BYTES, 0xa5);
         let requests = Arc::new(Mutex::new(Vec::new()));
         let disposition =
@@ -106,6 +120,10 @@ impl DownloadSite {
             .route("/page", get(|| async { Html(DOWNLOAD_PAGE) }))
             .route("/loaded", get(|| async { "" }))
             .route("/small.bin", get(attachment(small.clone(), disposition)))
+            .route(
+                "/named.bin",
+                get(attachment(named.clone(), "attachment".to_owned())),
+            )
             .route(
                 "/big.bin",
                 get(attachment(
@@ -132,6 +150,7 @@ impl DownloadSite {
             ca_pem: tls.ca_pem,
             requests,
             small,
+            named,
             handle,
         }
     }
@@ -348,8 +367,7 @@ async fn delivered_download_reaches_only_its_owner() {
     })
     .await;
 
-    // The upper half of the screen is the small file's link.
-    click_until_requested(&mut viewer, &site, 640, 120, "/small.bin").await;
+    click_until_requested(&mut viewer, &site, 640, SMALL_LINK_Y, "/small.bin").await;
     let delivered = wait_for("the delivery audit event", DELIVERY_TIMEOUT, || async {
         events_of(&stack, session_id, "download.delivered")
             .await
@@ -358,12 +376,8 @@ async fn delivered_download_reaches_only_its_owner() {
     })
     .await;
     let expected_sha256 = hex::encode(Sha256::digest(&site.small));
-    // NOTE: the Chromium of the Debian bookworm workspace image saved every file as
-    // `download`, whatever the `download` attribute or Content-Disposition named, so
-    // the name is checked for consistency between the audit trail, the list and the
-    // response, not against the server's name.
     let name = delivered["name"].as_str().unwrap().to_owned();
-    assert!(!name.is_empty(), "{delivered}");
+    assert_eq!(name, DISPOSITION_NAME, "{delivered}");
     assert_eq!(delivered["size"], SMALL_FILE_BYTES as u64, "{delivered}");
     assert_eq!(delivered["sha256"], expected_sha256, "{delivered}");
     assert_eq!(delivered["site"], "deliver", "{delivered}");
@@ -455,8 +469,21 @@ async fn delivered_download_reaches_only_its_owner() {
         );
     }
 
-    // The lower half is the file above the cap: it is refused and audited, not stored.
-    click_until_requested(&mut viewer, &site, 640, 600, "/big.bin").await;
+    // The second link names its file only in its `download` attribute.
+    click_until_requested(&mut viewer, &site, 640, NAMED_LINK_Y, "/named.bin").await;
+    let named_sha256 = hex::encode(Sha256::digest(&site.named));
+    let named = wait_for("the second delivery", DELIVERY_TIMEOUT, || async {
+        events_of(&stack, session_id, "download.delivered")
+            .await
+            .into_iter()
+            .find(|event| event["sha256"] == named_sha256)
+    })
+    .await;
+    assert_eq!(named["name"], ATTRIBUTE_NAME, "{named}");
+    assert_eq!(named["size"], SMALL_FILE_BYTES as u64, "{named}");
+
+    // The lowest link is the file above the cap: it is refused and audited, not stored.
+    click_until_requested(&mut viewer, &site, 640, BIG_LINK_Y, "/big.bin").await;
     let refused = wait_for("the refusal audit event", DELIVERY_TIMEOUT, || async {
         events_of(&stack, session_id, "download.refused")
             .await
@@ -530,7 +557,7 @@ async fn blocked_site_delivers_nothing() {
     .unwrap();
     assert_eq!(policy["DownloadRestrictions"], 3, "{policy}");
 
-    click(&mut viewer, 640, 120).await;
+    click(&mut viewer, 640, SMALL_LINK_Y).await;
     // Nothing can be awaited for a download that never starts, so the broker is
     // watched for a fixed window as long as a delivery takes in the other test.
     let window = tokio::time::Instant::now() + Duration::from_secs(20);

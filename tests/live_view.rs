@@ -543,6 +543,120 @@ async fn viewer_resize_reaches_workspace_screen() {
     stack.shut_down().await;
 }
 
+/// A page with a button at a fixed place in CSS pixels. It reports its viewport
+/// width, height and device pixel ratio at load and on every resize, and each click
+/// on the button.
+const SCALE_PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8"></head><body style="margin:0">
+<button id="target" style="position:fixed;left:100px;top:100px;width:160px;height:100px" onclick="fetch('/clicked')">Target</button>
+<script>
+function report() { fetch(`/viewport?w=${innerWidth}&h=${innerHeight}&dpr=${devicePixelRatio}`); }
+report();
+addEventListener('resize', report);
+</script></body></html>"#;
+
+/// Reads the viewer's device pixel ratio, canvas and frame size, stage size, and the
+/// canvas's position in the viewer's viewport.
+const RATIO_PROBE: &str = "const c = document.getElementById('screen');
+const s = document.getElementById('stage');
+if (!c || !s) return null;
+const box = c.getBoundingClientRect();
+return { ratio: window.devicePixelRatio, canvas: c.width + 'x' + c.height, frame: document.getElementById('viewer').dataset.frameSize || '', stage: [s.clientWidth, s.clientHeight], left: box.left, top: box.top, width: box.width };";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_at_ratio_two_gets_sharp_screen() {
+    let mut stack = start_stack(&[]).await;
+    let browser = Browser::start_with_args(&["--force-device-scale-factor=2"]).await;
+    let owner = sign_in_browser(&stack, &browser, "alice").await;
+    let session = HostSession::start(
+        &stack,
+        &owner,
+        broker::sites::ClipboardPolicy::Blocked,
+        SCALE_PAGE,
+    )
+    .await;
+    browser
+        .open(&format!("{}/sessions/{}", stack.base, session.session_id))
+        .await;
+    browser.element("#screen").await;
+    wait_for_picture(&browser).await;
+
+    // The stream has twice the stage's size in each direction, and the page lays out
+    // at the stage's size in CSS pixels with a device pixel ratio of 2.
+    let probe = wait_for(
+        "a stream of twice the stage's size",
+        Duration::from_secs(120),
+        || async {
+            let probe = browser.script(RATIO_PROBE).await;
+            let stage = screen_size_for(&probe["stage"]);
+            let (width, height) = stage.split_once('x').unwrap();
+            let doubled = format!(
+                "{}x{}",
+                width.parse::<u32>().unwrap() * 2,
+                height.parse::<u32>().unwrap() * 2
+            );
+            (probe["canvas"] == doubled.as_str() && probe["frame"] == doubled.as_str())
+                .then_some(probe)
+        },
+    )
+    .await;
+    assert_eq!(probe["ratio"], 2, "the viewer runs at ratio 2: {probe}");
+    let stage = screen_size_for(&probe["stage"]);
+    let (stage_width, stage_height) = stage.split_once('x').unwrap();
+    let expected_report = format!("/viewport?w={stage_width}&h={stage_height}&dpr=2");
+    wait_for(
+        "the page to lay out at the stage's CSS size",
+        Duration::from_secs(60),
+        || async {
+            session
+                .pages
+                .requests()
+                .contains(&expected_report)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The canvas shows the workspace at one CSS pixel per page CSS pixel, so a click
+    // 180x150 CSS pixels into the canvas lands on the button at 100..260 x 100..200. A
+    // page laid out at screen pixels would have the button at 50..130 x 50..100 here.
+    assert_eq!(
+        probe["width"].as_f64().unwrap().round() as u64,
+        stage_width.parse::<u64>().unwrap(),
+        "the canvas is as wide as the page's viewport: {probe}"
+    );
+    let x = probe["left"].as_f64().unwrap().round() as i64 + 180;
+    let y = probe["top"].as_f64().unwrap().round() as i64 + 150;
+    // A click sent before the workspace window took input is lost, so it is repeated
+    // until the page reports one.
+    wait_for(
+        "the click to reach the button",
+        Duration::from_secs(60),
+        || async {
+            if session
+                .pages
+                .requests()
+                .iter()
+                .any(|target| target == "/clicked")
+            {
+                return Some(());
+            }
+            browser.click_at(x, y).await;
+            None
+        },
+    )
+    .await;
+
+    stack
+        .broker()
+        .state
+        .portal
+        .hub
+        .stop(session.session_id, "test finished");
+    drop(session);
+    browser.quit().await;
+    stack.shut_down().await;
+}
+
 /// A text field that fills the page and reports its value and every copy to the page
 /// server.
 const CLIPBOARD_PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8"></head><body style="margin:0">

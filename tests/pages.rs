@@ -76,3 +76,45 @@ impl Drop for PageServer {
         self.task.abort();
     }
 }
+
+/// An HTTPS server on 127.0.0.1 whose certificate for one host name comes from a
+/// generated CA, stopped on drop. Workspaces reach it through the egress proxy when
+/// `egress.hosts` maps the name to 127.0.0.1 and the site trusts `ca_pem`.
+pub struct TlsSite {
+    pub address: SocketAddr,
+    /// The generated CA certificate, for the site's `policy.extra_ca_certs`.
+    pub ca_pem: String,
+    handle: axum_server::Handle,
+}
+
+impl TlsSite {
+    /// Serves `router` for `host` on a port the system picks.
+    pub async fn start(host: &str, router: axum::Router) -> TlsSite {
+        drop(rustls::crypto::ring::default_provider().install_default());
+        let tls = strongroom_demo_bank::tls::generate(&[host.to_owned()], &[]).unwrap();
+        let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+            tls.chain_pem.into_bytes(),
+            tls.key_pem.into_bytes(),
+        )
+        .await
+        .unwrap();
+
+        let handle = axum_server::Handle::new();
+        let server = axum_server::bind_rustls("127.0.0.1:0".parse().unwrap(), config)
+            .handle(handle.clone())
+            .serve(router.into_make_service());
+        tokio::spawn(server);
+        let address = handle.listening().await.expect("HTTPS site listens");
+        TlsSite {
+            address,
+            ca_pem: tls.ca_pem,
+            handle,
+        }
+    }
+}
+
+impl Drop for TlsSite {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}

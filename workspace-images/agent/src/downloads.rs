@@ -9,10 +9,10 @@
 //! refused. A download that grows past the size cap is cancelled and reported as
 //! refused.
 //!
-//! NOTE: the Chromium of the Debian bookworm workspace image saved every file as
-//! `download` in the download tests, whatever the link's `download` attribute or the
-//! Content-Disposition named, with CDP's `allow` and `default` behavior alike. The
-//! cause is not known, so the name a person sees can be `download`.
+//! The name comes from the response's Content-Disposition or the link's `download`
+//! attribute. Chromium runs with a UTF-8 `LC_CTYPE` (`processes::start_chromium`),
+//! because under the "C" locale Chromium 156 saves a file whose name has a character
+//! outside ASCII as `download`.
 
 use std::collections::HashMap;
 use std::io::Read;

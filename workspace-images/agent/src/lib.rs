@@ -8,14 +8,15 @@
 
 pub mod browser;
 pub mod capture;
-pub mod clipboard;
 pub mod cdp;
+pub mod clipboard;
 pub mod downloads;
 pub mod encoder;
 pub mod hub;
 pub mod input;
 pub mod login;
 pub mod processes;
+pub mod scale;
 pub mod screen;
 pub mod server;
 pub mod stream;

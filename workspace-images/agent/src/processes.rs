@@ -9,6 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
+/// Chromium's character type locale: glibc's built-in UTF-8 locale, which Debian
+/// bookworm's `libc-bin` ships, so it needs no generated locales.
+const CHROMIUM_CTYPE: &str = "C.UTF-8";
+
 /// Time Xvfb has to report its display number.
 const XVFB_START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -118,6 +122,8 @@ pub struct ChromiumOptions<'a> {
     pub height: u32,
     pub device_scale_factor: f32,
     pub proxy_server: Option<&'a str>,
+    /// Host names the session's site allows (`bank.example`, `*.bank.example`).
+    pub allowed_hosts: &'a [String],
     pub no_sandbox: bool,
     pub lang: Option<&'a str>,
 }
@@ -163,6 +169,8 @@ pub fn chromium_args(options: &ChromiumOptions<'_>) -> Vec<String> {
         "--disable-sync".to_owned(),
         "--disable-background-networking".to_owned(),
         "--disable-component-update".to_owned(),
+        "--disable-domain-reliability".to_owned(),
+        "--disable-client-side-phishing-detection".to_owned(),
         "--disable-default-apps".to_owned(),
         "--disable-extensions".to_owned(),
         "--disable-features=Translate,PasswordManagerOnboarding,AutofillServerCommunication,MediaRouter,OptimizationHints".to_owned(),
@@ -173,8 +181,7 @@ pub fn chromium_args(options: &ChromiumOptions<'_>) -> Vec<String> {
     ];
     if let Some(proxy) = options.proxy_server {
         args.push(format!("--proxy-server={proxy}"));
-        // Loopback goes through the proxy too: nothing in the container serves pages.
-        args.push("--proxy-bypass-list=<-loopback>".to_owned());
+        args.push(proxy_bypass_list(options.allowed_hosts));
     }
     if let Some(lang) = options.lang {
         args.push(format!("--lang={lang}"));
@@ -184,6 +191,47 @@ pub fn chromium_args(options: &ChromiumOptions<'_>) -> Vec<String> {
     }
     args.push(options.start_url.to_owned());
     args
+}
+
+/// Hosts that Chromium 156 calls on its own despite the flags of [`chromium_args`] and
+/// the image's managed policies. `accounts.google.com` gets the sign-in cookie check
+/// (`ListAccounts`). `update.googleapis.com` and `clients2.google.com` get the
+/// component updater's check for the on-device model manifest and its time fetch.
+/// None of these turned them off: the policies `BrowserSignin` 0,
+/// `ComponentUpdatesEnabled` false and `GenAILocalFoundationalModelSettings` 1, the
+/// preference `signin.allowed` false, `--disable-account-consistency`, and disabling
+/// the features `OptimizationGuideOnDeviceModel` and `OptimizationGuideModelsManifest`.
+const BROWSER_SERVICE_HOSTS: [&str; 3] = [
+    "accounts.google.com",
+    "update.googleapis.com",
+    "clients2.google.com",
+];
+
+/// Builds `--proxy-bypass-list`. Loopback goes through the proxy too, because nothing
+/// in the container serves pages. The hosts of [`BROWSER_SERVICE_HOSTS`] that the site
+/// does not allow bypass the proxy. A direct connection fails inside the workspace,
+/// whose only DNS server is its own loopback, so these calls never reach the egress
+/// proxy as denials.
+fn proxy_bypass_list(allowed_hosts: &[String]) -> String {
+    let mut rules = vec!["<-loopback>"];
+    rules.extend(BROWSER_SERVICE_HOSTS.into_iter().filter(|host| {
+        !allowed_hosts
+            .iter()
+            .any(|allowed| host_matches(allowed, host))
+    }));
+    format!("--proxy-bypass-list={}", rules.join(";"))
+}
+
+/// Returns whether the site's host entry `allowed` (`bank.example` or
+/// `*.bank.example`, as the egress proxy reads them) matches `host`.
+fn host_matches(allowed: &str, host: &str) -> bool {
+    let allowed = allowed.trim().trim_end_matches('.').to_ascii_lowercase();
+    match allowed.strip_prefix("*.") {
+        Some(domain) => host
+            .strip_suffix(domain)
+            .is_some_and(|label| label.ends_with('.')),
+        None => allowed == host,
+    }
 }
 
 /// Starts Chromium with the CDP pipe on its fds 3 (commands) and 4 (responses).
@@ -203,6 +251,10 @@ pub fn start_chromium(options: &ChromiumOptions<'_>) -> anyhow::Result<Chromium>
             std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()),
         )
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        // Chromium converts file names to the C library's multibyte encoding. Under the
+        // default "C" locale a name with a character outside ASCII fails that
+        // conversion, and Chromium saves the download as `download` instead.
+        .env("LC_CTYPE", CHROMIUM_CTYPE)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -245,4 +297,34 @@ pub fn check_binary(path: &Path) -> anyhow::Result<()> {
         bail!("{} not found; install it or pass its path", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    #[test]
+    fn browser_service_hosts_bypass_the_proxy() {
+        assert_eq!(
+            proxy_bypass_list(&hosts(&["bank.example"])),
+            "--proxy-bypass-list=<-loopback>;accounts.google.com;update.googleapis.com;clients2.google.com"
+        );
+    }
+
+    #[test]
+    fn allowed_service_hosts_stay_on_the_proxy() {
+        assert_eq!(
+            proxy_bypass_list(&hosts(&["Accounts.Google.com", "*.googleapis.com"])),
+            "--proxy-bypass-list=<-loopback>;clients2.google.com"
+        );
+        // A suffix pattern matches subdomains only, as in the egress proxy.
+        assert_eq!(
+            proxy_bypass_list(&hosts(&["*.accounts.google.com", "google.com"])),
+            "--proxy-bypass-list=<-loopback>;accounts.google.com;update.googleapis.com;clients2.google.com"
+        );
+    }
 }

@@ -390,6 +390,7 @@ async fn run_session(
         height: args.height,
         device_scale_factor: args.device_scale_factor,
         proxy_server: args.proxy_server.as_deref(),
+        allowed_hosts: &args.allowed_hosts,
         no_sandbox: args.no_sandbox,
         lang: args.lang.as_deref(),
     })?;
@@ -410,6 +411,12 @@ async fn run_session(
     let tasks = tokio_util::task::TaskTracker::new();
     let stop_tasks = CancellationToken::new();
     tasks.spawn(frame_tracker.run(stop_tasks.clone()));
+    let (device_scale_factor, scale_receiver) = tokio::sync::watch::channel(1.0);
+    tasks.spawn(crate::scale::run(
+        cdp.clone(),
+        scale_receiver,
+        stop_tasks.clone(),
+    ));
     if let Some(settings) = args.download_settings() {
         // Subscribing first keeps the events of a download that starts at once.
         let events = cdp.subscribe();
@@ -471,6 +478,7 @@ async fn run_session(
             width: args.max_width,
             height: args.max_height,
         },
+        device_scale_factor,
         end: end.clone(),
     });
     tasks.spawn(server::serve(listener, handlers, stop_accepting.clone()));
@@ -599,7 +607,10 @@ mod tests {
             "DownloadDirectory",
             "PromptForDownloadLocation",
         ] {
-            assert!(image.get(key).is_none(), "{key} in strongroom.json would override the session policy");
+            assert!(
+                image.get(key).is_none(),
+                "{key} in strongroom.json would override the session policy"
+            );
         }
     }
 

@@ -34,28 +34,54 @@ pub fn fit_size(width: u32, height: u32, min: u32, max: MaxSize) -> (u32, u32) {
     (fit(width, max.width), fit(height, max.height))
 }
 
-/// Returns the screen size for a viewer's resize request of `width`x`height` CSS
-/// pixels at `device_pixel_ratio`.
+/// Largest device pixel ratio the screen follows. A screen at ratio `r` has `r²` times
+/// the pixels to capture and encode, so a viewer at ratio 3 gets a ratio-2 picture.
+pub const MAX_SCREEN_RATIO: f64 = 2.0;
+
+/// The screen for a viewer: its size in pixels and the device scale factor Chromium
+/// draws pages at, so that pages lay out at the viewer's size in CSS pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScreenTarget {
+    pub width: u32,
+    pub height: u32,
+    pub device_scale_factor: f64,
+}
+
+/// Returns the screen for a viewer's resize request of `width`x`height` CSS pixels at
+/// `device_pixel_ratio`.
 ///
-/// The screen has the viewer's size in CSS pixels whatever the ratio. Chromium draws
-/// pages at the device scale factor it was started with (`--force-device-scale-factor`,
-/// the agent's `--device-scale-factor`), so a screen of `ratio` times as many pixels
-/// would show pages at `1 / ratio` of their size, and would multiply the encoder's work
-/// by `ratio²`. The viewer's browser scales the picture up by its ratio instead: at
-/// ratio 2 each screen pixel covers 2×2 device pixels, so the layout matches the
-/// viewer's window and the picture is as sharp as on a ratio-1 display, not sharper.
-///
-/// TODO: a sharp picture at ratio 2 needs the scale factor to follow the viewer, for
-/// example through DevTools' `Emulation.setDeviceMetricsOverride`; it is not built.
+/// The ratio is clamped to 1..=[`MAX_SCREEN_RATIO`], and lowered further so that the
+/// screen fits `max`. The screen gets the CSS size times that ratio, and Chromium draws
+/// every page at that device scale factor ([`crate::scale`]). At ratio 2 a page has
+/// `innerWidth` equal to the viewer's width and `devicePixelRatio` 2, text is drawn
+/// with twice the pixels, and the viewer shows the picture without scaling it up. Such
+/// a screen has 4 times the pixels of a ratio-1 screen to capture, encode and record.
 pub fn resize_target(
     width: u32,
     height: u32,
     device_pixel_ratio: f32,
     min: u32,
     max: MaxSize,
-) -> (u32, u32) {
-    let _ = device_pixel_ratio;
-    fit_size(width, height, min, max)
+) -> ScreenTarget {
+    let (css_width, css_height) = fit_size(width, height, min, max);
+    let requested = f64::from(device_pixel_ratio);
+    let requested = if requested.is_finite() {
+        requested
+    } else {
+        1.0
+    };
+    let ratio = requested
+        .min(MAX_SCREEN_RATIO)
+        .min(f64::from(max.width) / f64::from(css_width))
+        .min(f64::from(max.height) / f64::from(css_height))
+        .max(1.0);
+    let scaled = |side: u32| (f64::from(side) * ratio).round() as u32;
+    let (width, height) = fit_size(scaled(css_width), scaled(css_height), min, max);
+    ScreenTarget {
+        width,
+        height,
+        device_scale_factor: ratio,
+    }
 }
 
 /// Sets the size of the screen of `root` to `width`x`height` pixels. Returns early
@@ -99,7 +125,10 @@ pub fn set_screen_size(
     let crtc_info = conn
         .randr_get_crtc_info(crtc, resources.config_timestamp)?
         .reply()?;
-    let current = resources.modes.iter().find(|mode| mode.id == crtc_info.mode);
+    let current = resources
+        .modes
+        .iter()
+        .find(|mode| mode.id == crtc_info.mode);
     let geometry = conn.get_geometry(root)?.reply()?;
     if current.is_some_and(|mode| (mode.width, mode.height) == (width16, height16))
         && (geometry.width, geometry.height) == (width16, height16)
@@ -169,17 +198,17 @@ pub fn set_screen_size(
     .with_context(|| format!("setting the screen size to {width}x{height}"))?;
     let on = conn
         .randr_set_crtc_config(
-        crtc,
-        x11rb::CURRENT_TIME,
-        resources.config_timestamp,
-        0,
-        0,
-        mode,
-        randr::Rotation::ROTATE0,
-        &[output],
-    )?
-    .reply()
-    .with_context(|| format!("switching the RandR CRTC to {width}x{height}"))?;
+            crtc,
+            x11rb::CURRENT_TIME,
+            resources.config_timestamp,
+            0,
+            0,
+            mode,
+            randr::Rotation::ROTATE0,
+            &[output],
+        )?
+        .reply()
+        .with_context(|| format!("switching the RandR CRTC to {width}x{height}"))?;
     check_config_status(on.status, "switching the RandR CRTC to the new mode")?;
 
     // Modes of earlier sizes that nothing uses any more are removed, so repeated
@@ -253,14 +282,31 @@ mod tests {
     }
 
     #[test]
-    fn resize_target_uses_css_pixels_at_any_ratio() {
-        for ratio in [0.5, 1.0, 1.5, 2.0, 4.0] {
-            assert_eq!(
-                resize_target(1200, 800, ratio, 64, MAX),
-                (1200, 800),
-                "{ratio}"
-            );
+    fn resize_target_keeps_css_pixels_at_ratio_one_or_less() {
+        for ratio in [0.5, 1.0, f32::NAN] {
+            let target = resize_target(1200, 800, ratio, 64, MAX);
+            assert_eq!((target.width, target.height), (1200, 800), "{ratio}");
+            assert_eq!(target.device_scale_factor, 1.0, "{ratio}");
         }
+    }
+
+    #[test]
+    fn resize_target_scales_the_screen_by_the_ratio() {
+        let target = resize_target(800, 500, 1.5, 64, MAX);
+        assert_eq!((target.width, target.height), (1200, 750));
+        assert_eq!(target.device_scale_factor, 1.5);
+    }
+
+    #[test]
+    fn resize_target_caps_the_ratio() {
+        let capped = resize_target(800, 500, 3.0, 64, MAX);
+        assert_eq!((capped.width, capped.height), (1600, 1000));
+        assert_eq!(capped.device_scale_factor, MAX_SCREEN_RATIO);
+
+        // 1200x800 at ratio 2 would exceed 1920x1080: the ratio drops to 1.35.
+        let fitted = resize_target(1200, 800, 2.0, 64, MAX);
+        assert_eq!((fitted.width, fitted.height), (1620, 1080));
+        assert_eq!(fitted.device_scale_factor, 1.35);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Handlers {
     pub login: mpsc::Sender<protocol::AutoLogin>,
     /// The size Xvfb was started with: the largest screen a resize can make.
     pub max_screen: crate::screen::MaxSize,
+    /// The device scale factor of every page, which [`crate::scale::run`] applies.
+    pub device_scale_factor: tokio::sync::watch::Sender<f64>,
     /// Cancelled when the broker sends `End`.
     pub end: CancellationToken,
 }
@@ -206,9 +208,7 @@ fn dispatch(handlers: &Handlers, message: BrokerMessage) {
             height,
             device_pixel_ratio,
         } => {
-            // NOTE: the screen gets the viewer's size in CSS pixels whatever its pixel
-            // ratio; `resize_target` documents why.
-            let (screen_width, screen_height) = crate::screen::resize_target(
+            let target = crate::screen::resize_target(
                 width,
                 height,
                 device_pixel_ratio,
@@ -219,11 +219,18 @@ fn dispatch(handlers: &Handlers, message: BrokerMessage) {
                 width,
                 height,
                 device_pixel_ratio,
-                screen_width,
-                screen_height,
+                screen_width = target.width,
+                screen_height = target.height,
+                device_scale_factor = target.device_scale_factor,
                 "Resize requested"
             );
-            handlers.hub.request_resize(screen_width, screen_height);
+            handlers.hub.request_resize(target.width, target.height);
+            // Resizes at an unchanged ratio leave the pages alone.
+            handlers.device_scale_factor.send_if_modified(|factor| {
+                let changed = *factor != target.device_scale_factor;
+                *factor = target.device_scale_factor;
+                changed
+            });
             return;
         }
         BrokerMessage::Paste { text } => InputCommand::Paste { text },
