@@ -255,10 +255,13 @@ fn log_level_outside_levels_is_rejected() {
         );
     }
     let error = load_text("[log]\nlevel = \"verbose\"\n", &[]).unwrap_err();
+    let message = &error.problems[0].message;
+    assert!(message.contains("invalid level \"verbose\";"), "{message}");
+    let error = load_text("[log]\nlevel = \"broker=loud,info\"\n", &[]).unwrap_err();
+    let message = &error.problems[0].message;
     assert!(
-        error.problems[0].message.contains("\"verbose\""),
-        "{}",
-        error.problems[0].message
+        message.contains("invalid level \"loud\" in \"broker=loud,info\""),
+        "{message}"
     );
 
     for good in [

@@ -408,9 +408,12 @@ pub(super) fn check_log_level(level: &str) -> Result<(), String> {
             None => directive,
         };
         if !LOG_LEVELS.contains(&level_part.to_ascii_lowercase().as_str()) {
-            return Err(format!(
-                "invalid level {level_part:?} in {level:?}; {accepted}"
-            ));
+            let message = if level_part == level {
+                format!("invalid level {level:?}; {accepted}")
+            } else {
+                format!("invalid level {level_part:?} in {level:?}; {accepted}")
+            };
+            return Err(message);
         }
     }
     if tracing_subscriber::EnvFilter::try_new(level).is_err() {

@@ -179,9 +179,13 @@ pub fn chromium_args(options: &ChromiumOptions<'_>) -> Vec<String> {
         "--deny-permission-prompts".to_owned(),
         "--ozone-platform=x11".to_owned(),
     ];
+    let service_hosts = unallowed_service_hosts(options.allowed_hosts);
     if let Some(proxy) = options.proxy_server {
         args.push(format!("--proxy-server={proxy}"));
-        args.push(proxy_bypass_list(options.allowed_hosts));
+        args.push(proxy_bypass_list(&service_hosts));
+    }
+    if let Some(rules) = unresolvable_hosts(&service_hosts) {
+        args.push(rules);
     }
     if let Some(lang) = options.lang {
         args.push(format!("--lang={lang}"));
@@ -207,19 +211,41 @@ const BROWSER_SERVICE_HOSTS: [&str; 3] = [
     "clients2.google.com",
 ];
 
+/// Returns the hosts of [`BROWSER_SERVICE_HOSTS`] that the site does not allow.
+fn unallowed_service_hosts(allowed_hosts: &[String]) -> Vec<&'static str> {
+    BROWSER_SERVICE_HOSTS
+        .into_iter()
+        .filter(|host| {
+            !allowed_hosts
+                .iter()
+                .any(|allowed| host_matches(allowed, host))
+        })
+        .collect()
+}
+
 /// Builds `--proxy-bypass-list`. Loopback goes through the proxy too, because nothing
-/// in the container serves pages. The hosts of [`BROWSER_SERVICE_HOSTS`] that the site
-/// does not allow bypass the proxy. A direct connection fails inside the workspace,
-/// whose only DNS server is its own loopback, so these calls never reach the egress
-/// proxy as denials.
-fn proxy_bypass_list(allowed_hosts: &[String]) -> String {
+/// in the container serves pages. The `service_hosts` bypass the proxy, so their calls
+/// never reach the egress proxy as denials; [`unresolvable_hosts`] makes them fail
+/// before any packet leaves Chromium.
+fn proxy_bypass_list(service_hosts: &[&str]) -> String {
     let mut rules = vec!["<-loopback>"];
-    rules.extend(BROWSER_SERVICE_HOSTS.into_iter().filter(|host| {
-        !allowed_hosts
-            .iter()
-            .any(|allowed| host_matches(allowed, host))
-    }));
+    rules.extend(service_hosts);
     format!("--proxy-bypass-list={}", rules.join(";"))
+}
+
+/// Builds `--host-resolver-rules` that make Chromium's own resolver answer "not found"
+/// for `service_hosts`. A call to them then fails at once, without a DNS query, both in
+/// the workspace (where they bypass the proxy) and when the agent runs Chromium on a
+/// host without a proxy.
+fn unresolvable_hosts(service_hosts: &[&str]) -> Option<String> {
+    if service_hosts.is_empty() {
+        return None;
+    }
+    let rules: Vec<String> = service_hosts
+        .iter()
+        .map(|host| format!("MAP {host} ~NOTFOUND"))
+        .collect();
+    Some(format!("--host-resolver-rules={}", rules.join(", ")))
 }
 
 /// Returns whether the site's host entry `allowed` (`bank.example` or
@@ -307,24 +333,80 @@ mod tests {
         names.iter().map(|name| (*name).to_owned()).collect()
     }
 
+    fn test_options() -> ChromiumOptions<'static> {
+        ChromiumOptions {
+            binary: Path::new("/usr/bin/chromium"),
+            display: ":1",
+            start_url: "https://bank.example/",
+            profile_dir: Path::new("/tmp/profile"),
+            width: 800,
+            height: 600,
+            device_scale_factor: 1.0,
+            proxy_server: Some("http://10.0.0.1:3128"),
+            allowed_hosts: &[],
+            no_sandbox: false,
+            lang: None,
+        }
+    }
+
     #[test]
     fn browser_service_hosts_bypass_the_proxy() {
+        let service_hosts = unallowed_service_hosts(&hosts(&["bank.example"]));
         assert_eq!(
-            proxy_bypass_list(&hosts(&["bank.example"])),
+            proxy_bypass_list(&service_hosts),
             "--proxy-bypass-list=<-loopback>;accounts.google.com;update.googleapis.com;clients2.google.com"
+        );
+        assert_eq!(
+            unresolvable_hosts(&service_hosts).as_deref(),
+            Some(
+                "--host-resolver-rules=MAP accounts.google.com ~NOTFOUND, MAP update.googleapis.com ~NOTFOUND, MAP clients2.google.com ~NOTFOUND"
+            )
         );
     }
 
     #[test]
     fn allowed_service_hosts_stay_on_the_proxy() {
+        let service_hosts =
+            unallowed_service_hosts(&hosts(&["Accounts.Google.com", "*.googleapis.com"]));
         assert_eq!(
-            proxy_bypass_list(&hosts(&["Accounts.Google.com", "*.googleapis.com"])),
+            proxy_bypass_list(&service_hosts),
             "--proxy-bypass-list=<-loopback>;clients2.google.com"
+        );
+        assert_eq!(
+            unresolvable_hosts(&service_hosts).as_deref(),
+            Some("--host-resolver-rules=MAP clients2.google.com ~NOTFOUND")
         );
         // A suffix pattern matches subdomains only, as in the egress proxy.
         assert_eq!(
-            proxy_bypass_list(&hosts(&["*.accounts.google.com", "google.com"])),
-            "--proxy-bypass-list=<-loopback>;accounts.google.com;update.googleapis.com;clients2.google.com"
+            unallowed_service_hosts(&hosts(&["*.accounts.google.com", "google.com"])),
+            BROWSER_SERVICE_HOSTS
+        );
+        let every_host = hosts(&[
+            "accounts.google.com",
+            "update.googleapis.com",
+            "clients2.google.com",
+        ]);
+        assert_eq!(
+            unresolvable_hosts(&unallowed_service_hosts(&every_host)),
+            None
+        );
+    }
+
+    #[test]
+    fn service_hosts_fail_without_a_proxy() {
+        let arguments = chromium_args(&ChromiumOptions {
+            proxy_server: None,
+            ..test_options()
+        });
+        assert!(
+            !arguments
+                .iter()
+                .any(|argument| argument.starts_with("--proxy"))
+        );
+        assert!(
+            arguments.iter().any(|argument| argument
+                .starts_with("--host-resolver-rules=MAP accounts.google.com ~NOTFOUND")),
+            "{arguments:?}"
         );
     }
 }
