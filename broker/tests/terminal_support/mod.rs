@@ -42,6 +42,25 @@ pub struct TerminalRun {
     pub restored: bool,
 }
 
+impl TerminalRun {
+    /// Checks that every prompt appeared, said the line is not shown, and turned echo
+    /// off before its hidden line was typed, and that the command succeeded.
+    pub fn assert_succeeded_without_echo(&self) {
+        assert!(self.missing_prompts.is_empty(), "{}", self.stderr);
+        assert!(
+            self.stderr.contains("not shown as you type"),
+            "{}",
+            self.stderr
+        );
+        assert!(
+            self.echoed_prompts.is_empty(),
+            "echo stayed on: {:?}",
+            self.echoed_prompts
+        );
+        assert_eq!(self.status.code(), Some(0), "{}", self.stderr);
+    }
+}
+
 /// Output of a child's pipe or terminal, collected by a reader thread.
 #[derive(Clone, Default)]
 struct Collected(Arc<(Mutex<Vec<u8>>, Condvar)>);
