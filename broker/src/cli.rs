@@ -122,7 +122,8 @@ pub enum SiteCommand {
         #[arg(long)]
         admin: Option<String>,
         /// File with the admin's password and current TOTP code on two lines, readable
-        /// only by its owner; without it both lines are read from standard input.
+        /// only by its owner; without it both are read from standard input, and a
+        /// terminal does not echo them.
         #[arg(long, requires = "admin")]
         confirm_file: Option<PathBuf>,
     },
@@ -136,7 +137,8 @@ pub enum SiteCommand {
         #[arg(long)]
         admin: String,
         /// File with the admin's password and current TOTP code on two lines, readable
-        /// only by its owner; without it both lines are read from standard input.
+        /// only by its owner; without it both are read from standard input, and a
+        /// terminal does not echo them.
         #[arg(long)]
         confirm_file: Option<PathBuf>,
     },

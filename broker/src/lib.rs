@@ -13,8 +13,8 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod downloads;
-pub mod egress_hosts;
 mod egress_audit_limit;
+pub mod egress_hosts;
 pub mod error;
 pub mod http;
 pub mod image_cli;
@@ -31,5 +31,6 @@ pub mod sites;
 pub mod stream;
 pub mod tasks;
 pub mod telemetry;
+pub mod terminal;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

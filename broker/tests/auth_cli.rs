@@ -1,5 +1,7 @@
 //! `strongroom user ...` run as a process against a SQLite data directory.
 
+mod terminal_support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -7,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use broker::auth::users;
 use broker::config::{DatabaseConfig, DatabaseTarget};
 use broker::db::Database;
+use terminal_support::Typed;
 
 fn strongroom(config: &Path, args: &[&str], stdin: &str) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
@@ -178,77 +181,53 @@ async fn user_commands_manage_local_accounts() {
     assert!(bob.totp_secret.is_none(), "reset-mfa removes the secret");
 }
 
-/// Waits until the terminal's echo is off, which is when the prompt reads the password.
-fn wait_for_echo_off(terminal: &std::os::fd::OwnedFd) -> bool {
-    use nix::sys::termios::{LocalFlags, tcgetattr};
+#[test]
+fn terminal_password_prompt_does_not_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        let flags = tcgetattr(terminal)
-            .expect("read terminal attributes")
-            .local_flags;
-        if !flags.contains(LocalFlags::ECHO) {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    false
+    let run = terminal_support::run_at_terminal(
+        &config,
+        &["user", "add", "tty-admin", "--role", "admin"],
+        &[Typed {
+            prompt: "Password",
+            line: "Correct-Horse-42",
+            hidden: true,
+        }],
+    );
+
+    assert!(
+        !run.shown.contains("Correct-Horse-42"),
+        "the terminal showed {:?}",
+        run.shown
+    );
+    run.assert_succeeded_without_echo();
+    assert!(run.stdout.contains("tty-admin"), "{}", run.stdout);
 }
 
 #[test]
-fn terminal_password_prompt_does_not_echo() {
-    use std::io::Read;
+fn terminal_interrupt_restores_echo() {
+    use std::os::unix::process::ExitStatusExt;
 
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let terminal = nix::pty::openpty(None, None).expect("open a pseudo-terminal");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
-        command.env_remove(name);
-    }
-    let child = command
-        .arg("--config")
-        .arg(&config)
-        .args(["user", "add", "tty-admin", "--role", "admin"])
-        .stdin(Stdio::from(terminal.slave.try_clone().unwrap()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start strongroom");
-    // The command keeps a descriptor of the terminal's slave side open until dropped.
-    drop(command);
 
-    let echo_off = wait_for_echo_off(&terminal.slave);
-    let mut master = std::fs::File::from(terminal.master);
-    master.write_all(b"Correct-Horse-42\n").unwrap();
-    let output = child.wait_with_output().unwrap();
-    // The terminal echoed while the child read its line, so everything it showed is
-    // waiting on the master side now.
-    nix::fcntl::fcntl(
-        &master,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .unwrap();
-    let mut shown = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while let Ok(read) = master.read(&mut buffer) {
-        if read == 0 {
-            break;
-        }
-        shown.extend_from_slice(&buffer[..read]);
-    }
+    let run = terminal_support::run_at_terminal(
+        &config,
+        &["user", "add", "tty-admin", "--role", "admin"],
+        &[Typed {
+            prompt: "Password",
+            line: "Correct-\u{3}",
+            hidden: true,
+        }],
+    );
 
-    assert!(echo_off, "the prompt left the terminal's echo on");
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("not shown as you type"),
+    assert_eq!(
+        run.status.signal(),
+        Some(nix::libc::SIGINT),
         "{}",
-        stderr(&output)
+        run.stderr
     );
-    let shown = String::from_utf8_lossy(&shown);
-    assert!(
-        !shown.contains("Correct-Horse-42"),
-        "the terminal showed {shown:?}"
-    );
-    assert!(stdout(&output).contains("tty-admin"), "{}", stdout(&output));
+    assert!(run.restored, "the terminal's echo stayed off after Ctrl-C");
+    assert!(!run.shown.contains("Correct-"), "{:?}", run.shown);
 }

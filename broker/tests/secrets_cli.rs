@@ -1,5 +1,7 @@
 //! `strongroom secrets ...` run as a process against a SQLite data directory.
 
+mod terminal_support;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -9,6 +11,7 @@ use broker::clock::SystemClock;
 use broker::config::{DatabaseConfig, DatabaseTarget};
 use broker::db::Database;
 use broker::secrets::{CredentialKey, CredentialRef, CredentialSource, LocalStore};
+use terminal_support::Typed;
 
 fn strongroom(config: &Path, args: &[&str], stdin: &str) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
@@ -40,14 +43,20 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
-/// Imports the site `demo-bank`, which the credential commands require.
-fn import_demo_bank(dir: &Path, config: &Path) {
+/// Writes a site file that defines `demo-bank`, and returns its path.
+fn write_sites_file(dir: &Path) -> std::path::PathBuf {
     let file = dir.join("sites.toml");
     std::fs::write(
         &file,
         "[[site]]\nname = \"demo-bank\"\ndisplay_name = \"Demo Bank\"\nstart_url = \"https://www.demo-bank.example/\"\nallowed_hosts = [\"www.demo-bank.example\"]\nrecording_retention_days = 30\n",
     )
     .unwrap();
+    file
+}
+
+/// Imports the site `demo-bank`, which the credential commands require.
+fn import_demo_bank(dir: &Path, config: &Path) {
+    let file = write_sites_file(dir);
     let import = strongroom(config, &["site", "import", file.to_str().unwrap()], "");
     assert!(
         import.status.success(),
@@ -125,6 +134,48 @@ async fn set_from_stdin_then_list_names_only() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn terminal_set_hides_password_and_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    import_demo_bank(dir.path(), &config);
+
+    let run = terminal_support::run_at_terminal(
+        &config,
+        &["secrets", "set", "demo-bank"],
+        &[
+            Typed {
+                prompt: "Username",
+                line: "alice-at-terminal",
+                hidden: false,
+            },
+            Typed {
+                prompt: "Password",
+                line: "Bank-Pass-Typed-7",
+                hidden: true,
+            },
+            Typed {
+                prompt: "TOTP seed",
+                line: "JBSWY3DPEHPK3PXP",
+                hidden: true,
+            },
+        ],
+    );
+
+    // The username stays visible, which also shows that the terminal echoes.
+    assert!(run.shown.contains("alice-at-terminal"), "{:?}", run.shown);
+    assert!(!run.shown.contains("Bank-Pass-Typed-7"), "{:?}", run.shown);
+    assert!(!run.shown.contains("JBSWY3DPEHPK3PXP"), "{:?}", run.shown);
+    run.assert_succeeded_without_echo();
+    let credentials = stored(dir.path(), &CredentialRef::shared("demo-bank").unwrap()).await;
+    assert_eq!(credentials.username.expose(), "alice-at-terminal");
+    assert_eq!(credentials.password.expose(), "Bank-Pass-Typed-7");
+    assert_eq!(
+        credentials.totp_seed.unwrap().as_text().expose(),
+        "JBSWY3DPEHPK3PXP"
+    );
 }
 
 #[tokio::test]
@@ -282,12 +333,7 @@ async fn site_list_shows_auto_login() {
 async fn dual_control_import_needs_admin() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "[sites]\ndual_control = true\n");
-    let file = dir.path().join("sites.toml");
-    std::fs::write(
-        &file,
-        "[[site]]\nname = \"demo-bank\"\ndisplay_name = \"Demo Bank\"\nstart_url = \"https://www.demo-bank.example/\"\nallowed_hosts = [\"www.demo-bank.example\"]\nrecording_retention_days = 30\n",
-    )
-    .unwrap();
+    let file = write_sites_file(dir.path());
 
     let import = strongroom(&config, &["site", "import", file.to_str().unwrap()], "");
     let list = strongroom(&config, &["site", "list"], "");
@@ -354,12 +400,7 @@ async fn site_change_needs_confirmed_admins() {
     let db = open_database(dir.path()).await;
     let alice = add_admin(dir.path(), &db, "alice").await;
     let bob = add_admin(dir.path(), &db, "bob").await;
-    let file = dir.path().join("sites.toml");
-    std::fs::write(
-        &file,
-        "[[site]]\nname = \"demo-bank\"\ndisplay_name = \"Demo Bank\"\nstart_url = \"https://www.demo-bank.example/\"\nallowed_hosts = [\"www.demo-bank.example\"]\nrecording_retention_days = 30\n",
-    )
-    .unwrap();
+    let file = write_sites_file(dir.path());
     let file = file.to_str().unwrap();
 
     // A name without the admin's password and code changes nothing.
@@ -408,13 +449,28 @@ async fn site_change_needs_confirmed_admins() {
     );
     assert_eq!(wrong_code.status.code(), Some(2));
     let confirm_file = dir.path().join("bob-confirm");
-    std::fs::write(&confirm_file, format!("{ADMIN_PASSWORD}\n{}\n", current_code(&bob))).unwrap();
-    std::fs::set_permissions(&confirm_file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .unwrap();
+    std::fs::write(
+        &confirm_file,
+        format!("{ADMIN_PASSWORD}\n{}\n", current_code(&bob)),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &confirm_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     let confirm = confirm_file.to_str().unwrap();
     let readable = strongroom(
         &config,
-        &["site", "approve", &change_id, "--admin", "bob", "--confirm-file", confirm],
+        &[
+            "site",
+            "approve",
+            &change_id,
+            "--admin",
+            "bob",
+            "--confirm-file",
+            confirm,
+        ],
         "",
     );
     assert_eq!(readable.status.code(), Some(2));
@@ -427,11 +483,22 @@ async fn site_change_needs_confirmed_admins() {
     assert!(String::from_utf8_lossy(&list.stdout).is_empty());
 
     // Bob approves with his confirmation file.
-    std::fs::set_permissions(&confirm_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        &confirm_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let approve = strongroom(
         &config,
-        &["site", "approve", &change_id, "--admin", "bob", "--confirm-file", confirm],
+        &[
+            "site",
+            "approve",
+            &change_id,
+            "--admin",
+            "bob",
+            "--confirm-file",
+            confirm,
+        ],
         "",
     );
     assert!(
@@ -445,7 +512,15 @@ async fn site_change_needs_confirmed_admins() {
     // The same code cannot confirm a second time.
     let replayed = strongroom(
         &config,
-        &["site", "reject", &change_id, "--admin", "bob", "--confirm-file", confirm],
+        &[
+            "site",
+            "reject",
+            &change_id,
+            "--admin",
+            "bob",
+            "--confirm-file",
+            confirm,
+        ],
         "",
     );
     assert_eq!(replayed.status.code(), Some(2));
@@ -456,7 +531,10 @@ async fn site_change_needs_confirmed_admins() {
     );
 
     let challenges = cli_challenges(&db).await;
-    let outcomes: Vec<&str> = challenges.iter().map(|(outcome, _)| outcome.as_str()).collect();
+    let outcomes: Vec<&str> = challenges
+        .iter()
+        .map(|(outcome, _)| outcome.as_str())
+        .collect();
     assert_eq!(
         outcomes,
         ["failure", "success", "failure", "success", "failure"],
@@ -470,4 +548,52 @@ async fn site_change_needs_confirmed_admins() {
         assert!(details.contains("\"os_uid\""), "{details}");
     }
     std::fs::remove_file(&confirm_file).unwrap();
+}
+
+#[tokio::test]
+async fn terminal_approve_hides_password_and_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[sites]\ndual_control = true\n");
+    assert!(strongroom(&config, &["site", "list"], "").status.success());
+    let db = open_database(dir.path()).await;
+    let alice = add_admin(dir.path(), &db, "alice").await;
+    let bob = add_admin(dir.path(), &db, "bob").await;
+    let file = write_sites_file(dir.path());
+    let import = strongroom(
+        &config,
+        &["site", "import", file.to_str().unwrap(), "--admin", "alice"],
+        &format!("{ADMIN_PASSWORD}\n{}\n", current_code(&alice)),
+    );
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let pending = strongroom(&config, &["site", "pending"], "");
+    let pending = String::from_utf8_lossy(&pending.stdout);
+    let change_id = pending.split('\t').next().unwrap().trim().to_owned();
+
+    let code = current_code(&bob);
+    let run = terminal_support::run_at_terminal(
+        &config,
+        &["site", "approve", &change_id, "--admin", "bob"],
+        &[
+            Typed {
+                prompt: "Password of bob",
+                line: ADMIN_PASSWORD,
+                hidden: true,
+            },
+            Typed {
+                prompt: "one-time code",
+                line: &code,
+                hidden: true,
+            },
+        ],
+    );
+
+    assert!(!run.shown.contains(ADMIN_PASSWORD), "{:?}", run.shown);
+    assert!(!run.shown.contains(&code), "{:?}", run.shown);
+    run.assert_succeeded_without_echo();
+    let list = strongroom(&config, &["site", "list"], "");
+    assert!(String::from_utf8_lossy(&list.stdout).contains("demo-bank"));
 }

@@ -150,20 +150,12 @@ fn read_password(file: Option<&Path>, username: &str) -> anyhow::Result<Zeroizin
         }
         None => {
             if std::io::stdin().is_terminal() {
-                // The terminal does not echo what is typed, so the password stays off the
-                // screen and out of its scrollback.
-                let terminal = rpassword::ConfigBuilder::new()
-                    .input_file_path("/dev/stdin")
-                    .output_file_path("/dev/stderr")
-                    .password_feedback_hide()
-                    .build();
-                text = Zeroizing::new(
-                    rpassword::prompt_password_with_config(
-                        "Password (one line, not shown as you type): ",
-                        terminal,
-                    )
-                    .context("cannot read the password from the terminal")?,
-                );
+                let prompt = "Password (one line, not shown as you type): ";
+                if let Some(line) = crate::terminal::read_hidden_line(prompt)
+                    .context("cannot read the password from the terminal")?
+                {
+                    text = line;
+                }
             } else {
                 std::io::stdin()
                     .lock()

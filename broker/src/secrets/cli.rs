@@ -20,11 +20,13 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::config::secrets::SecretsConfig;
 use crate::db::Database;
+use crate::terminal::read_hidden_line;
 
 #[derive(Debug, Subcommand)]
 pub enum CredentialCommand {
     /// Store or replace a site's credential. Values not given as files are read from
     /// standard input, one per line: username, password, then the TOTP seed (optional).
+    /// A terminal prompts for each and does not echo the password and the seed.
     Set {
         /// Site name from the site catalogue.
         site: String,
@@ -113,14 +115,26 @@ async fn execute(config: &Config, db: &Database, command: CredentialCommand) -> 
             no_totp,
         } => {
             let reference = reference(&site, user.as_deref())?;
-            let mut stdin = std::io::stdin().lock();
-            let prompting = std::io::stdin().is_terminal();
-            let username = value(username_file.as_deref(), "Username", prompting, &mut stdin)?;
-            let password = value(password_file.as_deref(), "Password", prompting, &mut stdin)?;
+            let mut input = Input {
+                lines: std::io::stdin().lock(),
+                terminal: std::io::stdin().is_terminal(),
+            };
+            let username = value(
+                username_file.as_deref(),
+                "Username",
+                Echo::Shown,
+                &mut input,
+            )?;
+            let password = value(
+                password_file.as_deref(),
+                "Password",
+                Echo::Hidden,
+                &mut input,
+            )?;
             let totp_seed = match (totp_seed_file, no_totp) {
-                (Some(path), _) => Some(value(Some(&path), "TOTP seed", prompting, &mut stdin)?),
+                (Some(path), _) => Some(value(Some(&path), "TOTP seed", Echo::Hidden, &mut input)?),
                 (None, true) => None,
-                (None, false) => optional_line(&mut stdin, prompting)?,
+                (None, false) => optional_seed(&mut input)?,
             };
             let credentials = BankCredentials::new(&reference, username, password, totp_seed)
                 .map_err(|error| InputError(error.to_string()))?;
@@ -252,62 +266,92 @@ fn reference(site: &str, user: Option<&str>) -> anyhow::Result<CredentialRef> {
     reference.map_err(|error| InputError(error.to_string()).into())
 }
 
+/// Whether a terminal shows a value as it is typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Echo {
+    Shown,
+    Hidden,
+}
+
+/// Standard input of `secrets set`: lines piped in, one value per line, or a person at
+/// a terminal, who is prompted for each value.
+struct Input<R> {
+    lines: R,
+    terminal: bool,
+}
+
+impl<R: BufRead> Input<R> {
+    /// Reads the line of the `label` value without its line ending, or `None` at the end
+    /// of input. On a terminal it prints `prompt` first and reads a hidden value with
+    /// echo off.
+    fn line(
+        &mut self,
+        label: &str,
+        prompt: &str,
+        echo: Echo,
+    ) -> anyhow::Result<Option<Zeroizing<String>>> {
+        if self.terminal && echo == Echo::Hidden {
+            return read_hidden_line(prompt)
+                .with_context(|| format!("cannot read the {label} from the terminal"));
+        }
+        if self.terminal {
+            eprint!("{prompt}");
+        }
+        let mut text = Zeroizing::new(String::new());
+        let read = self
+            .lines
+            .read_line(&mut text)
+            .with_context(|| format!("cannot read the {label} from standard input"))?;
+        if read == 0 {
+            return Ok(None);
+        }
+        strip_one_newline(&mut text);
+        Ok(Some(text))
+    }
+}
+
 /// Reads a value from a file, or else one line of standard input.
 fn value(
     file: Option<&Path>,
     label: &str,
-    prompting: bool,
-    stdin: &mut impl BufRead,
+    echo: Echo,
+    input: &mut Input<impl BufRead>,
 ) -> anyhow::Result<SecretString> {
-    let mut text = Zeroizing::new(String::new());
-    match file {
+    let text = match file {
         Some(path) => {
-            *text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the {label} file {}", path.display()))?;
+            let mut text = Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the {label} file {}", path.display()))?,
+            );
             strip_one_newline(&mut text);
+            text
         }
         None => {
-            if prompting {
-                // NOTE: the terminal echoes what is typed; pipe the values in or use
-                // the --*-file options to keep them off the screen.
-                eprintln!("{label} (one line; the terminal shows what you type):");
-            }
-            let read = stdin
-                .read_line(&mut text)
-                .with_context(|| format!("cannot read the {label} from standard input"))?;
-            if read == 0 {
+            let prompt = match echo {
+                Echo::Shown => format!("{label}: "),
+                Echo::Hidden => format!("{label} (not shown as you type): "),
+            };
+            let Some(text) = input.line(label, &prompt, echo)? else {
                 bail!(
                     "standard input ended before the {label}; give it on its own line or with a file option"
                 );
-            }
-            strip_one_newline(&mut text);
+            };
+            text
         }
-    }
+    };
     Ok(SecretString::new(text.to_string()))
 }
 
 /// Reads the optional TOTP seed line; end of input or an empty line means none.
-fn optional_line(
-    stdin: &mut impl BufRead,
-    prompting: bool,
-) -> anyhow::Result<Option<SecretString>> {
-    if prompting {
-        eprintln!("TOTP seed (base32 or otpauth:// URI; empty line for none):");
-    }
-    let mut text = Zeroizing::new(String::new());
-    stdin
-        .read_line(&mut text)
-        .context("cannot read the TOTP seed from standard input")?;
-    strip_one_newline(&mut text);
-    if text.is_empty() {
+fn optional_seed(input: &mut Input<impl BufRead>) -> anyhow::Result<Option<SecretString>> {
+    let prompt =
+        "TOTP seed (base32 or otpauth:// URI, not shown as you type; empty line for none): ";
+    let text = input.line("TOTP seed", prompt, Echo::Hidden)?;
+    let Some(text) = text.filter(|text| !text.is_empty()) else {
         return Ok(None);
-    }
-    let mut rest = Zeroizing::new(String::new());
-    if stdin
-        .read_line(&mut rest)
-        .context("cannot read standard input")?
-        > 0
-    {
+    };
+    // A person at a terminal is done after the seed; piped input must end here.
+    if !input.terminal && input.line("TOTP seed", "", Echo::Shown)?.is_some() {
         bail!(
             "standard input has more than three lines; give username, password and TOTP seed one per line"
         );
@@ -329,6 +373,13 @@ fn strip_one_newline(text: &mut String) {
 mod tests {
     use super::*;
 
+    fn piped(text: &str) -> Input<std::io::Cursor<&str>> {
+        Input {
+            lines: std::io::Cursor::new(text),
+            terminal: false,
+        }
+    }
+
     #[test]
     fn only_one_newline_is_stripped() {
         let mut text = "pass \n".to_owned();
@@ -342,11 +393,11 @@ mod tests {
 
     #[test]
     fn stdin_values_are_read_line_by_line() {
-        let mut input = std::io::Cursor::new("alice\np ss \nJBSWY3DPEHPK3PXP\n");
+        let mut input = piped("alice\np ss \nJBSWY3DPEHPK3PXP\n");
 
-        let username = value(None, "Username", false, &mut input).unwrap();
-        let password = value(None, "Password", false, &mut input).unwrap();
-        let seed = optional_line(&mut input, false).unwrap();
+        let username = value(None, "Username", Echo::Shown, &mut input).unwrap();
+        let password = value(None, "Password", Echo::Hidden, &mut input).unwrap();
+        let seed = optional_seed(&mut input).unwrap();
 
         assert_eq!(username.expose(), "alice");
         assert_eq!(password.expose(), "p ss ");
@@ -355,10 +406,10 @@ mod tests {
 
     #[test]
     fn missing_stdin_value_is_an_error() {
-        let mut input = std::io::Cursor::new("alice\n");
+        let mut input = piped("alice\n");
 
-        value(None, "Username", false, &mut input).unwrap();
-        let error = value(None, "Password", false, &mut input).unwrap_err();
+        value(None, "Username", Echo::Shown, &mut input).unwrap();
+        let error = value(None, "Password", Echo::Hidden, &mut input).unwrap_err();
 
         assert!(error.to_string().contains("before the Password"), "{error}");
     }

@@ -3,11 +3,12 @@
 //! Anyone who can run `strongroom` as the service user can type any admin's name, so a
 //! name alone cannot stand for a second person. The command therefore reads the named
 //! admin's password and current TOTP code, one per line, from standard input or from
-//! `--confirm-file`. It checks them as the portal's sign-in does: the password hash, a
-//! TOTP code whose time step is consumed so it cannot be replayed, and the account's
-//! failed sign-in count and lockout. Every check is audited with the operating-system
-//! user that ran the command. Admins without a local password and TOTP (single sign-on
-//! accounts) decide in the admin console (`/admin/site-changes`) instead.
+//! `--confirm-file`; a terminal does not echo them. It checks them as the portal's
+//! sign-in does: the password hash, a TOTP code whose time step is consumed so it
+//! cannot be replayed, and the account's failed sign-in count and lockout. Every check
+//! is audited with the operating-system user that ran the command. Admins without a
+//! local password and TOTP (single sign-on accounts) decide in the admin console
+//! (`/admin/site-changes`) instead.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::Path;
@@ -21,6 +22,7 @@ use crate::auth::totp::TotpSecret;
 use crate::auth::{Role, password, throttle, users};
 use crate::config::Config;
 use crate::db::Database;
+use crate::terminal::read_hidden_line;
 
 /// The password and TOTP code the admin gave.
 struct Confirmation {
@@ -68,7 +70,15 @@ pub async fn confirm_admin(
     let password_ok =
         password::verify_blocking(confirmation.password.clone(), Some(password_hash)).await;
     let verdict = if password_ok {
-        check_code(config, db, &admin.id, sealed_totp, &confirmation.code, now_ms).await?
+        check_code(
+            config,
+            db,
+            &admin.id,
+            sealed_totp,
+            &confirmation.code,
+            now_ms,
+        )
+        .await?
     } else {
         Err("wrong_password")
     };
@@ -135,25 +145,29 @@ fn read_confirmation(name: &str, file: Option<&Path>) -> anyhow::Result<Confirma
     match file {
         Some(path) => {
             check_file_mode(path)?;
-            let text = Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read the confirmation file {}", path.display()))?,
-            );
+            let text = Zeroizing::new(std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read the confirmation file {}", path.display())
+            })?);
             parse_confirmation(&mut text.as_bytes())
                 .with_context(|| format!("in the confirmation file {}", path.display()))
         }
-        None => {
-            if std::io::stdin().is_terminal() {
-                // NOTE: the terminal echoes what is typed; pipe the lines in or use
-                // --confirm-file to keep them off the screen.
-                eprintln!(
-                    "Password of {name}, then the current one-time code, one per line (the terminal shows what you type):"
-                );
-            }
-            parse_confirmation(&mut std::io::stdin().lock())
-                .context("reading the admin's confirmation from standard input")
-        }
+        None if std::io::stdin().is_terminal() => read_confirmation_from_terminal(name),
+        None => parse_confirmation(&mut std::io::stdin().lock())
+            .context("reading the admin's confirmation from standard input"),
     }
+}
+
+/// Prompts for the password and the code, and reads each with the terminal's echo off.
+fn read_confirmation_from_terminal(name: &str) -> anyhow::Result<Confirmation> {
+    let password = read_hidden_line(&format!("Password of {name} (not shown as you type): "))
+        .context("cannot read the admin's password from the terminal")?
+        .context("the password is missing; type it, then the one-time code")?;
+    let code = read_hidden_line(&format!(
+        "Current one-time code of {name} (not shown as you type): "
+    ))
+    .context("cannot read the one-time code from the terminal")?
+    .context("the one-time code is missing; type it after the password")?;
+    Ok(Confirmation { password, code })
 }
 
 /// Reads the password line and the code line.
@@ -161,7 +175,9 @@ fn parse_confirmation(input: &mut impl BufRead) -> anyhow::Result<Confirmation> 
     let mut password = Zeroizing::new(String::new());
     let mut code = Zeroizing::new(String::new());
     if input.read_line(&mut password)? == 0 {
-        bail!("the password line is missing; give the password, then the one-time code, one per line");
+        bail!(
+            "the password line is missing; give the password, then the one-time code, one per line"
+        );
     }
     if input.read_line(&mut code)? == 0 {
         bail!("the one-time code line is missing; give it on the line after the password");
