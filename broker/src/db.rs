@@ -55,6 +55,13 @@ pub enum OpenError {
         error: std::io::Error,
     },
     #[error(
+        "cannot create the SQLite database file {path}: {error}; check that the data directory is writable"
+    )]
+    SqliteFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
         "cannot connect to the {backend} database at {target}: {error}; check that the server is running and database.url is right"
     )]
     Connect {
@@ -82,6 +89,10 @@ impl Database {
                         }
                     })?;
                 }
+                create_private_file(path).map_err(|error| OpenError::SqliteFile {
+                    path: path.clone(),
+                    error,
+                })?;
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 (
                     url,
@@ -238,9 +249,75 @@ fn with_password(url: &str, password: &str) -> String {
     }
 }
 
+/// Creates an empty database file readable by its owner only, unless it exists. The
+/// database holds password hashes and the audit trail, and SQLite gives its `-wal` and
+/// `-shm` files the mode of the database file. An existing file keeps its mode.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::with_password;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    use super::{Database, with_password};
+    use crate::config::{DatabaseConfig, DatabaseTarget};
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn new_sqlite_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("strongroom.db");
+        let config = DatabaseConfig {
+            target: DatabaseTarget::Sqlite { path: path.clone() },
+            max_connections: 1,
+            connect_timeout: Duration::from_secs(10),
+        };
+
+        let database = Database::connect(&config).await.unwrap();
+        sqlx::query("CREATE TABLE probe (id INTEGER)")
+            .execute(database.pool())
+            .await
+            .unwrap();
+
+        assert_eq!(mode(&path), 0o600);
+        let wal = dir.path().join("data").join("strongroom.db-wal");
+        assert_eq!(mode(&wal), 0o600);
+        database.pool().close().await;
+    }
+
+    #[tokio::test]
+    async fn existing_sqlite_file_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strongroom.db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let config = DatabaseConfig {
+            target: DatabaseTarget::Sqlite { path: path.clone() },
+            max_connections: 1,
+            connect_timeout: Duration::from_secs(10),
+        };
+
+        let database = Database::connect(&config).await.unwrap();
+        database.pool().close().await;
+
+        assert_eq!(mode(&path), 0o640);
+    }
 
     #[test]
     fn password_is_inserted_and_encoded() {

@@ -367,10 +367,9 @@ fn strongroom_with_env(
 both_backends!(prune_and_verify_commands_work, commands_body);
 async fn commands_body(database: TestDatabase) {
     let dir = tempfile::tempdir().unwrap();
-    let log = AuditLog::new(
-        database.db.clone(),
-        Arc::new(broker::clock::SystemClock) as Arc<dyn Clock>,
-    );
+    // The events are ten days old, so a `--before` of two days ago covers them all.
+    let clock = Arc::new(ManualClock::new(Utc::now() - Duration::days(10)));
+    let log = AuditLog::new(database.db.clone(), clock as Arc<dyn Clock>);
     for index in 0..5 {
         let event = EventBuilder::new(
             Actor::Person(format!("user-{index}")),
@@ -385,10 +384,24 @@ async fn commands_body(database: TestDatabase) {
         dir.path(),
         &["audit", "prune", "--before", "yesterday"],
     );
-    let prune = strongroom(
+    // A mistyped year or a zero retention would delete the whole trail.
+    let future = strongroom(
         &database,
         dir.path(),
         &["audit", "prune", "--before", "2100-01-01"],
+    );
+    let zero_days = strongroom(
+        &database,
+        dir.path(),
+        &["audit", "prune", "--retention-days", "0"],
+    );
+    let two_days_ago = (Utc::now() - Duration::days(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    let prune = strongroom(
+        &database,
+        dir.path(),
+        &["audit", "prune", "--before", &two_days_ago],
     );
     let verify = strongroom(&database, dir.path(), &["audit", "verify"]);
 
@@ -396,6 +409,18 @@ async fn commands_body(database: TestDatabase) {
     assert!(
         String::from_utf8_lossy(&invalid.stderr).contains("invalid --before \"yesterday\""),
         "{invalid:?}"
+    );
+    assert_eq!(future.status.code(), Some(2), "{future:?}");
+    assert!(
+        String::from_utf8_lossy(&future.stderr)
+            .contains("--before 2100-01-01T00:00:00+00:00 is later than one day ago"),
+        "{future:?}"
+    );
+    assert_eq!(zero_days.status.code(), Some(2), "{zero_days:?}");
+    assert!(
+        String::from_utf8_lossy(&zero_days.stderr)
+            .contains("invalid value '0' for '--retention-days"),
+        "{zero_days:?}"
     );
     assert!(prune.status.success(), "{prune:?}");
     assert!(

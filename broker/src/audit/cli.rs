@@ -9,6 +9,7 @@ use clap::Subcommand;
 
 use super::{Actor, AuditLog, AuditSigningKey, checkpoint};
 use crate::config::Config;
+use crate::config::audit::MAX_RETENTION_DAYS;
 use crate::db::Database;
 
 #[derive(Debug, Subcommand)]
@@ -27,11 +28,30 @@ pub enum AuditCommand {
         /// Delete events before this UTC date (`YYYY-MM-DD`) or RFC 3339 time.
         #[arg(long, value_name = "DATE", conflicts_with = "retention_days")]
         before: Option<String>,
-        /// Keep this many days of events. Default: `audit.retention_days` of the
-        /// configuration (90 unless set).
-        #[arg(long, value_name = "DAYS")]
+        /// Keep this many days of events, 1 to 3653. Default: `audit.retention_days`
+        /// of the configuration (90 unless set).
+        #[arg(
+            long,
+            value_name = "DAYS",
+            value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_RETENTION_DAYS))
+        )]
         retention_days: Option<u32>,
     },
+}
+
+/// Rejects a `--before` later than one day before `now`. Pruning keeps at least the
+/// last day of events, as the smallest `audit.retention_days` does, so a mistyped
+/// year cannot delete the whole trail.
+pub fn check_before(before: DateTime<Utc>, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let latest = now - chrono::Duration::days(1);
+    if before > latest {
+        anyhow::bail!(
+            "--before {} is later than one day ago ({}); pruning keeps at least the last day of events, so give an earlier date",
+            before.to_rfc3339(),
+            latest.to_rfc3339()
+        );
+    }
+    Ok(())
 }
 
 /// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time.
@@ -112,10 +132,12 @@ async fn prune(
     before: Option<&str>,
     retention_days: u32,
 ) -> anyhow::Result<i32> {
+    let now = Utc::now();
     let before = match before {
         Some(text) => parse_before(text)?,
-        None => Utc::now() - chrono::Duration::days(i64::from(retention_days)),
+        None => now - chrono::Duration::days(i64::from(retention_days)),
     };
+    check_before(before, now)?;
     // No migration here: pruning may run under a role that may delete audit events
     // but not change the schema.
     let key = AuditSigningKey::load_or_create(&config.data_dir)?;

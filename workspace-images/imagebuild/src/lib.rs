@@ -134,7 +134,7 @@ pub async fn build(
         .await?;
         if let Some(image) = existing {
             progress(&format!(
-                "{} is up to date with the recipe and agent; run with refresh to check Debian for updates",
+                "{} is up to date with the recipe and agent; run `strongroom image build --refresh` to check Debian for updates",
                 image.reference
             ));
             return Ok(already_present(image, started));
