@@ -1733,3 +1733,24 @@ async fn page_titles_body(database: TestDatabase) {
     }
     harness.stop().await;
 }
+
+broker::both_backends!(auditor_home_explains_role, auditor_home_body);
+async fn auditor_home_body(database: TestDatabase) {
+    let harness = Harness::start(database).await;
+    let (_, auditor) = harness.signed_in("aud", &[Role::Auditor]).await;
+    let (_, user) = harness.signed_in("pia", &[Role::User]).await;
+
+    let auditor_home = harness.page(&auditor, "/").await;
+    let user_home = harness.page(&user, "/").await;
+
+    assert!(
+        auditor_home.contains("Your role does not open banking sessions"),
+        "{auditor_home}"
+    );
+    assert!(
+        !auditor_home.contains("No bank is granted"),
+        "{auditor_home}"
+    );
+    assert!(user_home.contains("No bank is granted"), "{user_home}");
+    harness.stop().await;
+}

@@ -609,3 +609,30 @@ async fn postgres_pruning_needs_its_own_role() {
     assert_eq!(as_pruner.unwrap().pruned, 3);
     assert!(verified.is_intact(), "{:?}", verified.problems);
 }
+
+#[test]
+fn prune_on_new_database_names_migrate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
+        command.env_remove(name);
+    }
+
+    let output = command
+        .args(["audit", "prune"])
+        .env("STRONGROOM_DATA_DIR", dir.path())
+        .env("STRONGROOM_LOG", "warn")
+        .output()
+        .expect("strongroom runs");
+
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("run `strongroom migrate` first"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("audit-signing.key").exists(),
+        "a failed prune leaves no signing key"
+    );
+}

@@ -310,6 +310,11 @@ async fn locked_credential_is_listed_and_unlocked() {
         String::from_utf8_lossy(&unlock.stderr)
     );
     assert!(String::from_utf8_lossy(&after.stdout).trim().is_empty());
+    assert!(
+        String::from_utf8_lossy(&after.stderr).contains("no credential is locked"),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("is not locked"));
 }

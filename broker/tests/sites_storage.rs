@@ -348,8 +348,8 @@ async fn example_site_file_body(database: TestDatabase) {
 
     let report = sites::import_file(&database.db, &path).await.unwrap();
 
-    assert_eq!(report.created, ["demo-bank"]);
-    let site = sites::get(&database.db, "demo-bank")
+    assert_eq!(report.created, ["example-bank"]);
+    let site = sites::get(&database.db, "example-bank")
         .await
         .unwrap()
         .unwrap();

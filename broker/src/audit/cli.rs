@@ -138,6 +138,12 @@ async fn prune(
         None => now - chrono::Duration::days(i64::from(retention_days)),
     };
     check_before(before, now)?;
+    sqlx::query("SELECT 1 FROM audit_events WHERE 1 = 0")
+        .execute(db.pool())
+        .await
+        .context(
+            "cannot read the audit trail; if this database is new, start the broker or run `strongroom migrate` first",
+        )?;
     // No migration here: pruning may run under a role that may delete audit events
     // but not change the schema.
     let key = AuditSigningKey::load_or_create(&config.data_dir)?;
@@ -153,8 +159,13 @@ async fn prune(
         .await?;
     match &report.checkpoint {
         Some(checkpoint) => println!(
-            "pruned {} events before {}; kept {} that stored recordings refer to; checkpoint at event {} signed by {}",
+            "pruned {} {} before {}; kept {} that stored recordings refer to; checkpoint at event {} signed by {}",
             report.pruned,
+            if report.pruned == 1 {
+                "event"
+            } else {
+                "events"
+            },
             before.to_rfc3339(),
             report.kept,
             checkpoint.last_seq,

@@ -40,7 +40,9 @@ pub fn home(principal: &Principal, view: &Home<'_>) -> Response {
     }
 
     body.push_str("<h2>Banks</h2>\n");
-    if sites.is_empty() {
+    if !principal.can_launch() {
+        body.push_str("<p>Your role does not open banking sessions. Recordings and the audit trail are in the admin console.</p>\n");
+    } else if sites.is_empty() {
         body.push_str("<p>No bank is granted to you yet. Ask an administrator for access.</p>\n");
     }
     for site in sites {

@@ -199,7 +199,12 @@ async fn check_site_exists(db: &Database, site: &str) -> anyhow::Result<()> {
 }
 
 async fn list_locked(db: &Database) -> anyhow::Result<()> {
-    for entry in super::usage::locked(db).await? {
+    let entries = super::usage::locked(db).await?;
+    if entries.is_empty() {
+        // Standard output stays empty for scripts that read the list.
+        eprintln!("no credential is locked");
+    }
+    for entry in entries {
         let user = entry.reference.user_id().unwrap_or("(shared)");
         let locked = chrono::DateTime::from_timestamp_millis(entry.locked_at_ms)
             .map(|time| time.to_rfc3339())
