@@ -93,10 +93,9 @@ async fn run_cycle(harness: &Harness, service: &mut SessionService, index: usize
             matches!(error, LaunchError::WorkspaceFailed { .. }),
             "cycle {index}: {error}"
         );
-        // More than one when the launcher retried with another subnet because a
-        // concurrent test took the first one.
-        assert!(
-            counts.networks_created.load(Ordering::SeqCst) > networks_before,
+        assert_eq!(
+            counts.networks_created.load(Ordering::SeqCst),
+            networks_before + 1,
             "cycle {index}: the launch failed after its network was created"
         );
         return;

@@ -172,6 +172,9 @@ pub async fn test_image() -> String {
 pub struct Counts {
     pub workspaces_created: AtomicUsize,
     pub workspaces_removed: AtomicUsize,
+    /// Networks Docker created. A create that Docker refused, for example because a
+    /// test running at the same time took the subnet and the launcher chose another,
+    /// does not count.
     pub networks_created: AtomicUsize,
     /// When set, the next workspace is created from an image tag that does not exist,
     /// so Docker fails the create after the session network exists.
@@ -187,8 +190,9 @@ pub struct CountingRuntime {
 #[async_trait]
 impl Runtime for CountingRuntime {
     async fn create_session_network(&self, spec: &NetworkSpec) -> Result<ObjectRef, RuntimeError> {
+        let network = self.inner.create_session_network(spec).await?;
         self.counts.networks_created.fetch_add(1, Ordering::SeqCst);
-        self.inner.create_session_network(spec).await
+        Ok(network)
     }
 
     async fn create_workspace(&self, spec: &WorkspaceSpec) -> Result<ObjectRef, RuntimeError> {
