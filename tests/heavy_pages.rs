@@ -617,7 +617,7 @@ async fn killed_process_ends_session(process: &str) -> String {
         .unwrap();
     assert_eq!(ticket.status(), reqwest::StatusCode::GONE);
     let gone: serde_json::Value = ticket.json().await.unwrap();
-    // The answer is the end reason's sentence followed by the detail.
+    // The response body is the end reason's sentence followed by the detail.
     let ended = gone["ended"].as_str().unwrap_or_default();
     assert!(ended.ends_with(&format!(": {detail}")), "{gone}");
 

@@ -250,7 +250,7 @@ fn with_password(url: &str, password: &str) -> String {
 }
 
 /// Creates an empty database file readable by its owner only, unless it exists. The
-/// database holds password hashes and the audit trail, and SQLite gives its `-wal` and
+/// database contains password hashes and the audit trail. SQLite gives its `-wal` and
 /// `-shm` files the mode of the database file. An existing file keeps its mode.
 fn create_private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -1456,7 +1456,7 @@ async fn shown_names_body(database: TestDatabase) {
     assert_eq!(ids, [pia_recording.to_string()]);
     assert_eq!(listed[0]["user_id"], pia_id, "the API keeps the id");
 
-    // The player names the person; a person sees their own recording the same way.
+    // The player shows the person's name, also when people view their own recording.
     for (client, recording, name) in [
         (&admin, pia_recording, "pia"),
         (&admin, olga_recording, "Olga Okafor"),

@@ -287,7 +287,7 @@ impl SessionService {
         &self.deps().config
     }
 
-    /// The sentences that pages and the viewer show for end reasons.
+    /// Returns the sentences that pages and the viewer show for end reasons.
     pub fn end_texts(&self) -> EndReasonTexts {
         EndReasonTexts::new(self.config())
     }

@@ -43,8 +43,8 @@ pub struct TerminalRun {
 }
 
 impl TerminalRun {
-    /// Checks that every prompt appeared, said the line is not shown, and turned echo
-    /// off before its hidden line was typed, and that the command succeeded.
+    /// Checks that every prompt appeared and stated that the line is not shown, that echo
+    /// was off before each hidden line was typed, and that the command succeeded.
     pub fn assert_succeeded_without_echo(&self) {
         assert!(self.missing_prompts.is_empty(), "{}", self.stderr);
         assert!(

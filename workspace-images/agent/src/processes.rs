@@ -233,7 +233,7 @@ fn proxy_bypass_list(service_hosts: &[&str]) -> String {
     format!("--proxy-bypass-list={}", rules.join(";"))
 }
 
-/// Builds `--host-resolver-rules` that make Chromium's own resolver answer "not found"
+/// Builds `--host-resolver-rules` that make Chromium's own resolver return "not found"
 /// for `service_hosts`. A call to them then fails at once, without a DNS query, both in
 /// the workspace (where they bypass the proxy) and when the agent runs Chromium on a
 /// host without a proxy.
