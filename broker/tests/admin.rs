@@ -1541,6 +1541,14 @@ allowed_hosts = ["www.secret-bank.example"]
 recording_retention_days = 30
 
 [[site]]
+name = "shut-bank"
+display_name = "Shut Bank"
+start_url = "https://www.shut-bank.example/login"
+allowed_hosts = ["www.shut-bank.example"]
+recording_retention_days = 30
+enabled = false
+
+[[site]]
 name = "other-bank"
 display_name = "Other Bank"
 start_url = "https://www.other-bank.example/login"
@@ -1571,8 +1579,12 @@ async fn refused_launch_body(database: TestDatabase) {
             .form(&[("site", site)])
             .send()
     };
+    // Only the disabled site that pia was granted answers differently: the others
+    // read alike, so pia cannot tell which of them exist.
+    let mut unavailable_messages = Vec::new();
     for (site, status) in [
-        ("secret-bank", StatusCode::FORBIDDEN),
+        ("secret-bank", StatusCode::NOT_FOUND),
+        ("shut-bank", StatusCode::NOT_FOUND),
         ("closed-bank", StatusCode::SERVICE_UNAVAILABLE),
         ("no-such-bank", StatusCode::NOT_FOUND),
     ] {
@@ -1580,16 +1592,32 @@ async fn refused_launch_body(database: TestDatabase) {
         assert_eq!(refused.status(), status, "{site}");
         let page = refused.text().await.unwrap();
         assert!(page.contains("id=\"error\""), "{site}: {page}");
+        let message = error_text(&page).replace(site, "SITE");
+        if status == StatusCode::NOT_FOUND {
+            unavailable_messages.push(message);
+        } else {
+            assert!(message.contains("disabled"), "{site}: {message}");
+        }
         assert!(page.contains("id=\"launch-open-bank\""), "{site}: {page}");
         for hidden in [
             "launch-closed-bank",
             "launch-secret-bank",
             "Secret Bank",
+            "Shut Bank",
             "other-bank",
         ] {
             assert!(!page.contains(hidden), "{site} shows {hidden}: {page}");
         }
     }
+    assert!(
+        unavailable_messages.iter().all(|message| *message == unavailable_messages[0]),
+        "{unavailable_messages:#?}"
+    );
+    assert!(
+        unavailable_messages[0].contains("not available to this account"),
+        "{}",
+        unavailable_messages[0]
+    );
     let home = harness.page(&pia, "/").await;
     assert!(home.contains("id=\"launch-open-bank\""), "{home}");
     assert!(!home.contains("Secret Bank"), "{home}");
@@ -1598,10 +1626,18 @@ async fn refused_launch_body(database: TestDatabase) {
     let admin_home = harness.page(&admin, "/").await;
     assert!(!admin_home.contains("id=\"launch-"), "{admin_home}");
     let refused = launch(&admin, "open-bank").await.unwrap();
-    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
     let page = refused.text().await.unwrap();
     assert!(!page.contains("id=\"launch-"), "{page}");
     harness.stop().await;
+}
+
+/// Returns the text of the element with id `error` in a portal page.
+fn error_text(page: &str) -> String {
+    let start = page.find("id=\"error\"").expect("page has an error element");
+    let after_tag = start + page[start..].find('>').expect("error element ends its tag") + 1;
+    let end = after_tag + page[after_tag..].find('<').expect("error text ends");
+    page[after_tag..end].to_owned()
 }
 
 /// Stores an ended session of `user_id` with this reason code and detail.

@@ -183,8 +183,11 @@ async fn launch_refused(
         return Err(ApiError::internal(error));
     }
     let status = match error {
-        LaunchError::NotAllowed | LaunchError::NotGranted { .. } => StatusCode::FORBIDDEN,
-        LaunchError::SiteNotFound { .. } => StatusCode::NOT_FOUND,
+        LaunchError::NotAllowed => StatusCode::FORBIDDEN,
+        // One status for both, so that a refusal does not tell whether the site exists.
+        LaunchError::NotGranted { .. } | LaunchError::SiteNotFound { .. } => {
+            StatusCode::NOT_FOUND
+        }
         LaunchError::QuotaReached { .. }
         | LaunchError::SiteLimitReached { .. }
         | LaunchError::HostCapacityReached { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -30,11 +30,15 @@ fn quota_message(limit: u32) -> String {
 pub enum LaunchError {
     #[error("this account has no role that may launch sessions")]
     NotAllowed,
-    #[error("site {site:?} does not exist")]
+    /// The person reads the same sentence as for [`LaunchError::NotGranted`], so a
+    /// refusal does not tell whether a site outside their grants exists. The audit
+    /// event's `reason` code tells them apart.
+    #[error("{}", not_available_message(site))]
     SiteNotFound { site: String },
-    #[error("site {site:?} is disabled")]
+    /// Reported only to people granted the site.
+    #[error("site {site:?} is disabled by an administrator; try again later")]
     SiteDisabled { site: String },
-    #[error("site {site:?} is not granted to this account; ask an administrator for access")]
+    #[error("{}", not_available_message(site))]
     NotGranted { site: String },
     #[error("{}", quota_message(*limit))]
     QuotaReached { limit: u32 },
@@ -54,6 +58,10 @@ pub enum LaunchError {
     ShuttingDown,
     #[error("session storage failed")]
     Storage(#[source] anyhow::Error),
+}
+
+fn not_available_message(site: &str) -> String {
+    format!("site {site:?} is not available to this account; ask an administrator for access")
 }
 
 impl LaunchError {
@@ -271,16 +279,18 @@ impl SessionService {
             .ok_or_else(|| LaunchError::SiteNotFound {
                 site: site_name.to_owned(),
             })?;
-        if !site.enabled {
-            return Err(LaunchError::SiteDisabled {
-                site: site_name.to_owned(),
-            });
-        }
+        // The grant comes before the enabled flag, so that only people granted the
+        // site learn that it is disabled.
         if !sites::is_granted(db, &principal.user_id, site_name)
             .await
             .map_err(LaunchError::Storage)?
         {
             return Err(LaunchError::NotGranted {
+                site: site_name.to_owned(),
+            });
+        }
+        if !site.enabled {
+            return Err(LaunchError::SiteDisabled {
                 site: site_name.to_owned(),
             });
         }
