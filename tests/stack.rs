@@ -101,6 +101,13 @@ impl StackBuilder {
                 "STRONGROOM_LAUNCHER__SUBNET_RANGE",
                 format!("\"{}\"", self.subnet_range),
             ),
+            // Bridges of their own: the rules that `strongroom host-setup` installs for a
+            // broker on this machine match the default `srs-` bridges and drop packets from
+            // outside that broker's range, which would cut the test's workspaces off.
+            (
+                "STRONGROOM_LAUNCHER__BRIDGE_PREFIX",
+                "\"srt-\"".to_owned(),
+            ),
         ]
         .map(|(name, value)| (name.to_owned(), value))
         .into_iter()

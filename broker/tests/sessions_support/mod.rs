@@ -320,6 +320,9 @@ impl ServedLauncher {
             seccomp_profile: seccomp,
             socket_path: dir.join("launcher.sock"),
             subnet_range: SUBNET_RANGE.parse().unwrap(),
+            // Not the default `srs-`, which the firewall rules of a broker installed on
+            // this machine match.
+            bridge_prefix: "srt-".to_owned(),
             max_sessions: 12,
             stop_timeout_secs: 1,
             sweep_interval_secs: 1,
