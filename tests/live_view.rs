@@ -470,6 +470,26 @@ for (let i = 0; i < data.length; i += 4 * 101) { if (data[i] || data[i + 1] || d
 const status = document.getElementById('status');
 return { canvas: c.width + 'x' + c.height, frame: document.getElementById('viewer').dataset.frameSize || '', stage: [s.clientWidth, s.clientHeight], lit, status: status.hidden ? '' : status.textContent };";
 
+/// Starts a stack, signs `alice` in on `browser`, starts a host session showing `page`
+/// with the clipboard blocked, and opens its viewer until a picture shows.
+async fn viewer_on_host_page(browser: Browser, page: &str) -> (Stack, Browser, HostSession) {
+    let stack = start_stack(&[]).await;
+    let owner = sign_in_browser(&stack, &browser, "alice").await;
+    let session = HostSession::start(
+        &stack,
+        &owner,
+        broker::sites::ClipboardPolicy::Blocked,
+        page,
+    )
+    .await;
+    browser
+        .open(&format!("{}/sessions/{}", stack.base, session.session_id))
+        .await;
+    browser.element("#screen").await;
+    wait_for_picture(&browser).await;
+    (stack, browser, session)
+}
+
 /// Returns the workspace screen size the agent makes of a stage size in CSS pixels,
 /// each side clamped to the protocol's bounds and rounded down to an even number.
 fn screen_size_for(stage: &serde_json::Value) -> String {
@@ -479,21 +499,8 @@ fn screen_size_for(stage: &serde_json::Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_resize_reaches_workspace_screen() {
-    let mut stack = start_stack(&[]).await;
-    let browser = Browser::start().await;
-    let owner = sign_in_browser(&stack, &browser, "alice").await;
-    let session = HostSession::start(
-        &stack,
-        &owner,
-        broker::sites::ClipboardPolicy::Blocked,
-        SCROLL_PAGE,
-    )
-    .await;
-    browser
-        .open(&format!("{}/sessions/{}", stack.base, session.session_id))
-        .await;
-    browser.element("#screen").await;
-    wait_for_picture(&browser).await;
+    let (mut stack, browser, session) =
+        viewer_on_host_page(Browser::start().await, SCROLL_PAGE).await;
 
     // The viewer sends its stage size when it connects; the workspace screen follows.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -564,21 +571,11 @@ return { ratio: window.devicePixelRatio, canvas: c.width + 'x' + c.height, frame
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_at_ratio_two_gets_sharp_screen() {
-    let mut stack = start_stack(&[]).await;
-    let browser = Browser::start_with_args(&["--force-device-scale-factor=2"]).await;
-    let owner = sign_in_browser(&stack, &browser, "alice").await;
-    let session = HostSession::start(
-        &stack,
-        &owner,
-        broker::sites::ClipboardPolicy::Blocked,
+    let (mut stack, browser, session) = viewer_on_host_page(
+        Browser::start_with_args(&["--force-device-scale-factor=2"]).await,
         SCALE_PAGE,
     )
     .await;
-    browser
-        .open(&format!("{}/sessions/{}", stack.base, session.session_id))
-        .await;
-    browser.element("#screen").await;
-    wait_for_picture(&browser).await;
 
     // The stream has twice the stage's size in each direction, and the page lays out
     // at the stage's size in CSS pixels with a device pixel ratio of 2.
@@ -1030,21 +1027,8 @@ addEventListener('scroll', () => fetch('/scroll?y=' + Math.round(scrollY)));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_wheel_scrolls_workspace_page() {
-    let mut stack = start_stack(&[]).await;
-    let browser = Browser::start().await;
-    let owner = sign_in_browser(&stack, &browser, "alice").await;
-    let session = HostSession::start(
-        &stack,
-        &owner,
-        broker::sites::ClipboardPolicy::Blocked,
-        SCROLL_PAGE,
-    )
-    .await;
-    browser
-        .open(&format!("{}/sessions/{}", stack.base, session.session_id))
-        .await;
-    browser.element("#screen").await;
-    wait_for_picture(&browser).await;
+    let (mut stack, browser, session) =
+        viewer_on_host_page(Browser::start().await, SCROLL_PAGE).await;
     let positions = || {
         session
             .pages
@@ -1099,20 +1083,9 @@ const ENDED_PROBE: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_words_end_reason() {
-    let mut stack = start_stack(&[]).await;
-    let browser = Browser::start().await;
-    let owner = sign_in_browser(&stack, &browser, "alice").await;
-    let session = HostSession::start(
-        &stack,
-        &owner,
-        broker::sites::ClipboardPolicy::Blocked,
-        SCROLL_PAGE,
-    )
-    .await;
+    let (mut stack, browser, session) =
+        viewer_on_host_page(Browser::start().await, SCROLL_PAGE).await;
     let viewer_url = format!("{}/sessions/{}", stack.base, session.session_id);
-    browser.open(&viewer_url).await;
-    browser.element("#screen").await;
-    wait_for_picture(&browser).await;
     let mut socket = viewer_socket(&stack, &browser, session.session_id).await;
 
     // An admin ends the session: the socket carries the reason code, and the viewer
