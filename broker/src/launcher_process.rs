@@ -100,8 +100,8 @@ async fn newest_built_image() -> anyhow::Result<Option<String>> {
 }
 
 /// Logs an error when the image that `launcher.image` names is not in the engine, with
-/// the fixes that work. Nothing is pulled. An engine that does not answer is reported
-/// by `/readyz` and at the first launch instead.
+/// the fixes that work. Nothing is pulled. When the engine does not respond, `/readyz`
+/// and the first launch report that instead.
 async fn report_missing_image(config: &LauncherConfig, source: &str) {
     use launcher::Runtime;
 
@@ -139,7 +139,7 @@ async fn report_missing_image(config: &LauncherConfig, source: &str) {
     );
 }
 
-/// What is known about the images `strongroom image build` made.
+/// Knowledge of the images `strongroom image build` made.
 #[derive(Debug, Clone, Copy)]
 pub enum BuiltImage<'a> {
     /// The newest one, such as `strongroom/workspace:373aacbfecf1f6a36726`.
@@ -150,8 +150,8 @@ pub enum BuiltImage<'a> {
 }
 
 /// Explains that the image `launcher.image` names is missing and how to fix it.
-/// `strongroom image build` tags its images by their content, so building never makes
-/// a configured name appear; the fixes are to drop the key or to tag a built image.
+/// `strongroom image build` tags its images by their content, so building never creates
+/// a configured name. The fixes are to drop the key or to tag a built image.
 pub fn missing_image_advice(image: &str, source: &str, built: BuiltImage<'_>) -> String {
     let tag_command = match built {
         BuiltImage::Newest(newest) => format!("docker tag {newest} {image}"),

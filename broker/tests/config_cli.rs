@@ -6,17 +6,22 @@ use std::process::{Command, Output};
 
 use broker::server;
 
+/// Returns a `strongroom` command without this process's `STRONGROOM_*` variables,
+/// because variables such as STRONGROOM_TEST_POSTGRES_URL would read as configuration keys.
+fn strongroom_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// Runs `strongroom ARGS` with a configuration file in `dir` and exactly the given
 /// `STRONGROOM_*` variables.
 fn strongroom(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let config = dir.join("strongroom.toml");
     std::fs::write(&config, format!("data_dir = {:?}\n", dir.join("data"))).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
-    // Variables such as STRONGROOM_TEST_POSTGRES_URL would read as configuration keys.
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
-        command.env_remove(name);
-    }
-    command
+    strongroom_command()
         .arg("--config")
         .arg(&config)
         .args(args)
@@ -186,12 +191,7 @@ fn reading_commands_create_no_database() {
 #[test]
 fn user_list_outside_checkout_names_path() {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
-        command.env_remove(name);
-    }
-
-    let output = command
+    let output = strongroom_command()
         .args(["user", "list"])
         .current_dir(dir.path())
         .output()
@@ -256,12 +256,7 @@ fn check_config_prints_portal_url() {
         ),
     )
     .unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
-        command.env_remove(name);
-    }
-
-    let from_file = command
+    let from_file = strongroom_command()
         .arg("check-config")
         .env("STRONGROOM_CONFIG", &config)
         .output()
@@ -293,11 +288,7 @@ fn check_config_prints_portal_url() {
 fn launcher_log_until(dir: &Path, env: &[(&str, &str)], expected: &str) -> String {
     let config = dir.join("strongroom.toml");
     std::fs::write(&config, format!("data_dir = {:?}\n", dir.join("data"))).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
-        command.env_remove(name);
-    }
-    let mut child = command
+    let mut child = strongroom_command()
         .arg("--config")
         .arg(&config)
         .arg("launcher")

@@ -303,8 +303,8 @@ struct EnvOverride {
 }
 
 impl EnvOverride {
-    /// Whether a problem on `key` concerns the value this variable set: the key itself
-    /// or a key inside the table it set.
+    /// Returns whether a problem on `key` concerns the value this variable set: the key
+    /// itself or a key inside the table it set.
     fn covers(&self, key: &str) -> bool {
         key == self.key
             || key
@@ -312,7 +312,8 @@ impl EnvOverride {
                 .is_some_and(|rest| rest.starts_with('.'))
     }
 
-    /// Whether the key, or a key inside a table the variable sets, holds a secret.
+    /// Returns whether the key, or a key inside a table the variable sets, contains a
+    /// secret.
     fn is_secret(&self) -> bool {
         let key = self.key.to_ascii_lowercase();
         let value = self.value.to_ascii_lowercase();

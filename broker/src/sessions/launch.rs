@@ -56,7 +56,7 @@ pub enum LaunchError {
     Storage(#[source] anyhow::Error),
 }
 
-/// What the person who launched reads when the workspace failed to start. The cause
+/// Message for the person who launched when the workspace failed to start. The cause
 /// (a missing image, an engine error) is for the operator: the error log and the
 /// `session.launch.failed` audit event carry it.
 pub const WORKSPACE_FAILED_FOR_PERSON: &str = "The workspace cannot start right now. The administrator has been told; please try again later.";
