@@ -510,7 +510,7 @@ async fn ctrl_c_to_process_group_ends_every_session() {
         "objects left after Ctrl-C; broker output:\n{}",
         serve.output()
     );
-    let reason = end_reason(&database, session.session.id).await;
+    let reason = end_reason(database, session.session.id).await;
     assert!(reason.is_some(), "session still live after Ctrl-C");
     for pid in launchers {
         assert!(!process_alive(pid), "launcher {pid} outlived the broker");
@@ -558,7 +558,7 @@ async fn second_signal_removes_workspaces_at_once() {
         .unwrap()
     };
     interrupt();
-    wait_for_log(&serve, "Shutdown requested").await;
+    wait_for_log(serve, "Shutdown requested").await;
     interrupt();
     // The forced removal is bounded; the process exits soon after it.
     let bound = broker::signals::FORCED_CLEANUP_TIMEOUT + Duration::from_secs(10);
