@@ -7,8 +7,11 @@
 # bank's container and network. Everything it writes goes under ./data.
 #
 # Environment:
+#   STRONGROOM_CONFIG          configuration file (default: none, embedded defaults).
 #   STRONGROOM_SERVER__LISTEN  portal address (default 127.0.0.1:8080). Any address
 #                              other than loopback gets HTTPS with a generated local CA.
+#                              The script prints the address and scheme that
+#                              `strongroom check-config` reports for the configuration.
 #   DEMO_BANK_SUBNET           Docker subnet of the demo bank (default 172.31.254.0/24):
 #                              an IPv4 range of /28 or larger outside launcher.subnet_range
 #                              (172.21.0.0/16, or STRONGROOM_LAUNCHER__SUBNET_RANGE).
@@ -51,7 +54,6 @@ fi
 
 scripts/install-deps.sh
 
-listen=${STRONGROOM_SERVER__LISTEN:-127.0.0.1:8080}
 subnet=${DEMO_BANK_SUBNET:-172.31.254.0/24}
 # Environment overrides may quote the value as a TOML string.
 launcher_range=${STRONGROOM_LAUNCHER__SUBNET_RANGE:-172.21.0.0/16}
@@ -105,9 +107,28 @@ if [ -n "$owner_pid" ] && [ "$owner_pid" != "$$" ] && kill -0 "$owner_pid" 2>/de
     exit 1
 fi
 
+bin=target/release/strongroom
+# Checks the configuration with the binary, which prints every problem, and sets
+# portal_url, portal_tls and data_dir from what it reports.
+check_config() {
+    local report
+    if ! report=$("$bin" check-config); then
+        echo "error: the configuration is invalid (see above); fix it and run scripts/start.sh again" >&2
+        exit 2
+    fi
+    portal_url=$(printf '%s\n' "$report" | sed -n 's/^portal: //p')
+    portal_tls=$(printf '%s\n' "$report" | sed -n 's/^tls: //p')
+    data_dir=$(printf '%s\n' "$report" | sed -n 's/^data_dir: //p')
+}
+# A binary from an earlier build checks the configuration before the long build.
+if [ -x "$bin" ]; then
+    check_config
+    echo "Configuration is valid; the portal will serve $portal_url"
+fi
+
 echo "Building strongroom, strongroom-agent and strongroom-demo-bank (release)..."
 cargo build --release -p broker -p strongroom-agent -p strongroom-demo-bank
-bin=target/release/strongroom
+check_config
 
 echo "Building the workspace and demo bank images from Debian packages (skipped when unchanged)..."
 workspace_image=$("$bin" image build | tee >(cat >&2) | sed -n 's/^image ready: //p')
@@ -135,8 +156,17 @@ if [ ! -f "$bank_dir/account/totp-seed" ]; then
     head -c 20 /dev/urandom | base32 | tr -d '=' > "$bank_dir/account/totp-seed"
     head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$bank_dir/received-token"
 fi
-# The bank runs as uid 1000 and reads its files through a read-only mount.
-chown -R 1000:1000 "$bank_dir"
+# The bank reads its files through a read-only mount as the image's own user, a uid
+# reserved for it that no host account should have (DEMO_BANK_UID in the recipe).
+bank_user=$(docker image inspect --format '{{.Config.User}}' "$bank_image")
+case "$bank_user" in
+    "" | 0 | 0:* | root | root:*)
+        echo "error: the demo bank image $bank_image runs as '${bank_user:-root}'; rebuild it with" >&2
+        echo "\`$bin image build --recipe demo-bank\`" >&2
+        exit 1
+        ;;
+esac
+chown -R "$bank_user" "$bank_dir"
 chmod -R go-rwx "$bank_dir"
 
 cleanup() {
@@ -201,31 +231,27 @@ if [ "$("$bin" user list | wc -l)" -le 1 ]; then
     echo
     echo "Creating the first admin account 'admin'."
     "$bin" user add admin --role admin --role user --generate-password
-    echo "Sign in with this password; the portal then sets up an authenticator app and asks for a new password."
     echo
 fi
 "$bin" site grant admin demo-bank
 
-case "$listen" in
-    127.* | localhost:* | "[::1]:"*)
-        url="http://$listen"
-        ;;
-    *)
-        url="https://$listen"
-        echo "The portal uses a certificate from the local CA in data/tls/ca.pem (created at"
-        echo "first start); import it into your browser, or set server.tls_cert and tls_key."
-        ;;
-esac
-echo "More sites: $bin site import FILE, then $bin site grant admin SITE"
-echo "Starting Strongroom at $url: sign in as 'admin' and launch Demo Bank (Ctrl+C stops it)"
-"$bin" serve &
-serve_pid=$!
-trap 'kill -INT "$serve_pid" 2>/dev/null || true' INT TERM
-status=0
-wait "$serve_pid" || status=$?
-# A signal interrupts the first `wait`; the second waits for the broker's own shutdown.
-if kill -0 "$serve_pid" 2>/dev/null; then
-    wait "$serve_pid" || status=$?
+if [ "$portal_tls" = generated ]; then
+    echo "The portal uses a certificate from the local CA in $data_dir/tls/ca.pem (created at"
+    echo "first start); import it into your browser, or set server.tls_cert and tls_key."
 fi
+echo "More sites: $bin site import FILE, then $bin site grant admin SITE"
+echo "Starting Strongroom at $portal_url: sign in as 'admin' and launch Demo Bank (Ctrl+C stops it)"
+# The broker runs in its own session, so a Ctrl-C in the terminal reaches only this
+# script, which passes each signal on once: the broker counts them (the first stops it
+# gracefully, the second removes its workspaces at once, the third exits).
+setsid "$bin" serve &
+serve_pid=$!
+trap 'kill -INT "$serve_pid" 2>/dev/null || true' INT TERM HUP
+status=0
+# Each forwarded signal interrupts `wait`; waiting ends when the broker has exited.
+while :; do
+    if wait "$serve_pid"; then status=0; else status=$?; fi
+    kill -0 "$serve_pid" 2>/dev/null || break
+done
 cleanup
 exit "$status"

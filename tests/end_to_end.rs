@@ -83,7 +83,15 @@ impl DemoBank {
             format!("{RECEIVED_TOKEN}\n"),
         )
         .unwrap();
-        // The bank runs as uid 1000 and reads these files through a read-only mount.
+        // The bank reads these files through a read-only mount as the image's user.
+        let user = docker(&["image", "inspect", "--format", "{{.Config.User}}", &image]);
+        let uid: u32 = user
+            .split(':')
+            .next()
+            .and_then(|uid| uid.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("demo bank image {image} runs as {user:?}, not a numeric uid")
+            });
         for path in [
             secrets.path().to_path_buf(),
             account.clone(),
@@ -92,7 +100,7 @@ impl DemoBank {
             account.join("totp-seed"),
             secrets.path().join("received-token"),
         ] {
-            std::os::unix::fs::chown(&path, Some(1000), None).unwrap();
+            std::os::unix::fs::chown(&path, Some(uid), None).unwrap();
         }
 
         let name = format!(

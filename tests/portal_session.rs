@@ -481,7 +481,19 @@ async fn missing_image_is_reported_and_refused() {
     assert_eq!(image_check["ok"], false);
     let error = image_check["error"].as_str().unwrap();
     assert!(error.contains(&tag), "{error}");
-    assert!(error.contains("strongroom image build"), "{error}");
+    // The advice names where the image was set and the fixes that work: building makes
+    // a content-addressed tag, never this one.
+    assert!(
+        error.contains("set by the environment variable STRONGROOM_LAUNCHER__IMAGE"),
+        "{error}"
+    );
+    assert!(error.contains("remove launcher.image"), "{error}");
+    assert!(
+        error.contains("docker tag $(docker images --filter label=org.strongroom.recipe=workspace"),
+        "{error}"
+    );
+    assert!(error.contains(&format!(" {tag}`")), "{error}");
+    assert!(!error.contains("build it with"), "{error}");
 
     // A launch is refused with a message for the person, and nothing is pulled or left.
     let refused = person
@@ -494,7 +506,31 @@ async fn missing_image_is_reported_and_refused() {
         .unwrap();
     assert!(refused.status().is_server_error(), "{}", refused.status());
     let page = refused.text().await.unwrap();
-    assert!(page.contains("could not be started"), "{page}");
+    assert!(
+        page.contains("The workspace cannot start right now. The administrator has been told"),
+        "{page}"
+    );
+    assert!(!page.contains(&tag), "{page}");
+    assert!(!page.contains("strongroom image build"), "{page}");
+    assert!(!page.contains("launcher.image"), "{page}");
+
+    // The operator's detail goes to the audit trail.
+    let events = stack.broker().state.audit.list(0, 100_000).await.unwrap();
+    let failed = events
+        .iter()
+        .find(|event| event.action == "session.launch.failed")
+        .expect("session.launch.failed in the audit trail");
+    assert!(failed.details.contains(&tag), "{}", failed.details);
+    assert!(
+        failed.details.contains("never pulled"),
+        "{}",
+        failed.details
+    );
+    let pulled = std::process::Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .output()
+        .unwrap();
+    assert!(!pulled.status.success(), "{tag} appeared in the engine");
 
     stack.stop().await;
 }

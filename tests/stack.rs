@@ -124,7 +124,7 @@ impl StackBuilder {
         let launcher_stop = CancellationToken::new();
         let launcher = tokio::spawn(broker::launcher_process::run_standalone(
             launcher_config,
-            image_from_build,
+            config.launcher.image_source.clone(),
             launcher_stop.clone(),
         ));
         let client = launcher::LauncherClient::new(config.sessions.launcher_socket.clone());

@@ -1,5 +1,6 @@
 //! `scripts/start.sh` refuses to start a second demo while one runs, checks
-//! `DEMO_BANK_SUBNET`, and finds the Rust toolchain of the user who ran `sudo`. The
+//! `DEMO_BANK_SUBNET` and, through the binary, the configuration, and finds the Rust
+//! toolchain of the user who ran `sudo`. The
 //! script runs from a copy in a temporary directory, so it finds neither the helper
 //! scripts nor the sources. A run that passes a check fails on the next step instead,
 //! or on a stand-in that a test puts there. The script checks for root first, so these
@@ -345,4 +346,85 @@ fn test_script_installs_test_packages() {
             .any(|line| line.trim() == "scripts/install-deps.sh --test"),
         "scripts/test.sh does not run scripts/install-deps.sh --test"
     );
+}
+
+/// A `strongroom` stand-in whose `check-config` rejects the configuration as the real
+/// binary does: the problem on standard error and exit code 2.
+const REJECTING_STRONGROOM: &str = "#!/bin/sh\n[ \"$1\" = check-config ] || exit 9\necho 'error: invalid configuration (built-in defaults): 1 problem' >&2\necho '  - server.listen: stand-in problem' >&2\nexit 2\n";
+
+#[test]
+fn configuration_is_checked_before_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let (script, bin) = copy_with_fake_cargo(dir.path());
+    write_executable(
+        &dir.path().join("target/release/strongroom"),
+        REJECTING_STRONGROOM,
+    );
+
+    let output = run_script(&script, &[&bin], &[]);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("server.listen: stand-in problem"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the configuration is invalid"), "{stderr}");
+    assert!(!stdout.contains("fake cargo"), "{stdout}");
+}
+
+#[test]
+fn configuration_is_checked_right_after_first_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = copy_start_script(dir.path());
+    stub_install_deps(dir.path());
+    let bin = dir.path().join("bin");
+    // The first build creates the binary; the check then runs before the image builds.
+    let binary = dir.path().join("target/release/strongroom");
+    let cargo = format!(
+        "#!/bin/sh\nmkdir -p {}\ncat > {} <<'STANDIN'\n{REJECTING_STRONGROOM}STANDIN\nchmod 755 {}\nexit 0\n",
+        binary.parent().unwrap().display(),
+        binary.display(),
+        binary.display()
+    );
+    write_executable(&bin.join("cargo"), &cargo);
+
+    let output = run_script(&script, &[&bin], &[]);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.contains("Building strongroom"), "{stdout}");
+    assert!(
+        stderr.contains("server.listen: stand-in problem"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("Building the workspace"), "{stdout}");
+}
+
+#[test]
+fn portal_address_comes_from_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (script, bin) = copy_with_fake_cargo(dir.path());
+    // What `strongroom check-config` prints for a file that sets server.listen.
+    write_executable(
+        &dir.path().join("target/release/strongroom"),
+        "#!/bin/sh\n[ \"$1\" = check-config ] || exit 9\necho 'configuration is valid (listen 0.0.0.0:9443, database sqlite, data directory data)'\necho 'portal: https://0.0.0.0:9443'\necho 'tls: generated'\necho 'data_dir: data'\n",
+    );
+
+    let output = run_script(
+        &script,
+        &[&bin],
+        &[("STRONGROOM_SERVER__LISTEN", "127.0.0.1:8080")],
+    );
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("the portal will serve https://0.0.0.0:9443"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("8080"), "{stdout}");
 }

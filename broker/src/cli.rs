@@ -52,7 +52,10 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
-    /// Validate the configuration, print every problem found, and exit.
+    /// Validate the configuration, print every problem found, and exit. A valid
+    /// configuration prints a summary, then `portal: URL` with the scheme and address
+    /// the portal serves, `tls: MODE` (`plain`, `files` or `generated`) and
+    /// `data_dir: PATH`, one per line for scripts.
     CheckConfig,
     /// Audit trail tools.
     Audit {
@@ -258,6 +261,9 @@ pub fn main() -> i32 {
 
     if let Command::CheckConfig = cli.command {
         println!("configuration is valid ({})", describe(&config));
+        println!("portal: {}", portal_url(&config));
+        println!("tls: {}", tls_mode_name(&config.server.tls));
+        println!("data_dir: {}", config.data_dir.display());
         return 0;
     }
 
@@ -271,24 +277,25 @@ pub fn main() -> i32 {
         }
     };
 
+    let access = database_access(&cli.command);
     runtime.block_on(async move {
         match cli.command {
             Command::Serve => serve(config, cli.config.clone()).await,
             Command::Launcher => launcher(config).await,
-            Command::Recording { command } => match open(&config).await {
+            Command::Recording { command } => match open(&config, access).await {
                 Ok(db) => recording(&config, &db, command).await,
                 Err(code) => code,
             },
-            Command::Keys { command: KeysCommand::Rotate } => match open(&config).await {
+            Command::Keys { command: KeysCommand::Rotate } => match open(&config, access).await {
                 Ok(db) => crate::recordings::rotate_keys_command(&config, &db).await,
                 Err(code) => code,
             },
             Command::HostSetup { check, remove } => host_setup(&config, check, remove).await,
-            Command::Site { command } => match open(&config).await {
+            Command::Site { command } => match open(&config, access).await {
                 Ok(db) => site(&config, &db, command).await,
                 Err(code) => code,
             },
-            Command::Quota { command } => match open(&config).await {
+            Command::Quota { command } => match open(&config, access).await {
                 Ok(db) => crate::cli_quota::run(&db, &config, command).await,
                 Err(code) => code,
             },
@@ -301,15 +308,15 @@ pub fn main() -> i32 {
                     },
             } => image_build(recipe, refresh, binary).await,
             Command::Migrate => migrate(config).await,
-            Command::Audit { command } => match open(&config).await {
+            Command::Audit { command } => match open(&config, access).await {
                 Ok(db) => crate::audit::cli::run(&config, &db, command).await,
                 Err(code) => code,
             },
-            Command::User { command } => match open(&config).await {
+            Command::User { command } => match open(&config, access).await {
                 Ok(db) => crate::auth::cli::run(&config, &db, command).await,
                 Err(code) => code,
             },
-            Command::Secrets { command } => match open(&config).await {
+            Command::Secrets { command } => match open(&config, access).await {
                 Ok(db) => crate::secrets::cli::run(&config, &db, command).await,
                 Err(code) => code,
             },
@@ -327,7 +334,35 @@ fn describe(config: &Config) -> String {
     )
 }
 
+/// Returns the URL of the portal's listener as configured, such as
+/// `https://0.0.0.0:8443`; a name such as `localhost:8080` is kept as written.
+fn portal_url(config: &Config) -> String {
+    let scheme = match config.server.tls {
+        crate::config::TlsMode::PlainLoopback => "http",
+        _ => "https",
+    };
+    format!("{scheme}://{}", config.server.listen.text)
+}
+
+fn tls_mode_name(tls: &crate::config::TlsMode) -> &'static str {
+    match tls {
+        crate::config::TlsMode::PlainLoopback => "plain",
+        crate::config::TlsMode::Files { .. } => "files",
+        crate::config::TlsMode::Generated => "generated",
+    }
+}
+
 async fn serve(config: Config, config_path: Option<PathBuf>) -> i32 {
+    let mut signals = match crate::signals::StopSignals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("error: cannot install the SIGTERM and SIGINT handlers: {error}");
+            return 1;
+        }
+    };
+    if let Some(path) = missing_sqlite_file(&config) {
+        tracing::info!(path = %path.display(), "Creating a new SQLite database");
+    }
     // The instance id exists before the launcher child starts, so that both processes
     // read the same one.
     let prepared = crate::instance::prepare_data_dir(&config.data_dir)
@@ -343,6 +378,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> i32 {
     };
 
     let embedded = config.launcher.mode == crate::config::launcher::LauncherMode::Embedded;
+    let launcher_socket = config.sessions.launcher_socket.clone();
     let supervisor_stop = tokio_util::sync::CancellationToken::new();
     let supervisor = embedded.then(|| {
         tokio::spawn(crate::launcher_process::supervise_child(
@@ -363,12 +399,12 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> i32 {
     };
 
     println!("Strongroom is listening on {}", broker.base_url());
-    wait_for_signal().await;
-    tokio::spawn(async {
-        wait_for_signal().await;
-        eprintln!("second signal received; exiting without waiting for background tasks");
-        std::process::exit(130);
-    });
+    let name = signals.next().await;
+    tracing::info!(signal = name, "Shutdown requested");
+    tokio::spawn(crate::signals::force_after_second_signal(
+        signals,
+        launcher_socket,
+    ));
     broker.shutdown().await;
     supervisor_stop.cancel();
     if let Some(supervisor) = supervisor {
@@ -687,8 +723,8 @@ async fn launcher(config: Config) -> i32 {
         eprintln!("second signal received; exiting without waiting for requests in progress");
         std::process::exit(130);
     });
-    let image_from_build = config.launcher.image_from_build;
-    match crate::launcher_process::run_standalone(launcher_config, image_from_build, shutdown).await
+    let image_source = config.launcher.image_source.clone();
+    match crate::launcher_process::run_standalone(launcher_config, image_source, shutdown).await
     {
         Ok(()) => 0,
         Err(error) => {
@@ -706,7 +742,7 @@ fn report_startup(error: StartupError) -> i32 {
 }
 
 async fn migrate(config: Config) -> i32 {
-    let db = match open(&config).await {
+    let db = match open(&config, DatabaseAccess::Create).await {
         Ok(db) => db,
         Err(code) => return code,
     };
@@ -722,15 +758,77 @@ async fn migrate(config: Config) -> i32 {
     }
 }
 
-async fn open(config: &Config) -> Result<Database, i32> {
+/// Whether a command may create a missing SQLite database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DatabaseAccess {
+    /// The command works on stored data, so a missing database means it runs against
+    /// the wrong data directory. It reports the path and creates nothing.
+    Existing,
+    /// The command sets up data (`migrate`, `serve`, `user add`, `site import`) and
+    /// creates the database when it is missing, saying so.
+    Create,
+}
+
+/// Returns how a command opens the database; commands that open none get `Existing`.
+fn database_access(command: &Command) -> DatabaseAccess {
+    use crate::auth::cli::UserCommand;
+
+    match command {
+        Command::Serve
+        | Command::Migrate
+        | Command::User {
+            command: UserCommand::Add { .. },
+        }
+        | Command::Site {
+            command: SiteCommand::Import { .. },
+        } => DatabaseAccess::Create,
+        _ => DatabaseAccess::Existing,
+    }
+}
+
+/// Returns the SQLite file as an absolute path when it does not exist yet; `None` for
+/// PostgreSQL or an existing file.
+fn missing_sqlite_file(config: &Config) -> Option<PathBuf> {
+    let crate::config::DatabaseTarget::Sqlite { path } = &config.database.target else {
+        return None;
+    };
+    if path.exists() {
+        return None;
+    }
+    Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()))
+}
+
+/// Explains where a missing database was looked for and how to point at the right one.
+fn missing_database_message(path: &std::path::Path) -> String {
+    format!(
+        "no database at {}; this command works on stored data and creates no database. \
+Run it from the directory that holds the data directory (where `scripts/start.sh` ran), \
+give the broker's configuration with --config FILE or {CONFIG_ENV}=FILE, or set \
+STRONGROOM_DATA_DIR to the data directory; `strongroom migrate` creates a new empty database",
+        path.display()
+    )
+}
+
+async fn open(config: &Config, access: DatabaseAccess) -> Result<Database, i32> {
+    let missing = missing_sqlite_file(config);
+    if let Some(path) = &missing
+        && access == DatabaseAccess::Existing
+    {
+        eprintln!("error: {}", missing_database_message(path));
+        return Err(2);
+    }
     if let Err(error) = crate::instance::prepare_data_dir(&config.data_dir) {
         eprintln!("error: {error:#}");
         return Err(2);
     }
-    Database::connect(&config.database).await.map_err(|error| {
+    let db = Database::connect(&config.database).await.map_err(|error| {
         eprintln!("error: {error}");
         2
-    })
+    })?;
+    if let Some(path) = missing {
+        eprintln!("created a new SQLite database at {}", path.display());
+    }
+    Ok(db)
 }
 
 /// Resolves on SIGTERM or SIGINT.

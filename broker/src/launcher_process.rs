@@ -65,14 +65,20 @@ fn write_if_changed(path: &Path, content: &[u8]) -> anyhow::Result<()> {
 /// that names `strongroom image build`.
 const UNBUILT_IMAGE: &str = "strongroom/workspace:not-built";
 
-/// Runs `strongroom launcher` until SIGTERM or SIGINT.
+/// Runs `strongroom launcher` until SIGTERM or SIGINT. `image_source` names where
+/// `launcher.image` was set, or is `None` to use the newest built image.
 pub async fn run_standalone(
     mut config: LauncherConfig,
-    image_from_build: bool,
+    image_source: Option<String>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    if image_from_build {
-        config.image = newest_built_image().await?;
+    match &image_source {
+        None => {
+            config.image = newest_built_image()
+                .await?
+                .unwrap_or_else(|| UNBUILT_IMAGE.to_owned())
+        }
+        Some(source) => report_missing_image(&config, source).await,
     }
     tracing::info!(
         image = config.image.as_str(),
@@ -82,18 +88,90 @@ pub async fn run_standalone(
 }
 
 /// Finds the newest workspace image made by `strongroom image build` by its labels.
-async fn newest_built_image() -> anyhow::Result<String> {
+async fn newest_built_image() -> anyhow::Result<Option<String>> {
     let docker = imagebuild::connect_docker().context("cannot connect to the Docker engine")?;
     let found = imagebuild::find_image(&docker, &imagebuild::Recipe::workspace())
         .await
         .context("cannot list workspace images")?;
-    Ok(match found {
-        Some(image) => image.reference,
-        None => {
-            tracing::warn!("No workspace image is built yet; run `strongroom image build`");
-            UNBUILT_IMAGE.to_owned()
+    if found.is_none() {
+        tracing::warn!("No workspace image is built yet; run `strongroom image build`");
+    }
+    Ok(found.map(|image| image.reference))
+}
+
+/// Logs an error when the image that `launcher.image` names is not in the engine, with
+/// the fixes that work. Nothing is pulled. When the engine does not respond, `/readyz`
+/// and the first launch report that instead.
+async fn report_missing_image(config: &LauncherConfig, source: &str) {
+    use launcher::Runtime;
+
+    let image = config.image.as_str();
+    let runtime = match launcher::DockerRuntime::connect(
+        &config.docker_socket,
+        &config.docker_api_version,
+        config.docker_timeout(),
+    ) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::warn!(image, error = %error, "Cannot check the configured workspace image");
+            return;
         }
-    })
+    };
+    match runtime.image_present(image).await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(error) => {
+            tracing::warn!(image, error = %error, "Cannot check the configured workspace image");
+            return;
+        }
+    }
+    let newest = newest_built_image().await;
+    let built = match &newest {
+        Ok(Some(reference)) => BuiltImage::Newest(reference),
+        Ok(None) => BuiltImage::NoneBuilt,
+        Err(_) => BuiltImage::Unknown,
+    };
+    tracing::error!(
+        image,
+        source,
+        "{}",
+        missing_image_advice(image, source, built)
+    );
+}
+
+/// Knowledge of the images `strongroom image build` made.
+#[derive(Debug, Clone, Copy)]
+pub enum BuiltImage<'a> {
+    /// The newest one, such as `strongroom/workspace:373aacbfecf1f6a36726`.
+    Newest(&'a str),
+    NoneBuilt,
+    /// Not known, as in the broker process, which has no Docker access.
+    Unknown,
+}
+
+/// Explains that the image `launcher.image` names is missing and how to fix it.
+/// `strongroom image build` tags its images by their content, so building never creates
+/// a configured name. The fixes are to drop the key or to tag a built image.
+pub fn missing_image_advice(image: &str, source: &str, built: BuiltImage<'_>) -> String {
+    let tag_command = match built {
+        BuiltImage::Newest(newest) => format!("docker tag {newest} {image}"),
+        BuiltImage::NoneBuilt | BuiltImage::Unknown => format!(
+            "docker tag $(docker images --filter label={}=workspace --format '{{{{.Repository}}}}:{{{{.Tag}}}}' | head -n 1) {image}",
+            imagebuild::LABEL_RECIPE
+        ),
+    };
+    let build_first = match built {
+        BuiltImage::NoneBuilt => {
+            "no workspace image is built yet, so run `strongroom image build` first; then "
+        }
+        BuiltImage::Newest(_) | BuiltImage::Unknown => "",
+    };
+    format!(
+        "workspace image {image} (launcher.image, set by {source}) does not exist in the Docker engine, \
+and images are never pulled. `strongroom image build` names its images by their content, so it \
+does not create {image}: {build_first}remove launcher.image from {source} so that the launcher \
+uses the newest image `strongroom image build` made, or give a built image that name with `{tag_command}`"
+    )
 }
 
 /// Builds the workspace image from Debian packages and imports it; prints progress.
@@ -213,12 +291,18 @@ async fn stop_child(child: &mut tokio::process::Child) {
 }
 
 /// Builds the `/readyz` checks that the launcher reports: the Docker engine and the
-/// workspace image.
-pub fn readiness_checks(client: LauncherClient) -> Vec<Arc<dyn ReadinessCheck>> {
+/// workspace image. `image_source` names where `launcher.image` was set, if it was.
+pub fn readiness_checks(
+    client: LauncherClient,
+    image_source: Option<String>,
+) -> Vec<Arc<dyn ReadinessCheck>> {
     let client = Arc::new(client.with_timeout(Duration::from_secs(3)));
     vec![
         Arc::new(EngineCheck(client.clone())),
-        Arc::new(ImageCheck(client)),
+        Arc::new(ImageCheck {
+            client,
+            image_source,
+        }),
     ]
 }
 
@@ -244,7 +328,10 @@ impl ReadinessCheck for EngineCheck {
     }
 }
 
-struct ImageCheck(Arc<LauncherClient>);
+struct ImageCheck {
+    client: Arc<LauncherClient>,
+    image_source: Option<String>,
+}
 
 impl ReadinessCheck for ImageCheck {
     fn name(&self) -> &'static str {
@@ -254,17 +341,24 @@ impl ReadinessCheck for ImageCheck {
     fn check(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let report = self
-                .0
+                .client
                 .health()
                 .await
                 .map_err(|error| format!("launcher unreachable: {error}"))?;
-            match report.image_present {
-                Some(true) => Ok(()),
-                Some(false) => Err(format!(
-                    "workspace image {} is missing; build it with `strongroom image build`",
+            match (report.image_present, &self.image_source) {
+                (Some(true), _) => Ok(()),
+                // The broker has no Docker access, so the advice names the newest
+                // built image through a `docker images` query.
+                (Some(false), Some(source)) => Err(missing_image_advice(
+                    &report.image,
+                    source,
+                    BuiltImage::Unknown,
+                )),
+                (Some(false), None) => Err(format!(
+                    "no workspace image is built yet ({} is missing); run `strongroom image build`",
                     report.image
                 )),
-                None => Err("the Docker engine does not answer".to_owned()),
+                (None, _) => Err("the Docker engine does not answer".to_owned()),
             }
         })
     }

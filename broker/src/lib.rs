@@ -27,6 +27,7 @@ pub mod recordings;
 pub mod secrets;
 pub mod server;
 pub mod sessions;
+pub mod signals;
 pub mod sites;
 pub mod stream;
 pub mod tasks;

@@ -91,6 +91,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartupError> {
     let mut readiness: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(DatabaseCheck(db.clone()))];
     readiness.extend(crate::launcher_process::readiness_checks(
         launcher::LauncherClient::new(config.sessions.launcher_socket.clone()),
+        config.launcher.image_source.clone(),
     ));
     readiness.push(Arc::new(crate::launcher_process::FirewallCheck(
         crate::launcher_process::firewall_config(&config),

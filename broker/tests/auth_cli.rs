@@ -113,6 +113,10 @@ async fn user_commands_manage_local_accounts() {
         .unwrap_or_else(|| panic!("no password printed: {text}"));
     broker::auth::policy::check_new_password(password_line, "alice").unwrap();
     assert!(!text.contains("secret (base32)"), "{text}");
+    // The first sign-in is explained once, in one line.
+    assert_eq!(text.matches("first sign-in").count(), 1, "{text}");
+    assert!(text.contains("asks for a new password"), "{text}");
+    assert!(text.contains("authenticator app"), "{text}");
 
     let enrolled = strongroom(
         &config,

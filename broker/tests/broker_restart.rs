@@ -416,33 +416,65 @@ async fn killed_broker_restart_removes_its_workspaces_on_postgres() {
     killed_broker_restart(TestBackend::Postgres).await;
 }
 
+/// A `strongroom serve` started as a terminal job on SQLite, after its start-up
+/// recovery ran, with a session service of the test process.
+struct JobBroker {
+    serve: ServeProcess,
+    _cleanup: InstanceCleanup,
+    instance_id: Uuid,
+    service: SessionService,
+    _audit: AuditLog,
+    database: TestDatabase,
+    _data_dir: tempfile::TempDir,
+}
+
+impl JobBroker {
+    /// Starts the broker with the demo site granted to `people`.
+    async fn start(people: &[&str]) -> JobBroker {
+        let database = TestDatabase::new(TestBackend::Sqlite).await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let instance_id = broker::instance::load_or_create(data_dir.path()).unwrap();
+        let cleanup = InstanceCleanup(instance_id.to_string());
+        let image = test_image().await;
+        let database_url = format!("sqlite://{}", database.dir.path().join("test.db").display());
+        let env = serve_env(data_dir.path(), &database_url, &image);
+        let config = broker::config::load(None, env.clone()).expect("test configuration is valid");
+        import_demo_site(&database, None).await;
+        for who in people {
+            broker::sites::grant(&database.db, who, SITE, "user:test-admin", 0)
+                .await
+                .unwrap();
+        }
+        let (service, audit) = session_service(&config, &database, instance_id);
+
+        // The broker's start-up recovery ends this marker session, which shows that it ran.
+        let marker = reserve_interrupted(&database, "carol", instance_id).await;
+        let serve = ServeProcess::start_as_job(&env, data_dir.path().join("serve.log"));
+        assert_eq!(
+            wait_for_end(&database, marker, &serve).await,
+            "interrupted_by_restart"
+        );
+        JobBroker {
+            serve,
+            _cleanup: cleanup,
+            instance_id,
+            service,
+            _audit: audit,
+            database,
+            _data_dir: data_dir,
+        }
+    }
+}
+
 /// A Ctrl-C in the terminal sends SIGINT to the whole foreground process group. The
 /// broker then ends its live sessions through its launcher child, which must still be
 /// running for that, and stops with nothing left on the engine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_to_process_group_ends_every_session() {
-    let database = TestDatabase::new(TestBackend::Sqlite).await;
-    let data_dir = tempfile::tempdir().unwrap();
-    let instance_id = broker::instance::load_or_create(data_dir.path()).unwrap();
-    let _cleanup = InstanceCleanup(instance_id.to_string());
-    let image = test_image().await;
-    let database_url = format!("sqlite://{}", database.dir.path().join("test.db").display());
-    let env = serve_env(data_dir.path(), &database_url, &image);
-    let config = broker::config::load(None, env.clone()).expect("test configuration is valid");
-    import_demo_site(&database, None).await;
-    broker::sites::grant(&database.db, "alice", SITE, "user:test-admin", 0)
-        .await
-        .unwrap();
-    let (service, _audit) = session_service(&config, &database, instance_id);
-
-    // The broker's start-up recovery ends this marker session, which shows that it ran.
-    let marker = reserve_interrupted(&database, "carol", instance_id).await;
-    let mut serve = ServeProcess::start_as_job(&env, data_dir.path().join("serve.log"));
+    let mut broker = JobBroker::start(&["alice"]).await;
+    let (instance_id, database, service) = (broker.instance_id, &broker.database, &broker.service);
+    let serve = &mut broker.serve;
     let group = serve.pid();
-    assert_eq!(
-        wait_for_end(&database, marker, &serve).await,
-        "interrupted_by_restart"
-    );
 
     let alice = person("alice");
     let session = service
@@ -478,9 +510,88 @@ async fn ctrl_c_to_process_group_ends_every_session() {
         "objects left after Ctrl-C; broker output:\n{}",
         serve.output()
     );
-    let reason = end_reason(&database, session.session.id).await;
+    let reason = end_reason(database, session.session.id).await;
     assert!(reason.is_some(), "session still live after Ctrl-C");
     for pid in launchers {
         assert!(!process_alive(pid), "launcher {pid} outlived the broker");
+    }
+}
+
+/// Waits until the broker's log contains `text`.
+async fn wait_for_log(serve: &ServeProcess, text: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !serve.output().contains(text) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {text:?} in the broker output:\n{}",
+            serve.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A second Ctrl-C skips the graceful end of each session but still removes every
+/// container and network of this broker before it exits, within a bounded time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_removes_workspaces_at_once() {
+    let mut broker = JobBroker::start(&["alice", "bob"]).await;
+    let (instance_id, service) = (broker.instance_id, &broker.service);
+    let serve = &mut broker.serve;
+    let group = serve.pid();
+    // Two sessions: the graceful shutdown ends them one after the other, so an exit
+    // without cleanup leaves at least the second one's workspace behind.
+    for who in ["alice", "bob"] {
+        service
+            .launch(&person(who), SITE, None)
+            .await
+            .unwrap_or_else(|error| panic!("launch failed: {error}; broker output:\n{}", serve.output()));
+    }
+    assert_eq!(running_containers(&instance_id.to_string()).await.len(), 2);
+    let launchers = children_of(group);
+    let _launchers_guard = KillOnDrop(launchers.clone());
+
+    let interrupt = || {
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(group),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap()
+    };
+    interrupt();
+    wait_for_log(serve, "Shutdown requested").await;
+    interrupt();
+    // The forced removal is bounded; the process exits soon after it.
+    let bound = broker::signals::FORCED_CLEANUP_TIMEOUT + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + bound;
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker did not exit within {bound:?} of the second SIGINT; output:\n{}",
+            serve.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    assert_eq!(status.code(), Some(130), "output:\n{}", serve.output());
+    assert!(serve.output().contains("Second stop signal"), "{}", serve.output());
+    assert_eq!(
+        count_instance_objects(&instance_id.to_string()).await,
+        (0, 0),
+        "objects left after two Ctrl-C; broker output:\n{}",
+        serve.output()
+    );
+    let output = serve.output();
+    assert!(
+        output.contains("Removed this broker's workspaces after the second stop signal"),
+        "{output}"
+    );
+    for pid in launchers {
+        wait_until("the launcher child to exit with its broker", || async move {
+            !process_alive(pid)
+        })
+        .await;
     }
 }

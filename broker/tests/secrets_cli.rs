@@ -252,6 +252,7 @@ async fn infisical_source_refuses_local_commands() {
         dir.path(),
         "[secrets]\nsource = \"infisical\"\n[secrets.infisical]\nurl = \"https://infisical.bank.example\"\nclient_id = \"id\"\nclient_secret = \"env:INFISICAL_CLIENT_SECRET\"\nproject_id = \"p\"\nenvironment = \"prod\"\n",
     );
+    assert!(strongroom(&config, &["migrate"], "").status.success());
 
     let list = strongroom(&config, &["secrets", "list"], "");
 
@@ -400,8 +401,7 @@ async fn cli_challenges(db: &Database) -> Vec<(String, String)> {
 async fn site_change_needs_confirmed_admins() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "[sites]\ndual_control = true\n");
-    // Any command creates the data directory and runs the migrations.
-    assert!(strongroom(&config, &["site", "list"], "").status.success());
+    assert!(strongroom(&config, &["migrate"], "").status.success());
     let db = open_database(dir.path()).await;
     let alice = add_admin(dir.path(), &db, "alice").await;
     let bob = add_admin(dir.path(), &db, "bob").await;
@@ -559,7 +559,7 @@ async fn site_change_needs_confirmed_admins() {
 async fn terminal_approve_hides_password_and_code() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "[sites]\ndual_control = true\n");
-    assert!(strongroom(&config, &["site", "list"], "").status.success());
+    assert!(strongroom(&config, &["migrate"], "").status.success());
     let db = open_database(dir.path()).await;
     let alice = add_admin(dir.path(), &db, "alice").await;
     let bob = add_admin(dir.path(), &db, "bob").await;

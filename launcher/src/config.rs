@@ -31,7 +31,10 @@ pub struct LauncherConfig {
     /// container and network carries it as a label, and reconciliation touches only
     /// objects that carry it.
     pub instance_id: String,
-    /// Tag of the workspace image. It is never pulled; `strongroom image build` builds it.
+    /// Reference of the workspace image, such as `strongroom/workspace:TAG`. It is never
+    /// pulled. `strongroom image build` tags its images by content, so a reference set
+    /// here is one of those tags, or a name given to a built image with `docker tag`.
+    /// Unset, the broker uses the newest image `strongroom image build` made.
     pub image: String,
     /// Path of the seccomp profile (JSON) applied to every workspace container.
     pub seccomp_profile: PathBuf,

@@ -41,7 +41,8 @@ pub enum LaunchError {
     AlreadyExists { session_id: Uuid },
     #[error(
         "workspace image `{tag}` is not present in the Docker engine (images are never pulled); \
-         build it with `strongroom image build`"
+         remove launcher.image so that the newest image `strongroom image build` made is used, \
+         or give a built image this name with `docker tag`"
     )]
     ImageMissing { tag: String },
     #[error("no free /{prefix_len} subnet is left in {range}; widen launcher.subnet_range")]

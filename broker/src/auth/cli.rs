@@ -254,11 +254,20 @@ pub async fn add(
     );
     if options.generated_password {
         println!("password: {}", password.as_str());
-        println!("The password is not shown again; the first sign-in asks for a new one.");
     }
-    match &secret {
-        Some(secret) => print_enrolment(secret, &username),
-        None => println!("The first sign-in shows a QR code to set up an authenticator app."),
+    // One line says what the first sign-in asks for.
+    match (&secret, options.generated_password) {
+        (Some(secret), true) => {
+            println!("The password is not shown again; the first sign-in asks for a new one.");
+            print_enrolment(secret, &username);
+        }
+        (Some(secret), false) => print_enrolment(secret, &username),
+        (None, true) => println!(
+            "The password is not shown again. The first sign-in shows a QR code to set up an authenticator app, then asks for a new password."
+        ),
+        (None, false) => {
+            println!("The first sign-in shows a QR code to set up an authenticator app.")
+        }
     }
     Ok(())
 }

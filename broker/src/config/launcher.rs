@@ -30,6 +30,9 @@ pub struct LauncherSettings {
     /// Whether `image` was left at its default, in which case the launcher uses the
     /// newest image that `strongroom image build` made.
     pub image_from_build: bool,
+    /// Where `image` was set, for messages: "the environment variable
+    /// STRONGROOM_LAUNCHER__IMAGE" or "the configuration file PATH". `None` when unset.
+    pub image_source: Option<String>,
 }
 
 /// The seccomp profile shipped with the workspace image recipe.
@@ -131,5 +134,6 @@ pub fn validate_launcher(
         config,
         builtin_seccomp: !seccomp_set,
         image_from_build: !image_set,
+        image_source: None,
     })
 }

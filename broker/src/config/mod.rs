@@ -197,13 +197,13 @@ pub fn load(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let source_name = match path {
+    let file_name = match path {
         Some(path) => path.display().to_string(),
         None => "built-in defaults".to_owned(),
     };
 
     let mut tree = match path {
-        Some(path) => read_file(path, &source_name)?,
+        Some(path) => read_file(path, &file_name)?,
         None => toml::Table::new(),
     };
 
@@ -213,7 +213,12 @@ pub fn load(
         .find(|(name, value)| name == LOG_ENV && !value.is_empty())
         .map(|(_, value)| value.clone());
     let mut problems = Vec::new();
-    apply_env_overrides(&mut tree, env, &mut problems);
+    let overrides = apply_env_overrides(&mut tree, env, &mut problems);
+    let source_name = if overrides.is_empty() {
+        file_name.clone()
+    } else {
+        format!("{file_name} with {ENV_PREFIX}* environment variables")
+    };
 
     let raw = raw::RawConfig::from_table(tree, &mut problems);
     let mut config = validate(raw, &mut problems);
@@ -228,6 +233,20 @@ pub fn load(
                 key: LOG_ENV.to_owned(),
                 message: format!("{message}; for example {LOG_ENV}=debug"),
             }),
+        }
+    }
+    if let Some(config) = &mut config
+        && !config.launcher.image_from_build
+    {
+        let source = match overrides.iter().find(|origin| origin.covers("launcher.image")) {
+            Some(origin) => format!("the environment variable {}", origin.name),
+            None => format!("the configuration file {file_name}"),
+        };
+        config.launcher.image_source = Some(source);
+    }
+    for problem in &mut problems {
+        if let Some(origin) = overrides.iter().find(|origin| origin.covers(&problem.key)) {
+            problem.message = format!("{}; {}", problem.message, origin.describe());
         }
     }
     match config {
@@ -270,12 +289,72 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Writes each `STRONGROOM_A__B=value` into the tree at `a.b`.
+/// Words in the names of keys whose values are secret references, such as
+/// `database.password` or `sessions.recordings_s3.secret_access_key`. A wrong value
+/// there may be the secret itself, so messages name the variable without its value.
+const SECRET_KEY_WORDS: &[&str] = &["password", "secret", "token", "access_key"];
+
+/// One `STRONGROOM_*` variable that set a key.
+struct EnvOverride {
+    /// Dotted key path, such as `launcher.subnet_range`.
+    key: String,
+    name: String,
+    value: String,
+}
+
+impl EnvOverride {
+    /// Returns whether a problem on `key` concerns the value this variable set: the key
+    /// itself or a key inside the table it set.
+    fn covers(&self, key: &str) -> bool {
+        key == self.key
+            || key
+                .strip_prefix(self.key.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+    }
+
+    /// Returns whether the key, or a key inside a table the variable sets, contains a
+    /// secret.
+    fn is_secret(&self) -> bool {
+        let key = self.key.to_ascii_lowercase();
+        let value = self.value.to_ascii_lowercase();
+        SECRET_KEY_WORDS
+            .iter()
+            .any(|word| key.contains(word) || value.contains(word))
+    }
+
+    /// Names the variable, its value unless the key holds a secret reference, and the fix.
+    fn describe(&self) -> String {
+        let setting = if self.is_secret() {
+            format!("{} (value not shown)", self.name)
+        } else {
+            format!("{}={}", self.name, without_url_password(&self.value))
+        };
+        format!(
+            "set by the environment variable {setting}; correct or unset that variable (`unset {}`)",
+            self.name
+        )
+    }
+}
+
+/// Replaces the password of a URL such as `postgres://app:pw@db/x` with `***`; other
+/// text is returned unchanged.
+fn without_url_password(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => text.to_owned(),
+    }
+}
+
+/// Writes each `STRONGROOM_A__B=value` into the tree at `a.b`, and returns the
+/// variables that set a key.
 fn apply_env_overrides(
     tree: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
     problems: &mut Vec<ConfigProblem>,
-) {
+) -> Vec<EnvOverride> {
     let mut overrides: Vec<(String, String)> = env
         .into_iter()
         .filter(|(name, _)| {
@@ -286,7 +365,8 @@ fn apply_env_overrides(
         .collect();
     overrides.sort();
 
-    for (name, value) in overrides {
+    let mut applied = Vec::new();
+    for (name, text) in overrides {
         let path: Vec<String> = name[ENV_PREFIX.len()..]
             .split("__")
             .map(|segment| segment.to_ascii_lowercase())
@@ -298,14 +378,21 @@ fn apply_env_overrides(
             });
             continue;
         }
-        let value = parse_env_value(&value);
+        let value = parse_env_value(&text);
         if let Err(message) = insert_path(tree, &path, value) {
             problems.push(ConfigProblem {
                 key: format!("{} (from {name})", path.join(".")),
                 message,
             });
+            continue;
         }
+        applied.push(EnvOverride {
+            key: path.join("."),
+            name,
+            value: text,
+        });
     }
+    applied
 }
 
 fn parse_env_value(text: &str) -> toml::Value {

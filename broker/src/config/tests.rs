@@ -146,6 +146,102 @@ fn unknown_env_override_is_reported() {
     assert_eq!(keys(&error), vec!["server.listn"]);
 }
 
+/// Loads with no configuration file and exactly the given variables.
+fn load_env(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env = env
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()));
+    load(None, env)
+}
+
+#[test]
+fn env_problem_names_variable_and_value() {
+    let error = load_env(&[("STRONGROOM_LAUNCHER__SUBNET_RANGE", "10.0.0.0/33")]).unwrap_err();
+
+    let message = error.to_string();
+    assert_eq!(keys(&error), vec!["launcher.subnet_range"]);
+    assert!(
+        message.contains("STRONGROOM_LAUNCHER__SUBNET_RANGE=10.0.0.0/33"),
+        "{message}"
+    );
+    assert!(
+        message.contains("unset STRONGROOM_LAUNCHER__SUBNET_RANGE"),
+        "{message}"
+    );
+    assert!(
+        message.contains("built-in defaults with STRONGROOM_* environment variables"),
+        "{message}"
+    );
+}
+
+#[test]
+fn env_problem_inside_set_table_is_named() {
+    let error = load_text(
+        "",
+        &[(
+            "STRONGROOM_EGRESS",
+            "{ hosts = { \"a.test\" = [\"not-an-ip\"] } }",
+        )],
+    )
+    .unwrap_err();
+
+    let message = error.to_string();
+    assert!(
+        message.contains("set by the environment variable STRONGROOM_EGRESS="),
+        "{message}"
+    );
+}
+
+#[test]
+fn env_secret_problem_hides_value() {
+    let error = load_env(&[("STRONGROOM_DATABASE__PASSWORD", "hunter2-marker")]).unwrap_err();
+
+    let message = error.to_string();
+    assert!(message.contains("database.password: "), "{message}");
+    assert!(
+        message.contains("STRONGROOM_DATABASE__PASSWORD (value not shown)"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2-marker"), "{message}");
+}
+
+#[test]
+fn env_table_with_secret_hides_value() {
+    let error =
+        load_env(&[("STRONGROOM_DATABASE", "{ password = \"hunter2-marker\" }")]).unwrap_err();
+
+    let message = error.to_string();
+    assert!(
+        message.contains("STRONGROOM_DATABASE (value not shown)"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2-marker"), "{message}");
+}
+
+#[test]
+fn env_url_problem_hides_password() {
+    let error = load_env(&[(
+        "STRONGROOM_DATABASE__URL",
+        "postgres://app:hunter2-marker@db/strongroom",
+    )])
+    .unwrap_err();
+
+    let message = error.to_string();
+    assert!(
+        message.contains("STRONGROOM_DATABASE__URL=postgres://app:***@db/strongroom"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2-marker"), "{message}");
+}
+
+#[test]
+fn file_problem_names_no_variable() {
+    let error = load_text("[launcher]\nsubnet_range = \"10.0.0.0/33\"\n", &[]).unwrap_err();
+
+    let message = error.to_string();
+    assert!(!message.contains("environment variable"), "{message}");
+}
+
 #[test]
 fn config_env_variable_is_not_a_key() {
     let config = load_text(
@@ -430,4 +526,20 @@ fn log_env_variable_is_validated() {
 
     let config = load_text("[log]\nlevel = \"warn\"\n", &[("STRONGROOM_LOG", "")]).unwrap();
     assert_eq!(config.log.level, "warn");
+}
+
+#[test]
+fn launcher_image_source_is_recorded() {
+    let from_env =
+        load_env(&[("STRONGROOM_LAUNCHER__IMAGE", "\"strongroom/workspace:x\"")]).unwrap();
+    let from_file = load_text("[launcher]\nimage = \"strongroom/workspace:x\"\n", &[]).unwrap();
+    let unset = load_env(&[]).unwrap();
+
+    assert_eq!(
+        from_env.launcher.image_source.as_deref(),
+        Some("the environment variable STRONGROOM_LAUNCHER__IMAGE")
+    );
+    let source = from_file.launcher.image_source.unwrap();
+    assert!(source.starts_with("the configuration file /"), "{source}");
+    assert_eq!(unset.launcher.image_source, None);
 }

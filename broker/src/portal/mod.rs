@@ -194,7 +194,7 @@ async fn launch_refused(
         LaunchError::CredentialUnavailable { .. } => StatusCode::CONFLICT,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
-    let mut page = home_page(state, principal, Some(&error.to_string())).await?;
+    let mut page = home_page(state, principal, Some(&error.person_message())).await?;
     *page.status_mut() = status;
     Ok(page)
 }

@@ -34,10 +34,17 @@ impl EndReasonTexts {
     }
 
     /// Builds the text shown for a stored end: the sentence, or the raw code when it is
-    /// unknown, followed by the stored detail when there is one.
+    /// unknown, followed by the stored detail when there is one. A failed launch's
+    /// detail (a missing image, an engine error) is for the operator, who finds it in
+    /// the log and the audit trail, so it is left out.
     pub fn describe(&self, code: &str, detail: Option<&str>) -> String {
         let text = self.sentence(code).unwrap_or_else(|| code.to_owned());
-        match detail.filter(|detail| !detail.is_empty()) {
+        let operator_only = code
+            == EndReason::LaunchFailed {
+                detail: String::new(),
+            }
+            .code();
+        match detail.filter(|detail| !detail.is_empty() && !operator_only) {
             Some(detail) => format!("{text}: {detail}"),
             None => text,
         }
@@ -101,7 +108,7 @@ impl EndReason {
                 "Not started because recordings cannot be written".to_owned()
             }
             EndReason::LaunchFailed { .. } => {
-                "The browser workspace could not be started".to_owned()
+                "The workspace could not start; the administrator has been told".to_owned()
             }
             EndReason::StreamFailed { .. } => {
                 "The connection to the browser workspace failed".to_owned()
@@ -178,6 +185,21 @@ mod tests {
         assert_eq!(
             texts.describe("moved_to_mars", Some("far away")),
             "moved_to_mars: far away"
+        );
+    }
+
+    #[test]
+    fn launch_failure_detail_is_left_out() {
+        let texts = texts();
+
+        let text = texts.describe(
+            "launch_failed",
+            Some("workspace image `strongroom/workspace:x` is not present"),
+        );
+
+        assert_eq!(
+            text,
+            "The workspace could not start; the administrator has been told"
         );
     }
 }

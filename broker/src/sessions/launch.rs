@@ -64,7 +64,21 @@ fn not_available_message(site: &str) -> String {
     format!("site {site:?} is not available to this account; ask an administrator for access")
 }
 
+/// Message for the person who launched when the workspace failed to start. The cause
+/// (a missing image, an engine error) is for the operator: the error log and the
+/// `session.launch.failed` audit event carry it.
+pub const WORKSPACE_FAILED_FOR_PERSON: &str = "The workspace cannot start right now. The administrator has been told; please try again later.";
+
 impl LaunchError {
+    /// Returns the text for the person who launched: the error itself, except for a
+    /// workspace failure, whose operator detail it leaves out.
+    pub fn person_message(&self) -> String {
+        match self {
+            LaunchError::WorkspaceFailed { .. } => WORKSPACE_FAILED_FOR_PERSON.to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     /// A short code for metrics and API responses.
     pub fn code(&self) -> &'static str {
         match self {
@@ -477,7 +491,7 @@ impl SessionService {
             Ok(launched) => launched,
             Err(error) => {
                 let detail = format!("{error}");
-                tracing::warn!(error = %detail, "Launcher could not start the workspace");
+                tracing::error!(error = %detail, "Launcher could not start the workspace");
                 self.fail_launch(
                     session_id,
                     EndReason::LaunchFailed {

@@ -47,7 +47,9 @@ pub use recipe::{
     AGENT_IMAGE_PATH, ImageConfig, Recipe, RecipeFile, SESSION_POLICY_PATH, WORKSPACE_UID,
     parse_package_list,
 };
-pub use recipes::{BROKER_IMAGE_PATH, BROKER_UID, DEMO_BANK_IMAGE_PATH, DEMO_BANK_SECRETS_DIR};
+pub use recipes::{
+    BROKER_IMAGE_PATH, BROKER_UID, DEMO_BANK_IMAGE_PATH, DEMO_BANK_SECRETS_DIR, DEMO_BANK_UID,
+};
 pub use sources::AptSourcesSpec;
 pub use tag::{ImageTag, file_sha256};
 
@@ -168,6 +170,7 @@ pub async fn build(
         work_dir: work.path(),
     };
     let (tar, installed) = mmdebstrap::build_rootfs(&staging, progress).await?;
+    progress(&installed_summary(&resolved, &installed));
     if let Some(change) = archive_change(&resolved, &installed) {
         progress(&format!(
             "the Debian archive changed during the build ({change}); the image keeps tag {}, and the next refresh builds a new one",
@@ -219,6 +222,26 @@ fn archive_change(resolved: &PackageVersions, installed: &PackageVersions) -> Op
             Some(expected) => Some(format!("{name} {version} installed, {expected} resolved")),
             None => Some(format!("{name} {version} installed but not resolved")),
         })
+}
+
+/// Describes how many packages the image holds, and names the resolved packages that
+/// apt removed again, so that the count matches the earlier "resolved N packages" line.
+fn installed_summary(resolved: &PackageVersions, installed: &PackageVersions) -> String {
+    let removed: Vec<&str> = resolved
+        .keys()
+        .filter(|name| !installed.contains_key(*name))
+        .map(String::as_str)
+        .collect();
+    if removed.is_empty() {
+        return format!("installed {} packages", installed.len());
+    }
+    format!(
+        "installed {} packages: {} resolved, minus {} that apt removed again as transitional ({})",
+        installed.len(),
+        resolved.len(),
+        removed.len(),
+        removed.join(", ")
+    )
 }
 
 fn already_present(image: ImageInfo, started: Instant) -> BuiltImage {
@@ -300,6 +323,27 @@ mod tests {
         let options = BuildOptions::new(Recipe::workspace(), None);
         let error = current_tag(&options, &|_: &str| {}).await.unwrap_err();
         assert!(error.to_string().contains(AGENT_IMAGE_PATH), "{error}");
+    }
+
+    #[test]
+    fn installed_summary_names_removed_packages() {
+        let resolved: PackageVersions = [("lsb-base", "11.6"), ("tini", "0.19.0-1+b3")]
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .into();
+        let installed: PackageVersions = [("tini".to_string(), "0.19.0-1+b3".to_string())].into();
+
+        let summary = installed_summary(&resolved, &installed);
+
+        assert!(
+            summary.starts_with("installed 1 packages: 2 resolved"),
+            "{summary}"
+        );
+        assert!(summary.contains("minus 1 that apt removed"), "{summary}");
+        assert!(summary.contains("(lsb-base)"), "{summary}");
+        assert_eq!(
+            installed_summary(&installed, &installed),
+            "installed 1 packages"
+        );
     }
 
     #[test]

@@ -13,11 +13,15 @@ pub const DEMO_BANK_IMAGE_PATH: &str = "/usr/local/bin/strongroom-demo-bank";
 pub const BROKER_IMAGE_PATH: &str = "/usr/local/bin/strongroom";
 /// User that runs the broker image's processes unless compose overrides it.
 pub const BROKER_UID: u32 = 10001;
+/// User and group id that the demo bank image runs as. Debian policy leaves 65000 to
+/// 65533 unallocated (neither normal accounts, 1000 to 59999, nor package accounts use
+/// them), so the files `scripts/start.sh` gives this id belong to no person on the host.
+pub const DEMO_BANK_UID: u32 = 65100;
 /// Directory where the demo bank image expects its account files and token.
 pub const DEMO_BANK_SECRETS_DIR: &str = "/run/demo-bank";
 
 impl Recipe {
-    /// Returns the demo bank recipe: its binary under tini, run by uid 1000, HTTPS on
+    /// Returns the demo bank recipe: its binary under tini, run by [`DEMO_BANK_UID`], HTTPS on
     /// 8443 and the `/received` report on 8081. Account files and the token are mounted at
     /// [`DEMO_BANK_SECRETS_DIR`].
     pub fn demo_bank() -> Self {
@@ -31,7 +35,7 @@ impl Recipe {
             dpkg_path_filters: parse_package_list(DPKG_EXCLUDES),
             host_binary_path: Some(DEMO_BANK_IMAGE_PATH.into()),
             config: ImageConfig {
-                user: "1000:1000".into(),
+                user: format!("{DEMO_BANK_UID}:{DEMO_BANK_UID}"),
                 entrypoint: vec![
                     "/usr/bin/tini".into(),
                     "--".into(),
@@ -90,6 +94,17 @@ mod tests {
             recipe.validate().unwrap();
             assert_ne!(recipe.hash(), Recipe::workspace().hash());
         }
+    }
+
+    #[test]
+    fn demo_bank_runs_as_unallocated_uid() {
+        let user = Recipe::demo_bank().config.user;
+
+        assert_eq!(user, format!("{DEMO_BANK_UID}:{DEMO_BANK_UID}"));
+        assert!(
+            (65000..=65533).contains(&DEMO_BANK_UID),
+            "{DEMO_BANK_UID} is in a range Debian allocates to accounts"
+        );
     }
 
     #[test]
