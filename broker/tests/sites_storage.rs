@@ -128,6 +128,108 @@ async fn invalid_login_body(database: TestDatabase) {
     );
 }
 
+/// Three sites: the first has structural problems of every kind, the second has
+/// structural problems in two login steps and a port, the third only an invalid value.
+const BROKEN_SITE_FILE: &str = r##"[[site]]
+name = "demo-bank"
+dispaly_name = "Demo Bank"
+start_url = "https://www.demo-bank.example/login"
+allowed_hosts = ["www.demo-bank.example"]
+recording_retention_days = "thirty"
+privileged = true
+
+[site.limits]
+cpus = "two"
+
+[[site]]
+name = "other-bank"
+display_name = "Other Bank"
+start_url = "https://www.other-bank.example/"
+allowed_hosts = ["www.other-bank.example"]
+allowed_ports = [443, "8443"]
+recording_retention_days = 30
+
+[[site.login.steps]]
+action = "wait_for"
+
+[[site.login.steps]]
+action = "click"
+selector = "#go"
+
+[[site.login.steps]]
+action = "clik"
+selector = "#next"
+
+[[site]]
+name = "third-bank"
+display_name = "Third Bank"
+start_url = "http://www.third-bank.example/"
+allowed_hosts = ["www.third-bank.example"]
+recording_retention_days = 30
+"##;
+
+both_backends!(
+    structural_problems_listed_together,
+    structural_problems_body
+);
+async fn structural_problems_body(database: TestDatabase) {
+    let error = import(&database, BROKEN_SITE_FILE).await.unwrap_err();
+
+    let sites::ImportError::Invalid { problems, .. } = &error else {
+        panic!("expected invalid fields, got {error}");
+    };
+    let places: Vec<(&str, Option<&str>, usize, usize)> = problems
+        .iter()
+        .map(|problem| {
+            (
+                problem.field.as_str(),
+                problem.site.as_deref(),
+                problem.line,
+                problem.column,
+            )
+        })
+        .collect();
+    assert_eq!(
+        places,
+        [
+            ("site[0].display_name", Some("demo-bank"), 1, 1),
+            ("site[0].dispaly_name", Some("demo-bank"), 3, 1),
+            ("site[0].recording_retention_days", Some("demo-bank"), 6, 28),
+            ("site[0].privileged", Some("demo-bank"), 7, 1),
+            ("site[0].limits.cpus", Some("demo-bank"), 10, 8),
+            ("site[1].allowed_ports[1]", Some("other-bank"), 17, 23),
+            ("site[1].login.steps[0].selector", Some("other-bank"), 20, 1),
+            ("site[1].login.steps[2].action", Some("other-bank"), 28, 10),
+            ("site[2].start_url", Some("third-bank"), 34, 13),
+        ],
+        "{error}"
+    );
+
+    let message = |field: &str| {
+        problems
+            .iter()
+            .find(|problem| problem.field == field)
+            .map(|problem| problem.message.clone())
+            .unwrap()
+    };
+    assert!(message("site[0].display_name").contains("missing key `display_name`"));
+    assert!(message("site[0].dispaly_name").contains("valid keys here: name, display_name"));
+    assert!(message("site[0].dispaly_name").contains("did you mean `display_name`?"));
+    assert!(!message("site[0].privileged").contains("did you mean"));
+    assert!(message("site[0].recording_retention_days").contains("expected u32"));
+    assert!(message("site[0].limits.cpus").contains("expected f64"));
+    assert!(message("site[1].login.steps[0].selector").contains("missing key `selector`"));
+    assert!(message("site[1].login.steps[2].action").contains("did you mean `click`?"));
+    assert!(message("site[2].start_url").contains("https"));
+    assert!(
+        error
+            .to_string()
+            .contains("line 6, column 28: site[0].recording_retention_days (site \"demo-bank\"): "),
+        "{error}"
+    );
+    assert!(sites::list(&database.db).await.unwrap().is_empty());
+}
+
 both_backends!(
     exclusive_credential_has_one_holder,
     exclusive_credential_body
