@@ -4,19 +4,15 @@ mod terminal_support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use broker::auth::users;
 use broker::config::{DatabaseConfig, DatabaseTarget};
 use broker::db::Database;
-use terminal_support::Typed;
+use terminal_support::{Typed, strongroom_command};
 
 fn strongroom(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
-    // Variables such as STRONGROOM_TEST_POSTGRES_URL would read as configuration keys.
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
-        command.env_remove(name);
-    }
+    let mut command = strongroom_command();
     let mut child = command
         .arg("--config")
         .arg(config)
