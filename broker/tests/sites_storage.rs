@@ -458,9 +458,43 @@ async fn example_site_file_body(database: TestDatabase) {
     assert!(site.login.recipe.as_ref().unwrap().needs_totp());
 }
 
+/// Time the import gets to start waiting for the write lock.
+const LOCK_WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Returns whether a connection to this database waits for a lock. On PostgreSQL that
+/// is a backend in `pg_stat_activity`. On SQLite it is a worker thread of sqlx asleep in
+/// SQLite's busy handler, which sleeps between attempts to take the write lock; idle
+/// workers wait on a futex instead.
+async fn lock_waiter_exists(database: &TestDatabase) -> bool {
+    match database.postgres_url() {
+        Some(url) => {
+            use sqlx::Connection as _;
+            let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+            connection.close().await.ok();
+            waiting > 0
+        }
+        None => {
+            let threads = std::fs::read_dir("/proc/self/task").unwrap();
+            threads.flatten().any(|thread| {
+                let read = |file: &str| std::fs::read_to_string(thread.path().join(file));
+                // The kernel keeps 15 bytes of a thread name: "sqlx-sqlite-wor".
+                let is_worker = read("comm").is_ok_and(|name| name.starts_with("sqlx-sqlite-wor"));
+                is_worker && read("wchan").is_ok_and(|wchan| wchan.contains("nanosleep"))
+            })
+        }
+    }
+}
+
 // A site import reads before it writes. While another connection holds the write lock
 // and then commits, the import must wait for it rather than fail with "database is
-// locked".
+// locked". The writer commits only once the import is seen waiting for the lock.
 both_backends!(import_waits_for_a_concurrent_writer, concurrent_writer_body);
 async fn concurrent_writer_body(database: TestDatabase) {
     import(&database, SITE_FILE).await.unwrap();
@@ -473,7 +507,14 @@ async fn concurrent_writer_body(database: TestDatabase) {
             .unwrap();
         let importing = import(&database, SITE_FILE);
         let committing = async {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let deadline = tokio::time::Instant::now() + LOCK_WAIT_TIMEOUT;
+            while !lock_waiter_exists(&database).await {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "round {round}: the import did not wait for the write lock"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
             writer.commit().await.unwrap();
         };
         let (imported, ()) = tokio::join!(importing, committing);
