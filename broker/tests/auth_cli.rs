@@ -2,34 +2,14 @@
 
 mod terminal_support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use broker::auth::users;
 use broker::config::{DatabaseConfig, DatabaseTarget};
 use broker::db::Database;
-use terminal_support::{Typed, strongroom_command};
+use terminal_support::{Typed, run_piped as strongroom};
 
-fn strongroom(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut command = strongroom_command();
-    let mut child = command
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start strongroom");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().expect("wait for strongroom")
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

@@ -70,23 +70,32 @@ impl Cli {
         if let Some(password) = &self.password {
             command.env(PASSWORD_VARIABLE, password);
         }
-        let mut child = command
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start strongroom");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().expect("wait for strongroom")
+        run_command(command, &self.config, args, stdin)
     }
+}
+
+/// Runs `strongroom --config CONFIG ARGS` with `stdin` on standard input.
+pub fn run_piped(config: &Path, args: &[&str], stdin: &str) -> Output {
+    run_command(strongroom_command(), config, args, stdin)
+}
+
+fn run_command(mut command: Command, config: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start strongroom");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("wait for strongroom")
 }
 
 fn split_password(url: &str) -> (String, Option<String>) {
