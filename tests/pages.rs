@@ -115,7 +115,7 @@ impl TlsSite {
         }
     }
 
-    /// The `egress.hosts` value that resolves the site's host name to 127.0.0.1.
+    /// Returns the `egress.hosts` value that resolves the site's host name to 127.0.0.1.
     pub fn egress_hosts(&self) -> String {
         format!("{{ \"{}\" = [\"127.0.0.1\"] }}", self.host)
     }

@@ -24,9 +24,9 @@ const ECHO_OFF_TIMEOUT: Duration = Duration::from_secs(10);
 /// password inside `database.url`.
 const PASSWORD_VARIABLE: &str = "STRONGROOM_TEST_DATABASE_PASSWORD";
 
-/// The `strongroom` binary under test, without the test process's `STRONGROOM_*`
-/// variables: variables such as STRONGROOM_TEST_POSTGRES_URL would read as
-/// configuration keys.
+/// Builds a command for the `strongroom` binary under test without the test process's
+/// `STRONGROOM_*` variables, because variables such as STRONGROOM_TEST_POSTGRES_URL
+/// would read as configuration keys.
 pub fn strongroom_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
