@@ -85,29 +85,11 @@ fn denied_elsewhere(decisions: &[(String, bool)]) -> Vec<String> {
 async fn idle_session_calls_no_other_host() {
     let (site, loaded) = start_site().await;
     let stack = Stack::builder(SUBNET_RANGE)
-        .env(
-            "STRONGROOM_EGRESS__HOSTS",
-            format!("{{ \"{HOST}\" = [\"127.0.0.1\"] }}"),
-        )
+        .env("STRONGROOM_EGRESS__HOSTS", site.egress_hosts())
         .workspace_image_from_env()
         .start()
         .await;
-    std::fs::write(stack.dir.path().join("quiet-ca.pem"), &site.ca_pem).unwrap();
-    let port = site.address.port();
-    let sites = format!(
-        r#"
-[[site]]
-name = "quiet"
-display_name = "Quiet bank"
-start_url = "https://{HOST}:{port}/page"
-allowed_hosts = ["{HOST}"]
-allowed_ports = [{port}]
-allowed_private_ranges = ["127.0.0.1/32"]
-recording_retention_days = 7
-[site.policy]
-extra_ca_certs = ["quiet-ca.pem"]
-"#
-    );
+    let sites = site.site_toml(stack.dir.path(), "quiet", "Quiet bank", "/page", "");
     stack.import_sites("sites.toml", &sites).await;
     let alice = stack.person("alice", &[Role::User], &["quiet"]).await;
     let (session_id, _) = alice.launch("quiet").await;
@@ -132,7 +114,7 @@ extra_ca_certs = ["quiet-ca.pem"]
     // The audit trail records the proxy's decisions at all: the page's own tunnel is
     // there, allowed.
     let decisions = egress_decisions(&stack, session_id).await;
-    let site_target = format!("{HOST}:{port}");
+    let site_target = format!("{HOST}:{}", site.address.port());
     assert!(
         decisions
             .iter()

@@ -14,7 +14,6 @@
 //! image is `STRONGROOM_TEST_WORKSPACE_IMAGE` when set, otherwise the launcher's
 //! default; it must contain an agent built from this tree.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use broker::auth::Role;
 use futures::SinkExt;
 use reqwest::cookie::CookieStore;
 use sha2::{Digest, Sha256};
+use strongroom_tests::pages::TlsSite;
 use strongroom_tests::stack::{Person, Stack, wait_for};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -75,25 +75,14 @@ fn file_bytes(len: usize, seed: u8) -> Vec<u8> {
 /// The HTTPS server of the download page on 127.0.0.1, stopped on drop. It records the
 /// path of every request.
 struct DownloadSite {
-    address: SocketAddr,
-    ca_pem: String,
+    tls: TlsSite,
     requests: Arc<Mutex<Vec<String>>>,
     small: Vec<u8>,
     named: Vec<u8>,
-    handle: axum_server::Handle,
 }
 
 impl DownloadSite {
     async fn start() -> DownloadSite {
-        drop(rustls::crypto::ring::default_provider().install_default());
-        let tls = strongroom_demo_bank::tls::generate(&[HOST.to_owned()], &[]).unwrap();
-        let config = axum_server::tls_rustls::RustlsConfig::from_pem(
-            tls.chain_pem.into_bytes(),
-            tls.key_pem.into_bytes(),
-        )
-        .await
-        .unwrap();
-
         let small = file_bytes(SMALL_FILE_BYTES, 0x5a);
         let named = file_bytes(SMALL_FILE_BYTES, 0x3c);
         let big = file_bytes(BIG_FILE_BYTES, 0xa5);
@@ -136,22 +125,11 @@ impl DownloadSite {
                 record_request,
             ));
 
-        let handle = axum_server::Handle::new();
-        let server = axum_server::bind_rustls("127.0.0.1:0".parse().unwrap(), config)
-            .handle(handle.clone())
-            .serve(router.into_make_service());
-        tokio::spawn(server);
-        let address = handle
-            .listening()
-            .await
-            .expect("download page server listens");
         DownloadSite {
-            address,
-            ca_pem: tls.ca_pem,
+            tls: TlsSite::start(HOST, router).await,
             requests,
             small,
             named,
-            handle,
         }
     }
 
@@ -174,12 +152,6 @@ async fn record_request(
         .unwrap()
         .push(request.uri().path().to_owned());
     next.run(request).await
-}
-
-impl Drop for DownloadSite {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-    }
 }
 
 /// Starts the broker stack: `downloads.test` resolves to the page server on 127.0.0.1,
@@ -231,22 +203,12 @@ async fn add_site(
     name: &str,
     downloads: &str,
 ) {
-    std::fs::write(stack.data_dir().join("downloads-ca.pem"), &site.ca_pem).unwrap();
-    let port = site.address.port();
-    let sites = format!(
-        r#"
-[[site]]
-name = "{name}"
-display_name = "Downloads {name}"
-start_url = "https://{HOST}:{port}/page"
-allowed_hosts = ["{HOST}"]
-allowed_ports = [{port}]
-allowed_private_ranges = ["127.0.0.1/32"]
-recording_retention_days = 7
-[site.policy]
-downloads = "{downloads}"
-extra_ca_certs = ["downloads-ca.pem"]
-"#
+    let sites = site.tls.site_toml(
+        stack.data_dir(),
+        name,
+        &format!("Downloads {name}"),
+        "/page",
+        &format!("downloads = \"{downloads}\"\n"),
     );
     stack.import_sites(&format!("{name}.toml"), &sites).await;
     stack.grant(&person.user_id, name).await;

@@ -424,7 +424,7 @@ async fn heavy_round(stack: &Stack, person: &Person, site: &HeavySite, count: us
     let mut ticks = tokio::time::interval(Duration::from_millis(250));
     while started.elapsed() < duration {
         ticks.tick().await;
-        let down = (started.elapsed().as_secs() / 5) % 2 == 0;
+        let down = (started.elapsed().as_secs() / 5).is_multiple_of(2);
         let delta_y = if down { 600.0 } else { -600.0 };
         for viewer in &mut viewers {
             viewer.wheel(delta_y).await;
@@ -455,14 +455,7 @@ async fn heavy_round(stack: &Stack, person: &Person, site: &HeavySite, count: us
     }
 
     for session_id in &sessions {
-        let ended = person
-            .client
-            .post(format!("{}/sessions/{session_id}/end", stack.base))
-            .header("origin", &stack.base)
-            .send()
-            .await
-            .unwrap();
-        assert!(ended.status().is_redirection(), "{}", ended.status());
+        person.end(*session_id).await;
     }
     stack
         .wait_until_cleaned("the round's workspaces to be removed")
@@ -546,14 +539,7 @@ async fn crashed_renderer_stops_page_reports() {
         "the page kept reporting after its renderer was killed, so the heavy-page check could not see a tab crash"
     );
 
-    let ended = person
-        .client
-        .post(format!("{}/sessions/{session_id}/end", stack.base))
-        .header("origin", &stack.base)
-        .send()
-        .await
-        .unwrap();
-    assert!(ended.status().is_redirection(), "{}", ended.status());
+    person.end(session_id).await;
     stack
         .wait_until_cleaned("the workspace to be removed")
         .await;

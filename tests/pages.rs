@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,6 +82,7 @@ impl Drop for PageServer {
 /// generated CA, stopped on drop. Workspaces reach it through the egress proxy when
 /// `egress.hosts` maps the name to 127.0.0.1 and the site trusts `ca_pem`.
 pub struct TlsSite {
+    pub host: String,
     pub address: SocketAddr,
     /// The generated CA certificate, for the site's `policy.extra_ca_certs`.
     pub ca_pem: String,
@@ -106,10 +108,47 @@ impl TlsSite {
         tokio::spawn(server);
         let address = handle.listening().await.expect("HTTPS site listens");
         TlsSite {
+            host: host.to_owned(),
             address,
             ca_pem: tls.ca_pem,
             handle,
         }
+    }
+
+    /// Returns the `egress.hosts` value that resolves the site's host name to 127.0.0.1.
+    pub fn egress_hosts(&self) -> String {
+        format!("{{ \"{}\" = [\"127.0.0.1\"] }}", self.host)
+    }
+
+    /// Writes the CA certificate to `{name}-ca.pem` in `dir`, the directory of the site
+    /// file, and returns a `[[site]]` table named `name` that starts at `page` on this
+    /// server and may reach nothing else. `policy` adds lines to `[site.policy]`.
+    pub fn site_toml(
+        &self,
+        dir: &Path,
+        name: &str,
+        display_name: &str,
+        page: &str,
+        policy: &str,
+    ) -> String {
+        let ca_file = format!("{name}-ca.pem");
+        std::fs::write(dir.join(&ca_file), &self.ca_pem).unwrap();
+        let host = &self.host;
+        let port = self.address.port();
+        format!(
+            r#"
+[[site]]
+name = "{name}"
+display_name = "{display_name}"
+start_url = "https://{host}:{port}{page}"
+allowed_hosts = ["{host}"]
+allowed_ports = [{port}]
+allowed_private_ranges = ["127.0.0.1/32"]
+recording_retention_days = 7
+[site.policy]
+extra_ca_certs = ["{ca_file}"]
+{policy}"#
+        )
     }
 }
 

@@ -140,13 +140,13 @@ pub fn egress_proxy(
                 }
                 _ => 0,
             };
-            if let Some(audit_event) = egress_audit_event(&event, suppressed_before) {
-                if let Err(error) = audit.append(audit_event).await {
-                    tracing::error!(
-                        error = format!("{error:#}"),
-                        "Cannot record an egress decision in the audit trail"
-                    );
-                }
+            if let Some(audit_event) = egress_audit_event(&event, suppressed_before)
+                && let Err(error) = audit.append(audit_event).await
+            {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "Cannot record an egress decision in the audit trail"
+                );
             }
         }
     });
@@ -246,10 +246,10 @@ pub fn connect(
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             use crate::auth::EndReason as PortalEnd;
-            if matches!(ended.reason, PortalEnd::Logout | PortalEnd::BackChannelLogout | PortalEnd::Revoked | PortalEnd::NoRole) {
-                if let Err(error) = sessions.end_all_for(&ended.user_id, EndReason::Logout).await {
-                    tracing::error!(user.id = ended.user_id.as_str(), error = %error, "Cannot end the banking sessions of a signed-out person");
-                }
+            if matches!(ended.reason, PortalEnd::Logout | PortalEnd::BackChannelLogout | PortalEnd::Revoked | PortalEnd::NoRole)
+                && let Err(error) = sessions.end_all_for(&ended.user_id, EndReason::Logout).await
+            {
+                tracing::error!(user.id = ended.user_id.as_str(), error = %error, "Cannot end the banking sessions of a signed-out person");
             }
         }
     });

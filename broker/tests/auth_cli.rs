@@ -2,38 +2,14 @@
 
 mod terminal_support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use broker::auth::users;
 use broker::config::{DatabaseConfig, DatabaseTarget};
 use broker::db::Database;
-use terminal_support::Typed;
+use terminal_support::{Typed, run_piped as strongroom};
 
-fn strongroom(config: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
-    // Variables such as STRONGROOM_TEST_POSTGRES_URL would read as configuration keys.
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
-        command.env_remove(name);
-    }
-    let mut child = command
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start strongroom");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().expect("wait for strongroom")
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

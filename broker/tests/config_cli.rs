@@ -1,27 +1,21 @@
 //! Configuration checks as an operator meets them: `strongroom check-config` and the
 //! start of `strongroom launcher` and of the portal.
 
+mod terminal_support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 use broker::server;
-
-/// Returns a `strongroom` command without this process's `STRONGROOM_*` variables,
-/// because variables such as STRONGROOM_TEST_POSTGRES_URL would read as configuration keys.
-fn strongroom_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
-        command.env_remove(name);
-    }
-    command
-}
+use terminal_support::strongroom_command;
 
 /// Runs `strongroom ARGS` with a configuration file in `dir` and exactly the given
 /// `STRONGROOM_*` variables.
 fn strongroom(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let config = dir.join("strongroom.toml");
     std::fs::write(&config, format!("data_dir = {:?}\n", dir.join("data"))).unwrap();
-    strongroom_command()
+    let mut command = strongroom_command();
+    command
         .arg("--config")
         .arg(&config)
         .args(args)
@@ -32,6 +26,16 @@ fn strongroom(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs `strongroom check-config` with the given `STRONGROOM_*` variables, checks that
+/// it rejects the configuration with exit code 2, and returns its standard error.
+fn check_config_rejects(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = strongroom(dir.path(), &["check-config"], env);
+    let stderr = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    stderr
 }
 
 #[test]
@@ -68,16 +72,8 @@ fn valid_log_variable_is_accepted() {
 
 #[test]
 fn invalid_subnet_range_is_named() {
-    let dir = tempfile::tempdir().unwrap();
+    let stderr = check_config_rejects(&[("STRONGROOM_LAUNCHER__SUBNET_RANGE", "10.0.0.0/33")]);
 
-    let output = strongroom(
-        dir.path(),
-        &["check-config"],
-        &[("STRONGROOM_LAUNCHER__SUBNET_RANGE", "10.0.0.0/33")],
-    );
-
-    let stderr = stderr(&output);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("launcher.subnet_range: invalid IPv4 range \"10.0.0.0/33\""),
         "{stderr}"
@@ -87,38 +83,22 @@ fn invalid_subnet_range_is_named() {
 
 #[test]
 fn contradicting_public_url_is_rejected() {
-    let dir = tempfile::tempdir().unwrap();
+    let stderr = check_config_rejects(&[
+        ("STRONGROOM_SERVER__LISTEN", "0.0.0.0:8443"),
+        (
+            "STRONGROOM_SERVER__PUBLIC_URL",
+            "http://sr.bank.example:8443",
+        ),
+    ]);
 
-    let output = strongroom(
-        dir.path(),
-        &["check-config"],
-        &[
-            ("STRONGROOM_SERVER__LISTEN", "0.0.0.0:8443"),
-            (
-                "STRONGROOM_SERVER__PUBLIC_URL",
-                "http://sr.bank.example:8443",
-            ),
-        ],
-    );
-
-    let stderr = stderr(&output);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("server.public_url: "), "{stderr}");
     assert!(stderr.contains("uses http://"), "{stderr}");
 }
 
 #[test]
 fn data_dir_under_proc_is_rejected() {
-    let dir = tempfile::tempdir().unwrap();
+    let stderr = check_config_rejects(&[("STRONGROOM_DATA_DIR", "/proc/strongroom")]);
 
-    let output = strongroom(
-        dir.path(),
-        &["check-config"],
-        &[("STRONGROOM_DATA_DIR", "/proc/strongroom")],
-    );
-
-    let stderr = stderr(&output);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("data_dir: \"/proc/strongroom\" is under /proc"),
         "{stderr}"

@@ -1,88 +1,14 @@
 //! `strongroom quota show|set` run as a process, on SQLite and on PostgreSQL.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod terminal_support;
+
+use std::process::Output;
 use std::sync::Arc;
 
 use broker::audit::{Action, AuditLog};
 use broker::clock::SystemClock;
 use broker::testing::{TestBackend, TestDatabase};
-
-/// Variable that passes the PostgreSQL password, because the configuration rejects a
-/// password inside `database.url`.
-const PASSWORD_VARIABLE: &str = "STRONGROOM_TEST_DATABASE_PASSWORD";
-
-struct Cli {
-    config: PathBuf,
-    password: Option<String>,
-}
-
-impl Cli {
-    /// Writes a configuration file that points at `database`.
-    fn new(dir: &Path, database: &TestDatabase) -> Cli {
-        let (url, password) = match database.postgres_url() {
-            Some(url) => split_password(&url),
-            None => (
-                format!("sqlite://{}", database.dir.path().join("test.db").display()),
-                None,
-            ),
-        };
-        let mut text = format!(
-            "data_dir = {:?}\n[database]\nurl = {url:?}\n",
-            dir.join("data")
-        );
-        if password.is_some() {
-            text.push_str(&format!("password = \"env:{PASSWORD_VARIABLE}\"\n"));
-        }
-        let config = dir.join("strongroom.toml");
-        std::fs::write(&config, text).unwrap();
-        Cli { config, password }
-    }
-
-    fn run(&self, args: &[&str], stdin: &str) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
-        // Variables such as STRONGROOM_TEST_POSTGRES_URL would read as configuration keys.
-        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
-            command.env_remove(name);
-        }
-        if let Some(password) = &self.password {
-            command.env(PASSWORD_VARIABLE, password);
-        }
-        let mut child = command
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start strongroom");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().expect("wait for strongroom")
-    }
-}
-
-fn split_password(url: &str) -> (String, Option<String>) {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return (url.to_owned(), None);
-    };
-    let Some((credentials, host)) = rest.split_once('@') else {
-        return (url.to_owned(), None);
-    };
-    match credentials.split_once(':') {
-        Some((user, password)) => (
-            format!("{scheme}://{user}@{host}"),
-            Some(password.to_owned()),
-        ),
-        None => (url.to_owned(), None),
-    }
-}
+use terminal_support::Cli;
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

@@ -298,7 +298,7 @@ async fn key_rotation_keeps_recordings_playable_body(database: TestDatabase) {
     assert_eq!(report.destroyed_keys[0].as_str(), "period-2030-01");
     let new_key = report.new_keys[0].to_string();
     assert!(new_key.starts_with("period-2030-01-r"), "{new_key}");
-    assert_eq!(key_ids(&fixture), [new_key.clone()]);
+    assert_eq!(key_ids(&fixture), std::slice::from_ref(&new_key));
 
     // The video files are untouched, and the old recording plays under the new key.
     assert_eq!(play(&fixture, before).unwrap(), 30);

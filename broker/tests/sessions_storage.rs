@@ -117,8 +117,16 @@ async fn unknown_site_key_body(database: TestDatabase) {
 
     let error = import(&database, &text).await.expect_err("unknown key");
 
-    assert!(matches!(error, sites::ImportError::Parse { .. }), "{error}");
-    assert!(error.to_string().contains("privileged"), "{error}");
+    let sites::ImportError::Invalid { problems, .. } = &error else {
+        panic!("expected Invalid, got {error}");
+    };
+    assert_eq!(problems.len(), 1, "{error}");
+    assert_eq!(problems[0].field, "site[1].privileged");
+    assert!(problems[0].message.contains("unknown key"), "{error}");
+    assert!(
+        sites::list(&database.db).await.unwrap().is_empty(),
+        "a rejected file stores no site"
+    );
 }
 
 both_backends!(grants_are_per_person_and_site, grants_body);

@@ -128,6 +128,108 @@ async fn invalid_login_body(database: TestDatabase) {
     );
 }
 
+/// Three sites: the first has structural problems of every kind, the second has
+/// structural problems in two login steps and a port, the third only an invalid value.
+const BROKEN_SITE_FILE: &str = r##"[[site]]
+name = "demo-bank"
+dispaly_name = "Demo Bank"
+start_url = "https://www.demo-bank.example/login"
+allowed_hosts = ["www.demo-bank.example"]
+recording_retention_days = "thirty"
+privileged = true
+
+[site.limits]
+cpus = "two"
+
+[[site]]
+name = "other-bank"
+display_name = "Other Bank"
+start_url = "https://www.other-bank.example/"
+allowed_hosts = ["www.other-bank.example"]
+allowed_ports = [443, "8443"]
+recording_retention_days = 30
+
+[[site.login.steps]]
+action = "wait_for"
+
+[[site.login.steps]]
+action = "click"
+selector = "#go"
+
+[[site.login.steps]]
+action = "clik"
+selector = "#next"
+
+[[site]]
+name = "third-bank"
+display_name = "Third Bank"
+start_url = "http://www.third-bank.example/"
+allowed_hosts = ["www.third-bank.example"]
+recording_retention_days = 30
+"##;
+
+both_backends!(
+    structural_problems_listed_together,
+    structural_problems_body
+);
+async fn structural_problems_body(database: TestDatabase) {
+    let error = import(&database, BROKEN_SITE_FILE).await.unwrap_err();
+
+    let sites::ImportError::Invalid { problems, .. } = &error else {
+        panic!("expected invalid fields, got {error}");
+    };
+    let places: Vec<(&str, Option<&str>, usize, usize)> = problems
+        .iter()
+        .map(|problem| {
+            (
+                problem.field.as_str(),
+                problem.site.as_deref(),
+                problem.line,
+                problem.column,
+            )
+        })
+        .collect();
+    assert_eq!(
+        places,
+        [
+            ("site[0].display_name", Some("demo-bank"), 1, 1),
+            ("site[0].dispaly_name", Some("demo-bank"), 3, 1),
+            ("site[0].recording_retention_days", Some("demo-bank"), 6, 28),
+            ("site[0].privileged", Some("demo-bank"), 7, 1),
+            ("site[0].limits.cpus", Some("demo-bank"), 10, 8),
+            ("site[1].allowed_ports[1]", Some("other-bank"), 17, 23),
+            ("site[1].login.steps[0].selector", Some("other-bank"), 20, 1),
+            ("site[1].login.steps[2].action", Some("other-bank"), 28, 10),
+            ("site[2].start_url", Some("third-bank"), 34, 13),
+        ],
+        "{error}"
+    );
+
+    let message = |field: &str| {
+        problems
+            .iter()
+            .find(|problem| problem.field == field)
+            .map(|problem| problem.message.clone())
+            .unwrap()
+    };
+    assert!(message("site[0].display_name").contains("missing key `display_name`"));
+    assert!(message("site[0].dispaly_name").contains("valid keys here: name, display_name"));
+    assert!(message("site[0].dispaly_name").contains("did you mean `display_name`?"));
+    assert!(!message("site[0].privileged").contains("did you mean"));
+    assert!(message("site[0].recording_retention_days").contains("expected u32"));
+    assert!(message("site[0].limits.cpus").contains("expected f64"));
+    assert!(message("site[1].login.steps[0].selector").contains("missing key `selector`"));
+    assert!(message("site[1].login.steps[2].action").contains("did you mean `click`?"));
+    assert!(message("site[2].start_url").contains("https"));
+    assert!(
+        error
+            .to_string()
+            .contains("line 6, column 28: site[0].recording_retention_days (site \"demo-bank\"): "),
+        "{error}"
+    );
+    assert!(sites::list(&database.db).await.unwrap().is_empty());
+}
+
 both_backends!(
     exclusive_credential_has_one_holder,
     exclusive_credential_body
@@ -356,9 +458,43 @@ async fn example_site_file_body(database: TestDatabase) {
     assert!(site.login.recipe.as_ref().unwrap().needs_totp());
 }
 
+/// Time the import gets to start waiting for the write lock.
+const LOCK_WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Returns whether a connection to this database waits for a lock. On PostgreSQL that
+/// is a backend in `pg_stat_activity`. On SQLite it is a worker thread of sqlx asleep in
+/// SQLite's busy handler, which sleeps between attempts to take the write lock; idle
+/// workers wait on a futex instead.
+async fn lock_waiter_exists(database: &TestDatabase) -> bool {
+    match database.postgres_url() {
+        Some(url) => {
+            use sqlx::Connection as _;
+            let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+            connection.close().await.ok();
+            waiting > 0
+        }
+        None => {
+            let threads = std::fs::read_dir("/proc/self/task").unwrap();
+            threads.flatten().any(|thread| {
+                let read = |file: &str| std::fs::read_to_string(thread.path().join(file));
+                // The kernel keeps 15 bytes of a thread name: "sqlx-sqlite-wor".
+                let is_worker = read("comm").is_ok_and(|name| name.starts_with("sqlx-sqlite-wor"));
+                is_worker && read("wchan").is_ok_and(|wchan| wchan.contains("nanosleep"))
+            })
+        }
+    }
+}
+
 // A site import reads before it writes. While another connection holds the write lock
 // and then commits, the import must wait for it rather than fail with "database is
-// locked".
+// locked". The writer commits only once the import is seen waiting for the lock.
 both_backends!(import_waits_for_a_concurrent_writer, concurrent_writer_body);
 async fn concurrent_writer_body(database: TestDatabase) {
     import(&database, SITE_FILE).await.unwrap();
@@ -371,7 +507,14 @@ async fn concurrent_writer_body(database: TestDatabase) {
             .unwrap();
         let importing = import(&database, SITE_FILE);
         let committing = async {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let deadline = tokio::time::Instant::now() + LOCK_WAIT_TIMEOUT;
+            while !lock_waiter_exists(&database).await {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "round {round}: the import did not wait for the write lock"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
             writer.commit().await.unwrap();
         };
         let (imported, ()) = tokio::join!(importing, committing);

@@ -44,13 +44,17 @@
 //! ```
 //!
 //! The whole file is validated before anything is written, and every site is written
-//! in one transaction: an import either applies completely or not at all.
+//! in one transaction: an import either applies completely or not at all. One check
+//! reports every problem in the file, each with its line and column: unknown keys (with
+//! the valid keys), missing keys, values of the wrong type and invalid values. Only a
+//! TOML syntax error is reported alone, because the parse stops there.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::structure::{FileProblem, SiteFile};
 use super::{
     ClipboardPolicy, CredentialSourceKind, DownloadPolicy, LoginRecipe, LoginSettings,
     RecipeStep, SessionPolicy, SiteDefinition, SiteProblem,
@@ -62,14 +66,8 @@ const DEFAULT_CPUS: f64 = 1.0;
 const DEFAULT_PIDS: u32 = 512;
 const DEFAULT_SHM_MIB: u64 = 1024;
 
-/// The file: an array of `[[site]]` tables.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSiteFile {
-    #[serde(default)]
-    pub site: Vec<RawSite>,
-}
-
+/// One `[[site]]` table. The file itself is an array of these, checked key by key in
+/// [`super::structure`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSite {
@@ -161,43 +159,52 @@ pub enum ImportError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the site file {path} is not valid TOML for sites: {message}")]
+    #[error("the site file {path} is not valid TOML; fix this and import again: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("the site file {path} has {} invalid field(s):\n  - {}", problems.len(), problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
+    #[error("the site file {path} has {} problem(s), so nothing was imported:\n  - {}", problems.len(), problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
     Invalid {
         path: PathBuf,
-        problems: Vec<SiteProblem>,
+        problems: Vec<FileProblem>,
     },
     #[error("cannot store the imported sites")]
     Storage(#[source] anyhow::Error),
 }
 
 /// Parses and validates a site file's text. Problems name the field, as in
-/// `site[1].start_url`. Relative certificate paths are resolved against `base_dir`.
+/// `site[1].start_url`, and its line and column. Relative certificate paths are resolved
+/// against `base_dir`. The error is the list of problems, or the TOML syntax error.
 pub fn parse_sites(
     text: &str,
     base_dir: &Path,
-) -> Result<Vec<SiteDefinition>, Result<Vec<SiteProblem>, String>> {
-    let file: RawSiteFile = toml::from_str(text).map_err(|error| Err(error.to_string()))?;
+) -> Result<Vec<SiteDefinition>, Result<Vec<FileProblem>, String>> {
+    let file = SiteFile::parse(text).map_err(|error| Err(error.to_string()))?;
+    let (mut problems, outcomes) = file.read_sites();
 
-    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    let names = file.site_names();
     let mut sites = Vec::new();
-    let mut names = BTreeSet::new();
-    for (index, raw) in file.site.into_iter().enumerate() {
+    for (index, outcome) in outcomes.into_iter().enumerate() {
         let path = format!("site[{index}]");
-        if !names.insert(raw.name.clone()) {
-            problems.push(SiteProblem {
+        let mut semantic = Vec::new();
+        if let Some(Some(name)) = names.get(index)
+            && !seen.insert(name.clone())
+        {
+            semantic.push(SiteProblem {
                 field: format!("{path}.name"),
-                message: format!("{:?} appears more than once in the file", raw.name),
+                message: format!("{name:?} appears more than once in the file"),
             });
         }
-        match convert(raw, &path, base_dir) {
-            Ok(definition) => match definition.validate(&path) {
-                Ok(()) => sites.push(definition),
-                Err(mut found) => problems.append(&mut found),
-            },
+        match outcome {
             Err(mut found) => problems.append(&mut found),
+            Ok(raw) => match convert(raw, &path, base_dir) {
+                Ok(definition) => match definition.validate(&path) {
+                    Ok(()) => sites.push(definition),
+                    Err(mut found) => semantic.append(&mut found),
+                },
+                Err(mut found) => semantic.append(&mut found),
+            },
         }
+        problems.extend(semantic.into_iter().map(|problem| file.locate(problem)));
     }
 
     if problems.is_empty() {

@@ -22,6 +22,7 @@ mod import;
 mod login;
 pub mod logout;
 mod store;
+mod structure;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -29,7 +30,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 pub use import::{
-    ImportError, ImportOptions, ImportReport, RawSite, RawSiteFile, RawSiteLimits, import_file,
+    ImportError, ImportOptions, ImportReport, RawSite, RawSiteLimits, import_file,
     import_file_audited, import_file_with, parse_sites,
 };
 pub use login::{
@@ -37,6 +38,7 @@ pub use login::{
     RecipeStep, SessionPolicy,
 };
 pub use store::{get, grant, grants_for, is_granted, list, revoke, upsert};
+pub use structure::FileProblem;
 
 /// Maximum length of a site name; it ends up in container labels.
 pub const MAX_NAME_LEN: usize = 64;

@@ -211,10 +211,10 @@ impl Link {
         };
         match self.recording.push_packet(record).await {
             Ok(stored) => {
-                if let Some(segment) = stored {
-                    if let Err(end) = self.audit_segment(&segment).await {
-                        return Some(end);
-                    }
+                if let Some(segment) = stored
+                    && let Err(end) = self.audit_segment(&segment).await
+                {
+                    return Some(end);
                 }
                 self.stream.publish(ViewerEvent::Video {
                     keyframe: packet.keyframe,
@@ -423,13 +423,13 @@ impl Link {
     async fn seal(&mut self) {
         match self.recording.seal().await {
             Ok(summary) => {
-                if let Some(segment) = &summary.final_segment {
-                    if let Err(LinkEnd::Failed(reason)) = self.audit_segment(segment).await {
-                        tracing::error!(
-                            reason = reason.as_str(),
-                            "Final segment hash not recorded"
-                        );
-                    }
+                if let Some(segment) = &summary.final_segment
+                    && let Err(LinkEnd::Failed(reason)) = self.audit_segment(segment).await
+                {
+                    tracing::error!(
+                        reason = reason.as_str(),
+                        "Final segment hash not recorded"
+                    );
                 }
                 // A stream that ended before its first frame, such as one whose
                 // workspace never answered, leaves a valid but empty recording. Its row

@@ -1,12 +1,14 @@
-//! Test support: runs `strongroom` with standard input on a pseudo-terminal, types each
-//! line once the command prompts for it, and returns what the terminal displayed.
+//! Test support: runs `strongroom` as a process. [`Cli`] runs it against a test
+//! database with standard input on a pipe; [`run_at_terminal`] runs it with standard
+//! input on a pseudo-terminal, types each line once the command prompts for it, and
+//! returns what the terminal displayed.
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,100 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Time a command may take to turn the terminal's echo off after its prompt appeared.
 const ECHO_OFF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Variable that passes the PostgreSQL password, because the configuration rejects a
+/// password inside `database.url`.
+const PASSWORD_VARIABLE: &str = "STRONGROOM_TEST_DATABASE_PASSWORD";
+
+/// Builds a command for the `strongroom` binary under test without the test process's
+/// `STRONGROOM_*` variables, because variables such as STRONGROOM_TEST_POSTGRES_URL
+/// would read as configuration keys.
+pub fn strongroom_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// A configuration file that points at a test database, and the password it reads from
+/// [`PASSWORD_VARIABLE`].
+pub struct Cli {
+    pub config: PathBuf,
+    password: Option<String>,
+}
+
+impl Cli {
+    /// Writes a configuration file that points at `database`.
+    pub fn new(dir: &Path, database: &broker::testing::TestDatabase) -> Cli {
+        let (url, password) = match database.postgres_url() {
+            Some(url) => split_password(&url),
+            None => (
+                format!("sqlite://{}", database.dir.path().join("test.db").display()),
+                None,
+            ),
+        };
+        let mut text = format!(
+            "data_dir = {:?}\n[database]\nurl = {url:?}\n",
+            dir.join("data")
+        );
+        if password.is_some() {
+            text.push_str(&format!("password = \"env:{PASSWORD_VARIABLE}\"\n"));
+        }
+        let config = dir.join("strongroom.toml");
+        std::fs::write(&config, text).unwrap();
+        Cli { config, password }
+    }
+
+    /// Runs `strongroom --config CONFIG ARGS` with `stdin` on standard input.
+    pub fn run(&self, args: &[&str], stdin: &str) -> Output {
+        let mut command = strongroom_command();
+        if let Some(password) = &self.password {
+            command.env(PASSWORD_VARIABLE, password);
+        }
+        run_command(command, &self.config, args, stdin)
+    }
+}
+
+/// Runs `strongroom --config CONFIG ARGS` with `stdin` on standard input.
+pub fn run_piped(config: &Path, args: &[&str], stdin: &str) -> Output {
+    run_command(strongroom_command(), config, args, stdin)
+}
+
+fn run_command(mut command: Command, config: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start strongroom");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("wait for strongroom")
+}
+
+fn split_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let Some((credentials, host)) = rest.split_once('@') else {
+        return (url.to_owned(), None);
+    };
+    match credentials.split_once(':') {
+        Some((user, password)) => (
+            format!("{scheme}://{user}@{host}"),
+            Some(password.to_owned()),
+        ),
+        None => (url.to_owned(), None),
+    }
+}
 
 /// One line typed at the terminal.
 pub struct Typed<'a> {
@@ -137,11 +233,7 @@ fn wait_or_kill(child: &mut Child, deadline: Instant) -> ExitStatus {
 /// command still running after the exchange's timeout is killed.
 pub fn run_at_terminal(config: &Path, args: &[&str], lines: &[Typed]) -> TerminalRun {
     let terminal = nix::pty::openpty(None, None).expect("open a pseudo-terminal");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strongroom"));
-    // Variables such as STRONGROOM_TEST_POSTGRES_URL would read as configuration keys.
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
-        command.env_remove(name);
-    }
+    let mut command = strongroom_command();
     let mut child = command
         .arg("--config")
         .arg(config)
