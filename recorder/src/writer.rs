@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::crypto;
 use crate::error::RecorderError;
 use crate::format::{
-    self, FRAMING_HEADER_LEN, RecordBuffer, SEAL_NAME, SEGMENT_OVERHEAD, SealManifest,
+    self, FRAMING_HEADER_LEN, PartHeader, RecordBuffer, SEAL_NAME, SEGMENT_OVERHEAD, SealManifest,
     SegmentHeader, SegmentStored,
 };
 use crate::keys::{KeyStore, SecretKey};
@@ -37,7 +37,15 @@ pub struct RecorderConfig {
     pub recording_byte_budget: u64,
     /// Length of the retention periods whose keys wrap the data keys.
     pub period_length: PeriodLength,
+    /// While a segment is open, the records added since the last checkpoint are stored
+    /// as a checkpoint part once the stream has advanced this long, so a crash loses at
+    /// most about this much of the recording. Zero stores nothing before the cut, so a
+    /// crash loses the whole open segment.
+    pub checkpoint_interval: Duration,
 }
+
+/// Shortest checkpoint interval, which bounds a recording to ten part writes a second.
+const MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Default for RecorderConfig {
     fn default() -> Self {
@@ -48,6 +56,7 @@ impl Default for RecorderConfig {
             max_packet_bytes: 16 << 20,
             recording_byte_budget: 8 << 30,
             period_length: PeriodLength::Month,
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }
@@ -80,6 +89,13 @@ impl RecorderConfig {
                 "max_packet_bytes ({}) must be between 1 and {room} so one packet fits a segment of \
                  max_segment_bytes ({})",
                 self.max_packet_bytes, self.max_segment_bytes
+            ));
+        }
+        if !self.checkpoint_interval.is_zero() && self.checkpoint_interval < MIN_CHECKPOINT_INTERVAL
+        {
+            return invalid(format!(
+                "checkpoint_interval ({:?}) must be zero (no checkpoints) or at least {:?}",
+                self.checkpoint_interval, MIN_CHECKPOINT_INTERVAL
             ));
         }
         if self.recording_byte_budget == 0 {
@@ -118,6 +134,15 @@ struct OpenSegment {
     records: RecordBuffer,
     start_pts_us: u64,
     end_pts_us: u64,
+    /// Checkpoint parts stored for this segment.
+    parts: u32,
+    /// End of the records already stored in parts, as a byte offset into `records`.
+    checkpointed_len: usize,
+    /// Number of records already stored in parts.
+    checkpointed_count: u32,
+    /// pts of the packet that was last when the previous part was stored, or of the
+    /// segment's first packet.
+    checkpointed_pts_us: u64,
 }
 
 /// Writes one recording. Every method that can store data returns the segments it stored
@@ -301,8 +326,85 @@ impl RecordingWriter {
         }
 
         self.check_append(&record)?;
+        if self.checkpoint_due(pts_us) {
+            self.store_part()?;
+        }
         self.append(record, pts_us);
         Ok(None)
+    }
+
+    /// Stores the records added to the open segment since the last checkpoint as a
+    /// checkpoint part, if there are any. A packet whose pts is a checkpoint interval
+    /// past the last checkpoint does this by itself; a caller whose stream can pause
+    /// calls this once per interval so that markers and the last packets before a pause
+    /// are stored too. Returns whether a part was stored.
+    pub fn checkpoint(&mut self) -> Result<bool, RecorderError> {
+        self.check_open()?;
+        let pending = self
+            .current
+            .as_ref()
+            .is_some_and(|current| current.records.count() > current.checkpointed_count);
+        if !pending || self.config.checkpoint_interval.is_zero() {
+            return Ok(false);
+        }
+        self.store_part()?;
+        Ok(true)
+    }
+
+    fn checkpoint_due(&self, pts_us: u64) -> bool {
+        let interval_us = self.config.checkpoint_interval.as_micros() as u64;
+        let current = self.current.as_ref().expect("open segment");
+        interval_us > 0 && pts_us.saturating_sub(current.checkpointed_pts_us) >= interval_us
+    }
+
+    /// Encrypts and stores the records added since the last checkpoint as the next part
+    /// of the open segment. A failure fails the writer like a failed segment write; the
+    /// records stay in the open segment, which a later `seal` stores whole.
+    fn store_part(&mut self) -> Result<(), RecorderError> {
+        let current = self.current.as_ref().expect("open segment");
+        let index = self.next_index;
+        let part = current.parts;
+        let header = PartHeader {
+            recording: self.id,
+            index,
+            part,
+            start_pts_us: current.start_pts_us,
+            end_pts_us: current.end_pts_us,
+            record_count: current.records.count() - current.checkpointed_count,
+            nonce: crypto::random_nonce()?,
+            ciphertext_len: 0,
+        };
+        let plaintext = current.records.framed_from(current.checkpointed_len);
+        let file = format::seal_part(&self.cipher, header, &plaintext);
+        if let Err(error) = self
+            .storage
+            .put(self.id, &format::part_name(index, part), &file)
+        {
+            self.failed = true;
+            tracing::error!(recording.id = %self.id, segment.index = index, part, error = %error, "Storing checkpoint part failed");
+            return Err(error.into());
+        }
+
+        let last_pts = self.last_packet_pts.unwrap_or(current.start_pts_us);
+        let current = self.current.as_mut().expect("open segment");
+        current.parts += 1;
+        current.checkpointed_len = current.records.len();
+        current.checkpointed_count = current.records.count();
+        current.checkpointed_pts_us = last_pts;
+        tracing::trace!(recording.id = %self.id, segment.index = index, part, bytes = file.len(), "Stored checkpoint part");
+        Ok(())
+    }
+
+    /// Removes the checkpoint parts of a segment that is now stored whole. A part that
+    /// stays behind is harmless: recovery ignores the parts of stored segments and
+    /// removes them.
+    fn remove_parts(&self, index: u64, parts: u32) {
+        for part in 0..parts {
+            let name = format::part_name(index, part);
+            if let Err(error) = self.storage.delete(self.id, &name) {
+                tracing::warn!(recording.id = %self.id, segment.index = index, part, error = %error, "Cannot remove a checkpoint part of a stored segment; recovery removes it");
+            }
+        }
     }
 
     /// Adds a placeholder marker. Markers never cut a segment.
@@ -452,6 +554,10 @@ impl RecordingWriter {
             records,
             start_pts_us: pts_us,
             end_pts_us,
+            parts: 0,
+            checkpointed_len: FRAMING_HEADER_LEN,
+            checkpointed_count: 0,
+            checkpointed_pts_us: pts_us,
         });
     }
 
@@ -496,11 +602,13 @@ impl RecordingWriter {
             end_pts_us: current.end_pts_us,
             bytes: file.len() as u64,
         };
+        let parts = current.parts;
         self.current = None;
         self.next_index += 1;
         self.stored_bytes += stored.bytes;
         self.segments.push(stored.clone());
         tracing::debug!(recording.id = %self.id, segment.index = index, bytes = stored.bytes, "Stored segment");
+        self.remove_parts(index, parts);
         Ok(stored)
     }
 }
@@ -511,7 +619,7 @@ impl Drop for RecordingWriter {
             tracing::warn!(
                 recording.id = %self.id,
                 segments = self.next_index,
-                "Recording writer dropped without seal; the open segment is lost and the recording needs recovery"
+                "Recording writer dropped without seal; the records after the open segment's last checkpoint are lost and the recording needs recovery"
             );
         }
     }

@@ -84,7 +84,8 @@ fn read_only_storage_fails_preflight_and_writes() {
         "{error}"
     );
 
-    // The next segment cut (at 2 s) fails with the file system's error, immediately.
+    // The next write, the checkpoint part at 1 s, fails with the file system's error,
+    // immediately.
     let error = packets
         .find_map(|p| writer.push_packet(p).err())
         .expect("write must fail");
