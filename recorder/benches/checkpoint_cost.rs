@@ -1,15 +1,19 @@
 //! Cost of checkpoint parts: the writer with the default 1 s checkpoint interval against
 //! the same writer with checkpoints off, in the same run.
 //!
-//! Both push the same synthetic stream as fast as they can: ten minutes at 30 packets a
-//! second, a 40 KiB keyframe every 3 s and 8 KiB packets between (about 2 Mbit/s, the
-//! agent's default target), into 4 s segments on local storage, then seal. Each
-//! configuration runs three times, alternating; the median of each is reported. Besides
-//! the total time, each run reports its longest single `push_packet` call, which is how
-//! long the stream task waits for the recorder at worst (a segment cut, or a checkpoint).
+//! The stream: 30 packets a second, a 40 KiB keyframe every 3 s and 8 KiB packets
+//! between (about 2 Mbit/s, the agent's default target), into 4 s segments on local
+//! storage, then sealed.
 //!
-//! Run with `cargo bench -p recorder --bench checkpoint_cost`; `STRONGROOM_BENCH_SECONDS`
-//! sets the stream length (default 600).
+//! - Throughput: both push ten minutes of the stream as fast as they can, three times
+//!   each, alternating; the median total time of each is reported.
+//! - Stalls: both push 30 s of the stream in real time, one packet every 1/30 s, as the
+//!   stream task does; the longest single `push_packet` call is how long viewers wait
+//!   for the recorder at worst (today a segment cut).
+//!
+//! Run with `cargo bench -p recorder --bench checkpoint_cost`;
+//! `STRONGROOM_BENCH_SECONDS` sets the throughput stream's length (default 600) and
+//! `STRONGROOM_BENCH_PACED_SECONDS` the real-time one's (default 30).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,7 +57,12 @@ fn packets(seconds: u64) -> Vec<Packet> {
         .collect()
 }
 
-fn run(root: &std::path::Path, packets: &[Packet], checkpoint_interval: Duration) -> Run {
+fn run(
+    root: &std::path::Path,
+    packets: &[Packet],
+    checkpoint_interval: Duration,
+    paced: bool,
+) -> Run {
     let storage = Arc::new(LocalDirStorage::open(root.join("recordings")).unwrap());
     let keys = LocalKeyStore::open(root.join("keys")).unwrap();
     let config = RecorderConfig {
@@ -79,11 +88,16 @@ fn run(root: &std::path::Path, packets: &[Packet], checkpoint_interval: Duration
     let mut parts_seen = 0;
     let start = Instant::now();
     for (i, packet) in packets.iter().enumerate() {
+        if paced {
+            let due = start + Duration::from_micros(packet.pts_us);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         let push = Instant::now();
         writer.push_packet(packet.clone()).unwrap();
         longest_push = longest_push.max(push.elapsed());
-        // Once a minute of stream, count the parts on disk (outside the timed push).
-        if i as u64 % (60 * FPS) == 0 {
+        // Once a minute of stream, 3.5 s into a segment, count the parts on disk
+        // (outside the timed push).
+        if i as u64 % (60 * FPS) == 3 * FPS + FPS / 2 {
             parts_seen += std::fs::read_dir(&dir)
                 .unwrap()
                 .filter(|e| {
@@ -126,9 +140,9 @@ fn main() {
     let mut with = Vec::new();
     for _ in 0..RUNS {
         let dir = tempfile::tempdir().unwrap();
-        without.push(run(dir.path(), &packets, Duration::ZERO));
+        without.push(run(dir.path(), &packets, Duration::ZERO, false));
         let dir = tempfile::tempdir().unwrap();
-        with.push(run(dir.path(), &packets, Duration::from_secs(1)));
+        with.push(run(dir.path(), &packets, Duration::from_secs(1), false));
     }
     assert!(without.iter().all(|r| r.parts_seen == 0));
     assert!(with.iter().all(|r| r.parts_seen > 0));
@@ -144,14 +158,26 @@ fn main() {
         );
         (total, longest)
     };
-    let (total_without, longest_without) = report("checkpoints off", &without);
-    let (total_with, longest_with) = report("checkpoint every 1 s", &with);
+    let (total_without, _) = report("checkpoints off", &without);
+    let (total_with, _) = report("checkpoint every 1 s", &with);
     println!(
         "time ratio (with / without checkpoints): {:.2}",
         total_with.as_secs_f64() / total_without.as_secs_f64()
     );
+
+    let paced_seconds: u64 = std::env::var("STRONGROOM_BENCH_PACED_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let paced = self::packets(paced_seconds);
+    let dir = tempfile::tempdir().unwrap();
+    let without = run(dir.path(), &paced, Duration::ZERO, true);
+    let dir = tempfile::tempdir().unwrap();
+    let with = run(dir.path(), &paced, Duration::from_secs(1), true);
     println!(
-        "longest push ratio (with / without checkpoints): {:.2}",
-        longest_with.as_secs_f64() / longest_without.as_secs_f64()
+        "real time, {paced_seconds} s: longest push {:.2} ms off, {:.2} ms with checkpoints; ratio {:.2}",
+        without.longest_push.as_secs_f64() * 1000.0,
+        with.longest_push.as_secs_f64() * 1000.0,
+        with.longest_push.as_secs_f64() / without.longest_push.as_secs_f64()
     );
 }

@@ -28,6 +28,7 @@ mod format;
 mod keys;
 mod metadata;
 mod mux;
+mod parts;
 mod reader;
 mod retention;
 mod rotation;

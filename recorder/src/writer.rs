@@ -17,6 +17,7 @@ use crate::format::{
 };
 use crate::keys::{KeyStore, SecretKey};
 use crate::metadata::{self, METADATA_VERSION, PeriodLength, RecordingMetadata};
+use crate::parts::PartThread;
 use crate::storage::Storage;
 use crate::types::{Marker, Packet, Record, StreamConfig};
 
@@ -164,6 +165,8 @@ pub struct RecordingWriter {
     last_packet_pts: Option<u64>,
     dropped_before_first_keyframe: u64,
     segments: Vec<SegmentStored>,
+    /// Stores checkpoint parts off the caller's thread; `None` without checkpoints.
+    parts: Option<PartThread>,
     failed: bool,
     sealed: bool,
 }
@@ -225,6 +228,11 @@ impl RecordingWriter {
         storage.create_recording(new.id)?;
         metadata::write_metadata(storage.as_ref(), &metadata)?;
         tracing::info!(recording.id = %new.id, kek.id = %period.kek_id, expires_at = %new.expires_at, "Started recording");
+        let parts = if config.checkpoint_interval.is_zero() {
+            None
+        } else {
+            Some(PartThread::start(storage.clone(), new.id)?)
+        };
 
         Ok(RecordingWriter {
             storage,
@@ -240,6 +248,7 @@ impl RecordingWriter {
             last_packet_pts: None,
             dropped_before_first_keyframe: 0,
             segments: Vec::new(),
+            parts,
             failed: false,
             sealed: false,
         })
@@ -270,6 +279,7 @@ impl RecordingWriter {
     /// Packets before the first keyframe cannot be decoded and are dropped.
     pub fn push_packet(&mut self, packet: Packet) -> Result<Option<SegmentStored>, RecorderError> {
         self.check_open()?;
+        self.check_parts()?;
         let result = self.push_packet_inner(packet);
         if result.is_err() {
             self.failed = true;
@@ -340,6 +350,7 @@ impl RecordingWriter {
     /// are stored too. Returns whether a part was stored.
     pub fn checkpoint(&mut self) -> Result<bool, RecorderError> {
         self.check_open()?;
+        self.check_parts()?;
         let pending = self
             .current
             .as_ref()
@@ -357,9 +368,10 @@ impl RecordingWriter {
         interval_us > 0 && pts_us.saturating_sub(current.checkpointed_pts_us) >= interval_us
     }
 
-    /// Encrypts and stores the records added since the last checkpoint as the next part
-    /// of the open segment. A failure fails the writer like a failed segment write; the
-    /// records stay in the open segment, which a later `seal` stores whole.
+    /// Encrypts the records added since the last checkpoint as the next part of the open
+    /// segment and queues it for the part thread. A failed part write fails the writer
+    /// at its next call, like a failed segment write; the records stay in the open
+    /// segment, which a later `seal` stores whole.
     fn store_part(&mut self) -> Result<(), RecorderError> {
         let current = self.current.as_ref().expect("open segment");
         let index = self.next_index;
@@ -376,14 +388,10 @@ impl RecordingWriter {
         };
         let plaintext = current.records.framed_from(current.checkpointed_len);
         let file = format::seal_part(&self.cipher, header, &plaintext);
-        if let Err(error) = self
-            .storage
-            .put(self.id, &format::part_name(index, part), &file)
-        {
-            self.failed = true;
-            tracing::error!(recording.id = %self.id, segment.index = index, part, error = %error, "Storing checkpoint part failed");
-            return Err(error.into());
-        }
+        self.parts
+            .as_ref()
+            .expect("part thread runs while checkpoints are on")
+            .put(index, part, file);
 
         let last_pts = self.last_packet_pts.unwrap_or(current.start_pts_us);
         let current = self.current.as_mut().expect("open segment");
@@ -391,25 +399,33 @@ impl RecordingWriter {
         current.checkpointed_len = current.records.len();
         current.checkpointed_count = current.records.count();
         current.checkpointed_pts_us = last_pts;
-        tracing::trace!(recording.id = %self.id, segment.index = index, part, bytes = file.len(), "Stored checkpoint part");
         Ok(())
     }
 
-    /// Removes the checkpoint parts of a segment that is now stored whole. A part that
-    /// stays behind is harmless: recovery ignores the parts of stored segments and
-    /// removes them.
-    fn remove_parts(&self, index: u64, parts: u32) {
-        for part in 0..parts {
-            let name = format::part_name(index, part);
-            if let Err(error) = self.storage.delete(self.id, &name) {
-                tracing::warn!(recording.id = %self.id, segment.index = index, part, error = %error, "Cannot remove a checkpoint part of a stored segment; recovery removes it");
+    /// Fails the writer with the error of a part write that failed since the last call.
+    fn check_parts(&mut self) -> Result<(), RecorderError> {
+        match self.parts.as_ref().and_then(PartThread::take_failure) {
+            Some(error) => {
+                self.failed = true;
+                Err(error.into())
             }
+            None => Ok(()),
+        }
+    }
+
+    /// Queues the removal of the checkpoint parts of a segment that is now stored whole.
+    /// A part that stays behind is harmless: recovery ignores the parts of stored
+    /// segments and removes them.
+    fn remove_parts(&self, index: u64, parts: u32) {
+        if let Some(thread) = &self.parts {
+            thread.remove(index, parts);
         }
     }
 
     /// Adds a placeholder marker. Markers never cut a segment.
     pub fn push_marker(&mut self, marker: Marker) -> Result<(), RecorderError> {
         self.check_open()?;
+        self.check_parts()?;
         self.placeholder_active = matches!(marker, Marker::PlaceholderStarted { .. });
         let record = Record::Marker(marker);
         let result = if self.current.is_some() {
@@ -433,6 +449,7 @@ impl RecordingWriter {
     /// repeated at the start of every later segment.
     pub fn push_config(&mut self, config: StreamConfig) -> Result<(), RecorderError> {
         self.check_open()?;
+        self.check_parts()?;
         validate_stream(&config)?;
         let record = Record::Config(config.clone());
         if self.current.is_some() {
@@ -457,6 +474,13 @@ impl RecordingWriter {
             Some(_) => Some(self.store_current()?),
             None => None,
         };
+        // Every part is stored whole by now; wait until their removal has run.
+        if let Some(thread) = &mut self.parts {
+            thread.finish();
+            if let Some(error) = thread.take_failure() {
+                tracing::warn!(recording.id = %self.id, error = %error, "A checkpoint part write failed before the seal; the segment it belonged to is stored whole");
+            }
+        }
 
         let manifest = SealManifest {
             recording_id: self.id,

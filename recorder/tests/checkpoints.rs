@@ -90,7 +90,12 @@ fn cut_segments_leave_no_parts_and_read_as_before() {
     let id = writer.id();
     let packets = agent_like_packets(20_000_000);
     let mut stored = write_all(&mut writer, packets.iter().cloned());
-    assert!(!part_names(fx.storage.as_ref(), id).is_empty());
+    // Segments 0 to 2 are stored whole; segment 3, open from 18 s, has two parts.
+    wait_for_object(fx.storage.as_ref(), id, &part_name(3, 1));
+    assert_eq!(
+        part_names(fx.storage.as_ref(), id),
+        vec![part_name(3, 0), part_name(3, 1)]
+    );
     stored.extend(writer.seal().unwrap().final_segment);
     assert!(part_names(fx.storage.as_ref(), id).is_empty());
 
@@ -272,6 +277,7 @@ fn part_moved_from_another_segment_is_rejected() {
     // At 4.5 s, segment 0 is open with parts 0 to 3.
     let (before, after) = packets.split_at(4 * 30 + 15);
     let mut stored = write_all(&mut writer, before.iter().cloned());
+    wait_for_object(fx.storage.as_ref(), id, &part_name(0, 1));
     let earlier = fs::read(dir.join(part_name(0, 1))).unwrap();
     stored.extend(write_all(&mut writer, after.iter().cloned()));
     drop(writer);
@@ -290,6 +296,7 @@ fn parts_of_a_stored_segment_are_removed_without_a_report() {
     let (before, after) = packets.split_at(4 * 30 + 15);
     let mut stored = write_all(&mut writer, before.iter().cloned());
     // A crash between storing segment 0 and removing its parts leaves them behind.
+    wait_for_object(fx.storage.as_ref(), id, &part_name(0, 0));
     let leftover = fs::read(dir.join(part_name(0, 0))).unwrap();
     stored.extend(write_all(&mut writer, after.iter().cloned()));
     drop(writer);

@@ -93,6 +93,23 @@ pub fn part_names(storage: &dyn recorder::Storage, id: Uuid) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the part thread has stored object `name`, at most ten seconds.
+pub fn wait_for_object(storage: &dyn recorder::Storage, id: Uuid, name: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !storage
+        .list(id)
+        .expect("list")
+        .iter()
+        .any(|o| o.name == name)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} was not stored within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Name of checkpoint part `part` of segment `index`.
 pub fn part_name(index: u64, part: u32) -> String {
     format!("part-{index:08}-{part:06}.srp")
