@@ -1,5 +1,5 @@
 //! Storing and removing the checkpoint parts of the open segment on a thread of their
-//! own, so that the stream never waits for a part's fsync.
+//! own. The writer waits for a part's fsync only when `QUEUE` parts are already waiting.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};

@@ -222,8 +222,8 @@ pub fn recover_recording(
         .collect();
     let open_index = indexes.last().map_or(0, |last| last + 1);
     let (assembled, rejected_parts) = if sealed {
-        // The seal stores the open segment before it is written, so any part left
-        // belongs to a stored segment.
+        // The seal is written after the open segment was stored and the part thread
+        // finished, so any part left belongs to a stored segment.
         (None, Vec::new())
     } else {
         assemble_open_segment(storage, &cipher, recording, open_index, &parts)?

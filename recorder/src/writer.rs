@@ -474,7 +474,8 @@ impl RecordingWriter {
             Some(_) => Some(self.store_current()?),
             None => None,
         };
-        // Every part is stored whole by now; wait until their removal has run.
+        // Every segment is stored whole by now; wait until the part thread has removed
+        // their parts.
         if let Some(thread) = &mut self.parts {
             thread.finish();
             if let Some(error) = thread.take_failure() {
