@@ -648,3 +648,78 @@ async fn damaged_checkpoint_part_is_named_in_the_seal_event_body(database: TestD
         "the recordings list names the part"
     );
 }
+
+both_backends!(
+    paused_stream_is_checkpointed_before_a_kill,
+    paused_stream_is_checkpointed_before_a_kill_body
+);
+async fn paused_stream_is_checkpointed_before_a_kill_body(database: TestDatabase) {
+    use broker::stream::recording::{RecordingHandle, RecordingSettings};
+
+    let db = &database.db;
+    let audit = AuditLog::new(db.clone(), Arc::new(SystemClock));
+    let root = database.dir.path().join("recordings");
+    let storage: Arc<dyn Storage> = Arc::new(LocalDirStorage::open(&root).unwrap());
+    let keys: Arc<dyn KeyStore> =
+        Arc::new(LocalKeyStore::open(database.dir.path().join("keys")).unwrap());
+    let settings = RecordingSettings {
+        storage: storage.clone(),
+        keys: keys.clone(),
+        config: RecorderConfig::default(),
+    };
+    let new = entry("alice", "demo-bank", "i1", Utc::now().timestamp_millis());
+    catalogue::insert(db, &new).await.unwrap();
+    let handle = RecordingHandle::start(&settings, new.id, new.started_at, new.expires_at).unwrap();
+    handle
+        .push_config(StreamConfig {
+            codec: "vp8".into(),
+            width: 64,
+            height: 48,
+        })
+        .await
+        .unwrap();
+
+    // 8.5 s of stream at ten frames a second, a keyframe every 3 s: segment 0 is stored
+    // at 6 s, segment 1 gets parts at 7 s and 7.9 s, then the stream pauses.
+    let mut sent = Vec::new();
+    for frame in 0..85u64 {
+        let packet = Packet {
+            pts_us: frame * 100_000,
+            keyframe: frame % 30 == 0,
+            data: Bytes::from(vec![frame as u8; 200]),
+        };
+        sent.push(packet.pts_us);
+        handle.push_packet(packet).await.unwrap();
+    }
+
+    // A pause of one checkpoint interval stores the frames since the last part.
+    let third = root
+        .join(new.id.to_string())
+        .join("part-00000001-000002.srp");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !third.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint of the paused stream within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The broker dies: the handle goes away without a seal.
+    drop(handle);
+
+    let results =
+        catalogue::seal_interrupted(&audit, storage.clone(), keys.clone(), &[new.id]).await;
+    assert_eq!(
+        results,
+        [(new.id, catalogue::Recovered::Sealed { segment_count: 2 })]
+    );
+    let reader = RecordingReader::open(storage.clone(), keys.as_ref(), new.id).unwrap();
+    let kept: Vec<u64> = reader
+        .records()
+        .filter_map(|record| match record.unwrap() {
+            recorder::Record::Packet(packet) => Some(packet.pts_us),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kept, sent, "every frame before the pause is kept");
+}
