@@ -193,11 +193,20 @@ pub(crate) fn seal_segment(
     plaintext: &[u8],
 ) -> Vec<u8> {
     header.ciphertext_len = (plaintext.len() + TAG_LEN) as u64;
-    let header_bytes = header.encode();
-    let ciphertext = crypto::seal(cipher, &header.nonce, &header_bytes, plaintext);
+    encrypt_after(cipher, &header.nonce, &header.encode(), plaintext)
+}
 
-    let mut file = Vec::with_capacity(SEGMENT_HEADER_LEN + ciphertext.len());
-    file.extend_from_slice(&header_bytes);
+/// Encrypts `plaintext` with `header` as associated data and returns the header
+/// followed by the ciphertext.
+fn encrypt_after(
+    cipher: &Aes256Gcm,
+    nonce: &[u8; NONCE_LEN],
+    header: &[u8],
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let ciphertext = crypto::seal(cipher, nonce, header, plaintext);
+    let mut file = Vec::with_capacity(header.len() + ciphertext.len());
+    file.extend_from_slice(header);
     file.extend_from_slice(&ciphertext);
     file
 }
@@ -264,13 +273,7 @@ impl PartHeader {
 /// Encrypts a part's plaintext (segment framing) and returns the complete file.
 pub(crate) fn seal_part(cipher: &Aes256Gcm, mut header: PartHeader, plaintext: &[u8]) -> Vec<u8> {
     header.ciphertext_len = (plaintext.len() + TAG_LEN) as u64;
-    let header_bytes = header.encode();
-    let ciphertext = crypto::seal(cipher, &header.nonce, &header_bytes, plaintext);
-
-    let mut file = Vec::with_capacity(PART_HEADER_LEN + ciphertext.len());
-    file.extend_from_slice(&header_bytes);
-    file.extend_from_slice(&ciphertext);
-    file
+    encrypt_after(cipher, &header.nonce, &header.encode(), plaintext)
 }
 
 /// A decrypted checkpoint part.

@@ -267,21 +267,30 @@ fn part_moved_from_another_recording_is_rejected() {
     );
 }
 
-#[test]
-fn part_moved_from_another_segment_is_rejected() {
-    let fx = Fixture::new();
+/// Writes a recording killed 3.5 s into segment 1, keeping a copy of part `part` of
+/// segment 0 as it was at 4.5 s, while that segment was open with parts 0 to 3; the cut
+/// at 6 s removed it. Returns the id, the stored segments, the packets and the copy.
+fn crash_keeping_an_early_part(
+    fx: &Fixture,
+    part: u32,
+) -> (Uuid, Vec<recorder::SegmentStored>, Vec<Packet>, Vec<u8>) {
     let packets = agent_like_packets(9_500_000);
     let mut writer = fx.writer(checkpoint_config(), default_expiry());
     let id = writer.id();
-    let dir = fx.recording_dir(id);
-    // At 4.5 s, segment 0 is open with parts 0 to 3.
     let (before, after) = packets.split_at(4 * 30 + 15);
     let mut stored = write_all(&mut writer, before.iter().cloned());
-    wait_for_object(fx.storage.as_ref(), id, &part_name(0, 1));
-    let earlier = fs::read(dir.join(part_name(0, 1))).unwrap();
+    wait_for_object(fx.storage.as_ref(), id, &part_name(0, part));
+    let copy = fs::read(fx.recording_dir(id).join(part_name(0, part))).unwrap();
     stored.extend(write_all(&mut writer, after.iter().cloned()));
     drop(writer);
-    fs::write(dir.join(part_name(1, 1)), earlier).unwrap();
+    (id, stored, packets, copy)
+}
+
+#[test]
+fn part_moved_from_another_segment_is_rejected() {
+    let fx = Fixture::new();
+    let (id, stored, packets, earlier) = crash_keeping_an_early_part(&fx, 1);
+    fs::write(fx.recording_dir(id).join(part_name(1, 1)), earlier).unwrap();
 
     assert_part_one_rejected(&fx, id, &stored, &packets, SegmentFault::WrongIndex(0));
 }
@@ -289,18 +298,9 @@ fn part_moved_from_another_segment_is_rejected() {
 #[test]
 fn parts_of_a_stored_segment_are_removed_without_a_report() {
     let fx = Fixture::new();
-    let packets = agent_like_packets(9_500_000);
-    let mut writer = fx.writer(checkpoint_config(), default_expiry());
-    let id = writer.id();
-    let dir = fx.recording_dir(id);
-    let (before, after) = packets.split_at(4 * 30 + 15);
-    let mut stored = write_all(&mut writer, before.iter().cloned());
     // A crash between storing segment 0 and removing its parts leaves them behind.
-    wait_for_object(fx.storage.as_ref(), id, &part_name(0, 0));
-    let leftover = fs::read(dir.join(part_name(0, 0))).unwrap();
-    stored.extend(write_all(&mut writer, after.iter().cloned()));
-    drop(writer);
-    fs::write(dir.join(part_name(0, 0)), leftover).unwrap();
+    let (id, stored, packets, leftover) = crash_keeping_an_early_part(&fx, 0);
+    fs::write(fx.recording_dir(id).join(part_name(0, 0)), leftover).unwrap();
 
     let expected = kept_through_part(&packets, 3);
     let report = seal_and_check_recovered(dyn_storage(&fx), &fx.keys, id, &stored, &expected);
