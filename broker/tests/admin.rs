@@ -1370,6 +1370,45 @@ async fn list_length_body(database: TestDatabase) {
     harness.stop().await;
 }
 
+broker::both_backends!(
+    recording_without_video_shows_no_player,
+    recording_without_video_shows_no_player_body
+);
+async fn recording_without_video_shows_no_player_body(database: TestDatabase) {
+    use broker::recordings::catalogue;
+    use chrono::TimeZone;
+    let harness = Harness::start(database).await;
+    let (admin_id, admin) = harness.signed_in("ada", &[Role::Admin]).await;
+    let started = chrono::Utc.with_ymd_and_hms(2030, 2, 1, 12, 0, 0).unwrap();
+    let empty = stored_recording(&harness, &admin_id, "demo-bank", started).await;
+    let db = &harness.broker().state.db;
+    let entry = catalogue::get(db, empty).await.unwrap().unwrap();
+    let sealed = catalogue::SealedEntry {
+        ended_at: started + chrono::Duration::seconds(8),
+        segment_count: 0,
+        bytes: 0,
+        seal_sha256: [0; 32],
+        detail: Some(catalogue::SEALED_AFTER_INTERRUPTION.to_owned()),
+    };
+    assert_eq!(entry.state, catalogue::RecordingState::Sealed);
+    catalogue::mark_sealed(db, empty, &sealed).await.unwrap();
+
+    let response = harness
+        .send(&admin, Method::GET, &format!("/recordings/{empty}"), None)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains(&format!("Recording {empty} holds no video"))
+            && page.contains("the broker stopped before the first keyframe"),
+        "{page}"
+    );
+    for control in ["id=\"play\"", "id=\"seek\"", "replay.js", "<canvas"] {
+        assert!(!page.contains(control), "{control} on the page: {page}");
+    }
+    harness.stop().await;
+}
+
 /// Splits a page into its table rows, one string per `<tr>`.
 fn table_rows(page: &str) -> Vec<String> {
     page.split("<tr>").skip(1).map(str::to_owned).collect()

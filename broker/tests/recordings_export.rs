@@ -106,7 +106,8 @@ fn synthetic_vp8_sized(dir: &Path, name: &str, size: &str) -> Vec<(u64, bool, Ve
 }
 
 /// Records the synthetic stream and audits its segment hashes. With `crash`, the writer
-/// is dropped without sealing, as when the broker is killed, so the open segment is lost.
+/// is dropped without sealing, as when the broker is killed, so the open segment is left
+/// as checkpoint parts for recovery.
 async fn record(config: &broker::config::Config, audit: &AuditLog, crash: bool) -> Uuid {
     let (storage, keys) = recordings::stores(config).unwrap();
     let frames = synthetic_vp8(&config.data_dir);
@@ -201,7 +202,8 @@ async fn export_verifies_offline_body(database: TestDatabase) {
 
     // The evidence shows a banking session: only the exporting account may read it.
     use std::os::unix::fs::PermissionsExt;
-    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700, "export directory");
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -289,23 +291,85 @@ async fn interrupted_recording_exports_after_recovery_body(database: TestDatabas
         results,
         [(
             id,
-            broker::recordings::catalogue::Recovered::Sealed { segment_count: 2 }
+            broker::recordings::catalogue::Recovered::Sealed { segment_count: 3 }
         )]
     );
 
-    // The two segments stored before the crash, four seconds, export and verify.
+    // The two segments stored before the crash and the third rebuilt from its parts,
+    // which end before the frame at 5.9 s of the 6 s stream, export and verify.
     let dir = database.dir.path().join("export");
     let manifest = evidence::export(&config, &audit, id, &dir).await.unwrap();
-    assert_eq!(manifest.segment_sha256.len(), 2);
+    assert_eq!(manifest.segment_sha256.len(), 3);
     let duration = ffprobe_duration(&dir.join(evidence::VIDEO_FILE));
     assert!(
-        (duration - 4.0).abs() <= 0.15,
+        (duration - 5.9).abs() <= 0.15,
         "ffprobe duration {duration} s"
     );
     let key_file = database.dir.path().join("export.pub");
     evidence::write_public_key(&config, &key_file).unwrap();
     let public_key = evidence::read_public_key(&key_file).unwrap();
     evidence::verify(&dir, &public_key).unwrap();
+}
+
+both_backends!(
+    recording_without_video_fails_export_by_name,
+    recording_without_video_fails_export_by_name_body
+);
+async fn recording_without_video_fails_export_by_name_body(database: TestDatabase) {
+    use broker::recordings::catalogue;
+
+    let config = config(database.dir.path());
+    let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
+    let (storage, keys) = recordings::stores(&config).unwrap();
+    let id = Uuid::new_v4();
+    let now = Utc::now();
+    catalogue::insert(
+        &database.db,
+        &catalogue::NewEntry {
+            id,
+            session_id: Uuid::new_v4(),
+            user_id: "alice".into(),
+            site: "demo-bank".into(),
+            instance_id: "export-test".into(),
+            started_at: now,
+            expires_at: now + chrono::Duration::days(90),
+        },
+    )
+    .await
+    .unwrap();
+    // Killed before the first keyframe: the recording holds its metadata only.
+    let new = NewRecording {
+        id,
+        created_at: now,
+        expires_at: now + chrono::Duration::days(90),
+        stream: None,
+    };
+    drop(
+        RecordingWriter::create(
+            storage.clone(),
+            keys.as_ref(),
+            RecorderConfig::default(),
+            new,
+        )
+        .unwrap(),
+    );
+    let results = catalogue::seal_interrupted(&audit, storage, keys, &[id]).await;
+    assert_eq!(
+        results,
+        [(id, catalogue::Recovered::Sealed { segment_count: 0 })]
+    );
+
+    let dir = database.dir.path().join("export");
+    let error = evidence::export(&config, &audit, id, &dir)
+        .await
+        .expect_err("a recording without video has nothing to export");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains(&format!("Recording {id} holds no video"))
+            && message.contains("the broker stopped before the first keyframe"),
+        "{message}"
+    );
+    assert!(!dir.exists(), "a failed export leaves no directory");
 }
 
 /// Reads `/proc/PID/status` field `name`, such as `Uid`.

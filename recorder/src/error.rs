@@ -151,6 +151,20 @@ pub enum SegmentFault {
     /// The segment file is missing.
     #[error("segment missing")]
     Missing,
+    /// The file does not start with the part magic: not a checkpoint part.
+    #[error("not a Strongroom checkpoint part (bad magic)")]
+    NotAPart,
+    /// The checkpoint part carries another part number than its name.
+    #[error("part carries part number {0}")]
+    WrongPart(u32),
+    /// The checkpoint part follows a rejected or missing part of its segment, so its
+    /// records cannot be joined to the segment.
+    #[error("follows a rejected part")]
+    AfterRejectedPart,
+    /// The checkpoint part belongs to a segment that is neither stored nor the one that
+    /// was open when the writer stopped.
+    #[error("part of segment {index}, but the open segment was {open}")]
+    NotOpenSegment { index: u64, open: u64 },
 }
 
 /// Error of the recorder's public API.

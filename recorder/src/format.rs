@@ -23,6 +23,31 @@
 //! length u32, payload`. Kinds: 1 stream config (`width u32, height u32, codec name`),
 //! 2 video packet (flag bit 0: keyframe), 3 placeholder started, 4 placeholder ended.
 //! All integers are big-endian. Unknown kinds and versions are errors.
+//!
+//! While a segment is open, the writer stores checkpoint parts of it: part K of segment
+//! N holds the records added since part K-1, so that a crash loses at most one
+//! checkpoint interval. A part file is a 78-byte header followed by AES-256-GCM
+//! ciphertext under the same data key, with the whole header as associated data:
+//!
+//! ```text
+//! offset size  field
+//!      0    8  magic "STRGPRT1"
+//!      8    2  format version (big-endian), 1
+//!     10   16  recording id (UUID bytes)
+//!     26    8  segment index
+//!     34    4  part number, from 0
+//!     38    8  pts of the segment's first packet, microseconds
+//!     46    8  highest pts in the segment up to the end of this part, microseconds
+//!     54    4  record count of this part
+//!     58   12  AES-GCM nonce
+//!     70    8  ciphertext length including the 16-byte tag
+//!     78    -  ciphertext
+//! ```
+//!
+//! The plaintext uses the segment framing; its flags byte repeats the segment's. The
+//! magic differs from the segment magic, so a part never authenticates as a segment nor
+//! a segment as a part, and the recording id, segment index and part number in the
+//! associated data keep a part from being moved to another place.
 
 use aes_gcm::Aes256Gcm;
 use bytes::Bytes;
@@ -62,6 +87,26 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
+}
+
+pub(crate) const PART_MAGIC: [u8; 8] = *b"STRGPRT1";
+pub(crate) const PART_VERSION: u16 = 1;
+pub(crate) const PART_HEADER_LEN: usize = 78;
+
+/// Object name of checkpoint part `part` of segment `index`.
+pub(crate) fn part_name(index: u64, part: u32) -> String {
+    format!("part-{index:08}-{part:06}.srp")
+}
+
+/// Parses a part object name back into its segment index and part number.
+pub(crate) fn parse_part_name(name: &str) -> Option<(u64, u32)> {
+    let rest = name.strip_prefix("part-")?.strip_suffix(".srp")?;
+    let (index, part) = rest.split_once('-')?;
+    let digits = |s: &str, min: usize| s.len() >= min && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(index, 8) || !digits(part, 6) {
+        return None;
+    }
+    Some((index.parse().ok()?, part.parse().ok()?))
 }
 
 /// A segment as it was stored, returned to the caller for its audit trail.
@@ -148,13 +193,146 @@ pub(crate) fn seal_segment(
     plaintext: &[u8],
 ) -> Vec<u8> {
     header.ciphertext_len = (plaintext.len() + TAG_LEN) as u64;
-    let header_bytes = header.encode();
-    let ciphertext = crypto::seal(cipher, &header.nonce, &header_bytes, plaintext);
+    encrypt_after(cipher, &header.nonce, &header.encode(), plaintext)
+}
 
-    let mut file = Vec::with_capacity(SEGMENT_HEADER_LEN + ciphertext.len());
-    file.extend_from_slice(&header_bytes);
+/// Encrypts `plaintext` with `header` as associated data and returns the header
+/// followed by the ciphertext.
+fn encrypt_after(
+    cipher: &Aes256Gcm,
+    nonce: &[u8; NONCE_LEN],
+    header: &[u8],
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let ciphertext = crypto::seal(cipher, nonce, header, plaintext);
+    let mut file = Vec::with_capacity(header.len() + ciphertext.len());
+    file.extend_from_slice(header);
     file.extend_from_slice(&ciphertext);
     file
+}
+
+/// The authenticated, unencrypted header of a checkpoint part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PartHeader {
+    pub recording: Uuid,
+    pub index: u64,
+    pub part: u32,
+    pub start_pts_us: u64,
+    pub end_pts_us: u64,
+    pub record_count: u32,
+    pub nonce: [u8; NONCE_LEN],
+    pub ciphertext_len: u64,
+}
+
+impl PartHeader {
+    pub fn encode(&self) -> [u8; PART_HEADER_LEN] {
+        let mut out = [0u8; PART_HEADER_LEN];
+        out[0..8].copy_from_slice(&PART_MAGIC);
+        out[8..10].copy_from_slice(&PART_VERSION.to_be_bytes());
+        out[10..26].copy_from_slice(self.recording.as_bytes());
+        out[26..34].copy_from_slice(&self.index.to_be_bytes());
+        out[34..38].copy_from_slice(&self.part.to_be_bytes());
+        out[38..46].copy_from_slice(&self.start_pts_us.to_be_bytes());
+        out[46..54].copy_from_slice(&self.end_pts_us.to_be_bytes());
+        out[54..58].copy_from_slice(&self.record_count.to_be_bytes());
+        out[58..70].copy_from_slice(&self.nonce);
+        out[70..78].copy_from_slice(&self.ciphertext_len.to_be_bytes());
+        out
+    }
+
+    /// Parses the header at the start of `bytes`; anything else is an error.
+    pub fn parse(bytes: &[u8]) -> Result<Self, SegmentFault> {
+        if bytes.len() < PART_MAGIC.len() || bytes[0..8] != PART_MAGIC {
+            return Err(SegmentFault::NotAPart);
+        }
+        if bytes.len() < PART_HEADER_LEN {
+            return Err(SegmentFault::Truncated {
+                expected: PART_HEADER_LEN as u64,
+                actual: bytes.len() as u64,
+            });
+        }
+        let version = u16::from_be_bytes([bytes[8], bytes[9]]);
+        if version != PART_VERSION {
+            return Err(SegmentFault::UnsupportedVersion(version));
+        }
+        let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let u32_at = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        Ok(PartHeader {
+            recording: Uuid::from_bytes(bytes[10..26].try_into().expect("16 bytes")),
+            index: u64_at(26),
+            part: u32_at(34),
+            start_pts_us: u64_at(38),
+            end_pts_us: u64_at(46),
+            record_count: u32_at(54),
+            nonce: bytes[58..70].try_into().expect("12 bytes"),
+            ciphertext_len: u64_at(70),
+        })
+    }
+}
+
+/// Encrypts a part's plaintext (segment framing) and returns the complete file.
+pub(crate) fn seal_part(cipher: &Aes256Gcm, mut header: PartHeader, plaintext: &[u8]) -> Vec<u8> {
+    header.ciphertext_len = (plaintext.len() + TAG_LEN) as u64;
+    encrypt_after(cipher, &header.nonce, &header.encode(), plaintext)
+}
+
+/// A decrypted checkpoint part.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenedPart {
+    pub header: PartHeader,
+    pub placeholder_active_at_start: bool,
+    pub records: Vec<Record>,
+}
+
+/// Checks a part file's header against its expected recording, segment and part number,
+/// then authenticates and decrypts it.
+pub(crate) fn open_part(
+    cipher: &Aes256Gcm,
+    recording: Uuid,
+    index: u64,
+    part: u32,
+    file: &[u8],
+) -> Result<OpenedPart, SegmentFault> {
+    let header = PartHeader::parse(file)?;
+    if header.recording != recording {
+        return Err(SegmentFault::WrongRecording(header.recording));
+    }
+    if header.index != index {
+        return Err(SegmentFault::WrongIndex(header.index));
+    }
+    if header.part != part {
+        return Err(SegmentFault::WrongPart(header.part));
+    }
+    let actual = file.len() as u64;
+    let expected = PART_HEADER_LEN as u64 + header.ciphertext_len;
+    if actual < expected {
+        return Err(SegmentFault::Truncated { expected, actual });
+    }
+    if actual > expected {
+        return Err(SegmentFault::TrailingData {
+            extra: actual - expected,
+        });
+    }
+    let plaintext = crypto::open(
+        cipher,
+        &header.nonce,
+        &file[..PART_HEADER_LEN],
+        &file[PART_HEADER_LEN..],
+    )
+    .ok_or(SegmentFault::AuthenticationFailed)?;
+    let (placeholder_active_at_start, records) = decode_records(&plaintext)?;
+    if records.len() as u64 != u64::from(header.record_count) {
+        return Err(SegmentFault::Framing(format!(
+            "{} records, part header declares {}",
+            records.len(),
+            header.record_count
+        )));
+    }
+    Ok(OpenedPart {
+        header,
+        placeholder_active_at_start,
+        records,
+    })
 }
 
 /// A decrypted segment.
@@ -251,6 +429,15 @@ impl RecordBuffer {
 
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf
+    }
+
+    /// The framing header followed by the records from byte `from` on, which must be a
+    /// record boundary at or after the framing header: the plaintext of a part.
+    pub fn framed_from(&self, from: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FRAMING_HEADER_LEN + self.buf.len() - from);
+        out.extend_from_slice(&self.buf[..FRAMING_HEADER_LEN]);
+        out.extend_from_slice(&self.buf[from..]);
+        out
     }
 
     pub fn push(&mut self, record: &Record) {

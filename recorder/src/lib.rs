@@ -28,6 +28,7 @@ mod format;
 mod keys;
 mod metadata;
 mod mux;
+mod parts;
 mod reader;
 mod retention;
 mod rotation;
@@ -55,8 +56,8 @@ pub use s3::{S3Config, S3Storage};
 pub use storage::{LocalDirStorage, ObjectInfo, Storage};
 pub use types::{Marker, Packet, Record, StreamConfig};
 pub use verify::{
-    RecoveryReport, SegmentProblem, Tamper, VerifyReport, recover_recording, seal_recovered,
-    verify_recording,
+    AssembledSegment, RecoveryReport, SegmentProblem, Tamper, VerifyReport, recover_recording,
+    seal_recovered, verify_recording,
 };
 pub use writer::{NewRecording, RecorderConfig, RecordingWriter, Sealed};
 

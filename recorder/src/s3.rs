@@ -289,6 +289,14 @@ impl Storage for S3Storage {
         .map_err(|error| self.map_read_error(recording, name, &path, error))
     }
 
+    fn delete(&self, recording: Uuid, name: &str) -> Result<(), StorageError> {
+        let path = self.object_path(recording, name)?;
+        match self.run(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(remote("delete", &self.describe(&path), error)),
+        }
+    }
+
     fn list(&self, recording: Uuid) -> Result<Vec<ObjectInfo>, StorageError> {
         let mut objects: Vec<ObjectInfo> = self
             .list_paths(recording)?

@@ -1,6 +1,7 @@
-//! Storage backends. A recording is a set of named objects (metadata, segments, seal)
-//! under its id: [`LocalDirStorage`] keeps them in a local directory and, with the `s3`
-//! feature, `S3Storage` in an S3-compatible bucket.
+//! Storage backends. A recording is a set of named objects (metadata, segments, the
+//! checkpoint parts of the open segment, seal) under its id: [`LocalDirStorage`] keeps
+//! them in a local directory and, with the `s3` feature, `S3Storage` in an
+//! S3-compatible bucket.
 
 use std::fmt;
 use std::fs;
@@ -35,6 +36,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Reads at most the first `len` bytes of an object.
     fn get_prefix(&self, recording: Uuid, name: &str, len: usize) -> Result<Vec<u8>, StorageError>;
+
+    /// Removes one object. Removing an object that does not exist succeeds. The removal
+    /// need not be durable: it serves objects that recovery ignores when they remain.
+    fn delete(&self, recording: Uuid, name: &str) -> Result<(), StorageError>;
 
     /// Lists the complete objects of a recording, sorted by name. Partial uploads and
     /// temporary files are not listed.
@@ -206,6 +211,15 @@ impl Storage for LocalDirStorage {
             .read_to_end(&mut buf)
             .map_err(|source| io_error("read", &path, source))?;
         Ok(buf)
+    }
+
+    fn delete(&self, recording: Uuid, name: &str) -> Result<(), StorageError> {
+        let path = self.object_path(recording, name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(io_error("remove", &path, source)),
+        }
     }
 
     fn list(&self, recording: Uuid) -> Result<Vec<ObjectInfo>, StorageError> {

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::crypto;
 use crate::error::{RecorderError, SegmentFault, StorageError};
-use crate::format::{self, SEAL_NAME, SealManifest, SegmentStored};
+use crate::format::{self, RecordBuffer, SEAL_NAME, SealManifest, SegmentHeader, SegmentStored};
 use crate::keys::KeyStore;
 use crate::metadata;
 use crate::storage::Storage;
@@ -172,10 +172,33 @@ pub struct RecoveryReport {
     pub contiguous: u64,
     /// Partial files from an interrupted write that were removed.
     pub removed_partial: usize,
+    /// The segment that was open when the writer stopped, rebuilt from its authenticated
+    /// leading checkpoint parts and stored as a normal segment. It is also in `intact`.
+    pub assembled: Option<AssembledSegment>,
+    /// Checkpoint parts left out of the recording, by object name, in name order. They
+    /// were removed from the store.
+    pub rejected_parts: Vec<(String, SegmentFault)>,
+}
+
+/// A segment that recovery rebuilt from checkpoint parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssembledSegment {
+    /// The stored segment.
+    pub segment: SegmentStored,
+    /// Number of parts joined, parts `0..parts`.
+    pub parts: u32,
 }
 
 /// Examines a recording whose writer stopped without sealing: removes partial files left
-/// by an interrupted write, then authenticates every segment with the recording's key.
+/// by an interrupted write, rebuilds the segment that was open from its checkpoint parts,
+/// then authenticates every segment with the recording's key.
+///
+/// The parts of the segment after the highest stored one are authenticated in part
+/// order; the parts before the first bad or missing one are joined into that segment,
+/// re-encrypted under a fresh nonce as a normal segment and stored, and the bad part and
+/// every later one are reported in [`RecoveryReport::rejected_parts`]. Then all parts are
+/// removed. Parts of a segment that is stored whole are left from a crash between
+/// storing the segment and removing its parts, and are removed without a report.
 pub fn recover_recording(
     storage: &dyn Storage,
     keys: &dyn KeyStore,
@@ -192,6 +215,25 @@ pub fn recover_recording(
         .filter_map(|o| format::parse_segment_name(&o.name))
         .collect();
     indexes.sort_unstable();
+
+    let parts: Vec<(String, u64, u32)> = objects
+        .iter()
+        .filter_map(|o| format::parse_part_name(&o.name).map(|(i, p)| (o.name.clone(), i, p)))
+        .collect();
+    let open_index = indexes.last().map_or(0, |last| last + 1);
+    let (assembled, rejected_parts) = if sealed {
+        // The seal is written after the open segment was stored and the part thread
+        // finished, so any part left belongs to a stored segment.
+        (None, Vec::new())
+    } else {
+        assemble_open_segment(storage, &cipher, recording, open_index, &parts)?
+    };
+    for (name, _, _) in &parts {
+        storage.delete(recording, name)?;
+    }
+    if assembled.is_some() {
+        indexes.push(open_index);
+    }
 
     let mut intact = Vec::new();
     let mut damaged = Vec::new();
@@ -225,6 +267,8 @@ pub fn recover_recording(
         intact = intact.len(),
         damaged = damaged.len(),
         removed_partial,
+        assembled_parts = assembled.as_ref().map_or(0, |a| a.parts),
+        rejected_parts = rejected_parts.len(),
         "Examined recording for recovery"
     );
     Ok(RecoveryReport {
@@ -234,7 +278,128 @@ pub fn recover_recording(
         damaged,
         contiguous,
         removed_partial,
+        assembled,
+        rejected_parts,
     })
+}
+
+/// Joins the authenticated leading checkpoint parts of segment `open_index` into a
+/// segment and stores it. Returns the stored segment, if any part was usable, and the
+/// parts left out: those of other unstored segments, the first bad or missing part of
+/// the open segment and every part after it.
+fn assemble_open_segment(
+    storage: &dyn Storage,
+    cipher: &aes_gcm::Aes256Gcm,
+    recording: Uuid,
+    open_index: u64,
+    parts: &[(String, u64, u32)],
+) -> Result<(Option<AssembledSegment>, Vec<(String, SegmentFault)>), RecorderError> {
+    let mut rejected = Vec::new();
+    let mut open_parts: Vec<(&str, u32)> = Vec::new();
+    for (name, index, part) in parts {
+        if *index == open_index {
+            open_parts.push((name, *part));
+        } else if *index > open_index {
+            let fault = SegmentFault::NotOpenSegment {
+                index: *index,
+                open: open_index,
+            };
+            rejected.push((name.clone(), fault));
+        }
+    }
+    open_parts.sort_by_key(|(_, part)| *part);
+
+    let mut joined = Joined::default();
+    let mut broken = false;
+    for (name, part) in open_parts {
+        if broken {
+            rejected.push((name.to_owned(), SegmentFault::AfterRejectedPart));
+            continue;
+        }
+        if part != joined.parts {
+            let missing = format::part_name(open_index, joined.parts);
+            tracing::warn!(recording.id = %recording, part = missing, "A checkpoint part is missing");
+            rejected.push((missing, SegmentFault::Missing));
+            rejected.push((name.to_owned(), SegmentFault::AfterRejectedPart));
+            broken = true;
+            continue;
+        }
+        let file = storage.get(recording, name)?;
+        let opened = format::open_part(cipher, recording, open_index, part, &file)
+            .and_then(|opened| joined.push(opened));
+        if let Err(fault) = opened {
+            tracing::warn!(recording.id = %recording, part = name, fault = %fault, "Leaving out a checkpoint part");
+            rejected.push((name.to_owned(), fault));
+            broken = true;
+        }
+    }
+    rejected.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let Some(buffer) = joined.records else {
+        return Ok((None, rejected));
+    };
+    let header = SegmentHeader {
+        recording,
+        index: open_index,
+        start_pts_us: joined.start_pts_us,
+        end_pts_us: joined.end_pts_us,
+        record_count: buffer.count(),
+        nonce: crypto::random_nonce()?,
+        ciphertext_len: 0,
+    };
+    let file = format::seal_segment(cipher, header, buffer.as_bytes());
+    storage.put(recording, &format::segment_name(open_index), &file)?;
+    let segment = SegmentStored {
+        index: open_index,
+        sha256: Sha256::digest(&file).into(),
+        start_pts_us: joined.start_pts_us,
+        end_pts_us: joined.end_pts_us,
+        bytes: file.len() as u64,
+    };
+    let count = joined.parts;
+    tracing::info!(recording.id = %recording, segment.index = open_index, parts = count, "Stored the open segment rebuilt from checkpoint parts");
+    Ok((
+        Some(AssembledSegment {
+            segment,
+            parts: count,
+        }),
+        rejected,
+    ))
+}
+
+/// Records of the checkpoint parts joined so far.
+#[derive(Default)]
+struct Joined {
+    records: Option<RecordBuffer>,
+    parts: u32,
+    start_pts_us: u64,
+    end_pts_us: u64,
+}
+
+impl Joined {
+    /// Appends the next part after checking that it continues the segment: the same
+    /// start and a highest pts that does not go back.
+    fn push(&mut self, opened: format::OpenedPart) -> Result<(), SegmentFault> {
+        let header = &opened.header;
+        if self.records.is_some()
+            && (header.start_pts_us != self.start_pts_us || header.end_pts_us < self.end_pts_us)
+        {
+            return Err(SegmentFault::Framing(format!(
+                "part spans pts {}..{} us, which does not continue the segment's {}..{} us",
+                header.start_pts_us, header.end_pts_us, self.start_pts_us, self.end_pts_us
+            )));
+        }
+        let records = self
+            .records
+            .get_or_insert_with(|| RecordBuffer::new(opened.placeholder_active_at_start));
+        for record in &opened.records {
+            records.push(record);
+        }
+        self.start_pts_us = header.start_pts_us;
+        self.end_pts_us = header.end_pts_us;
+        self.parts += 1;
+        Ok(())
+    }
 }
 
 /// Seals a recovered recording with `segment_count` segments (indexes

@@ -12,11 +12,12 @@ use uuid::Uuid;
 use crate::crypto;
 use crate::error::RecorderError;
 use crate::format::{
-    self, FRAMING_HEADER_LEN, RecordBuffer, SEAL_NAME, SEGMENT_OVERHEAD, SealManifest,
+    self, FRAMING_HEADER_LEN, PartHeader, RecordBuffer, SEAL_NAME, SEGMENT_OVERHEAD, SealManifest,
     SegmentHeader, SegmentStored,
 };
 use crate::keys::{KeyStore, SecretKey};
 use crate::metadata::{self, METADATA_VERSION, PeriodLength, RecordingMetadata};
+use crate::parts::PartThread;
 use crate::storage::Storage;
 use crate::types::{Marker, Packet, Record, StreamConfig};
 
@@ -37,7 +38,15 @@ pub struct RecorderConfig {
     pub recording_byte_budget: u64,
     /// Length of the retention periods whose keys wrap the data keys.
     pub period_length: PeriodLength,
+    /// While a segment is open, the records added since the last checkpoint are stored
+    /// as a checkpoint part once the stream has advanced this long, so a crash loses at
+    /// most about this much of the recording. Zero stores nothing before the cut, so a
+    /// crash loses the whole open segment.
+    pub checkpoint_interval: Duration,
 }
+
+/// Shortest checkpoint interval, which bounds a recording to ten part writes a second.
+const MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Default for RecorderConfig {
     fn default() -> Self {
@@ -48,6 +57,7 @@ impl Default for RecorderConfig {
             max_packet_bytes: 16 << 20,
             recording_byte_budget: 8 << 30,
             period_length: PeriodLength::Month,
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }
@@ -80,6 +90,13 @@ impl RecorderConfig {
                 "max_packet_bytes ({}) must be between 1 and {room} so one packet fits a segment of \
                  max_segment_bytes ({})",
                 self.max_packet_bytes, self.max_segment_bytes
+            ));
+        }
+        if !self.checkpoint_interval.is_zero() && self.checkpoint_interval < MIN_CHECKPOINT_INTERVAL
+        {
+            return invalid(format!(
+                "checkpoint_interval ({:?}) must be zero (no checkpoints) or at least {:?}",
+                self.checkpoint_interval, MIN_CHECKPOINT_INTERVAL
             ));
         }
         if self.recording_byte_budget == 0 {
@@ -118,6 +135,15 @@ struct OpenSegment {
     records: RecordBuffer,
     start_pts_us: u64,
     end_pts_us: u64,
+    /// Checkpoint parts stored for this segment.
+    parts: u32,
+    /// End of the records already stored in parts, as a byte offset into `records`.
+    checkpointed_len: usize,
+    /// Number of records already stored in parts.
+    checkpointed_count: u32,
+    /// pts of the packet that was last when the previous part was stored, or of the
+    /// segment's first packet.
+    checkpointed_pts_us: u64,
 }
 
 /// Writes one recording. Every method that can store data returns the segments it stored
@@ -139,6 +165,8 @@ pub struct RecordingWriter {
     last_packet_pts: Option<u64>,
     dropped_before_first_keyframe: u64,
     segments: Vec<SegmentStored>,
+    /// Stores checkpoint parts off the caller's thread; `None` without checkpoints.
+    parts: Option<PartThread>,
     failed: bool,
     sealed: bool,
 }
@@ -200,6 +228,11 @@ impl RecordingWriter {
         storage.create_recording(new.id)?;
         metadata::write_metadata(storage.as_ref(), &metadata)?;
         tracing::info!(recording.id = %new.id, kek.id = %period.kek_id, expires_at = %new.expires_at, "Started recording");
+        let parts = if config.checkpoint_interval.is_zero() {
+            None
+        } else {
+            Some(PartThread::start(storage.clone(), new.id)?)
+        };
 
         Ok(RecordingWriter {
             storage,
@@ -215,6 +248,7 @@ impl RecordingWriter {
             last_packet_pts: None,
             dropped_before_first_keyframe: 0,
             segments: Vec::new(),
+            parts,
             failed: false,
             sealed: false,
         })
@@ -245,6 +279,7 @@ impl RecordingWriter {
     /// Packets before the first keyframe cannot be decoded and are dropped.
     pub fn push_packet(&mut self, packet: Packet) -> Result<Option<SegmentStored>, RecorderError> {
         self.check_open()?;
+        self.check_parts()?;
         let result = self.push_packet_inner(packet);
         if result.is_err() {
             self.failed = true;
@@ -301,13 +336,96 @@ impl RecordingWriter {
         }
 
         self.check_append(&record)?;
+        if self.checkpoint_due(pts_us) {
+            self.store_part()?;
+        }
         self.append(record, pts_us);
         Ok(None)
+    }
+
+    /// Stores the records added to the open segment since the last checkpoint as a
+    /// checkpoint part, if there are any. A packet whose pts is a checkpoint interval
+    /// past the last checkpoint does this by itself; a caller whose stream can pause
+    /// calls this once per interval so that markers and the last packets before a pause
+    /// are stored too. Returns whether a part was stored.
+    pub fn checkpoint(&mut self) -> Result<bool, RecorderError> {
+        self.check_open()?;
+        self.check_parts()?;
+        let pending = self
+            .current
+            .as_ref()
+            .is_some_and(|current| current.records.count() > current.checkpointed_count);
+        if !pending || self.config.checkpoint_interval.is_zero() {
+            return Ok(false);
+        }
+        self.store_part()?;
+        Ok(true)
+    }
+
+    fn checkpoint_due(&self, pts_us: u64) -> bool {
+        let interval_us = self.config.checkpoint_interval.as_micros() as u64;
+        let current = self.current.as_ref().expect("open segment");
+        interval_us > 0 && pts_us.saturating_sub(current.checkpointed_pts_us) >= interval_us
+    }
+
+    /// Encrypts the records added since the last checkpoint as the next part of the open
+    /// segment and queues it for the part thread. A failed part write fails the writer
+    /// at its next call, like a failed segment write; the records stay in the open
+    /// segment, which a later `seal` stores whole.
+    fn store_part(&mut self) -> Result<(), RecorderError> {
+        let current = self.current.as_ref().expect("open segment");
+        let index = self.next_index;
+        let part = current.parts;
+        let header = PartHeader {
+            recording: self.id,
+            index,
+            part,
+            start_pts_us: current.start_pts_us,
+            end_pts_us: current.end_pts_us,
+            record_count: current.records.count() - current.checkpointed_count,
+            nonce: crypto::random_nonce()?,
+            ciphertext_len: 0,
+        };
+        let plaintext = current.records.framed_from(current.checkpointed_len);
+        let file = format::seal_part(&self.cipher, header, &plaintext);
+        self.parts
+            .as_ref()
+            .expect("part thread runs while checkpoints are on")
+            .put(index, part, file);
+
+        let last_pts = self.last_packet_pts.unwrap_or(current.start_pts_us);
+        let current = self.current.as_mut().expect("open segment");
+        current.parts += 1;
+        current.checkpointed_len = current.records.len();
+        current.checkpointed_count = current.records.count();
+        current.checkpointed_pts_us = last_pts;
+        Ok(())
+    }
+
+    /// Fails the writer with the error of a part write that failed since the last call.
+    fn check_parts(&mut self) -> Result<(), RecorderError> {
+        match self.parts.as_ref().and_then(PartThread::take_failure) {
+            Some(error) => {
+                self.failed = true;
+                Err(error.into())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Queues the removal of the checkpoint parts of a segment that is now stored whole.
+    /// A part that stays behind is harmless: recovery ignores the parts of stored
+    /// segments and removes them.
+    fn remove_parts(&self, index: u64, parts: u32) {
+        if let Some(thread) = &self.parts {
+            thread.remove(index, parts);
+        }
     }
 
     /// Adds a placeholder marker. Markers never cut a segment.
     pub fn push_marker(&mut self, marker: Marker) -> Result<(), RecorderError> {
         self.check_open()?;
+        self.check_parts()?;
         self.placeholder_active = matches!(marker, Marker::PlaceholderStarted { .. });
         let record = Record::Marker(marker);
         let result = if self.current.is_some() {
@@ -331,6 +449,7 @@ impl RecordingWriter {
     /// repeated at the start of every later segment.
     pub fn push_config(&mut self, config: StreamConfig) -> Result<(), RecorderError> {
         self.check_open()?;
+        self.check_parts()?;
         validate_stream(&config)?;
         let record = Record::Config(config.clone());
         if self.current.is_some() {
@@ -355,6 +474,14 @@ impl RecordingWriter {
             Some(_) => Some(self.store_current()?),
             None => None,
         };
+        // Every segment is stored whole by now; wait until the part thread has removed
+        // their parts.
+        if let Some(thread) = &mut self.parts {
+            thread.finish();
+            if let Some(error) = thread.take_failure() {
+                tracing::warn!(recording.id = %self.id, error = %error, "A checkpoint part write failed before the seal; the segment it belonged to is stored whole");
+            }
+        }
 
         let manifest = SealManifest {
             recording_id: self.id,
@@ -452,6 +579,10 @@ impl RecordingWriter {
             records,
             start_pts_us: pts_us,
             end_pts_us,
+            parts: 0,
+            checkpointed_len: FRAMING_HEADER_LEN,
+            checkpointed_count: 0,
+            checkpointed_pts_us: pts_us,
         });
     }
 
@@ -496,11 +627,13 @@ impl RecordingWriter {
             end_pts_us: current.end_pts_us,
             bytes: file.len() as u64,
         };
+        let parts = current.parts;
         self.current = None;
         self.next_index += 1;
         self.stored_bytes += stored.bytes;
         self.segments.push(stored.clone());
         tracing::debug!(recording.id = %self.id, segment.index = index, bytes = stored.bytes, "Stored segment");
+        self.remove_parts(index, parts);
         Ok(stored)
     }
 }
@@ -511,7 +644,7 @@ impl Drop for RecordingWriter {
             tracing::warn!(
                 recording.id = %self.id,
                 segments = self.next_index,
-                "Recording writer dropped without seal; the open segment is lost and the recording needs recovery"
+                "Recording writer dropped without seal; the records after the open segment's last checkpoint are lost and the recording needs recovery"
             );
         }
     }

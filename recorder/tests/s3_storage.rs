@@ -14,7 +14,7 @@ use chrono::Duration as ChronoDuration;
 use common::*;
 use recorder::{
     LocalKeyStore, RecorderError, RecordingReader, RecordingWriter, RetentionPeriod, S3Config,
-    S3Storage, Storage, StorageError, sweep_retention, verify_recording,
+    S3Storage, SegmentFault, Storage, StorageError, sweep_retention, verify_recording,
 };
 use uuid::Uuid;
 
@@ -211,6 +211,44 @@ fn s3_recording_replays_and_detects_a_changed_segment() {
     let report = verify_recording(storage.as_ref(), id, &expected).unwrap();
     assert!(!report.is_intact(), "a flipped bit is detected");
     assert_eq!(report.problems.len(), 1, "{report:?}");
+}
+
+#[test]
+fn s3_crash_keeps_the_open_segment_up_to_the_last_checkpoint() {
+    let moto = Moto::start();
+    let storage = moto.storage("recordings");
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = LocalKeyStore::open(keys_dir.path().join("keys")).unwrap();
+
+    // Killed 2.5 s into segment 1, which starts at the keyframe at 6 s; its parts end
+    // before the packets at 7 s and 7.967 s.
+    let packets = agent_like_packets(8_500_000);
+    let (id, stored) = write_and_crash(storage.clone(), &keys, &packets);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        part_names(storage.as_ref(), id),
+        vec![part_name(1, 0), part_name(1, 1)]
+    );
+    let expected = &packets[..239];
+    let report = seal_and_check_recovered(storage.clone(), &keys, id, &stored, expected);
+    assert_eq!(report.assembled.map(|a| a.parts), Some(2));
+    assert!(report.rejected_parts.is_empty());
+
+    // A changed part on S3 is left out with the parts after it.
+    let (id, stored) = write_and_crash(storage.clone(), &keys, &packets);
+    let mut part = storage.get(id, &part_name(1, 0)).unwrap();
+    let last = part.len() - 1;
+    part[last] ^= 1;
+    storage.put(id, &part_name(1, 0), &part).unwrap();
+    let report = seal_and_check_recovered(storage.clone(), &keys, id, &stored, &packets[..6 * 30]);
+    assert!(report.assembled.is_none());
+    assert_eq!(
+        report.rejected_parts,
+        vec![
+            (part_name(1, 0), SegmentFault::AuthenticationFailed),
+            (part_name(1, 1), SegmentFault::AfterRejectedPart),
+        ]
+    );
 }
 
 #[test]

@@ -84,7 +84,9 @@ fn read_only_storage_fails_preflight_and_writes() {
         "{error}"
     );
 
-    // The next segment cut (at 2 s) fails with the file system's error, immediately.
+    // The next write fails with the file system's error: the checkpoint part at 1 s,
+    // reported at the next packet after the part thread met it, or the segment cut at
+    // 2 s.
     let error = packets
         .find_map(|p| writer.push_packet(p).err())
         .expect("write must fail");
@@ -93,6 +95,40 @@ fn read_only_storage_fails_preflight_and_writes() {
     };
     assert_eq!(source.raw_os_error(), Some(30), "EROFS: {source}");
     assert!(matches!(writer.seal(), Err(RecorderError::Storage(_))));
+}
+
+#[test]
+fn failed_part_write_fails_the_writer() {
+    let mount = TmpfsMount::new("4m");
+    let storage = Arc::new(LocalDirStorage::open(mount.path().join("recordings")).unwrap());
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = LocalKeyStore::open(keys_dir.path().join("keys")).unwrap();
+    // No segment is cut in this stream, so only a checkpoint part can fail.
+    let config = RecorderConfig {
+        target_segment_duration: std::time::Duration::from_secs(3600),
+        ..checkpoint_config()
+    };
+    let mut writer =
+        RecordingWriter::create(storage, &keys, config, new_recording(default_expiry())).unwrap();
+    let mut packets = synthetic_packets(30, 30, 30);
+    for packet in packets.by_ref().take(15) {
+        writer.push_packet(packet).unwrap();
+    }
+    mount.remount_read_only();
+
+    let error = packets
+        .by_ref()
+        .find_map(|p| writer.push_packet(p).err())
+        .expect("the part write must fail the writer");
+    let RecorderError::Storage(StorageError::Io { source, .. }) = &error else {
+        panic!("expected an I/O error, got {error}");
+    };
+    assert_eq!(source.raw_os_error(), Some(30), "EROFS: {source}");
+    let next = packets.next().unwrap();
+    assert!(matches!(
+        writer.push_packet(next),
+        Err(RecorderError::WriterFailed(_))
+    ));
 }
 
 #[test]
@@ -125,11 +161,12 @@ fn full_disk_fails_with_disk_full_error() {
         panic!("expected a storage error, got {error}");
     };
     assert!(storage_error.is_disk_full(), "{storage_error}");
-    // No partial temporary file is left behind.
+    // No partial temporary file is left behind once the part thread has stopped.
     let dir = mount
         .path()
         .join("recordings")
         .join(writer.id().to_string());
+    drop(writer);
     let leftovers: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -188,6 +188,9 @@ pub async fn add_segment(db: &Database, id: Uuid, index: u64, bytes: u64) -> any
 pub const NOTHING_RECORDED: &str =
     "nothing recorded: the session ended before its screen reached the recorder";
 
+/// Start of the detail of a recording that start-up recovery sealed.
+pub const SEALED_AFTER_INTERRUPTION: &str = "sealed after an interruption";
+
 /// Outcome of sealing a recording.
 #[derive(Debug, Clone)]
 pub struct SealedEntry {
@@ -336,10 +339,12 @@ pub enum Recovered {
     Removed,
 }
 
-/// Seals recordings that a crash interrupted: removes partial files, authenticates every
-/// segment, enters the hashes of intact segments that the audit trail lacks, writes the
-/// seal with the intact segments from index 0 and updates the catalogue. Segments after
-/// a damaged or missing one are left out of the seal and named in the audit event.
+/// Seals recordings that a crash interrupted: removes partial files, rebuilds the segment
+/// that was open from its checkpoint parts, authenticates every segment, enters the
+/// hashes of intact segments that the audit trail lacks, writes the seal with the intact
+/// segments from index 0 and updates the catalogue. Segments after a damaged or missing
+/// one, and checkpoint parts from a damaged one on, are left out of the seal and named
+/// in the audit event.
 pub async fn seal_interrupted(
     audit: &AuditLog,
     storage: Arc<dyn recorder::Storage>,
@@ -418,6 +423,11 @@ async fn seal_one(
 
     let audited = audited_segments(audit, id).await?;
     for segment in intact.iter().filter(|s| !audited.contains(&s.index)) {
+        let parts = report
+            .assembled
+            .as_ref()
+            .filter(|assembled| assembled.segment.index == segment.index)
+            .map_or(0, |assembled| assembled.parts);
         let event = EventBuilder::new(Actor::System("reconciler"), Action::RecordingSegmentStored)
             .session(entry.session_id)
             .target(format!("recording:{id}"))
@@ -427,23 +437,30 @@ async fn seal_one(
             .detail("start_pts_us", segment.start_pts_us)
             .detail("end_pts_us", segment.end_pts_us)
             .detail("recovered", true)
+            .detail("checkpoint_parts", parts)
             .build();
         audit.append(event).await?;
     }
 
-    let damaged: Vec<String> = report
+    let mut damaged: Vec<String> = report
         .damaged
         .iter()
         .map(|(index, fault)| format!("segment {index}: {fault}"))
         .collect();
+    damaged.extend(
+        report
+            .rejected_parts
+            .iter()
+            .map(|(name, fault)| format!("checkpoint part {name}: {fault}")),
+    );
     let segment_count = report.contiguous;
     let bytes = intact.iter().map(|s| s.bytes).sum();
     let ended_at = Utc::now();
     let detail = if damaged.is_empty() {
-        "sealed after an interruption".to_owned()
+        SEALED_AFTER_INTERRUPTION.to_owned()
     } else {
         format!(
-            "sealed after an interruption; left out: {}",
+            "{SEALED_AFTER_INTERRUPTION}; left out: {}",
             damaged.join(", ")
         )
     };

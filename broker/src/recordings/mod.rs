@@ -133,7 +133,8 @@ pub async fn verify(
 
 /// Writes a WebM file of a recording whose segments all match the audit chain. This
 /// process decrypts and authenticates the segments; an unprivileged child process
-/// without keys muxes the packets ([`mux`]).
+/// without keys muxes the packets ([`mux`]). A recording without segments holds no
+/// video and fails before any file is written.
 pub async fn export(
     config: &Config,
     audit: &AuditLog,
@@ -144,9 +145,14 @@ pub async fn export(
     let (storage, keys) = stores(config)?;
     let settings = mux::MuxSettings::from_config(config)?;
     let output = output.to_owned();
+    let no_video = match catalogue::get(audit.database(), recording).await? {
+        Some(entry) => replay::no_video_message(&entry),
+        None => format!("Recording {recording} holds no video: it has no stored segment."),
+    };
     let summary = tokio::task::spawn_blocking(move || {
         let mut reader = recorder::RecordingReader::open(storage, keys.as_ref(), recording)
             .context("cannot open the recording")?;
+        anyhow::ensure!(!reader.segments().is_empty(), "{no_video}");
         reader
             .require_hashes(hashes)
             .context("the recording does not match the audit chain")?;

@@ -244,6 +244,26 @@ fn deleted_message(entry: &CatalogueEntry) -> String {
     )
 }
 
+/// Explains a sealed recording without segments: it holds no video, and the seal's
+/// detail says why when it is known.
+pub(crate) fn no_video_message(entry: &CatalogueEntry) -> String {
+    let reason = match entry.detail.as_deref() {
+        Some(catalogue::NOTHING_RECORDED) => {
+            "its session ended before its screen reached the recorder".to_owned()
+        }
+        Some(detail) if detail.starts_with(catalogue::SEALED_AFTER_INTERRUPTION) => format!(
+            "the broker stopped before the first keyframe of its screen was stored, and the \
+             next start {detail}"
+        ),
+        Some(detail) => format!("it was sealed without segments ({detail})"),
+        None => "it was sealed without segments".to_owned(),
+    };
+    format!(
+        "Recording {} holds no video: {reason}. There is nothing to play or export.",
+        entry.id
+    )
+}
+
 /// The player page. Its errors, an id that is not a UUID included, are the portal's
 /// error page for a browser and the JSON error body for other clients.
 async fn player_page(
@@ -270,6 +290,13 @@ async fn player(state: &AppState, principal: &Principal, id: Uuid) -> Result<Res
             escape(&deleted_message(&entry))
         );
         return Ok(page(StatusCode::GONE, "Recording deleted", &body, ""));
+    }
+    if entry.state == RecordingState::Sealed && entry.segment_count == 0 {
+        let body = format!(
+            "<p id=\"no-video\" role=\"status\">{}</p><p><a href=\"/recordings\">Back to the recordings</a></p>",
+            escape(&no_video_message(&entry))
+        );
+        return Ok(page(StatusCode::OK, "Recording without video", &body, ""));
     }
 
     let event = EventBuilder::new(

@@ -1,12 +1,15 @@
 //! The recorder of one live session, on its own thread.
 //!
-//! Recorder calls block on file I/O (a segment is fsynced when it is cut), so each
-//! recording gets a dedicated thread that owns the [`RecordingWriter`]. The stream task
-//! sends every record and waits for the result before it shows the packet to anyone,
-//! so a packet the recorder did not accept is never shown.
+//! Recorder calls block on file I/O (a segment is fsynced when it is cut, a checkpoint
+//! part once per checkpoint interval), so each recording gets a dedicated thread that
+//! owns the [`RecordingWriter`]. The stream task sends every record and waits for the
+//! result before it shows the packet to anyone, so a packet the recorder did not accept
+//! is never shown. When no record arrives for a checkpoint interval, the thread stores a
+//! checkpoint of what came before the pause.
 
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -135,11 +138,12 @@ impl RecordingHandle {
         )
         .context("cannot create the recording")?;
 
+        let checkpoint_interval = settings.config.checkpoint_interval;
         // A small queue is enough because the stream task waits for each result.
         let (commands, receiver) = std_mpsc::sync_channel(4);
         std::thread::Builder::new()
             .name(format!("recorder-{}", &id.simple().to_string()[..8]))
-            .spawn(move || run(writer, receiver))
+            .spawn(move || run(writer, receiver, checkpoint_interval))
             .context("cannot start the recorder thread")?;
         Ok(RecordingHandle { id, commands })
     }
@@ -184,10 +188,29 @@ impl RecordingHandle {
     }
 }
 
-fn run(mut writer: RecordingWriter, commands: std_mpsc::Receiver<Command>) {
+fn run(
+    mut writer: RecordingWriter,
+    commands: std_mpsc::Receiver<Command>,
+    checkpoint_interval: Duration,
+) {
     // A dropped reply channel only means the stream task went away; the loop goes on
     // until the handle is dropped or the recording is sealed.
-    while let Ok(command) = commands.recv() {
+    loop {
+        let command = match receive(&commands, checkpoint_interval) {
+            Received::Command(command) => command,
+            Received::Idle => {
+                // The stream paused for a checkpoint interval: store what it sent
+                // before the pause. A failure fails the writer, so the next packet's
+                // write fails and freezes the stream.
+                if let Err(error) = writer.checkpoint()
+                    && !matches!(error, RecorderError::WriterFailed(_))
+                {
+                    tracing::error!(recording.id = %writer.id(), error = %error, "Storing a checkpoint of a paused stream failed");
+                }
+                continue;
+            }
+            Received::Closed => break,
+        };
         match command {
             Command::Config(config, reply) => {
                 let _ = reply.send(writer.push_config(config));
@@ -213,4 +236,23 @@ fn run(mut writer: RecordingWriter, commands: std_mpsc::Receiver<Command>) {
         }
     }
     tracing::warn!(recording.id = %writer.id(), "Recorder handle dropped without sealing; the recording is left for crash recovery");
+}
+
+enum Received {
+    Command(Command),
+    /// No command arrived for a checkpoint interval.
+    Idle,
+    /// The handle was dropped.
+    Closed,
+}
+
+fn receive(commands: &std_mpsc::Receiver<Command>, checkpoint_interval: Duration) -> Received {
+    if checkpoint_interval.is_zero() {
+        return commands.recv().map_or(Received::Closed, Received::Command);
+    }
+    match commands.recv_timeout(checkpoint_interval) {
+        Ok(command) => Received::Command(command),
+        Err(std_mpsc::RecvTimeoutError::Timeout) => Received::Idle,
+        Err(std_mpsc::RecvTimeoutError::Disconnected) => Received::Closed,
+    }
 }
