@@ -309,6 +309,13 @@ impl SiteDefinition {
 
 /// Formats one line of `strongroom site list`: name, state, start URL, auto-login
 /// steps and credential source, separated by tabs.
+/// Returns the audit target of a site, `site:NAME`. Every event about a site or a
+/// session of it names the site this way; events stored before this form was used
+/// everywhere name some sites bare, and `crate::audit::search` finds both.
+pub fn audit_target(name: &str) -> String {
+    format!("site:{name}")
+}
+
 pub fn summary_line(site: &Site) -> String {
     let state = if site.enabled { "enabled" } else { "disabled" };
     let login = match &site.login.recipe {
