@@ -658,7 +658,8 @@ async fn foreign_pages_show_error_page_in_browser() {
         assert!(!page.contains("{\"error\""), "{address} shows JSON: {page}");
         // The error page of a handler's error, or the sign-in pages' refusal of a role.
         assert!(
-            page.contains("<main>") && (page.contains("id=\"error\"") || page.contains("id=\"message\"")),
+            page.contains("<main>")
+                && (page.contains("id=\"error\"") || page.contains("id=\"message\"")),
             "{address} is not a portal error page: {page}"
         );
     }

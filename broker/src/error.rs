@@ -6,8 +6,8 @@
 //! message, never internal text; the full chain is logged once, here.
 //!
 //! A handler's error is a JSON body. [`html_error_pages`] rewrites every error
-//! response outside the JSON API into the portal's error page when the request asks
-//! for HTML, as a browser that opens the address does, so that no route shows a
+//! response outside the JSON API into the portal's error page when the request accepts
+//! HTML, as a browser that opens the address does, so that no route shows a
 //! browser raw JSON.
 
 use axum::Json;
@@ -83,11 +83,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Rewrites an error response into the portal's error page when the request asks for
+/// Rewrites an error response into the portal's error page when the request accepts
 /// HTML and the response is not a page already. The JSON API under `/api/` keeps its
-/// problem documents, and clients that do not ask for HTML keep the JSON body.
+/// problem documents, and clients that do not accept HTML keep the JSON body.
 pub async fn html_error_pages(request: Request, next: Next) -> Response {
-    let html = crate::auth::wants_html(request.headers()) && !request.uri().path().starts_with("/api/");
+    let html =
+        crate::auth::wants_html(request.headers()) && !request.uri().path().starts_with("/api/");
     let response = next.run(request).await;
     let status = response.status();
     if !html || !(status.is_client_error() || status.is_server_error()) {
@@ -118,7 +119,10 @@ pub async fn html_error_pages(request: Request, next: Next) -> Response {
     // Keep headers such as `Allow` (405) and `Retry-After`, but not the old body's
     // type and length.
     for (name, value) in parts.headers.iter() {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH && !page.headers().contains_key(name) {
+        if name != header::CONTENT_TYPE
+            && name != header::CONTENT_LENGTH
+            && !page.headers().contains_key(name)
+        {
             page.headers_mut().insert(name.clone(), value.clone());
         }
     }

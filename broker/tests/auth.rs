@@ -290,7 +290,9 @@ async fn missing_and_reused_codes_have_own_messages() {
     let missing_page = body(missing).await;
     assert!(missing_page.contains(missing_text), "{missing_page}");
     // Without a code the page is the same whether the password was right.
-    let missing_wrong = harness.login(&browser(), "carol", "not the password", "").await;
+    let missing_wrong = harness
+        .login(&browser(), "carol", "not the password", "")
+        .await;
     assert_eq!(body(missing_wrong).await, missing_page);
 
     let code = secret.code_at(now_seconds());

@@ -164,7 +164,12 @@ async fn quota_set_and_show_on_postgres() {
 }
 
 /// Inserts a recording of `user_id` that started at `started` (RFC 3339).
-async fn insert_recording(database: &TestDatabase, user_id: &str, site: &str, started: &str) -> uuid::Uuid {
+async fn insert_recording(
+    database: &TestDatabase,
+    user_id: &str,
+    site: &str,
+    started: &str,
+) -> uuid::Uuid {
     let started_at = chrono::DateTime::parse_from_rfc3339(started)
         .unwrap()
         .with_timezone(&chrono::Utc);
@@ -202,8 +207,10 @@ async fn recording_commands(backend: TestBackend) {
         .await
         .unwrap()
         .unwrap();
-    let alice_demo = insert_recording(&database, &alice.id, "demo-bank", "2026-12-01T10:00:00Z").await;
-    let alice_other = insert_recording(&database, &alice.id, "other-bank", "2026-12-03T10:00:00Z").await;
+    let alice_demo =
+        insert_recording(&database, &alice.id, "demo-bank", "2026-12-01T10:00:00Z").await;
+    let alice_other =
+        insert_recording(&database, &alice.id, "other-bank", "2026-12-03T10:00:00Z").await;
     let bob_demo = insert_recording(&database, &bob.id, "demo-bank", "2026-12-02T10:00:00Z").await;
 
     let all = cli.run(&["recording", "list"], "");
@@ -233,7 +240,14 @@ async fn recording_commands(backend: TestBackend) {
     assert_eq!(alice_only.lines().count(), 2, "{alice_only}");
     assert!(!alice_only.contains("\tbob\t"), "{alice_only}");
     let site_and_time = stdout(&cli.run(
-        &["recording", "list", "--site", "demo-bank", "--from", "2026-12-02"],
+        &[
+            "recording",
+            "list",
+            "--site",
+            "demo-bank",
+            "--from",
+            "2026-12-02",
+        ],
         "",
     ));
     assert_eq!(
@@ -241,7 +255,10 @@ async fn recording_commands(backend: TestBackend) {
         1,
         "{site_and_time}"
     );
-    assert!(site_and_time.starts_with(&bob_demo.to_string()), "{site_and_time}");
+    assert!(
+        site_and_time.starts_with(&bob_demo.to_string()),
+        "{site_and_time}"
+    );
 
     // `recording hold` needs the recording's files; the catalogue row is enough here.
     sqlx::query("UPDATE recordings SET legal_hold = 1 WHERE id = $1")
@@ -258,8 +275,15 @@ async fn recording_commands(backend: TestBackend) {
 
     let bad_time = cli.run(&["recording", "list", "--from", "yesterday"], "");
     assert_eq!(bad_time.status.code(), Some(2), "{}", stderr(&bad_time));
-    assert!(stderr(&bad_time).contains("invalid --from \"yesterday\""), "{}", stderr(&bad_time));
-    let unknown = cli.run(&["recording", "hold", &uuid::Uuid::new_v4().to_string()], "");
+    assert!(
+        stderr(&bad_time).contains("invalid --from \"yesterday\""),
+        "{}",
+        stderr(&bad_time)
+    );
+    let unknown = cli.run(
+        &["recording", "hold", &uuid::Uuid::new_v4().to_string()],
+        "",
+    );
     assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
     assert!(
         stderr(&unknown).contains("strongroom recording list"),

@@ -201,7 +201,10 @@ async fn site_target_search_body(database: TestDatabase) {
             .collect();
         assert_eq!(
             found,
-            [Some("demo-bank".to_owned()), Some("site:demo-bank".to_owned())],
+            [
+                Some("demo-bank".to_owned()),
+                Some("site:demo-bank".to_owned())
+            ],
             "filter {filter}"
         );
     }

@@ -29,7 +29,8 @@ const WRONG_CREDENTIALS: &str = "The username, password or code is not correct."
 const MISSING_CODE: &str = "Enter the 6-digit code from your authenticator app. If you have not set one up yet, the username or password is not correct.";
 
 /// Shown when the code matches a time step that the account already used, whether
-/// the password was right or not, so it tells only someone who holds a recent code.
+/// the password was right or not, so it reveals nothing beyond what someone who has
+/// a recent code knows.
 const REUSED_CODE: &str = "This code was already used; wait for the next one.";
 
 #[derive(Deserialize)]
@@ -214,13 +215,21 @@ async fn check_credentials(
     let password_ok = password::verify_blocking(form.password.clone(), stored_hash).await;
     let code_missing = form.code.trim().is_empty();
     let Some(user) = user else {
-        let message = if code_missing { MISSING_CODE } else { WRONG_CREDENTIALS };
+        let message = if code_missing {
+            MISSING_CODE
+        } else {
+            WRONG_CREDENTIALS
+        };
         return Ok(Check::Failed("unknown_user", None, message));
     };
 
     let Some(sealed) = &user.totp_secret else {
         if !password_ok {
-            let message = if code_missing { MISSING_CODE } else { WRONG_CREDENTIALS };
+            let message = if code_missing {
+                MISSING_CODE
+            } else {
+                WRONG_CREDENTIALS
+            };
             return Ok(Check::Failed("wrong_password", Some(user.id), message));
         }
         return Ok(Check::Passed(Box::new(user)));
@@ -237,8 +246,8 @@ async fn check_credentials(
     if !password_ok {
         // The message depends on the code alone, so it does not tell whether the
         // password was right. The step is not consumed.
-        let reused = matched_step
-            .is_some_and(|step| user.totp_last_step.is_some_and(|last| step <= last));
+        let reused =
+            matched_step.is_some_and(|step| user.totp_last_step.is_some_and(|last| step <= last));
         let message = match (code_missing, reused) {
             (true, _) => MISSING_CODE,
             (false, true) => REUSED_CODE,

@@ -309,9 +309,9 @@ impl SiteDefinition {
 
 /// Formats one line of `strongroom site list`: name, state, start URL, auto-login
 /// steps and credential source, separated by tabs.
-/// Returns the audit target of a site, `site:NAME`. Every event about a site or a
-/// session of it names the site this way; events stored before this form was used
-/// everywhere name some sites bare, and `crate::audit::search` finds both.
+/// Returns the audit target of a site, `site:NAME`, which every event about a site or
+/// one of its sessions uses. Older events name some sites bare (`demo-bank`), and
+/// `crate::audit::search` finds both forms.
 pub fn audit_target(name: &str) -> String {
     format!("site:{name}")
 }

@@ -186,7 +186,7 @@ struct PasswordForm {
 
 /// Runs `step`, and once the password was typed and a click submitted it, watches for
 /// the site rejecting it at the same time. A site that rejects a password usually
-/// answers with its login form again, in a new document. Waiting for the step's
+/// responds with its login form again, in a new document. Waiting for the step's
 /// timeout instead would report the next step as timed out.
 async fn run_watched_step(
     page: &Page,
@@ -247,7 +247,7 @@ fn step_selector(step: &LoginStep) -> Option<&str> {
     }
 }
 
-/// Returns `performance.timeOrigin` of the document that holds `element`.
+/// Returns `performance.timeOrigin` of the document that contains `element`.
 async fn document_time_origin(page: &Page, element: &Element) -> anyhow::Result<f64> {
     call_on(
         page,
@@ -260,8 +260,8 @@ async fn document_time_origin(page: &Page, element: &Element) -> anyhow::Result<
 }
 
 /// Returns once the password field matching `selector` is shown in another document
-/// than the one the password was typed into: the site answered the submitted form
-/// with its login form again. Runs until cancelled otherwise.
+/// than the one the password was typed into: the site responded to the submitted
+/// form with its login form again. Runs until cancelled otherwise.
 async fn watch_rejection(page: &Page, selector: &str, typed_in: f64) -> String {
     loop {
         tokio::time::sleep(REJECTION_POLL_INTERVAL).await;
