@@ -608,8 +608,8 @@ async fn failed_login_clears_revealed_password() {
     finish(fixture, &stream).await;
 }
 
-/// Returns a login page whose form posts to itself, so every submission is answered
-/// with the login form again, as a bank answers a wrong password.
+/// Returns a login page whose form posts to itself, so the response to every
+/// submission is the login form again, as a bank responds to a wrong password.
 fn rejecting_login_page() -> String {
     r#"<html><body style="background:#fff">
 <p id="error">The username or password is wrong.</p>
