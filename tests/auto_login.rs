@@ -608,6 +608,85 @@ async fn failed_login_clears_revealed_password() {
     finish(fixture, &stream).await;
 }
 
+/// Returns a login page whose form posts to itself, so the response to every
+/// submission is the login form again, as a bank responds to a wrong password.
+fn rejecting_login_page() -> String {
+    r#"<html><body style="background:#fff">
+<p id="error">The username or password is wrong.</p>
+<form method="post" action="/login">
+<input id="user" name="user" autocomplete="off"><input id="pass" name="pass" type="password">
+<button id="go" type="submit">Sign in</button>
+</form></body></html>"#
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_ends_as_rejected() {
+    let fixture = fixture_with(HashMap::from([("/login", rejecting_login_page())])).await;
+    let stream = fixture.start_stream().await;
+    let password = "Mk-wrong-stored";
+    fixture.store_password(password).await;
+    // After the password, the recipe waits for a one-time code field that a bank
+    // shows only after accepting the password.
+    let code_timeout_secs = 60;
+    let mut login = settings(vec![fixture.pages.origin()], "#account", 3);
+    if let Some(recipe) = login.recipe.as_mut() {
+        recipe.steps.insert(
+            4,
+            RecipeStep::WaitFor {
+                selector: "#code".into(),
+                timeout_secs: Some(code_timeout_secs),
+            },
+        );
+    }
+
+    let started = std::time::Instant::now();
+    let outcome = run(&fixture, &stream, &login).await;
+    let elapsed = started.elapsed();
+
+    let AutoLoginOutcome::SignInRejected { reason } = &outcome else {
+        panic!(
+            "expected the sign-in to be rejected, got {outcome:?}; agent log:\n{}",
+            fixture.agent.log()
+        );
+    };
+    assert!(reason.starts_with("step 4 (wait for #code)"), "{reason}");
+    assert!(
+        elapsed < Duration::from_secs(u64::from(code_timeout_secs)),
+        "the rejection was reported after {elapsed:?}, not before the step's timeout"
+    );
+    let message = broker::secrets::autologin::person_message(&outcome).unwrap();
+    assert!(
+        message.contains("the bank rejected the stored sign-in details"),
+        "{message}"
+    );
+
+    let events = fixture.audit.list(0, 100_000).await.unwrap();
+    let finished: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|event| event.action == "credential.auto_login.finished")
+        .map(|event| serde_json::from_str(&event.details).unwrap())
+        .collect();
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert_eq!(finished[0]["reason"], "rejected", "{}", finished[0]);
+    assert_eq!(finished[0]["failed_step"], 4, "{}", finished[0]);
+    // One submission, no retry: the page was loaded once and posted to once.
+    assert_eq!(fixture.events("credential.auto_login.attempted").await, 1);
+    let logins = fixture
+        .pages
+        .requests()
+        .into_iter()
+        .filter(|target| target == "/login")
+        .count();
+    assert_eq!(logins, 2, "{:?}", fixture.pages.requests());
+    assert!(!fixture.audit_text().await.contains(password));
+    assert!(!reason.contains(password));
+    assert!(!message.contains(password));
+    assert!(!fixture.agent.log().contains(password));
+
+    finish(fixture, &stream).await;
+}
+
 /// Returns the login form that the cross-origin frame shows: username, password and a
 /// button that reports the username and the password's SHA-256 to the frame's own
 /// server, then shows `#welcome-1` inside the frame.
@@ -657,7 +736,8 @@ fn reports(server: &PageServer) -> Vec<String> {
         .collect()
 }
 
-/// Returns the reason of the session's `credential.auto_login.finished` events.
+/// Returns the agent's sentence (`detail`) of the session's
+/// `credential.auto_login.finished` events.
 async fn finished_reasons(fixture: &Fixture) -> Vec<String> {
     fixture
         .audit
@@ -668,7 +748,7 @@ async fn finished_reasons(fixture: &Fixture) -> Vec<String> {
         .filter(|event| event.action == "credential.auto_login.finished")
         .map(|event| {
             let details: serde_json::Value = serde_json::from_str(&event.details).unwrap();
-            details["reason"].as_str().unwrap_or("").to_owned()
+            details["detail"].as_str().unwrap_or("").to_owned()
         })
         .collect()
 }

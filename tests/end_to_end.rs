@@ -343,6 +343,11 @@ c.dispatchEvent(new WheelEvent('wheel', {{ deltaY: {delta_y}, clientX: box.left 
 /// Stores the bank's shared credential in the broker's local store, as
 /// `strongroom credential set` does.
 async fn set_bank_credential(stack: &Stack) {
+    set_bank_credential_with_password(stack, BANK_PASSWORD).await;
+}
+
+/// Stores the bank's shared credential with `password` in place of the bank's.
+async fn set_bank_credential_with_password(stack: &Stack, password: &str) {
     use broker::secrets::{BankCredentials, CredentialKey, CredentialRef, LocalStore};
     let db = stack.broker().state.db.clone();
     let clock = std::sync::Arc::new(broker::clock::SystemClock);
@@ -353,7 +358,7 @@ async fn set_bank_credential(stack: &Stack) {
     let credentials = BankCredentials::new(
         &reference,
         BANK_USERNAME.into(),
-        BANK_PASSWORD.into(),
+        password.into(),
         Some(BANK_TOTP_SEED.into()),
     )
     .unwrap();
@@ -890,6 +895,66 @@ async fn demo_bank_session_from_oidc_sign_in_with_mfa_to_recording() {
     bank_through_the_live_view(&stack, &bank, &browser, &person).await;
 
     browser.quit().await;
+    stack.stop().await;
+    drop(bank);
+}
+
+/// A wrong stored password: the demo bank shows its login form again, and auto-login
+/// ends at once as rejected, without a second attempt, instead of waiting for the
+/// one-time code field until its step times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_bank_rejects_wrong_stored_password() {
+    let bank = DemoBank::start();
+    let stack = start_stack(&bank, &[]).await;
+    let ca_pem = bank_ca_pem(&bank).await;
+    std::fs::write(stack.dir.path().join("demo-bank-ca.pem"), ca_pem).unwrap();
+    stack.import_sites("sites.toml", &demo_site(&bank)).await;
+    let wrong_password = "Wrong-stored-password-42";
+    set_bank_credential_with_password(&stack, wrong_password).await;
+    let person = stack.person("person", &[Role::User], &["demo-bank"]).await;
+
+    let (session_id, _) = person.launch("demo-bank").await;
+    let session = session_id.to_string();
+    let audit_log = broker::audit::AuditLog::new(
+        stack.db(),
+        std::sync::Arc::new(broker::clock::SystemClock),
+    );
+    let finished = wait_for(
+        "the auto-login result in the audit log",
+        Duration::from_secs(180),
+        || async {
+            let events = audit_log.list(0, 100_000).await.unwrap();
+            events.into_iter().find(|event| {
+                event.action == "credential.auto_login.finished"
+                    && event.session_id.as_deref() == Some(session.as_str())
+            })
+        },
+    )
+    .await;
+    let details: serde_json::Value = serde_json::from_str(&finished.details).unwrap();
+    assert_eq!(finished.outcome, "failure", "{details}");
+    assert_eq!(details["reason"], "rejected", "{details}");
+    // Step 4 of the demo site's recipe waits for the one-time code field.
+    assert_eq!(details["failed_step"], 4, "{details}");
+
+    let received = bank_received(&bank).await;
+    let logins = received["logins"].as_array().unwrap();
+    assert_eq!(logins.len(), 1, "the login was retried: {received}");
+    assert_eq!(logins[0]["accepted"], false, "{received}");
+    assert!(
+        received["totp"].as_array().unwrap().is_empty(),
+        "{received}"
+    );
+    let trail: String = audit_log
+        .list(0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|event| format!("{} {:?} {}\n", event.action, event.target, event.details))
+        .collect();
+    assert!(!trail.contains(wrong_password), "{trail}");
+
+    person.end(session_id).await;
     stack.stop().await;
     drop(bank);
 }

@@ -935,7 +935,7 @@ async fn clipboard_follows_site_policy() {
     assert!(directions.contains(&"copy_out"), "{transfers:?}");
     for (event, details) in &transfers {
         assert_eq!(event.actor, format!("user:{owner}"));
-        assert_eq!(event.target.as_deref(), Some("demo-bank"));
+        assert_eq!(event.target.as_deref(), Some("site:demo-bank"));
         assert_eq!(details["bytes"], UNICODE_TEXT.len(), "{details}");
         assert!(!event.details.contains("pässwörd"), "{}", event.details);
     }

@@ -1,6 +1,7 @@
 //! Replay of a recording in a real headless Chromium: an auditor finds the recording in
 //! the list, plays it, seeks, and sees which segment failed verification after one
-//! was tampered with.
+//! was tampered with. The same browser checks that addresses a person may not open
+//! show the portal's error page.
 //!
 //! The recording is a synthetic VP8 stream with its own timestamps (ffmpeg's `testsrc`
 //! encoded by libvpx), written through the recorder exactly as the stream hub writes a
@@ -623,4 +624,58 @@ async fn replay_follows_a_resize() {
     assert_eq!(played["width"], large_width, "{played}");
     assert_eq!(played["height"], large_height, "{played}");
     browser.click("#play").await;
+}
+
+/// Opens, as a person, another person's session, a recording and a file that are not
+/// theirs, an address that is not an id, and an admin page. Each shows the portal's
+/// error page, while an API client asking for JSON keeps the JSON error body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_pages_show_error_page_in_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    let base = broker.base_url();
+    let (alice, _) = add_user(&broker, dir.path(), "alice", Role::User).await;
+    let (_, bob_totp) = add_user(&broker, dir.path(), "bob", Role::User).await;
+    let alice_session = Uuid::new_v4();
+    strongroom_tests::reserve_session_row(&broker.state.db, alice_session, &alice).await;
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &base, "bob", &bob_totp).await;
+    let addresses = [
+        format!("/sessions/{alice_session}"),
+        format!("/recordings/{}", Uuid::new_v4()),
+        format!("/files/{}", Uuid::new_v4()),
+        "/sessions/not-an-id".to_owned(),
+        "/admin".to_owned(),
+    ];
+    for address in &addresses {
+        // WebDriver returns once the page has loaded.
+        browser.open(&format!("{base}{address}")).await;
+        let page = browser
+            .script("return document.documentElement.outerHTML")
+            .await;
+        let page = page.as_str().unwrap_or_default().to_owned();
+        assert!(!page.contains("{\"error\""), "{address} shows JSON: {page}");
+        // The error page of a handler's error, or the sign-in pages' refusal of a role.
+        assert!(
+            page.contains("<main>")
+                && (page.contains("id=\"error\"") || page.contains("id=\"message\"")),
+            "{address} is not a portal error page: {page}"
+        );
+    }
+
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{base}/sessions/{alice_session}"))
+        .header("cookie", browser.cookie_header().await)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::NOT_FOUND);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+
+    browser.quit().await;
+    broker.shutdown().await;
 }

@@ -196,6 +196,26 @@ pub enum RecordingCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// List recordings, newest first, one per line with tab-separated fields: id,
+    /// person, site, start, end (`-` while recording), state and legal hold (`held`
+    /// or `-`). Times are RFC 3339 in UTC.
+    List {
+        /// Only this person's recordings: a username or a user id.
+        #[arg(long)]
+        person: Option<String>,
+        /// Only recordings of this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only recordings that started at or after this date (2026-12-05) or RFC 3339 time.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only recordings that started on or before this date, or before this RFC 3339 time.
+        #[arg(long)]
+        to: Option<String>,
+        /// Maximum number of lines, 1 to 1000.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
     /// Place a recording on legal hold: retention keeps it until it is released.
     Hold { id: uuid::Uuid },
     /// Release a recording from legal hold; retention deletes it once it has expired.
@@ -535,7 +555,7 @@ async fn site(config: &Config, db: &Database, command: SiteCommand) -> i32 {
             let now_ms = chrono::Utc::now().timestamp_millis();
             let granted = crate::sites::grant(db, &person.id, &site, "system:cli", now_ms).await;
             let event = crate::audit::EventBuilder::new(actor, crate::audit::Action::SiteChanged)
-                .target(format!("site:{site}"))
+                .target(crate::sites::audit_target(&site))
                 .detail("granted_to", person.id.clone())
                 .build();
             match granted {
@@ -630,6 +650,22 @@ async fn recording(config: &Config, db: &Database, command: RecordingCommand) ->
         }
         RecordingCommand::Retention { dry_run } => {
             crate::recordings::retention::run_sweep_command(config, &audit, dry_run).await
+        }
+        RecordingCommand::List {
+            person,
+            site,
+            from,
+            to,
+            limit,
+        } => {
+            let args = crate::recordings::list_cli::ListArgs {
+                person,
+                site,
+                from,
+                to,
+                limit,
+            };
+            crate::recordings::list_cli::run(db, &args).await
         }
         RecordingCommand::Hold { id } => {
             crate::recordings::retention::run_hold_command(config, &audit, id, true).await

@@ -279,6 +279,54 @@ async fn wrong_password_totp_and_replay_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_reused_codes_have_own_messages() {
+    let harness = Harness::start(|_| {}).await;
+    let (_, secret) = harness.add_user("carol", &[Role::User]).await;
+    let missing_text = "Enter the 6-digit code from your authenticator app";
+    let reused_text = "This code was already used; wait for the next one.";
+
+    let missing = harness.login(&browser(), "carol", PASSWORD, "").await;
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    let missing_page = body(missing).await;
+    assert!(missing_page.contains(missing_text), "{missing_page}");
+    // Without a code the page is the same whether the password was right.
+    let missing_wrong = harness
+        .login(&browser(), "carol", "not the password", "")
+        .await;
+    assert_eq!(body(missing_wrong).await, missing_page);
+
+    let code = secret.code_at(now_seconds());
+    let first = harness.login(&browser(), "carol", PASSWORD, &code).await;
+    assert_eq!(first.status(), StatusCode::SEE_OTHER);
+    let reused = harness.login(&browser(), "carol", PASSWORD, &code).await;
+    assert_eq!(reused.status(), StatusCode::UNAUTHORIZED);
+    let reused_page = body(reused).await;
+    assert!(reused_page.contains(reused_text), "{reused_page}");
+    assert!(!reused_page.contains(missing_text), "{reused_page}");
+    let reused_wrong = harness
+        .login(&browser(), "carol", "not the password", &code)
+        .await;
+    assert_eq!(body(reused_wrong).await, reused_page);
+
+    let failures = harness
+        .audit_actions()
+        .await
+        .into_iter()
+        .filter(|(action, _, _)| action == "auth.sign_in.failed")
+        .count();
+    assert_eq!(failures, 4);
+    // Each refusal still counts toward the account's lockout (5 failures by default).
+    // The successful sign-in reset the count, so 2 refusals since then are counted.
+    for _ in 0..2 {
+        let refused = harness.login(&browser(), "carol", PASSWORD, "").await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    }
+    let locked = harness.login(&browser(), "carol", PASSWORD, "").await;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_lock_the_account() {
     let harness = Harness::start(|config| config.auth.max_failures_per_account = 3).await;
     let (_, secret) = harness.add_user("carol", &[Role::User]).await;

@@ -1,4 +1,5 @@
-//! `strongroom quota show|set` run as a process, on SQLite and on PostgreSQL.
+//! `strongroom quota show|set`, `recording list|hold` and `user add` run as a process,
+//! on SQLite and on PostgreSQL.
 
 mod terminal_support;
 
@@ -86,4 +87,155 @@ async fn quota_set_and_show() {
 #[tokio::test]
 async fn quota_set_and_show_on_postgres() {
     quota_commands(TestBackend::Postgres).await;
+}
+
+/// Inserts a recording of `user_id` that started at `started` (RFC 3339).
+async fn insert_recording(
+    database: &TestDatabase,
+    user_id: &str,
+    site: &str,
+    started: &str,
+) -> uuid::Uuid {
+    let started_at = chrono::DateTime::parse_from_rfc3339(started)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let entry = broker::recordings::catalogue::NewEntry {
+        id: uuid::Uuid::new_v4(),
+        session_id: uuid::Uuid::new_v4(),
+        user_id: user_id.to_owned(),
+        site: site.to_owned(),
+        instance_id: "cli-test".to_owned(),
+        started_at,
+        expires_at: started_at + chrono::Duration::days(30),
+    };
+    broker::recordings::catalogue::insert(&database.db, &entry)
+        .await
+        .unwrap();
+    entry.id
+}
+
+async fn recording_commands(backend: TestBackend) {
+    let database = TestDatabase::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli::new(dir.path(), &database);
+    for name in ["alice", "bob"] {
+        let added = cli.run(
+            &["user", "add", name, "--role", "user"],
+            "Recording-test-passphrase-7!\n",
+        );
+        assert!(added.status.success(), "{}", stderr(&added));
+    }
+    let alice = broker::auth::users::find_by_username(&database.db, "alice")
+        .await
+        .unwrap()
+        .unwrap();
+    let bob = broker::auth::users::find_by_username(&database.db, "bob")
+        .await
+        .unwrap()
+        .unwrap();
+    let alice_demo =
+        insert_recording(&database, &alice.id, "demo-bank", "2026-12-01T10:00:00Z").await;
+    let alice_other =
+        insert_recording(&database, &alice.id, "other-bank", "2026-12-03T10:00:00Z").await;
+    let bob_demo = insert_recording(&database, &bob.id, "demo-bank", "2026-12-02T10:00:00Z").await;
+
+    let all = cli.run(&["recording", "list"], "");
+    assert!(all.status.success(), "{}", stderr(&all));
+    let lines: Vec<Vec<String>> = stdout(&all)
+        .lines()
+        .map(|line| line.split('\t').map(str::to_owned).collect())
+        .collect();
+    let ids: Vec<&str> = lines.iter().map(|fields| fields[0].as_str()).collect();
+    let expected = [alice_other, bob_demo, alice_demo].map(|id| id.to_string());
+    assert_eq!(ids, expected, "newest first: {lines:?}");
+    assert_eq!(
+        lines[1],
+        [
+            bob_demo.to_string().as_str(),
+            "bob",
+            "demo-bank",
+            "2026-12-02T10:00:00+00:00",
+            "-",
+            "recording",
+            "-"
+        ],
+        "{lines:?}"
+    );
+
+    let alice_only = stdout(&cli.run(&["recording", "list", "--person", "alice"], ""));
+    assert_eq!(alice_only.lines().count(), 2, "{alice_only}");
+    assert!(!alice_only.contains("\tbob\t"), "{alice_only}");
+    let site_and_time = stdout(&cli.run(
+        &[
+            "recording",
+            "list",
+            "--site",
+            "demo-bank",
+            "--from",
+            "2026-12-02",
+        ],
+        "",
+    ));
+    assert_eq!(
+        site_and_time.lines().collect::<Vec<_>>().len(),
+        1,
+        "{site_and_time}"
+    );
+    assert!(
+        site_and_time.starts_with(&bob_demo.to_string()),
+        "{site_and_time}"
+    );
+
+    // `recording hold` needs the recording's files; the catalogue row is enough here.
+    sqlx::query("UPDATE recordings SET legal_hold = 1 WHERE id = $1")
+        .bind(alice_demo.to_string())
+        .execute(database.db.pool())
+        .await
+        .unwrap();
+    let listed = stdout(&cli.run(&["recording", "list", "--person", &alice.id], ""));
+    let held_line = listed
+        .lines()
+        .find(|line| line.starts_with(&alice_demo.to_string()))
+        .unwrap();
+    assert!(held_line.ends_with("\theld"), "{held_line}");
+
+    let bad_time = cli.run(&["recording", "list", "--from", "yesterday"], "");
+    assert_eq!(bad_time.status.code(), Some(2), "{}", stderr(&bad_time));
+    assert!(
+        stderr(&bad_time).contains("invalid --from \"yesterday\""),
+        "{}",
+        stderr(&bad_time)
+    );
+    let unknown = cli.run(
+        &["recording", "hold", &uuid::Uuid::new_v4().to_string()],
+        "",
+    );
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("strongroom recording list"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    // A username that is taken is rejected input, like an invalid one.
+    let duplicate = cli.run(
+        &["user", "add", "alice", "--role", "user"],
+        "Recording-test-passphrase-7!\n",
+    );
+    assert_eq!(duplicate.status.code(), Some(2), "{}", stderr(&duplicate));
+    assert!(
+        stderr(&duplicate).contains("\"alice\" is already taken"),
+        "{}",
+        stderr(&duplicate)
+    );
+}
+
+#[tokio::test]
+async fn recording_list_hold_and_user_add() {
+    recording_commands(TestBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn recording_list_hold_and_user_add_on_postgres() {
+    recording_commands(TestBackend::Postgres).await;
 }

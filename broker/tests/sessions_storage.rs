@@ -463,7 +463,7 @@ async fn audited_import_body(database: TestDatabase) {
         .filter(|event| event.action == "admin.site.changed")
         .collect();
     assert_eq!(changed.len(), 2);
-    assert_eq!(changed[0].target.as_deref(), Some("demo-bank"));
+    assert_eq!(changed[0].target.as_deref(), Some("site:demo-bank"));
     assert!(
         changed[0].details.contains("10.20.0.0/16"),
         "{}",

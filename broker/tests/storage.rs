@@ -167,6 +167,54 @@ async fn round_trip_body(database: TestDatabase) {
     assert_eq!(stored.details, r#"{"reason":"idle"}"#);
 }
 
+both_backends!(
+    audit_search_by_site_finds_both_target_forms,
+    site_target_search_body
+);
+async fn site_target_search_body(database: TestDatabase) {
+    let log = audit_log(&database.db);
+    // An event stored before every site event used `site:NAME`, a current one, and
+    // events of another site and of a recording.
+    for target in [
+        "demo-bank",
+        "site:demo-bank",
+        "site:other-bank",
+        "recording:demo-bank",
+    ] {
+        let event = EventBuilder::new(Actor::Person("alice".into()), Action::SessionEnded)
+            .target(target)
+            .build();
+        log.append(event).await.unwrap();
+    }
+
+    for filter in ["site:demo-bank", "demo-bank"] {
+        let query = audit::AuditQuery {
+            target: Some(filter.to_owned()),
+            ..Default::default()
+        };
+        let found: Vec<Option<String>> = log
+            .search(&query)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|event| event.target)
+            .collect();
+        assert_eq!(
+            found,
+            [
+                Some("demo-bank".to_owned()),
+                Some("site:demo-bank".to_owned())
+            ],
+            "filter {filter}"
+        );
+    }
+    let query = audit::AuditQuery {
+        target: Some("recording:demo-bank".to_owned()),
+        ..Default::default()
+    };
+    assert_eq!(log.search(&query).await.unwrap().len(), 1);
+}
+
 both_backends!(edited_audit_event_is_found, edited_body);
 async fn edited_body(database: TestDatabase) {
     append_events(&audit_log(&database.db), 4).await;

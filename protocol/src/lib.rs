@@ -267,11 +267,18 @@ pub enum AgentControl {
         step: u32,
         outcome: StepOutcome,
     },
-    /// Result of a whole auto-login.
+    /// Result of a whole auto-login. A failure names the step that failed and its
+    /// kind; `reason` is the sentence for logs and the audit trail.
     LoginFinished {
         login_id: u64,
         success: bool,
         reason: Option<String>,
+        /// Index of the step that failed; `None` on success or when no step ran.
+        #[serde(default)]
+        failed_step: Option<u32>,
+        /// Kind of failure; `None` on success.
+        #[serde(default)]
+        failure: Option<LoginFailure>,
     },
     /// Chromium exited; the agent exits nonzero after sending this.
     BrowserExited {
@@ -318,6 +325,37 @@ pub enum StepOutcome {
     OriginRejected {
         origin: String,
     },
+    /// The site rejected the submitted sign-in details while this step waited.
+    Rejected {
+        reason: String,
+    },
+}
+
+/// Kind of an auto-login failure, as the audit trail names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginFailure {
+    /// A step's element or condition did not appear within its timeout.
+    TimedOut,
+    /// A step could not be carried out, or the credential could not be typed.
+    Failed,
+    /// A field's frame had an origin the credential may not be typed into.
+    OriginRejected,
+    /// The site rejected the submitted sign-in details: it showed its login form
+    /// again. Retrying with the same details would count toward the bank's lockout.
+    Rejected,
+}
+
+impl LoginFailure {
+    /// Returns the code that the audit trail stores, such as `rejected`.
+    pub fn code(self) -> &'static str {
+        match self {
+            LoginFailure::TimedOut => "timed_out",
+            LoginFailure::Failed => "failed",
+            LoginFailure::OriginRejected => "origin_rejected",
+            LoginFailure::Rejected => "rejected",
+        }
+    }
 }
 
 /// Everything the agent sends to the broker.
@@ -693,7 +731,7 @@ fn validate_agent_control(message: &AgentControl) -> Result<(), DecodeError> {
             }
             match outcome {
                 StepOutcome::Ok | StepOutcome::TimedOut => Ok(()),
-                StepOutcome::Failed { reason } => {
+                StepOutcome::Failed { reason } | StepOutcome::Rejected { reason } => {
                     check_string("reason", reason, limits::MAX_MESSAGE_LEN)
                 }
                 StepOutcome::OriginRejected { origin } => {

@@ -115,6 +115,8 @@ fn sample_agent_messages() -> Vec<AgentMessage> {
             login_id: 3,
             success: false,
             reason: Some("timed out".into()),
+            failed_step: Some(1),
+            failure: Some(LoginFailure::Rejected),
         }),
         AgentMessage::Control(AgentControl::BrowserExited {
             code: None,

@@ -19,7 +19,8 @@ pub struct AuditQuery {
     pub actor: Option<String>,
     /// Exact action name, or a prefix ending in `*` such as `auth.*`.
     pub action: Option<String>,
-    /// Exact target, such as `site:demo-bank` or `recording:ID`.
+    /// Exact target, such as `site:demo-bank` or `recording:ID`. A site, with or
+    /// without `site:`, also matches older events that name it bare (`demo-bank`).
     pub target: Option<String>,
     /// Banking session id.
     pub session_id: Option<String>,
@@ -104,7 +105,13 @@ impl AuditQuery {
             }
         }
         if let Some(target) = &self.target {
-            push("target = ?", vec![Bind::Text(target.clone())]);
+            match site_target_forms(target) {
+                Some((prefixed, bare)) => push(
+                    "target IN (?, ?)",
+                    vec![Bind::Text(prefixed), Bind::Text(bare)],
+                ),
+                None => push("target = ?", vec![Bind::Text(target.clone())]),
+            }
         }
         if let Some(session_id) = &self.session_id {
             push("session_id = ?", vec![Bind::Text(session_id.clone())]);
@@ -119,6 +126,18 @@ impl AuditQuery {
 
         (clauses.join(" AND "), binds)
     }
+}
+
+/// Returns both forms of a site target, `site:NAME` and the bare `NAME` that older
+/// events of some actions stored, for a filter in either form. Other targets, which
+/// contain a `:` after a kind (`recording:ID`, `user:ID`), return `None`.
+fn site_target_forms(target: &str) -> Option<(String, String)> {
+    let name = match target.strip_prefix("site:") {
+        Some(name) => name,
+        None if !target.contains(':') => target,
+        None => return None,
+    };
+    Some((crate::sites::audit_target(name), name.to_owned()))
 }
 
 impl AuditLog {

@@ -232,7 +232,17 @@ pub async fn add(
         sealed_totp: sealed.as_deref(),
         roles: &roles,
     };
-    users::create_local(db, new, now_ms).await?;
+    users::create_local(db, new, now_ms)
+        .await
+        .map_err(|error| -> anyhow::Error {
+            match error {
+                users::CreateUserError::UsernameTaken(name) => InputError(format!(
+                    "the username {name:?} is already taken; choose another name (`strongroom user list` shows every person)"
+                ))
+                .into(),
+                users::CreateUserError::Other(error) => error,
+            }
+        })?;
     if options.generated_password {
         users::require_password_change(db, &id, true, now_ms).await?;
     }

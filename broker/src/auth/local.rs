@@ -23,6 +23,16 @@ use crate::http::ClientAddr;
 /// which part was wrong or whether the account exists.
 const WRONG_CREDENTIALS: &str = "The username, password or code is not correct.";
 
+/// Shown for every failed sign-in without a code, whether the password was right or
+/// not. An account that has not enrolled an authenticator signs in without one, so a
+/// failure then means a wrong username or password.
+const MISSING_CODE: &str = "Enter the 6-digit code from your authenticator app. If you have not set one up yet, the username or password is not correct.";
+
+/// Shown when the code matches a time step that the account already used, whether
+/// the password was right or not, so it reveals nothing beyond what someone who has
+/// a recent code knows.
+const REUSED_CODE: &str = "This code was already used; wait for the next one.";
+
 #[derive(Deserialize)]
 pub(crate) struct LoginForm {
     #[serde(default)]
@@ -78,7 +88,8 @@ pub(crate) fn lockout_text(remaining: Duration) -> String {
 /// Outcome of checking the submitted credentials.
 enum Check {
     Passed(Box<users::UserRecord>),
-    Failed(&'static str, Option<String>),
+    /// The audited reason, the person's id when the account exists, and the message.
+    Failed(&'static str, Option<String>, &'static str),
 }
 
 pub(crate) async fn login_submit(
@@ -125,7 +136,7 @@ pub(crate) async fn login_submit(
     }
 
     match check_credentials(&auth, &username, &form, client).await? {
-        Check::Failed(reason, user_id) => {
+        Check::Failed(reason, user_id, message) => {
             let limits = &auth.0.config;
             let account_locked = auth
                 .count_account_failure(&username, user_id.as_deref(), client)
@@ -159,7 +170,7 @@ pub(crate) async fn login_submit(
                 StatusCode::UNAUTHORIZED,
                 &next,
                 &username,
-                WRONG_CREDENTIALS,
+                message,
             ))
         }
         Check::Passed(user) => {
@@ -202,14 +213,25 @@ async fn check_credentials(
     };
     let stored_hash = user.as_ref().and_then(|user| user.password_hash.clone());
     let password_ok = password::verify_blocking(form.password.clone(), stored_hash).await;
+    let code_missing = form.code.trim().is_empty();
     let Some(user) = user else {
-        return Ok(Check::Failed("unknown_user", None));
+        let message = if code_missing {
+            MISSING_CODE
+        } else {
+            WRONG_CREDENTIALS
+        };
+        return Ok(Check::Failed("unknown_user", None, message));
     };
-    if !password_ok {
-        return Ok(Check::Failed("wrong_password", Some(user.id)));
-    }
 
     let Some(sealed) = &user.totp_secret else {
+        if !password_ok {
+            let message = if code_missing {
+                MISSING_CODE
+            } else {
+                WRONG_CREDENTIALS
+            };
+            return Ok(Check::Failed("wrong_password", Some(user.id), message));
+        }
         return Ok(Check::Passed(Box::new(user)));
     };
     let key = auth
@@ -219,8 +241,22 @@ async fn check_credentials(
         .expect("the TOTP key is loaded when local accounts are enabled");
     let secret = TotpSecret::from_bytes(key.open(&user.id, sealed)?);
     let now_seconds = (auth.now_ms() / 1000).max(0) as u64;
+    let matched_step = secret.matching_step(&form.code, now_seconds);
 
-    let verdict = match secret.matching_step(&form.code, now_seconds) {
+    if !password_ok {
+        // The message depends on the code alone, so it does not tell whether the
+        // password was right. The step is not consumed.
+        let reused =
+            matched_step.is_some_and(|step| user.totp_last_step.is_some_and(|last| step <= last));
+        let message = match (code_missing, reused) {
+            (true, _) => MISSING_CODE,
+            (false, true) => REUSED_CODE,
+            (false, false) => WRONG_CREDENTIALS,
+        };
+        return Ok(Check::Failed("wrong_password", Some(user.id), message));
+    }
+
+    let verdict = match matched_step {
         None => Err("wrong_code"),
         Some(step) => match users::consume_totp_step(&auth.0.db, &user.id, step).await? {
             true => Ok(()),
@@ -243,6 +279,13 @@ async fn check_credentials(
 
     Ok(match verdict {
         Ok(()) => Check::Passed(Box::new(user)),
-        Err(reason) => Check::Failed(reason, Some(user.id)),
+        Err(reason) => {
+            let message = match reason {
+                _ if code_missing => MISSING_CODE,
+                "replayed_code" => REUSED_CODE,
+                _ => WRONG_CREDENTIALS,
+            };
+            Check::Failed(reason, Some(user.id), message)
+        }
     })
 }

@@ -67,6 +67,7 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub fn router(state: AppState) -> Router {
     let https = state.auth.https();
     security::secure(routes(), https)
+        .layer(axum::middleware::from_fn(crate::error::html_error_pages))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -5,6 +5,7 @@ pub mod catalogue;
 pub mod evidence;
 pub mod keys_check;
 pub mod kms;
+pub mod list_cli;
 pub mod markers;
 pub mod mux;
 pub mod replay;

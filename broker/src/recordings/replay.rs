@@ -13,7 +13,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -66,7 +66,7 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
 
 /// Parses a date or an RFC 3339 time; a date is midnight UTC, or the next midnight
 /// when `end_of_day` is set.
-fn parse_time(text: &str, end_of_day: bool) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_time(text: &str, end_of_day: bool) -> Option<DateTime<Utc>> {
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Some(time.with_timezone(&Utc));
     }
@@ -78,12 +78,9 @@ fn parse_time(text: &str, end_of_day: bool) -> Option<DateTime<Utc>> {
 async fn list_page(
     State(state): State<AppState>,
     CurrentSession { principal, .. }: CurrentSession,
-    headers: HeaderMap,
     Query(query): Query<ListQuery>,
-) -> Response {
-    list(&state, &principal, &query)
-        .await
-        .unwrap_or_else(|error| error.into_page_response(&headers))
+) -> Result<Response, ApiError> {
+    list(&state, &principal, &query).await
 }
 
 async fn list(
@@ -264,22 +261,20 @@ pub(crate) fn no_video_message(entry: &CatalogueEntry) -> String {
     )
 }
 
-/// The player page. Its errors, an id that is not a UUID included, are the portal's
-/// error page for a browser and the JSON error body for other clients.
+/// The player page. Its errors, an id that is not a UUID included, become the portal's
+/// error page for a browser (`crate::error::html_error_pages`).
 async fn player_page(
     State(state): State<AppState>,
     CurrentSession { principal, .. }: CurrentSession,
-    headers: HeaderMap,
     id: Result<Path<Uuid>, PathRejection>,
-) -> Response {
-    let result = match id {
+) -> Result<Response, ApiError> {
+    match id {
         Ok(Path(id)) => player(&state, &principal, id).await,
         Err(_) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no such recording; the address does not end in a recording id, so open it from the recordings list",
         )),
-    };
-    result.unwrap_or_else(|error| error.into_page_response(&headers))
+    }
 }
 
 async fn player(state: &AppState, principal: &Principal, id: Uuid) -> Result<Response, ApiError> {

@@ -185,13 +185,17 @@ impl Retention {
     /// Places or lifts legal hold. A held recording is wrapped under the hold key at once,
     /// so it stays readable after its period's key is destroyed.
     pub async fn set_hold(&self, id: Uuid, hold: bool, actor: Actor) -> anyhow::Result<()> {
-        let entry = catalogue::get(self.db(), id).await?.with_context(|| {
-            format!("recording {id} is not in the catalogue; check the id with the recordings list")
+        let entry = catalogue::get(self.db(), id).await?.ok_or_else(|| {
+            crate::cli::InputError(format!(
+                "recording {id} is not in the catalogue; `strongroom recording list` shows the ids"
+            ))
         })?;
-        anyhow::ensure!(
-            entry.state != catalogue::RecordingState::Deleted,
-            "recording {id} was deleted by retention; a hold cannot bring it back"
-        );
+        if entry.state == catalogue::RecordingState::Deleted {
+            return Err(crate::cli::InputError(format!(
+                "recording {id} was deleted by retention; a hold cannot bring it back"
+            ))
+            .into());
+        }
         if hold {
             let storage = self.storage.clone();
             let keys = self.keys.clone();
@@ -361,7 +365,7 @@ pub async fn run_hold_command(
         }
         Err(error) => {
             eprintln!("error: {error:#}");
-            1
+            crate::cli::exit_code_of(&error)
         }
     }
 }

@@ -43,6 +43,12 @@ pub enum AutoLoginOutcome {
     Failed {
         reason: String,
     },
+    /// The site rejected the typed sign-in details: it showed its login form again.
+    /// The session goes on without auto-login, and nothing is retried, because each
+    /// attempt with the same details counts toward the bank's own lockout.
+    SignInRejected {
+        reason: String,
+    },
     /// The credential could not be used: locked, in use, or not readable. The session
     /// must end; `person_message` explains why without internal detail.
     Rejected {
@@ -234,7 +240,14 @@ impl AutoLoginService {
                 let reason = result
                     .reason
                     .unwrap_or_else(|| "the agent gave no reason".to_owned());
-                self.record_failure(target, &reference, reason).await
+                let outcome = self.record_failure(target, &reference, reason).await;
+                match (result.failure, outcome) {
+                    (
+                        Some(protocol::LoginFailure::Rejected),
+                        AutoLoginOutcome::Failed { reason },
+                    ) => AutoLoginOutcome::SignInRejected { reason },
+                    (_, outcome) => outcome,
+                }
             }
             Ok(None) => AutoLoginOutcome::Failed {
                 reason: "the session ended before the auto-login finished".to_owned(),
@@ -335,6 +348,10 @@ pub fn person_message(outcome: &AutoLoginOutcome) -> Option<String> {
     match outcome {
         AutoLoginOutcome::Failed { .. } => Some(
             "Auto-login did not complete. Nothing more will be typed; sign in yourself or end the session."
+                .to_owned(),
+        ),
+        AutoLoginOutcome::SignInRejected { .. } => Some(
+            "Auto-login stopped: the bank rejected the stored sign-in details; an administrator must update them. Nothing more will be typed; sign in yourself or end the session."
                 .to_owned(),
         ),
         AutoLoginOutcome::Rejected { person_message, .. } => Some(format!("Auto-login stopped: {person_message}.")),

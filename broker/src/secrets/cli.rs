@@ -8,7 +8,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
 use protocol::SecretString;
 use zeroize::Zeroizing;
@@ -337,9 +337,10 @@ fn value(
                 Echo::Hidden => format!("{label} (not shown as you type): "),
             };
             let Some(text) = input.line(label, &prompt, echo)? else {
-                bail!(
+                return Err(InputError(format!(
                     "standard input ended before the {label}; give it on its own line or with a file option"
-                );
+                ))
+                .into());
             };
             text
         }
@@ -357,9 +358,11 @@ fn optional_seed(input: &mut Input<impl BufRead>) -> anyhow::Result<Option<Secre
     };
     // A person at a terminal is done after the seed; piped input must end here.
     if !input.terminal && input.line("TOTP seed", "", Echo::Shown)?.is_some() {
-        bail!(
+        return Err(InputError(
             "standard input has more than three lines; give username, password and TOTP seed one per line"
-        );
+                .to_owned(),
+        )
+        .into());
     }
     Ok(Some(SecretString::new(text.to_string())))
 }

@@ -80,7 +80,7 @@ impl SessionService {
         } else {
             let event = EventBuilder::new(actor, Action::SessionEnded)
                 .session(session_id)
-                .target(record.site)
+                .target(crate::sites::audit_target(&record.site))
                 .outcome(Outcome::Denied)
                 .build();
             self.deps()
@@ -281,7 +281,7 @@ impl SessionService {
             .map_or(Actor::System("sessions"), actor_from_text);
         let mut event = EventBuilder::new(actor, Action::SessionEnded)
             .session(session_id)
-            .target(record.site.clone())
+            .target(crate::sites::audit_target(&record.site))
             .detail("reason", reason.clone())
             .detail("owner", record.user_id.clone());
         if let Some(detail) = &record.end_detail {

@@ -159,7 +159,7 @@ impl SessionService {
     ) -> Result<LaunchedSession, LaunchError> {
         let actor = Actor::Person(principal.user_id.clone());
         let requested = EventBuilder::new(actor.clone(), Action::SessionLaunchRequested)
-            .target(site_name)
+            .target(crate::sites::audit_target(site_name))
             .session(session_id)
             .client(client_addr)
             .build();
@@ -246,7 +246,7 @@ impl SessionService {
                 ))
             })?;
         let event = EventBuilder::new(actor, Action::SessionLaunched)
-            .target(site_name)
+            .target(crate::sites::audit_target(site_name))
             .session(session_id)
             .client(client_addr)
             .detail("container", launched.container_name.clone())
@@ -400,7 +400,7 @@ impl SessionService {
         }
         tracing::info!(reason = error.code(), "Session launch refused");
         let event = EventBuilder::new(actor.clone(), Action::SessionLaunchFailed)
-            .target(site_name)
+            .target(crate::sites::audit_target(site_name))
             .session(session_id)
             .client(client_addr)
             .outcome(Outcome::Denied)
@@ -447,7 +447,7 @@ impl SessionService {
     async fn audit_recorder_unavailable(&self, session_id: Uuid, site_name: &str, reason: &str) {
         tracing::error!(reason = %reason, "Recorder pre-flight failed; refusing the launch");
         let event = EventBuilder::new(Actor::System("recorder"), Action::RecordingFailed)
-            .target(site_name)
+            .target(crate::sites::audit_target(site_name))
             .session(session_id)
             .outcome(Outcome::Failure)
             .detail("stage", "preflight")

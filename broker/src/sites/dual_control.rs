@@ -247,7 +247,7 @@ async fn audit_decision(
     decision: &str,
 ) -> anyhow::Result<()> {
     let event = EventBuilder::new(Actor::Person(admin.to_owned()), Action::SiteChanged)
-        .target(format!("site:{}", change.definition.name))
+        .target(super::audit_target(&change.definition.name))
         .detail("change", decision)
         .detail("change_id", change.id.to_string())
         .detail("requested_by", change.requested_by.clone())

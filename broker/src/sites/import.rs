@@ -334,7 +334,7 @@ pub async fn import_file_audited(
     let report = import_file_with(db, path, options).await?;
     for (name, id, fields) in &report.pending {
         let event = EventBuilder::new(actor.clone(), Action::SiteChanged)
-            .target(name.clone())
+            .target(super::audit_target(name))
             .detail("change", "requested")
             .detail("change_id", id.to_string())
             .detail("fields", fields.clone())
@@ -358,7 +358,7 @@ pub async fn import_file_audited(
             })
             .unwrap_or_default();
         let event = EventBuilder::new(actor.clone(), Action::SiteChanged)
-            .target(name.clone())
+            .target(super::audit_target(name))
             .detail("change", change)
             .detail("source", path.display().to_string())
             .detail("allowed_private_ranges", ranges)

@@ -311,6 +311,13 @@ impl SiteDefinition {
 
 /// Formats one line of `strongroom site list`: name, state, start URL, auto-login
 /// steps and credential source, separated by tabs.
+/// Returns the audit target of a site, `site:NAME`, which every event about a site or
+/// one of its sessions uses. Older events name some sites bare (`demo-bank`), and
+/// `crate::audit::search` finds both forms.
+pub fn audit_target(name: &str) -> String {
+    format!("site:{name}")
+}
+
 pub fn summary_line(site: &Site) -> String {
     let state = if site.enabled { "enabled" } else { "disabled" };
     let login = match &site.login.recipe {

@@ -278,18 +278,30 @@ impl Link {
                 login_id,
                 success,
                 reason,
+                failed_step,
+                failure,
             } => {
                 let outcome = if success {
                     Outcome::Success
                 } else {
                     Outcome::Failure
                 };
-                let event = EventBuilder::new(Actor::System("agent"), Action::AutoLoginFinished)
-                    .session(self.stream.session_id)
-                    .outcome(outcome)
-                    .detail("login_id", login_id)
-                    .detail("reason", reason.clone().unwrap_or_default())
-                    .build();
+                // `reason` is a code (`rejected`, `timed_out`); `detail` the agent's
+                // sentence, which names the step and its selector.
+                let mut event =
+                    EventBuilder::new(Actor::System("agent"), Action::AutoLoginFinished)
+                        .session(self.stream.session_id)
+                        .outcome(outcome)
+                        .detail("login_id", login_id)
+                        .detail("detail", reason.clone().unwrap_or_default());
+                if !success {
+                    let code = failure.unwrap_or(protocol::LoginFailure::Failed).code();
+                    event = event.detail("reason", code);
+                }
+                if let Some(step) = failed_step {
+                    event = event.detail("failed_step", step);
+                }
+                let event = event.build();
                 if let Err(error) = self.hub.audit().append(event).await {
                     tracing::error!(
                         error = format!("{error:#}"),
@@ -300,6 +312,7 @@ impl Link {
                     login_id,
                     success,
                     reason,
+                    failure,
                 }));
             }
             AgentControl::BrowserExited { code, signal } => {

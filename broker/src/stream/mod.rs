@@ -160,6 +160,8 @@ pub struct LoginResult {
     pub success: bool,
     /// The failed step and why; never a credential value.
     pub reason: Option<String>,
+    /// Kind of failure; `None` on success.
+    pub failure: Option<protocol::LoginFailure>,
 }
 
 impl LiveStream {
@@ -194,7 +196,7 @@ impl LiveStream {
             Action::ClipboardTransferred,
         )
         .session(self.session_id)
-        .target(self.site.clone())
+        .target(crate::sites::audit_target(&self.site))
         .detail("direction", direction.as_str())
         .detail("bytes", text.len())
         .build();

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use protocol::{AgentControl, AutoLogin, CredentialField, LoginStep, StepOutcome};
+use protocol::{AgentControl, AutoLogin, CredentialField, LoginFailure, LoginStep, StepOutcome};
 use serde_json::{Value, json};
 
 use crate::browser::Page;
@@ -25,11 +25,16 @@ use crate::hub::Hub;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Interval between two checks whether the site rejected the submitted password.
+const REJECTION_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Reason a login step failed.
 enum StepError {
     TimedOut,
     OriginRejected(String),
     Failed(String),
+    /// The site showed its login form again after the password was submitted.
+    Rejected(String),
 }
 
 impl From<anyhow::Error> for StepError {
@@ -56,6 +61,8 @@ pub async fn run(page: Page, hub: Arc<Hub>, login: AutoLogin, release_input: imp
                 login_id,
                 success: false,
                 reason: Some(reason),
+                failed_step: None,
+                failure: Some(LoginFailure::Failed),
             });
             return;
         }
@@ -64,32 +71,50 @@ pub async fn run(page: Page, hub: Arc<Hub>, login: AutoLogin, release_input: imp
     hub.start_placeholder(login_id);
     release_input();
     let mut filled: Vec<Element> = Vec::new();
+    let mut password_form = PasswordForm::default();
     let mut failure = None;
 
     for (index, step) in login.steps.iter().enumerate() {
         let timeout = Duration::from_millis(u64::from(step.timeout_ms()));
-        let outcome =
-            match tokio::time::timeout(timeout, run_step(&page, &login, step, &mut filled)).await {
-                Err(_) => Err(StepError::TimedOut),
-                Ok(result) => result,
-            };
+        let outcome = match tokio::time::timeout(
+            timeout,
+            run_watched_step(&page, &login, step, &mut filled, &mut password_form),
+        )
+        .await
+        {
+            Err(_) => Err(StepError::TimedOut),
+            Ok(result) => result,
+        };
         let name = format!("step {index} ({})", describe(step));
-        let (outcome, reason) = match outcome {
-            Ok(()) => (StepOutcome::Ok, None),
+        let (outcome, reason, kind) = match outcome {
+            Ok(()) => (StepOutcome::Ok, None, None),
             Err(StepError::TimedOut) => (
                 StepOutcome::TimedOut,
                 Some(format!("{name} timed out after {timeout:?}")),
+                Some(LoginFailure::TimedOut),
             ),
             Err(StepError::OriginRejected(origin)) => {
                 let reason =
                     format!("{name}: origin {origin} is not allowed for this credential");
-                (StepOutcome::OriginRejected { origin }, Some(reason))
+                (
+                    StepOutcome::OriginRejected { origin },
+                    Some(reason),
+                    Some(LoginFailure::OriginRejected),
+                )
             }
             Err(StepError::Failed(reason)) => (
                 StepOutcome::Failed {
                     reason: reason.clone(),
                 },
                 Some(format!("{name} failed: {reason}")),
+                Some(LoginFailure::Failed),
+            ),
+            Err(StepError::Rejected(reason)) => (
+                StepOutcome::Rejected {
+                    reason: reason.clone(),
+                },
+                Some(format!("{name}: the site rejected the sign-in details: {reason}")),
+                Some(LoginFailure::Rejected),
             ),
         };
         tracing::info!(login_id, step = index, ?outcome, "Auto-login step finished");
@@ -99,7 +124,7 @@ pub async fn run(page: Page, hub: Arc<Hub>, login: AutoLogin, release_input: imp
             outcome,
         });
         if reason.is_some() {
-            failure = reason;
+            failure = reason.map(|reason| (index as u32, kind, reason));
             break;
         }
     }
@@ -112,10 +137,16 @@ pub async fn run(page: Page, hub: Arc<Hub>, login: AutoLogin, release_input: imp
         tracing::warn!(login_id, error = %format!("{error:#}"), "Waiting for a repaint failed");
     }
     hub.end_placeholder(login_id);
+    let (failed_step, failure, reason) = match failure {
+        Some((step, kind, reason)) => (Some(step), kind, Some(reason)),
+        None => (None, None, None),
+    };
     hub.send_control(&AgentControl::LoginFinished {
         login_id,
-        success: failure.is_none(),
-        reason: failure,
+        success: reason.is_none(),
+        reason,
+        failed_step,
+        failure,
     });
 }
 
@@ -137,6 +168,113 @@ fn field_name(field: CredentialField) -> &'static str {
         CredentialField::Username => "username",
         CredentialField::Password => "password",
         CredentialField::Totp => "one-time code",
+    }
+}
+
+/// The password field of the login form and the document it was typed into, kept to
+/// recognise a site that shows the form again after the password was submitted.
+#[derive(Default)]
+struct PasswordForm {
+    /// Selector of the password step.
+    selector: Option<String>,
+    /// `performance.timeOrigin` of the document the password was typed into; a new
+    /// document has another one.
+    time_origin: Option<f64>,
+    /// Whether a click followed the password, so the form may have been submitted.
+    submitted: bool,
+}
+
+/// Runs `step`, and once the password was typed and a click submitted it, watches for
+/// the site rejecting it at the same time. A site that rejects a password usually
+/// responds with its login form again, in a new document. Waiting for the step's
+/// timeout instead would report the next step as timed out.
+async fn run_watched_step(
+    page: &Page,
+    login: &AutoLogin,
+    step: &LoginStep,
+    filled: &mut Vec<Element>,
+    password_form: &mut PasswordForm,
+) -> Result<(), StepError> {
+    let watched = match (&password_form.selector, password_form.time_origin) {
+        // A recipe that itself waits for the password field again expects the form.
+        (Some(selector), Some(time_origin))
+            if password_form.submitted && step_selector(step) != Some(selector.as_str()) =>
+        {
+            Some((selector.clone(), time_origin))
+        }
+        _ => None,
+    };
+    let filled_before = filled.len();
+    let result = match watched {
+        Some((selector, time_origin)) => {
+            tokio::select! {
+                result = run_step(page, login, step, filled) => result,
+                reason = watch_rejection(page, &selector, time_origin) => Err(StepError::Rejected(reason)),
+            }
+        }
+        None => run_step(page, login, step, filled).await,
+    };
+    result?;
+
+    match step {
+        LoginStep::Fill {
+            selector,
+            field: CredentialField::Password,
+            ..
+        } => {
+            let element = filled.get(filled_before).cloned();
+            password_form.selector = Some(selector.clone());
+            password_form.time_origin = match element {
+                Some(element) => document_time_origin(page, &element).await.ok(),
+                None => None,
+            };
+            password_form.submitted = false;
+        }
+        LoginStep::Click { .. } if password_form.selector.is_some() => {
+            password_form.submitted = true;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn step_selector(step: &LoginStep) -> Option<&str> {
+    match step {
+        LoginStep::WaitForSelector { selector, .. }
+        | LoginStep::Fill { selector, .. }
+        | LoginStep::Click { selector, .. } => Some(selector),
+        LoginStep::WaitForSuccess { selector, .. } => selector.as_deref(),
+    }
+}
+
+/// Returns `performance.timeOrigin` of the document that contains `element`.
+async fn document_time_origin(page: &Page, element: &Element) -> anyhow::Result<f64> {
+    call_on(
+        page,
+        element,
+        "function() { return this.ownerDocument.defaultView.performance.timeOrigin; }",
+    )
+    .await?
+    .as_f64()
+    .context("the document has no time origin")
+}
+
+/// Returns once the password field matching `selector` is shown in another document
+/// than the one the password was typed into: the site responded to the submitted
+/// form with its login form again. Runs until cancelled otherwise.
+async fn watch_rejection(page: &Page, selector: &str, typed_in: f64) -> String {
+    loop {
+        tokio::time::sleep(REJECTION_POLL_INTERVAL).await;
+        // Errors while the page navigates are expected; the next check tries again.
+        let Ok(Some(element)) = find_element(page, selector).await else {
+            continue;
+        };
+        let Ok(shown_in) = document_time_origin(page, &element).await else {
+            continue;
+        };
+        if shown_in != typed_in {
+            return format!("the login form ({selector}) was shown again after the password was submitted");
+        }
     }
 }
 

@@ -245,6 +245,8 @@ fn dispatch(handlers: &Handlers, message: BrokerMessage) {
                     login_id,
                     success: false,
                     reason: Some("another auto-login is running and one is queued; retry when a login_finished arrives".into()),
+                    failed_step: None,
+                    failure: Some(protocol::LoginFailure::Failed),
                 });
             }
             return;
