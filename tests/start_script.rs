@@ -68,13 +68,18 @@ fn isolated_command(program: &str) -> Command {
     command
 }
 
+/// A `docker` that finds no container, as on a host where no demo runs, so that a demo
+/// running on the test machine does not stop the script before what a test checks.
+const FAKE_DOCKER: &str = "#!/bin/sh\necho \"Error: No such object\" >&2\nexit 1\n";
+
 /// Copies the script into `dir` beside a stand-in `install-deps.sh`, and returns the
-/// copy and a `bin` directory with [`FAKE_CARGO`].
+/// copy and a `bin` directory with [`FAKE_CARGO`] and [`FAKE_DOCKER`].
 fn copy_with_fake_cargo(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let script = copy_start_script(dir);
     stub_install_deps(dir);
     let bin = dir.join("bin");
     write_executable(&bin.join("cargo"), FAKE_CARGO);
+    write_executable(&bin.join("docker"), FAKE_DOCKER);
     (script, bin)
 }
 
@@ -165,9 +170,11 @@ fn run_script_under_sudo(dir: &Path, script: &Path, home: &Path) -> std::process
         passwd.display(),
         script.display()
     );
+    let bin = dir.join("bin");
+    write_executable(&bin.join("docker"), FAKE_DOCKER);
     isolated_command("unshare")
         .args(["--mount", "--propagation", "private", "bash", "-c", &inner])
-        .env("PATH", SYSTEM_PATH)
+        .env("PATH", format!("{}:{SYSTEM_PATH}", bin.display()))
         .env("SUDO_USER", "rustfan")
         .output()
         .unwrap()
@@ -389,6 +396,7 @@ fn configuration_is_checked_right_after_first_build() {
         binary.display()
     );
     write_executable(&bin.join("cargo"), &cargo);
+    write_executable(&bin.join("docker"), FAKE_DOCKER);
 
     let output = run_script(&script, &[&bin], &[]);
 

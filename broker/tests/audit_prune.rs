@@ -613,6 +613,9 @@ async fn postgres_pruning_needs_its_own_role() {
 #[test]
 fn prune_on_new_database_names_migrate() {
     let dir = tempfile::tempdir().unwrap();
+    // An empty file is an SQLite database without tables. A missing file is refused
+    // earlier, with a message about the database's path.
+    std::fs::File::create(dir.path().join("strongroom.db")).unwrap();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"));
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
         command.env_remove(name);
