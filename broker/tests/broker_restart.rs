@@ -1,13 +1,15 @@
 //! A real `strongroom serve` process killed with SIGKILL and started again, against the
 //! real Docker engine (Debian docker.io 20.10) and its embedded launcher child.
 //!
-//! The sessions are launched by a session service in the test process that shares the
+//! Most sessions are launched by a session service in the test process that shares the
 //! broker's database, launcher socket and instance id, because the portal would need a
-//! signed-in person for each launch. The broker process alone runs recovery.
+//! signed-in person for each launch. The broker process alone runs recovery. The
+//! recording test signs a person in over HTTP and launches through the portal, so that
+//! the broker's own stream hub records the session.
 
 mod sessions_support;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -16,8 +18,12 @@ use std::time::Duration;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptions;
 use broker::audit::AuditLog;
+use broker::auth::secret_key::TotpKey;
+use broker::auth::totp::TotpSecret;
+use broker::auth::{Role, users};
 use broker::clock::{Clock, SystemClock};
 use broker::config::Config;
+use broker::recordings::catalogue;
 use broker::sessions::store::{self, Reservation, SessionState};
 use broker::sessions::{RecorderPreflight, SessionDeps, SessionService};
 use broker::testing::{TestBackend, TestDatabase};
@@ -247,20 +253,31 @@ async fn end_reason(database: &TestDatabase, session_id: Uuid) -> Option<String>
     (record.state == SessionState::Ended).then(|| record.end_reason.unwrap_or_default())
 }
 
-/// Waits until the broker's recovery has ended `session_id`, and returns the reason.
-async fn wait_for_end(database: &TestDatabase, session_id: Uuid, serve: &ServeProcess) -> String {
+/// Waits, up to [`WAIT`], until `probe` returns a value, and returns it; on timeout the
+/// failure names `what` and shows the broker's output.
+async fn wait_for_broker<T, F, Fut>(serve: &ServeProcess, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if let Some(reason) = end_reason(database, session_id).await {
-            return reason;
+        if let Some(value) = probe().await {
+            return value;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the broker did not end session {session_id}; its output:\n{}",
+            "timed out waiting for {what}; broker output:\n{}",
             serve.output()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits until the broker's recovery has ended `session_id`, and returns the reason.
+async fn wait_for_end(database: &TestDatabase, session_id: Uuid, serve: &ServeProcess) -> String {
+    let what = format!("the broker to end session {session_id}");
+    wait_for_broker(serve, &what, || end_reason(database, session_id)).await
 }
 
 /// Creates, without starting, a labelled workspace container of `session_id`, as a
@@ -594,4 +611,285 @@ async fn second_signal_removes_workspaces_at_once() {
         })
         .await;
     }
+}
+
+/// The password of the account that [`killed_broker_keeps_recording`] signs in.
+const PASSWORD: &str = "a long test passphrase";
+
+/// A site whose bank does not exist: the browser shows its error page, which the
+/// workspace streams like any other. The site has the default workspace limits, under
+/// which Chromium runs.
+const UNREACHABLE_SITE: &str = "unreachable-bank";
+const UNREACHABLE_SITE_FILE: &str = r#"
+[[site]]
+name = "unreachable-bank"
+display_name = "Unreachable Bank"
+start_url = "https://bank.invalid/login"
+allowed_hosts = ["bank.invalid"]
+recording_retention_days = 30
+"#;
+
+/// Returns the workspace image that `scripts/test.sh` builds and names in
+/// `STRONGROOM_TEST_WORKSPACE_IMAGE`: a recording needs the real agent and Chromium.
+fn workspace_image() -> String {
+    match std::env::var("STRONGROOM_TEST_WORKSPACE_IMAGE") {
+        Ok(image) if !image.is_empty() => image,
+        _ => panic!(
+            "STRONGROOM_TEST_WORKSPACE_IMAGE is not set: run `strongroom image build` and set \
+             it to the image it prints, or run scripts/test.sh"
+        ),
+    }
+}
+
+/// Creates a local account with [`PASSWORD`] and an authenticator whose key the broker
+/// of `data_dir` reads; returns its id and authenticator secret.
+async fn add_local_user(
+    database: &TestDatabase,
+    data_dir: &Path,
+    username: &str,
+) -> (String, TotpSecret) {
+    let key = TotpKey::load_or_create(data_dir).unwrap();
+    let id = Uuid::new_v4().to_string();
+    let secret = TotpSecret::generate();
+    let sealed = key.seal(&id, secret.as_bytes()).unwrap();
+    let hash = broker::auth::password::hash(PASSWORD).unwrap();
+    let roles: BTreeSet<Role> = [Role::User].into_iter().collect();
+    let user = users::NewLocalUser {
+        id: &id,
+        username,
+        display_name: username,
+        password_hash: &hash,
+        sealed_totp: Some(&sealed),
+        roles: &roles,
+    };
+    users::create_local(&database.db, user, chrono::Utc::now().timestamp_millis())
+        .await
+        .unwrap();
+    (id, secret)
+}
+
+/// Waits until the broker has printed its portal address and returns it.
+async fn wait_for_base_url(serve: &ServeProcess) -> String {
+    const PREFIX: &str = "Strongroom is listening on ";
+    wait_for_log(serve, PREFIX).await;
+    let output = serve.output();
+    let line = output.lines().find(|line| line.contains(PREFIX)).unwrap();
+    line[line.find(PREFIX).unwrap() + PREFIX.len()..]
+        .trim()
+        .to_owned()
+}
+
+/// Signs `username` in through the portal's form; returns a client that keeps the
+/// portal cookie and does not follow redirects.
+async fn sign_in(base: &str, username: &str, totp: &TotpSecret) -> reqwest::Client {
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let code = totp.code_at(chrono::Utc::now().timestamp() as u64);
+    let signed_in = client
+        .post(format!("{base}/auth/login"))
+        .header("origin", base)
+        .form(&[
+            ("username", username),
+            ("password", PASSWORD),
+            ("code", code.as_str()),
+            ("next", "/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        signed_in.status(),
+        reqwest::StatusCode::SEE_OTHER,
+        "{username} cannot sign in"
+    );
+    client
+}
+
+/// Launches `site` from the portal form and returns the session id.
+async fn launch_from_portal(client: &reqwest::Client, base: &str, site: &str) -> Uuid {
+    let launched = client
+        .post(format!("{base}/sessions"))
+        .header("origin", base)
+        .form(&[("site", site)])
+        .send()
+        .await
+        .unwrap();
+    let status = launched.status();
+    let location = launched
+        .headers()
+        .get("location")
+        .map(|value| value.to_str().unwrap().to_owned());
+    let Some(location) = location.filter(|_| status == reqwest::StatusCode::SEE_OTHER) else {
+        panic!(
+            "launch answered {status}: {}",
+            launched.text().await.unwrap()
+        );
+    };
+    location.trim_start_matches("/sessions/").parse().unwrap()
+}
+
+/// Waits until the session's recording has a catalogue row and returns it.
+async fn wait_for_recording(
+    database: &TestDatabase,
+    session_id: Uuid,
+    serve: &ServeProcess,
+) -> catalogue::CatalogueEntry {
+    let what = format!("a recording of session {session_id}");
+    wait_for_broker(serve, &what, || async {
+        let entries = catalogue::list(&database.db, &catalogue::Filter::default())
+            .await
+            .unwrap();
+        entries.into_iter().find(|e| e.session_id == session_id)
+    })
+    .await
+}
+
+async fn killed_broker_keeps_recording(backend: TestBackend) {
+    let database = TestDatabase::new(backend).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let instance_id = broker::instance::load_or_create(data_dir.path()).unwrap();
+    let _cleanup = InstanceCleanup(instance_id.to_string());
+    let image = workspace_image();
+    let database_url = database
+        .postgres_url()
+        .unwrap_or_else(|| format!("sqlite://{}", database.dir.path().join("test.db").display()));
+    let mut env = serve_env(data_dir.path(), &database_url, &image);
+    // Bridges of their own: the rules that `strongroom host-setup` installs for a broker
+    // on this machine match the default `srs-` bridges and drop packets from outside
+    // that broker's range, which would cut the broker off from the workspace's agent.
+    env.push((
+        "STRONGROOM_LAUNCHER__BRIDGE_PREFIX".to_owned(),
+        "\"srt-\"".to_owned(),
+    ));
+
+    let sites = database.dir.path().join("sites.toml");
+    std::fs::write(&sites, UNREACHABLE_SITE_FILE).unwrap();
+    broker::sites::import_file(&database.db, &sites)
+        .await
+        .unwrap();
+    let (user_id, totp) = add_local_user(&database, data_dir.path(), "dana").await;
+    broker::sites::grant(
+        &database.db,
+        &user_id,
+        UNREACHABLE_SITE,
+        "user:test-admin",
+        0,
+    )
+    .await
+    .unwrap();
+
+    let log = data_dir.path().join("serve.log");
+    let mut serve = ServeProcess::start(&env, log.clone());
+    let base = wait_for_base_url(&serve).await;
+    let client = sign_in(&base, "dana", &totp).await;
+    let session_id = launch_from_portal(&client, &base, UNREACHABLE_SITE).await;
+    let recording = wait_for_recording(&database, session_id, &serve).await.id;
+    // Frames flow once the stream hub is connected to the agent. A few seconds of them
+    // span several checkpoint intervals and usually no segment cut: the agent sends a
+    // keyframe every 3 s and a segment is cut at the first keyframe after 4 s.
+    wait_for_log(&serve, "Connected to the workspace agent").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let launchers = children_of(serve.pid());
+    let _launchers_guard = KillOnDrop(launchers.clone());
+    let before = catalogue::get(&database.db, recording)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.state, catalogue::RecordingState::Recording);
+
+    serve.kill_hard();
+    for pid in launchers {
+        wait_until(
+            "the launcher child to exit with its broker",
+            || async move { !process_alive(pid) },
+        )
+        .await;
+    }
+
+    let serve = ServeProcess::start(&env, log);
+    let what = format!("the restarted broker to seal recording {recording}");
+    let sealed = wait_for_broker(&serve, &what, || async {
+        let entry = catalogue::get(&database.db, recording)
+            .await
+            .unwrap()
+            .unwrap();
+        (entry.state != catalogue::RecordingState::Recording).then_some(entry)
+    })
+    .await;
+    assert_eq!(
+        sealed.state,
+        catalogue::RecordingState::Sealed,
+        "{sealed:?}"
+    );
+    assert!(
+        sealed.segment_count > before.segment_count,
+        "the open segment of the killed broker's recording was lost: {} segments before the kill, sealed {sealed:?}",
+        before.segment_count
+    );
+
+    let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
+    let target = format!("recording:{recording}");
+    let stored: Vec<serde_json::Value> = audit
+        .list(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| {
+            event.action == "recording.segment.stored" && event.target.as_deref() == Some(&target)
+        })
+        .map(|event| serde_json::from_str(&event.details).unwrap())
+        .collect();
+    assert_eq!(stored.len() as u64, sealed.segment_count, "{stored:?}");
+    // The last segment is the open one, recovered from its checkpoint parts.
+    let recovered = stored.last().unwrap();
+    assert_eq!(recovered["recovered"], true, "{recovered}");
+    assert!(
+        recovered["checkpoint_parts"].as_u64() >= Some(1),
+        "{recovered}"
+    );
+
+    let export_dir = data_dir.path().join("export");
+    let exported = Command::new(env!("CARGO_BIN_EXE_strongroom"))
+        .args(["recording", "export", &recording.to_string()])
+        .arg(&export_dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(name, value)| (name, value)))
+        .output()
+        .expect("run strongroom recording export");
+    assert!(
+        exported.status.success(),
+        "export of recording {recording} failed: {}{}",
+        String::from_utf8_lossy(&exported.stdout),
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    assert!(export_dir.join("recording.webm").metadata().unwrap().len() > 0);
+
+    // The restart ended the session and removed its workspace.
+    assert_eq!(
+        wait_for_end(&database, session_id, &serve).await,
+        "broker_restarted"
+    );
+    wait_until(
+        "the broker to remove the killed session's workspace",
+        || async { count_instance_objects(&instance_id.to_string()).await == (0, 0) },
+    )
+    .await;
+    drop(serve);
+}
+
+/// `kill -9` of `strongroom serve` in the middle of a signed-in person's first
+/// recording segment: the checkpoint parts survive, and the restarted broker seals the
+/// recording with them as a recovered segment that exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_broker_keeps_the_open_segment() {
+    killed_broker_keeps_recording(TestBackend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_broker_keeps_the_open_segment_on_postgres() {
+    killed_broker_keeps_recording(TestBackend::Postgres).await;
 }
