@@ -182,14 +182,15 @@ fn parse_confirmation(input: &mut impl BufRead) -> anyhow::Result<Confirmation> 
     let mut password = Zeroizing::new(String::new());
     let mut code = Zeroizing::new(String::new());
     if input.read_line(&mut password)? == 0 {
-        bail!(InputError(format!(
+        bail!(InputError(
             "the password line is missing; give the password, then the one-time code, one per line"
-        )));
+                .to_owned()
+        ));
     }
     if input.read_line(&mut code)? == 0 {
-        bail!(InputError(format!(
-            "the one-time code line is missing; give it on the line after the password"
-        )));
+        bail!(InputError(
+            "the one-time code line is missing; give it on the line after the password".to_owned()
+        ));
     }
     for line in [&mut password, &mut code] {
         while line.ends_with('\n') || line.ends_with('\r') {
