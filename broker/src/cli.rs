@@ -459,7 +459,7 @@ async fn site(config: &Config, db: &Database, command: SiteCommand) -> i32 {
                 Ok(options) => options,
                 Err(error) => {
                     eprintln!("error: {error:#}");
-                    return 2;
+                    return exit_code_of(&error);
                 }
             };
             let actor = match &admin {
@@ -481,8 +481,8 @@ async fn site(config: &Config, db: &Database, command: SiteCommand) -> i32 {
                     0
                 }
                 Err(error) => {
-                    eprintln!("error: {error}");
-                    2
+                    eprintln!("error: {error:#}");
+                    error.exit_code()
                 }
             }
         }

@@ -199,6 +199,22 @@ async fn recording_commands(backend: TestBackend) {
         .unwrap();
     assert!(held_line.ends_with("\theld"), "{held_line}");
 
+    // A recording the catalogue knows but whose files are gone is an operational fault.
+    let no_files = cli.run(&["recording", "hold", &alice_demo.to_string()], "");
+    assert_eq!(no_files.status.code(), Some(1), "{}", stderr(&no_files));
+    assert!(
+        stderr(&no_files).contains(&format!(
+            "the files of recording {alice_demo} are missing from the recording store"
+        )),
+        "{}",
+        stderr(&no_files)
+    );
+    assert!(
+        stderr(&no_files).contains("restore them from a backup"),
+        "{}",
+        stderr(&no_files)
+    );
+
     let bad_time = cli.run(&["recording", "list", "--from", "yesterday"], "");
     assert_eq!(bad_time.status.code(), Some(2), "{}", stderr(&bad_time));
     assert!(

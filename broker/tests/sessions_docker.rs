@@ -455,9 +455,19 @@ impl Drop for ReadOnlyMount {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritable_recorder_refuses_launch() {
+    unwritable_recorder_refuses(TestBackend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_recorder_refuses_launch_on_postgres() {
+    unwritable_recorder_refuses(TestBackend::Postgres).await;
+}
+
+async fn unwritable_recorder_refuses(backend: TestBackend) {
     let scratch = tempfile::tempdir().unwrap();
     let mount = ReadOnlyMount::new(scratch.path().join("recordings"));
     let harness = Harness::new(Options {
+        backend,
         recordings_dir: Some(mount.0.clone()),
         ..Options::default()
     })
@@ -477,6 +487,16 @@ async fn unwritable_recorder_refuses_launch() {
         reason.contains("Read-only") || reason.contains("read-only"),
         "{reason}"
     );
+    // The person reads a plain sentence; the paths and the file system's error go
+    // only to the log and the audit trail.
+    let for_person = error.person_message();
+    assert!(
+        for_person.contains("recordings cannot be written"),
+        "{for_person}"
+    );
+    let recordings_dir = mount.0.to_str().unwrap();
+    assert!(!for_person.contains(recordings_dir), "{for_person}");
+    assert!(!for_person.contains(reason.as_str()), "{for_person}");
     assert_eq!(
         harness
             .launcher()
@@ -511,6 +531,15 @@ async fn unwritable_recorder_refuses_launch() {
         ended.details.contains("recorder_unavailable"),
         "{}",
         ended.details
+    );
+    let failed = all
+        .iter()
+        .find(|event| event.action == Action::SessionLaunchFailed.as_str())
+        .expect("session.launch.failed event");
+    assert!(
+        failed.details.contains(recordings_dir),
+        "{}",
+        failed.details
     );
 
     harness.finish().await;

@@ -71,3 +71,61 @@ async fn import_lists_every_problem_on_sqlite() {
 async fn import_lists_every_problem_on_postgres() {
     import_lists_every_problem(TestBackend::Postgres).await;
 }
+
+/// A failure to read the file or to store the sites is operational (exit 1); a file
+/// whose content is rejected is input (exit 2).
+async fn import_exit_code_tells_failure_from_rejection(backend: TestBackend) {
+    let database = TestDatabase::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli::new(dir.path(), &database);
+    let valid = dir.path().join("valid.toml");
+    std::fs::write(
+        &valid,
+        &SITE_FILE[SITE_FILE.find("[[site]]\nname = \"valid-bank\"").unwrap()..],
+    )
+    .unwrap();
+
+    let missing = dir.path().join("missing.toml");
+    let unreadable = cli.run(&["site", "import", missing.to_str().unwrap()], "");
+    let stderr = String::from_utf8_lossy(&unreadable.stderr);
+    assert_eq!(unreadable.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot read the site file"), "{stderr}");
+
+    let unknown_admin = cli.run(
+        &[
+            "site",
+            "import",
+            valid.to_str().unwrap(),
+            "--admin",
+            "nobody",
+        ],
+        "",
+    );
+    let stderr = String::from_utf8_lossy(&unknown_admin.stderr);
+    assert_eq!(unknown_admin.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no account named \"nobody\""), "{stderr}");
+
+    // The migrations are applied, so the command cannot recreate the moved table and
+    // storing the sites fails.
+    sqlx::query("ALTER TABLE sites RENAME TO sites_moved_away")
+        .execute(database.db.pool())
+        .await
+        .unwrap();
+    let storage_failed = cli.run(&["site", "import", valid.to_str().unwrap()], "");
+    let stderr = String::from_utf8_lossy(&storage_failed.stderr);
+    assert_eq!(storage_failed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot store the imported sites"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn import_exit_code_tells_failure_from_rejection_on_sqlite() {
+    import_exit_code_tells_failure_from_rejection(TestBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn import_exit_code_tells_failure_from_rejection_on_postgres() {
+    import_exit_code_tells_failure_from_rejection(TestBackend::Postgres).await;
+}

@@ -204,7 +204,7 @@ impl Retention {
             })
             .await
             .context("hold task failed")?
-            .with_context(|| format!("cannot wrap recording {id} under the hold key"))?;
+            .map_err(|error| hold_failure(id, error))?;
         }
         sqlx::query("UPDATE recordings SET legal_hold = $2 WHERE id = $1")
             .bind(id.to_string())
@@ -250,6 +250,22 @@ impl Retention {
                 }
             }
         });
+    }
+}
+
+/// Explains why the hold could not wrap the recording's key. Missing files are an
+/// operational fault (exit code 1), not rejected input: the catalogue knows the
+/// recording, but the store does not hold it.
+fn hold_failure(id: Uuid, error: recorder::RecorderError) -> anyhow::Error {
+    match error {
+        recorder::RecorderError::NotFound(_) => anyhow::anyhow!(
+            "the files of recording {id} are missing from the recording store \
+             (sessions.recordings_dir, or [sessions.recordings_s3] when set); restore them from \
+             a backup, or point the configuration at the store that holds them, then place \
+             the hold again"
+        ),
+        other => anyhow::Error::new(other)
+            .context(format!("cannot wrap recording {id} under the hold key")),
     }
 }
 

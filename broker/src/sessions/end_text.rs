@@ -34,16 +34,22 @@ impl EndReasonTexts {
     }
 
     /// Builds the text shown for a stored end: the sentence, or the raw code when it is
-    /// unknown, followed by the stored detail when there is one. A failed launch's
-    /// detail (a missing image, an engine error) is for the operator, who finds it in
-    /// the log and the audit trail, so it is left out.
+    /// unknown, followed by the stored detail when there is one. Two details are left
+    /// out because they are for the operator, who finds them in the log and the audit
+    /// trail: a failed launch's (a missing image, an engine error) and an unwritable
+    /// recording store's (its paths and the file system's error).
     pub fn describe(&self, code: &str, detail: Option<&str>) -> String {
         let text = self.sentence(code).unwrap_or_else(|| code.to_owned());
-        let operator_only = code
-            == EndReason::LaunchFailed {
+        let operator_only = [
+            EndReason::LaunchFailed {
                 detail: String::new(),
-            }
-            .code();
+            },
+            EndReason::RecorderUnavailable {
+                detail: String::new(),
+            },
+        ]
+        .iter()
+        .any(|reason| reason.code() == code);
         match detail.filter(|detail| !detail.is_empty() && !operator_only) {
             Some(detail) => format!("{text}: {detail}"),
             None => text,
@@ -201,5 +207,17 @@ mod tests {
             text,
             "The workspace could not start; the administrator has been told"
         );
+    }
+
+    #[test]
+    fn unwritable_recorder_detail_is_left_out() {
+        let texts = texts();
+
+        let text = texts.describe(
+            "recorder_unavailable",
+            Some("cannot write /srv/recordings/.preflight: Read-only file system"),
+        );
+
+        assert_eq!(text, "Not started because recordings cannot be written");
     }
 }

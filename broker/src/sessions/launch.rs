@@ -69,12 +69,19 @@ fn not_available_message(site: &str) -> String {
 /// `session.launch.failed` audit event carry it.
 pub const WORKSPACE_FAILED_FOR_PERSON: &str = "The workspace cannot start right now. The administrator has been told; please try again later.";
 
+/// Message for the person who launched when recordings cannot be written. The cause
+/// (the recording store's paths, the file system's error) is for the operator: the
+/// error log and the `session.launch.failed` audit event carry it.
+pub const RECORDER_UNAVAILABLE_FOR_PERSON: &str = "No session can start right now because recordings cannot be written. The administrator has been told; please try again later.";
+
 impl LaunchError {
     /// Returns the text for the person who launched: the error itself, except for a
-    /// workspace failure, whose operator detail it leaves out.
+    /// workspace failure and an unwritable recording store, whose operator detail it
+    /// leaves out.
     pub fn person_message(&self) -> String {
         match self {
             LaunchError::WorkspaceFailed { .. } => WORKSPACE_FAILED_FOR_PERSON.to_owned(),
+            LaunchError::RecorderUnavailable { .. } => RECORDER_UNAVAILABLE_FOR_PERSON.to_owned(),
             other => other.to_string(),
         }
     }

@@ -3,13 +3,13 @@
 
 use std::path::Path;
 
-use anyhow::bail;
 use uuid::Uuid;
 
 use super::ImportOptions;
 use super::confirm::confirm_admin;
 use super::dual_control::{self, DecisionError};
 use crate::audit::AuditLog;
+use crate::cli::InputError;
 use crate::config::Config;
 use crate::db::Database;
 
@@ -25,9 +25,9 @@ pub async fn import_options(
     let hold = dual_control::is_required(db, config.sites.dual_control).await?;
     let requested_by = match admin {
         Some(name) => confirm_admin(config, db, audit, name, confirm_file).await?,
-        None if hold => bail!(
-            "dual control is on (sites.dual_control, or at least two admins): name the requesting admin with --admin NAME"
-        ),
+        None if hold => return Err(InputError(
+            "dual control is on (sites.dual_control, or at least two admins): name the requesting admin with --admin NAME".to_owned()
+        ).into()),
         None => "system:cli".to_owned(),
     };
     Ok(ImportOptions {
@@ -88,7 +88,7 @@ pub async fn decide(
         Ok(id) => id,
         Err(error) => {
             eprintln!("error: {error:#}");
-            return 2;
+            return crate::cli::exit_code_of(&error);
         }
     };
     let now_ms = chrono::Utc::now().timestamp_millis();

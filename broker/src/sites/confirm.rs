@@ -20,6 +20,7 @@ use crate::audit::{Action, Actor, AuditLog, EventBuilder, Outcome};
 use crate::auth::secret_key::TotpKey;
 use crate::auth::totp::TotpSecret;
 use crate::auth::{Role, password, throttle, users};
+use crate::cli::InputError;
 use crate::config::Config;
 use crate::db::Database;
 use crate::terminal::read_hidden_line;
@@ -41,29 +42,33 @@ pub async fn confirm_admin(
     confirm_file: Option<&Path>,
 ) -> anyhow::Result<String> {
     let Some(admin) = users::find(db, name).await? else {
-        bail!("no account named {name:?}; list them with `strongroom user list`");
+        bail!(InputError(format!(
+            "no account named {name:?}; list them with `strongroom user list`"
+        )));
     };
     if !admin.roles.contains(&Role::Admin) {
-        bail!("{name:?} is not an admin; only admins request or decide site changes");
+        bail!(InputError(format!(
+            "{name:?} is not an admin; only admins request or decide site changes"
+        )));
     }
     let (Some(username), Some(password_hash), Some(sealed_totp)) = (
         admin.username.as_deref(),
         admin.password_hash.clone(),
         admin.totp_secret.as_deref(),
     ) else {
-        bail!(
+        bail!(InputError(format!(
             "{name:?} has no local password and TOTP to confirm on the command line; \
              decide site changes in the admin console at /admin/site-changes"
-        );
+        )));
     };
 
     let scope = throttle::account_scope(username);
     let now_ms = chrono::Utc::now().timestamp_millis();
     if let Some(remaining) = throttle::locked_for(db, &[&scope], now_ms).await? {
-        bail!(
+        bail!(InputError(format!(
             "{name:?} is locked after failed sign-ins for another {} s; wait, or unlock with `strongroom user unlock {name}`",
             remaining.as_secs().max(1)
-        );
+        )));
     }
     let confirmation = read_confirmation(name, confirm_file)?;
 
@@ -115,7 +120,9 @@ pub async fn confirm_admin(
             .build();
         audit.append(event).await?;
     }
-    bail!("the password or the one-time code of {name:?} is wrong; nothing was changed")
+    bail!(InputError(format!(
+        "the password or the one-time code of {name:?} is wrong; nothing was changed"
+    )))
 }
 
 /// Checks the TOTP code and consumes its time step. Returns the refusal reason for the
@@ -175,12 +182,15 @@ fn parse_confirmation(input: &mut impl BufRead) -> anyhow::Result<Confirmation> 
     let mut password = Zeroizing::new(String::new());
     let mut code = Zeroizing::new(String::new());
     if input.read_line(&mut password)? == 0 {
-        bail!(
+        bail!(InputError(
             "the password line is missing; give the password, then the one-time code, one per line"
-        );
+                .to_owned()
+        ));
     }
     if input.read_line(&mut code)? == 0 {
-        bail!("the one-time code line is missing; give it on the line after the password");
+        bail!(InputError(
+            "the one-time code line is missing; give it on the line after the password".to_owned()
+        ));
     }
     for line in [&mut password, &mut code] {
         while line.ends_with('\n') || line.ends_with('\r') {
@@ -199,11 +209,11 @@ fn check_file_mode(path: &Path) -> anyhow::Result<()> {
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
-        bail!(
+        bail!(InputError(format!(
             "the confirmation file {} is readable by other users (mode {:o}); run `chmod 600` on it",
             path.display(),
             mode & 0o777
-        );
+        )));
     }
     Ok(())
 }

@@ -170,6 +170,17 @@ pub enum ImportError {
     Storage(#[source] anyhow::Error),
 }
 
+impl ImportError {
+    /// The exit code of `strongroom site import`: 2 when the file's content is rejected,
+    /// 1 when reading the file or storing the sites failed.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Parse { .. } | Self::Invalid { .. } => 2,
+            Self::Read { .. } | Self::Storage(_) => 1,
+        }
+    }
+}
+
 /// Parses and validates a site file's text. Problems name the field, as in
 /// `site[1].start_url`, and its line and column. Relative certificate paths are resolved
 /// against `base_dir`. The error is the list of problems, or the TOML syntax error.

@@ -44,13 +44,35 @@ struct Args {
     tls_key: Option<PathBuf>,
 }
 
+/// Environment variable with the log filter directives.
+const LOG_VARIABLE: &str = "DEMO_BANK_LOG";
+
+/// Reads the log filter from [`LOG_VARIABLE`]: "info" when it is unset or empty, and an
+/// error that names the variable and its value when the value is not a filter.
+fn log_filter() -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    let value = match std::env::var(LOG_VARIABLE) {
+        Ok(value) if !value.trim().is_empty() => value,
+        Ok(_) | Err(std::env::VarError::NotPresent) => {
+            return Ok(tracing_subscriber::EnvFilter::new("info"));
+        }
+        Err(std::env::VarError::NotUnicode(value)) => {
+            anyhow::bail!(
+                "{LOG_VARIABLE}={value:?} is not valid UTF-8; set a level such as \"info\""
+            )
+        }
+    };
+    tracing_subscriber::EnvFilter::try_new(&value).map_err(|error| {
+        anyhow::anyhow!(
+            "invalid {LOG_VARIABLE}={value:?}: {error}; set a level such as \"info\" or \
+             directives such as \"strongroom_demo_bank=debug,info\""
+        )
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DEMO_BANK_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(log_filter()?)
         .init();
     let args = Args::parse();
     drop(rustls::crypto::ring::default_provider().install_default());
