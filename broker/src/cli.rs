@@ -270,6 +270,12 @@ pub fn main() -> i32 {
     {
         return crate::recordings::mux::run_child(uid, gid);
     }
+    if let Command::Recording {
+        command: RecordingCommand::VerifyExport { dir, public_key },
+    } = &cli.command
+    {
+        return verify_export(dir, public_key);
+    }
 
     let config = match config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
@@ -691,35 +697,46 @@ async fn recording(config: &Config, db: &Database, command: RecordingCommand) ->
                 }
             }
         }
-        RecordingCommand::VerifyExport { dir, public_key } => {
-            let result = crate::recordings::evidence::read_public_key(&public_key)
-                .and_then(|key| crate::recordings::evidence::verify(&dir, &key));
-            match result {
-                Ok(manifest) => {
-                    println!(
-                        "export of recording {} verified: signature valid, video matches, {} segments",
-                        manifest.recording_id,
-                        manifest.segment_sha256.len()
-                    );
-                    0
-                }
-                Err(error) => {
-                    eprintln!("error: export NOT verified: {error:#}");
-                    1
-                }
-            }
+        RecordingCommand::VerifyExport { .. } => {
+            unreachable!("handled before the configuration loads")
         }
-        RecordingCommand::PublicKey { output } => {
-            match crate::recordings::evidence::write_public_key(config, &output) {
-                Ok(public) => {
-                    println!("wrote public key {public} to {}", output.display());
-                    0
-                }
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    1
-                }
-            }
+        RecordingCommand::PublicKey { output } => write_public_key(config, &output),
+    }
+}
+
+/// `strongroom recording verify-export`: checks an export offline, with neither the
+/// configuration nor the database, so that it runs on any machine.
+fn verify_export(dir: &std::path::Path, public_key: &std::path::Path) -> i32 {
+    let result = crate::recordings::evidence::read_public_key(public_key)
+        .and_then(|key| crate::recordings::evidence::verify(dir, &key));
+    match result {
+        Ok(manifest) => {
+            println!(
+                "export of recording {} verified: signature valid, video matches, {} segments",
+                manifest.recording_id,
+                manifest.segment_sha256.len()
+            );
+            0
+        }
+        Err(error) => {
+            eprintln!("error: export NOT verified: {error:#}");
+            1
+        }
+    }
+}
+
+/// `strongroom recording public-key`: writes the export signing key's public half. The
+/// caller opened the database first, so a wrong data directory fails instead of
+/// creating a key nobody signs with.
+fn write_public_key(config: &Config, output: &std::path::Path) -> i32 {
+    match crate::recordings::evidence::write_public_key(config, output) {
+        Ok(public) => {
+            println!("wrote public key {public} to {}", output.display());
+            0
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            1
         }
     }
 }

@@ -222,6 +222,28 @@ async fn export_verifies_offline_body(database: TestDatabase) {
     let public_key = evidence::read_public_key(&key_file).unwrap();
     assert_eq!(evidence::verify(&dir, &public_key).unwrap(), manifest);
 
+    // The command verifies on a machine with neither configuration nor database, and
+    // writes nothing where it runs.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strongroom"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("STRONGROOM_")) {
+        command.env_remove(name);
+    }
+    let verified = command
+        .args(["recording", "verify-export"])
+        .arg(&dir)
+        .arg("--public-key")
+        .arg(&key_file)
+        .env("STRONGROOM_SERVER__LISTEN", "not an address")
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{verified:?}");
+    assert!(stdout.contains("signature valid"), "{stdout}");
+    let left = std::fs::read_dir(elsewhere.path()).unwrap().count();
+    assert_eq!(left, 0, "verify-export wrote into its working directory");
+
     // An export into a directory that is not empty is rejected.
     let error = evidence::export(&config, &audit, id, &dir)
         .await
