@@ -400,6 +400,25 @@ return true;",
         "a frame of the tampered segment was drawn at {position} us"
     );
     assert_eq!(replay_events(&broker, recording).await, 2);
+    let target = format!("recording:{recording}");
+    let detected = broker
+        .state
+        .audit
+        .list(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| {
+            event.action == "recording.verification.failed"
+                && event.target.as_deref() == Some(&target)
+        })
+        .collect::<Vec<_>>();
+    assert!(!detected.is_empty(), "the failed verification was not audited");
+    assert!(
+        detected[0].details.contains("segment 3"),
+        "{}",
+        detected[0].details
+    );
 
     // After retention deleted it, the player says so instead of playing.
     let settings = broker.state.portal.hub.recording_settings().clone();

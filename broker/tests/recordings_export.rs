@@ -283,6 +283,37 @@ async fn export_verifies_offline_body(database: TestDatabase) {
     );
 }
 
+both_backends!(damaged_recording_verify_is_audited, damaged_verify_body);
+async fn damaged_verify_body(database: TestDatabase) {
+    let config = config(database.dir.path());
+    let audit = AuditLog::new(database.db.clone(), Arc::new(SystemClock));
+    let id = record(&config, &audit, false).await;
+    let segment = config
+        .sessions
+        .recordings_dir
+        .join(id.to_string())
+        .join("seg-00000001.srs");
+    let mut bytes = std::fs::read(&segment).expect("segment 1 exists");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+
+    let report = broker::recordings::verify(&config, &audit, id).await.unwrap();
+
+    assert!(!report.is_intact());
+    let target = format!("recording:{id}");
+    let events: Vec<_> = audit
+        .list(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.action == "recording.verification.failed")
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].target.as_deref(), Some(target.as_str()));
+    assert!(events[0].details.contains("segment 1"), "{}", events[0].details);
+}
+
 both_backends!(
     interrupted_recording_exports_after_recovery,
     interrupted_recording_exports_after_recovery_body

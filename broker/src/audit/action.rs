@@ -76,6 +76,7 @@ actions! {
     RecordingReplayed => "recording.replayed",
     RecordingExported => "recording.exported",
     RecordingExportFailed => "recording.export.failed",
+    RecordingVerificationFailed => "recording.verification.failed",
     RecordingHoldChanged => "recording.hold.changed",
     RecordingDeleted => "recording.deleted",
     // Files downloaded in a workspace.

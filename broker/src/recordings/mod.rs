@@ -17,7 +17,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use uuid::Uuid;
 
-use crate::audit::AuditLog;
+use crate::audit::{Action, Actor, AuditLog, EventBuilder};
 use crate::config::Config;
 
 /// The segment hashes of a recording, in index order, from `recording.segment.stored`
@@ -128,8 +128,26 @@ pub async fn verify(
 ) -> anyhow::Result<recorder::VerifyReport> {
     let hashes = segment_hashes(audit, recording).await?;
     let (storage, _) = stores(config)?;
-    recorder::verify_recording(storage.as_ref(), recording, &hashes)
-        .context("cannot verify the recording")
+    let report = recorder::verify_recording(storage.as_ref(), recording, &hashes)
+        .context("cannot verify the recording")?;
+    if !report.is_intact() {
+        let problems = report
+            .problems
+            .iter()
+            .map(|problem| format!("segment {}: {:?}", problem.index, problem.kind))
+            .collect::<Vec<_>>();
+        let event = EventBuilder::new(Actor::System("cli"), Action::RecordingVerificationFailed)
+            .target(format!("recording:{recording}"))
+            .outcome(crate::audit::Outcome::Failure)
+            .detail("checked_by", "recording verify")
+            .detail("problems", problems.join("; "))
+            .build();
+        audit
+            .append(event)
+            .await
+            .context("cannot audit the damaged recording")?;
+    }
+    Ok(report)
 }
 
 /// Writes a WebM file of a recording whose segments all match the audit chain. This

@@ -368,11 +368,29 @@ fn replay_error(status: StatusCode, error: String, segment: Option<u64>) -> Resp
 }
 
 /// Converts a recorder error into the player's response: a segment that fails verification
-/// is a `409` naming its index, a destroyed key a `410`.
-fn recorder_failure(id: Uuid, error: recorder::RecorderError) -> Response {
+/// is a `409` naming its index and is audited as `recording.verification.failed`, a
+/// destroyed key a `410`.
+async fn recorder_failure(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+    error: recorder::RecorderError,
+) -> Response {
     match error {
         recorder::RecorderError::InvalidSegment { index, fault, .. } => {
             tracing::error!(recording.id = %id, segment = index, fault = %fault, "Segment failed verification during replay");
+            let event = EventBuilder::new(
+                Actor::Person(principal.user_id.clone()),
+                Action::RecordingVerificationFailed,
+            )
+            .target(format!("recording:{id}"))
+            .outcome(crate::audit::Outcome::Failure)
+            .detail("checked_by", "replay")
+            .detail("problems", format!("segment {index}: {fault}"))
+            .build();
+            if let Err(audit_error) = state.audit.append(event).await {
+                tracing::error!(recording.id = %id, error = %audit_error, "Cannot audit a segment that failed verification");
+            }
             replay_error(
                 StatusCode::CONFLICT,
                 format!("segment {index} failed verification ({fault}); it is not played"),
@@ -396,6 +414,7 @@ fn recorder_failure(id: Uuid, error: recorder::RecorderError) -> Response {
 /// Opens a recording for replay, requiring the hashes from the audit trail.
 async fn open_reader(
     state: &AppState,
+    principal: &Principal,
     entry: &CatalogueEntry,
 ) -> Result<Arc<recorder::RecordingReader>, Response> {
     if entry.state == RecordingState::Deleted {
@@ -421,9 +440,10 @@ async fn open_reader(
     .await
     .context("replay task failed")
     .map_err(|error| ApiError::internal(error).into_response())?;
-    opened
-        .map(Arc::new)
-        .map_err(|error| recorder_failure(id, error))
+    match opened {
+        Ok(reader) => Ok(Arc::new(reader)),
+        Err(error) => Err(recorder_failure(state, principal, id, error).await),
+    }
 }
 
 async fn index(
@@ -432,7 +452,7 @@ async fn index(
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
     let entry = replayable(&state, &principal, id).await?;
-    let reader = match open_reader(&state, &entry).await {
+    let reader = match open_reader(&state, &principal, &entry).await {
         Ok(reader) => reader,
         Err(response) => return Ok(response),
     };
@@ -499,7 +519,7 @@ async fn segment(
     Path((id, index)): Path<(Uuid, u64)>,
 ) -> Result<Response, ApiError> {
     let entry = replayable(&state, &principal, id).await?;
-    let reader = match open_reader(&state, &entry).await {
+    let reader = match open_reader(&state, &principal, &entry).await {
         Ok(reader) => reader,
         Err(response) => return Ok(response),
     };
@@ -508,7 +528,7 @@ async fn segment(
         .context("replay task failed")?;
     let records = match records {
         Ok(records) => records,
-        Err(error) => return Ok(recorder_failure(id, error)),
+        Err(error) => return Ok(recorder_failure(&state, &principal, id, error).await),
     };
 
     let mut body = Vec::new();
