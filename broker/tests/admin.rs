@@ -494,7 +494,7 @@ async fn people_body(database: TestDatabase) {
         .put(
             &admin,
             &format!("/api/v1/people/{user_id}/quota"),
-            json!({"max_sessions": 1000}),
+            json!({"max_sessions": broker::admin::views::MAX_QUOTA + 1}),
         )
         .await;
     assert_eq!(too_big.status(), StatusCode::UNPROCESSABLE_ENTITY);
@@ -1826,6 +1826,13 @@ async fn auditor_home_body(database: TestDatabase) {
         !auditor_home.contains("No bank is granted"),
         "{auditor_home}"
     );
+    assert!(
+        auditor_home.contains("href=\"/recordings\""),
+        "{auditor_home}"
+    );
     assert!(user_home.contains("No bank is granted"), "{user_home}");
+    // The console links to the recordings, which auditors replay.
+    let console = harness.page(&auditor, "/admin").await;
+    assert!(console.contains("href=\"/recordings\""), "{console}");
     harness.stop().await;
 }

@@ -43,6 +43,7 @@ fn nav(principal: &Principal) -> String {
         links.push(("/admin/site-changes", "Pending site changes"));
     }
     links.push(("/admin/sessions", "Live sessions"));
+    links.push(("/recordings", "Recordings"));
     links.push(("/admin/audit", "Audit trail"));
     if principal.has(Role::Admin) {
         links.push(("/admin/health", "Health"));

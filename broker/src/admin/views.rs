@@ -20,8 +20,9 @@ use crate::config::{Config, DatabaseTarget};
 use crate::http::AppState;
 use crate::sessions::{EndReason, SessionState};
 
-/// Highest per-person session quota an admin may set.
-pub const MAX_QUOTA: u32 = 100;
+/// Highest per-person session quota an admin may set, the same in the console, the API
+/// and `strongroom quota set`.
+pub use crate::sessions::quota::MAX_QUOTA;
 /// Maximum length of a termination reason, in characters.
 pub const MAX_REASON_CHARS: usize = 500;
 /// How long one health check may take before it counts as failed.
@@ -182,7 +183,7 @@ pub async fn set_roles(
 /// A person's new session quota.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct QuotaChange {
-    /// Live sessions the person may have at once, 0 to 100.
+    /// Live sessions the person may have at once, 0 to 1000.
     pub max_sessions: u32,
 }
 

@@ -41,7 +41,7 @@ pub fn home(principal: &Principal, view: &Home<'_>) -> Response {
 
     body.push_str("<h2>Banks</h2>\n");
     if !principal.can_launch() {
-        body.push_str("<p>Your role does not open banking sessions. Recordings and the audit trail are in the admin console.</p>\n");
+        body.push_str("<p>Your role does not open banking sessions. Open the <a href=\"/recordings\">recordings</a> or the <a href=\"/admin/audit\">audit trail</a>.</p>\n");
     } else if sites.is_empty() {
         body.push_str("<p>No bank is granted to you yet. Ask an administrator for access.</p>\n");
     }
