@@ -242,8 +242,8 @@ fi
 echo "More sites: $bin site import FILE, then $bin site grant admin SITE"
 echo "Starting Strongroom at $portal_url: sign in as 'admin' and launch Demo Bank (Ctrl+C stops it)"
 # The broker runs in its own session, so a Ctrl-C in the terminal reaches only this
-# script, which passes each signal on once: the broker counts them (the first stops it
-# gracefully, the second removes its workspaces at once, the third exits).
+# script, which passes each signal on once. The broker counts them: the first stops it
+# gracefully, the second removes its workspaces at once, and the third exits.
 setsid "$bin" serve &
 serve_pid=$!
 trap 'kill -INT "$serve_pid" 2>/dev/null || true' INT TERM HUP

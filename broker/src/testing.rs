@@ -173,3 +173,22 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// Moves the password out of a `postgres://user:password@host/db` URL, for a `strongroom`
+/// process whose configuration rejects a password inside `database.url`. Returns the URL
+/// without the password, and the password.
+pub fn split_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let Some((credentials, host)) = rest.split_once('@') else {
+        return (url.to_owned(), None);
+    };
+    match credentials.split_once(':') {
+        Some((user, password)) => (
+            format!("{scheme}://{user}@{host}"),
+            Some(password.to_owned()),
+        ),
+        None => (url.to_owned(), None),
+    }
+}

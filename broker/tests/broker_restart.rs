@@ -151,26 +151,8 @@ fn process_alive(pid: i32) -> bool {
 /// configuration rejects a password inside `database.url`.
 const PASSWORD_VARIABLE: &str = "STRONGROOM_TEST_DATABASE_PASSWORD";
 
-/// Moves the password out of a `postgres://user:password@host/db` URL, and returns the
-/// URL without it and the password.
-fn split_password(url: &str) -> (String, Option<String>) {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return (url.to_owned(), None);
-    };
-    let Some((credentials, host)) = rest.split_once('@') else {
-        return (url.to_owned(), None);
-    };
-    match credentials.split_once(':') {
-        Some((user, password)) => (
-            format!("{scheme}://{user}@{host}"),
-            Some(password.to_owned()),
-        ),
-        None => (url.to_owned(), None),
-    }
-}
-
 fn serve_env(data_dir: &Path, database_url: &str, image: &str) -> Vec<(String, String)> {
-    let (database_url, password) = split_password(database_url);
+    let (database_url, password) = broker::testing::split_password(database_url);
     let mut env: Vec<(String, String)> = [
         ("STRONGROOM_DATA_DIR", data_dir.display().to_string()),
         ("STRONGROOM_DATABASE__URL", format!("\"{database_url}\"")),

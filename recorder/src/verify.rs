@@ -194,9 +194,9 @@ pub struct AssembledSegment {
 /// then authenticates every segment with the recording's key.
 ///
 /// The parts of the segment after the highest stored one are authenticated in part
-/// order; the parts before the first bad or missing one are joined into that segment,
-/// re-encrypted under a fresh nonce as a normal segment and stored, and the bad part and
-/// every later one are reported in [`RecoveryReport::rejected_parts`]. Then all parts are
+/// order. The parts before the first bad or missing one are joined into that segment,
+/// which is re-encrypted under a fresh nonce as a normal segment and stored. The bad
+/// part and every later one are reported in [`RecoveryReport::rejected_parts`]. Then all parts are
 /// removed. Parts of a segment that is stored whole are left from a crash between
 /// storing the segment and removing its parts, and are removed without a report.
 pub fn recover_recording(

@@ -345,8 +345,8 @@ impl RecordingWriter {
 
     /// Stores the records added to the open segment since the last checkpoint as a
     /// checkpoint part, if there are any. A packet whose pts is a checkpoint interval
-    /// past the last checkpoint does this by itself; a caller whose stream can pause
-    /// calls this once per interval so that markers and the last packets before a pause
+    /// past the last checkpoint does this by itself. A caller whose stream can pause
+    /// calls this once per interval, so that markers and the last packets before a pause
     /// are stored too. Returns whether a part was stored.
     pub fn checkpoint(&mut self) -> Result<bool, RecorderError> {
         self.check_open()?;
@@ -370,7 +370,7 @@ impl RecordingWriter {
 
     /// Encrypts the records added since the last checkpoint as the next part of the open
     /// segment and queues it for the part thread. A failed part write fails the writer
-    /// at its next call, like a failed segment write; the records stay in the open
+    /// at its next call, like a failed segment write. The records stay in the open
     /// segment, which a later `seal` stores whole.
     fn store_part(&mut self) -> Result<(), RecorderError> {
         let current = self.current.as_ref().expect("open segment");

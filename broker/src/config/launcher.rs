@@ -30,7 +30,7 @@ pub struct LauncherSettings {
     /// Whether `image` was left at its default, in which case the launcher uses the
     /// newest image that `strongroom image build` made.
     pub image_from_build: bool,
-    /// Where `image` was set, for messages: "the environment variable
+    /// Source of `image` for messages: "the environment variable
     /// STRONGROOM_LAUNCHER__IMAGE" or "the configuration file PATH". `None` when unset.
     pub image_source: Option<String>,
 }

@@ -339,10 +339,10 @@ pub enum Recovered {
     Removed,
 }
 
-/// Seals recordings that a crash interrupted: removes partial files, rebuilds the segment
-/// that was open from its checkpoint parts, authenticates every segment, enters the
-/// hashes of intact segments that the audit trail lacks, writes the seal with the intact
-/// segments from index 0 and updates the catalogue. Segments after a damaged or missing
+/// Seals recordings that a crash interrupted. It removes partial files, rebuilds the
+/// segment that was open from its checkpoint parts and authenticates every segment. It
+/// then enters the hashes of intact segments that the audit trail lacks, writes the
+/// seal with the intact segments from index 0 and updates the catalogue. Segments after a damaged or missing
 /// one, and checkpoint parts from a damaged one on, are left out of the seal and named
 /// in the audit event.
 pub async fn seal_interrupted(

@@ -46,7 +46,7 @@ impl Cli {
     /// Writes a configuration file that points at `database`.
     pub fn new(dir: &Path, database: &broker::testing::TestDatabase) -> Cli {
         let (url, password) = match database.postgres_url() {
-            Some(url) => split_password(&url),
+            Some(url) => broker::testing::split_password(&url),
             None => (
                 format!("sqlite://{}", database.dir.path().join("test.db").display()),
                 None,
@@ -96,22 +96,6 @@ fn run_command(mut command: Command, config: &Path, args: &[&str], stdin: &str) 
         .write_all(stdin.as_bytes())
         .unwrap();
     child.wait_with_output().expect("wait for strongroom")
-}
-
-fn split_password(url: &str) -> (String, Option<String>) {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return (url.to_owned(), None);
-    };
-    let Some((credentials, host)) = rest.split_once('@') else {
-        return (url.to_owned(), None);
-    };
-    match credentials.split_once(':') {
-        Some((user, password)) => (
-            format!("{scheme}://{user}@{host}"),
-            Some(password.to_owned()),
-        ),
-        None => (url.to_owned(), None),
-    }
 }
 
 /// One line typed at the terminal.
